@@ -1,0 +1,1 @@
+"""Backends: the requests adapter and the httpx transports that run the shared policy."""

@@ -1,0 +1,266 @@
+"""httpx backend: ``ServiceClient`` / ``ServiceAsyncClient`` and the transports that run the policy.
+
+The transports wrap ``httpx.HTTPTransport`` / ``AsyncHTTPTransport`` (so ``respx``, which patches httpcore, still
+intercepts) and drive the shared policy around each attempt; httpx's own pool raises ``PoolTimeout`` after
+``timeout.pool``. A client given ``transport=`` ignores its own limits/http2/verify (FACTS.md), so all of those are
+set on the wrapped transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from .._config import ServiceConfig
+from .._errors import RegistryClosedError
+from .._policy import Call, Kind, Outcome, Policy
+
+_KINDS: tuple[tuple[type[Exception], Kind], ...] = (
+    # Order matters: subclasses before their bases.
+    (httpx.PoolTimeout, Kind.POOL_TIMEOUT),
+    (httpx.ConnectTimeout, Kind.CONNECT_TIMEOUT),
+    (httpx.ReadTimeout, Kind.READ_TIMEOUT),
+    (httpx.WriteTimeout, Kind.WRITE_TIMEOUT),
+    (httpx.ConnectError, Kind.CONNECT_ERROR),
+    (httpx.ReadError, Kind.READ_ERROR),
+    (httpx.WriteError, Kind.READ_ERROR),
+    (httpx.RemoteProtocolError, Kind.READ_ERROR),
+)
+
+
+def _classify(error: Exception) -> Kind:
+    for cls, kind in _KINDS:
+        if isinstance(error, cls):
+            return kind
+    return Kind.OTHER_ERROR
+
+
+def transport_options(config: ServiceConfig) -> dict[str, Any]:
+    """Keyword arguments for ``httpx.HTTPTransport`` / ``AsyncHTTPTransport`` from the service's settings."""
+    verify: ssl.SSLContext | bool = config.verify if isinstance(config.verify, bool) else True
+    if isinstance(config.verify, str) or config.cert is not None:
+        # httpx 0.28 deprecates verify=<path> and cert=: build the context it asks for.
+        context = ssl.create_default_context(cafile=config.verify if isinstance(config.verify, str) else None)
+        if config.verify is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if isinstance(config.cert, str):
+            context.load_cert_chain(config.cert)
+        elif config.cert is not None:
+            context.load_cert_chain(*config.cert)
+        verify = context
+    pool = config.pool
+    return {
+        "verify": verify,
+        "http2": config.http2,
+        "limits": httpx.Limits(
+            max_connections=pool.max_connections,
+            max_keepalive_connections=pool.max_keepalive,
+            keepalive_expiry=pool.keepalive_expiry,
+        ),
+        "proxy": config.proxy,
+        "retries": 0,
+    }
+
+
+def client_options(config: ServiceConfig) -> dict[str, Any]:
+    """Keyword arguments shared by the sync and async clients."""
+    timeout = config.timeout
+    return {
+        "base_url": config.base_url,
+        "headers": dict(config.headers),
+        "timeout": httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool),
+        # Environment proxies would be mounted as separate, unmanaged transports; the service's `proxy` applies.
+        "trust_env": False,
+    }
+
+
+def _start(policy: Policy, request: httpx.Request) -> Call:
+    return policy.start(
+        request.method,
+        str(request.url),
+        replayable=isinstance(request.stream, httpx.ByteStream),
+        circuit_open_class=httpx.TransportError,
+        pool_timeout_class=httpx.PoolTimeout,
+        error_attributes={"_request": request},
+    )
+
+
+def _cut_timeouts(call: Call, request: httpx.Request) -> None:
+    configured = request.extensions.get("timeout", {})
+    limits = call.attempt_timeouts(
+        configured.get("connect"), configured.get("read"), configured.get("write"), configured.get("pool")
+    )
+    request.extensions["timeout"] = {
+        "connect": limits.connect,
+        "read": limits.read,
+        "write": limits.write,
+        "pool": limits.pool,
+    }
+
+
+def _response_outcome(response: httpx.Response) -> Outcome:
+    return Outcome(Kind.RESPONSE, status=response.status_code, retry_after=response.headers.get("retry-after"))
+
+
+def pool_numbers(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> tuple[int, int, int]:
+    """``(in_use, idle, waiting)`` from httpcore's pool. Its attributes are private: read them defensively."""
+    pool = getattr(transport, "_pool", None)
+    connections = list(getattr(pool, "connections", ()))
+    idle = sum(1 for conn in connections if conn.is_idle())
+    waiting = sum(1 for request in list(getattr(pool, "_requests", ())) if getattr(request, "connection", 1) is None)
+    return len(connections) - idle, idle, waiting
+
+
+def _close_inherited_sockets(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> None:
+    # After fork: close this process's descriptors only. No protocol-level close (an HTTP/2 GOAWAY would end
+    # the parent's connection too).
+    for conn in list(getattr(getattr(transport, "_pool", None), "_connections", ())):
+        stream = getattr(getattr(conn, "_connection", None), "_network_stream", None)
+        sock = getattr(stream, "_sock", None) or getattr(getattr(stream, "_stream", None), "_sock", None)
+        if sock is not None:
+            sock.close()
+
+
+class _ManagedByteStream(httpx.SyncByteStream):
+    """Gives errors raised while the caller reads the body outbound's identity too."""
+
+    def __init__(self, stream: httpx.SyncByteStream, call: Call) -> None:
+        self._stream = stream
+        self._call = call
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except httpx.TransportError as error:
+            raise self._call.error_for(Outcome(_classify(error), error=error)) from error
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _ManagedAsyncByteStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, call: Call) -> None:
+        self._stream = stream
+        self._call = call
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except httpx.TransportError as error:
+            raise self._call.error_for(Outcome(_classify(error), error=error)) from error
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class OutboundTransport(httpx.BaseTransport):
+    """Wraps ``httpx.HTTPTransport``; runs the service's policy around each attempt."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self.inner = httpx.HTTPTransport(**transport_options(policy.config))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        call = _start(self._policy, request)
+        while True:
+            call.admit()
+            _cut_timeouts(call, request)
+            response: httpx.Response | None = None
+            try:
+                response = self.inner.handle_request(request)
+                outcome = _response_outcome(response)
+            except Exception as error:
+                outcome = Outcome(_classify(error), error=error)
+            except BaseException:
+                call.abandon()
+                raise
+            decision = call.record(outcome)
+            if not decision.retry:
+                if response is None:
+                    raise call.error_for(outcome) from outcome.error
+                response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
+                return response
+            if response is not None:
+                response.close()
+            time.sleep(decision.delay)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def drop_after_fork(self) -> None:
+        _close_inherited_sockets(self.inner)
+        self.inner = httpx.HTTPTransport(**transport_options(self._policy.config))
+
+
+class AsyncOutboundTransport(httpx.AsyncBaseTransport):
+    """Wraps ``httpx.AsyncHTTPTransport``; runs the service's policy around each attempt."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self.inner = httpx.AsyncHTTPTransport(**transport_options(policy.config))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = _start(self._policy, request)
+        while True:
+            call.admit()
+            _cut_timeouts(call, request)
+            response: httpx.Response | None = None
+            try:
+                response = await self.inner.handle_async_request(request)
+                outcome = _response_outcome(response)
+            except Exception as error:
+                outcome = Outcome(_classify(error), error=error)
+            except BaseException:  # asyncio.CancelledError among them: never a verdict on the upstream
+                call.abandon()
+                raise
+            decision = call.record(outcome)
+            if not decision.retry:
+                if response is None:
+                    raise call.error_for(outcome) from outcome.error
+                response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
+                return response
+            if response is not None:
+                await response.aclose()
+            await asyncio.sleep(decision.delay)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class ServiceClient(httpx.Client):
+    """An ``httpx.Client`` bound to one service (``base_url``, headers, timeouts); calls run the policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.service_name = policy.config.name
+        self._policy = policy
+        self.outbound_transport = OutboundTransport(policy)
+        super().__init__(transport=self.outbound_transport, **client_options(policy.config))
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if self.is_closed:
+            raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
+        self._policy.reject_if_open(httpx.TransportError, {"_request": request})
+        return super().send(request, **kwargs)
+
+
+class ServiceAsyncClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` bound to one service and one event loop; calls run the policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.service_name = policy.config.name
+        self._policy = policy
+        self.outbound_transport = AsyncOutboundTransport(policy)
+        super().__init__(transport=self.outbound_transport, **client_options(policy.config))
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if self.is_closed:
+            raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
+        self._policy.reject_if_open(httpx.TransportError, {"_request": request})
+        return await super().send(request, **kwargs)

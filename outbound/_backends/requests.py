@@ -1,0 +1,250 @@
+"""requests backend: ``ServiceSession`` (a real ``requests.Session``) and ``OutboundAdapter``, which runs the policy.
+
+The adapter calls ``HTTPAdapter.send`` for each attempt, so ``responses`` (which patches that method) still
+intercepts every call. requests offers no pool timeout: with ``pool_block=True`` it waits forever for a free
+connection (FACTS.md), so the adapter's pools take the attempt's pool timeout from a context variable and urllib3
+raises ``EmptyPoolError`` when it expires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import requests
+import requests.adapters
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    EmptyPoolError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+)
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
+from urllib3.util import Timeout as Urllib3Timeout
+
+from .._config import ServiceConfig
+from .._errors import RegistryClosedError
+from .._policy import Kind, Outcome, Policy
+
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
+
+# The pool wait for the attempt running in this thread/context; read by the pools below.
+_pool_wait: ContextVar[float | None] = ContextVar("outbound_pool_wait", default=None)
+
+
+class _PoolTimeoutMixin:
+    def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
+        return super()._get_conn(timeout if timeout is not None else _pool_wait.get())  # type: ignore[misc]
+
+
+class _HTTPPool(_PoolTimeoutMixin, HTTPConnectionPool):
+    pass
+
+
+class _HTTPSPool(_PoolTimeoutMixin, HTTPSConnectionPool):
+    pass
+
+
+_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _replayable(body: object) -> bool:
+    # A generator or file body is consumed by the first attempt; only retry bodies we can send again.
+    return body is None or isinstance(body, bytes | str)
+
+
+def _classify(error: Exception) -> Kind:
+    if isinstance(error, EmptyPoolError):
+        return Kind.POOL_TIMEOUT
+    if isinstance(error, requests.ConnectTimeout):
+        return Kind.CONNECT_TIMEOUT
+    if isinstance(error, requests.ReadTimeout):
+        return Kind.READ_TIMEOUT
+    if isinstance(error, requests.exceptions.SSLError | requests.exceptions.ProxyError):
+        return Kind.OTHER_ERROR
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return Kind.READ_ERROR
+    if isinstance(error, requests.ConnectionError):
+        reason = error.args[0] if error.args else None
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        if isinstance(reason, Urllib3ReadTimeoutError):
+            return Kind.READ_TIMEOUT  # a read timeout while the body streams in
+        if isinstance(reason, NewConnectionError | ConnectTimeoutError):
+            return Kind.CONNECT_ERROR
+        if isinstance(reason, ProtocolError | OSError):
+            return Kind.READ_ERROR
+        return Kind.CONNECT_ERROR
+    return Kind.OTHER_ERROR
+
+
+def _split_timeout(timeout: Any, config: ServiceConfig) -> tuple[float | None, float | None]:
+    if timeout is None:  # what Session.request passes when the caller gave none: the service's settings
+        return config.timeout.connect, config.timeout.read
+    if isinstance(timeout, tuple):
+        connect, read = timeout
+        return connect, read
+    if isinstance(timeout, Urllib3Timeout):
+        return timeout.connect_timeout, timeout.read_timeout  # type: ignore[return-value]
+    return timeout, timeout
+
+
+class OutboundAdapter(requests.adapters.HTTPAdapter):
+    """An ``HTTPAdapter`` whose ``send`` runs the service's policy around each attempt."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._config = policy.config
+        super().__init__(
+            # One pool per host; a service normally talks to one host, redirects may add a few.
+            pool_connections=4,
+            pool_maxsize=policy.config.pool.max_connections,
+            max_retries=0,
+            pool_block=True,
+        )
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOL_CLASSES
+        return manager
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: bool | str = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        call = self._policy.start(
+            request.method or "GET",
+            request.url or "",
+            replayable=_replayable(request.body),
+            circuit_open_class=requests.ConnectionError,
+            pool_timeout_class=requests.ConnectionError,
+            error_attributes={"request": request, "response": None},
+        )
+        connect, read = _split_timeout(timeout, self._config)
+        while True:
+            call.admit()
+            limits = call.attempt_timeouts(connect, read, None, self._config.timeout.pool)
+            token = _pool_wait.set(limits.pool)
+            response: requests.Response | None = None
+            try:
+                response = super().send(
+                    request, stream=stream, timeout=(limits.connect, limits.read), verify=verify, cert=cert, proxies=proxies
+                )
+                if not stream:
+                    # Read the body inside the policy, so a failure mid-body is classified, counted and retried.
+                    response.content  # noqa: B018 (the property read is the point)
+                outcome = Outcome(Kind.RESPONSE, status=response.status_code, retry_after=response.headers.get("Retry-After"))
+            except Exception as error:
+                outcome = Outcome(_classify(error), error=error)
+            except BaseException:
+                call.abandon()
+                raise
+            finally:
+                _pool_wait.reset(token)
+            decision = call.record(outcome)
+            if not decision.retry:
+                if response is None:
+                    raise call.error_for(outcome) from outcome.error
+                return response
+            if response is not None:
+                response.close()  # give the connection back before waiting
+            time.sleep(decision.delay)
+
+    def pool_numbers(self) -> tuple[int, int]:
+        """``(in_use, idle)`` connections across this adapter's pools (FACTS.md: urllib3 introspection)."""
+        in_use = idle = 0
+        for manager in self._managers():
+            for key in manager.pools.keys():
+                pool = manager.pools.get(key)
+                queue = getattr(pool, "pool", None)
+                if queue is None:
+                    continue
+                in_use += queue.maxsize - queue.qsize()
+                idle += sum(conn is not None for conn in list(queue.queue))
+        return in_use, idle
+
+    def close(self) -> None:
+        """Close every pooled socket (``PoolManager.clear()`` alone leaves them open under urllib3 2.x)."""
+        for manager in self._managers():
+            for key in manager.pools.keys():
+                pool = manager.pools.get(key)
+                if pool is not None:
+                    pool.close()
+        super().close()
+
+    def drop_after_fork(self) -> None:
+        """In a forked child: close this process's copies of the inherited sockets and start new pools.
+
+        Closing a descriptor in the child sends nothing on the wire (the parent still holds it); nothing here
+        calls ``shutdown()``, which would break the parent's connections. The pools' locks may have been held
+        by a parent thread at fork time, so the queues are read without them and the managers are replaced.
+        """
+        for manager in self._managers():
+            for pool in list(manager.pools._container.values()):
+                queue = getattr(pool, "pool", None)
+                for conn in list(queue.queue) if queue is not None else ():
+                    if conn is not None:
+                        conn.close()
+        self.proxy_manager = {}
+        self.init_poolmanager(self._pool_connections, self._pool_maxsize, block=self._pool_block)
+
+    def _managers(self) -> list[PoolManager]:
+        return [self.poolmanager, *self.proxy_manager.values()]
+
+
+class ServiceSession(requests.Session):
+    """A ``requests.Session`` bound to one service: relative URLs join ``base_url``; calls run the policy.
+
+    Use it exactly like any session. Per-request ``timeout=`` overrides the service's connect/read timeouts (still
+    cut to ``timeout.total``); ``timeout=None`` means the service's settings.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        config = policy.config
+        self.service_name = config.name
+        self.base_url = config.base_url
+        self._policy = policy
+        self._closed = False
+        self.headers.update(config.headers)
+        self.verify = config.verify
+        self.cert = config.cert
+        if config.proxy is not None:
+            self.proxies = {"http": config.proxy, "https": config.proxy}
+        self.adapter = OutboundAdapter(policy)
+        # Every scheme goes through the managed adapter, including absolute URLs and redirects.
+        self.mount("http://", self.adapter)
+        self.mount("https://", self.adapter)
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if self._closed:
+            raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
+        # Fail an open breaker before requests prepares anything: the gate is then a few microseconds.
+        self._policy.reject_if_open(requests.ConnectionError, {"request": None, "response": None})
+        return super().request(method, self.join(url), *args, **kwargs)
+
+    def join(self, url: str | bytes) -> str:
+        """Resolve ``url`` against ``base_url`` as httpx does: relative paths (with or without a leading ``/``)
+        go below the base path; absolute URLs pass through."""
+        text = url.decode() if isinstance(url, bytes) else url
+        if "://" in text:
+            return text
+        return self.base_url + text.lstrip("/")
+
+    def close(self) -> None:
+        self._closed = True
+        super().close()

@@ -1,0 +1,176 @@
+"""Registry: the process's services by name, their accessors, health, probes, close() and the fork reset."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+import requests
+
+from ._backends.httpx import ServiceAsyncClient, ServiceClient
+from ._backends.requests import ServiceSession
+from ._config import HealthConfig, OutboundConfig, parse_config
+from ._errors import OutboundError, RegistryClosedError, ServiceLookupError, redact_url
+from ._health import ProbeResult, build_report
+from ._service import Service
+
+
+class Registry:
+    """One managed client per configured upstream service.
+
+    Build it once per process with ``Registry.from_mapping(settings)``; close it at shutdown (or use it as a
+    context manager). After ``os.fork()`` the child drops inherited connections and locks by itself.
+    """
+
+    def __init__(self, config: OutboundConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._services = {name: Service(service, clock=clock) for name, service in config.services.items()}
+        self._closed = False
+        _reset_in_forked_children(self)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, clock: Callable[[], float] = time.monotonic) -> Registry:
+        """Validate the ``OUTBOUND`` mapping and build the registry (no network I/O).
+
+        Raises:
+            ConfigError: naming the service and key of the first mistake.
+        """
+        return cls(parse_config(mapping), clock=clock)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The configured service names, in settings order."""
+        return tuple(self._services)
+
+    @property
+    def health_config(self) -> HealthConfig:
+        return self.config.health
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __getitem__(self, name: str) -> Service:
+        try:
+            return self._services[name]
+        except KeyError:
+            raise self._unknown(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._services
+
+    def __iter__(self) -> Iterator[Service]:
+        return iter(self._services.values())
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def session(self, name: str) -> ServiceSession:
+        """The ``requests.Session`` of a ``client: "requests"`` service."""
+        return self._open(name).session()
+
+    def client(self, name: str) -> ServiceClient:
+        """The ``httpx.Client`` of a ``client: "httpx"`` service."""
+        return self._open(name).client()
+
+    def async_client(self, name: str) -> ServiceAsyncClient:
+        """The ``httpx.AsyncClient`` of a ``client: "httpx"`` service for the running event loop."""
+        return self._open(name).async_client()
+
+    def health(self, *, details: bool = True) -> dict[str, Any]:
+        """A JSON-ready snapshot of every service (no network I/O); ``details=False`` gives ``{"status": ...}``."""
+        return build_report({name: service.health() for name, service in self._services.items()}, details=details)
+
+    def probe(self, name: str | None = None) -> list[ProbeResult]:
+        """Send one GET to each service's ``probe`` path (or just ``name``'s) through its managed client."""
+        targets = [self[name]] if name is not None else list(self._services.values())
+        return [self._probe(service) for service in targets]
+
+    def close(self) -> None:
+        """Close every pooled socket of every client, including the per-loop async clients. Idempotent."""
+        self._closed = True
+        for service in self._services.values():
+            service.close()
+
+    async def aclose(self) -> None:
+        """``close()`` for async code: the running loop's async clients are awaited."""
+        self._closed = True
+        for service in self._services.values():
+            await service.aclose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Registry services={list(self._services)}{' closed' if self._closed else ''}>"
+
+    def _open(self, name: str) -> Service:
+        if self._closed:
+            raise RegistryClosedError(f"the outbound registry was closed; cannot use service {name!r}")
+        return self[name]
+
+    def _unknown(self, name: str) -> ServiceLookupError:
+        close = difflib.get_close_matches(name, self._services, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        known = ", ".join(self._services) or "none"
+        return ServiceLookupError(
+            f"unknown outbound service {name!r}; {hint}configured services: {known} (add it to OUTBOUND['services'])"
+        )
+
+    def _probe(self, service: Service) -> ProbeResult:
+        config = service.config
+        if config.probe is None:
+            return ProbeResult(service=service.name, critical=config.critical, url=None, ok=None)
+        started = time.perf_counter()
+        url = ""
+        try:
+            if config.client == "requests":
+                session = self.session(service.name)
+                url = session.join(config.probe)
+                status = session.get(url, allow_redirects=False).status_code
+            else:
+                client = self.client(service.name)
+                url = str(client.build_request("GET", config.probe).url)
+                status = client.get(config.probe).status_code
+        except (OutboundError, requests.RequestException, httpx.HTTPError) as error:
+            return ProbeResult(
+                service=service.name,
+                critical=config.critical,
+                url=redact_url(url) if url else None,
+                ok=False,
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                error=f"{type(error).__name__}: {error}",
+            )
+        return ProbeResult(
+            service=service.name,
+            critical=config.critical,
+            url=redact_url(url),
+            ok=status < 400,
+            status=status,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+
+def _reset_in_forked_children(registry: Registry) -> None:
+    # A weak reference: registering must not keep a discarded registry (and its sockets) alive forever.
+    ref = weakref.ref(registry)
+
+    def after_fork_in_child() -> None:
+        alive = ref()
+        if alive is not None and not alive.closed:
+            for service in alive:
+                service.reset_after_fork()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=after_fork_in_child)

@@ -1,0 +1,101 @@
+"""Retry arithmetic: backoff with jitter, ``Retry-After`` parsing, and the retry budget.
+
+Pure functions and one small thread-safe counter; no sleeping here (the backends sleep).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections.abc import Callable
+
+from ._config import BudgetConfig, RetryConfig
+
+# Statuses for which a Retry-After header is honoured (as urllib3's Retry.RETRY_AFTER_STATUS_CODES).
+RETRY_AFTER_STATUSES = frozenset({413, 429, 503})
+
+
+def backoff_delay(config: RetryConfig, retry_number: int, random: Callable[[], float]) -> float:
+    """Seconds to wait before retry number ``retry_number`` (1 for the first retry).
+
+    ``backoff_factor * 2 ** (retry_number - 1)`` plus up to ``backoff_jitter`` seconds of random jitter (so that
+    clients that failed together do not retry together), capped at ``backoff_max``.
+    """
+    delay = config.backoff_factor * (2 ** (retry_number - 1)) + random() * config.backoff_jitter
+    return min(config.backoff_max, delay)
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds a ``Retry-After`` header asks us to wait, or ``None`` if absent or malformed.
+
+    Accepts delta-seconds (``"120"``) and HTTP dates (``"Wed, 21 Oct 2015 07:28:00 GMT"``); a date in the past
+    means zero.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate marks "-0000" as naive
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+class RetryBudget:
+    """Retries may add at most ``ratio`` of recent requests plus ``min_per_second`` per second (Finagle's budget).
+
+    Requests and retries are counted in one-second buckets over a ten-second window, shared by every thread and
+    task of the service, so a dead upstream sees about ``(1 + ratio)`` times the traffic rather than
+    ``(1 + retry.total)`` times, while a quiet service can still retry a little.
+    """
+
+    WINDOW_SECONDS = 10
+
+    def __init__(self, config: BudgetConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ratio = config.ratio
+        self._reserve = config.min_per_second * self.WINDOW_SECONDS
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seconds = [-1] * self.WINDOW_SECONDS
+        self._requests = [0] * self.WINDOW_SECONDS
+        self._retries = [0] * self.WINDOW_SECONDS
+
+    def _bucket(self, second: int) -> int:
+        index = second % self.WINDOW_SECONDS
+        if self._seconds[index] != second:
+            self._seconds[index] = second
+            self._requests[index] = 0
+            self._retries[index] = 0
+        return index
+
+    def record_request(self) -> None:
+        """Count one new (first-attempt) request."""
+        with self._lock:
+            self._requests[self._bucket(int(self._clock()))] += 1
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; ``False`` (and nothing taken) when it is spent."""
+        with self._lock:
+            second = int(self._clock())
+            index = self._bucket(second)
+            oldest = second - self.WINDOW_SECONDS
+            requests = retries = 0
+            for bucket_second, bucket_requests, bucket_retries in zip(
+                self._seconds, self._requests, self._retries, strict=True
+            ):
+                if bucket_second > oldest:
+                    requests += bucket_requests
+                    retries += bucket_retries
+            if retries + 1 > self._ratio * requests + self._reserve:
+                return False
+            self._retries[index] += 1
+            return True
+
+    def reset_lock(self) -> None:
+        """Replace the lock after ``fork()``: the parent's may have been held by a thread that does not exist here."""
+        self._lock = threading.Lock()

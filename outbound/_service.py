@@ -1,0 +1,243 @@
+"""Service: one upstream's settings, policy and clients.
+
+Clients are built on first use (cheap startup: Django runs ``ready()`` for every management command), then reused
+for the life of the process. ``httpx.AsyncClient`` belongs to one event loop (FACTS.md), so there is one per running
+loop, closed when that loop shuts down its async generators (``asyncio.run()``, asgiref's ``async_to_sync``) or
+when the registry closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from ._backends import httpx as httpx_backend
+from ._backends.httpx import ServiceAsyncClient, ServiceClient
+from ._backends.requests import ServiceSession
+from ._breaker import HALF_OPEN, OPEN
+from ._config import ServiceConfig
+from ._errors import RegistryClosedError, ServiceLookupError, redact_url
+from ._policy import Policy
+
+CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for a client on another thread's event loop
+
+
+class Service:
+    """One configured upstream.
+
+    Attributes:
+        name: the service's name in the settings.
+        config: its validated ``ServiceConfig``.
+        policy: its breaker, retry budget and stats.
+    """
+
+    def __init__(self, config: ServiceConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = config.name
+        self.config = config
+        self.policy = Policy(config, clock=clock)
+        self._lock = threading.Lock()
+        self._session: ServiceSession | None = None
+        self._client: ServiceClient | None = None
+        self._async_clients: dict[asyncio.AbstractEventLoop, ServiceAsyncClient] = {}
+        # Keeps each loop's closer generator alive: the loop itself only holds a weak reference.
+        self._closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name!r} {self.config.client} {redact_url(self.config.base_url)}>"
+
+    def session(self) -> ServiceSession:
+        """The service's ``requests.Session``."""
+        if self.config.client != "requests":
+            raise ServiceLookupError(
+                f"service {self.name!r} uses client 'httpx': call client({self.name!r}) or "
+                f"async_client({self.name!r}) instead of session()"
+            )
+        session = self._session
+        if session is None:
+            with self._lock:
+                self._check_open()
+                if self._session is None:
+                    self._session = ServiceSession(self.policy)
+                session = self._session
+        return session
+
+    def client(self) -> ServiceClient:
+        """The service's ``httpx.Client``."""
+        self._require_httpx("client")
+        client = self._client
+        if client is None:
+            with self._lock:
+                self._check_open()
+                if self._client is None:
+                    self._client = ServiceClient(self.policy)
+                client = self._client
+        return client
+
+    def async_client(self) -> ServiceAsyncClient:
+        """The service's ``httpx.AsyncClient`` for the running event loop. Call it from a coroutine."""
+        self._require_httpx("async_client")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"async_client({self.name!r}) needs a running event loop: call it inside a coroutine "
+                f"(use client({self.name!r}) in synchronous code)"
+            ) from None
+        client = self._async_clients.get(loop)
+        if client is None:
+            with self._lock:
+                self._check_open()
+                client = self._async_clients.get(loop)
+                if client is None:
+                    self._forget_closed_loops()
+                    client = ServiceAsyncClient(self.policy)
+                    self._async_clients[loop] = client
+                    self._close_with_loop(loop, client)
+        return client
+
+    def pool(self) -> dict[str, int]:
+        """Connections of this service's clients: ``max_connections``, ``in_use``, ``idle``, ``waiting``."""
+        limit = self.config.pool.max_connections
+        in_use = idle = waiting = 0
+        if self._session is not None:
+            in_use, idle = self._session.adapter.pool_numbers()
+            if in_use >= limit:
+                # urllib3 does not count its waiters; calls in flight beyond the busy connections are waiting.
+                waiting = max(0, self.policy.stats.in_flight - in_use)
+        transports = [c.outbound_transport.inner for c in [self._client, *list(self._async_clients.values())] if c]
+        for transport in transports:
+            busy, free, queued = httpx_backend.pool_numbers(transport)
+            in_use, idle, waiting = in_use + busy, idle + free, waiting + queued
+        return {"max_connections": limit, "in_use": in_use, "idle": idle, "waiting": waiting}
+
+    def health(self) -> dict[str, Any]:
+        """This service's part of the health report (no network I/O)."""
+        breaker = self.policy.breaker
+        state = breaker.state
+        pool = self.pool()
+        if state == OPEN:
+            status = "down"
+        elif state == HALF_OPEN or pool["waiting"] > 0:
+            status = "degraded"
+        else:
+            status = "ok"
+        opened_at = breaker.opened_at
+        retry_in = breaker.retry_in()
+        last_error = self.policy.stats.last_error
+        return {
+            "status": status,
+            "client": self.config.client,
+            "base_url": redact_url(self.config.base_url),
+            "critical": self.config.critical,
+            "breaker": {
+                "state": state,
+                "failures": breaker.failures,
+                "opened_at": opened_at.isoformat() if opened_at else None,
+                "retry_in": round(retry_in, 3) if retry_in is not None else None,
+            },
+            "pool": pool,
+            "stats": self.policy.stats.snapshot(),
+            "last_error": last_error.as_dict() if last_error else None,
+        }
+
+    def close(self) -> None:
+        """Close every client and pooled socket of this service."""
+        with self._lock:
+            self._closed = True
+            session, client = self._session, self._client
+            async_clients = list(self._async_clients.items())
+            self._async_clients.clear()
+            self._closers.clear()
+        if session is not None:
+            session.close()
+        if client is not None:
+            client.close()
+        for loop, async_client in async_clients:
+            _close_on_loop(loop, async_client)
+
+    async def aclose(self) -> None:
+        """Close every client; the running loop's async client is awaited here."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            own = self._async_clients.pop(loop, None) if loop is not None else None
+            self._closers.pop(loop, None) if loop is not None else None
+        if own is not None:
+            await own.aclose()
+        self.close()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: drop inherited connections and locks; the same client objects keep working."""
+        self._lock = threading.Lock()
+        self.policy.reset_after_fork()
+        if self._session is not None:
+            self._session.adapter.drop_after_fork()
+        if self._client is not None:
+            self._client.outbound_transport.drop_after_fork()
+        # The parent's event loops do not run here; their clients cannot be closed or used.
+        self._async_clients = {}
+        self._closers = {}
+
+    def _require_httpx(self, accessor: str) -> None:
+        if self.config.client != "httpx":
+            raise ServiceLookupError(
+                f"service {self.name!r} uses client 'requests': call session({self.name!r}) instead of {accessor}()"
+            )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistryClosedError(f"the outbound registry was closed; service {self.name!r} is unusable")
+
+    def _forget_closed_loops(self) -> None:
+        # A loop closed without shutting down its async generators (a bare loop.close()) left its client behind.
+        for loop in [loop for loop in self._async_clients if loop.is_closed()]:
+            del self._async_clients[loop]
+            self._closers.pop(loop, None)
+
+    def _close_with_loop(self, loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) -> None:
+        # asyncio.run() and asgiref's async_to_sync call loop.shutdown_asyncgens() before closing the loop. An
+        # async generator first iterated on this loop is registered with it, and its `finally` then runs on the
+        # loop while it still works: the one reliable moment to close a per-loop client.
+        async def closer() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                with self._lock:
+                    if self._async_clients.get(loop) is client:
+                        del self._async_clients[loop]
+                    self._closers.pop(loop, None)
+                await client.aclose()
+
+        generator = closer()
+        step = generator.__anext__()
+        try:
+            step.send(None)  # runs up to the yield without awaiting anything; registers with the running loop
+        except StopIteration:
+            pass
+        self._closers[loop] = generator
+
+
+def _close_on_loop(loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) -> None:
+    if loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        # close() was called synchronously from inside this loop: it cannot block on it. Schedule the close.
+        loop.create_task(client.aclose())
+    elif loop.is_running():
+        future = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        try:
+            future.result(timeout=CLOSE_WAIT_SECONDS)
+        except Exception:  # noqa: BLE001 (best effort at shutdown; the loop's thread may be stuck)
+            future.cancel()
+    else:
+        loop.run_until_complete(client.aclose())

@@ -1,0 +1,322 @@
+"""A small controllable HTTP/1.1 upstream on 127.0.0.1, shared by every test, the benchmarks and the example.
+
+Raw sockets rather than http.server, so it can do what real upstreams do to clients: reset a connection mid-body,
+hold a connection without answering, refuse connections, and report how many connections are open right now.
+
+Behaviour by path (any other path follows the current mode):
+    /ok                          200 "ok"
+    /slow?delay=0.2              answer after `delay` seconds
+    /status/503?retry_after=2    that status, with an optional Retry-After header
+    /fail-then-ok?fails=2&key=k  503 for the first `fails` requests with that key, then 200
+    /reset-mid-body              headers and part of the body, then a TCP reset
+    /hold?seconds=5              read the request, answer nothing, close after `seconds`
+    /echo                        JSON: method, path, headers, body length
+
+Modes (``Upstream.set_mode`` or ``POST /_control/mode?name=failing&status=503&retry_after=1``):
+    healthy (delay=0)  slow (delay)  failing (status, retry_after)  refuse (listener closed)  flapping (period)
+``GET /_control/stats`` returns the counters; ``POST /_control/reset`` clears them and heals.
+
+Run standalone: ``python -m tests.upstream --port 8001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+MODES = ("healthy", "slow", "failing", "refuse", "flapping")
+IDLE_TIMEOUT = 30.0
+
+
+class Upstream:
+    """A threaded HTTP/1.1 server with keep-alive. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self._requested_port = port
+        self.port = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self.reset()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> Upstream:
+        self._listen(self._requested_port)
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="upstream-accept", daemon=True)
+        self._accept_thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout=5)
+        self._close_listener()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            _close_quietly(conn)
+
+    def __enter__(self) -> Upstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    # -- control ---------------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Zero the counters and return to healthy."""
+        with getattr(self, "_lock", threading.Lock()):
+            self.hits = 0
+            self.hits_by_path: Counter[str] = Counter()
+            self.connections_total = 0
+            self._fail_counts: Counter[str] = Counter()
+            self.mode = "healthy"
+            self.mode_params: dict[str, float] = {}
+            self._mode_since = time.monotonic()
+        if self.port and self._listener is None:
+            self._listen(self.port)
+
+    def set_mode(self, name: str, **params: float) -> None:
+        """Switch behaviour for every path not listed in the module docstring."""
+        if name not in MODES:
+            raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+        with self._lock:
+            self.mode = name
+            self.mode_params = dict(params)
+            self._mode_since = time.monotonic()
+        if name == "refuse":
+            self._close_listener()
+        elif self._listener is None and self.port:
+            self._listen(self.port)
+
+    @property
+    def live_connections(self) -> int:
+        """TCP connections open right now (the server closes its side when the client does)."""
+        with self._lock:
+            return len(self._connections)
+
+    def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
+        """Poll ``predicate()`` until true or ``timeout`` seconds pass (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.01)
+        return bool(predicate())
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "hits": self.hits,
+                "hits_by_path": dict(self.hits_by_path),
+                "connections_total": self.connections_total,
+                "live_connections": len(self._connections),
+                "mode": self.mode,
+                "mode_params": self.mode_params,
+            }
+
+    # -- sockets ---------------------------------------------------------------------------------------------------
+
+    def _listen(self, port: int) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, port))
+        listener.listen(512)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            _close_quietly(listener)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            listener = self._listener
+            if listener is None:
+                time.sleep(0.01)
+                continue
+            try:
+                ready, _, _ = select.select([listener], [], [], 0.05)
+                if not ready:
+                    continue
+                conn, _ = listener.accept()
+            except (OSError, ValueError):
+                continue  # the listener was closed under us (refuse mode or stop)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._connections.add(conn)
+                self.connections_total += 1
+            threading.Thread(target=self._serve, args=(conn,), name="upstream-conn", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        try:
+            conn.settimeout(IDLE_TIMEOUT)
+            while not self._stop.is_set():
+                request = _read_request(reader)
+                if request is None:
+                    return
+                method, target, headers, body = request
+                keep_open = self._respond(conn, method, target, headers, body)
+                if not keep_open or headers.get("connection", "").lower() == "close":
+                    return
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            reader.close()
+            _close_quietly(conn)
+
+    # -- behaviour -------------------------------------------------------------------------------------------------
+
+    def _respond(self, conn: socket.socket, method: str, target: str, headers: dict[str, str], body: bytes) -> bool:
+        parts = urlsplit(target)
+        path = parts.path
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        if path.startswith("/_control/"):
+            return self._control(conn, method, path, query)
+        with self._lock:
+            self.hits += 1
+            self.hits_by_path[path] += 1
+            mode, params, since = self.mode, dict(self.mode_params), self._mode_since
+
+        if path == "/ok":
+            return _send(conn, 200, b"ok")
+        if path == "/slow":
+            self._sleep(float(query.get("delay", "0.2")))
+            return _send(conn, 200, b"slow ok")
+        if path.startswith("/status/"):
+            extra = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
+            return _send(conn, int(path.rsplit("/", 1)[1]), b"status", extra)
+        if path == "/fail-then-ok":
+            key = query.get("key", "default")
+            with self._lock:
+                self._fail_counts[key] += 1
+                failing = self._fail_counts[key] <= int(query.get("fails", "1"))
+            return _send(conn, 503, b"failing") if failing else _send(conn, 200, b"recovered")
+        if path == "/reset-mid-body":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 10)
+            time.sleep(0.01)
+            # SO_LINGER with a zero timeout turns close() into a TCP reset.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return False
+        if path == "/hold":
+            self._sleep(float(query.get("seconds", "5")))
+            return False
+        if path == "/echo":
+            payload = {"method": method, "path": target, "headers": headers, "body_length": len(body)}
+            return _send(conn, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        return self._by_mode(conn, mode, params, since)
+
+    def _by_mode(self, conn: socket.socket, mode: str, params: dict[str, float], since: float) -> bool:
+        if params.get("delay"):
+            self._sleep(params["delay"])
+        failing = mode == "failing"
+        if mode == "flapping":
+            period = params.get("period", 1.0)
+            failing = int((time.monotonic() - since) / period) % 2 == 0
+        if failing:
+            status = int(params.get("status", 503))
+            extra = {"Retry-After": str(int(params["retry_after"]))} if "retry_after" in params else {}
+            return _send(conn, status, b"upstream failing", extra)
+        return _send(conn, 200, b'{"ok": true}', {"Content-Type": "application/json"})
+
+    def _control(self, conn: socket.socket, method: str, path: str, query: dict[str, str]) -> bool:
+        if path == "/_control/stats":
+            return _send(conn, 200, json.dumps(self.stats()).encode(), {"Content-Type": "application/json"})
+        if path == "/_control/reset" and method == "POST":
+            self.reset()
+            return _send(conn, 200, b"reset")
+        if path == "/_control/mode" and method == "POST":
+            name = query.pop("name", "healthy")
+            try:
+                self.set_mode(name, **{key: float(value) for key, value in query.items()})
+            except ValueError as error:
+                return _send(conn, 400, str(error).encode())
+            return _send(conn, 200, json.dumps({"mode": name, "params": query}).encode())
+        return _send(conn, 404, b"unknown control endpoint")
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+
+def _read_request(reader: Any) -> tuple[str, str, dict[str, str], bytes] | None:
+    line = reader.readline(65536)
+    if not line:
+        return None
+    method, target, _ = line.decode("latin-1").split(" ", 2)
+    headers: dict[str, str] = {}
+    while True:
+        header = reader.readline(65536)
+        if header in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = header.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if "content-length" in headers:
+        body = reader.read(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(reader.readline().split(b";")[0], 16)
+            if size == 0:
+                reader.readline()
+                break
+            chunks.append(reader.read(size))
+            reader.readline()
+        body = b"".join(chunks)
+    return method, target, headers, body
+
+
+_REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def _send(conn: socket.socket, status: int, body: bytes, headers: dict[str, str] | None = None) -> bool:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    return True
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A controllable upstream for outbound's tests and demo.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args()
+    upstream = Upstream(args.host, args.port).start()
+    print(f"upstream listening on {upstream.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        upstream.stop()
+
+
+if __name__ == "__main__":
+    main()
