@@ -314,7 +314,9 @@ def _parse_base_url(reader: _Reader) -> str:
         raise reader.error(f"must be a string, got {type(value).__name__}", key="base_url")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https"):
-        raise reader.error(f"must use http or https, got scheme {parts.scheme or '(none)'!r}", key="base_url", code="url")
+        raise reader.error(
+            f"must use http or https, got scheme {parts.scheme or '(none)'!r}", key="base_url", code="url"
+        )
     if not parts.hostname:
         raise reader.error("must include a host", key="base_url", code="url")
     if parts.query or parts.fragment:
@@ -388,7 +390,9 @@ def _parse_health(raw: Any) -> HealthConfig:
     show_details = reader.mapping.get("show_details", "when_authorized")
     if show_details not in ("never", "when_authorized", "always"):
         raise reader.error(
-            f"must be 'never', 'when_authorized' or 'always', got {show_details!r}", key="show_details", code="unsupported"
+            f"must be 'never', 'when_authorized' or 'always', got {show_details!r}",
+            key="show_details",
+            code="unsupported",
         )
     return HealthConfig(show_details=show_details, token=reader.optional_string("token"))
 

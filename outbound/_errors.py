@@ -24,7 +24,6 @@ Messages never contain credentials or query strings: URLs in them go through ``r
 
 from __future__ import annotations
 
-import functools
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -117,11 +116,18 @@ class ReadError(TransportFailure):
     """The connection failed after the request was sent (reset, closed mid-response, protocol error)."""
 
 
-@functools.cache
+_dual_classes: dict[tuple[type[CallError], type[Exception]], type[CallError]] = {}
+
+
 def _dual_class(outbound_cls: type[CallError], backend_cls: type[Exception]) -> type[CallError]:
     # One class per (outbound kind, backend exception) pair, made once: instances are both, so
     # ``except requests.ConnectionError`` and ``except outbound.ConnectError`` catch the same error.
-    return type(backend_cls.__name__, (outbound_cls, backend_cls), {"__module__": "outbound"})
+    # (A race may build a pair twice; either class is correct, and the dict keeps one.)
+    key = (outbound_cls, backend_cls)
+    cls = _dual_classes.get(key)
+    if cls is None:
+        cls = _dual_classes.setdefault(key, type(backend_cls.__name__, key, {"__module__": "outbound"}))
+    return cls
 
 
 def backend_error(

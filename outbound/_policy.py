@@ -66,7 +66,9 @@ ERROR_CLASSES: Mapping[Kind, type[CallError]] = {
     Kind.OTHER_ERROR: CallError,
 }
 _NOTHING_SENT = frozenset({Kind.CONNECT_ERROR, Kind.CONNECT_TIMEOUT})
-_UPSTREAM_FAILURES = frozenset({Kind.CONNECT_ERROR, Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.WRITE_TIMEOUT, Kind.READ_ERROR})
+_UPSTREAM_FAILURES = frozenset(
+    {Kind.CONNECT_ERROR, Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.WRITE_TIMEOUT, Kind.READ_ERROR}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +195,9 @@ class Call:
             if self._counted:  # a retry refused by a breaker that opened meanwhile: the call still ends here
                 self._finish(("CircuitOpenError", "circuit breaker opened"))
             policy.stats.rejected()
-            raise _circuit_open(policy.config.name, admission.retry_in, self._circuit_open_class, self._error_attributes)
+            raise _circuit_open(
+                policy.config.name, admission.retry_in, self._circuit_open_class, self._error_attributes
+            )
         self._admission = admission
         self._attempts += 1
         if not self._counted:
@@ -213,9 +217,7 @@ class Call:
         if self._deadline is None:
             return AttemptTimeouts(connect, read, write, pool)
         left = max(0.001, self._deadline - self._policy.clock())
-        return AttemptTimeouts(
-            *(left if limit is None else min(limit, left) for limit in (connect, read, write, pool))
-        )
+        return AttemptTimeouts(*(left if limit is None else min(limit, left) for limit in (connect, read, write, pool)))
 
     def record(self, outcome: Outcome) -> Decision:
         """Record one attempt's outcome with the breaker and stats, and decide whether to retry."""
@@ -262,7 +264,9 @@ class Call:
         assert original is not None
         backend_cls: type[Exception] = type(original)
         if outcome.kind is Kind.POOL_TIMEOUT:
-            backend_cls = self._pool_timeout_class if not isinstance(original, self._pool_timeout_class) else backend_cls
+            backend_cls = (
+                self._pool_timeout_class if not isinstance(original, self._pool_timeout_class) else backend_cls
+            )
         message = f"{self._policy.config.name}: {self._describe(outcome)}"
         if self._attempts > 1:
             message += f" (after {self._attempts} attempts)"

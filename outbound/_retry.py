@@ -22,7 +22,7 @@ def backoff_delay(config: RetryConfig, retry_number: int, random: Callable[[], f
     ``backoff_factor * 2 ** (retry_number - 1)`` plus up to ``backoff_jitter`` seconds of random jitter (so that
     clients that failed together do not retry together), capped at ``backoff_max``.
     """
-    delay = config.backoff_factor * (2 ** (retry_number - 1)) + random() * config.backoff_jitter
+    delay = config.backoff_factor * (2.0 ** (retry_number - 1)) + random() * config.backoff_jitter
     return min(config.backoff_max, delay)
 
 

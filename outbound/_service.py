@@ -9,6 +9,7 @@ when the registry closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -216,10 +217,8 @@ class Service:
 
         generator = closer()
         step = generator.__anext__()
-        try:
+        with contextlib.suppress(StopIteration):
             step.send(None)  # runs up to the yield without awaiting anything; registers with the running loop
-        except StopIteration:
-            pass
         self._closers[loop] = generator
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class LastError:
 
 def _percentile(ordered: list[float], fraction: float) -> float:
     # Nearest-rank percentile on an already sorted, non-empty list.
-    index = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    index = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
     return round(ordered[index], 3)
 
 

@@ -3,7 +3,7 @@
 Raw sockets rather than http.server, so it can do what real upstreams do to clients: reset a connection mid-body,
 hold a connection without answering, refuse connections, and report how many connections are open right now.
 
-Behaviour by path (any other path follows the current mode):
+Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other path follows the current mode):
     /ok                          200 "ok"
     /slow?delay=0.2              answer after `delay` seconds
     /status/503?retry_after=2    that status, with an optional Retry-After header
@@ -22,6 +22,7 @@ Run standalone: ``python -m tests.upstream --port 8001``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import select
 import socket
@@ -145,6 +146,10 @@ class Upstream:
     def _close_listener(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            # shutdown() stops listening at once; close() alone waits for the accept thread's select() to return,
+            # and connections in that window would be accepted and then reset instead of refused.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             _close_quietly(listener)
 
     def _accept_loop(self) -> None:
@@ -199,30 +204,31 @@ class Upstream:
             self.hits_by_path[path] += 1
             mode, params, since = self.mode, dict(self.mode_params), self._mode_since
 
-        if path == "/ok":
+        route = _route(path)
+        if route == "/ok":
             return _send(conn, 200, b"ok")
-        if path == "/slow":
+        if route == "/slow":
             self._sleep(float(query.get("delay", "0.2")))
             return _send(conn, 200, b"slow ok")
-        if path.startswith("/status/"):
+        if route.startswith("/status/"):
             extra = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
             return _send(conn, int(path.rsplit("/", 1)[1]), b"status", extra)
-        if path == "/fail-then-ok":
+        if route == "/fail-then-ok":
             key = query.get("key", "default")
             with self._lock:
                 self._fail_counts[key] += 1
                 failing = self._fail_counts[key] <= int(query.get("fails", "1"))
             return _send(conn, 503, b"failing") if failing else _send(conn, 200, b"recovered")
-        if path == "/reset-mid-body":
+        if route == "/reset-mid-body":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 10)
             time.sleep(0.01)
             # SO_LINGER with a zero timeout turns close() into a TCP reset.
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return False
-        if path == "/hold":
+        if route == "/hold":
             self._sleep(float(query.get("seconds", "5")))
             return False
-        if path == "/echo":
+        if route == "/echo":
             payload = {"method": method, "path": target, "headers": headers, "body_length": len(body)}
             return _send(conn, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
         return self._by_mode(conn, mode, params, since)
@@ -259,6 +265,13 @@ class Upstream:
         self._stop.wait(seconds)
 
 
+def _route(path: str) -> str:
+    segments = path.rstrip("/").split("/")
+    if len(segments) >= 3 and segments[-2] == "status":
+        return "/status/" + segments[-1]
+    return "/" + segments[-1]
+
+
 def _read_request(reader: Any) -> tuple[str, str, dict[str, str], bytes] | None:
     line = reader.readline(65536)
     if not line:
@@ -287,7 +300,13 @@ def _read_request(reader: Any) -> tuple[str, str, dict[str, str], bytes] | None:
     return method, target, headers, body
 
 
-_REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _send(conn: socket.socket, status: int, body: bytes, headers: dict[str, str] | None = None) -> bool:
@@ -298,10 +317,8 @@ def _send(conn: socket.socket, status: int, body: bytes, headers: dict[str, str]
 
 
 def _close_quietly(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
 
 
 def main() -> None:

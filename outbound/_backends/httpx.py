@@ -9,6 +9,7 @@ set on the wrapped transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -104,6 +105,18 @@ def _cut_timeouts(call: Call, request: httpx.Request) -> None:
     }
 
 
+# Set by ServiceClient.send: the caller does not stream, so the transport may read the body itself, inside the
+# policy, where a failure mid-body is classified, counted and retried (httpx reads it after the transport returns).
+PRELOAD = "outbound.preload"
+
+
+def _preloaded(response: httpx.Response, body: bytes) -> httpx.Response:
+    # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
+    return httpx.Response(
+        response.status_code, headers=response.headers, stream=httpx.ByteStream(body), extensions=response.extensions
+    )
+
+
 def _response_outcome(response: httpx.Response) -> Outcome:
     return Outcome(Kind.RESPONSE, status=response.status_code, retry_after=response.headers.get("retry-after"))
 
@@ -175,9 +188,13 @@ class OutboundTransport(httpx.BaseTransport):
             response: httpx.Response | None = None
             try:
                 response = self.inner.handle_request(request)
+                if request.extensions.get(PRELOAD):
+                    with contextlib.closing(response.stream):  # type: ignore[type-var]
+                        response = _preloaded(response, b"".join(response.stream))  # type: ignore[arg-type]
                 outcome = _response_outcome(response)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
                 outcome = Outcome(_classify(error), error=error)
+                response = None  # if the headers came and the body broke, the stream was closed above
             except BaseException:
                 call.abandon()
                 raise
@@ -214,9 +231,17 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
             response: httpx.Response | None = None
             try:
                 response = await self.inner.handle_async_request(request)
+                if request.extensions.get(PRELOAD):
+                    stream = response.stream
+                    try:
+                        body = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
+                    finally:
+                        await stream.aclose()  # type: ignore[union-attr]
+                    response = _preloaded(response, body)
                 outcome = _response_outcome(response)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
                 outcome = Outcome(_classify(error), error=error)
+                response = None  # if the headers came and the body broke, the stream was closed above
             except BaseException:  # asyncio.CancelledError among them: never a verdict on the upstream
                 call.abandon()
                 raise
@@ -243,11 +268,12 @@ class ServiceClient(httpx.Client):
         self.outbound_transport = OutboundTransport(policy)
         super().__init__(transport=self.outbound_transport, **client_options(policy.config))
 
-    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+    def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         if self.is_closed:
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
         self._policy.reject_if_open(httpx.TransportError, {"_request": request})
-        return super().send(request, **kwargs)
+        request.extensions[PRELOAD] = not stream
+        return super().send(request, stream=stream, **kwargs)
 
 
 class ServiceAsyncClient(httpx.AsyncClient):
@@ -259,8 +285,9 @@ class ServiceAsyncClient(httpx.AsyncClient):
         self.outbound_transport = AsyncOutboundTransport(policy)
         super().__init__(transport=self.outbound_transport, **client_options(policy.config))
 
-    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+    async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         if self.is_closed:
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
         self._policy.reject_if_open(httpx.TransportError, {"_request": request})
-        return await super().send(request, **kwargs)
+        request.extensions[PRELOAD] = not stream
+        return await super().send(request, stream=stream, **kwargs)

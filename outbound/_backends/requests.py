@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import requests
 import requests.adapters
@@ -39,7 +39,8 @@ _pool_wait: ContextVar[float | None] = ContextVar("outbound_pool_wait", default=
 
 class _PoolTimeoutMixin:
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
-        return super()._get_conn(timeout if timeout is not None else _pool_wait.get())  # type: ignore[misc]
+        get_conn = super()._get_conn  # type: ignore[misc]  # the pool class comes second in the subclasses' MRO
+        return cast("BaseHTTPConnection", get_conn(timeout if timeout is not None else _pool_wait.get()))
 
 
 class _HTTPPool(_PoolTimeoutMixin, HTTPConnectionPool):
@@ -100,12 +101,11 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self._config = policy.config
+        # One pool per host; a service normally talks to one host, redirects may add a few. Blocking pools bound
+        # the connections; the wait is bounded by timeout.pool (see _PoolTimeoutMixin).
+        self._pool_sizes = (4, policy.config.pool.max_connections)
         super().__init__(
-            # One pool per host; a service normally talks to one host, redirects may add a few.
-            pool_connections=4,
-            pool_maxsize=policy.config.pool.max_connections,
-            max_retries=0,
-            pool_block=True,
+            pool_connections=self._pool_sizes[0], pool_maxsize=self._pool_sizes[1], max_retries=0, pool_block=True
         )
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
@@ -113,7 +113,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager = cast(PoolManager, super().proxy_manager_for(proxy, **proxy_kwargs))
         manager.pool_classes_by_scheme = _POOL_CLASSES
         return manager
 
@@ -141,15 +141,22 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
             token = _pool_wait.set(limits.pool)
             response: requests.Response | None = None
             try:
+                # A urllib3 Timeout, because either limit may be None (disabled in the settings).
+                attempt_timeout = cast(Any, Urllib3Timeout(connect=limits.connect, read=limits.read))
                 response = super().send(
-                    request, stream=stream, timeout=(limits.connect, limits.read), verify=verify, cert=cert, proxies=proxies
+                    request, stream=stream, timeout=attempt_timeout, verify=verify, cert=cert, proxies=proxies
                 )
                 if not stream:
                     # Read the body inside the policy, so a failure mid-body is classified, counted and retried.
                     response.content  # noqa: B018 (the property read is the point)
-                outcome = Outcome(Kind.RESPONSE, status=response.status_code, retry_after=response.headers.get("Retry-After"))
-            except Exception as error:
+                outcome = Outcome(
+                    Kind.RESPONSE, status=response.status_code, retry_after=response.headers.get("Retry-After")
+                )
+            except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
                 outcome = Outcome(_classify(error), error=error)
+                if response is not None:  # the headers came, the body broke: this attempt has no usable response
+                    response.close()
+                    response = None
             except BaseException:
                 call.abandon()
                 raise
@@ -168,7 +175,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         """``(in_use, idle)`` connections across this adapter's pools (FACTS.md: urllib3 introspection)."""
         in_use = idle = 0
         for manager in self._managers():
-            for key in manager.pools.keys():
+            for key in manager.pools.keys():  # noqa: SIM118 (iterating the container itself raises)
                 pool = manager.pools.get(key)
                 queue = getattr(pool, "pool", None)
                 if queue is None:
@@ -180,7 +187,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
     def close(self) -> None:
         """Close every pooled socket (``PoolManager.clear()`` alone leaves them open under urllib3 2.x)."""
         for manager in self._managers():
-            for key in manager.pools.keys():
+            for key in manager.pools.keys():  # noqa: SIM118 (iterating the container itself raises)
                 pool = manager.pools.get(key)
                 if pool is not None:
                     pool.close()
@@ -200,7 +207,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                     if conn is not None:
                         conn.close()
         self.proxy_manager = {}
-        self.init_poolmanager(self._pool_connections, self._pool_maxsize, block=self._pool_block)
+        self.init_poolmanager(*self._pool_sizes, block=True)
 
     def _managers(self) -> list[PoolManager]:
         return [self.poolmanager, *self.proxy_manager.values()]
@@ -230,7 +237,7 @@ class ServiceSession(requests.Session):
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
         # Fail an open breaker before requests prepares anything: the gate is then a few microseconds.
