@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from example_project.venv import ROOT, ensure_venv  # noqa: E402 (the path must be set first)
+from example_project.venv import ROOT, ensure_venv
 
 if __name__ == "__main__":
     python = ensure_venv()
     os.chdir(ROOT)
-    os.execv(python, [python, "-m", "pytest", *sys.argv[1:]])
+    os.execv(python, [python, "-m", "pytest", *sys.argv[1:]])  # noqa: S606 (replace this process: pytest's exit code is ours)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,10 +48,8 @@ def blackhole() -> Iterator[dict[str, str]]:
     for _ in range(3):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect(full.getsockname())
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

@@ -147,7 +147,9 @@ def test_reset_mid_body_is_a_read_error_retried_for_get_only(
 def test_retry_after_is_honoured_and_capped(
     upstream: Upstream, make_registry: RegistryFactory, send: Send, kind: str
 ) -> None:
-    registry = make_registry(api={"base_url": upstream.url, "client": kind, "retry": {"total": 1, "retry_after_max": 2}})
+    registry = make_registry(
+        api={"base_url": upstream.url, "client": kind, "retry": {"total": 1, "retry_after_max": 2}}
+    )
     started = time.monotonic()
     assert send(registry, "api", "GET", "status/503", params={"retry_after": 1}).status_code == 503
     assert upstream.hits_by_path["/status/503"] == 2
@@ -192,11 +194,14 @@ def test_errors_keep_both_identities_and_leak_no_secrets(
         assert secret not in str(error)
     assert "/accounts" in str(error)
     if kind == "requests":
-        assert isinstance(error, requests.RequestException) and error.request is not None
+        assert isinstance(error, requests.RequestException)
+        assert error.request is not None
     else:
-        assert isinstance(error, httpx.TransportError) and error.request.url.path == "/accounts"
+        assert isinstance(error, httpx.TransportError)
+        assert error.request.url.path == "/accounts"
     last_error = registry.health()["services"]["api"]["last_error"]
-    assert "s3cret" not in last_error["message"] and "hunter2" not in last_error["message"]
+    assert "s3cret" not in last_error["message"]
+    assert "hunter2" not in last_error["message"]
 
 
 def test_http2_uses_the_h2_transport(make_registry: RegistryFactory, upstream: Upstream) -> None:

@@ -24,10 +24,13 @@ def test_defaults_are_finite() -> None:
     assert config.client == "requests"
     for limit in ("connect", "read", "write", "pool", "total"):
         value = getattr(config.timeout, limit)
-        assert value is not None and 0 < value < 60, limit
-    assert config.retry.total == 2 and config.retry.budget is not None
+        assert value is not None, limit
+        assert 0 < value < 60, limit
+    assert config.retry.total == 2
+    assert config.retry.budget is not None
     assert "POST" not in config.retry.allowed_methods
-    assert config.breaker.fail_max == 5 and config.breaker.half_open_max_calls == 1
+    assert config.breaker.fail_max == 5
+    assert config.breaker.half_open_max_calls == 1
 
 
 def test_base_url_gets_a_trailing_slash_so_relative_urls_join_below_it() -> None:
@@ -39,9 +42,12 @@ def test_timeout_number_bounds_every_phase_and_null_disables_explicitly() -> Non
     assert (number.connect, number.read, number.write, number.pool) == (4.0, 4.0, 4.0, 4.0)
     assert number.total == 30.0
     partial = parse_config(service(timeout={"read": None, "connect": 1})).services["billing"].timeout
-    assert partial.read is None and partial.connect == 1.0 and partial.pool == 2.0
+    assert partial.read is None
+    assert partial.connect == 1.0
+    assert partial.pool == 2.0
     disabled = parse_config(service(timeout=None)).services["billing"].timeout
-    assert disabled.connect is None and disabled.total is None
+    assert disabled.connect is None
+    assert disabled.total is None
 
 
 def test_defaults_are_deep_merged_under_every_service() -> None:
@@ -55,15 +61,20 @@ def test_defaults_are_deep_merged_under_every_service() -> None:
         }
     )
     a, b = config.services["a"], config.services["b"]
-    assert a.timeout.read == 3.0 and a.retry.total == 5 and a.retry.backoff_factor == 0.0
-    assert b.timeout.read == 3.0 and b.timeout.connect == 1.0 and b.retry.total == 0
+    assert a.timeout.read == 3.0
+    assert a.retry.total == 5
+    assert a.retry.backoff_factor == 0.0
+    assert b.timeout.read == 3.0
+    assert b.timeout.connect == 1.0
+    assert b.retry.total == 0
     assert a.headers == {"User-Agent": "shop/1"}
 
 
 def test_lists_are_normalised() -> None:
     config = parse_config(service(retry={"allowed_methods": ["get", "post"], "status_forcelist": [503]}))
     retry = config.services["billing"].retry
-    assert retry.allowed_methods == frozenset({"GET", "POST"}) and retry.status_forcelist == frozenset({503})
+    assert retry.allowed_methods == frozenset({"GET", "POST"})
+    assert retry.status_forcelist == frozenset({503})
 
 
 @pytest.mark.parametrize(
@@ -80,7 +91,13 @@ def test_lists_are_normalised() -> None:
         (service(retry={"budget": {"ratio": -0.1}}), "billing", "retry.budget.ratio", "range", ">= 0"),
         (service(breaker={"reset_timeout": 0}), "billing", "breaker.reset_timeout", "range", "> 0"),
         (service(pool={"max_connections": 0}), "billing", "pool.max_connections", "range", ">= 1"),
-        (service(pool={"max_connections": 2, "max_keepalive": 3}), "billing", "pool.max_keepalive", "range", "<= max_connections"),
+        (
+            service(pool={"max_connections": 2, "max_keepalive": 3}),
+            "billing",
+            "pool.max_keepalive",
+            "range",
+            "<= max_connections",
+        ),
         (service(retry={"status_forcelist": [700]}), "billing", "retry.status_forcelist", "range", "100-599"),
         (service(retry={"allowed_methods": "GET"}), "billing", "retry.allowed_methods", "type", "list"),
         (service(headers={"X-Id": 1}), "billing", "headers", "type", "strings"),

@@ -96,7 +96,8 @@ def test_open_breaker_rejects_with_seconds_until_trial_then_admits_exactly_one_t
         trial.record(OK)
     assert policy.breaker.state == "closed"
     levels = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
-    assert levels[0][0] == "WARNING" and "opened" in caplog.records[0].getMessage()
+    assert levels[0][0] == "WARNING"
+    assert "opened" in caplog.records[0].getMessage()
     assert ("INFO", "circuit breaker for 'svc' closed") in levels
     assert policy.stats.short_circuited == 2
 
@@ -142,7 +143,8 @@ def test_pool_timeouts_and_local_errors_never_count_against_the_upstream(neutral
     policy = make_policy(clock, breaker={"fail_max": 1, "reset_timeout": 1})
     for _ in range(5):
         attempt(start(policy), Outcome(neutral, error=RuntimeError("local")))
-    assert policy.breaker.state == "closed" and policy.breaker.failures == 0
+    assert policy.breaker.state == "closed"
+    assert policy.breaker.failures == 0
     fail_once(policy)
     clock.advance(1)
     trial = start(policy)
@@ -339,7 +341,10 @@ def test_stats_count_calls_errors_and_latency() -> None:
     call.record(OK)
     attempt(start(policy, "POST"), UNAVAILABLE)
     snapshot = policy.stats.snapshot()
-    assert snapshot["requests"] == 2 and snapshot["errors"] == 1
+    assert snapshot["requests"] == 2
+    assert snapshot["errors"] == 1
     assert snapshot["latency_ms"]["p99"] == 250.0
-    assert policy.stats.last_error is not None and "503" in policy.stats.last_error.message
-    assert "token" not in policy.stats.last_error.message and "secret" not in policy.stats.last_error.message
+    assert policy.stats.last_error is not None
+    assert "503" in policy.stats.last_error.message
+    assert "token" not in policy.stats.last_error.message
+    assert "secret" not in policy.stats.last_error.message

@@ -1,0 +1,40 @@
+"""responses and respx still intercept calls made through managed clients, and the policy still runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import responses
+import respx
+
+from tests.conftest import RegistryFactory
+
+
+@responses.activate
+def test_responses_intercepts_the_session(make_registry: RegistryFactory) -> None:
+    registry = make_registry(billing={"base_url": "https://billing.internal/api/", "breaker": {"fail_max": 2}})
+    responses.add(responses.GET, "https://billing.internal/api/invoices/42", json={"id": 42})
+    responses.add(responses.POST, "https://billing.internal/api/charge", status=503)
+    assert registry.session("billing").get("invoices/42").json() == {"id": 42}
+    assert registry.session("billing").post("charge").status_code == 503
+    assert registry.session("billing").post("charge").status_code == 503
+    assert registry["billing"].policy.breaker.state == "open"  # the policy saw the mocked responses
+
+
+def test_respx_intercepts_sync_and_async_clients(make_registry: RegistryFactory) -> None:
+    registry = make_registry(search={"base_url": "https://search.internal/", "client": "httpx"})
+    with respx.mock(assert_all_called=True) as router:
+        route = router.get("https://search.internal/q").mock(
+            side_effect=[httpx.Response(503), httpx.Response(200, json={"hits": 3})]
+        )
+        assert registry.client("search").get("q").json() == {"hits": 3}  # 503 retried, then served
+        assert route.call_count == 2
+
+        async def call() -> int:
+            return (await registry.async_client("search").get("q")).status_code
+
+        route.side_effect = None
+        route.return_value = httpx.Response(200)
+        assert asyncio.run(call()) == 200
+    assert registry["search"].policy.stats.retries == 1
