@@ -240,9 +240,9 @@ def _parse_timeouts(reader: _Reader) -> Timeouts:
 
 def _parse_pool(reader: _Reader) -> PoolConfig:
     sub = reader.sub("pool", POOL_KEYS)
-    defaults = PoolConfig()
-    max_connections = sub.integer("max_connections", defaults.max_connections, minimum=1)
-    max_keepalive = sub.integer("max_keepalive", min(defaults.max_keepalive, max_connections), minimum=0)
+    max_connections = sub.integer("max_connections", PoolConfig().max_connections, minimum=1)
+    # Keep every connection alive by default: a pool sized to the worker's concurrency has no idle surplus.
+    max_keepalive = sub.integer("max_keepalive", max_connections, minimum=0)
     if max_keepalive > max_connections:
         raise sub.error(
             f"must be <= max_connections ({max_connections}), got {max_keepalive}", key="max_keepalive", code="range"
@@ -250,7 +250,7 @@ def _parse_pool(reader: _Reader) -> PoolConfig:
     return PoolConfig(
         max_connections=max_connections,
         max_keepalive=max_keepalive,
-        keepalive_expiry=sub.number("keepalive_expiry", defaults.keepalive_expiry, allow_none=True),
+        keepalive_expiry=sub.number("keepalive_expiry", PoolConfig().keepalive_expiry, allow_none=True),
     )
 
 

@@ -126,7 +126,8 @@ def _dual_class(outbound_cls: type[CallError], backend_cls: type[Exception]) -> 
     key = (outbound_cls, backend_cls)
     cls = _dual_classes.get(key)
     if cls is None:
-        cls = _dual_classes.setdefault(key, type(backend_cls.__name__, key, {"__module__": "outbound"}))
+        # Named after outbound's class (it says what happened); the backend class shows in the MRO.
+        cls = _dual_classes.setdefault(key, type(outbound_cls.__name__, key, {"__module__": "outbound"}))
     return cls
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -41,20 +42,32 @@ def _classify(error: Exception) -> Kind:
     return Kind.OTHER_ERROR
 
 
+@functools.lru_cache(maxsize=32)
+def ssl_context(verify: bool | str, cert: str | tuple[str, str] | None, http2: bool) -> ssl.SSLContext:
+    """One SSL context per (verify, cert, http2), shared by every client that needs it.
+
+    Building one loads the CA bundle (~20 ms); Flask async views and ``async_to_sync`` bridges make a new client per
+    event loop, so without sharing every such request would pay that again. A context is safe to share between
+    threads and survives fork (it holds no sockets). ``http2`` is part of the key because httpcore sets the ALPN
+    protocols on the context for each connection: contexts are shared only where it sets the same ones.
+    """
+    if isinstance(verify, bool) and cert is None:
+        return httpx.create_ssl_context(verify=verify)
+    # httpx 0.28 deprecates verify=<path> and cert=: build the context it asks for.
+    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if isinstance(cert, str):
+        context.load_cert_chain(cert)
+    elif cert is not None:
+        context.load_cert_chain(*cert)
+    return context
+
+
 def transport_options(config: ServiceConfig) -> dict[str, Any]:
     """Keyword arguments for ``httpx.HTTPTransport`` / ``AsyncHTTPTransport`` from the service's settings."""
-    verify: ssl.SSLContext | bool = config.verify if isinstance(config.verify, bool) else True
-    if isinstance(config.verify, str) or config.cert is not None:
-        # httpx 0.28 deprecates verify=<path> and cert=: build the context it asks for.
-        context = ssl.create_default_context(cafile=config.verify if isinstance(config.verify, str) else None)
-        if config.verify is False:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if isinstance(config.cert, str):
-            context.load_cert_chain(config.cert)
-        elif config.cert is not None:
-            context.load_cert_chain(*config.cert)
-        verify = context
+    verify = ssl_context(config.verify, config.cert, config.http2)
     pool = config.pool
     return {
         "verify": verify,

@@ -1,0 +1,1 @@
+"""The example Django project: ``outbound_django`` with three upstream services."""
