@@ -188,11 +188,11 @@ class Breaker:
     def _on_state_change(self, old: str | None, new: str) -> None:
         if new == OPEN:
             self._opened_monotonic = self._clock()
+            cause = "a trial call failed" if old == HALF_OPEN else f"{self._storage.counter} consecutive failures"
             logger.warning(
-                "circuit breaker for %r opened after %d consecutive failures%s; calls fail fast for %.1fs",
+                "circuit breaker for %r opened after %s; calls fail fast for %.1fs",
                 self.service,
-                self._storage.counter,
-                " (trial call failed)" if old == HALF_OPEN else "",
+                cause,
                 self.config.reset_timeout,
             )
         elif new == HALF_OPEN:

@@ -24,6 +24,7 @@ from ._errors import RegistryClosedError, ServiceLookupError, redact_url
 from ._policy import Policy
 
 CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for a client on another thread's event loop
+_closing_tasks: set[asyncio.Task[None]] = set()
 
 
 class Service:
@@ -230,8 +231,11 @@ def _close_on_loop(loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) 
     except RuntimeError:
         running = None
     if running is loop:
-        # close() was called synchronously from inside this loop: it cannot block on it. Schedule the close.
-        loop.create_task(client.aclose())
+        # close() was called synchronously from inside this loop: it cannot block on it. Schedule the close, and
+        # hold the task (the loop keeps only a weak reference to it).
+        task = loop.create_task(client.aclose())
+        _closing_tasks.add(task)
+        task.add_done_callback(_closing_tasks.discard)
     elif loop.is_running():
         future = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
         try:

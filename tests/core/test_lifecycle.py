@@ -144,3 +144,22 @@ def test_forked_child_uses_fresh_connections_and_leaves_the_parents_alone(
     # The parent's pooled connection is intact: reused, no new connection opened.
     assert get() == 200
     assert upstream.connections_total == 2
+
+
+def test_sync_close_from_inside_the_loop_still_closes_its_client(
+    upstream: Upstream, make_registry: RegistryFactory
+) -> None:
+    registry = both_kinds(upstream, make_registry)
+
+    async def scenario() -> None:
+        client = registry.async_client("http")
+        await client.get("ok")
+        registry.close()  # cannot block on this loop: the close is scheduled on it
+        for _ in range(100):
+            if client.is_closed:
+                break
+            await asyncio.sleep(0.01)
+        assert client.is_closed
+
+    asyncio.run(scenario())
+    assert upstream.wait_for(lambda: upstream.live_connections == 0)
