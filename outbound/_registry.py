@@ -83,9 +83,18 @@ class Registry:
         """The ``httpx.AsyncClient`` of a ``client: "httpx"`` service for the running event loop."""
         return self._open(name).async_client()
 
-    def health(self, *, details: bool = True) -> dict[str, Any]:
-        """A JSON-ready snapshot of every service (no network I/O); ``details=False`` gives ``{"status": ...}``."""
-        return build_report({name: service.health() for name, service in self._services.items()}, details=details)
+    def health(self, *, details: bool = True, service: str | None = None) -> dict[str, Any]:
+        """A JSON-ready snapshot (no network I/O); ``details=False`` gives ``{"status": ...}`` only.
+
+        Args:
+            details: include each service's breaker, pool, stats and last error.
+            service: report on this service alone; the overall status follows the same rules for it alone.
+
+        Raises:
+            ServiceLookupError: ``service`` is not configured.
+        """
+        services = [self[service]] if service is not None else self._services.values()
+        return build_report({s.name: s.health() for s in services}, details=details)
 
     def probe(self, name: str | None = None) -> list[ProbeResult]:
         """Send one GET to each service's ``probe`` path (or just ``name``'s) through its managed client."""

@@ -67,7 +67,14 @@ def test_open_breaker_is_down_and_only_a_critical_one_takes_the_report_down(
     assert outbound.http_status(report) == 200
     assert outbound.status_exit_code(report) == 0
 
+    only_optional = registry.health(service="optional")
+    assert only_optional["status"] == "degraded"
+    assert list(only_optional["services"]) == ["optional"]
+    with pytest.raises(outbound.ServiceLookupError, match="did you mean 'optional'"):
+        registry.health(service="optionl")
+
     open_breaker(registry, "payments")
+    assert registry.health(service="payments", details=False) == {"status": "down"}
     report = registry.health()
     assert report["status"] == "down"
     assert outbound.http_status(report) == 503

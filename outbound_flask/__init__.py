@@ -1,0 +1,24 @@
+"""outbound_flask: the Flask extension for outbound.
+
+    from outbound_flask import Outbound
+
+    outbound = Outbound()
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["OUTBOUND"] = {"services": {"search": {"base_url": "http://search.internal/", "client": "httpx"}}}
+        outbound.init_app(app)
+        return app
+
+    # in a view
+    outbound.client("search").get("q", params={"text": "..."})
+
+``init_app`` builds the app's ``outbound.Registry``, serves ``/health/outbound`` and adds the ``flask outbound``
+command group. The registry is closed at process exit.
+"""
+
+from __future__ import annotations
+
+from .extension import Outbound
+
+__all__ = ["Outbound"]

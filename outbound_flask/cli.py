@@ -1,0 +1,93 @@
+"""``flask outbound status`` and ``flask outbound probe``: the registry's health and reachability from a shell.
+
+Exit codes (as the Django command): ``status`` 0 when ok or degraded, 1 when down, 2 when the registry cannot be
+built (a config error) or outbound is not set up on the app; ``probe`` 1 when a critical service's probe fails.
+
+``init_app`` adds this group to the app's CLI. An invalid ``OUTBOUND`` makes ``init_app`` raise, so an app factory
+that calls it fails and Flask cannot list the app's commands at all. For that case the group can also be installed
+as a Flask CLI plugin (entry point group ``flask.commands``: ``outbound = "outbound_flask.cli:outbound_cli"``):
+plugin commands exist even when the app fails to load, and these commands load the app themselves, so a config
+error then prints the core's message and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NoReturn
+
+import click
+from flask import current_app, has_app_context
+from flask.cli import ScriptInfo
+
+import outbound
+
+from ._state import registry_for
+
+
+@click.group("outbound")
+def outbound_cli() -> None:
+    """Health and reachability of the app's outbound services."""
+
+
+@outbound_cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON report instead of the table.")
+@click.option("--service", metavar="NAME", help="Only this service (its own status decides the exit code).")
+def status_command(as_json: bool, service: str | None) -> None:
+    """Show each service's breaker, pool and counters (no network I/O).
+
+    Exits 0 when ok or degraded, 1 when down, 2 on a configuration error.
+    """
+    registry = _load_registry()
+    if service is not None:
+        _check_service(registry, service)
+    report = registry.health(details=True, service=service)
+    click.echo(json.dumps(report, indent=2) if as_json else outbound.render_status(report))
+    click.get_current_context().exit(outbound.status_exit_code(report))
+
+
+@outbound_cli.command("probe")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
+@click.option("--service", metavar="NAME", help="Only probe this service.")
+def probe_command(as_json: bool, service: str | None) -> None:
+    """Send one GET to each service's ``probe`` path through its managed client.
+
+    Exits 1 when a critical service's probe fails, 2 on a configuration error, else 0.
+    """
+    registry = _load_registry()
+    if service is not None:
+        _check_service(registry, service)
+    results = registry.probe(service)
+    if as_json:
+        click.echo(json.dumps([result.as_dict() for result in results], indent=2))
+    else:
+        click.echo(outbound.render_probe(results))
+    click.get_current_context().exit(outbound.probe_exit_code(results))
+
+
+def _load_registry() -> outbound.Registry:
+    ctx = click.get_current_context()
+    if has_app_context():
+        app = current_app  # `flask outbound ...` and test_cli_runner(): Flask loaded the app already
+    else:
+        # A plugin command, or the group invoked on its own: load the app here, so that a factory failing on an
+        # invalid OUTBOUND is reported with exit code 2 rather than as a traceback with exit code 1 ("down").
+        try:
+            app = ctx.ensure_object(ScriptInfo).load_app()
+        except outbound.ConfigError as error:
+            _fail(ctx, error)
+    try:
+        return registry_for(app)
+    except RuntimeError as error:
+        _fail(ctx, error)
+
+
+def _fail(ctx: click.Context, error: Exception) -> NoReturn:
+    click.echo(f"Error: {error}", err=True)
+    ctx.exit(outbound.CONFIG_ERROR_EXIT_CODE)
+
+
+def _check_service(registry: outbound.Registry, name: str) -> None:
+    try:
+        registry[name]
+    except outbound.ServiceLookupError as error:
+        raise click.BadParameter(str(error), param_hint="'--service'") from None
