@@ -90,6 +90,18 @@ class Breaker:
         """``"closed"``, ``"open"`` or ``"half-open"``."""
         return self._storage.state
 
+    def effective_state(self) -> str:
+        """The state the next call will meet: an open breaker whose ``reset_timeout`` has passed is ``half-open``.
+
+        Health reports use this. The stored state changes only when a call arrives, and a health check must not
+        keep reporting ``down`` after the trial is due: a load balancer that took the instance out on that 503
+        would never send the traffic that lets the breaker close (Resilience4j #607).
+        """
+        state = self._storage.state
+        if state == OPEN and self._seconds_open() >= self.config.reset_timeout:
+            return HALF_OPEN
+        return state
+
     @property
     def failures(self) -> int:
         """Consecutive failures counted while closed."""
@@ -101,10 +113,11 @@ class Breaker:
         return None if self._storage.state == CLOSED else self._storage.opened_at
 
     def retry_in(self) -> float | None:
-        """Seconds until the open breaker admits a trial call; ``None`` unless open."""
+        """Seconds until the open breaker admits a trial call; ``None`` unless open (or once the trial is due)."""
         if self._storage.state != OPEN:
             return None
-        return max(0.0, self.config.reset_timeout - self._seconds_open())
+        remaining = self.config.reset_timeout - self._seconds_open()
+        return remaining if remaining > 0 else None
 
     def admit(self) -> Admission:
         """Decide whether one attempt may be sent. Lock-free while closed."""

@@ -139,7 +139,7 @@ class Policy:
         """
         if self.breaker.state == "open":
             retry_in = self.breaker.retry_in()
-            if retry_in:
+            if retry_in is not None:
                 self.stats.rejected()
                 raise _circuit_open(self.config.name, retry_in, circuit_open_class, error_attributes)
 

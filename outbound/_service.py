@@ -119,7 +119,7 @@ class Service:
     def health(self) -> dict[str, Any]:
         """This service's part of the health report (no network I/O)."""
         breaker = self.policy.breaker
-        state = breaker.state
+        state = breaker.effective_state()
         pool = self.pool()
         if state == OPEN:
             status = "down"

@@ -81,6 +81,25 @@ def test_open_breaker_is_down_and_only_a_critical_one_takes_the_report_down(
     assert outbound.status_exit_code(report) == 1
 
 
+def test_an_open_breaker_whose_trial_is_due_reports_half_open_without_any_call(upstream: Upstream) -> None:
+    now = [0.0]
+    mapping = {
+        "services": {
+            "api": {"base_url": upstream.url, "critical": True, "breaker": {"fail_max": 1, "reset_timeout": 5}}
+        }
+    }
+    with outbound.Registry.from_mapping(mapping, clock=lambda: now[0]) as registry:
+        registry.session("api").post("status/500")
+        assert registry.health()["status"] == "down"
+        now[0] = 5.0
+        # No call has arrived since: a load balancer that took this instance out must let it back in.
+        report = registry.health()
+        assert report["status"] == "degraded"
+        assert report["services"]["api"]["breaker"]["state"] == "half-open"
+        assert report["services"]["api"]["breaker"]["retry_in"] is None
+        assert registry["api"].policy.breaker.state == "open"  # reporting changed nothing
+
+
 def test_half_open_is_degraded(upstream: Upstream) -> None:
     now = [0.0]
     mapping = {"services": {"api": {"base_url": upstream.url, "breaker": {"fail_max": 1, "reset_timeout": 5}}}}

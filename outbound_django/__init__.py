@@ -1,0 +1,54 @@
+"""outbound_django: the ``outbound`` registry wired into Django.
+
+Add ``"outbound_django"`` to ``INSTALLED_APPS``, describe the upstreams in ``settings.OUTBOUND`` and use them::
+
+    from outbound_django import session
+
+    session("billing").get("invoices/42")
+
+The app holds no resilience logic: timeouts, pools, retries and the breaker are the core's. It builds the registry
+at startup, closes it at exit, serves ``/health/outbound`` (``outbound_django.urls``), adds system checks and the
+``manage.py outbound`` command.
+"""
+
+from __future__ import annotations
+
+import outbound
+
+from .conf import get_registry
+
+__all__ = ["async_client", "client", "get_registry", "session"]
+
+
+def session(name: str) -> outbound.ServiceSession:
+    """The managed ``requests.Session`` of the ``client: "requests"`` service ``name``.
+
+    Raises:
+        outbound.ConfigError: ``settings.OUTBOUND`` is invalid.
+        outbound.ServiceLookupError: no such service, or it uses httpx.
+    """
+    return get_registry().session(name)
+
+
+def client(name: str) -> outbound.ServiceClient:
+    """The managed ``httpx.Client`` of the ``client: "httpx"`` service ``name``.
+
+    Raises:
+        outbound.ConfigError: ``settings.OUTBOUND`` is invalid.
+        outbound.ServiceLookupError: no such service, or it uses requests.
+    """
+    return get_registry().client(name)
+
+
+def async_client(name: str) -> outbound.ServiceAsyncClient:
+    """The managed ``httpx.AsyncClient`` of the ``client: "httpx"`` service ``name`` for the running event loop.
+
+    Call it inside the coroutine that uses it (an async view): each event loop gets its own client, so it works
+    under ASGI servers and inside ``async_to_sync`` bridges, which run a new loop per call.
+
+    Raises:
+        outbound.ConfigError: ``settings.OUTBOUND`` is invalid.
+        outbound.ServiceLookupError: no such service, or it uses requests.
+        RuntimeError: no event loop is running.
+    """
+    return get_registry().async_client(name)

@@ -1,0 +1,59 @@
+"""Fixtures for the Django tests: set ``settings.OUTBOUND`` per test (restored, and its registry closed, after)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from outbound import Registry
+from outbound_django import get_registry
+from tests.upstream import Upstream
+
+if TYPE_CHECKING:  # pytest-django exports the fixture's type only in recent versions
+    from pytest_django import Settings
+
+Configure = Callable[..., Registry]
+
+
+@pytest.fixture
+def configure(settings: Settings) -> Configure:
+    """Set ``settings.OUTBOUND`` and return the registry the app rebuilt from it.
+
+    ``configure(billing={"base_url": ...}, health={...})``; pytest-django restores the setting after the test, which
+    makes the app close this registry.
+    """
+
+    def configure(*, health: dict[str, Any] | None = None, **services: Any) -> Registry:
+        mapping: dict[str, Any] = {"services": services}
+        if health is not None:
+            mapping["health"] = health
+        settings.OUTBOUND = mapping
+        return get_registry()
+
+    return configure
+
+
+def service(upstream: Upstream, **overrides: Any) -> dict[str, Any]:
+    """A service on the test upstream that fails fast: no retries, and a breaker that opens on the first failure
+    and stays open for the whole test."""
+    settings: dict[str, Any] = {
+        "base_url": upstream.url,
+        "retry": {"total": 0},
+        "breaker": {"fail_max": 1, "reset_timeout": 60.0},
+        "timeout": {"connect": 2.0, "read": 5.0, "total": 10.0},
+    }
+    settings.update(overrides)
+    return settings
+
+
+def open_breaker(registry: Registry, name: str, upstream: Upstream) -> None:
+    """Make ``name``'s breaker open with one failing call (``service()`` settings: fail_max 1, no retries)."""
+    upstream.set_mode("failing", status=503)
+    if registry[name].config.client == "requests":
+        registry.session(name).get("fail")
+    else:
+        registry.client(name).get("fail")
+    upstream.set_mode("healthy")
+    assert registry.health()["services"][name]["breaker"]["state"] == "open"

@@ -1,0 +1,38 @@
+"""Settings of the end-to-end project; ``OUTBOUND_E2E_UPSTREAM`` is the test upstream's URL."""
+
+from __future__ import annotations
+
+import os
+
+SECRET_KEY = "outbound-e2e-only-not-a-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1"]
+INSTALLED_APPS = ["outbound_django"]
+MIDDLEWARE: list[str] = []
+DATABASES: dict[str, object] = {}
+ROOT_URLCONF = "tests.django.e2e_project.urls"
+USE_TZ = True
+
+UPSTREAM = os.environ["OUTBOUND_E2E_UPSTREAM"]
+# Fail fast and recover fast: no retries, a breaker that opens after two failures and tries again after a second.
+FAST = {
+    "base_url": UPSTREAM,
+    "retry": {"total": 0},
+    "breaker": {"fail_max": 2, "reset_timeout": 1.0},
+    "timeout": {"connect": 2.0, "read": 5.0, "total": 10.0},
+}
+OUTBOUND = {
+    "services": {
+        "orders": {**FAST, "critical": True},
+        "catalog": {**FAST, "client": "httpx"},
+    },
+    "health": {"show_details": "always"},
+}
+
+# Errors and outbound's breaker messages go to stderr, which the tests show when they fail.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+}
