@@ -9,7 +9,6 @@ set on the wrapped transport.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ssl
 import time
@@ -18,9 +17,11 @@ from typing import Any
 
 import httpx
 
+from .._breaker import OPEN
 from .._config import ServiceConfig
 from .._errors import RegistryClosedError
-from .._policy import Call, Kind, Outcome, Policy
+from .._policy import Call, Kind, Outcome, Policy, response_outcome
+from .._retry import RETRY_AFTER_STATUSES
 
 _KINDS: tuple[tuple[type[Exception], Kind], ...] = (
     # Order matters: subclasses before their bases.
@@ -97,7 +98,7 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
 def _start(policy: Policy, request: httpx.Request) -> Call:
     return policy.start(
         request.method,
-        str(request.url),
+        request.url,
         replayable=isinstance(request.stream, httpx.ByteStream),
         circuit_open_class=httpx.TransportError,
         pool_timeout_class=httpx.PoolTimeout,
@@ -123,15 +124,11 @@ def _cut_timeouts(call: Call, request: httpx.Request) -> None:
 PRELOAD = "outbound.preload"
 
 
-def _preloaded(response: httpx.Response, body: bytes) -> httpx.Response:
-    # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
-    return httpx.Response(
-        response.status_code, headers=response.headers, stream=httpx.ByteStream(body), extensions=response.extensions
-    )
-
-
 def _response_outcome(response: httpx.Response) -> Outcome:
-    return Outcome(Kind.RESPONSE, status=response.status_code, retry_after=response.headers.get("retry-after"))
+    status = response.status_code
+    # Header lookups in httpx are a scan of every header: read Retry-After only where the policy honours it.
+    retry_after = response.headers.get("retry-after") if status in RETRY_AFTER_STATUSES else None
+    return response_outcome(status, retry_after)
 
 
 def pool_numbers(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> tuple[int, int, int]:
@@ -199,11 +196,18 @@ class OutboundTransport(httpx.BaseTransport):
             call.admit()
             _cut_timeouts(call, request)
             response: httpx.Response | None = None
+            preloaded = False
             try:
                 response = self.inner.handle_request(request)
                 if request.extensions.get(PRELOAD):
-                    with contextlib.closing(response.stream):  # type: ignore[type-var]
-                        response = _preloaded(response, b"".join(response.stream))  # type: ignore[arg-type]
+                    stream = response.stream
+                    try:
+                        body = b"".join(stream)  # type: ignore[arg-type]
+                    finally:
+                        stream.close()  # type: ignore[union-attr]
+                    # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
+                    response.stream = httpx.ByteStream(body)
+                    preloaded = True
                 outcome = _response_outcome(response)
             except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
                 outcome = Outcome(_classify(error), error=error)
@@ -215,7 +219,8 @@ class OutboundTransport(httpx.BaseTransport):
             if not decision.retry:
                 if response is None:
                     raise call.error_for(outcome) from outcome.error
-                response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
+                if not preloaded:  # a body already in memory cannot fail while the caller reads it
+                    response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
                 return response
             if response is not None:
                 response.close()
@@ -242,6 +247,7 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
             call.admit()
             _cut_timeouts(call, request)
             response: httpx.Response | None = None
+            preloaded = False
             try:
                 response = await self.inner.handle_async_request(request)
                 if request.extensions.get(PRELOAD):
@@ -250,7 +256,8 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
                         body = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
                     finally:
                         await stream.aclose()  # type: ignore[union-attr]
-                    response = _preloaded(response, body)
+                    response.stream = httpx.ByteStream(body)  # raw, as in the sync transport
+                    preloaded = True
                 outcome = _response_outcome(response)
             except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
                 outcome = Outcome(_classify(error), error=error)
@@ -262,7 +269,8 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
             if not decision.retry:
                 if response is None:
                     raise call.error_for(outcome) from outcome.error
-                response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
+                if not preloaded:
+                    response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
                 return response
             if response is not None:
                 await response.aclose()
@@ -270,6 +278,45 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+# The arguments of ``request()`` that ``build_request()`` also takes.
+_BUILD_ARGUMENTS = frozenset(
+    {"content", "data", "files", "json", "params", "headers", "cookies", "timeout", "extensions"}
+)
+
+
+class UnbuiltRequestTransportError(httpx.TransportError):
+    """The httpx side of a ``CircuitOpenError`` raised by ``request()`` before httpx built the request.
+
+    Building it (URL parsing, header and cookie merging) costs several times more than refusing the call, so
+    ``.request`` is built from the call's arguments only when someone reads it.
+    """
+
+    _request_args: tuple[httpx.Client | httpx.AsyncClient, str, httpx.URL | str, dict[str, Any]] | None = None
+
+    @property
+    def request(self) -> httpx.Request:
+        if self._request is None and self._request_args is not None:
+            client, method, url, kwargs = self._request_args
+            arguments = {key: value for key, value in kwargs.items() if key in _BUILD_ARGUMENTS}
+            self._request = client.build_request(method, url, **arguments)
+        return super().request
+
+    @request.setter
+    def request(self, request: httpx.Request) -> None:
+        self._request = request
+
+
+def _reject_before_building(
+    client: ServiceClient | ServiceAsyncClient, method: str, url: httpx.URL | str, kwargs: dict[str, Any]
+) -> None:
+    # Called while the breaker reads open. A closed client is left to send(), which says so; an open breaker is
+    # refused here, before httpx's build_request() (send() still gates requests built by hand and streams).
+    if not client.is_closed:
+        client._policy.reject_if_open(
+            UnbuiltRequestTransportError, {"_request": None, "_request_args": (client, method, url, kwargs)}
+        )
 
 
 class ServiceClient(httpx.Client):
@@ -281,10 +328,16 @@ class ServiceClient(httpx.Client):
         self.outbound_transport = OutboundTransport(policy)
         super().__init__(transport=self.outbound_transport, **client_options(policy.config))
 
+    def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
+        if self._policy.breaker.state == OPEN:
+            _reject_before_building(self, method, url, kwargs)
+        return super().request(method, url, **kwargs)
+
     def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         if self.is_closed:
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
-        self._policy.reject_if_open(httpx.TransportError, {"_request": request})
+        if self._policy.breaker.state == OPEN:  # checked first so the common path builds nothing
+            self._policy.reject_if_open(httpx.TransportError, {"_request": request})
         request.extensions[PRELOAD] = not stream
         return super().send(request, stream=stream, **kwargs)
 
@@ -298,9 +351,15 @@ class ServiceAsyncClient(httpx.AsyncClient):
         self.outbound_transport = AsyncOutboundTransport(policy)
         super().__init__(transport=self.outbound_transport, **client_options(policy.config))
 
+    async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
+        if self._policy.breaker.state == OPEN:
+            _reject_before_building(self, method, url, kwargs)
+        return await super().request(method, url, **kwargs)
+
     async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         if self.is_closed:
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
-        self._policy.reject_if_open(httpx.TransportError, {"_request": request})
+        if self._policy.breaker.state == OPEN:
+            self._policy.reject_if_open(httpx.TransportError, {"_request": request})
         request.extensions[PRELOAD] = not stream
         return await super().send(request, stream=stream, **kwargs)

@@ -26,9 +26,11 @@ from urllib3.exceptions import (
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 from urllib3.util import Timeout as Urllib3Timeout
 
+from .._breaker import OPEN
 from .._config import ServiceConfig
 from .._errors import RegistryClosedError
-from .._policy import Kind, Outcome, Policy
+from .._policy import Kind, Outcome, Policy, response_outcome
+from .._retry import RETRY_AFTER_STATUSES
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -149,9 +151,10 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                 if not stream:
                     # Read the body inside the policy, so a failure mid-body is classified, counted and retried.
                     response.content  # noqa: B018 (the property read is the point)
-                outcome = Outcome(
-                    Kind.RESPONSE, status=response.status_code, retry_after=response.headers.get("Retry-After")
-                )
+                status = response.status_code
+                # Only where the policy honours it: most responses need no header lookup.
+                retry_after = response.headers.get("Retry-After") if status in RETRY_AFTER_STATUSES else None
+                outcome = response_outcome(status, retry_after)
             except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
                 outcome = Outcome(_classify(error), error=error)
                 if response is not None:  # the headers came, the body broke: this attempt has no usable response
@@ -240,8 +243,10 @@ class ServiceSession(requests.Session):
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
-        # Fail an open breaker before requests prepares anything: the gate is then a few microseconds.
-        self._policy.reject_if_open(requests.ConnectionError, {"request": None, "response": None})
+        # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (Checked
+        # first so the common path builds nothing.)
+        if self._policy.breaker.state == OPEN:
+            self._policy.reject_if_open(requests.ConnectionError, {"request": None, "response": None})
         return super().request(method, self.join(url), *args, **kwargs)
 
     def join(self, url: str | bytes) -> str:

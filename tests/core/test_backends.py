@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -225,3 +226,34 @@ def test_wrong_accessor_and_unknown_names_say_what_to_call(make_registry: Regist
         registry.async_client("search")
     assert registry.services == ("billing", "search")
     assert registry["billing"].config.client == "requests"
+
+
+def test_httpx_call_refused_by_an_open_breaker_still_carries_its_request(
+    upstream: Upstream, make_registry: RegistryFactory
+) -> None:
+    # client.get() is refused before httpx builds the request (the cheap path); .request is then built on demand,
+    # so code that logs ``exc.request.url`` keeps working.
+    registry = make_registry(
+        api={"base_url": upstream.url, "client": "httpx", "retry": {"total": 0}, "breaker": {"fail_max": 1}}
+    )
+    registry.client("api").get("status/503")
+    hits = upstream.hits
+    with pytest.raises(httpx.TransportError) as caught:
+        registry.client("api").post("orders", params={"page": "2"}, json={"id": 1}, follow_redirects=True)
+    error = caught.value
+    assert isinstance(error, outbound.CircuitOpenError)
+    assert error.request.method == "POST"
+    assert str(error.request.url) == upstream.url + "orders?page=2"
+    assert error.request.content == b'{"id":1}'
+
+    async def refused_async() -> httpx.Request:
+        with pytest.raises(outbound.CircuitOpenError) as refused:
+            await registry.async_client("api").get("items")
+        assert isinstance(refused.value, httpx.TransportError)
+        return refused.value.request
+
+    assert asyncio.run(refused_async()).url.path == "/items"
+    # Requests built by hand and streams are still refused at send().
+    with pytest.raises(outbound.CircuitOpenError), registry.client("api").stream("GET", "ok"):
+        pass
+    assert upstream.hits == hits

@@ -1,0 +1,398 @@
+"""Measurement plumbing shared by the scenarios: the upstream process, timed loops, alternation, rows and reports.
+
+Every timed loop is bounded twice, by a call count and by seconds, so a slow machine makes the numbers noisier but
+never makes the run hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import gc
+import http.client
+import json
+import os
+import platform
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 15.0  # how long the upstream process may take to print its URL
+JOIN_GRACE_SECONDS = 30.0  # how long a worker thread may overrun its deadline before the run is declared stuck
+
+
+# -- the upstream ----------------------------------------------------------------------------------------------------
+
+
+class UpstreamProcess:
+    """``tests/upstream.py`` in its own process (``python -m tests.upstream --port 0``), so the server's work never
+    competes with the client's for this interpreter's GIL."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.host = ""
+        self.port = 0
+
+    def __enter__(self) -> UpstreamProcess:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.upstream", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], STARTUP_SECONDS)
+        line = self._process.stdout.readline() if ready else ""
+        if "http://" not in line:
+            self.__exit__()
+            raise RuntimeError(f"the upstream did not start within {STARTUP_SECONDS:.0f}s (said {line!r})")
+        self.url = line[line.index("http://") :].strip()
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def raw_round_trip_us(self, *, max_calls: int = 2_000, max_seconds: float = 1.0) -> float:
+        """Median microseconds for one keep-alive ``GET /ok`` over a raw socket: the upstream's own cost plus the
+        loopback, with no HTTP client in the way. It shows how much of a client's call the upstream accounts for."""
+        request = f"GET /ok HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+        samples: list[float] = []
+        with socket.create_connection((self.host, self.port), timeout=5) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = time.perf_counter() + max_seconds
+            while len(samples) < max_calls and time.perf_counter() < deadline:
+                start = time.perf_counter()
+                conn.sendall(request)
+                answer = b""
+                while not answer.endswith(b"ok"):  # the whole response: headers and the 2-byte body
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("the upstream closed the connection")
+                    answer += chunk
+                samples.append((time.perf_counter() - start) * 1e6)
+        return statistics.median(samples)
+
+    def control(self, method: str, action: str, **params: object) -> dict[str, Any]:
+        """Call ``/_control/<action>`` on a fresh connection (never through a client under test)."""
+        query = f"?{urlencode(params)}" if params else ""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        try:
+            conn.request(method, f"/_control/{action}{query}")
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"upstream control {action} answered {response.status}: {body!r}")
+        try:
+            return dict(json.loads(body))
+        except ValueError:
+            return {}
+
+    def hits(self) -> int:
+        """Requests the upstream has answered (control calls excluded)."""
+        return int(self.control("GET", "stats")["hits"])
+
+    def set_mode(self, name: str, **params: float) -> None:
+        self.control("POST", "mode", name=name, **params)
+
+    def reset(self) -> None:
+        """Zero the counters and return to healthy."""
+        self.control("POST", "reset")
+
+
+# -- timed loops -----------------------------------------------------------------------------------------------------
+
+
+Slice = tuple[int, float]  # (calls made, seconds they took)
+
+
+def run_slice(call: Callable[[], object], *, max_calls: int, max_seconds: float) -> Slice:
+    """Call ``call()`` back to back until either bound is reached."""
+    gc.collect()  # start every timed slice from the same heap state, so collections triggered by one variant's
+    # garbage are not charged to the next
+    calls = 0
+    start = time.perf_counter()
+    deadline = start + max_seconds
+    now = start
+    while calls < max_calls and now < deadline:
+        call()
+        calls += 1
+        now = time.perf_counter()
+    return calls, now - start
+
+
+async def run_async_slice(call: Callable[[], Awaitable[object]], *, max_calls: int, max_seconds: float) -> Slice:
+    """``run_slice`` for a coroutine function, awaited back to back."""
+    gc.collect()
+    calls = 0
+    start = time.perf_counter()
+    deadline = start + max_seconds
+    now = start
+    while calls < max_calls and now < deadline:
+        await call()
+        calls += 1
+        now = time.perf_counter()
+    return calls, now - start
+
+
+def interleave(variants: Sequence[Callable[[], Slice]], *, rounds: int, slices: int) -> list[list[float]]:
+    """Calls per second of each variant, one figure per round.
+
+    A round runs the variants A B A B ... ``slices`` times each, in short slices, and sums each variant's calls and
+    time: on a noisy machine both variants then sample the same disturbances, which one long run each would not.
+    """
+    results: list[list[float]] = [[] for _ in variants]
+    for _ in range(rounds):
+        calls = [0] * len(variants)
+        seconds = [0.0] * len(variants)
+        for _ in range(slices):
+            for index, variant in enumerate(variants):
+                made, took = variant()
+                calls[index] += made
+                seconds[index] += took
+        for index, result in enumerate(results):
+            result.append(calls[index] / seconds[index])
+    return results
+
+
+async def interleave_async(
+    variants: Sequence[Callable[[], Awaitable[Slice]]], *, rounds: int, slices: int
+) -> list[list[float]]:
+    """``interleave`` for coroutine functions, on the running loop (its clients and connections stay warm)."""
+    results: list[list[float]] = [[] for _ in variants]
+    for _ in range(rounds):
+        calls = [0] * len(variants)
+        seconds = [0.0] * len(variants)
+        for _ in range(slices):
+            for index, variant in enumerate(variants):
+                made, took = await variant()
+                calls[index] += made
+                seconds[index] += took
+        for index, result in enumerate(results):
+            result.append(calls[index] / seconds[index])
+    return results
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """A concurrent run: completed calls per wall-clock second and the share of one CPU this process used."""
+
+    per_second: float
+    cpu: float
+
+
+def threaded_rate(call: Callable[[], object], *, threads: int, seconds: float) -> Throughput:
+    """Completed calls per second with ``threads`` threads each calling ``call()`` in a loop for ``seconds``.
+
+    Calls in flight at the deadline are allowed to finish and are counted, with the time they take, so a variant
+    that serialises its callers is not flattered by calls cut short.
+    """
+    gc.collect()
+    barrier = threading.Barrier(threads + 1)
+    counts = [0] * threads
+    errors: list[BaseException] = []
+    deadline = [0.0]
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        done = 0
+        try:
+            while time.perf_counter() < deadline[0]:
+                call()
+                done += 1
+        except BaseException as error:  # re-raised in the caller's thread below
+            errors.append(error)
+        counts[index] = done
+
+    workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    deadline[0] = start + seconds
+    barrier.wait()
+    for thread in workers:
+        thread.join(timeout=seconds + JOIN_GRACE_SECONDS)
+        if thread.is_alive():
+            raise RuntimeError(f"a worker thread overran its {seconds}s run by {JOIN_GRACE_SECONDS:.0f}s")
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return Throughput(sum(counts) / elapsed, (time.process_time() - cpu_start) / elapsed)
+
+
+async def task_rate(call: Callable[[], Awaitable[object]], *, tasks: int, seconds: float) -> Throughput:
+    """``threaded_rate`` for ``tasks`` asyncio tasks on the running loop."""
+    gc.collect()
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def worker() -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            await call()
+            done += 1
+        return done
+
+    counts = await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(tasks))), seconds + JOIN_GRACE_SECONDS)
+    elapsed = time.perf_counter() - start
+    return Throughput(sum(counts) / elapsed, (time.process_time() - cpu_start) / elapsed)
+
+
+def alternate(variants: Sequence[Callable[[], float]], rounds: int) -> list[list[float]]:
+    """Run the variants A B A B ... for ``rounds`` rounds; one list of results per variant, in round order."""
+    results: list[list[float]] = [[] for _ in variants]
+    for _ in range(rounds):
+        for index, variant in enumerate(variants):
+            results[index].append(variant())
+    return results
+
+
+def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Per-round ratios: each compares two runs made next to each other, so slow drift on the machine cancels."""
+    return [a / b for a, b in zip(numerators, denominators, strict=True)]
+
+
+# -- rows and reports ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """``median <op> value``; ``text`` is how the issue states it."""
+
+    op: str
+    value: float
+    text: str
+
+    def met(self, value: float) -> bool:
+        if self.op == ">=":
+            return value >= self.value
+        if self.op == "<=":
+            return value <= self.value
+        if self.op == "<":
+            return value < self.value
+        if self.op == "==":
+            return value == self.value
+        raise ValueError(f"unknown target operator {self.op!r}")
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of the results table: per-round samples summarised as median [min-max]."""
+
+    key: str
+    title: str
+    unit: str
+    samples: list[float]
+    target: Target | None = None
+    detail: str = ""
+    digits: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "reported"
+        return "pass" if self.target.met(self.median) else "MISS"
+
+    def value_text(self) -> str:
+        def fmt(value: float) -> str:
+            return f"{value:,.{self.digits}f}"
+
+        if len(self.samples) == 1:
+            return f"{fmt(self.samples[0])} {self.unit}"
+        return f"{fmt(self.median)} {self.unit} [{fmt(min(self.samples))}-{fmt(max(self.samples))}]"
+
+
+def median_text(values: Sequence[float], digits: int = 0) -> str:
+    return f"{statistics.median(values):,.{digits}f}"
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine facts for the report header."""
+    versions = []
+    for name in ("outbound", "requests", "urllib3", "httpx", "httpcore", "pybreaker"):
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "libraries": ", ".join(versions),
+        "cpus": str(os.cpu_count()),
+        "platform": platform.platform(),
+    }
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    """A fixed-width table for the terminal."""
+    lines = [("#", "measurement", "result: median [min-max]", "target", "verdict")]
+    lines += [(r.key, r.title, r.value_text(), r.target.text if r.target else "-", r.verdict) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def render_markdown(rows: Sequence[Row], *, env: dict[str, str], settings: str, notes: str) -> str:
+    """``RESULTS.md``: environment, the table with a verdict per row, per-row details and the method."""
+    out = [
+        "# outbound benchmark results",
+        "",
+        "Generated by `python3 benchmarks/run.py`; do not edit by hand (re-run to refresh).",
+        "",
+        f"- Date: {env['date']}",
+        f"- Python: {env['python']} on {env['platform']}",
+        f"- CPUs: {env['cpus']}",
+        f"- Libraries: {env['libraries']}",
+        f"- Run: {settings}",
+        "",
+        "| # | measurement | result: median [min-max] | target | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r.key} | {r.title} | {r.value_text()} | {r.target.text if r.target else '-'} | {r.verdict} |" for r in rows
+    ]
+    out += ["", "## Details", ""]
+    out += [f"- **{r.key}** {r.detail}" for r in rows if r.detail]
+    out += ["", notes.strip(), ""]
+    return "\n".join(out)
+
+
+@contextlib.contextmanager
+def timed(label: str) -> Iterator[None]:
+    """Print how long a section took (stderr, so the table on stdout stays clean)."""
+    start = time.perf_counter()
+    print(f"running {label} ...", file=sys.stderr, flush=True)
+    yield
+    print(f"  {label} done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
