@@ -6,6 +6,7 @@ Standard library only, because it runs under whatever ``python3`` a fresh machin
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 import sys
 import venv
@@ -23,6 +24,9 @@ def _python() -> Path:
 def ensure_venv() -> str:
     """Create ``.venv`` and install the project with ``[dev]``; skip the install when nothing changed."""
     if not _python().exists():
+        if importlib.util.find_spec("ensurepip") is None:
+            # Debian and Ubuntu ship venv's pip bootstrap separately; say so instead of failing half-way.
+            sys.exit("this python3 cannot create virtualenvs with pip: install python3-venv (apt) and run again")
         print(f"creating virtualenv in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
