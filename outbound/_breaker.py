@@ -182,10 +182,15 @@ class Breaker:
             if self._holds_current_trial(admission):
                 self._trials_in_flight -= 1
 
-    def reset_locks(self) -> None:
-        """Replace locks after ``fork()``: a thread of the parent may have held them; it does not exist here."""
+    def reset_after_fork(self) -> None:
+        """In a forked child: new locks (a parent thread may have held them) and no trial calls in flight (a parent
+        thread may have held the only slot; it will never give it back here). A new trial period makes any
+        earlier grant void."""
         self._lock = threading.Lock()
+        # pybreaker's own transition lock (private, pybreaker 1.x): replaced for the same reason.
         self._cb._lock = threading.RLock()
+        self._trials_in_flight = 0
+        self._trial_period += 1
 
     def _holds_current_trial(self, admission: Admission) -> bool:
         return admission.trial == self._trial_period and self._storage.state == HALF_OPEN

@@ -223,19 +223,27 @@ def _parse_timeouts(reader: _Reader) -> Timeouts:
     value = reader.mapping.get("timeout", {})
     if value is None:
         return Timeouts(connect=None, read=None, write=None, pool=None, total=None)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        # One number bounds each phase, as httpx.Timeout(10) does; the whole call keeps its own total.
-        seconds = reader.number("timeout", None, allow_zero=False)
-        return Timeouts(connect=seconds, read=seconds, write=seconds, pool=seconds)
-    sub = reader.sub("timeout", TIMEOUT_KEYS)
     defaults = Timeouts()
-    return Timeouts(
-        connect=sub.number("connect", defaults.connect, allow_none=True, allow_zero=False),
-        read=sub.number("read", defaults.read, allow_none=True, allow_zero=False),
-        write=sub.number("write", defaults.write, allow_none=True, allow_zero=False),
-        pool=sub.number("pool", defaults.pool, allow_none=True, allow_zero=False),
-        total=sub.number("total", defaults.total, allow_none=True, allow_zero=False),
-    )
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # One number bounds each phase, as httpx.Timeout(10) does.
+        seconds = reader.required_number("timeout", 0.0, allow_zero=False)
+        return Timeouts(connect=seconds, read=seconds, write=seconds, pool=seconds, total=_default_total(seconds))
+    sub = reader.sub("timeout", TIMEOUT_KEYS)
+    phases = {
+        phase: sub.number(phase, getattr(defaults, phase), allow_none=True, allow_zero=False)
+        for phase in ("connect", "read", "write", "pool")
+    }
+    if "total" in sub.mapping:
+        total = sub.number("total", None, allow_none=True, allow_zero=False)
+    else:
+        total = _default_total(*phases.values())
+    return Timeouts(**phases, total=total)
+
+
+def _default_total(*phases: float | None) -> float:
+    # The default deadline never undercuts a longer per-phase limit the settings ask for: "read": 60 means a
+    # read may take 60 s, not that the call is cut at 30 s.
+    return max([Timeouts().total or 0.0, *(phase for phase in phases if phase is not None)])
 
 
 def _parse_pool(reader: _Reader) -> PoolConfig:

@@ -126,9 +126,27 @@ def _dual_class(outbound_cls: type[CallError], backend_cls: type[Exception]) -> 
     key = (outbound_cls, backend_cls)
     cls = _dual_classes.get(key)
     if cls is None:
-        # Named after outbound's class (it says what happened); the backend class shows in the MRO.
-        cls = _dual_classes.setdefault(key, type(outbound_cls.__name__, key, {"__module__": "outbound"}))
+        # Named after outbound's class (it says what happened); the backend class shows in the MRO. pickle cannot
+        # find a class made at run time by name, so instances rebuild themselves (ProcessPoolExecutor, Celery).
+        namespace = {"__module__": "outbound", "__reduce__": _reduce_dual}
+        cls = _dual_classes.setdefault(key, type(outbound_cls.__name__, key, namespace))
     return cls
+
+
+def _reduce_dual(error: CallError) -> tuple[object, tuple[object, ...]]:
+    outbound_cls, backend_cls = type(error).__bases__  # as _dual_class made it
+    retry_in = getattr(error, "retry_in", 0.0)
+    return _rebuild_dual, (outbound_cls, backend_cls, str(error), error.service, retry_in)
+
+
+def _rebuild_dual(
+    outbound_cls: type[CallError], backend_cls: type[Exception], message: str, service: str, retry_in: float
+) -> CallError:
+    # The request/response objects do not travel; the error's identity, message and service do.
+    error = backend_error(outbound_cls, backend_cls, message, service=service)
+    if retry_in:
+        error.retry_in = retry_in  # type: ignore[attr-defined]
+    return error
 
 
 def backend_error(

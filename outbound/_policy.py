@@ -3,14 +3,19 @@
 It never sends, sleeps or awaits; it only decides. The requests adapter and the httpx sync and async transports
 drive it the same way (DESIGN.md):
 
-    call = policy.start(method, url, replayable=..., errors=BACKEND_ERRORS)
+    call = policy.start(method, url, replayable=..., circuit_open_class=..., pool_timeout_class=...,
+                        error_attributes=...)
     while True:
         call.admit()                        # raises CircuitOpenError (backend-flavoured) when rejected
-        limits = call.attempt_timeouts(...) # per-attempt timeouts cut to the remaining total deadline
-        outcome = <one attempt, classified>
-        decision = call.record(outcome)
-        if decision.retry: sleep(decision.delay); continue
-        return response / raise call.error_for(outcome)
+        try:
+            limits = call.attempt_timeouts(...)  # per-attempt timeouts cut to the remaining total deadline
+            outcome = <one attempt, classified>
+            decision = call.record(outcome)
+            if not decision.retry: return response / raise call.error_for(outcome)
+            sleep(decision.delay)
+        except BaseException:
+            call.abandon()                  # frees a trial slot and ends the call unless it already ended
+            raise
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ._breaker import Admission, Breaker
+from ._breaker import OPEN, Admission, Breaker
 from ._config import ServiceConfig
 from ._errors import (
     CallError,
@@ -158,15 +163,16 @@ class Policy:
 
         A cheap early gate for the session/client layer; the transport still gates every attempt.
         """
-        if self.breaker.state == "open":
+        if self.breaker.state == OPEN:
             retry_in = self.breaker.retry_in()
             if retry_in is not None:
                 self.stats.rejected()
                 raise _circuit_open(self.config.name, retry_in, circuit_open_class, error_attributes)
 
     def reset_after_fork(self) -> None:
-        self.breaker.reset_locks()
-        self.stats.reset_lock()
+        """In a forked child: the parent's other threads, their locks, calls and trial slots do not exist here."""
+        self.breaker.reset_after_fork()
+        self.stats.reset_after_fork()
         if self.budget is not None:
             self.budget.reset_lock()
 
@@ -191,6 +197,7 @@ class Call:
         "_circuit_open_class",
         "_counted",
         "_deadline",
+        "_done",
         "_error_attributes",
         "_policy",
         "_pool_timeout_class",
@@ -223,6 +230,7 @@ class Call:
         self._admission: Admission | None = None
         self._attempts = 0
         self._counted = False
+        self._done = False
 
     @property
     def url(self) -> str:
@@ -300,11 +308,13 @@ class Call:
         return decision
 
     def abandon(self) -> None:
-        """The attempt was interrupted (``KeyboardInterrupt``, task cancellation): no verdict, free the slot."""
+        """The call was interrupted (``KeyboardInterrupt``, task cancellation, an error of our own): give back its
+        trial slot without a verdict and end it. Does nothing once the call has ended, so backends may call it on
+        every exit path."""
         if self._admission is not None:
             self._policy.breaker.release(self._admission)
             self._admission = None
-        if self._counted:
+        if self._counted and not self._done:
             self._finish(None)
 
     def error_for(self, outcome: Outcome) -> CallError:
@@ -342,7 +352,7 @@ class Call:
             outcome.kind not in _UPSTREAM_FAILURES or self.method not in retry.allowed_methods
         ):
             return DONE
-        if policy.breaker.state == "open":
+        if policy.breaker.state == OPEN:
             return DONE  # the breaker tripped: stop hammering, report what we have
 
         delay = backoff_delay(retry, self._attempts, policy.random)
@@ -366,4 +376,5 @@ class Call:
         return f"{outcome.kind.value} on {target} ({cause})"
 
     def _finish(self, error: tuple[str, str] | None, pool_timeout: bool = False) -> None:
+        self._done = True
         self._policy.stats.call_finished(self._policy.clock() - self._started, error, pool_timeout=pool_timeout)

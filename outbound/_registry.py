@@ -102,16 +102,31 @@ class Registry:
         return [self._probe(service) for service in targets]
 
     def close(self) -> None:
-        """Close every pooled socket of every client, including the per-loop async clients. Idempotent."""
+        """Close every pooled socket of every client, including the per-loop async clients. Idempotent.
+
+        Every service is closed even if one fails; the first failure is raised afterwards.
+        """
         self._closed = True
+        errors: list[Exception] = []
         for service in self._services.values():
-            service.close()
+            try:
+                service.close()
+            except Exception as error:  # noqa: BLE001 (collected and re-raised below)
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     async def aclose(self) -> None:
         """``close()`` for async code: the running loop's async clients are awaited."""
         self._closed = True
+        errors: list[Exception] = []
         for service in self._services.values():
-            await service.aclose()
+            try:
+                await service.aclose()
+            except Exception as error:  # noqa: BLE001 (collected and re-raised below)
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> Registry:
         return self

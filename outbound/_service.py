@@ -9,6 +9,7 @@ when the registry closes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -236,11 +237,14 @@ def _close_on_loop(loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) 
         task = loop.create_task(client.aclose())
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
-    elif loop.is_running():
+        return
+    if loop.is_running():
         future = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
-        try:
-            future.result(timeout=CLOSE_WAIT_SECONDS)
-        except Exception:  # noqa: BLE001 (best effort at shutdown; the loop's thread may be stuck)
-            future.cancel()
     else:
-        loop.run_until_complete(client.aclose())
+        # An idle loop: run it just long enough to close the client, in a helper thread, because this thread may
+        # be running a loop of its own (a loop cannot run inside another).
+        future = concurrent.futures.ThreadPoolExecutor(1).submit(loop.run_until_complete, client.aclose())
+    try:
+        future.result(timeout=CLOSE_WAIT_SECONDS)
+    except Exception:  # noqa: BLE001 (best effort at shutdown; the loop's thread may be stuck)
+        future.cancel()

@@ -81,6 +81,8 @@ class Stats:
         }
         return counters
 
-    def reset_lock(self) -> None:
-        """Replace the lock after ``fork()``; see ``RetryBudget.reset_lock``."""
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new lock (the parent's may have been held by a thread that does not exist here),
+        and no calls in flight (those belonged to the parent's threads)."""
         self._lock = threading.Lock()
+        self.in_flight = 0

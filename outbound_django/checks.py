@@ -50,7 +50,7 @@ CONFIG_ERROR_HINTS = {
 FALLBACK_CODE = "type"
 
 # RFC 9110 section 9.2.2: a retried request with any other method may act twice on the upstream.
-IDEMPOTENT_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE"})
+IDEMPOTENT_METHODS = outbound.RetryConfig().allowed_methods  # the core's default: the idempotent methods
 CREDENTIAL_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "api-key", "apikey", "password")
 MIN_TOKEN_LENGTH = 16
 

@@ -22,11 +22,11 @@ def health(request: HttpRequest) -> HttpResponse:
     HEAD. A synchronous view, so it runs unchanged under WSGI and ASGI.
     """
     registry = get_registry()
-    details = outbound.show_details(
-        registry.health_config,
-        authorization=request.headers.get("Authorization"),
-        authorized=_is_staff(request),
-    )
+    config = registry.health_config
+    details = outbound.show_details(config, authorization=request.headers.get("Authorization"))
+    if not details and config.show_details == "when_authorized":
+        # Only now: request.user may cost a session and database lookup on every load-balancer probe.
+        details = outbound.show_details(config, authorization=None, authorized=_is_staff(request))
     report = registry.health(details=details)
     return JsonResponse(report, status=outbound.http_status(report))
 

@@ -11,6 +11,7 @@ Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other p
     /reset-mid-body              headers and part of the body, then a TCP reset
     /hold?seconds=5              read the request, answer nothing, close after `seconds`
     /echo                        JSON: method, path, headers, body length
+    /set-cookie?session=alice    200 with that Set-Cookie header
 
 Modes (``Upstream.set_mode`` or ``POST /_control/mode?name=failing&status=503&retry_after=1``):
     healthy (delay=0)  slow (delay)  failing (status, retry_after)  refuse (listener closed)  flapping (period)
@@ -228,6 +229,9 @@ class Upstream:
         if route == "/hold":
             self._sleep(float(query.get("seconds", "5")))
             return False
+        if route == "/set-cookie":
+            cookies = {"Set-Cookie": "; ".join(f"{key}={value}" for key, value in query.items()) + "; Path=/"}
+            return _send(conn, 200, b"cookie set", cookies)
         if route == "/echo":
             payload = {"method": method, "path": target, "headers": headers, "body_length": len(body)}
             return _send(conn, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.cookiejar
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from .._config import ServiceConfig
 from .._errors import RegistryClosedError
 from .._policy import Call, Kind, Outcome, Policy, response_outcome
 from .._retry import RETRY_AFTER_STATUSES
+from .requests import NO_STORED_COOKIES
 
 _KINDS: tuple[tuple[type[Exception], Kind], ...] = (
     # Order matters: subclasses before their bases.
@@ -39,8 +41,23 @@ _KINDS: tuple[tuple[type[Exception], Kind], ...] = (
 def _classify(error: Exception) -> Kind:
     for cls, kind in _KINDS:
         if isinstance(error, cls):
+            if kind is Kind.CONNECT_ERROR and _caused_by_tls(error):
+                # httpx reports a failed TLS handshake as ConnectError; retrying a bad certificate cannot help,
+                # and it says nothing about the upstream's load: treated as requests' SSLError is.
+                return Kind.OTHER_ERROR
             return kind
     return Kind.OTHER_ERROR
+
+
+def _caused_by_tls(error: BaseException) -> bool:
+    cause = error.__cause__ or error.__context__
+    for _ in range(5):  # httpx error <- httpcore error <- ssl.SSLError; bounded, chains can be cyclic
+        if cause is None:
+            return False
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 @functools.lru_cache(maxsize=32)
@@ -92,6 +109,8 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
         "timeout": httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool),
         # Environment proxies would be mounted as separate, unmanaged transports; the service's `proxy` applies.
         "trust_env": False,
+        # One client serves every request: never store one caller's response cookies for the next (see requests).
+        "cookies": http.cookiejar.CookieJar(policy=NO_STORED_COOKIES),
     }
 
 
@@ -106,8 +125,15 @@ def _start(policy: Policy, request: httpx.Request) -> Call:
     )
 
 
+# The caller's timeouts, kept aside: httpx gives a redirect the same extensions, whose "timeout" we have cut.
+_CONFIGURED_TIMEOUT = "outbound.timeout"
+
+
 def _cut_timeouts(call: Call, request: httpx.Request) -> None:
-    configured = request.extensions.get("timeout", {})
+    extensions = request.extensions
+    configured = extensions.get(_CONFIGURED_TIMEOUT)
+    if configured is None:
+        configured = extensions[_CONFIGURED_TIMEOUT] = extensions.get("timeout", {})
     limits = call.attempt_timeouts(
         configured.get("connect"), configured.get("read"), configured.get("write"), configured.get("pool")
     )
@@ -194,37 +220,38 @@ class OutboundTransport(httpx.BaseTransport):
         call = _start(self._policy, request)
         while True:
             call.admit()
-            _cut_timeouts(call, request)
-            response: httpx.Response | None = None
-            preloaded = False
             try:
-                response = self.inner.handle_request(request)
-                if request.extensions.get(PRELOAD):
-                    stream = response.stream
-                    try:
-                        body = b"".join(stream)  # type: ignore[arg-type]
-                    finally:
-                        stream.close()  # type: ignore[union-attr]
-                    # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
-                    response.stream = httpx.ByteStream(body)
-                    preloaded = True
-                outcome = _response_outcome(response)
-            except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
-                outcome = Outcome(_classify(error), error=error)
-                response = None  # if the headers came and the body broke, the stream was closed above
+                _cut_timeouts(call, request)
+                response, outcome = self._attempt(request)
+                decision = call.record(outcome)
+                if not decision.retry:
+                    if response is None:
+                        raise call.error_for(outcome) from outcome.error
+                    if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
+                        response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
+                    return response
+                if response is not None:
+                    response.close()
+                time.sleep(decision.delay)
             except BaseException:
-                call.abandon()
+                call.abandon()  # interrupted (or our own bug): free the trial slot, end the call; no-op if it ended
                 raise
-            decision = call.record(outcome)
-            if not decision.retry:
-                if response is None:
-                    raise call.error_for(outcome) from outcome.error
-                if not preloaded:  # a body already in memory cannot fail while the caller reads it
-                    response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
-                return response
-            if response is not None:
-                response.close()
-            time.sleep(decision.delay)
+
+    def _attempt(self, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
+        """One attempt: the response (``None`` if it failed) and its classified outcome."""
+        try:
+            response = self.inner.handle_request(request)
+            if request.extensions.get(PRELOAD):
+                stream = response.stream
+                try:
+                    body = b"".join(stream)  # type: ignore[arg-type]
+                finally:
+                    stream.close()  # type: ignore[union-attr]
+                # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
+                response.stream = httpx.ByteStream(body)
+            return response, _response_outcome(response)
+        except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
+            return None, Outcome(_classify(error), error=error)  # a body that broke was closed above
 
     def close(self) -> None:
         self.inner.close()
@@ -245,36 +272,36 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
         call = _start(self._policy, request)
         while True:
             call.admit()
-            _cut_timeouts(call, request)
-            response: httpx.Response | None = None
-            preloaded = False
             try:
-                response = await self.inner.handle_async_request(request)
-                if request.extensions.get(PRELOAD):
-                    stream = response.stream
-                    try:
-                        body = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
-                    finally:
-                        await stream.aclose()  # type: ignore[union-attr]
-                    response.stream = httpx.ByteStream(body)  # raw, as in the sync transport
-                    preloaded = True
-                outcome = _response_outcome(response)
-            except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
-                outcome = Outcome(_classify(error), error=error)
-                response = None  # if the headers came and the body broke, the stream was closed above
+                _cut_timeouts(call, request)
+                response, outcome = await self._attempt(request)
+                decision = call.record(outcome)
+                if not decision.retry:
+                    if response is None:
+                        raise call.error_for(outcome) from outcome.error
+                    if not request.extensions.get(PRELOAD):
+                        response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
+                    return response
+                if response is not None:
+                    await response.aclose()
+                await asyncio.sleep(decision.delay)
             except BaseException:  # asyncio.CancelledError among them: never a verdict on the upstream
                 call.abandon()
                 raise
-            decision = call.record(outcome)
-            if not decision.retry:
-                if response is None:
-                    raise call.error_for(outcome) from outcome.error
-                if not preloaded:
-                    response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
-                return response
-            if response is not None:
-                await response.aclose()
-            await asyncio.sleep(decision.delay)
+
+    async def _attempt(self, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
+        try:
+            response = await self.inner.handle_async_request(request)
+            if request.extensions.get(PRELOAD):
+                stream = response.stream
+                try:
+                    body = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
+                finally:
+                    await stream.aclose()  # type: ignore[union-attr]
+                response.stream = httpx.ByteStream(body)  # raw, as in the sync transport
+            return response, _response_outcome(response)
+        except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
+            return None, Outcome(_classify(error), error=error)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

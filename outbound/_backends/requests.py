@@ -8,6 +8,9 @@ raises ``EmptyPoolError`` when it expires.
 
 from __future__ import annotations
 
+import functools
+import http.cookiejar
+import re
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import requests
 import requests.adapters
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
+from urllib3 import HTTPConnectionPool, PoolManager
 from urllib3.exceptions import (
     ConnectTimeoutError,
     EmptyPoolError,
@@ -25,15 +28,19 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 from urllib3.util import Timeout as Urllib3Timeout
+from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from .._breaker import OPEN
 from .._config import ServiceConfig
 from .._errors import RegistryClosedError
-from .._policy import Kind, Outcome, Policy, response_outcome
+from .._policy import AttemptTimeouts, Kind, Outcome, Policy, response_outcome
 from .._retry import RETRY_AFTER_STATUSES
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
+
+# A URL with a scheme (RFC 3986 section 3.1); "login?next=https://x" is still relative.
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 # The pool wait for the attempt running in this thread/context; read by the pools below.
 _pool_wait: ContextVar[float | None] = ContextVar("outbound_pool_wait", default=None)
@@ -45,15 +52,17 @@ class _PoolTimeoutMixin:
         return cast("BaseHTTPConnection", get_conn(timeout if timeout is not None else _pool_wait.get()))
 
 
-class _HTTPPool(_PoolTimeoutMixin, HTTPConnectionPool):
-    pass
+@functools.cache
+def _with_pool_timeout(pool_class: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+    return type(pool_class.__name__, (_PoolTimeoutMixin, pool_class), {})
 
 
-class _HTTPSPool(_PoolTimeoutMixin, HTTPSConnectionPool):
-    pass
-
-
-_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
+def _bound_pool_waits(manager: PoolManager) -> None:
+    # Extend the manager's own pool classes rather than replace them: a SOCKS proxy manager's pools take options
+    # that plain HTTP pools do not.
+    manager.pool_classes_by_scheme = {
+        scheme: _with_pool_timeout(pool_class) for scheme, pool_class in manager.pool_classes_by_scheme.items()
+    }
 
 
 def _replayable(body: object) -> bool:
@@ -87,14 +96,27 @@ def _classify(error: Exception) -> Kind:
 
 
 def _split_timeout(timeout: Any, config: ServiceConfig) -> tuple[float | None, float | None]:
+    # Validated here, before the call is admitted, so a bad argument never holds a breaker slot.
     if timeout is None:  # what Session.request passes when the caller gave none: the service's settings
         return config.timeout.connect, config.timeout.read
-    if isinstance(timeout, tuple):
-        connect, read = timeout
-        return connect, read
     if isinstance(timeout, Urllib3Timeout):
-        return timeout.connect_timeout, timeout.read_timeout  # type: ignore[return-value]
-    return timeout, timeout
+        # Its properties raise or return a placeholder until a timer starts: read what the caller set.
+        connect = config.timeout.connect if timeout._connect is _DEFAULT_TIMEOUT else timeout._connect
+        read = config.timeout.read if timeout._read is _DEFAULT_TIMEOUT else timeout._read
+        total = timeout.total if isinstance(timeout.total, int | float) else None
+        if total is not None:
+            connect = total if connect is None else min(connect, total)
+            read = total if read is None else min(read, total)
+        return _seconds(connect, timeout), _seconds(read, timeout)
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        return _seconds(timeout[0], timeout), _seconds(timeout[1], timeout)
+    return _seconds(timeout, timeout), _seconds(timeout, timeout)
+
+
+def _seconds(value: object, original: object) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"timeout must be a number, a (connect, read) tuple or a urllib3 Timeout, got {original!r}")
 
 
 class OutboundAdapter(requests.adapters.HTTPAdapter):
@@ -112,11 +134,11 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+        _bound_pool_waits(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
         manager = cast(PoolManager, super().proxy_manager_for(proxy, **proxy_kwargs))
-        manager.pool_classes_by_scheme = _POOL_CLASSES
+        _bound_pool_waits(manager)
         return manager
 
     def send(
@@ -139,40 +161,52 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         connect, read = _split_timeout(timeout, self._config)
         while True:
             call.admit()
-            limits = call.attempt_timeouts(connect, read, None, self._config.timeout.pool)
-            token = _pool_wait.set(limits.pool)
-            response: requests.Response | None = None
             try:
-                # A urllib3 Timeout, because either limit may be None (disabled in the settings).
-                attempt_timeout = cast(Any, Urllib3Timeout(connect=limits.connect, read=limits.read))
-                response = super().send(
-                    request, stream=stream, timeout=attempt_timeout, verify=verify, cert=cert, proxies=proxies
-                )
-                if not stream:
-                    # Read the body inside the policy, so a failure mid-body is classified, counted and retried.
-                    response.content  # noqa: B018 (the property read is the point)
-                status = response.status_code
-                # Only where the policy honours it: most responses need no header lookup.
-                retry_after = response.headers.get("Retry-After") if status in RETRY_AFTER_STATUSES else None
-                outcome = response_outcome(status, retry_after)
-            except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
-                outcome = Outcome(_classify(error), error=error)
-                if response is not None:  # the headers came, the body broke: this attempt has no usable response
-                    response.close()
-                    response = None
+                limits = call.attempt_timeouts(connect, read, None, self._config.timeout.pool)
+                response, outcome = self._attempt(request, stream, limits, verify, cert, proxies)
+                decision = call.record(outcome)
+                if not decision.retry:
+                    if response is None:
+                        raise call.error_for(outcome) from outcome.error
+                    return response
+                if response is not None:
+                    response.close()  # give the connection back before waiting
+                time.sleep(decision.delay)
             except BaseException:
-                call.abandon()
+                call.abandon()  # interrupted (or our own bug): free the trial slot, end the call; no-op if it ended
                 raise
-            finally:
-                _pool_wait.reset(token)
-            decision = call.record(outcome)
-            if not decision.retry:
-                if response is None:
-                    raise call.error_for(outcome) from outcome.error
-                return response
-            if response is not None:
-                response.close()  # give the connection back before waiting
-            time.sleep(decision.delay)
+
+    def _attempt(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool,
+        limits: AttemptTimeouts,
+        verify: bool | str,
+        cert: Any,
+        proxies: Mapping[str, str] | None,
+    ) -> tuple[requests.Response | None, Outcome]:
+        """One attempt: the response (``None`` if it failed) and its classified outcome."""
+        token = _pool_wait.set(limits.pool)
+        response: requests.Response | None = None
+        try:
+            # A urllib3 Timeout, because either limit may be None (disabled in the settings).
+            attempt_timeout = cast(Any, Urllib3Timeout(connect=limits.connect, read=limits.read))
+            response = super().send(
+                request, stream=stream, timeout=attempt_timeout, verify=verify, cert=cert, proxies=proxies
+            )
+            if not stream:
+                # Read the body inside the policy, so a failure mid-body is classified, counted and retried.
+                response.content  # noqa: B018 (the property read is the point)
+            status = response.status_code
+            # Only where the policy honours it: most responses need no header lookup.
+            retry_after = response.headers.get("Retry-After") if status in RETRY_AFTER_STATUSES else None
+            return response, response_outcome(status, retry_after)
+        except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
+            if response is not None:  # the headers came, the body broke: this attempt has no usable response
+                response.close()
+            return None, Outcome(_classify(error), error=error)
+        finally:
+            _pool_wait.reset(token)
 
     def pool_numbers(self) -> tuple[int, int]:
         """``(in_use, idle)`` connections across this adapter's pools (FACTS.md: urllib3 introspection)."""
@@ -216,6 +250,16 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         return [self.poolmanager, *self.proxy_manager.values()]
 
 
+class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
+    """A cookie policy that never stores cookies from responses (shared by the httpx backend)."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+NO_STORED_COOKIES = _NoStoredCookies()
+
+
 class ServiceSession(requests.Session):
     """A ``requests.Session`` bound to one service: relative URLs join ``base_url``; calls run the policy.
 
@@ -231,6 +275,9 @@ class ServiceSession(requests.Session):
         self._policy = policy
         self._closed = False
         self.headers.update(config.headers)
+        # One session serves every request of the process: cookies from one caller's response must not go out
+        # with another caller's request. Cookies set explicitly (or passed per call) are still sent.
+        self.cookies.set_policy(NO_STORED_COOKIES)
         self.verify = config.verify
         self.cert = config.cert
         if config.proxy is not None:
@@ -253,7 +300,7 @@ class ServiceSession(requests.Session):
         """Resolve ``url`` against ``base_url`` as httpx does: relative paths (with or without a leading ``/``)
         go below the base path; absolute URLs pass through."""
         text = url.decode() if isinstance(url, bytes) else url
-        if "://" in text:
+        if _ABSOLUTE.match(text):
             return text
         return self.base_url + text.lstrip("/")
 
