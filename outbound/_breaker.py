@@ -22,6 +22,7 @@ import pybreaker
 
 from ._config import BreakerConfig
 
+# A public logger name rather than __name__ ("outbound._breaker"): users configure it, so it must not look private.
 logger = logging.getLogger("outbound.breaker")
 
 CLOSED = pybreaker.STATE_CLOSED

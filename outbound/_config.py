@@ -12,6 +12,7 @@ import importlib.util
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -335,14 +336,14 @@ def _parse_base_url(reader: _Reader) -> str:
     return value if value.endswith("/") else value + "/"
 
 
-def _parse_headers(reader: _Reader) -> dict[str, str]:
+def _parse_headers(reader: _Reader) -> Mapping[str, str]:
     value = reader.mapping.get("headers", {})
     if not isinstance(value, Mapping):
         raise reader.error(f"must be a mapping of header names to values, got {type(value).__name__}", key="headers")
     for name, header_value in value.items():
         if not isinstance(name, str) or not isinstance(header_value, str):
             raise reader.error(f"names and values must be strings, got {name!r}: {header_value!r}", key="headers")
-    return dict(value)
+    return MappingProxyType(dict(value))  # read-only, like the rest of the frozen settings
 
 
 def _parse_tls(reader: _Reader) -> tuple[bool | str, str | tuple[str, str] | None]:

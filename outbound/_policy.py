@@ -45,7 +45,7 @@ from ._errors import (
 from ._retry import RETRY_AFTER_STATUSES, RetryBudget, backoff_delay, parse_retry_after
 from ._stats import Stats
 
-logger = logging.getLogger("outbound.retry")
+logger = logging.getLogger("outbound.retry")  # public name, as outbound.breaker
 
 
 class Kind(enum.Enum):
