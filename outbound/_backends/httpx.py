@@ -339,7 +339,7 @@ def _reject_before_building(
     client: ServiceClient | ServiceAsyncClient, method: str, url: httpx.URL | str, kwargs: dict[str, Any]
 ) -> None:
     # Called while the breaker reads open. A closed client is left to send(), which says so; an open breaker is
-    # refused here, before httpx's build_request() (send() still gates requests built by hand and streams).
+    # refused here, before httpx's build_request() (the transport still gates requests built by hand and streams).
     if not client.is_closed:
         client._policy.reject_if_open(
             UnbuiltRequestTransportError, {"_request": None, "_request_args": (client, method, url, kwargs)}
@@ -363,8 +363,7 @@ class ServiceClient(httpx.Client):
     def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         if self.is_closed:
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
-        if self._policy.breaker.state == OPEN:  # checked first so the common path builds nothing
-            self._policy.reject_if_open(httpx.TransportError, {"_request": request})
+        # No breaker gate here: the request is already built, and the transport gates every attempt.
         request.extensions[PRELOAD] = not stream
         return super().send(request, stream=stream, **kwargs)
 
@@ -386,7 +385,5 @@ class ServiceAsyncClient(httpx.AsyncClient):
     async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         if self.is_closed:
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
-        if self._policy.breaker.state == OPEN:
-            self._policy.reject_if_open(httpx.TransportError, {"_request": request})
         request.extensions[PRELOAD] = not stream
         return await super().send(request, stream=stream, **kwargs)

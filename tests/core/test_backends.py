@@ -253,7 +253,7 @@ def test_httpx_call_refused_by_an_open_breaker_still_carries_its_request(
         return refused.value.request
 
     assert asyncio.run(refused_async()).url.path == "/items"
-    # Requests built by hand and streams are still refused at send().
+    # Requests built by hand and streams are still refused (by the transport's gate).
     with pytest.raises(outbound.CircuitOpenError), registry.client("api").stream("GET", "ok"):
         pass
     assert upstream.hits == hits
