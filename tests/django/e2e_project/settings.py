@@ -18,7 +18,8 @@ UPSTREAM = os.environ["OUTBOUND_E2E_UPSTREAM"]
 FAST = {
     "base_url": UPSTREAM,
     "retry": {"total": 0},
-    "breaker": {"fail_max": 2, "reset_timeout": 1.0},
+    # Open long enough that the test sees six 503s in a row on a loaded machine before trials are due.
+    "breaker": {"fail_max": 2, "reset_timeout": 3.0},
     "timeout": {"connect": 2.0, "read": 5.0, "total": 10.0},
 }
 OUTBOUND = {
