@@ -115,13 +115,8 @@ class Upstream:
             return len(self._connections)
 
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
-        """Poll ``predicate()`` until true or ``timeout`` seconds pass (bounded)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.01)
-        return bool(predicate())
+        """Poll ``predicate()`` until true or ``timeout`` seconds pass (bounded); see ``wait_until``."""
+        return wait_until(predicate, timeout)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -267,6 +262,16 @@ class Upstream:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    """Poll ``predicate()`` every 10 ms until it is true or ``timeout`` seconds pass; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
 
 
 def _route(path: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.upstream import Upstream
+from tests.upstream import Upstream, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -118,12 +118,7 @@ def get(url: str) -> requests.Response:
 
 def poll(step: Callable[[], bool], what: str, server: Server, timeout: float = PHASE_TIMEOUT) -> None:
     """Call ``step()`` until it returns True; fail with the server's output after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if step():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting until {what}; server output:\n{server.output}")
+    assert wait_until(step, timeout), f"timed out waiting until {what}; server output:\n{server.output}"
 
 
 def test_gunicorn_two_preloaded_workers(start_server: StartServer, upstream: Upstream) -> None:

@@ -21,7 +21,7 @@ import requests
 from gunicorn.config import KNOWN_SETTINGS
 
 from tests.flask.e2e_app import HEALTH_TOKEN, UPSTREAM_ENV
-from tests.upstream import Upstream
+from tests.upstream import Upstream, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -108,12 +108,7 @@ def get(url: str, **headers: str) -> requests.Response:
 
 
 def poll(step: Callable[[], bool], what: str, gunicorn: Gunicorn) -> None:
-    deadline = time.monotonic() + PHASE_TIMEOUT
-    while time.monotonic() < deadline:
-        if step():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting until {what}; gunicorn output:\n{gunicorn.log}")
+    assert wait_until(step, PHASE_TIMEOUT), f"timed out waiting until {what}; gunicorn output:\n{gunicorn.log}"
 
 
 def test_breaker_opens_health_goes_503_and_recovers(server: tuple[str, Gunicorn], upstream: Upstream) -> None:
