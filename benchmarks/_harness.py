@@ -342,7 +342,7 @@ def median_text(values: Sequence[float], digits: int = 0) -> str:
 def environment() -> dict[str, str]:
     """Versions and machine facts for the report header."""
     versions = []
-    for name in ("outbound", "requests", "urllib3", "httpx", "httpcore", "pybreaker"):
+    for name in ("outbound-http", "requests", "urllib3", "httpx", "httpcore", "pybreaker"):
         try:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a script, this directory is on sys.path but the project root is not
+if __name__ == "__main__":
+    # Run as a script, this folder is first on sys.path; the project root replaces it (see example_project/run.py).
+    sys.path[0] = str(ROOT)
 
 DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
@@ -72,7 +73,7 @@ NOTES = """
 
 def _bootstrap() -> None:
     """From a fresh clone: build ``.venv`` and re-run this script inside it."""
-    from example_project.venv import VENV, ensure_venv
+    from example_project.bootstrap import VENV, ensure_venv
 
     if Path(sys.prefix).resolve() == VENV.resolve():
         return

@@ -15,9 +15,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, this file's folder is first on sys.path, where a module named like one of the standard library's
+# (venv.py did once) would shadow it for everything imported later. The project root takes that place instead, so
+# the project's modules are reached by package name only (tests/test_layout.py keeps stdlib names out of it too).
+sys.path[0] = str(ROOT)
 
-from example_project.venv import VENV, ensure_venv  # noqa: E402 (the path must be set first)
+from example_project.bootstrap import VENV, ensure_venv  # noqa: E402 (the path must be set first)
 
 
 def main() -> int:

@@ -369,7 +369,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any]) -> ServiceC
     if http2 and client != "httpx":
         raise reader.error("is only supported with client 'httpx'", key="http2", code="unsupported")
     if http2 and importlib.util.find_spec("h2") is None:
-        raise reader.error("needs the h2 package: pip install 'outbound[http2]'", key="http2", code="unsupported")
+        raise reader.error("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
     proxy = reader.optional_string("proxy")
     if proxy is not None and urlsplit(proxy).scheme not in ("http", "https", "socks5", "socks5h"):
         raise reader.error(

@@ -10,9 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This folder would be first on sys.path when run as a script; the project root replaces it (see example_project/run.py).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from example_project.venv import ROOT, ensure_venv
+from example_project.bootstrap import ROOT, ensure_venv
 
 if __name__ == "__main__":
     python = ensure_venv()
