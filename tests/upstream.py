@@ -1,7 +1,9 @@
 """A small controllable HTTP/1.1 upstream on 127.0.0.1, shared by every test, the benchmarks and the example.
 
 Raw sockets rather than http.server, so it can do what real upstreams do to clients: reset a connection mid-body,
-hold a connection without answering, refuse connections, and report how many connections are open right now.
+hold a connection without answering, trickle a response a byte at a time, cut a body short, answer with bytes that are
+not HTTP, refuse connections, and report how many connections are open right now and which headers each request
+carried.
 
 Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other path follows the current mode):
     /ok                          200 "ok"
@@ -12,6 +14,23 @@ Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other p
     /hold?seconds=5              read the request, answer nothing, close after `seconds`
     /echo                        JSON: method, path, headers, body length
     /set-cookie?session=alice    200 with that Set-Cookie header
+    /trickle-headers?interval=0.3&count=40
+                                 status line and headers one byte every `interval` seconds (an X-Padding header makes
+                                 the block at least `count` bytes before its blank line; it is never shorter than about
+                                 50), then a short body at once
+    /trickle-body?interval=0.3&bytes=40
+                                 headers at once with Content-Length `bytes`, then the body one byte every `interval`
+    /truncated                   headers with Content-Length 1000, 10 bytes of body, then a clean close (FIN)
+    /garbage                     bytes that are not HTTP, then a close
+    /redirect?to=/ok&status=302&set_cookie=name%3Dvalue
+                                 `status` (301, 302, 303, 307 or 308; default 302) with Location `to` (absolute or
+                                 relative; default /ok) and, if given, ``Set-Cookie: <set_cookie>; Path=/``
+    /redirect-bad-gzip?to=/ok    302 to `to` whose body says Content-Encoding: gzip but is not gzip
+    /cookies                     JSON: {"cookie": the Cookie request header or null}
+
+Trickles wait on the stop event, so ``stop()`` ends them at once, and end quietly when the client goes away.
+Every request outside ``/_control/`` is recorded (method, path with query, lower-cased headers): the last 200 in
+``Upstream.requests_log``, filtered by ``Upstream.recent(path_suffix)``, the last 20 in ``stats()["recent_requests"]``.
 
 Modes (``Upstream.set_mode`` or ``POST /_control/mode?name=failing&status=503&retry_after=1``):
     healthy (delay=0)  slow (delay)  failing (status, retry_after)  refuse (listener closed)  flapping (period)
@@ -36,6 +55,9 @@ from urllib.parse import parse_qs, urlsplit
 
 MODES = ("healthy", "slow", "failing", "refuse", "flapping")
 IDLE_TIMEOUT = 30.0
+REQUESTS_LOG_SIZE = 200
+STATS_RECENT_SIZE = 20
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
 class Upstream:
@@ -68,6 +90,10 @@ class Upstream:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
+            # Each serving thread holds a makefile() reader, which keeps close() from closing the socket;
+            # shutdown() ends the connection for real and wakes a thread blocked reading the next request.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
             _close_quietly(conn)
 
     def __enter__(self) -> Upstream:
@@ -87,6 +113,8 @@ class Upstream:
         with getattr(self, "_lock", threading.Lock()):
             self.hits = 0
             self.hits_by_path: Counter[str] = Counter()
+            # Replaced, never mutated, so a reader holding the old list never sees it change.
+            self.requests_log: list[dict[str, Any]] = []
             self.connections_total = 0
             self._fail_counts: Counter[str] = Counter()
             self.mode = "healthy"
@@ -118,6 +146,15 @@ class Upstream:
         """Poll ``predicate()`` until true or ``timeout`` seconds pass (bounded); see ``wait_until``."""
         return wait_until(predicate, timeout)
 
+    def recent(self, path_suffix: str | None = None) -> list[dict[str, Any]]:
+        """The recorded requests, oldest first, whose path (without its query) ends with ``path_suffix``.
+
+        Each is ``{"method": ..., "path": path and query, "headers": {lower-cased name: value}}``; at most the last
+        200 since ``reset()``, ``/_control/`` requests excluded.
+        """
+        log = self.requests_log
+        return [_copy_entry(entry) for entry in log if path_suffix is None or _path_of(entry).endswith(path_suffix)]
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -127,6 +164,7 @@ class Upstream:
                 "live_connections": len(self._connections),
                 "mode": self.mode,
                 "mode_params": self.mode_params,
+                "recent_requests": [_copy_entry(entry) for entry in self.requests_log[-STATS_RECENT_SIZE:]],
             }
 
     # -- sockets ---------------------------------------------------------------------------------------------------
@@ -161,7 +199,8 @@ class Upstream:
                 conn, _ = listener.accept()
             except (OSError, ValueError):
                 continue  # the listener was closed under us (refuse mode or stop)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # a client that already reset must not end the accept thread
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._connections.add(conn)
                 self.connections_total += 1
@@ -195,9 +234,11 @@ class Upstream:
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         if path.startswith("/_control/"):
             return self._control(conn, method, path, query)
+        entry = {"method": method, "path": path + (f"?{parts.query}" if parts.query else ""), "headers": dict(headers)}
         with self._lock:
             self.hits += 1
             self.hits_by_path[path] += 1
+            self.requests_log = [*self.requests_log[1 - REQUESTS_LOG_SIZE :], entry]
             mode, params, since = self.mode, dict(self.mode_params), self._mode_since
 
         route = _route(path)
@@ -230,7 +271,59 @@ class Upstream:
         if route == "/echo":
             payload = {"method": method, "path": target, "headers": headers, "body_length": len(body)}
             return _send(conn, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        if route == "/trickle-headers":
+            return self._trickle_headers(conn, query)
+        if route == "/trickle-body":
+            return self._trickle_body(conn, query)
+        if route == "/truncated":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 10)
+            # A FIN right away (close() follows in _serve): the client sees a clean early end of the body.
+            conn.shutdown(socket.SHUT_WR)
+            return False
+        if route == "/garbage":
+            conn.sendall(b"\x00\x01garbage\r\n\r\n")
+            return False
+        if route == "/redirect":
+            return _redirect(conn, query)
+        if route == "/redirect-bad-gzip":
+            location = query.get("to", "/ok")
+            if _has_line_break(location):
+                return _send(conn, 400, b"line breaks in a header value")
+            return _send(conn, 302, b"not gzip at all", {"Location": location, "Content-Encoding": "gzip"})
+        if route == "/cookies":
+            payload = {"cookie": headers.get("cookie")}
+            return _send(conn, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
         return self._by_mode(conn, mode, params, since)
+
+    # -- trickles: slow enough to defeat a deadline, never idle long enough to trip a read timeout ------------------
+
+    def _trickle_headers(self, conn: socket.socket, query: dict[str, str]) -> bool:
+        interval, count = float(query.get("interval", "0.3")), int(query.get("count", "40"))
+        body = b"trickled"
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nX-Padding: "
+        # The block up to (not including) its blank line is at least `count` bytes; a byte per interval after the
+        # first means the blank line arrives no sooner than count * interval seconds.
+        padding = "x" * max(1, count - len(head) - 2)
+        if not self._trickle(conn, f"{head}{padding}\r\n\r\n".encode("latin-1"), interval, wait_first=False):
+            return False
+        conn.sendall(body)
+        return True
+
+    def _trickle_body(self, conn: socket.socket, query: dict[str, str]) -> bool:
+        interval, size = float(query.get("interval", "0.3")), int(query.get("bytes", "40"))
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: text/plain\r\n\r\n".encode())
+        return self._trickle(conn, b"x" * size, interval, wait_first=True)
+
+    def _trickle(self, conn: socket.socket, data: bytes, interval: float, *, wait_first: bool) -> bool:
+        """Send ``data`` one byte per ``interval``; False (close the connection) once ``stop()`` is called.
+
+        A client that went away makes ``sendall`` raise ``OSError``, which ends the connection in ``_serve``.
+        """
+        for index in range(len(data)):
+            if (index or wait_first) and self._stop.wait(interval):
+                return False
+            conn.sendall(data[index : index + 1])
+        return True
 
     def _by_mode(self, conn: socket.socket, mode: str, params: dict[str, float], since: float) -> bool:
         if params.get("delay"):
@@ -274,6 +367,31 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
     return bool(predicate())
 
 
+def _redirect(conn: socket.socket, query: dict[str, str]) -> bool:
+    location, cookie = query.get("to", "/ok"), query.get("set_cookie")
+    status = int(query.get("status", "302"))
+    if status not in REDIRECT_STATUSES:
+        return _send(conn, 400, f"status must be one of {REDIRECT_STATUSES}".encode())
+    if _has_line_break(location, cookie or ""):
+        return _send(conn, 400, b"line breaks in a header value")
+    headers = {"Location": location}
+    if cookie is not None:
+        headers["Set-Cookie"] = f"{cookie}; Path=/"
+    return _send(conn, status, b"redirecting", headers)
+
+
+def _path_of(entry: dict[str, Any]) -> str:
+    return str(entry["path"]).partition("?")[0]
+
+
+def _copy_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return {**entry, "headers": dict(entry["headers"])}
+
+
+def _has_line_break(*values: str) -> bool:
+    return any("\r" in value or "\n" in value for value in values)
+
+
 def _route(path: str) -> str:
     segments = path.rstrip("/").split("/")
     if len(segments) >= 3 and segments[-2] == "status":
@@ -311,6 +429,12 @@ def _read_request(reader: Any) -> tuple[str, str, dict[str, str], bytes] | None:
 
 _REASONS = {
     200: "OK",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    400: "Bad Request",
     404: "Not Found",
     429: "Too Many Requests",
     500: "Internal Server Error",
