@@ -39,6 +39,7 @@ from benchmarks._harness import (
     task_rate,
     threaded_rate,
 )
+from outbound._outcome import Kind
 from outbound._stats import LATENCY_WINDOW  # the most latencies a service keeps (row 7b fills it)
 
 AT_LEAST_95 = Target(">=", 0.95, ">= 0.95")
@@ -532,10 +533,13 @@ def health(up: UpstreamProcess, s: Settings) -> list[Row]:
     populated, full = _health_registry(up), _health_registry(up)
     try:
         for svc in list(full)[:USED_SERVICES]:
-            stats = svc.policy.stats
+            stats = svc.policy.stats  # an observer: fed the events a successful call sends
             for i in range(LATENCY_WINDOW):
-                stats.call_started()
-                stats.call_finished(0.001 + (i * 7919 % 1000) / 1e6, None)
+                stats.call_started(outbound.CallStarted(svc.name, "GET"))
+                seconds = 0.001 + (i * 7919 % 1000) / 1e6
+                stats.call_finished(
+                    outbound.CallFinished(svc.name, "GET", "", Kind.RESPONSE, 200, 1, seconds, None, None)
+                )
         warm_up(s.warmup_calls, populated.health, full.health)
         slices = {"rounds": s.rounds, "slices": max(1, s.slices // 4)}
         rates = interleave([sliced(s, populated.health), sliced(s, full.health)], **slices)

@@ -1,65 +1,144 @@
-"""A non-blocking circuit breaker on pybreaker's storage and listener protocol.
+"""The circuit breaker: a non-blocking gate that owns its state, with the trip rule as a separate object.
 
 ``pybreaker.CircuitBreaker.call()`` holds an RLock for the whole guarded call, which serialises every thread using
-the breaker (FACTS.md). Here the HTTP call never runs under a lock: ``admit()`` reads the state from the storage
-without locking, ``record_*()`` take a lock only to count and to make a transition, and the transitions themselves
-are pybreaker's (``open()``, ``half_open()``, ``close()``), so its storage and ``state_change`` listeners see the
-usual protocol. Half-open admits at most ``half_open_max_calls`` trial calls at once; the rest are rejected fast.
+one breaker (16 threads against a 50 ms upstream: 19 calls/s instead of 320; pybreaker issues #3 and #55). Here the
+HTTP call never runs under a lock:
 
-Time since opening is measured with the injectable monotonic clock; pybreaker's wall-clock ``opened_at`` is kept
-for display and is the fallback when another process opened a shared breaker.
+- the state is a plain attribute, read without locking: a call while closed costs one attribute read;
+- an open breaker refuses until one "trial due at" time (monotonic clock), then turns half-open and admits at most
+  ``half_open_max_calls`` trial calls per trial period; the rest are refused at once;
+- outcomes are recorded under a short lock, only to count and to make a transition;
+- the trip rule — when failures open the breaker — is its own object (``ConsecutiveFailures`` here; the failure-rate
+  window in ``_window.py``), the Polly split between the circuit and its behaviour;
+- a shared state backend (``SharedBreaker``) is told of failures and transitions and asked for the fleet's trial
+  slot; it is never consulted while the breaker is closed, so the hot path never waits on it.
+
+pybreaker still supplies the vocabulary and the listener protocol: each breaker keeps a ``pybreaker.CircuitBreaker``
+as a mirror that is moved through ``open()`` / ``half_open()`` / ``close()`` on every transition, so
+``pybreaker.CircuitBreakerListener``s added with ``Breaker.add_listener`` get their usual ``state_change`` calls
+with pybreaker's own state objects. The mirror is never read to decide anything.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any, Protocol
 
 import pybreaker
 
 from ._config import BreakerConfig
+from ._events import BreakerTransition
+from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Rejection
 
-# A public logger name rather than __name__ ("outbound._breaker"): users configure it, so it must not look private.
 logger = logging.getLogger("outbound.breaker")
 
-CLOSED = pybreaker.STATE_CLOSED
-OPEN = pybreaker.STATE_OPEN
-HALF_OPEN = pybreaker.STATE_HALF_OPEN
+CLOSED = pybreaker.STATE_CLOSED  # "closed"
+OPEN = pybreaker.STATE_OPEN  # "open"
+HALF_OPEN = pybreaker.STATE_HALF_OPEN  # "half-open"
+ISOLATED = "isolated"  # forced open by an operator (registry.isolate) until reset or its time runs out
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The breaker's answer to one attempt.
+class TripRule(Protocol):
+    """When recorded outcomes open a closed breaker. Called with the breaker's lock held, except ``success``."""
 
-    ``trial`` is the half-open period the attempt holds a trial slot in (``None`` when admitted while closed).
-    """
+    failures: int
+    """Failures counted now (consecutive ones, or those in the window): read on every success, so an attribute."""
 
-    admitted: bool
-    trial: int | None = None
-    retry_in: float = 0.0
+    def failure(self, seconds: float) -> bool:
+        """Count one failed attempt (lock held); ``True`` when the breaker should open."""
+
+    def success(self, seconds: float) -> bool:
+        """Count one successful attempt (no lock held: keep it cheap); ``True`` when the breaker should open."""
+
+    def reset(self) -> None:
+        """Forget everything counted (the breaker opened, closed or was reset; lock held)."""
+
+    def describe(self) -> str:
+        """Why it tripped, for the log line: ``"5 consecutive failures"``."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """What health shows of it: ``{"failures": 3}`` and, for a rate window, the current rates."""
 
 
-ADMITTED = Admission(admitted=True)
+class ConsecutiveFailures:
+    """Opens after ``fail_max`` failed attempts in a row; any success clears the count (pybreaker's rule)."""
+
+    def __init__(self, fail_max: int, lock: threading.Lock) -> None:
+        self.fail_max = fail_max
+        self.failures = 0
+        self._lock = lock
+
+    def failure(self, seconds: float) -> bool:
+        self.failures += 1
+        return self.failures >= self.fail_max
+
+    def success(self, seconds: float) -> bool:
+        if self.failures:  # read first, so the common case (no failures) takes no lock
+            with self._lock:
+                self.failures = 0
+        return False
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def describe(self) -> str:
+        return f"{self.failures} consecutive failures"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"failures": self.failures}
 
 
-class _TransitionListener(pybreaker.CircuitBreakerListener):
-    def __init__(self, breaker: Breaker) -> None:
-        self._breaker = breaker
+class SharedBreaker(Protocol):
+    """The breaker's link to a state backend shared by a fleet of processes (``_state/``)."""
 
-    def state_change(
-        self,
-        cb: pybreaker.CircuitBreaker,
-        old_state: pybreaker.CircuitBreakerState | None,
-        new_state: pybreaker.CircuitBreakerState,
-    ) -> None:
-        self._breaker._on_state_change(old_state.name if old_state else None, new_state.name)
+    def failure(self) -> None:
+        """A failure was counted here (the fleet adds it up, off the calling thread)."""
+
+    def transition(self, new: str, reason: str, open_seconds: float) -> None:
+        """This process moved the breaker to ``new`` by its own observation; tell the fleet."""
+
+    def claim_trial(self, seconds: float) -> bool:
+        """Whether this process may run the half-open trial (one slot for the fleet, held ``seconds`` at most)."""
+
+    def recovered(self) -> None:
+        """A success followed failures here: the fleet's failure count starts again."""
+
+
+class _LocalOnly:
+    """No fleet: every decision is this process's own."""
+
+    def failure(self) -> None:
+        pass
+
+    def transition(self, new: str, reason: str, open_seconds: float) -> None:
+        pass
+
+    def claim_trial(self, seconds: float) -> bool:
+        return True
+
+    def recovered(self) -> None:
+        pass
+
+
+LOCAL_ONLY = _LocalOnly()
+
+
+def _ignore(event: BreakerTransition) -> None:
+    pass
 
 
 class Breaker:
-    """Gate and record for one service. Thread- and task-safe; never blocks on I/O."""
+    """One service's breaker: the ``breaker`` stage of its policy. Thread- and task-safe; never blocks on I/O.
+
+    As a stage it admits attempts (``admit`` returns ``None`` for an ordinary attempt, the trial period's number for
+    a half-open trial, or a ``Rejection``), records their outcomes and releases trial slots without a verdict.
+    """
+
+    per_call = False  # a stage of every attempt: a retry meets the breaker again
 
     def __init__(
         self,
@@ -67,155 +146,243 @@ class Breaker:
         config: BreakerConfig,
         *,
         clock: Callable[[], float],
-        storage: pybreaker.CircuitBreakerStorage | None = None,
+        notify: Callable[[BreakerTransition], None] = _ignore,
+        rule: TripRule | None = None,
     ) -> None:
         self.service = service
         self.config = config
+        self.shared: SharedBreaker = LOCAL_ONLY
         self._clock = clock
-        self._storage = storage or pybreaker.CircuitMemoryStorage(CLOSED)
+        self._notify = notify
         self._lock = threading.Lock()
-        self._opened_monotonic: float | None = None
-        self._trial_period = 0
-        self._trials_in_flight = 0
-        self._cb = pybreaker.CircuitBreaker(
+        self.rule: TripRule = rule or ConsecutiveFailures(config.fail_max, self._lock)
+        self.state = CLOSED
+        self._opened_at: float | None = None  # monotonic
+        self._opened_wall: datetime | None = None
+        self._trial_at = 0.0  # monotonic: while open or isolated, no attempt before this
+        self._period = 0  # the current half-open trial period; a permit from an older one is void
+        self._trials = 0  # trial calls in flight in this period
+        self._successes = 0  # successful trials in this period
+        self._mirror = pybreaker.CircuitBreaker(
             fail_max=config.fail_max,
             reset_timeout=config.reset_timeout,
             success_threshold=config.success_threshold,
-            state_storage=self._storage,
-            listeners=[_TransitionListener(self)],
             name=service,
         )
 
+    # -- reading -----------------------------------------------------------------------------------------------------
+
     @property
-    def state(self) -> str:
-        """``"closed"``, ``"open"`` or ``"half-open"``."""
-        return self._storage.state
+    def failures(self) -> int:
+        """Failures the trip rule holds now (consecutive ones while closed, for the default rule)."""
+        return self.rule.failures
+
+    @property
+    def opened_at(self) -> datetime | None:
+        """Wall-clock time the breaker last opened, while it is not closed."""
+        return None if self.state == CLOSED else self._opened_wall
 
     def effective_state(self) -> str:
-        """The state the next call will meet: an open breaker whose ``reset_timeout`` has passed is ``half-open``.
+        """The state the next call will meet: an open breaker whose trial is due reads ``half-open``.
 
         Health reports use this. The stored state changes only when a call arrives, and a health check must not
         keep reporting ``down`` after the trial is due: a load balancer that took the instance out on that 503
         would never send the traffic that lets the breaker close (Resilience4j #607).
         """
-        state = self._storage.state
-        if state == OPEN and self._seconds_open() >= self.config.reset_timeout:
+        state = self.state
+        if state == OPEN and self._clock() >= self._trial_at:
             return HALF_OPEN
         return state
 
-    @property
-    def failures(self) -> int:
-        """Consecutive failures counted while closed."""
-        return self._storage.counter
-
-    @property
-    def opened_at(self) -> datetime | None:
-        """Wall-clock time the breaker last opened, while it is not closed."""
-        return None if self._storage.state == CLOSED else self._storage.opened_at
-
     def retry_in(self) -> float | None:
-        """Seconds until the open breaker admits a trial call; ``None`` unless open (or once the trial is due)."""
-        if self._storage.state != OPEN:
+        """Seconds until an open (or isolated) breaker admits a call; ``None`` when it is not refusing, or when an
+        isolation has no end."""
+        if self.state not in (OPEN, ISOLATED):
             return None
-        remaining = self.config.reset_timeout - self._seconds_open()
-        return remaining if remaining > 0 else None
+        remaining = self._trial_at - self._clock()
+        if math.isinf(remaining) or remaining <= 0:
+            return None
+        return remaining
 
-    def admit(self) -> Admission:
-        """Decide whether one attempt may be sent. Lock-free while closed."""
-        state = self._storage.state
-        if state == CLOSED:
-            return ADMITTED
-        if state == OPEN:
-            retry_in = self.config.reset_timeout - self._seconds_open()
-            if retry_in > 0:
-                return Admission(admitted=False, retry_in=retry_in)
+    def refusal(self) -> Rejection | None:
+        """The refusal ``admit`` would give now, without taking a trial slot or changing state."""
+        if self.state == CLOSED:
+            return None
+        now = self._clock()
+        return self._refusal(now) if now < self._trial_at else None
+
+    # -- the stage ----------------------------------------------------------------------------------------------------
+
+    def admit(self, call: object = None) -> int | Rejection | None:
+        """Whether one attempt may be sent. Lock-free while closed, and while open before the trial is due."""
+        if self.state == CLOSED:
+            return None
+        now = self._clock()
+        if now < self._trial_at:
+            return self._refusal(now)
         with self._lock:
-            state = self._storage.state
+            state = self.state
+            if state == CLOSED:
+                return None
+            if now < self._trial_at:  # another thread re-opened it meanwhile
+                return self._refusal(now)
+            if state == ISOLATED:
+                self._close("the isolation ended")
+                return None
             if state == OPEN:
-                if self._seconds_open() < self.config.reset_timeout:  # another thread re-opened it meanwhile
-                    return Admission(admitted=False, retry_in=self.config.reset_timeout - self._seconds_open())
-                self._trial_period += 1
-                self._trials_in_flight = 0
-                self._cb.half_open()
-            elif state == CLOSED:
-                return ADMITTED
-            if self._trials_in_flight >= self.config.half_open_max_calls:
-                return Admission(admitted=False, retry_in=0.0)
-            self._trials_in_flight += 1
-            return Admission(admitted=True, trial=self._trial_period)
+                if not self.shared.claim_trial(self.config.reset_timeout):
+                    # Another process of the fleet holds this period's trial; ask again a little later.
+                    self._trial_at = now + min(1.0, self.config.reset_timeout)
+                    return Rejection("circuit_open", 0.0, "a trial call is in flight in another process")
+                self._half_open()
+            if self._trials >= self.config.half_open_max_calls:
+                return Rejection("circuit_open", 0.0, "a trial call is in flight")
+            self._trials += 1
+            return self._period
 
-    def record_success(self, admission: Admission) -> None:
-        """The attempt got an answer that is not a failure."""
-        if admission.trial is None:
-            # Consecutive-failure counting: a success while closed clears the count. Read first so the common
-            # case (no failures) takes no lock.
-            if self._storage.counter and self._storage.state == CLOSED:
+    def is_failure(self, outcome: Outcome) -> bool:
+        """Whether ``outcome`` counts against the upstream."""
+        if outcome.kind is Kind.RESPONSE:
+            return outcome.status in self.config.failure_statuses
+        return outcome.kind in UPSTREAM_FAILURES
+
+    def record(self, permit: int | None, outcome: Outcome, seconds: float) -> None:
+        """Record the outcome of an attempt ``admit`` let through with ``permit``."""
+        failed = self.is_failure(outcome)
+        if permit is not None:
+            self._record_trial(permit, outcome, failed)
+        elif failed:
+            with self._lock:
+                if self.state != CLOSED:
+                    return  # a call admitted before the breaker opened: the verdict is already in
+                if self.rule.failure(seconds):
+                    self._open(self.rule.describe())
+            self.shared.failure()
+        elif outcome.kind not in NO_VERDICT:
+            had_failures = self.rule.failures > 0
+            if self.rule.success(seconds):
                 with self._lock:
-                    self._storage.reset_counter()
+                    if self.state == CLOSED:
+                        self._open(self.rule.describe())
+            elif had_failures:
+                self.shared.recovered()
+
+    def release(self, permit: int | None) -> None:
+        """The attempt ended without a verdict (cancelled, interrupted): free its trial slot."""
+        if permit is None:
             return
         with self._lock:
-            if not self._holds_current_trial(admission):
-                return
-            self._trials_in_flight -= 1
-            self._storage.increment_success_counter()
-            if self._storage.success_counter >= self.config.success_threshold:
-                self._cb.close()
+            if permit == self._period and self.state == HALF_OPEN:
+                self._trials -= 1
 
-    def record_failure(self, admission: Admission) -> None:
-        """The attempt failed in a way that counts against the upstream."""
-        with self._lock:
-            if admission.trial is not None:
-                if self._holds_current_trial(admission):
-                    self._trials_in_flight -= 1
-                    self._cb.open()
-                return
-            if self._storage.state != CLOSED:
-                return  # a call admitted before the breaker opened: the verdict is already in
-            self._storage.increment_counter()
-            if self._storage.counter >= self.config.fail_max:
-                self._cb.open()
+    # -- control -----------------------------------------------------------------------------------------------------
 
-    def release(self, admission: Admission) -> None:
-        """The attempt ended without a verdict on the upstream (pool timeout, cancellation): free its trial slot."""
-        if admission.trial is None:
-            return
+    def isolate(self, seconds: float | None = None, *, reason: str = "isolated by an operator") -> None:
+        """Force the breaker open (state ``isolated``) until ``reset()``, or for ``seconds``."""
         with self._lock:
-            if self._holds_current_trial(admission):
-                self._trials_in_flight -= 1
+            self._move(ISOLATED, reason, seconds if seconds is not None else math.inf)
+
+    def reset(self, *, reason: str = "reset by an operator") -> None:
+        """Close the breaker and forget every count (also lifts an isolation)."""
+        with self._lock:
+            self.rule.reset()
+            if self.state != CLOSED:
+                self._close(reason)
+
+    def apply(self, state: str, *, reason: str, open_seconds: float = 0.0) -> None:
+        """Apply a transition decided elsewhere (another process of the fleet). Never reported back to it."""
+        with self._lock:
+            if state == self.state and state != OPEN:
+                return
+            if state == CLOSED:
+                self._close(reason, publish=False)
+            elif state in (OPEN, ISOLATED):
+                self._move(state, reason, open_seconds, publish=False)
+            elif state == HALF_OPEN and self.state == OPEN:
+                # Another process runs the trial: keep refusing here until its verdict arrives.
+                self._trial_at = self._clock() + min(1.0, self.config.reset_timeout)
+
+    def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
+        """Call ``listener.state_change(cb, old, new)`` (pybreaker's protocol) on every transition."""
+        self._mirror.add_listener(listener)
 
     def reset_after_fork(self) -> None:
         """In a forked child: new locks (a parent thread may have held them) and no trial calls in flight (a parent
-        thread may have held the only slot; it will never give it back here). A new trial period makes any
-        earlier grant void."""
+        thread may have held the only slot; it will never give it back here). A new trial period voids any earlier
+        grant."""
         self._lock = threading.Lock()
+        if isinstance(self.rule, ConsecutiveFailures):
+            self.rule._lock = self._lock
+        elif hasattr(self.rule, "reset_after_fork"):
+            self.rule.reset_after_fork(self._lock)
         # pybreaker's own transition lock (private, pybreaker 1.x): replaced for the same reason.
-        self._cb._lock = threading.RLock()
-        self._trials_in_flight = 0
-        self._trial_period += 1
+        self._mirror._lock = threading.RLock()
+        self._trials = 0
+        self._period += 1
 
-    def _holds_current_trial(self, admission: Admission) -> bool:
-        return admission.trial == self._trial_period and self._storage.state == HALF_OPEN
+    # -- transitions (lock held) ----------------------------------------------------------------------------------
 
-    def _seconds_open(self) -> float:
-        if self._opened_monotonic is not None:
-            return self._clock() - self._opened_monotonic
-        opened_at = self._storage.opened_at
-        if opened_at is None:
-            return self.config.reset_timeout  # unknown: let a trial through
-        return (datetime.now(timezone.utc) - opened_at).total_seconds()
+    def _refusal(self, now: float) -> Rejection:
+        if self.state == ISOLATED:
+            if math.isinf(self._trial_at):
+                return Rejection("circuit_open", math.inf, "the service is isolated until reset")
+            return Rejection("circuit_open", self._trial_at - now, f"isolated for {self._trial_at - now:.1f}s more")
+        return Rejection("circuit_open", self._trial_at - now, f"next trial in {self._trial_at - now:.1f}s")
 
-    def _on_state_change(self, old: str | None, new: str) -> None:
-        if new == OPEN:
-            self._opened_monotonic = self._clock()
-            cause = "a trial call failed" if old == HALF_OPEN else f"{self._storage.counter} consecutive failures"
-            logger.warning(
-                "circuit breaker for %r opened after %s; calls fail fast for %.1fs",
-                self.service,
-                cause,
-                self.config.reset_timeout,
-            )
-        elif new == HALF_OPEN:
-            logger.info("circuit breaker for %r half-open: admitting trial calls", self.service)
-        elif new == CLOSED and old is not None and old != CLOSED:
-            self._opened_monotonic = None
-            logger.info("circuit breaker for %r closed: upstream recovered", self.service)
+    def _record_trial(self, permit: int, outcome: Outcome, failed: bool) -> None:
+        with self._lock:
+            if permit != self._period or self.state != HALF_OPEN:
+                return
+            self._trials -= 1
+            if outcome.kind in NO_VERDICT:
+                return
+            if failed:
+                self._open("a trial call failed")
+                return
+            self._successes += 1
+            if self._successes >= self.config.success_threshold:
+                self._close("upstream recovered")
+
+    def _open(self, reason: str) -> None:
+        # The count stays until the breaker closes, so health shows what opened it (as pybreaker's storage did).
+        self._move(OPEN, reason, self.config.reset_timeout)
+
+    def _move(self, state: str, reason: str, open_seconds: float, *, publish: bool = True) -> None:
+        old = self.state
+        now = self._clock()
+        self.state = state
+        self._opened_at = now
+        self._opened_wall = datetime.now(timezone.utc)
+        self._trial_at = now + open_seconds
+        self._period += 1
+        self._trials = 0
+        self._successes = 0
+        self._announce(old, state, reason, open_seconds, publish)
+
+    def _half_open(self) -> None:
+        old = self.state
+        self.state = HALF_OPEN
+        self._period += 1
+        self._trials = 0
+        self._successes = 0
+        self._announce(old, HALF_OPEN, "the trial is due", 0.0, publish=True)
+
+    def _close(self, reason: str, *, publish: bool = True) -> None:
+        self.rule.reset()
+        old = self.state
+        self.state = CLOSED
+        self._opened_at = None
+        self._trial_at = 0.0
+        self._period += 1
+        self._trials = 0
+        self._announce(old, CLOSED, reason, 0.0, publish)
+
+    def _announce(self, old: str, new: str, reason: str, open_seconds: float, publish: bool) -> None:
+        if publish:
+            self.shared.transition(new, reason, open_seconds)
+        try:
+            # The pybreaker mirror: its listeners see the usual protocol (an isolated breaker is open to them).
+            {CLOSED: self._mirror.close, HALF_OPEN: self._mirror.half_open}.get(new, self._mirror.open)()
+        except Exception:
+            logger.exception("a pybreaker listener of %r failed", self.service)
+        self._notify(BreakerTransition(self.service, old, new, reason, open_seconds))

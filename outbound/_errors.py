@@ -10,7 +10,11 @@ the identity of the client library the caller chose, so existing ``except`` clau
     ├── ServiceLookupError          (also LookupError)  unknown service name, or the wrong client kind for it
     ├── RegistryClosedError         (also RuntimeError) the registry was closed
     └── CallError                                       a call through a managed client failed; .service
-        ├── CircuitOpenError                            rejected without sending; .retry_in
+        ├── RejectedError                               refused before anything was sent; .retry_in
+        │   ├── CircuitOpenError                        the breaker is open (or isolated, or its trial is taken)
+        │   ├── BulkheadFullError                       too many calls in flight to this service
+        │   ├── RateLimitedError                        the client-side rate limit, or the upstream's 429 pause
+        │   └── DeadlineExceededError                   too little of the call's deadline was left to start
         ├── PoolTimeoutError                            no pooled connection freed in time (we are saturated)
         └── TransportFailure                            the upstream could not be reached or did not answer
             ├── ConnectError                            nothing was sent
@@ -75,14 +79,38 @@ class CallError(OutboundError):
     service: str = ""
 
 
-class CircuitOpenError(CallError):
-    """The service's circuit breaker is open (or its half-open trial slots are taken); nothing was sent.
+class RejectedError(CallError):
+    """The call was refused before anything was sent (Polly's ``ExecutionRejectedException``).
 
     Attributes:
-        retry_in: seconds until the breaker lets a trial call through (0.0 while a trial is in flight).
+        retry_in: seconds until a call is likely to be admitted (0.0 when unknown or immediate).
     """
 
     retry_in: float = 0.0
+
+
+class CircuitOpenError(RejectedError):
+    """The service's circuit breaker is open (or isolated, or its half-open trial slots are taken); nothing was sent.
+
+    ``retry_in`` is the seconds until the breaker lets a trial call through (0.0 while a trial is in flight).
+    """
+
+
+class BulkheadFullError(RejectedError):
+    """``bulkhead.max_in_flight`` calls to this service were already in flight and none ended within ``max_wait``.
+
+    Like a pool timeout this says *this process* is saturated, not that the upstream failed.
+    """
+
+
+class RateLimitedError(RejectedError):
+    """No permit of the service's ``rate_limit`` came within ``max_wait``, or the upstream asked for a pause (a 429
+    or 503 with ``Retry-After``) that lasts longer than the call can wait. ``retry_in`` says how long."""
+
+
+class DeadlineExceededError(RejectedError):
+    """Less than ``deadline.min_time`` of the call's deadline (``timeout.total``, or an ``outbound.deadline``
+    scope) was left: the call was not started, because it could not finish in time."""
 
 
 class PoolTimeoutError(CallError):
@@ -119,6 +147,11 @@ class ReadError(TransportFailure):
 _dual_classes: dict[tuple[type[CallError], type[Exception]], type[CallError]] = {}
 
 
+def _dual_str(error: CallError) -> str:
+    # The message outbound wrote (redacted); ``args`` may be the native exception's own (see backend_error).
+    return error.__dict__.get("_message") or Exception.__str__(error)
+
+
 def _dual_class(outbound_cls: type[CallError], backend_cls: type[Exception]) -> type[CallError]:
     # One class per (outbound kind, backend exception) pair, made once: instances are both, so
     # ``except requests.ConnectionError`` and ``except outbound.ConnectError`` catch the same error.
@@ -128,7 +161,7 @@ def _dual_class(outbound_cls: type[CallError], backend_cls: type[Exception]) -> 
     if cls is None:
         # Named after outbound's class (it says what happened); the backend class shows in the MRO. pickle cannot
         # find a class made at run time by name, so instances rebuild themselves (ProcessPoolExecutor, Celery).
-        namespace = {"__module__": "outbound", "__reduce__": _reduce_dual}
+        namespace = {"__module__": "outbound", "__reduce__": _reduce_dual, "__str__": _dual_str}
         cls = _dual_classes.setdefault(key, type(outbound_cls.__name__, key, namespace))
     return cls
 
@@ -142,7 +175,7 @@ def _reduce_dual(error: CallError) -> tuple[object, tuple[object, ...]]:
 def _rebuild_dual(
     outbound_cls: type[CallError], backend_cls: type[Exception], message: str, service: str, retry_in: float
 ) -> CallError:
-    # The request/response objects do not travel; the error's identity, message and service do.
+    # The request/response objects and the native arguments do not travel; the identity, message and service do.
     error = backend_error(outbound_cls, backend_cls, message, service=service)
     if retry_in:
         error.retry_in = retry_in  # type: ignore[attr-defined]
@@ -156,16 +189,20 @@ def backend_error(
     *,
     service: str,
     attributes: dict[str, object] | None = None,
+    args: tuple[object, ...] | None = None,
 ) -> CallError:
     """Build an error that is an instance of both ``outbound_cls`` and ``backend_cls``.
 
-    ``attributes`` (for example the ``request`` / ``response`` of the original requests or httpx error) are copied
-    onto the new error so code that inspects ``exc.request`` keeps working. The backend class's ``__init__`` is
-    skipped because requests and httpx exceptions take incompatible arguments; ``args`` is the message alone.
+    ``str(error)`` is ``message``. ``args`` are the native exception's own arguments when it wraps one, so code
+    that reads ``e.args[0]`` (requests puts urllib3's error there) finds what a plain client gives; otherwise the
+    message. ``attributes`` (the ``request`` / ``response`` of the original requests or httpx error) are copied onto
+    the new error so code that inspects ``exc.request`` keeps working. The backend class's ``__init__`` is skipped
+    because requests and httpx exceptions take incompatible arguments.
     """
     cls = _dual_class(outbound_cls, backend_cls)
     error = cls.__new__(cls, message)
-    Exception.__init__(error, message)
+    Exception.__init__(error, *(args if args else (message,)))
+    error.__dict__["_message"] = message
     if attributes:
         error.__dict__.update(attributes)
     error.service = service

@@ -1,117 +1,73 @@
 """The resilience pipeline, sans-IO: admit -> attempt outcome -> decision (retry after d / done).
 
-It never sends, sleeps or awaits; it only decides. The requests adapter and the httpx sync and async transports
-drive it the same way (DESIGN.md):
+It never sends, sleeps or awaits, and knows nothing of requests or httpx; it only decides, and tells observers what
+happened. ``_driver.drive`` / ``adrive`` run it the same way for every backend::
 
-    call = policy.start(method, url, replayable=..., circuit_open_class=..., pool_timeout_class=...,
-                        error_attributes=...)
+    call = policy.start(method, url, replayable=...)
     while True:
-        call.admit()                        # raises CircuitOpenError (backend-flavoured) when rejected
-        try:
-            limits = call.attempt_timeouts(...)  # per-attempt timeouts cut to the remaining total deadline
-            outcome = <one attempt, classified>
-            decision = call.record(outcome)
-            if not decision.retry: return response / raise call.error_for(outcome)
-            sleep(decision.delay)
-        except BaseException:
-            call.abandon()                  # frees a trial slot and ends the call unless it already ended
-            raise
+        refusal = call.admit()              # None, a Rejection (raise) or a Wait (wait, then admit again)
+        limits = call.attempt_timeouts(...) # the caller's or configured timeouts, cut to the deadline
+        outcome = <one attempt, classified>
+        decision = call.record(outcome)     # stages record it; retry after decision.delay, or stop
+        ...
+        call.abandon()                      # on any interruption: frees what the call holds, ends it
+
+Admission asks the policy's stages in order. A stage has ``admit(call) -> permit | Rejection | Wait``,
+``record(permit, outcome, seconds)`` and ``release(permit)``; ``per_call`` stages (a bulkhead slot) are admitted
+once for the whole call and released when it ends, the others (the breaker, a rate limit) for every attempt. The
+retry budget is not a gate — it never refuses a first attempt — so the retry decision consults it directly.
 """
 
 from __future__ import annotations
 
-import enum
-import logging
 import random as _random
+import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Protocol
 
-from ._breaker import OPEN, Admission, Breaker
+from ._breaker import CLOSED, HALF_OPEN, Breaker
 from ._config import ServiceConfig
-from ._errors import (
-    CallError,
-    CircuitOpenError,
-    ConnectError,
-    ConnectTimeoutError,
-    PoolTimeoutError,
-    ReadError,
-    ReadTimeoutError,
-    WriteTimeoutError,
-    backend_error,
-    redact_url,
+from ._errors import redact_url
+from ._events import (
+    AttemptFinished,
+    CallFinished,
+    CallRejected,
+    CallStarted,
+    Hooks,
+    Observer,
+    RetryDenied,
+    RetryScheduled,
 )
-from ._retry import RETRY_AFTER_STATUSES, RetryBudget, backoff_delay, parse_retry_after
+from ._logging import LOG_OBSERVER
+from ._outcome import (
+    DONE,
+    NOTHING_SENT,
+    UPSTREAM_FAILURES,
+    Decision,
+    Kind,
+    Outcome,
+    Rejection,
+    Wait,
+)
+from ._retry import RETRY_AFTER_STATUSES, WAITS, RetryBudget, backoff_delay, parse_retry_after
 from ._stats import Stats
 
-logger = logging.getLogger("outbound.retry")  # public name, as outbound.breaker
 
+class Stage(Protocol):
+    """One admission gate of the policy (the breaker; later a bulkhead, a rate limit)."""
 
-class Kind(enum.Enum):
-    """What one attempt came to."""
+    per_call: bool
+    """``True``: admitted once per logical call and released when it ends; ``False``: once per attempt."""
 
-    RESPONSE = "response"
-    CONNECT_ERROR = "connect error"
-    CONNECT_TIMEOUT = "connect timeout"
-    READ_TIMEOUT = "read timeout"
-    WRITE_TIMEOUT = "write timeout"
-    READ_ERROR = "read error"
-    POOL_TIMEOUT = "pool timeout"
-    OTHER_ERROR = "error"  # TLS, proxy, invalid request...: not the upstream's availability, never retried
+    def admit(self, call: Any) -> Any:
+        """A permit (any object, handed back to ``record`` / ``release``), a ``Rejection`` or a ``Wait``."""
 
+    def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
+        """The attempt ``permit`` admitted ended with ``outcome`` after ``seconds`` (per-attempt stages only)."""
 
-# The outbound class each failed attempt is raised as (combined with the backend's own exception class).
-ERROR_CLASSES: Mapping[Kind, type[CallError]] = {
-    Kind.CONNECT_ERROR: ConnectError,
-    Kind.CONNECT_TIMEOUT: ConnectTimeoutError,
-    Kind.READ_TIMEOUT: ReadTimeoutError,
-    Kind.WRITE_TIMEOUT: WriteTimeoutError,
-    Kind.READ_ERROR: ReadError,
-    Kind.POOL_TIMEOUT: PoolTimeoutError,
-    Kind.OTHER_ERROR: CallError,
-}
-_NOTHING_SENT = frozenset({Kind.CONNECT_ERROR, Kind.CONNECT_TIMEOUT})
-_NO_VERDICT = frozenset({Kind.POOL_TIMEOUT, Kind.OTHER_ERROR})  # says nothing about the upstream's health
-_UPSTREAM_FAILURES = frozenset(
-    {Kind.CONNECT_ERROR, Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.WRITE_TIMEOUT, Kind.READ_ERROR}
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One attempt's result. ``error`` is the backend's exception, ``status``/``retry_after`` the response's."""
-
-    kind: Kind
-    status: int | None = None
-    retry_after: str | None = None
-    error: Exception | None = None
-
-
-_RESPONSES: dict[int, Outcome] = {}
-
-
-def response_outcome(status: int, retry_after: str | None = None) -> Outcome:
-    """The outcome of an attempt that got a response.
-
-    Outcomes are immutable, so one per status is shared when there is no ``Retry-After``: a frozen dataclass costs
-    about a microsecond to build, a noticeable share of what a successful call's bookkeeping costs.
-    """
-    if retry_after is not None:
-        return Outcome(Kind.RESPONSE, status=status, retry_after=retry_after)
-    outcome = _RESPONSES.get(status)
-    if outcome is None:  # at most one per status code a server can send
-        outcome = _RESPONSES.setdefault(status, Outcome(Kind.RESPONSE, status=status))
-    return outcome
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    retry: bool
-    delay: float = 0.0
-
-
-DONE = Decision(retry=False)
+    def release(self, permit: Any) -> None:
+        """Give back what ``permit`` holds without a verdict."""
 
 
 class AttemptTimeouts(NamedTuple):
@@ -122,8 +78,12 @@ class AttemptTimeouts(NamedTuple):
     pool: float | None
 
 
+_CLOSED = Rejection("closed", 0.0, "the outbound registry was closed")
+_REFUSALS = (Rejection, Wait)
+
+
 class Policy:
-    """One service's breaker, retry budget and stats, and the rules that combine them."""
+    """One service's stages, retry budget, stats and observers, and the rules that combine them."""
 
     def __init__(
         self,
@@ -131,13 +91,21 @@ class Policy:
         *,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.config = config
+        self.name = config.name
         self.clock = clock
         self.random = random
-        self.breaker = Breaker(config.name, config.breaker, clock=clock)
-        self.budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
         self.stats = Stats()
+        self.hooks = Hooks((self.stats, LOG_OBSERVER, *observers))
+        self.breaker = Breaker(config.name, config.breaker, clock=clock, notify=self._transition)
+        self.budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
+        self.stages: tuple[Stage, ...] = (self.breaker,)
+        self.call_stages: tuple[Stage, ...] = ()
+        self.closed = False
+        # Set by close(): a thread sleeping before a retry wakes at once, and its next admit() is refused.
+        self.closing = threading.Event()
 
     def start(
         self,
@@ -145,46 +113,71 @@ class Policy:
         url: object,
         *,
         replayable: bool,
-        circuit_open_class: type[Exception],
-        pool_timeout_class: type[Exception],
-        error_attributes: dict[str, object],
+        asked: tuple[float | None, ...] = (),
     ) -> Call:
         """Begin one logical call.
 
         ``url`` is a string or anything whose ``str()`` is the URL (httpx's ``URL``): it is formatted only when a
-        message needs it. ``*_class`` are the backend's exception classes the outbound errors extend;
-        ``error_attributes`` are set on every error raised (``request``/``response`` for requests, ``_request`` for
-        httpx).
+        message needs it. ``asked`` are the per-phase timeouts the caller set for this one call (empty when it set
+        none): a caller who asks for a longer phase than ``timeout.total`` gets a deadline that long, and one who
+        asks for no limit (httpx's ``timeout=None``) gets no deadline.
         """
-        return Call(self, method.upper(), url, replayable, circuit_open_class, pool_timeout_class, error_attributes)
+        return Call(self, method.upper(), url, replayable, asked)
 
-    def reject_if_open(self, circuit_open_class: type[Exception], error_attributes: dict[str, object]) -> None:
-        """Raise ``CircuitOpenError`` when the breaker is open, before any per-request work is done.
+    def add_observer(self, observer: Observer) -> None:
+        """Deliver this service's events to ``observer`` too."""
+        self.hooks.add(observer)
 
-        A cheap early gate for the session/client layer; the transport still gates every attempt.
-        """
-        if self.breaker.state == OPEN:
-            retry_in = self.breaker.retry_in()
-            if retry_in is not None:
-                self.stats.rejected()
-                raise _circuit_open(self.config.name, retry_in, circuit_open_class, error_attributes)
+    def early_rejection(self, method: str) -> Rejection | None:
+        """The breaker's refusal, checked before a client builds the request (a rejected call then costs a few
+        microseconds); ``None`` when it would admit. The transport still gates every attempt."""
+        refusal = self.breaker.refusal()
+        if refusal is not None:
+            self._rejected(method, refusal)
+        return refusal
+
+    def close(self) -> None:
+        """Refuse every new attempt from now on and wake calls waiting to retry."""
+        self.closed = True
+        self.closing.set()
+
+    def reset(self) -> None:
+        """Close the breaker, clear its counts, the retry budget and the stats."""
+        self.breaker.reset()
+        if self.budget is not None:
+            self.budget.clear()
+        self.stats.clear()
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's other threads, their locks, calls and trial slots do not exist here."""
         self.breaker.reset_after_fork()
         self.stats.reset_after_fork()
+        for stage in (*self.stages, *self.call_stages):
+            reset = getattr(stage, "reset_after_fork", None)
+            if reset is not None and stage is not self.breaker:
+                reset()
         if self.budget is not None:
             self.budget.reset_lock()
+        self.closing = threading.Event()
+        if self.closed:
+            self.closing.set()
+
+    def _rejected(self, method: str, rejection: Rejection) -> None:
+        if rejection.reason != "closed" and self.hooks.call_rejected:
+            self.hooks.emit(
+                self.hooks.call_rejected, CallRejected(self.name, method, rejection.reason, rejection.retry_in)
+            )
+
+    def _transition(self, event: Any) -> None:
+        if self.hooks.breaker_transition:
+            self.hooks.emit(self.hooks.breaker_transition, event)
 
 
-def _circuit_open(
-    service: str, retry_in: float, backend_cls: type[Exception], attributes: dict[str, object]
-) -> CallError:
-    when = f"next trial in {retry_in:.1f}s" if retry_in > 0 else "a trial call is in flight"
-    message = f"{service}: circuit breaker is open ({when}); nothing was sent"
-    error = backend_error(CircuitOpenError, backend_cls, message, service=service, attributes=attributes)
-    error.retry_in = retry_in  # type: ignore[attr-defined]
-    return error
+def _retry_reason(outcome: Outcome) -> str:
+    # Low-cardinality labels for metrics: a status code from status_forcelist, or the failure's kind.
+    if outcome.kind is Kind.RESPONSE:
+        return f"status_{outcome.status}"
+    return str(outcome.kind.value).replace(" ", "_")
 
 
 class Call:
@@ -192,68 +185,83 @@ class Call:
 
     # One is built per call: slots make that cheaper and smaller.
     __slots__ = (
-        "_admission",
+        "_attempt_started",
         "_attempts",
-        "_circuit_open_class",
-        "_counted",
-        "_deadline",
         "_done",
-        "_error_attributes",
+        "_held",
+        "_idempotent",
+        "_permits",
         "_policy",
-        "_pool_timeout_class",
         "_replayable",
         "_started",
         "_url",
+        "deadline",
         "method",
     )
 
     def __init__(
-        self,
-        policy: Policy,
-        method: str,
-        url: object,
-        replayable: bool,
-        circuit_open_class: type[Exception],
-        pool_timeout_class: type[Exception],
-        error_attributes: dict[str, object],
+        self, policy: Policy, method: str, url: object, replayable: bool, asked: tuple[float | None, ...]
     ) -> None:
         self._policy = policy
-        self._error_attributes = error_attributes
         self.method = method
         self._url = url
         self._replayable = replayable
-        self._circuit_open_class = circuit_open_class
-        self._pool_timeout_class = pool_timeout_class
-        self._started = policy.clock()
+        self._idempotent = method in policy.config.retry.allowed_methods
+        self._started = self._attempt_started = policy.clock()
         total = policy.config.timeout.total
-        self._deadline = self._started + total if total is not None else None
-        self._admission: Admission | None = None
+        if asked and total is not None:
+            total = _longer_total(total, asked)
+        self.deadline = self._started + total if total is not None else None
         self._attempts = 0
-        self._counted = False
+        self._permits: list[Any] = []
+        self._held: list[tuple[Stage, Any]] = []
         self._done = False
+
+    @property
+    def service(self) -> str:
+        return self._policy.name
 
     @property
     def url(self) -> str:
         return str(self._url)
 
-    def admit(self) -> None:
-        """Let one attempt through, or raise the backend-flavoured ``CircuitOpenError``."""
+    @property
+    def attempts(self) -> int:
+        """Attempts admitted so far."""
+        return self._attempts
+
+    @property
+    def closing(self) -> threading.Event:
+        """Set when the registry closes: a thread waiting to retry wakes on it."""
+        return self._policy.closing
+
+    def admit(self) -> Rejection | Wait | None:
+        """Let one attempt through (``None``), refuse it (``Rejection``: the call ends) or ask the caller to wait
+        and ask again (``Wait``)."""
         policy = self._policy
-        admission = policy.breaker.admit()
-        if not admission.admitted:
-            if self._counted:  # a retry refused by a breaker that opened meanwhile: the call still ends here
-                self._finish(("CircuitOpenError", "circuit breaker opened"))
-            policy.stats.rejected()
-            raise _circuit_open(
-                policy.config.name, admission.retry_in, self._circuit_open_class, self._error_attributes
-            )
-        self._admission = admission
+        if policy.closed:
+            return self._refused(_CLOSED)
+        if not self._attempts:
+            for stage in policy.call_stages[len(self._held) :]:
+                permit = stage.admit(self)
+                if type(permit) in _REFUSALS:
+                    return permit if type(permit) is Wait else self._refused(permit)
+                self._held.append((stage, permit))
+        permits = self._permits
+        for stage in policy.stages:
+            permit = stage.admit(self)
+            if type(permit) in _REFUSALS:
+                self._release_attempt()
+                return permit if type(permit) is Wait else self._refused(permit)
+            permits.append(permit)
         self._attempts += 1
-        if not self._counted:
-            self._counted = True
-            policy.stats.call_started()
+        if self._attempts == 1:
+            if policy.hooks.call_started:
+                policy.hooks.emit(policy.hooks.call_started, CallStarted(policy.name, self.method))
             if policy.budget is not None:
                 policy.budget.record_request()
+        self._attempt_started = policy.clock()
+        return None
 
     def attempt_timeouts(
         self,
@@ -262,10 +270,10 @@ class Call:
         write: float | None,
         pool: float | None,
     ) -> AttemptTimeouts:
-        """The caller's (or configured) timeouts, each cut to what is left of ``timeout.total``."""
-        if self._deadline is None:
+        """The caller's (or configured) timeouts, each cut to what is left of the call's deadline."""
+        if self.deadline is None:
             return AttemptTimeouts(connect, read, write, pool)
-        left = max(0.001, self._deadline - self._policy.clock())
+        left = max(0.001, self.deadline - self._policy.clock())
         # Spelled out rather than a generator over the four: this runs on every attempt.
         return AttemptTimeouts(
             left if connect is None else min(connect, left),
@@ -275,106 +283,202 @@ class Call:
         )
 
     def record(self, outcome: Outcome) -> Decision:
-        """Record one attempt's outcome with the breaker and stats, and decide whether to retry."""
+        """Record one attempt's outcome with the stages and observers, and decide whether to retry."""
         policy = self._policy
-        admission = self._admission
-        assert admission is not None, "record() without admit()"
-        self._admission = None
-        failed = self._is_failure(outcome)
-        if failed:
-            policy.breaker.record_failure(admission)
-        elif outcome.kind in _NO_VERDICT:
-            policy.breaker.release(admission)
-        else:
-            policy.breaker.record_success(admission)
-
-        decision = self._decide(outcome)
-        if decision.retry:
-            policy.stats.retried()
-            logger.debug(
-                "%s: retrying %s %s after %s (retry %d, in %.3fs)",
-                policy.config.name,
-                self.method,
-                redact_url(self.url),
-                self._describe(outcome),
-                self._attempts,
-                decision.delay,
+        now = policy.clock()
+        seconds = now - self._attempt_started
+        for stage, permit in zip(policy.stages, self._permits, strict=True):
+            stage.record(permit, outcome, seconds)
+        self._permits.clear()
+        hooks = policy.hooks
+        if hooks.attempt_finished:
+            error = type(outcome.error).__name__ if outcome.error is not None else None
+            failure = policy.breaker.is_failure(outcome)
+            hooks.emit(
+                hooks.attempt_finished,
+                AttemptFinished(
+                    policy.name, self.method, self._attempts, outcome.kind, outcome.status, seconds, error, failure
+                ),
             )
+        decision = self._decide(outcome, now)
+        if decision.retry:
+            if hooks.retry_scheduled:
+                event = RetryScheduled(
+                    policy.name,
+                    self.method,
+                    redact_url(self.url),
+                    self._attempts,
+                    _retry_reason(outcome),
+                    decision.delay,
+                    self.describe(outcome),
+                )
+                hooks.emit(hooks.retry_scheduled, event)
             return decision
-        error = None
-        if failed or outcome.kind is not Kind.RESPONSE:  # described only when kept: a success costs no formatting
-            error = (type(outcome.error).__name__ if outcome.error else "HTTPStatus", self._describe(outcome))
-        self._finish(error, outcome.kind is Kind.POOL_TIMEOUT)
+        self._finish(outcome, now)
         return decision
 
     def abandon(self) -> None:
-        """The call was interrupted (``KeyboardInterrupt``, task cancellation, an error of our own): give back its
-        trial slot without a verdict and end it. Does nothing once the call has ended, so backends may call it on
+        """The call was interrupted (``KeyboardInterrupt``, task cancellation, an error of our own): give back what
+        it holds without a verdict and end it. Does nothing once the call has ended, so a driver may call it on
         every exit path."""
-        if self._admission is not None:
-            self._policy.breaker.release(self._admission)
-            self._admission = None
-        if self._counted and not self._done:
-            self._finish(None)
+        self._release_attempt()
+        if self._attempts and not self._done:
+            self._finish(Outcome(Kind.CANCELLED), self._policy.clock())
+        self._release_call()
 
-    def error_for(self, outcome: Outcome) -> CallError:
-        """The exception to raise for a failed final attempt: outbound's class and the backend's, message redacted."""
-        original = outcome.error
-        assert original is not None
-        backend_cls: type[Exception] = type(original)
-        if outcome.kind is Kind.POOL_TIMEOUT:
-            backend_cls = (
-                self._pool_timeout_class if not isinstance(original, self._pool_timeout_class) else backend_cls
-            )
-        message = f"{self._policy.config.name}: {self._describe(outcome)}"
+    def describe(self, outcome: Outcome) -> str:
+        """``"GET https://host/path -> HTTP 503"`` or ``"read timeout on GET https://host/path (ReadTimeout)"``."""
+        target = f"{self.method} {redact_url(self.url)}"
+        if outcome.kind is Kind.RESPONSE:
+            return f"{target} -> HTTP {outcome.status}"
+        cause = type(outcome.error).__name__ if outcome.error is not None else ""
+        what = "deadline expired" if outcome.deadline else outcome.kind.value
+        return f"{what} on {target} ({cause})" if cause else f"{what} on {target}"
+
+    def error_message(self, outcome: Outcome) -> str:
+        """The message of the error a failed final attempt raises (no credentials, no query string)."""
+        message = f"{self._policy.name}: {self.describe(outcome)}"
+        if outcome.deadline:
+            message += f" (timeout.total of {self._total_text()} for the whole call)"
         if self._attempts > 1:
             message += f" (after {self._attempts} attempts)"
-        attributes = dict(self._error_attributes)
-        attributes.update((key, value) for key, value in vars(original).items() if key in attributes)
-        return backend_error(
-            ERROR_CLASSES[outcome.kind], backend_cls, message, service=self._policy.config.name, attributes=attributes
-        )
+        return message
 
-    def _is_failure(self, outcome: Outcome) -> bool:
-        if outcome.kind is Kind.RESPONSE:
-            return outcome.status in self._policy.config.breaker.failure_statuses
-        return outcome.kind in _UPSTREAM_FAILURES
+    # -- decisions ----------------------------------------------------------------------------------------------
 
-    def _decide(self, outcome: Outcome) -> Decision:
-        policy = self._policy
-        retry = policy.config.retry
-        if self._attempts > retry.total or not self._replayable:
+    def _decide(self, outcome: Outcome, now: float) -> Decision:
+        if not self._retryable(outcome):
             return DONE
-        if outcome.kind is Kind.RESPONSE:
-            if outcome.status not in retry.status_forcelist or self.method not in retry.allowed_methods:
-                return DONE
-        elif outcome.kind not in _NOTHING_SENT and (
-            outcome.kind not in _UPSTREAM_FAILURES or self.method not in retry.allowed_methods
-        ):
-            return DONE
-        if policy.breaker.state == OPEN:
-            return DONE  # the breaker tripped: stop hammering, report what we have
+        delay = self._delay(outcome)
+        if delay is None:
+            return self._deny("retry_after")
+        return self._allowed(delay, now)
 
-        delay = backoff_delay(retry, self._attempts, policy.random)
+    def _retryable(self, outcome: Outcome) -> bool:
+        """Eligibility: attempts left, a body that can be sent again, and a failure a retry may fix."""
+        if self._attempts > self._policy.config.retry.total or not self._replayable:
+            return False
+        kind = outcome.kind
+        if kind is Kind.RESPONSE:
+            return self._idempotent and outcome.status in self._policy.config.retry.status_forcelist
+        if kind in NOTHING_SENT:
+            return True  # the upstream never saw the request: safe for every method
+        return self._idempotent and kind in UPSTREAM_FAILURES
+
+    def _delay(self, outcome: Outcome) -> float | None:
+        """The wait before the retry: backoff, or what ``Retry-After`` asks (``None`` when it asks too much)."""
+        retry = self._policy.config.retry
+        delay = backoff_delay(retry, self._attempts, self._policy.random)
         if outcome.kind is Kind.RESPONSE and retry.respect_retry_after and outcome.status in RETRY_AFTER_STATUSES:
             asked = parse_retry_after(outcome.retry_after)
             if asked is not None:
                 if asked > retry.retry_after_max:
-                    return DONE  # the upstream asks for longer than we may hold a worker: answer now
+                    return None  # the upstream asks for longer than we may hold a worker: answer now
                 delay = asked
-        if self._deadline is not None and policy.clock() + delay >= self._deadline:
-            return DONE
+        return delay
+
+    def _allowed(self, delay: float, now: float) -> Decision:
+        """The breaker, the deadline and the budget each may still say no."""
+        policy = self._policy
+        if policy.breaker.state not in (CLOSED, HALF_OPEN):
+            return self._deny("breaker")  # the breaker tripped: stop hammering, report what we have
+        if self.deadline is not None and now + delay >= self.deadline:
+            return self._deny("deadline")
         if policy.budget is not None and not policy.budget.try_spend():
-            return DONE
-        return Decision(retry=True, delay=delay)
+            return self._deny("budget")
+        return Decision(retry=True, delay=delay if WAITS.enabled else 0.0)
 
-    def _describe(self, outcome: Outcome) -> str:
-        target = f"{self.method} {redact_url(self.url)}"
-        if outcome.kind is Kind.RESPONSE:
-            return f"{target} -> HTTP {outcome.status}"
-        cause = type(outcome.error).__name__ if outcome.error else ""
-        return f"{outcome.kind.value} on {target} ({cause})"
+    def _deny(self, reason: str) -> Decision:
+        hooks = self._policy.hooks
+        if hooks.retry_denied:
+            hooks.emit(hooks.retry_denied, RetryDenied(self._policy.name, self.method, reason))
+        return DONE
 
-    def _finish(self, error: tuple[str, str] | None, pool_timeout: bool = False) -> None:
+    # -- endings --------------------------------------------------------------------------------------------------
+
+    def _refused(self, rejection: Rejection) -> Rejection:
+        policy = self._policy
+        policy._rejected(self.method, rejection)
+        if self._attempts and not self._done:  # a retry refused (the breaker opened meanwhile): the call ends here
+            self._finish_rejected(rejection)
+        self._release_call()
+        return rejection
+
+    def _finish_rejected(self, rejection: Rejection) -> None:
         self._done = True
-        self._policy.stats.call_finished(self._policy.clock() - self._started, error, pool_timeout=pool_timeout)
+        hooks = self._policy.hooks
+        if hooks.call_finished:
+            now = self._policy.clock()
+            message = f"{self.method} {redact_url(self.url)} refused before a retry: {rejection.reason}"
+            event = CallFinished(
+                self._policy.name,
+                self.method,
+                self._url,
+                Kind.OTHER_ERROR,
+                None,
+                self._attempts,
+                now - self._started,
+                _REJECTION_TYPES.get(rejection.reason, "RejectedError"),
+                message,
+            )
+            hooks.emit(hooks.call_finished, event)
+
+    def _finish(self, outcome: Outcome, now: float) -> None:
+        self._done = True
+        self._release_call()
+        hooks = self._policy.hooks
+        if not hooks.call_finished:
+            return
+        error_type = error_message = None
+        if outcome.kind is not Kind.RESPONSE:
+            error_type = type(outcome.error).__name__ if outcome.error is not None else outcome.kind.name.title()
+            error_message = self.describe(outcome)
+        elif self._policy.breaker.is_failure(outcome):
+            error_type, error_message = "HTTPStatus", self.describe(outcome)
+        event = CallFinished(
+            self._policy.name,
+            self.method,
+            self._url,
+            outcome.kind,
+            outcome.status,
+            self._attempts,
+            now - self._started,
+            error_type,
+            error_message,
+        )
+        hooks.emit(hooks.call_finished, event)
+
+    def _release_attempt(self) -> None:
+        if self._permits:
+            for stage, permit in zip(self._policy.stages, self._permits, strict=False):
+                stage.release(permit)
+            self._permits.clear()
+
+    def _release_call(self) -> None:
+        held = self._held
+        while held:
+            stage, permit = held.pop()
+            stage.release(permit)
+
+    def _total_text(self) -> str:
+        total = self._policy.config.timeout.total
+        return f"{total:g}s" if total is not None else "none"
+
+
+_REJECTION_TYPES = {
+    "circuit_open": "CircuitOpenError",
+    "bulkhead_full": "BulkheadFullError",
+    "rate_limited": "RateLimitedError",
+    "deadline_exceeded": "DeadlineExceededError",
+}
+
+
+def _longer_total(total: float, asked: tuple[float | None, ...]) -> float | None:
+    # A caller who asks one call for a longer phase than the deadline allows gets a deadline that long; a phase
+    # without a limit (httpx's timeout=None) means no deadline for that call.
+    longest = total
+    for phase in asked:
+        if phase is None:
+            return None
+        longest = max(longest, phase)
+    return longest

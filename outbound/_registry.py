@@ -17,8 +17,8 @@ from ._backends.httpx import ServiceAsyncClient, ServiceClient
 from ._backends.requests import ServiceSession
 from ._config import HealthConfig, OutboundConfig, parse_config
 from ._errors import OutboundError, RegistryClosedError, ServiceLookupError, redact_url
-from ._health import ProbeResult, build_report
 from ._service import Service
+from .health import HealthReport, ProbeResult, build_report
 
 
 class Registry:
@@ -83,18 +83,36 @@ class Registry:
         """The ``httpx.AsyncClient`` of a ``client: "httpx"`` service for the running event loop."""
         return self._open(name).async_client()
 
-    def health(self, *, details: bool = True, service: str | None = None) -> dict[str, Any]:
-        """A JSON-ready snapshot (no network I/O); ``details=False`` gives ``{"status": ...}`` only.
+    def report(self, *, service: str | None = None) -> HealthReport:
+        """The typed health snapshot (no network I/O): each service's breaker, pool, stats and last error.
 
         Args:
-            details: include each service's breaker, pool, stats and last error.
             service: report on this service alone; the overall status follows the same rules for it alone.
 
         Raises:
             ServiceLookupError: ``service`` is not configured.
         """
         services = [self[service]] if service is not None else self._services.values()
-        return build_report({s.name: s.health() for s in services}, details=details)
+        return build_report(s.health() for s in services)
+
+    def health(self, *, details: bool = True, service: str | None = None) -> dict[str, Any]:
+        """``report()`` as the JSON-ready dict ``/health/outbound`` serves; ``details=False`` gives
+        ``{"status": ...}`` only.
+
+        Raises:
+            ServiceLookupError: ``service`` is not configured.
+        """
+        return self.report(service=service).as_dict(details=details)
+
+    def reset(self, name: str | None = None) -> None:
+        """Close the breaker and clear the failure counts, the retry budget and the stats of service ``name``, or
+        of every service. For tests, and for an operator who knows the upstream is back.
+
+        Raises:
+            ServiceLookupError: ``name`` is not configured.
+        """
+        for service in [self[name]] if name is not None else self._services.values():
+            service.reset()
 
     def probe(self, name: str | None = None) -> list[ProbeResult]:
         """Send one GET to each service's ``probe`` path (or just ``name``'s) through its managed client."""

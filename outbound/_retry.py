@@ -15,6 +15,19 @@ from ._config import BudgetConfig, RetryConfig
 # Statuses for which a Retry-After header is honoured (as urllib3's Retry.RETRY_AFTER_STATUS_CODES).
 RETRY_AFTER_STATUSES = frozenset({413, 429, 503})
 
+# 2.0 ** 1024 overflows a float: past this exponent every backoff is capped by backoff_max anyway.
+_MAX_EXPONENT = 64
+
+
+class Waits:
+    """The switch ``outbound.testing`` turns off so that a test of the retry path takes milliseconds: while
+    ``enabled`` is false every backoff and ``Retry-After`` wait is zero (the decisions are unchanged)."""
+
+    enabled = True
+
+
+WAITS = Waits()
+
 
 def backoff_delay(config: RetryConfig, retry_number: int, random: Callable[[], float]) -> float:
     """Seconds to wait before retry number ``retry_number`` (1 for the first retry).
@@ -22,7 +35,8 @@ def backoff_delay(config: RetryConfig, retry_number: int, random: Callable[[], f
     ``backoff_factor * 2 ** (retry_number - 1)`` plus up to ``backoff_jitter`` seconds of random jitter (so that
     clients that failed together do not retry together), capped at ``backoff_max``.
     """
-    delay = config.backoff_factor * (2.0 ** (retry_number - 1)) + random() * config.backoff_jitter
+    exponent = min(retry_number - 1, _MAX_EXPONENT)
+    delay = config.backoff_factor * (2.0**exponent) + random() * config.backoff_jitter
     return min(config.backoff_max, delay)
 
 
@@ -95,6 +109,13 @@ class RetryBudget:
                 return False
             self._retries[index] += 1
             return True
+
+    def clear(self) -> None:
+        """Forget every request and retry counted (``registry.reset``)."""
+        with self._lock:
+            self._seconds = [-1] * self.WINDOW_SECONDS
+            self._requests = [0] * self.WINDOW_SECONDS
+            self._retries = [0] * self.WINDOW_SECONDS
 
     def reset_lock(self) -> None:
         """Replace the lock after ``fork()``: the parent's may have been held by a thread that does not exist here."""

@@ -1,9 +1,13 @@
 """Service: one upstream's settings, policy and clients.
 
 Clients are built on first use (cheap startup: Django runs ``ready()`` for every management command), then reused
-for the life of the process. ``httpx.AsyncClient`` belongs to one event loop (FACTS.md), so there is one per running
-loop, closed when that loop shuts down its async generators (``asyncio.run()``, asgiref's ``async_to_sync``) or
-when the registry closes.
+for the life of the process. An ``httpx.AsyncClient`` belongs to one event loop — used from a second loop (after
+``asyncio.run()`` twice, or from ``async_to_sync``, which runs a new loop per call) it fails with ``Event loop is
+closed`` — so there is one per running loop, closed when that loop shuts down its async generators
+(``asyncio.run()``, asgiref's ``async_to_sync``) or when the registry closes.
+
+Every client the service made is a ``ManagedClient`` to it: the service asks it for pool numbers, to drop inherited
+connections after ``fork()`` and to shut down, without knowing which library it wraps.
 """
 
 from __future__ import annotations
@@ -13,19 +17,32 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Protocol
 
-from ._backends import httpx as httpx_backend
 from ._backends.httpx import ServiceAsyncClient, ServiceClient
 from ._backends.requests import ServiceSession
-from ._breaker import HALF_OPEN, OPEN
 from ._config import ServiceConfig
 from ._errors import RegistryClosedError, ServiceLookupError, redact_url
+from ._events import Observer
 from ._policy import Policy
+from .health import BreakerSnapshot, PoolSnapshot, ServiceHealth, service_status
 
 CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for a client on another thread's event loop
 _closing_tasks: set[asyncio.Task[None]] = set()
+
+
+class ManagedClient(Protocol):
+    """What a service needs of each client it made (a requests session, an httpx client)."""
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        """``(in_use, idle, waiting)`` connections of the client's pools now."""
+
+    def drop_after_fork(self) -> None:
+        """In a forked child: close this process's copies of inherited sockets; keep working with new ones."""
+
+    def shutdown(self) -> None:
+        """Close for good (the registry closes)."""
 
 
 class Service:
@@ -37,13 +54,16 @@ class Service:
         policy: its breaker, retry budget and stats.
     """
 
-    def __init__(self, config: ServiceConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: ServiceConfig, *, clock: Callable[[], float] = time.monotonic, observers: Iterable[Observer] = ()
+    ) -> None:
         self.name = config.name
         self.config = config
-        self.policy = Policy(config, clock=clock)
+        self.policy = Policy(config, clock=clock, observers=observers)
         self._lock = threading.Lock()
         self._session: ServiceSession | None = None
         self._client: ServiceClient | None = None
+        self._clients: list[ManagedClient] = []  # the sync clients made so far
         self._async_clients: dict[asyncio.AbstractEventLoop, ServiceAsyncClient] = {}
         # Keeps each loop's closer generator alive: the loop itself only holds a weak reference.
         self._closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
@@ -65,6 +85,7 @@ class Service:
                 self._check_open()
                 if self._session is None:
                     self._session = ServiceSession(self.policy)
+                    self._clients.append(self._session)
                 session = self._session
         return session
 
@@ -77,6 +98,7 @@ class Service:
                 self._check_open()
                 if self._client is None:
                     self._client = ServiceClient(self.policy)
+                    self._clients.append(self._client)
                 client = self._client
         return client
 
@@ -102,63 +124,49 @@ class Service:
                     self._close_with_loop(loop, client)
         return client
 
-    def pool(self) -> dict[str, int]:
-        """Connections of this service's clients: ``max_connections``, ``in_use``, ``idle``, ``waiting``."""
-        limit = self.config.pool.max_connections
+    def pool(self) -> PoolSnapshot:
+        """Connections of this service's clients now, against ``pool.max_connections``."""
         in_use = idle = waiting = 0
-        if self._session is not None:
-            in_use, idle = self._session.adapter.pool_numbers()
-            if in_use >= limit:
-                # urllib3 does not count its waiters; calls in flight beyond the busy connections are waiting.
-                waiting = max(0, self.policy.stats.in_flight - in_use)
-        transports = [c.outbound_transport.inner for c in [self._client, *list(self._async_clients.values())] if c]
-        for transport in transports:
-            busy, free, queued = httpx_backend.pool_numbers(transport)
+        clients: list[ManagedClient | ServiceAsyncClient] = [*self._clients, *list(self._async_clients.values())]
+        for client in clients:
+            busy, free, queued = client.pool_numbers()
             in_use, idle, waiting = in_use + busy, idle + free, waiting + queued
-        return {"max_connections": limit, "in_use": in_use, "idle": idle, "waiting": waiting}
+        return PoolSnapshot(max_connections=self.config.pool.max_connections, in_use=in_use, idle=idle, waiting=waiting)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> ServiceHealth:
         """This service's part of the health report (no network I/O)."""
         breaker = self.policy.breaker
         state = breaker.effective_state()
         pool = self.pool()
-        if state == OPEN:
-            status = "down"
-        elif state == HALF_OPEN or pool["waiting"] > 0:
-            status = "degraded"
-        else:
-            status = "ok"
-        opened_at = breaker.opened_at
-        retry_in = breaker.retry_in()
-        last_error = self.policy.stats.last_error
-        return {
-            "status": status,
-            "client": self.config.client,
-            "base_url": redact_url(self.config.base_url),
-            "critical": self.config.critical,
-            "breaker": {
-                "state": state,
-                "failures": breaker.failures,
-                "opened_at": opened_at.isoformat() if opened_at else None,
-                "retry_in": round(retry_in, 3) if retry_in is not None else None,
-            },
-            "pool": pool,
-            "stats": self.policy.stats.snapshot(),
-            "last_error": last_error.as_dict() if last_error else None,
-        }
+        return ServiceHealth(
+            name=self.name,
+            status=service_status(state, pool),
+            client=self.config.client,
+            base_url=redact_url(self.config.base_url),
+            critical=self.config.critical,
+            breaker=BreakerSnapshot(
+                state=state, failures=breaker.failures, opened_at=breaker.opened_at, retry_in=breaker.retry_in()
+            ),
+            pool=pool,
+            stats=self.policy.stats.snapshot(),
+            last_error=self.policy.stats.last_error,
+        )
+
+    def reset(self) -> None:
+        """Close the breaker and clear its counts, the retry budget and the stats."""
+        self.policy.reset()
 
     def close(self) -> None:
-        """Close every client and pooled socket of this service."""
+        """Close every client and pooled socket of this service; calls in flight stop at their next attempt."""
+        self.policy.close()
         with self._lock:
             self._closed = True
-            session, client = self._session, self._client
+            clients = list(self._clients)
             async_clients = list(self._async_clients.items())
             self._async_clients.clear()
             self._closers.clear()
-        if session is not None:
-            session.close()
-        if client is not None:
-            client.close()
+        for client in clients:
+            client.shutdown()
         for loop, async_client in async_clients:
             _close_on_loop(loop, async_client)
 
@@ -172,17 +180,16 @@ class Service:
             own = self._async_clients.pop(loop, None) if loop is not None else None
             self._closers.pop(loop, None) if loop is not None else None
         if own is not None:
-            await own.aclose()
+            self.policy.close()
+            await own.shutdown()
         self.close()
 
     def reset_after_fork(self) -> None:
         """In a forked child: drop inherited connections and locks; the same client objects keep working."""
         self._lock = threading.Lock()
         self.policy.reset_after_fork()
-        if self._session is not None:
-            self._session.adapter.drop_after_fork()
-        if self._client is not None:
-            self._client.outbound_transport.drop_after_fork()
+        for client in self._clients:
+            client.drop_after_fork()
         # The parent's event loops do not run here; their clients cannot be closed or used.
         self._async_clients = {}
         self._closers = {}
@@ -215,7 +222,7 @@ class Service:
                     if self._async_clients.get(loop) is client:
                         del self._async_clients[loop]
                     self._closers.pop(loop, None)
-                await client.aclose()
+                await client.shutdown()
 
         generator = closer()
         step = generator.__anext__()
@@ -234,16 +241,16 @@ def _close_on_loop(loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) 
     if running is loop:
         # close() was called synchronously from inside this loop: it cannot block on it. Schedule the close, and
         # hold the task (the loop keeps only a weak reference to it).
-        task = loop.create_task(client.aclose())
+        task = loop.create_task(client.shutdown())
         _closing_tasks.add(task)
         task.add_done_callback(_closing_tasks.discard)
         return
     if loop.is_running():
-        future = asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        future = asyncio.run_coroutine_threadsafe(client.shutdown(), loop)
     else:
         # An idle loop: run it just long enough to close the client, in a helper thread, because this thread may
         # be running a loop of its own (a loop cannot run inside another).
-        future = concurrent.futures.ThreadPoolExecutor(1).submit(loop.run_until_complete, client.aclose())
+        future = concurrent.futures.ThreadPoolExecutor(1).submit(loop.run_until_complete, client.shutdown())
     try:
         future.result(timeout=CLOSE_WAIT_SECONDS)
     except Exception:  # noqa: BLE001 (best effort at shutdown; the loop's thread may be stuck)

@@ -1,25 +1,17 @@
-"""Per-service counters and a bounded window of recent latencies, read by ``Registry.health()``."""
+"""Per-service counters and a bounded window of recent latencies: the observer behind ``registry.health()``."""
 
 from __future__ import annotations
 
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+
+from ._events import CallFinished, CallRejected, CallStarted, Observer, RetryScheduled
+from ._outcome import Kind
+from .health import LastError, LatencySnapshot, StatsSnapshot
 
 LATENCY_WINDOW = 1024  # recent calls kept for percentiles: bounded memory, recent enough to mean "now"
-
-
-@dataclass(frozen=True, slots=True)
-class LastError:
-    type: str
-    message: str
-    at: datetime
-
-    def as_dict(self) -> dict[str, str]:
-        return {"type": self.type, "message": self.message, "at": self.at.isoformat()}
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -28,58 +20,73 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return round(ordered[index], 3)
 
 
-class Stats:
-    """Thread-safe counters. Every method is O(1) except ``snapshot()``, which runs only for health reports."""
+class Stats(Observer):
+    """Thread-safe counters fed by the policy's events. Every method is O(1) except ``snapshot()``, which runs only
+    for health reports."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests = 0
-        self.errors = 0
-        self.retries = 0
-        self.short_circuited = 0
-        self.pool_timeouts = 0
         self.in_flight = 0
-        self.last_error: LastError | None = None
-        self._latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.clear()
 
-    def call_started(self) -> None:
+    def clear(self) -> None:
+        """Zero every counter and forget the latencies and the last error (calls in flight stay counted)."""
+        with self._lock:
+            self.requests = 0
+            self.errors = 0
+            self.retries = 0
+            self.short_circuited = 0
+            self.rejected: dict[str, int] = {}
+            self.pool_timeouts = 0
+            self.last_error: LastError | None = None
+            self._latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def call_started(self, event: CallStarted) -> None:
         with self._lock:
             self.requests += 1
             self.in_flight += 1
 
-    def call_finished(self, seconds: float, error: tuple[str, str] | None, *, pool_timeout: bool = False) -> None:
+    def call_finished(self, event: CallFinished) -> None:
         with self._lock:
             self.in_flight -= 1
-            self._latencies_ms.append(seconds * 1000.0)
-            if pool_timeout:
+            self._latencies_ms.append(event.seconds * 1000.0)
+            if event.kind is Kind.POOL_TIMEOUT:
                 self.pool_timeouts += 1
-            if error is not None:
+            if event.error_type is not None and event.kind is not Kind.CANCELLED:
                 self.errors += 1
-                self.last_error = LastError(type=error[0], message=error[1], at=datetime.now(timezone.utc))
+                self.last_error = LastError(
+                    type=event.error_type, message=event.error_message or "", at=datetime.now(timezone.utc)
+                )
 
-    def retried(self) -> None:
+    def retry_scheduled(self, event: RetryScheduled) -> None:
         with self._lock:
             self.retries += 1
 
-    def rejected(self) -> None:
+    def call_rejected(self, event: CallRejected) -> None:
         with self._lock:
-            self.short_circuited += 1
+            if event.reason == "circuit_open":
+                self.short_circuited += 1
+            else:
+                self.rejected[event.reason] = self.rejected.get(event.reason, 0) + 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StatsSnapshot:
         with self._lock:
             ordered = sorted(self._latencies_ms)
-            counters: dict[str, Any] = {
-                "requests": self.requests,
-                "errors": self.errors,
-                "retries": self.retries,
-                "short_circuited": self.short_circuited,
-                "pool_timeouts": self.pool_timeouts,
-            }
-        counters["latency_ms"] = {
-            name: _percentile(ordered, fraction) if ordered else None
-            for name, fraction in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
-        }
-        return counters
+            counters = (self.requests, self.errors, self.retries, self.short_circuited, self.pool_timeouts)
+            rejected = dict(self.rejected)
+        latency = LatencySnapshot(
+            *(_percentile(ordered, fraction) if ordered else None for fraction in (0.50, 0.95, 0.99))
+        )
+        requests, errors, retries, short_circuited, pool_timeouts = counters
+        return StatsSnapshot(
+            requests=requests,
+            errors=errors,
+            retries=retries,
+            short_circuited=short_circuited,
+            pool_timeouts=pool_timeouts,
+            rejected=rejected,
+            latency_ms=latency,
+        )
 
     def reset_after_fork(self) -> None:
         """In a forked child: a new lock (the parent's may have been held by a thread that does not exist here),

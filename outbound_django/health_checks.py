@@ -26,11 +26,11 @@ class OutboundHealthCheck(HealthCheck):  # type: ignore[misc]  # django-health-c
     def run(self) -> None:
         """Raise ``ServiceUnavailable`` when a critical upstream is down or the settings are invalid."""
         try:
-            report = get_registry().health(details=True)
+            report = get_registry().report()
         except outbound.ConfigError as error:
             # The message goes to a page that may be public: name the problem, not the settings' content.
             raise ServiceUnavailable("invalid OUTBOUND settings; run `manage.py check`") from error
-        if report["status"] == "down":
-            services = report["services"].items()
-            down = sorted(name for name, service in services if service["critical"] and service["status"] == "down")
+        if report.status == "down":
+            services = report.services.values()
+            down = sorted(service.name for service in services if service.critical and service.status == "down")
             raise ServiceUnavailable(f"critical upstream down: {', '.join(down)}")

@@ -1,12 +1,12 @@
-"""``/health/outbound``: the registry's health report as JSON, for load balancers and monitoring."""
+"""``/health/outbound``: the registry's health report, for load balancers and monitoring."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-import outbound
+from outbound import health as outbound_health
 
 from .conf import get_registry
 
@@ -21,14 +21,18 @@ def health(request: HttpRequest) -> HttpResponse:
     report. ``never_cache`` marks every answer ``no-store``; ``require_safe`` answers 405 to anything but GET and
     HEAD. A synchronous view, so it runs unchanged under WSGI and ASGI.
     """
-    registry = get_registry()
-    config = registry.health_config
-    details = outbound.show_details(config, authorization=request.headers.get("Authorization"))
-    if not details and config.show_details == "when_authorized":
-        # Only now: request.user may cost a session and database lookup on every load-balancer probe.
-        details = outbound.show_details(config, authorization=None, authorized=_is_staff(request))
-    report = registry.health(details=details)
-    return JsonResponse(report, status=outbound.http_status(report))
+    answer = outbound_health.respond(
+        get_registry(),
+        authorization=request.headers.get("Authorization"),
+        # Asked only when the token did not decide: request.user may cost a session and database lookup.
+        authorized=lambda: _is_staff(request),
+    )
+    response = HttpResponse(answer.body, status=answer.status, headers=answer.headers)
+    if answer.status >= 500:
+        # A health check's 503 is an answer, not a server error: Django would log every one at ERROR through
+        # django.request ("Service Unavailable: /health/outbound") and page someone each time a balancer polls.
+        response._has_been_logged = True  # type: ignore[attr-defined]  # django.utils.log.log_response reads it
+    return response
 
 
 def _is_staff(request: HttpRequest) -> bool:

@@ -20,6 +20,7 @@ from flask import current_app, has_app_context
 from flask.cli import ScriptInfo
 
 import outbound
+from outbound import health as outbound_health
 
 from ._state import registry_for
 
@@ -40,9 +41,9 @@ def status_command(as_json: bool, service: str | None) -> None:
     registry = _load_registry()
     if service is not None:
         _check_service(registry, service)
-    report = registry.health(details=True, service=service)
-    click.echo(json.dumps(report, indent=2) if as_json else outbound.render_status(report))
-    click.get_current_context().exit(outbound.status_exit_code(report))
+    report = registry.report(service=service)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else outbound_health.render_status(report))
+    click.get_current_context().exit(outbound_health.status_exit_code(report))
 
 
 @outbound_cli.command("probe")
@@ -60,8 +61,8 @@ def probe_command(as_json: bool, service: str | None) -> None:
     if as_json:
         click.echo(json.dumps([result.as_dict() for result in results], indent=2))
     else:
-        click.echo(outbound.render_probe(results))
-    click.get_current_context().exit(outbound.probe_exit_code(results))
+        click.echo(outbound_health.render_probe(results))
+    click.get_current_context().exit(outbound_health.probe_exit_code(results))
 
 
 def _load_registry() -> outbound.Registry:
@@ -83,7 +84,7 @@ def _load_registry() -> outbound.Registry:
 
 def _fail(ctx: click.Context, error: Exception) -> NoReturn:
     click.echo(f"Error: {error}", err=True)
-    ctx.exit(outbound.CONFIG_ERROR_EXIT_CODE)
+    ctx.exit(outbound_health.CONFIG_ERROR_EXIT_CODE)
 
 
 def _check_service(registry: outbound.Registry, name: str) -> None:

@@ -1,4 +1,6 @@
-"""Fixtures shared by every test package: the one real test upstream, and registries that are always closed."""
+"""Fixtures shared by every test package: the one real test upstream, registries that are always closed, a fake
+clock, and the ``real_server`` marker on every test that talks to a server (``-m "not real_server"`` runs the pure
+unit tests alone)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,32 @@ import pytest
 
 from outbound import Registry
 from tests.upstream import Upstream
+
+
+class FakeClock:
+    """A monotonic clock a test moves by hand: ``clock.advance(10)`` instead of sleeping 10 s."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A ``FakeClock`` to pass as ``Registry.from_mapping(..., clock=fake_clock)``."""
+    return FakeClock()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests of pool, timeout, retry and breaker behaviour run against real servers; say so, so they can be told apart.
+    for item in items:
+        if {"upstream", "upstream_server", "blackhole"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_server)
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-# This folder would be first on sys.path when run as a script; the project root replaces it (see example_project/run.py).
+# This folder would be first on sys.path when run as a script; the project root replaces it
+# (see example_project/run.py).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from example_project.bootstrap import ROOT, ensure_venv
+from example_project.bootstrap import ROOT, ensure_venv  # noqa: E402 (the path must be set first)
 
 if __name__ == "__main__":
     python = ensure_venv()

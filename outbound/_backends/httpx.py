@@ -1,28 +1,29 @@
 """httpx backend: ``ServiceClient`` / ``ServiceAsyncClient`` and the transports that run the policy.
 
 The transports wrap ``httpx.HTTPTransport`` / ``AsyncHTTPTransport`` (so ``respx``, which patches httpcore, still
-intercepts) and drive the shared policy around each attempt; httpx's own pool raises ``PoolTimeout`` after
-``timeout.pool``. A client given ``transport=`` ignores its own limits/http2/verify (FACTS.md), so all of those are
-set on the wrapped transport.
+intercepts) and run each request through the shared attempt driver; httpx's own pool raises ``PoolTimeout`` after
+``timeout.pool``. A client given ``transport=`` ignores its own ``limits``, ``http2`` and ``verify``, so all of
+those are set on the wrapped transport.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import http.cookiejar
 import ssl
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
 
-from .._breaker import OPEN
+from .._breaker import CLOSED
 from .._config import ServiceConfig
+from .._driver import adrive, drive
 from .._errors import RegistryClosedError
-from .._policy import Call, Kind, Outcome, Policy, response_outcome
+from .._outcome import Kind, Outcome, Rejection, response_outcome
+from .._policy import Call, Policy
 from .._retry import RETRY_AFTER_STATUSES
+from . import _errors
 from .requests import NO_STORED_COOKIES
 
 _KINDS: tuple[tuple[type[Exception], Kind], ...] = (
@@ -102,11 +103,10 @@ def transport_options(config: ServiceConfig) -> dict[str, Any]:
 
 def client_options(config: ServiceConfig) -> dict[str, Any]:
     """Keyword arguments shared by the sync and async clients."""
-    timeout = config.timeout
     return {
         "base_url": config.base_url,
         "headers": dict(config.headers),
-        "timeout": httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool),
+        "timeout": configured_timeout(config),
         # Environment proxies would be mounted as separate, unmanaged transports; the service's `proxy` applies.
         "trust_env": False,
         # One client serves every request: never store one caller's response cookies for the next (see requests).
@@ -114,19 +114,33 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
     }
 
 
-def _start(policy: Policy, request: httpx.Request) -> Call:
-    return policy.start(
-        request.method,
-        request.url,
-        replayable=isinstance(request.stream, httpx.ByteStream),
-        circuit_open_class=httpx.TransportError,
-        pool_timeout_class=httpx.PoolTimeout,
-        error_attributes={"_request": request},
-    )
-
-
 # The caller's timeouts, kept aside: httpx gives a redirect the same extensions, whose "timeout" we have cut.
 _CONFIGURED_TIMEOUT = "outbound.timeout"
+
+# The exception class each refusal also is, for code that catches httpx's own.
+_NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
+    "circuit_open": httpx.TransportError,
+    "bulkhead_full": httpx.TransportError,
+    "rate_limited": httpx.TransportError,
+    "deadline_exceeded": httpx.TimeoutException,
+}
+
+
+def configured_timeout(config: ServiceConfig) -> httpx.Timeout:
+    """The service's timeouts as the client's default ``httpx.Timeout``."""
+    timeout = config.timeout
+    return httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool)
+
+
+def _start(policy: Policy, request: httpx.Request, configured: dict[str, float | None]) -> Call:
+    # httpx puts the client's timeouts or the call's own in the request's extensions: different ones were asked for.
+    asked: tuple[float | None, ...] = ()
+    timeout = request.extensions.get(_CONFIGURED_TIMEOUT) or request.extensions.get("timeout")
+    if timeout is not None and timeout != configured:
+        asked = (timeout.get("connect"), timeout.get("read"), timeout.get("write"))
+    return policy.start(
+        request.method, request.url, replayable=isinstance(request.stream, httpx.ByteStream), asked=asked
+    )
 
 
 def _cut_timeouts(call: Call, request: httpx.Request) -> None:
@@ -187,7 +201,7 @@ class _ManagedByteStream(httpx.SyncByteStream):
         try:
             yield from self._stream
         except httpx.TransportError as error:
-            raise self._call.error_for(Outcome(_classify(error), error=error)) from error
+            raise _failed(self._call, None, Outcome(_classify(error), error=error)) from error  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._stream.close()
@@ -203,10 +217,18 @@ class _ManagedAsyncByteStream(httpx.AsyncByteStream):
             async for chunk in self._stream:
                 yield chunk
         except httpx.TransportError as error:
-            raise self._call.error_for(Outcome(_classify(error), error=error)) from error
+            raise _failed(self._call, None, Outcome(_classify(error), error=error)) from error  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+def _rejected(call: Call, request: httpx.Request, rejection: Rejection) -> Exception:
+    return _errors.rejected(call, call.service, rejection, _NATIVE_REJECTIONS, {"_request": request})
+
+
+def _failed(call: Call, request: httpx.Request, outcome: Outcome) -> Exception:
+    return _errors.failed(call, outcome, None, {"_request": request})
 
 
 class OutboundTransport(httpx.BaseTransport):
@@ -214,31 +236,17 @@ class OutboundTransport(httpx.BaseTransport):
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
+        self._configured = configured_timeout(policy.config).as_dict()
         self.inner = httpx.HTTPTransport(**transport_options(policy.config))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        call = _start(self._policy, request)
-        while True:
-            call.admit()
-            try:
-                _cut_timeouts(call, request)
-                response, outcome = self._attempt(request)
-                decision = call.record(outcome)
-                if not decision.retry:
-                    if response is None:
-                        raise call.error_for(outcome) from outcome.error
-                    if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
-                        response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
-                    return response
-                if response is not None:
-                    response.close()
-                time.sleep(decision.delay)
-            except BaseException:
-                call.abandon()  # interrupted (or our own bug): free the trial slot, end the call; no-op if it ended
-                raise
+        return drive(_start(self._policy, request, self._configured), self, request)
 
-    def _attempt(self, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
+    # -- the Exchange the driver runs -----------------------------------------------------------------------------
+
+    def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
+        _cut_timeouts(call, request)
         try:
             response = self.inner.handle_request(request)
             if request.extensions.get(PRELOAD):
@@ -253,6 +261,17 @@ class OutboundTransport(httpx.BaseTransport):
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             return None, Outcome(_classify(error), error=error)  # a body that broke was closed above
 
+    def discard(self, response: httpx.Response) -> None:
+        response.close()
+
+    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
+            response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
+        return response
+
+    rejected = staticmethod(_rejected)
+    failed = staticmethod(_failed)
+
     def close(self) -> None:
         self.inner.close()
 
@@ -266,30 +285,14 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
+        self._configured = configured_timeout(policy.config).as_dict()
         self.inner = httpx.AsyncHTTPTransport(**transport_options(policy.config))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        call = _start(self._policy, request)
-        while True:
-            call.admit()
-            try:
-                _cut_timeouts(call, request)
-                response, outcome = await self._attempt(request)
-                decision = call.record(outcome)
-                if not decision.retry:
-                    if response is None:
-                        raise call.error_for(outcome) from outcome.error
-                    if not request.extensions.get(PRELOAD):
-                        response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
-                    return response
-                if response is not None:
-                    await response.aclose()
-                await asyncio.sleep(decision.delay)
-            except BaseException:  # asyncio.CancelledError among them: never a verdict on the upstream
-                call.abandon()
-                raise
+        return await adrive(_start(self._policy, request, self._configured), self, request)
 
-    async def _attempt(self, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
+    async def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
+        _cut_timeouts(call, request)
         try:
             response = await self.inner.handle_async_request(request)
             if request.extensions.get(PRELOAD):
@@ -302,6 +305,17 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
             return response, _response_outcome(response)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             return None, Outcome(_classify(error), error=error)
+
+    async def discard(self, response: httpx.Response) -> None:
+        await response.aclose()
+
+    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if not request.extensions.get(PRELOAD):
+            response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
+        return response
+
+    rejected = staticmethod(_rejected)
+    failed = staticmethod(_failed)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -338,16 +352,28 @@ class UnbuiltRequestTransportError(httpx.TransportError):
 def _reject_before_building(
     client: ServiceClient | ServiceAsyncClient, method: str, url: httpx.URL | str, kwargs: dict[str, Any]
 ) -> None:
-    # Called while the breaker reads open. A closed client is left to send(), which says so; an open breaker is
+    # Called while the breaker is not closed. A closed client is left to send(), which says so; an open breaker is
     # refused here, before httpx's build_request() (the transport still gates requests built by hand and streams).
     if not client.is_closed:
-        client._policy.reject_if_open(
-            UnbuiltRequestTransportError, {"_request": None, "_request_args": (client, method, url, kwargs)}
-        )
+        rejection = client._policy.early_rejection(method)
+        if rejection is not None:
+            attributes: dict[str, object] = {"_request": None, "_request_args": (client, method, url, kwargs)}
+            native = dict.fromkeys(_NATIVE_REJECTIONS, UnbuiltRequestTransportError)
+            raise _errors.rejected(None, client.service_name, rejection, native, attributes)
+
+
+_USER_CLOSE_NOTE = (
+    "The registry owns this client: close() / a `with` block leave it open, so other code of the process that "
+    "uses it keeps working; registry.close() closes it."
+)
 
 
 class ServiceClient(httpx.Client):
-    """An ``httpx.Client`` bound to one service (``base_url``, headers, timeouts); calls run the policy."""
+    """An ``httpx.Client`` bound to one service (``base_url``, headers, timeouts); calls run the policy.
+
+    The registry owns it: ``close()`` and ``with client:`` do not close it (other code of the process shares it);
+    ``registry.close()`` does.
+    """
 
     def __init__(self, policy: Policy) -> None:
         self.service_name = policy.config.name
@@ -356,7 +382,7 @@ class ServiceClient(httpx.Client):
         super().__init__(transport=self.outbound_transport, **client_options(policy.config))
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        if self._policy.breaker.state == OPEN:
+        if self._policy.breaker.state != CLOSED:
             _reject_before_building(self, method, url, kwargs)
         return super().request(method, url, **kwargs)
 
@@ -367,9 +393,35 @@ class ServiceClient(httpx.Client):
         request.extensions[PRELOAD] = not stream
         return super().send(request, stream=stream, **kwargs)
 
+    def close(self) -> None:
+        """Does nothing: the registry owns this client and closes it (``registry.close()``)."""
+
+    def __enter__(self) -> ServiceClient:
+        return self  # httpx allows one `with` per client; a shared client may be entered any number of times
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    # -- what the Service needs ---------------------------------------------------------------------------------
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        """``(in_use, idle, waiting)`` connections of this client's pool."""
+        return pool_numbers(self.outbound_transport.inner)
+
+    def drop_after_fork(self) -> None:
+        self.outbound_transport.drop_after_fork()
+
+    def shutdown(self) -> None:
+        """Close the client and its pooled sockets for good (the registry's close)."""
+        super().close()
+
 
 class ServiceAsyncClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` bound to one service and one event loop; calls run the policy."""
+    """An ``httpx.AsyncClient`` bound to one service and one event loop; calls run the policy.
+
+    The registry owns it: ``aclose()`` and ``async with client:`` do not close it; the registry closes it when its
+    event loop ends or the registry closes.
+    """
 
     def __init__(self, policy: Policy) -> None:
         self.service_name = policy.config.name
@@ -378,7 +430,7 @@ class ServiceAsyncClient(httpx.AsyncClient):
         super().__init__(transport=self.outbound_transport, **client_options(policy.config))
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        if self._policy.breaker.state == OPEN:
+        if self._policy.breaker.state != CLOSED:
             _reject_before_building(self, method, url, kwargs)
         return await super().request(method, url, **kwargs)
 
@@ -387,3 +439,20 @@ class ServiceAsyncClient(httpx.AsyncClient):
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
         request.extensions[PRELOAD] = not stream
         return await super().send(request, stream=stream, **kwargs)
+
+    async def aclose(self) -> None:
+        """Does nothing: the registry owns this client and closes it with its event loop or ``registry.close()``."""
+
+    async def __aenter__(self) -> ServiceAsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        """``(in_use, idle, waiting)`` connections of this client's pool."""
+        return pool_numbers(self.outbound_transport.inner)
+
+    async def shutdown(self) -> None:
+        """Close the client and its pooled sockets for good, on its own event loop."""
+        await super().aclose()

@@ -1,9 +1,9 @@
 """requests backend: ``ServiceSession`` (a real ``requests.Session``) and ``OutboundAdapter``, which runs the policy.
 
 The adapter calls ``HTTPAdapter.send`` for each attempt, so ``responses`` (which patches that method) still
-intercepts every call. requests offers no pool timeout: with ``pool_block=True`` it waits forever for a free
-connection (FACTS.md), so the adapter's pools take the attempt's pool timeout from a context variable and urllib3
-raises ``EmptyPoolError`` when it expires.
+intercepts every call. requests offers no pool timeout: with ``pool_block=True`` it never passes one to urllib3 and
+a call waits forever for a free connection, so the adapter's pools take the attempt's pool timeout from a context
+variable and urllib3 raises ``EmptyPoolError`` when it expires.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import functools
 import http.cookiejar
 import re
-import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import requests
 import requests.adapters
@@ -30,11 +29,14 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeoutError
 from urllib3.util import Timeout as Urllib3Timeout
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
-from .._breaker import OPEN
+from .._breaker import CLOSED
 from .._config import ServiceConfig
+from .._driver import drive
 from .._errors import RegistryClosedError
-from .._policy import AttemptTimeouts, Kind, Outcome, Policy, response_outcome
+from .._outcome import Kind, Outcome, Rejection, response_outcome
+from .._policy import Call, Policy
 from .._retry import RETRY_AFTER_STATUSES
+from . import _errors
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -54,6 +56,8 @@ class _PoolTimeoutMixin:
 
 @functools.cache
 def _with_pool_timeout(pool_class: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+    if issubclass(pool_class, _PoolTimeoutMixin):
+        return pool_class  # a manager whose pools are ours already (a cached proxy manager)
     return type(pool_class.__name__, (_PoolTimeoutMixin, pool_class), {})
 
 
@@ -70,6 +74,10 @@ def _replayable(body: object) -> bool:
     return body is None or isinstance(body, bytes | str)
 
 
+# What `responses` says when a call matches no registered mock: the mock's verdict, not the upstream's.
+_RESPONSES_REFUSAL = "Connection refused by Responses"
+
+
 def _classify(error: Exception) -> Kind:
     if isinstance(error, EmptyPoolError):
         return Kind.POOL_TIMEOUT
@@ -83,6 +91,8 @@ def _classify(error: Exception) -> Kind:
         return Kind.READ_ERROR
     if isinstance(error, requests.ConnectionError):
         reason = error.args[0] if error.args else None
+        if isinstance(reason, str) and reason.startswith(_RESPONSES_REFUSAL):
+            return Kind.MOCK_REFUSED
         if isinstance(reason, MaxRetryError):
             reason = reason.reason
         if isinstance(reason, Urllib3ReadTimeoutError):
@@ -119,6 +129,27 @@ def _seconds(value: object, original: object) -> float | None:
     raise ValueError(f"timeout must be a number, a (connect, read) tuple or a urllib3 Timeout, got {original!r}")
 
 
+class _Send(NamedTuple):
+    """One ``send()``'s arguments, carried through the attempts of its call."""
+
+    request: requests.PreparedRequest
+    stream: bool
+    connect: float | None
+    read: float | None
+    verify: bool | str
+    cert: Any
+    proxies: Mapping[str, str] | None
+
+
+# The exception class each refusal also is, for code that catches requests' own.
+_NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
+    "circuit_open": requests.ConnectionError,
+    "bulkhead_full": requests.ConnectionError,
+    "rate_limited": requests.ConnectionError,
+    "deadline_exceeded": requests.Timeout,
+}
+
+
 class OutboundAdapter(requests.adapters.HTTPAdapter):
     """An ``HTTPAdapter`` whose ``send`` runs the service's policy around each attempt."""
 
@@ -150,51 +181,34 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         cert: Any = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
+        connect, read = _split_timeout(timeout, self._config)
         call = self._policy.start(
             request.method or "GET",
             request.url or "",
             replayable=_replayable(request.body),
-            circuit_open_class=requests.ConnectionError,
-            pool_timeout_class=requests.ConnectionError,
-            error_attributes={"request": request, "response": None},
+            asked=(connect, read) if timeout is not None else (),
         )
-        connect, read = _split_timeout(timeout, self._config)
-        while True:
-            call.admit()
-            try:
-                limits = call.attempt_timeouts(connect, read, None, self._config.timeout.pool)
-                response, outcome = self._attempt(request, stream, limits, verify, cert, proxies)
-                decision = call.record(outcome)
-                if not decision.retry:
-                    if response is None:
-                        raise call.error_for(outcome) from outcome.error
-                    return response
-                if response is not None:
-                    response.close()  # give the connection back before waiting
-                time.sleep(decision.delay)
-            except BaseException:
-                call.abandon()  # interrupted (or our own bug): free the trial slot, end the call; no-op if it ended
-                raise
+        return drive(call, self, _Send(request, stream, connect, read, verify, cert, proxies))
 
-    def _attempt(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool,
-        limits: AttemptTimeouts,
-        verify: bool | str,
-        cert: Any,
-        proxies: Mapping[str, str] | None,
-    ) -> tuple[requests.Response | None, Outcome]:
+    # -- the Exchange the driver runs -----------------------------------------------------------------------------
+
+    def attempt(self, call: Call, send: _Send) -> tuple[requests.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
+        limits = call.attempt_timeouts(send.connect, send.read, None, self._config.timeout.pool)
         token = _pool_wait.set(limits.pool)
         response: requests.Response | None = None
         try:
             # A urllib3 Timeout, because either limit may be None (disabled in the settings).
             attempt_timeout = cast(Any, Urllib3Timeout(connect=limits.connect, read=limits.read))
             response = super().send(
-                request, stream=stream, timeout=attempt_timeout, verify=verify, cert=cert, proxies=proxies
+                send.request,
+                stream=send.stream,
+                timeout=attempt_timeout,
+                verify=send.verify,
+                cert=send.cert,
+                proxies=send.proxies,
             )
-            if not stream:
+            if not send.stream:
                 # Read the body inside the policy, so a failure mid-body is classified, counted and retried.
                 response.content  # noqa: B018 (the property read is the point)
             status = response.status_code
@@ -208,8 +222,28 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         finally:
             _pool_wait.reset(token)
 
+    def discard(self, response: requests.Response) -> None:
+        response.close()  # give the connection back before waiting
+
+    def deliver(self, call: Call, send: _Send, response: requests.Response) -> requests.Response:
+        return response
+
+    def rejected(self, call: Call, send: _Send, rejection: Rejection) -> Exception:
+        attributes: dict[str, object] = {"request": send.request, "response": None}
+        return _errors.rejected(call, self._config.name, rejection, _NATIVE_REJECTIONS, attributes)
+
+    def failed(self, call: Call, send: _Send, outcome: Outcome) -> Exception:
+        # urllib3's EmptyPoolError is not a requests exception: a pool timeout is requests' ConnectionError.
+        native = requests.ConnectionError if outcome.kind is Kind.POOL_TIMEOUT else None
+        return _errors.failed(call, outcome, native, {"request": send.request, "response": None})
+
     def pool_numbers(self) -> tuple[int, int]:
-        """``(in_use, idle)`` connections across this adapter's pools (FACTS.md: urllib3 introspection)."""
+        """``(in_use, idle)`` connections across this adapter's pools.
+
+        urllib3 pools keep a ``LifoQueue`` pre-filled with ``None`` placeholders: idle connections are the non-None
+        entries, and connections in use are the queue's size minus its length. ``manager.pools.keys()`` is a locked
+        snapshot; iterating the container itself raises ``NotImplementedError``.
+        """
         in_use = idle = 0
         for manager in self._managers():
             for key in manager.pools.keys():  # noqa: SIM118 (iterating the container itself raises)
@@ -290,10 +324,13 @@ class ServiceSession(requests.Session):
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
-        # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (Checked
-        # first so the common path builds nothing.)
-        if self._policy.breaker.state == OPEN:
-            self._policy.reject_if_open(requests.ConnectionError, {"request": None, "response": None})
+        # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (The state
+        # is read first so the common path builds nothing.)
+        if self._policy.breaker.state != CLOSED:
+            rejection = self._policy.early_rejection(method if isinstance(method, str) else method.decode())
+            if rejection is not None:
+                attributes: dict[str, object] = {"request": None, "response": None}
+                raise _errors.rejected(None, self.service_name, rejection, _NATIVE_REJECTIONS, attributes)
         return super().request(method, self.join(url), *args, **kwargs)
 
     def join(self, url: str | bytes) -> str:
@@ -305,5 +342,24 @@ class ServiceSession(requests.Session):
         return self.base_url + text.lstrip("/")
 
     def close(self) -> None:
+        """Does nothing: the registry owns this session and closes it (``registry.close()``); a ``with`` block
+        around a shared session must not break it for the rest of the process."""
+
+    # -- what the Service needs ---------------------------------------------------------------------------------
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        """``(in_use, idle, waiting)`` connections across the session's pools."""
+        in_use, idle = self.adapter.pool_numbers()
+        waiting = 0
+        if in_use >= self._policy.config.pool.max_connections:
+            # urllib3 does not count its waiters; calls in flight beyond the busy connections are waiting.
+            waiting = max(0, self._policy.stats.in_flight - in_use)
+        return in_use, idle, waiting
+
+    def drop_after_fork(self) -> None:
+        self.adapter.drop_after_fork()
+
+    def shutdown(self) -> None:
+        """Close every pooled socket for good (the registry's close); later calls raise ``RegistryClosedError``."""
         self._closed = True
         super().close()

@@ -12,18 +12,11 @@ import pytest
 
 import outbound
 from outbound import Registry
+from tests.conftest import FakeClock
 from tests.core.conftest import Send
 from tests.upstream import Upstream
 
 UPSTREAM_LATENCY = 0.2
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def in_threads(count: int, work: Callable[[], Any]) -> list[Any]:

@@ -64,8 +64,8 @@ def test_open_breaker_is_down_and_only_a_critical_one_takes_the_report_down(
     assert 0 < optional["breaker"]["retry_in"] <= 60
     assert optional["last_error"]["type"] == "HTTPStatus"
     assert "500" in optional["last_error"]["message"]
-    assert outbound.http_status(report) == 200
-    assert outbound.status_exit_code(report) == 0
+    assert outbound.health.http_status(report) == 200
+    assert outbound.health.status_exit_code(report) == 0
 
     only_optional = registry.health(service="optional")
     assert only_optional["status"] == "degraded"
@@ -77,8 +77,8 @@ def test_open_breaker_is_down_and_only_a_critical_one_takes_the_report_down(
     assert registry.health(service="payments", details=False) == {"status": "down"}
     report = registry.health()
     assert report["status"] == "down"
-    assert outbound.http_status(report) == 503
-    assert outbound.status_exit_code(report) == 1
+    assert outbound.health.http_status(report) == 503
+    assert outbound.health.status_exit_code(report) == 1
 
 
 def test_an_open_breaker_whose_trial_is_due_reports_half_open_without_any_call(upstream: Upstream) -> None:
@@ -155,13 +155,13 @@ def test_health_sends_nothing(upstream: Upstream, make_registry: RegistryFactory
 )
 def test_detail_levels(show: Any, header: str | None, authorized: bool, expected: bool) -> None:
     config = HealthConfig(show_details=show, token="s3cret")
-    assert outbound.show_details(config, authorization=header, authorized=authorized) is expected
+    assert outbound.health.show_details(config, authorization=header, authorized=authorized) is expected
 
 
 def test_without_a_token_only_the_framework_can_authorize() -> None:
     config = HealthConfig()
-    assert outbound.show_details(config, authorization="Bearer ", authorized=False) is False
-    assert outbound.bearer_token_matches("Bearer x", None) is False
+    assert outbound.health.show_details(config, authorization="Bearer ", authorized=False) is False
+    assert outbound.health.bearer_token_matches("Bearer x", None) is False
 
 
 def test_render_status_lists_every_service(upstream: Upstream, make_registry: RegistryFactory) -> None:
@@ -169,7 +169,7 @@ def test_render_status_lists_every_service(upstream: Upstream, make_registry: Re
         billing={"base_url": upstream.url, "critical": True}, search={"base_url": upstream.url, "client": "httpx"}
     )
     registry.session("billing").get("status/404")
-    text = outbound.render_status(registry.health())
+    text = outbound.health.render_status(registry.report())
     lines = text.splitlines()
     assert lines[0].split() == ["SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST", "ERROR"]
     assert lines[1].split()[:7] == ["billing", "*", "requests", "ok", "closed", "0/20", "1"]
@@ -191,8 +191,8 @@ def test_probe_reports_reachability_latency_and_exit_code(upstream: Upstream, ma
     assert results["fails"].ok is False
     assert results["fails"].status == 503
     assert results["quiet"].ok is None
-    assert outbound.probe_exit_code(results.values()) == 0  # the failing one is not critical
-    text = outbound.render_probe(results.values())
+    assert outbound.health.probe_exit_code(results.values()) == 0  # the failing one is not critical
+    text = outbound.health.render_probe(results.values())
     assert "FAILED" in text
     assert "skipped" in text
 
@@ -201,5 +201,5 @@ def test_probe_reports_reachability_latency_and_exit_code(upstream: Upstream, ma
     down = fresh.probe("up")
     assert down[0].ok is False
     assert "connect error" in (down[0].error or "")
-    assert outbound.probe_exit_code(down) == 1
+    assert outbound.health.probe_exit_code(down) == 1
     assert down[0].as_dict()["service"] == "up"

@@ -1,4 +1,8 @@
-"""The sans-IO policy with a fake clock: breaker transitions, retry decisions, Retry-After, the retry budget."""
+"""The sans-IO policy with a fake clock: breaker transitions, retry decisions, Retry-After, the retry budget.
+
+The policy returns refusals rather than raising; ``admit`` below turns them into exceptions through the requests
+backend's error table, as a backend's driver does.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,12 @@ import pytest
 import requests
 
 from outbound import CircuitOpenError, parse_config
-from outbound._policy import Call, Kind, Outcome, Policy
+from outbound._backends import _errors
+from outbound._backends import requests as requests_backend
+from outbound._outcome import Kind, Outcome
+from outbound._policy import Call, Policy
 from outbound._retry import RetryBudget, backoff_delay, parse_retry_after
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.conftest import FakeClock
 
 
 def make_policy(clock: FakeClock, **settings: Any) -> Policy:
@@ -29,15 +26,21 @@ def make_policy(clock: FakeClock, **settings: Any) -> Policy:
     return Policy(config, clock=clock, random=lambda: 0.0)
 
 
+class BackendCall(Call):
+    """A call whose ``admit`` raises a refusal as the requests backend's error, as its driver does."""
+
+    __slots__ = ()
+
+    def admit(self) -> None:  # type: ignore[override]
+        refusal = super().admit()
+        if refusal is not None:
+            attributes: dict[str, object] = {"request": None, "response": None}
+            native = requests_backend._NATIVE_REJECTIONS
+            raise _errors.rejected(self, self.service, refusal, native, attributes)  # type: ignore[arg-type]
+
+
 def start(policy: Policy, method: str = "GET", replayable: bool = True) -> Call:
-    return policy.start(
-        method,
-        "http://user:secret@127.0.0.1:1/x?token=abc",
-        replayable=replayable,
-        circuit_open_class=requests.ConnectionError,
-        pool_timeout_class=requests.ConnectionError,
-        error_attributes={"request": None, "response": None},
-    )
+    return BackendCall(policy, method, "http://user:secret@127.0.0.1:1/x?token=abc", replayable, ())
 
 
 def attempt(call: Call, outcome: Outcome) -> bool:
@@ -340,7 +343,7 @@ def test_stats_count_calls_errors_and_latency() -> None:
     clock.advance(0.25)
     call.record(OK)
     attempt(start(policy, "POST"), UNAVAILABLE)
-    snapshot = policy.stats.snapshot()
+    snapshot = policy.stats.snapshot().as_dict()
     assert snapshot["requests"] == 2
     assert snapshot["errors"] == 1
     assert snapshot["latency_ms"]["p99"] == 250.0

@@ -16,17 +16,9 @@ import urllib3
 import outbound
 from outbound._backends import httpx as httpx_backend
 from outbound._backends import requests as requests_backend
-from tests.conftest import RegistryFactory
+from tests.conftest import FakeClock, RegistryFactory
 from tests.core.conftest import Send
 from tests.upstream import Upstream
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def half_open_registry(upstream: Upstream, kind: str, clock: FakeClock, **retry: Any) -> outbound.Registry:
@@ -84,8 +76,8 @@ def test_an_interrupted_backoff_ends_the_call_sync(
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    backend = requests_backend if kind == "requests" else httpx_backend
-    monkeypatch.setattr(backend.time, "sleep", interrupted)
+    # The backoff waits on the policy's closing event (so close() can cut it short).
+    monkeypatch.setattr(registry["api"].policy.closing, "wait", interrupted)
     with pytest.raises(KeyboardInterrupt):
         send(registry, "api", "GET", "status/503")
     monkeypatch.undo()

@@ -212,6 +212,6 @@ def test_manage_py_reports_bad_settings_instead_of_crashing() -> None:
 
 def test_outbound_command_exits_2_on_bad_settings() -> None:
     result = django_admin("tests.django.broken_settings", "outbound", "status")
-    assert result.returncode == outbound.CONFIG_ERROR_EXIT_CODE == 2
+    assert result.returncode == outbound.health.CONFIG_ERROR_EXIT_CODE == 2
     assert "Traceback" not in result.stderr
     assert "CommandError: OUTBOUND[services.billing.base_url]" in result.stderr

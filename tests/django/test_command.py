@@ -98,7 +98,7 @@ def test_unknown_service_exits_2(registry: Registry) -> None:
     for action in ("status", "probe"):
         with pytest.raises(CommandError, match="did you mean 'billing'") as caught:
             run(action, "--service", "biling")
-        assert caught.value.returncode == outbound.CONFIG_ERROR_EXIT_CODE
+        assert caught.value.returncode == outbound.health.CONFIG_ERROR_EXIT_CODE
 
 
 def test_bad_settings_exit_2(settings: Settings) -> None:

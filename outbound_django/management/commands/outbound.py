@@ -12,6 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import outbound
+from outbound import health as outbound_health
 from outbound_django.conf import get_registry
 
 
@@ -37,13 +38,13 @@ class Command(BaseCommand):
         try:
             registry = get_registry()
         except outbound.ConfigError as error:
-            raise CommandError(str(error), returncode=outbound.CONFIG_ERROR_EXIT_CODE) from error
+            raise CommandError(str(error), returncode=outbound_health.CONFIG_ERROR_EXIT_CODE) from error
         name: str | None = options["service"]
         if name is not None:
             try:
                 registry[name]  # for the core's message: the configured names and the closest match
             except outbound.ServiceLookupError as error:
-                raise CommandError(str(error), returncode=outbound.CONFIG_ERROR_EXIT_CODE) from error
+                raise CommandError(str(error), returncode=outbound_health.CONFIG_ERROR_EXIT_CODE) from error
         if options["action"] == "status":
             code = self._status(registry, name, as_json=options["json"])
         else:
@@ -53,14 +54,14 @@ class Command(BaseCommand):
             raise SystemExit(code)
 
     def _status(self, registry: outbound.Registry, name: str | None, *, as_json: bool) -> int:
-        report = registry.health(details=True, service=name)
-        self.stdout.write(json.dumps(report, indent=2) if as_json else outbound.render_status(report))
-        return outbound.status_exit_code(report)
+        report = registry.report(service=name)
+        self.stdout.write(json.dumps(report.as_dict(), indent=2) if as_json else outbound_health.render_status(report))
+        return outbound_health.status_exit_code(report)
 
     def _probe(self, registry: outbound.Registry, name: str | None, *, as_json: bool) -> int:
         results = registry.probe(name)
         if as_json:
             self.stdout.write(json.dumps([result.as_dict() for result in results], indent=2))
         else:
-            self.stdout.write(outbound.render_probe(results))
-        return outbound.probe_exit_code(results)
+            self.stdout.write(outbound_health.render_probe(results))
+        return outbound_health.probe_exit_code(results)

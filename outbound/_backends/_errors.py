@@ -1,0 +1,95 @@
+"""The one boundary where the policy's verdicts become exceptions, shared by every backend.
+
+The policy speaks in ``Outcome``s and ``Rejection``s; each backend names the native exception class its errors
+also are (httpx maps httpcore's exceptions the same way, in one table, in ``_transports/default.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .._errors import (
+    BulkheadFullError,
+    CallError,
+    CircuitOpenError,
+    ConnectError,
+    ConnectTimeoutError,
+    DeadlineExceededError,
+    PoolTimeoutError,
+    RateLimitedError,
+    ReadError,
+    ReadTimeoutError,
+    RegistryClosedError,
+    RejectedError,
+    WriteTimeoutError,
+    backend_error,
+)
+from .._outcome import Kind, Outcome, Rejection
+from .._policy import Call
+
+REJECTED: Mapping[str, type[RejectedError]] = {
+    "circuit_open": CircuitOpenError,
+    "bulkhead_full": BulkheadFullError,
+    "rate_limited": RateLimitedError,
+    "deadline_exceeded": DeadlineExceededError,
+}
+_WHAT = {
+    "circuit_open": "circuit breaker is open",
+    "bulkhead_full": "too many calls in flight (bulkhead full)",
+    "rate_limited": "rate limited",
+    "deadline_exceeded": "too little time left before the deadline",
+}
+# The outbound class each failed attempt is raised as (combined with the backend's own exception class).
+FAILED: Mapping[Kind, type[CallError]] = {
+    Kind.CONNECT_ERROR: ConnectError,
+    Kind.CONNECT_TIMEOUT: ConnectTimeoutError,
+    Kind.READ_TIMEOUT: ReadTimeoutError,
+    Kind.WRITE_TIMEOUT: WriteTimeoutError,
+    Kind.READ_ERROR: ReadError,
+    Kind.POOL_TIMEOUT: PoolTimeoutError,
+    Kind.OTHER_ERROR: CallError,
+    Kind.MOCK_REFUSED: CallError,
+}
+
+
+def rejected(
+    call: Call | None,
+    service: str,
+    rejection: Rejection,
+    native: Mapping[str, type[Exception]],
+    attributes: dict[str, object],
+) -> Exception:
+    """The exception for a refused call: outbound's ``RejectedError`` subclass and the backend's ``native`` class
+    for that reason (``RegistryClosedError`` when the registry was closed)."""
+    if rejection.reason == "closed":
+        return RegistryClosedError(f"the outbound registry was closed; service {service!r} is unusable")
+    message = f"{service}: {_WHAT[rejection.reason]} ({rejection.detail}); nothing was sent"
+    if call is not None and call.attempts:
+        message = f"{service}: {_WHAT[rejection.reason]} ({rejection.detail}) after {call.attempts} attempts"
+    error = backend_error(
+        REJECTED[rejection.reason], native[rejection.reason], message, service=service, attributes=attributes
+    )
+    error.retry_in = rejection.retry_in  # type: ignore[attr-defined]
+    return error
+
+
+def failed(call: Call, outcome: Outcome, native: type[Exception] | None, attributes: dict[str, object]) -> Exception:
+    """The exception for a failed final attempt: outbound's class for its kind and the backend exception's class
+    (``native`` when the backend's own class should be a different one), message redacted, native ``args`` kept."""
+    original = outcome.error
+    assert original is not None
+    if outcome.kind is Kind.CLOSED:
+        return RegistryClosedError(f"the outbound registry was closed while calling service {call.service!r}")
+    message = call.error_message(outcome)
+    if outcome.kind is Kind.MOCK_REFUSED:
+        message += f": {original}"  # the mock's verdict is the useful part of the message
+    merged = dict(attributes)
+    merged.update((key, value) for key, value in vars(original).items() if key in attributes)
+    return backend_error(
+        FAILED[outcome.kind],
+        native if native is not None else type(original),
+        message,
+        service=call.service,
+        attributes=merged,
+        args=original.args,
+    )

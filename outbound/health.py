@@ -1,0 +1,380 @@
+"""Health: typed snapshots, the status rules, and what the Django and Flask adapters serve and print.
+
+``Registry.report()`` returns a ``HealthReport`` of ``ServiceHealth`` snapshots (breaker, pool, stats, last error);
+``as_dict()`` is the JSON ``/health/outbound`` and ``registry.health()`` give. Both status rules live here:
+``service_status`` (one upstream) and ``overall_status`` (the report). ``respond`` answers an HTTP health request
+for either framework; ``render_status`` / ``render_probe`` print the CLI tables and ``*_exit_code`` their codes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from ._config import HealthConfig
+
+__all__ = [
+    "CONFIG_ERROR_EXIT_CODE",
+    "STATUS_EXIT_CODES",
+    "BreakerSnapshot",
+    "HealthReport",
+    "HealthResponse",
+    "LastError",
+    "LatencySnapshot",
+    "PoolSnapshot",
+    "ProbeResult",
+    "Reporting",
+    "ServiceHealth",
+    "StatsSnapshot",
+    "Status",
+    "bearer_token_matches",
+    "build_report",
+    "http_status",
+    "overall_status",
+    "probe_exit_code",
+    "render_probe",
+    "render_status",
+    "respond",
+    "service_status",
+    "show_details",
+    "status_exit_code",
+]
+
+logger = logging.getLogger("outbound.health")
+
+Status = Literal["ok", "degraded", "down"]
+STATUS_EXIT_CODES: Mapping[str, int] = {"ok": 0, "degraded": 0, "down": 1}
+CONFIG_ERROR_EXIT_CODE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class LastError:
+    """The last failed call of a service: the error's class name, its (redacted) message and when it happened."""
+
+    type: str
+    message: str
+    at: datetime
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "at": self.at.isoformat()}
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySnapshot:
+    """Latency percentiles in milliseconds over the recent calls (``None`` before the first call)."""
+
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"p50": self.p50, "p95": self.p95, "p99": self.p99}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsSnapshot:
+    """Counters since start (or the last reset): calls, calls that ended in an error, extra attempts, calls refused
+    by the breaker, calls that found no free connection; ``rejected`` counts other refusals by reason."""
+
+    requests: int = 0
+    errors: int = 0
+    retries: int = 0
+    short_circuited: int = 0
+    pool_timeouts: int = 0
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    latency_ms: LatencySnapshot = field(default_factory=LatencySnapshot)
+
+    def as_dict(self) -> dict[str, Any]:
+        counters: dict[str, Any] = {
+            "requests": self.requests,
+            "errors": self.errors,
+            "retries": self.retries,
+            "short_circuited": self.short_circuited,
+            "pool_timeouts": self.pool_timeouts,
+        }
+        if self.rejected:
+            counters["rejected"] = dict(self.rejected)
+        counters["latency_ms"] = self.latency_ms.as_dict()
+        return counters
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerSnapshot:
+    """``state`` is what the next call meets (an open breaker whose trial is due reads ``half-open``);
+    ``retry_in`` the seconds until an open breaker admits a trial."""
+
+    state: str
+    failures: int
+    opened_at: datetime | None
+    retry_in: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "failures": self.failures,
+            "opened_at": self.opened_at.isoformat() if self.opened_at else None,
+            "retry_in": round(self.retry_in, 3) if self.retry_in is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSnapshot:
+    """Connections of the service's clients now: busy, kept idle, and calls waiting for one."""
+
+    max_connections: int
+    in_use: int = 0
+    idle: int = 0
+    waiting: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "max_connections": self.max_connections,
+            "in_use": self.in_use,
+            "idle": self.idle,
+            "waiting": self.waiting,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceHealth:
+    """One service's part of the report."""
+
+    name: str
+    status: Status
+    client: str
+    base_url: str
+    critical: bool
+    breaker: BreakerSnapshot
+    pool: PoolSnapshot
+    stats: StatsSnapshot
+    last_error: LastError | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "client": self.client,
+            "base_url": self.base_url,
+            "critical": self.critical,
+            "breaker": self.breaker.as_dict(),
+            "pool": self.pool.as_dict(),
+            "stats": self.stats.as_dict(),
+            "last_error": self.last_error.as_dict() if self.last_error else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthReport:
+    """The whole report: the overall status and each service's health, in settings order."""
+
+    status: Status
+    services: Mapping[str, ServiceHealth]
+
+    def as_dict(self, *, details: bool = True) -> dict[str, Any]:
+        """The JSON-ready report; ``details=False`` gives ``{"status": ...}`` only."""
+        if not details:
+            return {"status": self.status}
+        return {"status": self.status, "services": {name: s.as_dict() for name, s in self.services.items()}}
+
+
+def service_status(breaker_state: str, pool: PoolSnapshot) -> Status:
+    """``down`` while the breaker refuses calls (open or isolated); ``degraded`` while it is half-open or calls wait
+    for a connection; else ``ok``."""
+    if breaker_state in ("open", "isolated"):
+        return "down"
+    if breaker_state == "half-open" or pool.waiting > 0:
+        return "degraded"
+    return "ok"
+
+
+def overall_status(services: Iterable[ServiceHealth]) -> Status:
+    """``down`` only when a critical service is down (an open breaker elsewhere must not pull this instance out of
+    its load balancer); ``degraded`` when any service is not ok; else ``ok``."""
+    services = list(services)
+    if any(s.status == "down" and s.critical for s in services):
+        return "down"
+    if any(s.status != "ok" for s in services):
+        return "degraded"
+    return "ok"
+
+
+def build_report(services: Iterable[ServiceHealth]) -> HealthReport:
+    services = list(services)
+    return HealthReport(status=overall_status(services), services={s.name: s for s in services})
+
+
+# -- HTTP -------------------------------------------------------------------------------------------------------------
+
+
+class Reporting(Protocol):
+    """What ``respond`` needs of a registry."""
+
+    @property
+    def health_config(self) -> HealthConfig: ...
+
+    def report(self, *, service: str | None = None) -> HealthReport: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResponse:
+    """An HTTP answer to a health request, for a framework to send as is."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def bearer_token_matches(authorization: str | None, token: str | None) -> bool:
+    """Whether an ``Authorization: Bearer <token>`` header carries ``token`` (compared in constant time)."""
+    if not token or not authorization:
+        return False
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+def show_details(config: HealthConfig, *, authorization: str | None, authorized: bool = False) -> bool:
+    """Whether an HTTP health request gets the full report.
+
+    Args:
+        config: the ``health`` settings.
+        authorization: the request's ``Authorization`` header, if any.
+        authorized: the framework's own verdict (a Django staff user, a Flask app's callable).
+    """
+    if config.show_details == "always":
+        return True
+    if config.show_details == "never":
+        return False
+    return authorized or bearer_token_matches(authorization, config.token)
+
+
+def http_status(report: HealthReport | Mapping[str, Any]) -> int:
+    """503 only when the report is ``down``; a degraded dependency keeps this instance in rotation."""
+    status = report.status if isinstance(report, HealthReport) else report["status"]
+    return 503 if status == "down" else 200
+
+
+def respond(
+    registry: Reporting,
+    *,
+    authorization: str | None,
+    authorized: Callable[[], bool] | None = None,
+) -> HealthResponse:
+    """Answer an HTTP request for ``/health/outbound``: the JSON report, HTTP 503 only when it is ``down``.
+
+    The level of detail follows ``health.show_details``; under ``"when_authorized"`` a request with the bearer
+    token, or one that ``authorized()`` accepts, gets the full report. ``authorized`` is only called when the token
+    did not already decide (it may cost a session lookup), and an exception from it is logged and counts as no.
+    Every answer is ``Cache-Control: no-store``: a cached ``ok`` would hide an outage, and a cached detailed report
+    could reach someone without the token.
+    """
+    config = registry.health_config
+    details = show_details(config, authorization=authorization)
+    if not details and config.show_details == "when_authorized" and authorized is not None:
+        details = _ask(authorized)
+    report = registry.report()
+    body = json.dumps(report.as_dict(details=details)).encode()
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+    return HealthResponse(http_status(report), headers, body)
+
+
+def _ask(authorized: Callable[[], bool]) -> bool:
+    try:
+        return bool(authorized())
+    except Exception:
+        # A broken permission check must not turn the health endpoint into a 500 and pull this instance out of its
+        # load balancer: log it and answer with the status only.
+        logger.exception("the outbound health 'authorize' callable raised; answering with the status only")
+        return False
+
+
+# -- CLI --------------------------------------------------------------------------------------------------------------
+
+
+def status_exit_code(report: HealthReport | Mapping[str, Any]) -> int:
+    """0 when ``ok`` or ``degraded``, 1 when ``down``."""
+    status = report.status if isinstance(report, HealthReport) else report["status"]
+    return STATUS_EXIT_CODES[status]
+
+
+def render_status(report: HealthReport) -> str:
+    """A plain-text table of a report, as ``outbound status`` prints it."""
+    rows = [("SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST ERROR")]
+    for name, service in sorted(report.services.items()):
+        breaker = service.breaker.state
+        if service.breaker.retry_in is not None:
+            breaker += f" ({service.breaker.retry_in:.0f}s)"
+        last = service.last_error
+        rows.append(
+            (
+                name + (" *" if service.critical else ""),
+                service.client,
+                service.status,
+                breaker,
+                f"{service.pool.in_use}/{service.pool.max_connections}",
+                str(service.stats.requests),
+                str(service.stats.errors),
+                f"{last.type}: {last.message}" if last else "-",
+            )
+        )
+    lines = _table(rows)
+    lines.append(f"overall: {report.status}   (* critical)")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One service's probe: ``ok`` is ``None`` when it has no ``probe`` path."""
+
+    service: str
+    critical: bool
+    url: str | None
+    ok: bool | None
+    status: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "critical": self.critical,
+            "url": self.url,
+            "ok": self.ok,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+        }
+
+
+def render_probe(results: Iterable[ProbeResult]) -> str:
+    """A plain-text table of probe results, as ``outbound probe`` prints it."""
+    rows = [("SERVICE", "RESULT", "STATUS", "LATENCY", "URL / ERROR")]
+    for result in results:
+        verdict = "skipped" if result.ok is None else "ok" if result.ok else "FAILED"
+        latency = f"{result.latency_ms:.1f} ms" if result.latency_ms is not None else "-"
+        detail = result.error or result.url or "no 'probe' path configured"
+        rows.append(
+            (
+                result.service + (" *" if result.critical else ""),
+                verdict,
+                str(result.status or "-"),
+                latency,
+                detail,
+            )
+        )
+    return "\n".join(_table(rows))
+
+
+def probe_exit_code(results: Iterable[ProbeResult]) -> int:
+    """1 when a critical service's probe failed, else 0."""
+    return 1 if any(r.critical and r.ok is False for r in results) else 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
