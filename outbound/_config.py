@@ -1,28 +1,46 @@
 """Settings: frozen dataclasses and ``parse_config()``, the one place the ``OUTBOUND`` mapping is validated.
 
-Everything is checked before anything is built, and every mistake raises ``ConfigError`` naming the service and
-the key, so nothing fails later with a ``KeyError``. Defaults are finite; the README's configuration reference
-gives the reason for each.
+Every key is read here and checked before anything is built: type, range (with sane upper bounds, so no value can
+overflow a client later), URLs as both requests and httpx would parse them, header names and values as both would
+send them, and the TLS files. Every mistake found is a ``ConfigError`` naming the service and the key, and all of
+them are reported at once, so nothing fails later with a ``KeyError``, an ``OverflowError`` or a library's
+``InvalidURL``. Each dataclass field is documented where it is declared; the key names users write are derived
+from the fields, so a new setting is declared once. The configuration reference (``docs/configuration.md``) gives
+the reason for each default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
+import ipaddress
 import math
-from collections.abc import Mapping
+import os
+import re
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ._errors import ConfigError
+from ._errors import ConfigError, ConfigErrorCode
 
 ClientKind = Literal["requests", "httpx"]
 ShowDetails = Literal["never", "when_authorized", "always"]
 
 # urllib3's Retry.DEFAULT_ALLOWED_METHODS: the idempotent methods (RFC 9110 section 9.2.2).
 IDEMPOTENT_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE"})
+# Headers that carry credentials, always: never sent across origins on a redirect, never logged.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+# Upper bounds: generous for any real deployment, and far below what overflows a client (a socket timeout of
+# 10**100 seconds, 2.0 ** 1025 in a backoff, urllib3 pre-filling a queue of five million slots).
+MAX_SECONDS = 86_400.0  # one day
+MAX_RETRIES = 100
+MAX_CONNECTIONS = 10_000
+MAX_COUNT = 1_000_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,69 +48,115 @@ class Timeouts:
     """Seconds; ``None`` disables a limit (only when the settings say so)."""
 
     connect: float | None = 3.05
+    """To establish the TCP/TLS connection."""
     read: float | None = 10.0
+    """For each chunk of the response."""
     write: float | None = 10.0
+    """For each chunk of the request (httpx only; requests has no write timeout)."""
     pool: float | None = 2.0
+    """For a free pooled connection before ``PoolTimeoutError``."""
     total: float | None = 30.0
+    """For the whole call, retries, waits and every read included."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
     max_connections: int = 20
+    """Connections per host: the pool's size."""
     max_keepalive: int = 20
+    """Idle connections kept for reuse (httpx); defaults to ``max_connections``."""
     keepalive_expiry: float | None = 5.0
+    """Seconds an idle httpx connection is kept."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BudgetConfig:
     ratio: float = 0.2
+    """Retries may add at most this fraction of the requests of the last 10 s."""
     min_per_second: float = 1.0
+    """Retries per second always allowed, so a quiet service can still retry."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryConfig:
     total: int = 2
+    """Retries after the first attempt."""
     backoff_factor: float = 0.25
+    """Wait before retry *n*: ``backoff_factor * 2 ** (n - 1)``, plus jitter, capped by ``backoff_max``."""
     backoff_max: float = 5.0
+    """Cap on one backoff wait."""
     backoff_jitter: float = 0.25
+    """Up to this many random seconds added to each wait."""
     status_forcelist: frozenset[int] = frozenset({429, 502, 503, 504})
+    """Response statuses retried (for ``allowed_methods``)."""
     allowed_methods: frozenset[str] = IDEMPOTENT_METHODS
+    """Methods retried after a read error, read timeout or retryable status."""
     respect_retry_after: bool = True
+    """Wait what ``Retry-After`` asks on 413/429/503, instead of the backoff."""
     retry_after_max: float = 10.0
+    """The longest ``Retry-After`` waited for; longer asks return the response at once."""
     budget: BudgetConfig | None = field(default_factory=BudgetConfig)
+    """The retry budget shared by every thread and task of the service; ``None``: no budget."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerConfig:
     fail_max: int = 5
+    """Consecutive failed attempts that open the breaker."""
     reset_timeout: float = 30.0
+    """Seconds open before a trial call is admitted."""
     success_threshold: int = 1
+    """Successful trial calls needed to close."""
     half_open_max_calls: int = 1
+    """Trial calls admitted at once while half-open."""
     failure_statuses: frozenset[int] = frozenset({500, 502, 503, 504})
+    """Response statuses that count as failures."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceConfig:
     name: str
+    """The service's name in the settings (not a key users write)."""
     base_url: str
+    """The upstream's root URL, with a trailing ``/`` and without credentials (those are in ``auth``)."""
     client: ClientKind = "requests"
+    """Which client the service gets."""
     timeout: Timeouts = field(default_factory=Timeouts)
+    """Per-phase and total timeouts."""
     pool: PoolConfig = field(default_factory=PoolConfig)
+    """Connection pool limits."""
     retry: RetryConfig = field(default_factory=RetryConfig)
+    """Retries, backoff and the retry budget."""
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    """The circuit breaker."""
     headers: Mapping[str, str] = field(default_factory=dict)
+    """Default headers for every call."""
+    sensitive_headers: frozenset[str] = frozenset()
+    """More header names (lower case) that carry secrets, treated like ``Authorization``."""
     verify: bool | str = True
+    """TLS verification, or a CA bundle file or directory."""
     cert: str | tuple[str, str] | None = None
+    """A client certificate: one PEM file, or a (certificate, key) pair."""
     proxy: str | None = None
+    """A proxy for every call of the service."""
+    trust_env: bool = True
+    """Read proxies (and, for requests, CA bundles) from the environment, as both libraries do by default."""
     http2: bool = False
+    """HTTP/2 (httpx only)."""
     critical: bool = False
+    """Whether an open breaker takes the whole health report down."""
     probe: str | None = None
+    """A path for ``outbound probe``."""
+    auth: tuple[str, str] | None = None
+    """Basic credentials taken from ``base_url`` (``https://user:pass@host/``): not a key users write."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthConfig:
     show_details: ShowDetails = "when_authorized"
+    """Who sees the full report at ``/health/outbound``."""
     token: str | None = None
+    """A bearer token that authorizes the full report."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,113 +165,192 @@ class OutboundConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
+def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The settings keys of a config dataclass: its fields, minus those the parser derives."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)
+
+
+DERIVED_SERVICE_FIELDS = ("name", "auth")
 TOP_LEVEL_KEYS = ("defaults", "services", "health")
-SERVICE_KEYS = (
-    "base_url",
-    "client",
-    "timeout",
-    "pool",
-    "retry",
-    "breaker",
-    "headers",
-    "verify",
-    "cert",
-    "proxy",
-    "http2",
-    "critical",
-    "probe",
-)
-TIMEOUT_KEYS = ("connect", "read", "write", "pool", "total")
-POOL_KEYS = ("max_connections", "max_keepalive", "keepalive_expiry")
-RETRY_KEYS = (
-    "total",
-    "backoff_factor",
-    "backoff_max",
-    "backoff_jitter",
-    "status_forcelist",
-    "allowed_methods",
-    "respect_retry_after",
-    "retry_after_max",
-    "budget",
-)
-BUDGET_KEYS = ("ratio", "min_per_second")
-BREAKER_KEYS = ("fail_max", "reset_timeout", "success_threshold", "half_open_max_calls", "failure_statuses")
-HEALTH_KEYS = ("show_details", "token")
+SERVICE_KEYS = keys_of(ServiceConfig, exclude=DERIVED_SERVICE_FIELDS)
+
+# RFC 9110 token characters for header names; printable ASCII values (httpx encodes values as ASCII, requests
+# refuses CR/LF and leading whitespace).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?\Z")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?\Z")
+_METHOD = re.compile(r"[A-Za-z]+\Z")
+
+T = TypeVar("T")
+
+
+class _Skip(Exception):
+    """A value could not be read; its mistake is already recorded."""
 
 
 class _Reader:
-    """Reads one mapping, raising ConfigError with the service and the dotted key path on every mistake."""
+    """Reads one mapping, recording a ConfigError (service, dotted key path) for every mistake it finds.
 
-    def __init__(self, mapping: Any, service: str | None, prefix: str, allowed: tuple[str, ...]) -> None:
+    Accessors return the value read, or the default after recording the mistake, so one pass finds them all.
+    """
+
+    def __init__(
+        self, mapping: Any, service: str | None, prefix: str, allowed: tuple[str, ...], errors: list[ConfigError]
+    ) -> None:
         self.service = service
         self.prefix = prefix
+        self.errors = errors
+        self.mapping: Mapping[str, Any] = {}
         if not isinstance(mapping, Mapping):
-            raise self.error(f"must be a mapping (dict), got {type(mapping).__name__}", key=None)
+            self.fail(f"must be a mapping (dict), got {type(mapping).__name__}", key=None)
+            raise _Skip
         for key in mapping:
             if key not in allowed:
                 hint = difflib.get_close_matches(str(key), allowed, n=1)
                 suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(allowed)}"
-                raise self.error(f"unknown key{suggestion}", key=str(key), code="unknown_key")
-        self.mapping: Mapping[str, Any] = mapping
+                self.fail(f"unknown key{suggestion}", key=str(key), code="unknown_key")
+        self.mapping = mapping
 
     def path(self, key: str | None) -> str | None:
         if key is None:
             return self.prefix or None
         return f"{self.prefix}.{key}" if self.prefix else key
 
-    def error(self, message: str, *, key: str | None, code: str = "type") -> ConfigError:
-        return ConfigError(message, service=self.service, key=self.path(key), code=code)
+    def fail(self, message: str, *, key: str | None, code: ConfigErrorCode = "type") -> None:
+        self.errors.append(ConfigError(message, service=self.service, key=self.path(key), code=code))
 
-    def number(
+    def read(self, key: str, default: T, parse: Callable[[Any], T]) -> T:
+        """``parse(value)`` for a present key (it raises ``_Skip`` after recording a mistake), else ``default``."""
+        if key not in self.mapping:
+            return default
+        try:
+            return parse(self.mapping[key])
+        except _Skip:
+            return default
+
+    def seconds(
         self, key: str, default: float | None, *, allow_none: bool = False, allow_zero: bool = True
     ) -> float | None:
-        value = self.mapping.get(key, default)
-        if value is None:
-            if allow_none:
-                return None
-            raise self.error("must be a number, not null", key=key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.error(f"must be a finite number, got {value!r}", key=key)
+        def parse(value: Any) -> float | None:
+            if value is None:
+                if allow_none:
+                    return None
+                self.fail("must be a number, not null", key=key)
+                raise _Skip
+            return self._number(key, value, allow_zero=allow_zero, maximum=MAX_SECONDS)
+
+        return self.read(key, default, parse)
+
+    def required_seconds(self, key: str, default: float, *, allow_zero: bool = True) -> float:
+        value = self.seconds(key, default, allow_zero=allow_zero)
+        return default if value is None else value
+
+    def fraction(self, key: str, default: float, *, maximum: float = 1.0) -> float:
+        return self.read(key, default, lambda value: self._number(key, value, allow_zero=True, maximum=maximum))
+
+    def _number(self, key: str, value: Any, *, allow_zero: bool, maximum: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(f"must be a number, got {_shown(value)}", key=key)
+            raise _Skip
+        # Compare before converting: an int like 10**400 has no float.
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(f"must be a finite number, got {value!r}", key=key)
+            raise _Skip
         if value < 0 or (value == 0 and not allow_zero):
-            raise self.error(f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}", key=key, code="range")
+            self.fail(f"must be {'>= 0' if allow_zero else '> 0'}, got {_shown(value)}", key=key, code="range")
+            raise _Skip
+        if value > maximum:
+            self.fail(f"must be <= {maximum:g}, got {_shown(value)}", key=key, code="range")
+            raise _Skip
         return float(value)
 
-    def required_number(self, key: str, default: float, *, allow_zero: bool = True) -> float:
-        value = self.number(key, default, allow_zero=allow_zero)
-        assert value is not None  # allow_none=False
-        return value
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        def parse(value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(f"must be an integer, got {_shown(value)}", key=key)
+                raise _Skip
+            if value < minimum:
+                self.fail(f"must be >= {minimum}, got {_shown(value)}", key=key, code="range")
+                raise _Skip
+            if value > maximum:
+                self.fail(f"must be <= {maximum}, got {_shown(value)}", key=key, code="range")
+                raise _Skip
+            return value
 
-    def integer(self, key: str, default: int, *, minimum: int) -> int:
-        value = self.mapping.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"must be an integer, got {value!r}", key=key)
-        if value < minimum:
-            raise self.error(f"must be >= {minimum}, got {value!r}", key=key, code="range")
-        return value
+        return self.read(key, default, parse)
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self.mapping.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(f"must be true or false, got {value!r}", key=key)
-        return value
+        def parse(value: Any) -> bool:
+            if not isinstance(value, bool):
+                self.fail(f"must be true or false, got {_shown(value)}", key=key)
+                raise _Skip
+            return value
+
+        return self.read(key, default, parse)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...], code: ConfigErrorCode = "unsupported") -> Any:
+        """One of ``choices`` (the caller's ``Literal`` type), or ``default`` after recording the mistake."""
+
+        def parse(value: Any) -> Any:
+            if value not in choices:
+                names = " or ".join(repr(choice) for choice in choices)
+                self.fail(f"must be {names}, got {_shown(value)}", key=key, code=code)
+                raise _Skip
+            return value
+
+        return self.read(key, default, parse)
 
     def optional_string(self, key: str) -> str | None:
-        value = self.mapping.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise self.error(f"must be a non-empty string or null, got {value!r}", key=key)
-        return value
+        def parse(value: Any) -> str | None:
+            if value is not None and (not isinstance(value, str) or not value):
+                self.fail(f"must be a non-empty string or null, got {_shown(value)}", key=key)
+                raise _Skip
+            return value
+
+        return self.read(key, None, parse)
 
     def statuses(self, key: str, default: frozenset[int]) -> frozenset[int]:
-        value = self.mapping.get(key, default)
-        if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
-            raise self.error(f"must be a list of HTTP status codes, got {value!r}", key=key)
-        for status in value:
-            if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-                raise self.error(f"must contain HTTP status codes (100-599), got {status!r}", key=key, code="range")
-        return frozenset(value)
+        def parse(value: Any) -> frozenset[int]:
+            if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+                self.fail(f"must be a list of HTTP status codes, got {_shown(value)}", key=key)
+                raise _Skip
+            for status in value:
+                if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+                    self.fail(f"must contain HTTP status codes (100-599), got {_shown(status)}", key=key, code="range")
+                    raise _Skip
+            return frozenset(value)
+
+        return self.read(key, default, parse)
+
+    def methods(self, key: str, default: frozenset[str]) -> frozenset[str]:
+        def parse(value: Any) -> frozenset[str]:
+            if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+                self.fail(f"must be a list of HTTP methods, got {_shown(value)}", key=key)
+                raise _Skip
+            for method in value:
+                if not isinstance(method, str) or not _METHOD.match(method):
+                    self.fail(f"must contain HTTP method names like 'GET', got {_shown(method)}", key=key)
+                    raise _Skip
+            return frozenset(method.upper() for method in value)
+
+        return self.read(key, default, parse)
 
     def sub(self, key: str, allowed: tuple[str, ...]) -> _Reader:
-        return _Reader(self.mapping.get(key, {}), self.service, self.path(key) or key, allowed)
+        """A reader for the nested mapping at ``key`` (an empty one when absent); raises ``_Skip`` when it is not a
+        mapping."""
+        return _Reader(self.mapping.get(key, {}), self.service, self.path(key) or key, allowed, self.errors)
+
+
+def _shown(value: Any) -> str:
+    # Values are quoted in messages to help fix them, but never a long one (a token pasted in the wrong key).
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return (
+        text
+        if len(text) <= 40
+        else f"a {type(value).__name__} of length {len(value) if hasattr(value, '__len__') else '?'}"
+    )
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,22 +363,28 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return merged
 
 
+# -- sections -------------------------------------------------------------------------------------------------------
+
+
 def _parse_timeouts(reader: _Reader) -> Timeouts:
     value = reader.mapping.get("timeout", {})
     if value is None:
         return Timeouts(connect=None, read=None, write=None, pool=None, total=None)
-    defaults = Timeouts()
     if isinstance(value, int | float) and not isinstance(value, bool):
         # One number bounds each phase, as httpx.Timeout(10) does.
-        seconds = reader.required_number("timeout", 0.0, allow_zero=False)
+        seconds = reader.required_seconds("timeout", 1.0, allow_zero=False)
         return Timeouts(connect=seconds, read=seconds, write=seconds, pool=seconds, total=_default_total(seconds))
-    sub = reader.sub("timeout", TIMEOUT_KEYS)
+    try:
+        sub = reader.sub("timeout", keys_of(Timeouts))
+    except _Skip:
+        return Timeouts()
+    defaults = Timeouts()
     phases = {
-        phase: sub.number(phase, getattr(defaults, phase), allow_none=True, allow_zero=False)
+        phase: sub.seconds(phase, getattr(defaults, phase), allow_none=True, allow_zero=False)
         for phase in ("connect", "read", "write", "pool")
     }
     if "total" in sub.mapping:
-        total = sub.number("total", None, allow_none=True, allow_zero=False)
+        total = sub.seconds("total", None, allow_none=True, allow_zero=False)
     else:
         total = _default_total(*phases.values())
     return Timeouts(**phases, total=total)
@@ -248,161 +397,282 @@ def _default_total(*phases: float | None) -> float:
 
 
 def _parse_pool(reader: _Reader) -> PoolConfig:
-    sub = reader.sub("pool", POOL_KEYS)
-    max_connections = sub.integer("max_connections", PoolConfig().max_connections, minimum=1)
+    try:
+        sub = reader.sub("pool", keys_of(PoolConfig))
+    except _Skip:
+        return PoolConfig()
+    defaults = PoolConfig()
+    max_connections = sub.integer("max_connections", defaults.max_connections, minimum=1, maximum=MAX_CONNECTIONS)
     # Keep every connection alive by default: a pool sized to the worker's concurrency has no idle surplus.
-    max_keepalive = sub.integer("max_keepalive", max_connections, minimum=0)
+    max_keepalive = sub.integer("max_keepalive", max_connections, minimum=0, maximum=MAX_CONNECTIONS)
     if max_keepalive > max_connections:
-        raise sub.error(
+        sub.fail(
             f"must be <= max_connections ({max_connections}), got {max_keepalive}", key="max_keepalive", code="range"
         )
+        max_keepalive = max_connections
     return PoolConfig(
         max_connections=max_connections,
         max_keepalive=max_keepalive,
-        keepalive_expiry=sub.number("keepalive_expiry", PoolConfig().keepalive_expiry, allow_none=True),
+        keepalive_expiry=sub.seconds("keepalive_expiry", defaults.keepalive_expiry, allow_none=True),
     )
 
 
-def _parse_methods(reader: _Reader, key: str, default: frozenset[str]) -> frozenset[str]:
-    value = reader.mapping.get(key, default)
-    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
-        raise reader.error(f"must be a list of HTTP methods, got {value!r}", key=key)
-    for method in value:
-        if not isinstance(method, str) or not method.isalpha():
-            raise reader.error(f"must contain HTTP method names like 'GET', got {method!r}", key=key)
-    return frozenset(method.upper() for method in value)
+def _parse_budget(reader: _Reader) -> BudgetConfig | None:
+    if "budget" in reader.mapping and reader.mapping["budget"] is None:
+        return None
+    defaults = BudgetConfig()
+    try:
+        sub = reader.sub("budget", keys_of(BudgetConfig))
+    except _Skip:
+        return defaults
+    return BudgetConfig(
+        ratio=sub.fraction("ratio", defaults.ratio, maximum=100.0),
+        min_per_second=sub.fraction("min_per_second", defaults.min_per_second, maximum=float(MAX_COUNT)),
+    )
 
 
 def _parse_retry(reader: _Reader) -> RetryConfig:
     if "retry" in reader.mapping and reader.mapping["retry"] is None:
         return RetryConfig(total=0)
-    sub = reader.sub("retry", RETRY_KEYS)
+    try:
+        sub = reader.sub("retry", keys_of(RetryConfig))
+    except _Skip:
+        return RetryConfig()
     defaults = RetryConfig()
-    budget: BudgetConfig | None
-    if "budget" in sub.mapping and sub.mapping["budget"] is None:
-        budget = None
-    else:
-        budget_reader = sub.sub("budget", BUDGET_KEYS)
-        budget_defaults = BudgetConfig()
-        budget = BudgetConfig(
-            ratio=budget_reader.required_number("ratio", budget_defaults.ratio),
-            min_per_second=budget_reader.required_number("min_per_second", budget_defaults.min_per_second),
-        )
     return RetryConfig(
-        total=sub.integer("total", defaults.total, minimum=0),
-        backoff_factor=sub.required_number("backoff_factor", defaults.backoff_factor),
-        backoff_max=sub.required_number("backoff_max", defaults.backoff_max),
-        backoff_jitter=sub.required_number("backoff_jitter", defaults.backoff_jitter),
+        total=sub.integer("total", defaults.total, minimum=0, maximum=MAX_RETRIES),
+        backoff_factor=sub.required_seconds("backoff_factor", defaults.backoff_factor),
+        backoff_max=sub.required_seconds("backoff_max", defaults.backoff_max),
+        backoff_jitter=sub.required_seconds("backoff_jitter", defaults.backoff_jitter),
         status_forcelist=sub.statuses("status_forcelist", defaults.status_forcelist),
-        allowed_methods=_parse_methods(sub, "allowed_methods", defaults.allowed_methods),
+        allowed_methods=sub.methods("allowed_methods", defaults.allowed_methods),
         respect_retry_after=sub.boolean("respect_retry_after", defaults.respect_retry_after),
-        retry_after_max=sub.required_number("retry_after_max", defaults.retry_after_max),
-        budget=budget,
+        retry_after_max=sub.required_seconds("retry_after_max", defaults.retry_after_max),
+        budget=_parse_budget(sub),
     )
 
 
 def _parse_breaker(reader: _Reader) -> BreakerConfig:
-    sub = reader.sub("breaker", BREAKER_KEYS)
+    try:
+        sub = reader.sub("breaker", keys_of(BreakerConfig))
+    except _Skip:
+        return BreakerConfig()
     defaults = BreakerConfig()
     return BreakerConfig(
-        fail_max=sub.integer("fail_max", defaults.fail_max, minimum=1),
-        reset_timeout=sub.required_number("reset_timeout", defaults.reset_timeout, allow_zero=False),
-        success_threshold=sub.integer("success_threshold", defaults.success_threshold, minimum=1),
-        half_open_max_calls=sub.integer("half_open_max_calls", defaults.half_open_max_calls, minimum=1),
+        fail_max=sub.integer("fail_max", defaults.fail_max, minimum=1, maximum=MAX_COUNT),
+        reset_timeout=sub.required_seconds("reset_timeout", defaults.reset_timeout, allow_zero=False),
+        success_threshold=sub.integer("success_threshold", defaults.success_threshold, minimum=1, maximum=MAX_COUNT),
+        half_open_max_calls=sub.integer(
+            "half_open_max_calls", defaults.half_open_max_calls, minimum=1, maximum=MAX_COUNT
+        ),
         failure_statuses=sub.statuses("failure_statuses", defaults.failure_statuses),
     )
 
 
-def _parse_base_url(reader: _Reader) -> str:
+def url_problem(value: str, schemes: tuple[str, ...]) -> tuple[str, ConfigErrorCode] | None:
+    """Why ``value`` is not a URL both requests and httpx can call (a message and a code), or ``None``."""
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in value):
+        return "must not contain spaces or control characters", "url"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as error:
+        return f"is not a valid URL ({error})", "url"
+    if parts.scheme not in schemes:
+        allowed = " or ".join(schemes) if len(schemes) <= 2 else ", ".join(schemes)
+        return f"must use {allowed}, got scheme {parts.scheme or '(none)'!r}", "url"
+    host = parts.hostname
+    if not host:
+        return "must include a host", "url"
+    if port == 0:
+        return "must not use port 0", "url"
+    if parts.netloc.rsplit("@", 1)[-1].startswith("["):
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return f"has an invalid IPv6 address {host!r}", "url"
+    elif not all(_HOST_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return f"has an invalid host name {host!r}", "url"
+        if not all(_HOST_LABEL.match(label) for label in host.encode("idna").decode().rstrip(".").split(".")):
+            return f"has an invalid host name {host!r}", "url"
+    return None
+
+
+def _parse_base_url(reader: _Reader) -> tuple[str, tuple[str, str] | None]:
     value = reader.mapping.get("base_url")
+    fallback = "http://invalid.invalid/"
     if value is None:
-        raise reader.error(
+        reader.fail(
             "is required: the upstream's root URL, e.g. 'https://api.example.com/v1/'", key="base_url", code="missing"
         )
+        return fallback, None
     if not isinstance(value, str):
-        raise reader.error(f"must be a string, got {type(value).__name__}", key="base_url")
+        reader.fail(f"must be a string, got {type(value).__name__}", key="base_url")
+        return fallback, None
+    problem = url_problem(value, ("http", "https"))
+    if problem is not None:
+        reader.fail(problem[0], key="base_url", code=problem[1])
+        return fallback, None
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https"):
-        raise reader.error(
-            f"must use http or https, got scheme {parts.scheme or '(none)'!r}", key="base_url", code="url"
-        )
-    if not parts.hostname:
-        raise reader.error("must include a host", key="base_url", code="url")
     if parts.query or parts.fragment:
-        raise reader.error(
-            "must not contain a query string or fragment; pass params per request", key="base_url", code="url"
-        )
+        reader.fail("must not contain a query string or fragment; pass params per request", key="base_url", code="url")
+        return fallback, None
+    auth = None
+    if parts.username is not None or parts.password is not None:
+        # Credentials leave the URL here, so no URL a client logs (httpx logs every request at INFO) carries them.
+        auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        value = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     # Relative URLs are joined below the base path for both clients, as httpx does: "v1" + "x" -> "v1/x".
-    return value if value.endswith("/") else value + "/"
+    return (value if value.endswith("/") else value + "/"), auth
 
 
 def _parse_headers(reader: _Reader) -> Mapping[str, str]:
     value = reader.mapping.get("headers", {})
     if not isinstance(value, Mapping):
-        raise reader.error(f"must be a mapping of header names to values, got {type(value).__name__}", key="headers")
+        reader.fail(f"must be a mapping of header names to values, got {type(value).__name__}", key="headers")
+        return MappingProxyType({})
     for name, header_value in value.items():
         if not isinstance(name, str) or not isinstance(header_value, str):
-            raise reader.error(f"names and values must be strings, got {name!r}: {header_value!r}", key="headers")
+            # Values are not quoted: a header value is often a credential.
+            reader.fail(
+                f"names and values must be strings, got a {type(header_value).__name__} for {name!r}", key="headers"
+            )
+        elif not _HEADER_NAME.match(name):
+            reader.fail(
+                f"has an invalid header name {name!r} (letters, digits and !#$%&'*+-.^_`|~ only)", key="headers"
+            )
+        elif not _HEADER_VALUE.match(header_value):
+            reader.fail(
+                f"has an invalid value for {name!r}: printable ASCII only, without line breaks or surrounding spaces",
+                key="headers",
+            )
     return MappingProxyType(dict(value))  # read-only, like the rest of the frozen settings
+
+
+def _parse_sensitive_headers(reader: _Reader) -> frozenset[str]:
+    def parse(value: Any) -> frozenset[str]:
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+            reader.fail(f"must be a list of header names, got {_shown(value)}", key="sensitive_headers")
+            raise _Skip
+        for name in value:
+            if not isinstance(name, str) or not _HEADER_NAME.match(name):
+                reader.fail(f"must contain header names, got {_shown(name)}", key="sensitive_headers")
+                raise _Skip
+        return frozenset(name.lower() for name in value)
+
+    return reader.read("sensitive_headers", frozenset(), parse)
 
 
 def _parse_tls(reader: _Reader) -> tuple[bool | str, str | tuple[str, str] | None]:
     verify = reader.mapping.get("verify", True)
     if not isinstance(verify, bool | str) or verify == "":
-        raise reader.error(f"must be true, false or a CA bundle path, got {verify!r}", key="verify")
+        reader.fail(f"must be true, false or a CA bundle path, got {_shown(verify)}", key="verify")
+        verify = True
+    elif isinstance(verify, str):
+        problem = _tls_file_problem(
+            verify,
+            directory_ok=True,
+            load=lambda: ssl.create_default_context(
+                **({"capath": verify} if os.path.isdir(verify) else {"cafile": verify})
+            ),
+        )
+        if problem is not None:
+            reader.fail(problem, key="verify", code="file")
+            verify = True
     cert = reader.mapping.get("cert")
     if cert is None or (isinstance(cert, str) and cert):
-        return verify, cert
-    if isinstance(cert, list | tuple) and len(cert) == 2 and all(isinstance(p, str) and p for p in cert):
-        return verify, (cert[0], cert[1])
-    raise reader.error(f"must be a path or a [cert_path, key_path] pair, got {cert!r}", key="cert")
+        pair: str | tuple[str, str] | None = cert
+    elif isinstance(cert, list | tuple) and len(cert) == 2 and all(isinstance(p, str) and p for p in cert):
+        pair = (cert[0], cert[1])
+    else:
+        reader.fail(f"must be a path or a [cert_path, key_path] pair, got {_shown(cert)}", key="cert")
+        return verify, None
+    if pair is not None:
+        files = (pair,) if isinstance(pair, str) else pair
+        problem = next((p for p in (_tls_file_problem(f, directory_ok=False) for f in files) if p), None)
+        if problem is None:
+            problem = _load_problem(lambda: ssl.create_default_context().load_cert_chain(*files))
+        if problem is not None:
+            reader.fail(problem, key="cert", code="file")
+            return verify, None
+    return verify, pair
 
 
-def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any]) -> ServiceConfig:
+def _tls_file_problem(path: str, *, directory_ok: bool, load: Callable[[], object] | None = None) -> str | None:
+    # TLS files are read at startup: a missing or broken one is a settings mistake, not a call failure later.
+    if not os.path.exists(path):
+        return f"file not found: {path!r}"
+    if os.path.isdir(path) and not directory_ok:
+        return f"is a directory, not a file: {path!r}"
+    if not os.access(path, os.R_OK):
+        return f"is not readable: {path!r}"
+    return _load_problem(load) if load is not None else None
+
+
+def _load_problem(load: Callable[[], object]) -> str | None:
+    try:
+        load()
+    except (ssl.SSLError, OSError, ValueError) as error:
+        return f"could not be loaded as PEM ({type(error).__name__}: {error})"
+    return None
+
+
+def _parse_proxy(reader: _Reader) -> str | None:
+    proxy = reader.optional_string("proxy")
+    if proxy is None:
+        return None
+    problem = url_problem(proxy, ("http", "https", "socks5", "socks5h"))
+    if problem is not None:
+        reader.fail(problem[0], key="proxy", code=problem[1])
+        return None
+    return proxy
+
+
+def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: list[ConfigError]) -> ServiceConfig:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"must be a mapping (dict), got {type(raw).__name__}", service=name)
-    reader = _Reader(_deep_merge(defaults, raw), name, "", SERVICE_KEYS)
-    client = reader.mapping.get("client", "requests")
-    if client not in ("requests", "httpx"):
-        raise reader.error(f"must be 'requests' or 'httpx', got {client!r}", key="client", code="unsupported")
+        errors.append(ConfigError(f"must be a mapping (dict), got {type(raw).__name__}", service=name))
+        raise _Skip
+    reader = _Reader(_deep_merge(defaults, raw), name, "", SERVICE_KEYS, errors)
+    client = reader.choice("client", "requests", ("requests", "httpx"))
     http2 = reader.boolean("http2", False)
     if http2 and client != "httpx":
-        raise reader.error("is only supported with client 'httpx'", key="http2", code="unsupported")
-    if http2 and importlib.util.find_spec("h2") is None:
-        raise reader.error("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
-    proxy = reader.optional_string("proxy")
-    if proxy is not None and urlsplit(proxy).scheme not in ("http", "https", "socks5", "socks5h"):
-        raise reader.error(
-            f"must be an http(s):// or socks5:// URL, got scheme {urlsplit(proxy).scheme!r}", key="proxy", code="url"
-        )
+        reader.fail("is only supported with client 'httpx'", key="http2", code="unsupported")
+    elif http2 and importlib.util.find_spec("h2") is None:
+        reader.fail("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
     verify, cert = _parse_tls(reader)
+    base_url, auth = _parse_base_url(reader)
+    probe = reader.optional_string("probe")
+    if probe is not None and any(ord(char) < 0x21 for char in probe):
+        reader.fail("must not contain spaces or control characters", key="probe", code="url")
+        probe = None
     return ServiceConfig(
         name=name,
-        base_url=_parse_base_url(reader),
+        base_url=base_url,
         client=client,
         timeout=_parse_timeouts(reader),
         pool=_parse_pool(reader),
         retry=_parse_retry(reader),
         breaker=_parse_breaker(reader),
         headers=_parse_headers(reader),
+        sensitive_headers=_parse_sensitive_headers(reader),
         verify=verify,
         cert=cert,
-        proxy=proxy,
+        proxy=_parse_proxy(reader),
+        trust_env=reader.boolean("trust_env", True),
         http2=http2,
         critical=reader.boolean("critical", False),
-        probe=reader.optional_string("probe"),
+        probe=probe,
+        auth=auth,
     )
 
 
-def _parse_health(raw: Any) -> HealthConfig:
-    reader = _Reader(raw, None, "health", HEALTH_KEYS)
-    show_details = reader.mapping.get("show_details", "when_authorized")
-    if show_details not in ("never", "when_authorized", "always"):
-        raise reader.error(
-            f"must be 'never', 'when_authorized' or 'always', got {show_details!r}",
-            key="show_details",
-            code="unsupported",
-        )
+def _parse_health(raw: Any, errors: list[ConfigError]) -> HealthConfig:
+    reader = _Reader(raw, None, "health", keys_of(HealthConfig), errors)
+    show_details = reader.choice("show_details", "when_authorized", ("never", "when_authorized", "always"))
     return HealthConfig(show_details=show_details, token=reader.optional_string("token"))
 
 
@@ -410,53 +680,52 @@ def parse_config(mapping: Any) -> OutboundConfig:
     """Validate the whole ``OUTBOUND`` mapping and return it as frozen dataclasses.
 
     Raises:
-        ConfigError: the first mistake, naming the service and the key (``config_errors`` lists them all).
+        ConfigError: naming the service and key of the first mistake, and listing every mistake found (also in
+            its ``errors`` attribute).
     """
     errors: list[ConfigError] = []
-    config = _parse(mapping, errors, stop_at_first=True)
-    if config is None:
-        raise errors[0]
+    config = _parse(mapping, errors)
+    if errors:
+        raise ConfigError.combine(errors)
+    assert config is not None
     return config
 
 
 def config_errors(mapping: Any) -> list[ConfigError]:
-    """Every mistake in the mapping: the first of each service, of ``health`` and of the top level."""
+    """Every mistake in the mapping (an empty list when it is valid)."""
     errors: list[ConfigError] = []
-    _parse(mapping, errors, stop_at_first=False)
+    _parse(mapping, errors)
     return errors
 
 
-def _parse(mapping: Any, errors: list[ConfigError], *, stop_at_first: bool) -> OutboundConfig | None:
-    def attempt(parse: Any, *args: Any) -> Any:
-        if errors and stop_at_first:
-            return None
-        try:
-            return parse(*args)
-        except ConfigError as error:
-            errors.append(error)
-            return None
-
-    top = attempt(_Reader, mapping, None, "", TOP_LEVEL_KEYS)
-    if top is None:
+def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
+    try:
+        top = _Reader(mapping, None, "", TOP_LEVEL_KEYS, errors)
+    except _Skip:
         return None
     defaults = top.mapping.get("defaults", {})
-    if attempt(_Reader, defaults, None, "defaults", SERVICE_KEYS) is None:
-        return None
+    try:
+        _Reader(defaults, None, "defaults", SERVICE_KEYS, errors)
+        # An unknown key in defaults is reported once, above, not again for every service it is merged into.
+        defaults = {key: value for key, value in defaults.items() if key in SERVICE_KEYS}
+    except _Skip:
+        defaults = {}
     services = top.mapping.get("services", {})
-    if not isinstance(services, Mapping):
-        message = f"must be a mapping of service names to settings, got {type(services).__name__}"
-        errors.append(top.error(message, key="services"))
-        return None
     parsed: dict[str, ServiceConfig] = {}
+    if not isinstance(services, Mapping):
+        top.fail(f"must be a mapping of service names to settings, got {type(services).__name__}", key="services")
+        services = {}
     for name, raw in services.items():
         if not isinstance(name, str) or not name or name != name.strip():
-            message = f"service names must be non-empty strings without surrounding spaces, got {name!r}"
-            errors.append(top.error(message, key="services"))
+            message = f"service names must be non-empty strings without surrounding spaces, got {_shown(name)}"
+            top.fail(message, key="services")
             continue
-        service = attempt(_parse_service, name, raw, defaults)
-        if service is not None:
-            parsed[name] = service
-    health = attempt(_parse_health, top.mapping.get("health", {}))
-    if errors:
-        return None
-    return OutboundConfig(services=parsed, health=health)
+        try:
+            parsed[name] = _parse_service(name, raw, defaults, errors)
+        except _Skip:
+            continue
+    try:
+        health = _parse_health(top.mapping.get("health", {}), errors)
+    except _Skip:
+        health = HealthConfig()
+    return None if errors else OutboundConfig(services=parsed, health=health)

@@ -28,7 +28,11 @@ Messages never contain credentials or query strings: URLs in them go through ``r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
+
+ConfigErrorCode = Literal["unknown_key", "missing", "type", "range", "url", "unsupported", "file"]
 
 
 class OutboundError(Exception):
@@ -42,19 +46,37 @@ class ConfigError(OutboundError, ValueError):
         service: the service the mistake is in, or ``None`` for top-level keys.
         key: the dotted key path inside the service (``"retry.total"``), or the top-level key.
         code: the kind of mistake, stable for tools (Django's system check ids are derived from it):
-            ``unknown_key``, ``missing``, ``type``, ``range``, ``url`` or ``unsupported``.
+            ``unknown_key``, ``missing``, ``type``, ``range``, ``url``, ``unsupported`` or ``file``.
         detail: the message without the location prefix.
+        errors: every mistake found in the settings (this one first); ``[self]`` for a single mistake.
     """
 
-    CODES = ("unknown_key", "missing", "type", "range", "url", "unsupported")
+    CODES: tuple[ConfigErrorCode, ...] = ("unknown_key", "missing", "type", "range", "url", "unsupported", "file")
 
-    def __init__(self, message: str, *, service: str | None = None, key: str | None = None, code: str = "type") -> None:
+    def __init__(
+        self, message: str, *, service: str | None = None, key: str | None = None, code: ConfigErrorCode = "type"
+    ) -> None:
         where = ".".join(part for part in (f"services.{service}" if service else None, key) if part)
         super().__init__(f"OUTBOUND[{where}]: {message}" if where else f"OUTBOUND: {message}")
         self.service = service
         self.key = key
-        self.code = code
+        self.code: ConfigErrorCode = code
         self.detail = message
+        self.errors: list[ConfigError] = [self]
+
+    @classmethod
+    def combine(cls, errors: Sequence[ConfigError]) -> ConfigError:
+        """One error for all ``errors``: the first one's location and code, a message listing every mistake."""
+        first = errors[0]
+        if len(errors) == 1:
+            return first
+        combined = cls(first.detail, service=first.service, key=first.key, code=first.code)
+        more = len(errors) - 1
+        listing = "\n".join(f"  - {error}" for error in errors[1:])
+        noun = "mistake" if more == 1 else "mistakes"
+        combined.args = (f"{first} (and {more} more {noun} in the OUTBOUND settings:)\n{listing}",)
+        combined.errors = list(errors)
+        return combined
 
 
 class ServiceLookupError(OutboundError, LookupError):

@@ -1,8 +1,9 @@
 """System checks (``manage.py check``) for ``settings.OUTBOUND``, registered under the tag ``outbound``.
 
 Errors report the core's ``ConfigError``s (this module validates nothing itself); warnings flag valid settings an
-expert would question. Ids are stable: the README lists them, and silencing one with ``SILENCED_SYSTEM_CHECKS``
-must keep working across releases.
+expert would question. Ids are stable: the Django docs page lists them, and silencing one with
+``SILENCED_SYSTEM_CHECKS`` must keep working across releases. Every mistake in the settings is reported, each as
+its own error.
 
     outbound.E001  unknown key                    outbound.W001  OUTBOUND is not set
     outbound.E002  required key missing           outbound.W002  a per-phase timeout is null
@@ -10,7 +11,7 @@ must keep working across releases.
     outbound.E004  value out of range             outbound.W004  retries of non-idempotent methods
     outbound.E005  invalid URL                    outbound.W005  retries without a retry budget
     outbound.E006  unsupported value              outbound.W006  TLS verification disabled
-                                                  outbound.W007  health details shown to everyone
+    outbound.E007  TLS file missing or unusable   outbound.W007  health details shown to everyone
                                                   outbound.W008  short health token
                                                   outbound.W009  credentials sent over plain http
 """
@@ -27,27 +28,29 @@ from django.conf import settings
 from django.core import checks
 
 import outbound
+from outbound import ConfigErrorCode
 
 from .conf import SETTING
 
-CONFIG_ERROR_IDS = {
+CONFIG_ERROR_IDS: dict[ConfigErrorCode, str] = {
     "unknown_key": "outbound.E001",
     "missing": "outbound.E002",
     "type": "outbound.E003",
     "range": "outbound.E004",
     "url": "outbound.E005",
     "unsupported": "outbound.E006",
+    "file": "outbound.E007",
 }
-CONFIG_ERROR_HINTS = {
-    "unknown_key": "Fix the spelling or remove the key; the README's configuration reference lists every key.",
+CONFIG_ERROR_HINTS: dict[ConfigErrorCode, str] = {
+    "unknown_key": "Fix the spelling or remove the key; the configuration reference (docs/configuration.md) lists "
+    "every key.",
     "missing": "Add the key; the message says what it should hold.",
     "type": "Give the value the type the message asks for.",
     "range": "Use a value inside the range the message gives.",
     "url": "Use an http:// or https:// URL with a host and no query string or fragment (proxies: socks5:// too).",
     "unsupported": "Choose one of the supported values, or install the optional dependency the message names.",
+    "file": "Give the path of a readable PEM file (a CA bundle may also be a directory of certificates).",
 }
-# A code the core adds later still reports as an error rather than disappearing; tests pin every known code.
-FALLBACK_CODE = "type"
 
 # RFC 9110 section 9.2.2: a retried request with any other method may act twice on the upstream.
 IDEMPOTENT_METHODS = outbound.RetryConfig().allowed_methods  # the core's default: the idempotent methods
@@ -79,8 +82,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 
 
 def _error(error: outbound.ConfigError) -> checks.Error:
-    code = error.code if error.code in CONFIG_ERROR_IDS else FALLBACK_CODE
-    return checks.Error(str(error), hint=CONFIG_ERROR_HINTS[code], id=CONFIG_ERROR_IDS[code])
+    return checks.Error(str(error), hint=CONFIG_ERROR_HINTS[error.code], id=CONFIG_ERROR_IDS[error.code])
 
 
 def _where(service: outbound.ServiceConfig, key: str) -> str:

@@ -103,7 +103,9 @@ def transport_options(config: ServiceConfig) -> dict[str, Any]:
 
 def client_options(config: ServiceConfig) -> dict[str, Any]:
     """Keyword arguments shared by the sync and async clients."""
+    auth = httpx.BasicAuth(*config.auth) if config.auth is not None else None
     return {
+        "auth": auth,  # from base_url's userinfo, which the settings parser took out of the URL
         "base_url": config.base_url,
         "headers": dict(config.headers),
         "timeout": configured_timeout(config),

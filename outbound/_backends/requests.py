@@ -314,6 +314,9 @@ class ServiceSession(requests.Session):
         self.cookies.set_policy(NO_STORED_COOKIES)
         self.verify = config.verify
         self.cert = config.cert
+        self.trust_env = config.trust_env
+        if config.auth is not None:
+            self.auth = config.auth  # from base_url's userinfo, which the settings parser took out of the URL
         if config.proxy is not None:
             self.proxies = {"http": config.proxy, "https": config.proxy}
         self.adapter = OutboundAdapter(policy)

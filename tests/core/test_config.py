@@ -152,3 +152,74 @@ def test_config_errors_lists_one_mistake_per_section() -> None:
         (None, "health.show_details"),
     ]
     assert config_errors(service()) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "code"),
+    [
+        pytest.param({"timeout": {"read": 10**400}}, "timeout.read", "range", id="int-too-large-for-a-float"),
+        pytest.param({"timeout": 10**100}, "timeout", "range", id="timeout-of-1e100"),
+        pytest.param({"timeout": {"connect": float("inf")}}, "timeout.connect", "type", id="infinite"),
+        pytest.param({"retry": {"total": 1025}}, "retry.total", "range", id="retries-past-2**1024"),
+        pytest.param({"retry": {"backoff_max": 10**400}}, "retry.backoff_max", "range", id="backoff-overflow"),
+        pytest.param({"pool": {"max_connections": 5_000_000}}, "pool.max_connections", "range", id="huge-pool"),
+        pytest.param({"base_url": "http://[::1/"}, "base_url", "url", id="broken-ipv6"),
+        pytest.param({"base_url": "http://billing:99999/"}, "base_url", "url", id="port-out-of-range"),
+        pytest.param({"base_url": "http://bil ling/"}, "base_url", "url", id="space-in-host"),
+        pytest.param({"base_url": "http://billing:0/"}, "base_url", "url", id="port-zero"),
+        pytest.param({"proxy": "http://[::1/"}, "proxy", "url", id="broken-proxy"),
+        pytest.param({"headers": {"X-Id": "a\r\nInjected: yes"}}, "headers", "type", id="crlf-in-value"),
+        pytest.param({"headers": {"X-Id:": "a"}}, "headers", "type", id="colon-in-name"),
+        pytest.param({"headers": {"X-Id": "café"}}, "headers", "type", id="non-ascii-value"),
+        pytest.param({"headers": {"X-Id": " padded"}}, "headers", "type", id="leading-space"),
+        pytest.param({"verify": "/no/such/bundle.pem"}, "verify", "file", id="missing-ca-bundle"),
+        pytest.param({"cert": "/no/such/client.pem"}, "cert", "file", id="missing-cert"),
+        pytest.param({"cert": ["/no/such/c.pem", "/no/such/k.pem"]}, "cert", "file", id="missing-cert-pair"),
+        pytest.param({"probe": "/health check"}, "probe", "url", id="space-in-probe"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_startup(settings: dict[str, Any], key: str, code: str) -> None:
+    error = error_for(service(**settings))
+    assert (error.service, error.key, error.code) == ("billing", key, code)
+    assert "OverflowError" not in str(error)
+
+
+def test_a_tls_file_that_is_not_pem_is_refused(tmp_path: Any) -> None:
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate")
+    error = error_for(service(verify=str(bogus)))
+    assert (error.key, error.code) == ("verify", "file")
+    assert "PEM" in str(error)
+
+
+def test_every_mistake_is_reported_at_once() -> None:
+    mapping = {
+        "defaults": {"timout": 1},
+        "services": {
+            "a": {"base_url": "ftp://a/", "retry": {"total": -1, "backoff_max": "x"}, "pool": {"max_connections": 0}},
+            "b": {"base_url": "http://b/", "headers": {"X-Id": "a\nb"}, "critical": "yes"},
+        },
+        "health": {"show_details": "x"},
+    }
+    expected = [
+        (None, "defaults.timout"),
+        ("a", "base_url"),
+        ("a", "pool.max_connections"),
+        ("a", "retry.total"),
+        ("a", "retry.backoff_max"),
+        ("b", "headers"),
+        ("b", "critical"),
+        (None, "health.show_details"),
+    ]
+    assert sorted((e.service or "", e.key) for e in config_errors(mapping)) == sorted((s or "", k) for s, k in expected)
+    error = error_for(mapping)
+    assert len(error.errors) == len(expected)
+    assert "and 7 more mistakes" in str(error)
+    for _, key in expected:
+        assert str(key) in str(error)
+
+
+def test_credentials_in_base_url_move_to_the_client_auth() -> None:
+    config = parse_config(service(base_url="https://svc%40corp:p%3Ass@billing.internal/api")).services["billing"]
+    assert config.base_url == "https://billing.internal/api/"
+    assert config.auth == ("svc@corp", "p:ss")

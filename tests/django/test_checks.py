@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import typing
 from io import StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ def test_default_test_settings_are_clean() -> None:
         pytest.param(one_service(retry={"total": -1}), "outbound.E004", "retry.total", id="range"),
         pytest.param({"services": {"billing": {"base_url": "ftp://billing/"}}}, "outbound.E005", "base_url", id="url"),
         pytest.param(one_service(client="aiohttp"), "outbound.E006", "client", id="unsupported"),
+        pytest.param(one_service(verify="/no/such/ca.pem"), "outbound.E007", "verify", id="file"),
     ],
 )
 def test_each_config_error_code_has_its_id(settings: Settings, mapping: Any, check_id: str, key: str) -> None:
@@ -63,7 +65,11 @@ def test_each_config_error_code_has_its_id(settings: Settings, mapping: Any, che
 
 def test_every_core_error_code_is_mapped() -> None:
     # A new code in the core must get its own documented id, not fall back silently.
-    assert set(checks.CONFIG_ERROR_IDS) == set(outbound.ConfigError.CODES)
+    assert (
+        set(checks.CONFIG_ERROR_IDS)
+        == set(outbound.ConfigError.CODES)
+        == set(typing.get_args(outbound.ConfigErrorCode))
+    )
     assert set(checks.CONFIG_ERROR_HINTS) == set(outbound.ConfigError.CODES)
 
 
@@ -159,7 +165,7 @@ def test_ids_are_unique_and_documented() -> None:
     source = Path(checks.__file__).read_text()
     found = re.findall(r'id="(outbound\.[EW]\d{3})"', source) + list(checks.CONFIG_ERROR_IDS.values())
     assert len(found) == len(set(found)), "each id is used in exactly one place"
-    assert sorted(found) == [f"outbound.E00{n}" for n in range(1, 7)] + [f"outbound.W00{n}" for n in range(1, 10)]
+    assert sorted(found) == [f"outbound.E00{n}" for n in range(1, 8)] + [f"outbound.W00{n}" for n in range(1, 10)]
     for check_id in found:
         assert check_id in (checks.__doc__ or ""), f"{check_id} missing from the checks module docstring"
 
