@@ -137,6 +137,8 @@ class ServiceConfig:
     """TLS verification, or a CA bundle file or directory."""
     cert: str | tuple[str, str] | None = None
     """A client certificate: one PEM file, or a (certificate, key) pair."""
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None
+    """An ``ssl.SSLContext``, or a callable returning one per client, in place of ``verify`` and ``cert``."""
     proxy: str | None = None
     """A proxy for every call of the service."""
     trust_env: bool = True
@@ -621,6 +623,22 @@ def _load_problem(load: Callable[[], object]) -> str | None:
     return None
 
 
+def _parse_ssl_context(reader: _Reader) -> ssl.SSLContext | Callable[[], ssl.SSLContext] | None:
+    value = reader.mapping.get("ssl_context")
+    if value is None:
+        return None
+    if not isinstance(value, ssl.SSLContext) and not callable(value):
+        reader.fail(f"must be an ssl.SSLContext or a callable returning one, got {_shown(value)}", key="ssl_context")
+        return None
+    if "verify" in reader.mapping or "cert" in reader.mapping:
+        reader.fail(
+            "replaces verify and cert: configure the certificates on the context and remove those keys",
+            key="ssl_context",
+            code="unsupported",
+        )
+    return value  # type: ignore[no-any-return]
+
+
 def _parse_proxy(reader: _Reader) -> str | None:
     proxy = reader.optional_string("proxy")
     if proxy is None:
@@ -661,6 +679,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         sensitive_headers=_parse_sensitive_headers(reader),
         verify=verify,
         cert=cert,
+        ssl_context=_parse_ssl_context(reader),
         proxy=_parse_proxy(reader),
         trust_env=reader.boolean("trust_env", True),
         http2=http2,

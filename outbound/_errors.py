@@ -9,6 +9,7 @@ the identity of the client library the caller chose, so existing ``except`` clau
     ├── ConfigError                 (also ValueError)   a mistake in the settings; .service, .key
     ├── ServiceLookupError          (also LookupError)  unknown service name, or the wrong client kind for it
     ├── RegistryClosedError         (also RuntimeError) the registry was closed
+    ├── EventLoopMismatchError      (also RuntimeError) an AsyncClient used from another event loop
     └── CallError                                       a call through a managed client failed; .service
         ├── RejectedError                               refused before anything was sent; .retry_in
         │   ├── CircuitOpenError                        the breaker is open (or isolated, or its trial is taken)
@@ -89,6 +90,10 @@ class ServiceLookupError(OutboundError, LookupError):
 
 class RegistryClosedError(OutboundError, RuntimeError):
     """The registry was closed; its clients can no longer be used."""
+
+
+class EventLoopMismatchError(OutboundError, RuntimeError):
+    """An ``AsyncClient`` was used from an event loop other than the one it was made for."""
 
 
 class CallError(OutboundError):

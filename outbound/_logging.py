@@ -12,11 +12,19 @@ Loggers (public names, so users can configure them; the docs' Logging page lists
 Failures are INFO, not WARNING: during an outage every call fails, and the breaker's one WARNING is the signal
 worth paging on; a production config at INFO still records each failed call. No message holds credentials or a
 query string (URLs are redacted).
+
+The client libraries log too, with secrets in plain sight: httpx logs every request's full URL at INFO, httpcore
+the response headers (``Set-Cookie`` values) at DEBUG, urllib3 paths with their query strings. ``SecretsFilter`` is
+attached to those libraries' loggers when a registry is built, and rewrites each of their records with the
+password of any URL, the value of any query parameter whose name looks secret, and the value of any credential
+header masked.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 
 from ._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryScheduled
 from ._outcome import Kind
@@ -126,3 +134,84 @@ class LogObserver(Observer):
 
 
 LOG_OBSERVER = LogObserver()
+
+
+# Query parameter names that carry secrets: api_key, access_token, client_secret, password, signature, X-Amz-...
+_SECRET_NAME = r"[\w.\-\[\]]*?(?:token|key|secret|passw|pwd|auth|sig|session|credential|cookie|code)[\w.\-\[\]]*"
+# Separators plain or percent-encoded: a URL nested in a parameter (an OAuth redirect_uri) hides its own query.
+_SECRET_QUERY = re.compile(
+    r"([?&;]|%3F|%26|%3B)(" + _SECRET_NAME + r")(=|%3D)((?:(?!%26|%3B|%23)[^&;#\s'\"<>])*)", re.IGNORECASE
+)
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://)([^/@\s'\"<>]+)@")
+# httpcore's traces print header lists as (b'Name', b'value') tuples.
+_HEADER_TUPLE = re.compile(r"\(b(['\"])([^'\"]+)\1, b(['\"])((?:[^'\"\\]|\\.)*)\3\)")
+_CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
+# The libraries whose records the filter rewrites: every logger under these names, now and as they are created.
+LIBRARY_LOGGERS = ("httpx", "httpcore", "urllib3", "requests")
+
+
+def redact_text(text: str, sensitive_headers: frozenset[str] | set[str] = frozenset()) -> str:
+    """``text`` with URL passwords, secret-looking query values and credential header values masked."""
+    text = _USERINFO.sub(lambda match: f"{match.group(1)}***@", text)
+    text = _SECRET_QUERY.sub(lambda match: f"{match.group(1)}{match.group(2)}{match.group(3)}***", text)
+    names = _CREDENTIAL_HEADERS | set(sensitive_headers)
+
+    def header(match: re.Match[str]) -> str:
+        if match.group(2).lower() not in names:
+            return match.group(0)
+        quote_name, quote_value = match.group(1), match.group(3)
+        return f"(b{quote_name}{match.group(2)}{quote_name}, b{quote_value}***{quote_value})"
+
+    return _HEADER_TUPLE.sub(header, text)
+
+
+class SecretsFilter(logging.Filter):
+    """Rewrites a client library's log record with its secrets masked (see ``redact_text``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sensitive_headers: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a broken record is the logging module's to report, unchanged)
+            return True
+        redacted = redact_text(message, self.sensitive_headers)
+        if redacted != message or record.args:
+            record.msg, record.args = redacted, None
+        return True
+
+
+SECRETS_FILTER = SecretsFilter()
+_install_lock = threading.Lock()
+
+
+def install_secrets_filter(sensitive_headers: frozenset[str] = frozenset()) -> None:
+    """Attach ``SECRETS_FILTER`` to every logger of the client libraries (idempotent; called per registry).
+
+    A logger's filters see only the records logged to that logger itself, so the filter goes on each one: those
+    that exist now, and the names the libraries are known to use (created here if they are not yet).
+    """
+    with _install_lock:
+        SECRETS_FILTER.sensitive_headers.update(name.lower() for name in sensitive_headers)
+        names = {name for name in list(logging.root.manager.loggerDict) if name.split(".", 1)[0] in LIBRARY_LOGGERS}
+        names.update(
+            (
+                "httpx",
+                "httpcore.connection",
+                "httpcore.http11",
+                "httpcore.http2",
+                "httpcore.proxy",
+                "httpcore.socks",
+                "urllib3.connectionpool",
+                "urllib3.connection",
+                "urllib3.poolmanager",
+                "urllib3.response",
+                "urllib3.util.retry",
+            )
+        )
+        for name in names:
+            logger = logging.getLogger(name)
+            if SECRETS_FILTER not in logger.filters:
+                logger.addFilter(SECRETS_FILTER)

@@ -263,6 +263,16 @@ class Call:
         self._attempt_started = policy.clock()
         return None
 
+    def time_left(self) -> float | None:
+        """Seconds until the call's deadline (0.0 once past it), or ``None`` without a deadline."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - self._policy.clock())
+
+    def deadline_passed(self) -> bool:
+        """Whether the deadline has struck (a millisecond early counts: the read cut to it ends right at it)."""
+        return self.deadline is not None and self._policy.clock() >= self.deadline - 0.001
+
     def attempt_timeouts(
         self,
         connect: float | None,

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import requests
 
-from ._backends.httpx import ServiceAsyncClient, ServiceClient
+from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient
 from ._backends.requests import ServiceSession
 from ._config import HealthConfig, OutboundConfig, parse_config
 from ._errors import OutboundError, RegistryClosedError, ServiceLookupError, redact_url
+from ._events import Observer
+from ._logging import install_secrets_filter
 from ._service import Service
 from .health import HealthReport, ProbeResult, build_report
 
@@ -28,20 +30,50 @@ class Registry:
     context manager). After ``os.fork()`` the child drops inherited connections and locks by itself.
     """
 
-    def __init__(self, config: OutboundConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: OutboundConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        transports: Mapping[str, InnerTransport] | None = None,
+    ) -> None:
+        transports = dict(transports or {})
+        for name in transports:
+            if name not in config.services or config.services[name].client != "httpx":
+                raise ServiceLookupError(
+                    f"transports[{name!r}]: an inner transport can only be given to a configured 'httpx' service"
+                )
         self.config = config
-        self._services = {name: Service(service, clock=clock) for name, service in config.services.items()}
+        self._services = {
+            name: Service(service, clock=clock, transport=transports.get(name))
+            for name, service in config.services.items()
+        }
         self._closed = False
+        install_secrets_filter(frozenset().union(*(s.sensitive_headers for s in config.services.values())))
         _reset_in_forked_children(self)
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any], *, clock: Callable[[], float] = time.monotonic) -> Registry:
+    def from_mapping(
+        cls,
+        mapping: Mapping[str, Any],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        transports: Mapping[str, InnerTransport] | None = None,
+    ) -> Registry:
         """Validate the ``OUTBOUND`` mapping and build the registry (no network I/O).
 
+        Args:
+            mapping: the settings (Django's ``settings.OUTBOUND``, Flask's ``app.config["OUTBOUND"]``).
+            clock: the monotonic clock the policies read (a test's fake clock moves breakers without sleeping).
+            transports: for httpx services, the transport the managed client sends through instead of httpx's own
+                (``httpx.MockTransport``, ``WSGITransport``, ``ASGITransport``...), or a callable making one per
+                client; the service's policy still runs around it.
+
         Raises:
-            ConfigError: naming the service and key of the first mistake.
+            ConfigError: naming the service and key of every mistake.
+            ServiceLookupError: ``transports`` names a service that is not a configured httpx service.
         """
-        return cls(parse_config(mapping), clock=clock)
+        return cls(parse_config(mapping), clock=clock, transports=transports)
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -103,6 +135,11 @@ class Registry:
             ServiceLookupError: ``service`` is not configured.
         """
         return self.report(service=service).as_dict(details=details)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Deliver every service's events (``outbound.Observer``) to ``observer`` from now on."""
+        for service in self._services.values():
+            service.policy.add_observer(observer)
 
     def reset(self, name: str | None = None) -> None:
         """Close the breaker and clear the failure counts, the retry budget and the stats of service ``name``, or

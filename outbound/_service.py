@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Protocol
 
-from ._backends.httpx import ServiceAsyncClient, ServiceClient
+from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient, current_loop
 from ._backends.requests import ServiceSession
 from ._config import ServiceConfig
 from ._errors import RegistryClosedError, ServiceLookupError, redact_url
@@ -55,18 +55,25 @@ class Service:
     """
 
     def __init__(
-        self, config: ServiceConfig, *, clock: Callable[[], float] = time.monotonic, observers: Iterable[Observer] = ()
+        self,
+        config: ServiceConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        observers: Iterable[Observer] = (),
+        transport: InnerTransport | None = None,
     ) -> None:
         self.name = config.name
+        self._transport = transport
         self.config = config
         self.policy = Policy(config, clock=clock, observers=observers)
         self._lock = threading.Lock()
         self._session: ServiceSession | None = None
         self._client: ServiceClient | None = None
         self._clients: list[ManagedClient] = []  # the sync clients made so far
-        self._async_clients: dict[asyncio.AbstractEventLoop, ServiceAsyncClient] = {}
+        # Keyed by the asyncio loop, or by the trio run's token.
+        self._async_clients: dict[object, ServiceAsyncClient] = {}
         # Keeps each loop's closer generator alive: the loop itself only holds a weak reference.
-        self._closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}
+        self._closers: dict[object, AsyncGenerator[None, None]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -97,20 +104,20 @@ class Service:
             with self._lock:
                 self._check_open()
                 if self._client is None:
-                    self._client = ServiceClient(self.policy)
+                    self._client = ServiceClient(self.policy, transport=self._transport)
                     self._clients.append(self._client)
                 client = self._client
         return client
 
     def async_client(self) -> ServiceAsyncClient:
-        """The service's ``httpx.AsyncClient`` for the running event loop. Call it from a coroutine."""
+        """The service's ``httpx.AsyncClient`` for the running event loop (asyncio, or a trio run). Call it from a
+        coroutine."""
         self._require_httpx("async_client")
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = current_loop()
+        if loop is None:
             raise RuntimeError(
-                f"async_client({self.name!r}) needs a running event loop: call it inside a coroutine "
-                f"(use client({self.name!r}) in synchronous code)"
+                f"async_client({self.name!r}) needs a running event loop (asyncio or trio): call it inside a "
+                f"coroutine (use client({self.name!r}) in synchronous code)"
             ) from None
         client = self._async_clients.get(loop)
         if client is None:
@@ -119,7 +126,7 @@ class Service:
                 client = self._async_clients.get(loop)
                 if client is None:
                     self._forget_closed_loops()
-                    client = ServiceAsyncClient(self.policy)
+                    client = ServiceAsyncClient(self.policy, loop=loop, transport=self._transport)
                     self._async_clients[loop] = client
                     self._close_with_loop(loop, client)
         return client
@@ -206,14 +213,18 @@ class Service:
 
     def _forget_closed_loops(self) -> None:
         # A loop closed without shutting down its async generators (a bare loop.close()) left its client behind.
-        for loop in [loop for loop in self._async_clients if loop.is_closed()]:
+        closed = [
+            loop for loop in self._async_clients if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_closed()
+        ]
+        for loop in closed:
             del self._async_clients[loop]
             self._closers.pop(loop, None)
 
-    def _close_with_loop(self, loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) -> None:
-        # asyncio.run() and asgiref's async_to_sync call loop.shutdown_asyncgens() before closing the loop. An
-        # async generator first iterated on this loop is registered with it, and its `finally` then runs on the
-        # loop while it still works: the one reliable moment to close a per-loop client.
+    def _close_with_loop(self, loop: object, client: ServiceAsyncClient) -> None:
+        # asyncio.run() and asgiref's async_to_sync call loop.shutdown_asyncgens() before closing the loop, and
+        # trio.run() finalizes the async generators still alive when its run ends. An async generator first iterated
+        # in this loop is registered with it, and its `finally` then runs while the loop still works: the one
+        # reliable moment to close a per-loop client.
         async def closer() -> AsyncGenerator[None, None]:
             try:
                 yield
@@ -231,7 +242,10 @@ class Service:
         self._closers[loop] = generator
 
 
-def _close_on_loop(loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) -> None:
+def _close_on_loop(loop: object, client: ServiceAsyncClient) -> None:
+    if not isinstance(loop, asyncio.AbstractEventLoop):
+        _close_in_trio(loop, client)
+        return
     if loop.is_closed():
         return
     try:
@@ -255,3 +269,14 @@ def _close_on_loop(loop: asyncio.AbstractEventLoop, client: ServiceAsyncClient) 
         future.result(timeout=CLOSE_WAIT_SECONDS)
     except Exception:  # noqa: BLE001 (best effort at shutdown; the loop's thread may be stuck)
         future.cancel()
+
+
+def _close_in_trio(token: object, client: ServiceAsyncClient) -> None:
+    # A trio run may be going on in another thread (or this one): schedule the close as a system task of that run,
+    # without waiting. A finished run has closed its client already (its async generators were finalized).
+    try:
+        import trio
+
+        token.run_sync_soon(trio.lowlevel.spawn_system_task, client.shutdown)  # type: ignore[attr-defined]
+    except (ImportError, RuntimeError):  # trio.RunFinishedError is a RuntimeError
+        pass

@@ -11,6 +11,8 @@ from ._events import CallFinished, CallRejected, CallStarted, Observer, RetrySch
 from ._outcome import Kind
 from .health import LastError, LatencySnapshot, StatsSnapshot
 
+# An interrupted call and one cut short by our own shutdown say nothing about the upstream.
+_NOT_ERRORS = frozenset({Kind.CANCELLED, Kind.CLOSED})
 LATENCY_WINDOW = 1024  # recent calls kept for percentiles: bounded memory, recent enough to mean "now"
 
 
@@ -52,7 +54,7 @@ class Stats(Observer):
             self._latencies_ms.append(event.seconds * 1000.0)
             if event.kind is Kind.POOL_TIMEOUT:
                 self.pool_timeouts += 1
-            if event.error_type is not None and event.kind is not Kind.CANCELLED:
+            if event.error_type is not None and event.kind not in _NOT_ERRORS:
                 self.errors += 1
                 self.last_error = LastError(
                     type=event.error_type, message=event.error_message or "", at=datetime.now(timezone.utc)

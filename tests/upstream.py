@@ -46,6 +46,7 @@ import contextlib
 import json
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -63,8 +64,10 @@ REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 class Upstream:
     """A threaded HTTP/1.1 server with keep-alive. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: a server context (``trustme``'s, in tests) to serve HTTPS instead of HTTP."""
         self.host = host
+        self._tls = tls
         self._requested_port = port
         self.port = 0
         self._lock = threading.Lock()
@@ -104,7 +107,7 @@ class Upstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}/"
 
     # -- control ---------------------------------------------------------------------------------------------------
 
@@ -207,6 +210,16 @@ class Upstream:
             threading.Thread(target=self._serve, args=(conn,), name="upstream-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        accepted = conn  # the socket counted in _connections (TLS wraps it in a new object)
+        if self._tls is not None:
+            try:
+                conn.settimeout(IDLE_TIMEOUT)
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            except (OSError, ValueError):  # the client refused the certificate: that is the test
+                with self._lock:
+                    self._connections.discard(accepted)
+                _close_quietly(conn)
+                return
         reader = conn.makefile("rb")
         try:
             conn.settimeout(IDLE_TIMEOUT)
@@ -222,7 +235,7 @@ class Upstream:
             return
         finally:
             with self._lock:
-                self._connections.discard(conn)
+                self._connections.discard(accepted)
             reader.close()
             _close_quietly(conn)
 

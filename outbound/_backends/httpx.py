@@ -2,29 +2,37 @@
 
 The transports wrap ``httpx.HTTPTransport`` / ``AsyncHTTPTransport`` (so ``respx``, which patches httpcore, still
 intercepts) and run each request through the shared attempt driver; httpx's own pool raises ``PoolTimeout`` after
-``timeout.pool``. A client given ``transport=`` ignores its own ``limits``, ``http2`` and ``verify``, so all of
-those are set on the wrapped transport.
+``timeout.pool``, and its reads and writes are cut to the call's deadline (``_deadline.py``). A client given
+``transport=`` ignores its own ``limits``, ``http2`` and ``verify``, so all of those are set on the wrapped
+transport; environment proxies (``trust_env``) get managed transports of their own, mounted as httpx would mount
+its unmanaged ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http.cookiejar
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
 from .._breaker import CLOSED
-from .._config import ServiceConfig
+from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._driver import adrive, drive
-from .._errors import RegistryClosedError
+from .._errors import EventLoopMismatchError, RegistryClosedError
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
 from .._retry import RETRY_AFTER_STATUSES
 from . import _errors
+from ._deadline import ATTEMPT_DEADLINE, bound_to_deadlines
 from .requests import NO_STORED_COOKIES
+
+# A transport for a service, or a callable making one (per client: each event loop gets its own async client).
+InnerTransport = httpx.BaseTransport | httpx.AsyncBaseTransport | Callable[[], Any]
 
 _KINDS: tuple[tuple[type[Exception], Kind], ...] = (
     # Order matters: subclasses before their bases.
@@ -62,8 +70,10 @@ def _caused_by_tls(error: BaseException) -> bool:
 
 
 @functools.lru_cache(maxsize=32)
-def ssl_context(verify: bool | str, cert: str | tuple[str, str] | None, http2: bool) -> ssl.SSLContext:
-    """One SSL context per (verify, cert, http2), shared by every client that needs it.
+def ssl_context(
+    verify: bool | str, cert: str | tuple[str, str] | None, http2: bool, trust_env: bool = True
+) -> ssl.SSLContext:
+    """One SSL context per (verify, cert, http2, trust_env), shared by every client that needs it.
 
     Building one loads the CA bundle (~20 ms); Flask async views and ``async_to_sync`` bridges make a new client per
     event loop, so without sharing every such request would pay that again. A context is safe to share between
@@ -71,7 +81,7 @@ def ssl_context(verify: bool | str, cert: str | tuple[str, str] | None, http2: b
     protocols on the context for each connection: contexts are shared only where it sets the same ones.
     """
     if isinstance(verify, bool) and cert is None:
-        return httpx.create_ssl_context(verify=verify)
+        return httpx.create_ssl_context(verify=verify, trust_env=trust_env)  # SSL_CERT_FILE / SSL_CERT_DIR
     # httpx 0.28 deprecates verify=<path> and cert=: build the context it asks for.
     context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
     if verify is False:
@@ -84,9 +94,12 @@ def ssl_context(verify: bool | str, cert: str | tuple[str, str] | None, http2: b
     return context
 
 
-def transport_options(config: ServiceConfig) -> dict[str, Any]:
+def transport_options(config: ServiceConfig, proxy: str | None) -> dict[str, Any]:
     """Keyword arguments for ``httpx.HTTPTransport`` / ``AsyncHTTPTransport`` from the service's settings."""
-    verify = ssl_context(config.verify, config.cert, config.http2)
+    if config.ssl_context is not None:
+        verify: ssl.SSLContext = config.ssl_context() if callable(config.ssl_context) else config.ssl_context
+    else:
+        verify = ssl_context(config.verify, config.cert, config.http2, config.trust_env)
     pool = config.pool
     return {
         "verify": verify,
@@ -96,7 +109,7 @@ def transport_options(config: ServiceConfig) -> dict[str, Any]:
             max_keepalive_connections=pool.max_keepalive,
             keepalive_expiry=pool.keepalive_expiry,
         ),
-        "proxy": config.proxy,
+        "proxy": proxy,
         "retries": 0,
     }
 
@@ -109,8 +122,9 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
         "base_url": config.base_url,
         "headers": dict(config.headers),
         "timeout": configured_timeout(config),
-        # Environment proxies would be mounted as separate, unmanaged transports; the service's `proxy` applies.
-        "trust_env": False,
+        # With trust_env httpx mounts unmanaged transports for environment proxies; the clients replace them with
+        # managed ones (environment_proxies). The service's own `proxy` wins over the environment, as in requests.
+        "trust_env": config.trust_env and config.proxy is None,
         # One client serves every request: never store one caller's response cookies for the next (see requests).
         "cookies": http.cookiejar.CookieJar(policy=NO_STORED_COOKIES),
     }
@@ -126,6 +140,18 @@ _NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
     "rate_limited": httpx.TransportError,
     "deadline_exceeded": httpx.TimeoutException,
 }
+
+
+def environment_proxies(config: ServiceConfig) -> dict[str, str]:
+    """The proxies httpx would read from the environment (``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``...): mount
+    pattern to proxy URL, for the service to mount managed transports at."""
+    if not config.trust_env or config.proxy is not None:
+        return {}
+    try:
+        from httpx._utils import get_environment_proxies  # private, but it is what httpx's trust_env reads
+    except ImportError:
+        return {}
+    return {pattern: url for pattern, url in get_environment_proxies().items() if url is not None}
 
 
 def configured_timeout(config: ServiceConfig) -> httpx.Timeout:
@@ -173,7 +199,7 @@ def _response_outcome(response: httpx.Response) -> Outcome:
     return response_outcome(status, retry_after)
 
 
-def pool_numbers(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> tuple[int, int, int]:
+def pool_numbers(transport: Any) -> tuple[int, int, int]:
     """``(in_use, idle, waiting)`` from httpcore's pool. Its attributes are private: read them defensively."""
     pool = getattr(transport, "_pool", None)
     connections = list(getattr(pool, "connections", ()))
@@ -182,11 +208,12 @@ def pool_numbers(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> t
     return len(connections) - idle, idle, waiting
 
 
-def _close_inherited_sockets(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> None:
+def _close_inherited_sockets(transport: Any) -> None:
     # After fork: close this process's descriptors only. No protocol-level close (an HTTP/2 GOAWAY would end
     # the parent's connection too).
     for conn in list(getattr(getattr(transport, "_pool", None), "_connections", ())):
         stream = getattr(getattr(conn, "_connection", None), "_network_stream", None)
+        stream = getattr(stream, "stream", stream)  # inside our DeadlineStream
         sock = getattr(stream, "_sock", None) or getattr(getattr(stream, "_stream", None), "_sock", None)
         if sock is not None:
             sock.close()
@@ -233,13 +260,45 @@ def _failed(call: Call, request: httpx.Request, outcome: Outcome) -> Exception:
     return _errors.failed(call, outcome, None, {"_request": request})
 
 
-class OutboundTransport(httpx.BaseTransport):
-    """Wraps ``httpx.HTTPTransport``; runs the service's policy around each attempt."""
+_TIMEOUTS = frozenset({Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.WRITE_TIMEOUT, Kind.POOL_TIMEOUT})
 
-    def __init__(self, policy: Policy) -> None:
+
+def _failed_attempt(call: Call, policy: Policy, error: Exception) -> Outcome:
+    if policy.closed:
+        return Outcome(Kind.CLOSED, error=error)  # our own shutdown closed the connection: not the upstream's failure
+    kind = _classify(error)
+    return Outcome(kind, error=error, deadline=kind in _TIMEOUTS and call.deadline_passed())
+
+
+def _real_deadline(call: Call) -> float | None:
+    # The policy's clock may be a test's fake one: the I/O layer needs time.monotonic().
+    left = call.time_left()
+    return None if left is None else time.monotonic() + left
+
+
+def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
+    if given is None:
+        inner = cls(**transport_options(config, proxy))
+    else:
+        inner = (
+            given()
+            if callable(given) and not isinstance(given, httpx.BaseTransport | httpx.AsyncBaseTransport)
+            else given
+        )
+    bound_to_deadlines(inner)
+    return inner
+
+
+class OutboundTransport(httpx.BaseTransport):
+    """Wraps ``httpx.HTTPTransport`` (or the transport given for tests); runs the service's policy around each
+    attempt."""
+
+    def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
+        self._proxy = proxy
+        self._given = inner
         self._configured = configured_timeout(policy.config).as_dict()
-        self.inner = httpx.HTTPTransport(**transport_options(policy.config))
+        self.inner: httpx.BaseTransport = _make_inner(policy.config, proxy, inner, httpx.HTTPTransport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return drive(_start(self._policy, request, self._configured), self, request)
@@ -249,6 +308,7 @@ class OutboundTransport(httpx.BaseTransport):
     def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
         _cut_timeouts(call, request)
+        token = ATTEMPT_DEADLINE.set(_real_deadline(call))
         try:
             response = self.inner.handle_request(request)
             if request.extensions.get(PRELOAD):
@@ -261,7 +321,11 @@ class OutboundTransport(httpx.BaseTransport):
                 response.stream = httpx.ByteStream(body)
             return response, _response_outcome(response)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
-            return None, Outcome(_classify(error), error=error)  # a body that broke was closed above
+            return None, _failed_attempt(call, self._policy, error)  # a body that broke was closed above
+        finally:
+            ATTEMPT_DEADLINE.reset(token)
+            if self._policy.closed:
+                self.inner.close()  # an attempt that raced close() must not leave a connection in the pool
 
     def discard(self, response: httpx.Response) -> None:
         response.close()
@@ -274,27 +338,34 @@ class OutboundTransport(httpx.BaseTransport):
     rejected = staticmethod(_rejected)
     failed = staticmethod(_failed)
 
+    def pool_numbers(self) -> tuple[int, int, int]:
+        return pool_numbers(self.inner)
+
     def close(self) -> None:
         self.inner.close()
 
     def drop_after_fork(self) -> None:
+        if self._given is not None and not callable(self._given):
+            return  # a transport the caller made is the caller's to look after
         _close_inherited_sockets(self.inner)
-        self.inner = httpx.HTTPTransport(**transport_options(self._policy.config))
+        self.inner = _make_inner(self._policy.config, self._proxy, self._given, httpx.HTTPTransport)
 
 
 class AsyncOutboundTransport(httpx.AsyncBaseTransport):
-    """Wraps ``httpx.AsyncHTTPTransport``; runs the service's policy around each attempt."""
+    """Wraps ``httpx.AsyncHTTPTransport`` (or the transport given for tests); runs the service's policy around each
+    attempt."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
         self._configured = configured_timeout(policy.config).as_dict()
-        self.inner = httpx.AsyncHTTPTransport(**transport_options(policy.config))
+        self.inner: httpx.AsyncBaseTransport = _make_inner(policy.config, proxy, inner, httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return await adrive(_start(self._policy, request, self._configured), self, request)
 
     async def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
         _cut_timeouts(call, request)
+        token = ATTEMPT_DEADLINE.set(_real_deadline(call))
         try:
             response = await self.inner.handle_async_request(request)
             if request.extensions.get(PRELOAD):
@@ -306,7 +377,11 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
                 response.stream = httpx.ByteStream(body)  # raw, as in the sync transport
             return response, _response_outcome(response)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
-            return None, Outcome(_classify(error), error=error)
+            return None, _failed_attempt(call, self._policy, error)
+        finally:
+            ATTEMPT_DEADLINE.reset(token)
+            if self._policy.closed:
+                await self.inner.aclose()
 
     async def discard(self, response: httpx.Response) -> None:
         await response.aclose()
@@ -318,6 +393,9 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
 
     rejected = staticmethod(_rejected)
     failed = staticmethod(_failed)
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        return pool_numbers(self.inner)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -364,24 +442,65 @@ def _reject_before_building(
             raise _errors.rejected(None, client.service_name, rejection, native, attributes)
 
 
-_USER_CLOSE_NOTE = (
-    "The registry owns this client: close() / a `with` block leave it open, so other code of the process that "
-    "uses it keeps working; registry.close() closes it."
-)
+# Cookies that responses set during one call's redirects, kept for that call only (the shared client stores none).
+_CALL_COOKIES = "outbound.call_cookies"
 
 
-class ServiceClient(httpx.Client):
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+class _ManagedRedirects:
+    """What a shared client does on redirects that a private one need not.
+
+    - Cookies set by a redirect response follow the rest of that call (a login flow: ``POST /login`` -> 303 +
+      ``Set-Cookie`` -> ``GET /``), though the client itself stores none.
+    - On a hop to another origin (scheme, host or port), no credential the caller meant for this one goes along:
+      httpx strips ``Authorization``; here ``Cookie`` keeps only the new origin's own cookies, and
+      ``Proxy-Authorization`` and every header in ``sensitive_headers`` are removed too.
+    """
+
+    _credential_headers: frozenset[str]
+
+    def _build_redirect_request(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
+        redirect: httpx.Request = super()._build_redirect_request(request, response)  # type: ignore[misc]
+        jar = request.extensions.get(_CALL_COOKIES)
+        if jar is None:
+            jar = request.extensions[_CALL_COOKIES] = http.cookiejar.CookieJar()
+        call_cookies = httpx.Cookies(jar)
+        call_cookies.extract_cookies(response)
+        headers = redirect.headers
+        if _origin(request.url) != _origin(redirect.url):
+            for name in [name for name in headers if name.lower() in self._credential_headers]:
+                del headers[name]
+            # The client's own cookies go only where their domain matches (one with no domain goes nowhere).
+            client_cookies = [cookie for cookie in self.cookies.jar if cookie.domain]  # type: ignore[attr-defined]
+            for cookie in client_cookies:
+                jar.set_cookie(cookie)
+        inherited = headers.pop("Cookie", None) if _origin(request.url) == _origin(redirect.url) else None
+        call_cookies.set_cookie_header(redirect)
+        merged = "; ".join(part for part in (inherited, headers.get("Cookie")) if part)
+        if merged:
+            headers["Cookie"] = merged
+        return redirect
+
+
+class ServiceClient(_ManagedRedirects, httpx.Client):
     """An ``httpx.Client`` bound to one service (``base_url``, headers, timeouts); calls run the policy.
 
     The registry owns it: ``close()`` and ``with client:`` do not close it (other code of the process shares it);
     ``registry.close()`` does.
     """
 
-    def __init__(self, policy: Policy) -> None:
-        self.service_name = policy.config.name
+    def __init__(self, policy: Policy, *, transport: InnerTransport | None = None) -> None:
+        config = policy.config
+        self.service_name = config.name
         self._policy = policy
-        self.outbound_transport = OutboundTransport(policy)
-        super().__init__(transport=self.outbound_transport, **client_options(policy.config))
+        self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
+        self.outbound_transport = OutboundTransport(policy, proxy=config.proxy, inner=transport)
+        mounts = {pattern: OutboundTransport(policy, proxy=url) for pattern, url in environment_proxies(config).items()}
+        self._managed_mounts = list(mounts.values())
+        super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         if self._policy.breaker.state != CLOSED:
@@ -407,29 +526,38 @@ class ServiceClient(httpx.Client):
     # -- what the Service needs ---------------------------------------------------------------------------------
 
     def pool_numbers(self) -> tuple[int, int, int]:
-        """``(in_use, idle, waiting)`` connections of this client's pool."""
-        return pool_numbers(self.outbound_transport.inner)
+        """``(in_use, idle, waiting)`` connections of this client's pools."""
+        numbers = [t.pool_numbers() for t in (self.outbound_transport, *self._managed_mounts)]
+        return sum(n[0] for n in numbers), sum(n[1] for n in numbers), sum(n[2] for n in numbers)
 
     def drop_after_fork(self) -> None:
-        self.outbound_transport.drop_after_fork()
+        for transport in (self.outbound_transport, *self._managed_mounts):
+            transport.drop_after_fork()
 
     def shutdown(self) -> None:
         """Close the client and its pooled sockets for good (the registry's close)."""
         super().close()
 
 
-class ServiceAsyncClient(httpx.AsyncClient):
+class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
     """An ``httpx.AsyncClient`` bound to one service and one event loop; calls run the policy.
 
     The registry owns it: ``aclose()`` and ``async with client:`` do not close it; the registry closes it when its
     event loop ends or the registry closes.
     """
 
-    def __init__(self, policy: Policy) -> None:
-        self.service_name = policy.config.name
+    def __init__(self, policy: Policy, *, loop: object, transport: InnerTransport | None = None) -> None:
+        config = policy.config
+        self.service_name = config.name
         self._policy = policy
-        self.outbound_transport = AsyncOutboundTransport(policy)
-        super().__init__(transport=self.outbound_transport, **client_options(policy.config))
+        self._loop = loop  # the asyncio loop (or trio run) this client belongs to
+        self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
+        self.outbound_transport = AsyncOutboundTransport(policy, proxy=config.proxy, inner=transport)
+        mounts = {
+            pattern: AsyncOutboundTransport(policy, proxy=url) for pattern, url in environment_proxies(config).items()
+        }
+        self._managed_mounts = list(mounts.values())
+        super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         if self._policy.breaker.state != CLOSED:
@@ -437,6 +565,15 @@ class ServiceAsyncClient(httpx.AsyncClient):
         return await super().request(method, url, **kwargs)
 
     async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        if current_loop() is not self._loop:
+            # Checked first: the client of a loop that has ended is also closed, and "the registry was closed"
+            # would send the caller looking in the wrong place.
+            raise EventLoopMismatchError(
+                f"this AsyncClient of service {self.service_name!r} belongs to the event loop that was running when "
+                "async_client() returned it (that loop has ended, or it is not the one running now), and an "
+                f"AsyncClient cannot move between loops: call async_client({self.service_name!r}) inside the "
+                "coroutine that uses it"
+            )
         if self.is_closed:
             raise RegistryClosedError(f"the outbound registry was closed; client {self.service_name!r} is unusable")
         request.extensions[PRELOAD] = not stream
@@ -452,9 +589,28 @@ class ServiceAsyncClient(httpx.AsyncClient):
         pass
 
     def pool_numbers(self) -> tuple[int, int, int]:
-        """``(in_use, idle, waiting)`` connections of this client's pool."""
-        return pool_numbers(self.outbound_transport.inner)
+        """``(in_use, idle, waiting)`` connections of this client's pools."""
+        numbers = [t.pool_numbers() for t in (self.outbound_transport, *self._managed_mounts)]
+        return sum(n[0] for n in numbers), sum(n[1] for n in numbers), sum(n[2] for n in numbers)
 
     async def shutdown(self) -> None:
         """Close the client and its pooled sockets for good, on its own event loop."""
         await super().aclose()
+
+
+def current_loop() -> object | None:
+    """The running asyncio loop, or the running trio run's token, or ``None`` outside both."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        import sniffio
+
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            return trio.lowlevel.current_trio_token()
+    except (ImportError, sniffio.AsyncLibraryNotFoundError):
+        pass
+    return None

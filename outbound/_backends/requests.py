@@ -3,7 +3,8 @@
 The adapter calls ``HTTPAdapter.send`` for each attempt, so ``responses`` (which patches that method) still
 intercepts every call. requests offers no pool timeout: with ``pool_block=True`` it never passes one to urllib3 and
 a call waits forever for a free connection, so the adapter's pools take the attempt's pool timeout from a context
-variable and urllib3 raises ``EmptyPoolError`` when it expires.
+variable and urllib3 raises ``EmptyPoolError`` when it expires. The same context variable hands the connection an
+attempt takes to the deadline watchdog (``_deadline.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import functools
 import http.cookiejar
 import re
-from collections.abc import Mapping
+import ssl
+import time
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -30,13 +34,14 @@ from urllib3.util import Timeout as Urllib3Timeout
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from .._breaker import CLOSED
-from .._config import ServiceConfig
+from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._driver import drive
 from .._errors import RegistryClosedError
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
 from .._retry import RETRY_AFTER_STATUSES
 from . import _errors
+from ._deadline import DEADLINE_MESSAGE, WATCHDOG, Watch
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -44,14 +49,26 @@ if TYPE_CHECKING:
 # A URL with a scheme (RFC 3986 section 3.1); "login?next=https://x" is still relative.
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
-# The pool wait for the attempt running in this thread/context; read by the pools below.
-_pool_wait: ContextVar[float | None] = ContextVar("outbound_pool_wait", default=None)
+
+class _Attempt(NamedTuple):
+    pool_wait: float | None
+    watch: Watch | None
+
+
+# The attempt running in this thread/context: read by the pools below.
+_attempt: ContextVar[_Attempt | None] = ContextVar("outbound_attempt", default=None)
 
 
 class _PoolTimeoutMixin:
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
         get_conn = super()._get_conn  # type: ignore[misc]  # the pool class comes second in the subclasses' MRO
-        return cast("BaseHTTPConnection", get_conn(timeout if timeout is not None else _pool_wait.get()))
+        attempt = _attempt.get()
+        if attempt is None:
+            return cast("BaseHTTPConnection", get_conn(timeout))
+        conn = get_conn(timeout if timeout is not None else attempt.pool_wait)
+        if attempt.watch is not None:
+            attempt.watch.conn = conn  # the socket the watchdog shuts down if the deadline strikes
+        return cast("BaseHTTPConnection", conn)
 
 
 @functools.cache
@@ -103,6 +120,22 @@ def _classify(error: Exception) -> Kind:
             return Kind.READ_ERROR
         return Kind.CONNECT_ERROR
     return Kind.OTHER_ERROR
+
+
+_TIMEOUTS = frozenset({Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.POOL_TIMEOUT})
+
+
+def _native(outcome: Outcome) -> type[Exception] | None:
+    """The requests class an error is raised as, where it is not the class of the exception that ended the attempt.
+
+    urllib3's EmptyPoolError is not a requests exception: a pool timeout is requests' ConnectionError. A deadline
+    that cut the connection surfaces as whatever the broken read raised: it is requests' ReadTimeout.
+    """
+    if outcome.kind is Kind.POOL_TIMEOUT:
+        return requests.ConnectionError
+    if outcome.deadline and outcome.kind is Kind.READ_TIMEOUT:
+        return requests.ReadTimeout
+    return None
 
 
 def _split_timeout(timeout: Any, config: ServiceConfig) -> tuple[float | None, float | None]:
@@ -159,6 +192,8 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         # One pool per host; a service normally talks to one host, redirects may add a few. Blocking pools bound
         # the connections; the wait is bounded by timeout.pool (see _PoolTimeoutMixin).
         self._pool_sizes = (4, policy.config.pool.max_connections)
+        context = policy.config.ssl_context
+        self._ssl_context: ssl.SSLContext | None = context() if callable(context) else context
         super().__init__(
             pool_connections=self._pool_sizes[0], pool_maxsize=self._pool_sizes[1], max_retries=0, pool_block=True
         )
@@ -169,8 +204,18 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
         manager = cast(PoolManager, super().proxy_manager_for(proxy, **proxy_kwargs))
-        _bound_pool_waits(manager)
+        _bound_pool_waits(manager)  # only wraps the classes once: the manager is cached per proxy
         return manager
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> Any:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if self._ssl_context is not None:
+            # The service's context decides verification and client certificates. requests' own keys would make
+            # urllib3 load the default CA bundle into it (its documented way to use a custom context).
+            return host_params, {"ssl_context": self._ssl_context}
+        return host_params, pool_kwargs
 
     def send(
         self,
@@ -190,12 +235,20 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         )
         return drive(call, self, _Send(request, stream, connect, read, verify, cert, proxies))
 
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        if self._policy.closed:
+            # An attempt admitted just before close() must not open a pool (and a socket) after it.
+            raise RegistryClosedError(f"the outbound registry was closed; service {self._config.name!r} is unusable")
+        return super().get_connection_with_tls_context(request, *args, **kwargs)
+
     # -- the Exchange the driver runs -----------------------------------------------------------------------------
 
     def attempt(self, call: Call, send: _Send) -> tuple[requests.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
         limits = call.attempt_timeouts(send.connect, send.read, None, self._config.timeout.pool)
-        token = _pool_wait.set(limits.pool)
+        left = call.time_left()
+        watch = WATCHDOG.watch(time.monotonic() + left) if left is not None else None
+        token = _attempt.set(_Attempt(limits.pool, watch))
         response: requests.Response | None = None
         try:
             # A urllib3 Timeout, because either limit may be None (disabled in the settings).
@@ -209,8 +262,11 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                 proxies=send.proxies,
             )
             if not send.stream:
-                # Read the body inside the policy, so a failure mid-body is classified, counted and retried.
-                response.content  # noqa: B018 (the property read is the point)
+                self._read_body(response)  # inside the policy: a failure mid-body is classified, counted, retried
+            if watch is not None and watch.fired:
+                # The watchdog cut the connection: what was read may be incomplete.
+                response.close()
+                return None, self._deadline_outcome(send.request)
             status = response.status_code
             # Only where the policy honours it: most responses need no header lookup.
             retry_after = response.headers.get("Retry-After") if status in RETRY_AFTER_STATUSES else None
@@ -218,14 +274,43 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             if response is not None:  # the headers came, the body broke: this attempt has no usable response
                 response.close()
-            return None, Outcome(_classify(error), error=error)
+            if self._policy.closed:
+                return None, Outcome(Kind.CLOSED, error=error)  # our own shutdown, not the upstream's failure
+            if watch is not None and watch.fired:
+                return None, self._deadline_outcome(send.request)
+            kind = _classify(error)
+            deadline = kind in _TIMEOUTS and call.deadline_passed()
+            return None, Outcome(kind, error=error, deadline=deadline)
         finally:
-            _pool_wait.reset(token)
+            _attempt.reset(token)
+            if watch is not None:
+                WATCHDOG.forget(watch)
+
+    @staticmethod
+    def _read_body(response: requests.Response) -> None:
+        try:
+            response.content  # noqa: B018 (the property read is the point)
+        except requests.exceptions.ContentDecodingError:
+            if not response.is_redirect:
+                raise
+            # requests never decodes a redirect's body (it follows the Location); neither does the attempt. urllib3
+            # has already dropped the connection the broken body came on.
+            response._content = b""
+            response._content_consumed = True  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _deadline_outcome(request: requests.PreparedRequest) -> Outcome:
+        error = requests.ReadTimeout(DEADLINE_MESSAGE, request=request)
+        return Outcome(Kind.READ_TIMEOUT, error=error, deadline=True)
 
     def discard(self, response: requests.Response) -> None:
         response.close()  # give the connection back before waiting
 
     def deliver(self, call: Call, send: _Send, response: requests.Response) -> requests.Response:
+        if send.stream:
+            # The body is read by the caller, later: its errors keep outbound's identity too.
+            response.__class__ = _ManagedResponse
+            response._outbound_call = call  # type: ignore[attr-defined]
         return response
 
     def rejected(self, call: Call, send: _Send, rejection: Rejection) -> Exception:
@@ -233,9 +318,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         return _errors.rejected(call, self._config.name, rejection, _NATIVE_REJECTIONS, attributes)
 
     def failed(self, call: Call, send: _Send, outcome: Outcome) -> Exception:
-        # urllib3's EmptyPoolError is not a requests exception: a pool timeout is requests' ConnectionError.
-        native = requests.ConnectionError if outcome.kind is Kind.POOL_TIMEOUT else None
-        return _errors.failed(call, outcome, native, {"request": send.request, "response": None})
+        return _errors.failed(call, outcome, _native(outcome), {"request": send.request, "response": None})
 
     def pool_numbers(self) -> tuple[int, int]:
         """``(in_use, idle)`` connections across this adapter's pools.
@@ -284,6 +367,32 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         return [self.poolmanager, *self.proxy_manager.values()]
 
 
+class _ManagedResponse(requests.Response):
+    """A streamed response (``stream=True``) whose body errors are outbound's, as the httpx clients' are."""
+
+    _outbound_call: Call
+
+    def iter_content(self, chunk_size: int | None = 1, decode_unicode: bool = False) -> Iterator[Any]:
+        return self._managed(super().iter_content(chunk_size, decode_unicode))
+
+    def _managed(self, chunks: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from chunks
+        except requests.RequestException as error:
+            outcome = Outcome(_classify(error), error=error)
+            attributes: dict[str, object] = {"request": self.request, "response": self}
+            raise _errors.failed(self._outbound_call, outcome, None, attributes) from error
+
+
+def _origin(url: str | None) -> tuple[str, str, int | None]:
+    parts = urlsplit(url or "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme, (parts.hostname or ""), port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
 class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
     """A cookie policy that never stores cookies from responses (shared by the httpx backend)."""
 
@@ -319,6 +428,8 @@ class ServiceSession(requests.Session):
             self.auth = config.auth  # from base_url's userinfo, which the settings parser took out of the URL
         if config.proxy is not None:
             self.proxies = {"http": config.proxy, "https": config.proxy}
+        # Headers that never cross to another origin on a redirect (see rebuild_auth).
+        self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
         self.adapter = OutboundAdapter(policy)
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
@@ -347,6 +458,36 @@ class ServiceSession(requests.Session):
     def close(self) -> None:
         """Does nothing: the registry owns this session and closes it (``registry.close()``); a ``with`` block
         around a shared session must not break it for the rest of the process."""
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        """On a redirect to another origin (scheme, host or port), send no credentials the caller meant for this one.
+
+        requests itself strips ``Authorization`` on a host change and re-derives ``Proxy-Authorization`` from the
+        proxy's URL on every hop; cookies it would send anywhere when they carry no domain (those passed as
+        ``cookies=`` or set on the session by hand). Here ``Cookie`` is rebuilt from the cookies the new origin set
+        itself, and ``Authorization`` and every header in ``sensitive_headers`` are removed.
+        """
+        if _origin(response.request.url) != _origin(prepared_request.url):
+            headers = prepared_request.headers
+            for name in [name for name in headers if name.lower() in self._credential_headers]:
+                del headers[name]
+            jar = getattr(prepared_request, "_cookies", None)
+            if jar is not None:
+                own = requests.cookies.RequestsCookieJar()
+                for cookie in jar:
+                    if cookie.domain:  # set by a response, for its own domain: the jar's policy matches it
+                        own.set_cookie(cookie)
+                header = requests.cookies.get_cookie_header(own, prepared_request)  # type: ignore[no-untyped-call]
+                if header:
+                    headers["Cookie"] = header
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]  # netrc, if trust_env
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            f"the managed session of service {self.service_name!r} cannot be pickled: it belongs to this process's "
+            "outbound registry; in another process, build a registry from the same settings and call "
+            "registry.session(name) there"
+        )
 
     # -- what the Service needs ---------------------------------------------------------------------------------
 

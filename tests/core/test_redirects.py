@@ -1,0 +1,121 @@
+"""Redirects through managed clients: credentials never cross to another origin; a call's own cookies follow it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from outbound import Registry
+from tests.conftest import RegistryFactory
+from tests.upstream import Upstream
+
+KINDS = ["requests", "httpx", "async"]
+SECRET_HEADERS = {"Authorization": "Bearer hop-secret", "X-Api-Key": "key-secret", "Proxy-Authorization": "Basic x"}
+
+
+@pytest.fixture
+def other_origin() -> Iterator[Upstream]:
+    """A second upstream: same host, another port, so another origin."""
+    with Upstream() as server:
+        yield server
+
+
+def _get(registry: Registry, kind: str, url: str, *, hand_set: bool = False, **kwargs: Any) -> Any:
+    if kind == "requests":
+        return registry.session("api").get(url, **kwargs)
+    if kind == "httpx":
+        return registry.client("api").get(url, follow_redirects=True, **kwargs)
+
+    async def call() -> Any:
+        client = registry.async_client("api")
+        if hand_set:
+            client.cookies.set("handset", "jar-secret")  # each event loop's client is its own object
+        return await client.get(url, follow_redirects=True, **kwargs)
+
+    return asyncio.run(call())
+
+
+def _registry(make_registry: RegistryFactory, upstream: Upstream, kind: str) -> Registry:
+    client = "requests" if kind == "requests" else "httpx"
+    registry = make_registry(api={"base_url": upstream.url, "client": client, "sensitive_headers": ["X-Api-Key"]})
+    # A cookie set on the shared client by hand, with no domain: as requests and httpx would send it anywhere.
+    jar = registry.session("api").cookies if kind == "requests" else registry.client("api").cookies
+    jar.set("handset", "jar-secret")
+    return registry
+
+
+def _sent(server: Upstream, path: str) -> dict[str, str]:
+    [request] = server.recent(path)
+    headers: dict[str, str] = request["headers"]
+    return headers
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_redirect_to_another_origin_carries_no_credentials(
+    upstream: Upstream, other_origin: Upstream, make_registry: RegistryFactory, kind: str
+) -> None:
+    registry = _registry(make_registry, upstream, kind)
+    # The ways a caller hands cookies to a call that the libraries carry across redirects: requests' per-call
+    # cookies=, and cookies set on the client by hand.
+    extra: dict[str, Any] = {"cookies": {"call": "call-secret"}} if kind == "requests" else {}
+    target = quote(f"{other_origin.url}echo", safe="")
+    response = _get(registry, kind, f"redirect?to={target}", hand_set=True, headers=SECRET_HEADERS, **extra)
+    assert response.status_code == 200
+    first_hop = _sent(upstream, "/redirect")
+    assert "hop-secret" in first_hop["authorization"]  # the service's own origin got them
+    assert "jar-secret" in first_hop["cookie"]
+    other = _sent(other_origin, "/echo")
+    for name in ("authorization", "proxy-authorization", "x-api-key", "cookie"):
+        assert name not in other, f"{name} crossed to another origin"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_redirect_within_the_origin_keeps_the_credentials(
+    upstream: Upstream, make_registry: RegistryFactory, kind: str
+) -> None:
+    registry = _registry(make_registry, upstream, kind)
+    # requests carries per-call cookies= across redirects; both libraries rebuild Cookie from their jars on each
+    # hop, so an explicit Cookie header is dropped by either on any redirect.
+    extra: dict[str, Any] = {"cookies": {"call": "c"}} if kind == "requests" else {}
+    _get(registry, kind, "redirect?to=/echo", headers={"Authorization": "Bearer hop-secret"}, **extra)
+    sent = _sent(upstream, "/echo")
+    assert sent["authorization"] == "Bearer hop-secret"
+    if kind == "requests":
+        assert "call=c" in sent["cookie"]
+    if kind != "async":
+        assert "handset=jar-secret" in sent["cookie"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cookie_set_by_a_redirect_follows_the_same_call_only(
+    upstream: Upstream, make_registry: RegistryFactory, kind: str
+) -> None:
+    client = "requests" if kind == "requests" else "httpx"
+    registry = make_registry(api={"base_url": upstream.url, "client": client})
+    login = "redirect?status=303&to=/cookies&set_cookie=" + quote("session=alice", safe="")
+    if kind == "requests":
+        response = registry.session("api").post(login)
+    elif kind == "httpx":
+        response = registry.client("api").post(login, follow_redirects=True)
+    else:
+
+        async def call() -> Any:
+            return await registry.async_client("api").post(login, follow_redirects=True)
+
+        response = asyncio.run(call())
+    assert response.json() == {"cookie": "session=alice"}
+    assert _get(registry, kind, "cookies").json() == {"cookie": None}  # the shared client kept nothing
+
+
+def test_requests_follows_a_redirect_whose_body_cannot_be_decoded(
+    upstream: Upstream, make_registry: RegistryFactory
+) -> None:
+    registry = make_registry(api={"base_url": upstream.url})
+    response = registry.session("api").get("redirect-bad-gzip?to=/ok")
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert [r.status_code for r in response.history] == [302]
