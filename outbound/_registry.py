@@ -10,15 +10,13 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-import httpx
-import requests
-
 from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient
 from ._backends.requests import ServiceSession
 from ._config import HealthConfig, OutboundConfig, parse_config
-from ._errors import OutboundError, RegistryClosedError, ServiceLookupError, redact_url
+from ._errors import RegistryClosedError, ServiceLookupError
 from ._events import Observer
 from ._logging import install_secrets_filter
+from ._probe import probe_all
 from ._service import Service
 from .health import HealthReport, ProbeResult, build_report
 
@@ -152,9 +150,17 @@ class Registry:
             service.reset()
 
     def probe(self, name: str | None = None) -> list[ProbeResult]:
-        """Send one GET to each service's ``probe`` path (or just ``name``'s) through its managed client."""
+        """Send exactly one GET to each service's ``probe`` path (or just ``name``'s), all at once.
+
+        Each probe goes out as the service's calls do (its TLS, proxy, headers and credentials), bounded by its
+        connect + read timeouts, without retries, and through a client of its own: the service's breaker and stats
+        are left as they are. Services without a ``probe`` path are reported as skipped.
+
+        Raises:
+            ServiceLookupError: ``name`` is not configured.
+        """
         targets = [self[name]] if name is not None else list(self._services.values())
-        return [self._probe(service) for service in targets]
+        return probe_all([service.config for service in targets])
 
     def close(self) -> None:
         """Close every pooled socket of every client, including the per-loop async clients. Idempotent.
@@ -205,39 +211,6 @@ class Registry:
         known = ", ".join(self._services) or "none"
         return ServiceLookupError(
             f"unknown outbound service {name!r}; {hint}configured services: {known} (add it to OUTBOUND['services'])"
-        )
-
-    def _probe(self, service: Service) -> ProbeResult:
-        config = service.config
-        if config.probe is None:
-            return ProbeResult(service=service.name, critical=config.critical, url=None, ok=None)
-        started = time.perf_counter()
-        url = ""
-        try:
-            if config.client == "requests":
-                session = self.session(service.name)
-                url = session.join(config.probe)
-                status = session.get(url, allow_redirects=False).status_code
-            else:
-                client = self.client(service.name)
-                url = str(client.build_request("GET", config.probe).url)
-                status = client.get(config.probe).status_code
-        except (OutboundError, requests.RequestException, httpx.HTTPError) as error:
-            return ProbeResult(
-                service=service.name,
-                critical=config.critical,
-                url=redact_url(url) if url else None,
-                ok=False,
-                latency_ms=round((time.perf_counter() - started) * 1000, 1),
-                error=f"{type(error).__name__}: {error}",
-            )
-        return ProbeResult(
-            service=service.name,
-            critical=config.critical,
-            url=redact_url(url),
-            ok=status < 400,
-            status=status,
-            latency_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
 

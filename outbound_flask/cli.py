@@ -50,7 +50,10 @@ def status_command(as_json: bool, service: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of the table.")
 @click.option("--service", metavar="NAME", help="Only probe this service.")
 def probe_command(as_json: bool, service: str | None) -> None:
-    """Send one GET to each service's ``probe`` path through its managed client.
+    """Send one GET to each service's probe path, all at once, without retries.
+
+    Each probe goes out with the service's TLS, proxy and headers, bounded by its connect and read timeouts, and
+    changes neither its breaker nor its statistics.
 
     Exits 1 when a critical service's probe fails, 2 on a configuration error, else 0.
     """

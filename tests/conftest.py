@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from outbound import Registry
-from tests.upstream import Upstream
+from tests.upstream import Upstream, wait_until
+
+pytest_plugins = ["pytester"]  # tests/test_testing_kit.py runs small pytest sessions of its own
 
 
 class FakeClock:
@@ -24,6 +26,18 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def open_breaker(registry: Registry, name: str, *, status: int = 503) -> None:
+    """Open ``name``'s breaker the way a failing upstream does: calls through its public client to the test upstream's
+    ``/status/<status>`` (a failure status) until it opens, at most ``fail_max`` of them."""
+    service = registry[name]
+    client: Any = registry.session(name) if service.config.client == "requests" else registry.client(name)
+    for _ in range(service.config.breaker.fail_max):
+        client.get(f"status/{status}")
+        if service.policy.breaker.state == "open":
+            return
+    raise AssertionError(f"the breaker of {name!r} did not open")
 
 
 @pytest.fixture
@@ -47,8 +61,9 @@ def upstream_server() -> Iterator[Upstream]:
 
 @pytest.fixture
 def upstream(upstream_server: Upstream) -> Iterator[Upstream]:
-    """The shared upstream on 127.0.0.1, healthy and with zeroed counters for each test."""
+    """The shared upstream on 127.0.0.1, healthy, with zeroed counters and no connection left by an earlier test."""
     upstream_server.reset()
+    wait_until(lambda: upstream_server.live_connections == 0, timeout=2.0)
     yield upstream_server
     upstream_server.reset()
 

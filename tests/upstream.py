@@ -276,7 +276,7 @@ class Upstream:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return False
         if route == "/hold":
-            self._sleep(float(query.get("seconds", "5")))
+            self._hold(conn, float(query.get("seconds", "5")))
             return False
         if route == "/set-cookie":
             cookies = {"Set-Cookie": "; ".join(f"{key}={value}" for key, value in query.items()) + "; Path=/"}
@@ -368,6 +368,15 @@ class Upstream:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
+
+    def _hold(self, conn: socket.socket, seconds: float) -> None:
+        # Answer nothing, but notice a client that gives up (as a real server sees its FIN), so that a held
+        # connection does not outlive the test that opened it.
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([conn], [], [], min(0.05, left))
+            if readable and not conn.recv(1, socket.MSG_PEEK):
+                return
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> bool:

@@ -24,6 +24,7 @@ from .._errors import (
     WriteTimeoutError,
     backend_error,
 )
+from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection
 from .._policy import Call
 
@@ -82,7 +83,7 @@ def failed(call: Call, outcome: Outcome, native: type[Exception] | None, attribu
         return RegistryClosedError(f"the outbound registry was closed while calling service {call.service!r}")
     message = call.error_message(outcome)
     if outcome.kind is Kind.MOCK_REFUSED:
-        message += f": {original}"  # the mock's verdict is the useful part of the message
+        message += f": {redact_text(str(original))}"  # the mock's verdict is the useful part of the message
     merged = dict(attributes)
     merged.update((key, value) for key, value in vars(original).items() if key in attributes)
     return backend_error(

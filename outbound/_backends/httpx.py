@@ -48,6 +48,8 @@ _KINDS: tuple[tuple[type[Exception], Kind], ...] = (
 
 
 def _classify(error: Exception) -> Kind:
+    if type(error).__name__ == "AllMockedAssertionError":  # respx: the request matched no route
+        return Kind.MOCK_REFUSED
     for cls, kind in _KINDS:
         if isinstance(error, cls):
             if kind is Kind.CONNECT_ERROR and _caused_by_tls(error):

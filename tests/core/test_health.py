@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
 
 import outbound
 from outbound import HealthConfig
-from tests.conftest import RegistryFactory
+from tests.conftest import RegistryFactory, open_breaker
 from tests.upstream import Upstream
-
-
-def open_breaker(registry: outbound.Registry, name: str) -> None:
-    session_or_client: Any = (
-        registry.session(name) if registry[name].config.client == "requests" else registry.client(name)
-    )
-    for _ in range(registry[name].config.breaker.fail_max):
-        session_or_client.get("status/500")
-    assert registry[name].policy.breaker.state == "open"
 
 
 def test_report_shape_is_json_ready_and_redacted(upstream: Upstream, make_registry: RegistryFactory) -> None:
@@ -53,7 +45,7 @@ def test_open_breaker_is_down_and_only_a_critical_one_takes_the_report_down(
         optional={"base_url": upstream.url, "breaker": breaker, "retry": {"total": 0}},
         payments={"base_url": upstream.url, "critical": True, "breaker": breaker, "retry": {"total": 0}},
     )
-    open_breaker(registry, "optional")
+    open_breaker(registry, "optional", status=500)
     report = registry.health()
     assert report["status"] == "degraded"
     optional = report["services"]["optional"]
@@ -73,7 +65,7 @@ def test_open_breaker_is_down_and_only_a_critical_one_takes_the_report_down(
     with pytest.raises(outbound.ServiceLookupError, match="did you mean 'optional'"):
         registry.health(service="optionl")
 
-    open_breaker(registry, "payments")
+    open_breaker(registry, "payments", status=500)
     assert registry.health(service="payments", details=False) == {"status": "down"}
     report = registry.health()
     assert report["status"] == "down"
@@ -203,3 +195,28 @@ def test_probe_reports_reachability_latency_and_exit_code(upstream: Upstream, ma
     assert "connect error" in (down[0].error or "")
     assert outbound.health.probe_exit_code(down) == 1
     assert down[0].as_dict()["service"] == "up"
+
+
+def test_probe_sends_exactly_one_request_per_service_concurrently_and_changes_nothing(
+    upstream: Upstream, make_registry: RegistryFactory
+) -> None:
+    slow = {"base_url": upstream.url, "probe": "slow?delay=0.6", "timeout": {"read": 2}}
+    registry = make_registry(
+        a=slow,
+        b={**slow, "client": "httpx"},
+        down={"base_url": upstream.url, "probe": "status/503", "breaker": {"fail_max": 1}},
+        held={"base_url": upstream.url, "probe": "hold?seconds=5", "timeout": {"connect": 0.2, "read": 0.3}},
+    )
+    started = time.monotonic()
+    results = {result.service: result for result in registry.probe()}
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5, "two 0.6 s probes and a 0.5 s-bounded one, at once: about one of them, not their sum"
+    assert upstream.hits_by_path["/slow"] == 2
+    assert upstream.hits_by_path["/status/503"] == 1
+    assert results["down"].ok is False
+    assert results["down"].status == 503
+    assert results["held"].ok is False
+    assert "ReadTimeout" in (results["held"].error or "")
+    for name in ("a", "b", "down", "held"):
+        assert registry[name].policy.breaker.state == "closed"  # a probe is not a verdict on the upstream
+        assert registry[name].policy.stats.requests == 0  # and not traffic of the service

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
+import requests
 import responses
 import respx
 
+import outbound
 from tests.conftest import RegistryFactory
 
 
@@ -38,3 +41,37 @@ def test_respx_intercepts_sync_and_async_clients(make_registry: RegistryFactory)
         route.return_value = httpx.Response(200)
         assert asyncio.run(call()) == 200
     assert registry["search"].policy.stats.retries == 1
+
+
+@responses.activate
+def test_a_request_responses_refuses_is_the_mocks_verdict_not_the_upstreams(make_registry: RegistryFactory) -> None:
+    registry = make_registry(billing={"base_url": "https://billing.internal/api/", "breaker": {"fail_max": 1}})
+    responses.add(responses.GET, "https://billing.internal/api/invoices/42", json={"id": 42})
+    with pytest.raises(outbound.CallError) as refused:
+        registry.session("billing").get("invoices/43", params={"token": "s3cret"})
+    assert isinstance(refused.value, requests.ConnectionError)  # what responses raises, as before
+    assert "doesn't match any registered mock" in str(refused.value)  # its explanation, in outbound's message
+    assert "s3cret" not in str(refused.value)
+    assert len(responses.calls) == 1  # not retried
+    assert registry["billing"].policy.breaker.state == "closed"  # not counted against the upstream
+    assert registry["billing"].policy.breaker.failures == 0
+
+
+def test_a_request_respx_refuses_is_the_mocks_verdict_not_the_upstreams(make_registry: RegistryFactory) -> None:
+    registry = make_registry(
+        search={"base_url": "https://search.internal/", "client": "httpx", "breaker": {"fail_max": 1}}
+    )
+    with respx.mock(assert_all_called=False) as router:
+        router.get("https://search.internal/q").mock(return_value=httpx.Response(200))
+        with pytest.raises(outbound.CallError) as refused:
+            registry.client("search").get("other")
+
+        async def call() -> None:
+            await registry.async_client("search").get("other")
+
+        with pytest.raises(outbound.CallError):
+            asyncio.run(call())
+        assert len(router.calls) == 0  # not retried: the refusal never reached a route
+    assert "not mocked" in str(refused.value)
+    assert registry["search"].policy.breaker.failures == 0
+    assert registry["search"].policy.stats.retries == 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,6 +19,8 @@ if TYPE_CHECKING:  # pytest-django exports the fixture's type only in recent ver
     from pytest_django import Settings
 
 Configure = Callable[..., Registry]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -48,12 +54,15 @@ def service(upstream: Upstream, **overrides: Any) -> dict[str, Any]:
     return settings
 
 
-def open_breaker(registry: Registry, name: str, upstream: Upstream) -> None:
-    """Make ``name``'s breaker open with one failing call (``service()`` settings: fail_max 1, no retries)."""
-    upstream.set_mode("failing", status=503)
-    if registry[name].config.client == "requests":
-        registry.session(name).get("fail")
-    else:
-        registry.client(name).get("fail")
-    upstream.set_mode("healthy")
-    assert registry.health()["services"][name]["breaker"]["state"] == "open"
+def django_admin(settings_module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m django ARGS`` in a fresh process with ``settings_module``, as a user runs ``manage.py``."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings_module, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

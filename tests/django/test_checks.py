@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import typing
 from io import StringIO
 from pathlib import Path
@@ -18,6 +15,7 @@ from django.core.management.base import SystemCheckError
 
 import outbound
 from outbound_django import checks
+from tests.django.conftest import django_admin
 
 if TYPE_CHECKING:  # pytest-django exports the fixture's type only in recent versions
     from pytest_django import Settings
@@ -192,19 +190,6 @@ def test_silenced_check(settings: Settings) -> None:
     out = StringIO()
     call_command("check", "--tag", "outbound", stdout=out)
     assert "outbound.W005" not in out.getvalue()
-
-
-def django_admin(settings_module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings_module, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "django", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_manage_py_reports_bad_settings_instead_of_crashing() -> None:

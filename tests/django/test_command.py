@@ -12,7 +12,8 @@ from django.core.management.base import CommandError
 
 import outbound
 from outbound import Registry
-from tests.django.conftest import Configure, open_breaker, service
+from tests.conftest import open_breaker
+from tests.django.conftest import Configure, django_admin, service
 from tests.upstream import Upstream
 
 if TYPE_CHECKING:  # pytest-django exports the fixture's type only in recent versions
@@ -62,7 +63,7 @@ def test_status_json(registry: Registry) -> None:
 
 
 def test_status_degraded_exits_0(registry: Registry, upstream: Upstream) -> None:
-    open_breaker(registry, "search", upstream)
+    open_breaker(registry, "search")
     code, out = run("status")
     assert code == 0
     assert "overall: degraded" in out
@@ -72,7 +73,7 @@ def test_status_degraded_exits_0(registry: Registry, upstream: Upstream) -> None
 
 
 def test_status_down_exits_1(registry: Registry, upstream: Upstream) -> None:
-    open_breaker(registry, "billing", upstream)
+    open_breaker(registry, "billing")
     code, out = run("status")
     assert code == 1
     assert "overall: down" in out
@@ -82,8 +83,8 @@ def test_status_down_exits_1(registry: Registry, upstream: Upstream) -> None:
 
 
 def test_status_of_one_service(registry: Registry, upstream: Upstream) -> None:
-    open_breaker(registry, "billing", upstream)
-    open_breaker(registry, "search", upstream)
+    open_breaker(registry, "billing")
+    open_breaker(registry, "search")
     code, out = run("status", "--service", "audit", "--json")
     assert (code, json.loads(out)["status"], list(json.loads(out)["services"])) == (0, "ok", ["audit"])
     code, out = run("status", "--service", "search", "--json")
@@ -154,3 +155,23 @@ def test_probe_of_one_service(registry: Registry, upstream: Upstream) -> None:
 def test_action_is_required() -> None:
     with pytest.raises(CommandError, match="status,probe"):
         call_command("outbound")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["outbound", "status", "--settings=tests.django.settings", "-v", "2"],
+        ["outbound", "status", "--json", "--traceback", "--no-color"],
+        ["outbound", "--settings=tests.django.settings", "probe", "--verbosity=0"],
+    ],
+)
+def test_djangos_common_options_work_after_the_sub_command_too(args: list[str]) -> None:
+    result = django_admin("tests.django.settings", *args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_command_help_is_plain_text() -> None:
+    for action in ("status", "probe"):
+        result = django_admin("tests.django.settings", "outbound", action, "--help")
+        assert result.returncode == 0
+        assert "``" not in result.stdout

@@ -9,7 +9,8 @@ import pytest
 from django.test import AsyncClient, Client
 
 from outbound import Registry
-from tests.django.conftest import Configure, open_breaker, service
+from tests.conftest import open_breaker
+from tests.django.conftest import Configure, service
 from tests.upstream import Upstream
 
 if TYPE_CHECKING:  # pytest-django exports the fixture's type only in recent versions
@@ -35,7 +36,7 @@ def test_passes_when_ok(registry: Registry) -> None:
 
 
 def test_passes_when_degraded(registry: Registry, upstream: Upstream) -> None:
-    open_breaker(registry, "search", upstream)
+    open_breaker(registry, "search")
     assert registry.health()["status"] == "degraded"
     assert check().status_code == 200
 
@@ -43,7 +44,7 @@ def test_passes_when_degraded(registry: Registry, upstream: Upstream) -> None:
 def test_fails_when_a_critical_service_is_down(
     registry: Registry, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    open_breaker(registry, "billing", upstream)
+    open_breaker(registry, "billing")
     response = check()
     assert response.status_code == 500
     assert list(response.json().values()) == ["Unavailable: critical upstream down: billing"]
@@ -62,7 +63,7 @@ def test_fails_with_a_generic_message_on_bad_settings(settings: Settings) -> Non
 
 def test_listed_by_dotted_path(registry: Registry, upstream: Upstream) -> None:
     assert check(path="/ht-by-path/").status_code == 200
-    open_breaker(registry, "billing", upstream)
+    open_breaker(registry, "billing")
     assert check(path="/ht-by-path/").status_code == 500
 
 
@@ -72,5 +73,5 @@ def test_under_asgi(registry: Registry, upstream: Upstream) -> None:
         return response.status_code
 
     assert asyncio.run(status()) == 200
-    open_breaker(registry, "billing", upstream)
+    open_breaker(registry, "billing")
     assert asyncio.run(status()) == 500

@@ -12,7 +12,8 @@ from django.test import AsyncClient, Client
 from django.urls import reverse
 
 from outbound import Registry
-from tests.django.conftest import Configure, open_breaker, service
+from tests.conftest import open_breaker
+from tests.django.conftest import Configure, service
 from tests.django.settings import HEALTH_TOKEN
 from tests.upstream import Upstream
 
@@ -55,7 +56,7 @@ def test_no_store(healthy: Registry) -> None:
 
 
 def test_degraded_when_a_non_critical_service_is_down(healthy: Registry, upstream: Upstream) -> None:
-    open_breaker(healthy, "search", upstream)
+    open_breaker(healthy, "search")
     response = Client().get(URL, headers=bearer(HEALTH_TOKEN))
     assert response.status_code == 200  # an unhealthy dependency must not pull this instance out of rotation
     body = response.json()
@@ -64,7 +65,7 @@ def test_degraded_when_a_non_critical_service_is_down(healthy: Registry, upstrea
 
 
 def test_503_when_a_critical_service_is_down(healthy: Registry, upstream: Upstream) -> None:
-    open_breaker(healthy, "billing", upstream)
+    open_breaker(healthy, "billing")
     response = Client().get(URL)
     assert response.status_code == 503
     assert response.json() == {"status": "down"}
@@ -138,7 +139,7 @@ def test_head(healthy: Registry, upstream: Upstream) -> None:
     response = Client().head(URL)
     assert response.status_code == 200
     assert response.content == b""
-    open_breaker(healthy, "billing", upstream)
+    open_breaker(healthy, "billing")
     assert Client().head(URL).status_code == 503
 
 
@@ -171,7 +172,7 @@ def test_under_asgi(healthy: Registry, upstream: Upstream) -> None:
     assert post == (405, None, "GET, HEAD")
     assert head == (200, b"", "")
 
-    open_breaker(healthy, "billing", upstream)
+    open_breaker(healthy, "billing")
     down = asyncio.run(requests())[0]
     assert down[:2] == (503, {"status": "down"})
 

@@ -16,15 +16,12 @@ from flask.cli import FlaskGroup
 
 from outbound_flask import Outbound
 from outbound_flask.cli import outbound_cli
+from tests.conftest import open_breaker
 from tests.flask.conftest import AppFactory, services
 from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIPS_ON_FIRST_FAILURE = {"retry": None, "breaker": {"fail_max": 1, "reset_timeout": 60}}
-
-
-def open_breaker(app: Flask, name: str) -> None:
-    app.extensions["outbound"].session(name).get("status/503")
 
 
 def invoke(app: Flask, *args: str) -> Any:
@@ -56,7 +53,7 @@ def test_status_table_when_ok(make_app: AppFactory, upstream: Upstream) -> None:
 
 def test_status_degraded_exits_0(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(services(upstream, billing=TRIPS_ON_FIRST_FAILURE))
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
 
     result = invoke(app, "status")
 
@@ -68,7 +65,7 @@ def test_status_degraded_exits_0(make_app: AppFactory, upstream: Upstream) -> No
 
 def test_status_down_exits_1(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(services(upstream, billing={**TRIPS_ON_FIRST_FAILURE, "critical": True}, search={}))
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
 
     result = invoke(app, "status")
 
@@ -78,7 +75,7 @@ def test_status_down_exits_1(make_app: AppFactory, upstream: Upstream) -> None:
 
 def test_status_json_is_the_full_report(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(services(upstream, billing={**TRIPS_ON_FIRST_FAILURE, "critical": True}))
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
 
     result = invoke(app, "status", "--json")
 
@@ -92,7 +89,7 @@ def test_status_json_is_the_full_report(make_app: AppFactory, upstream: Upstream
 
 def test_status_for_one_service(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(services(upstream, billing={**TRIPS_ON_FIRST_FAILURE, "critical": True}, search={}))
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
 
     healthy = invoke(app, "status", "--service", "search", "--json")
     assert healthy.exit_code == 0, healthy.output
@@ -107,7 +104,7 @@ def test_status_for_one_service(make_app: AppFactory, upstream: Upstream) -> Non
 
 def test_status_for_one_non_critical_down_service_is_degraded(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(services(upstream, billing=TRIPS_ON_FIRST_FAILURE))
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
     result = invoke(app, "status", "--service", "billing", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["status"] == "degraded"
@@ -269,3 +266,12 @@ def test_the_real_flask_command_with_the_plugin_entry_point_exits_2_on_a_config_
     assert result.stderr.strip() == (
         "Error: OUTBOUND[services.billing.base_url]: must use http or https, got scheme 'ftp'"
     )
+
+
+def test_cli_help_is_plain_text(make_app: AppFactory) -> None:
+    # Click prints docstrings as they are: reStructuredText markup would show as ``backquotes``.
+    runner = make_app({"services": {}}).test_cli_runner()
+    for args in (["outbound", "--help"], ["outbound", "status", "--help"], ["outbound", "probe", "--help"]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 0
+        assert "``" not in result.output, args

@@ -6,20 +6,16 @@ import logging
 from typing import Any
 
 import pytest
-from flask import Flask, request, url_for
+from flask import request, url_for
 
 from outbound_flask import Outbound
+from tests.conftest import open_breaker
 from tests.flask.conftest import AppFactory, services
 from tests.upstream import Upstream
 
 TOKEN = "s3cret-health-token"
 # fail_max 1 and no retries: one 503 from the upstream opens the breaker, and it stays open for the test.
 TRIPS_ON_FIRST_FAILURE = {"retry": None, "breaker": {"fail_max": 1, "reset_timeout": 60}}
-
-
-def open_breaker(app: Flask, name: str) -> None:
-    app.extensions["outbound"].session(name).get("status/503")
-    assert app.extensions["outbound"].health()["services"][name]["breaker"]["state"] == "open"
 
 
 def config(upstream: Upstream, health: dict[str, Any] | None = None, **overrides: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +36,7 @@ def test_ok_is_200_with_no_store(make_app: AppFactory, upstream: Upstream) -> No
 
 def test_a_down_non_critical_service_is_degraded_and_still_200(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(config(upstream, {"show_details": "always"}, billing=TRIPS_ON_FIRST_FAILURE, search={}))
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
 
     response = app.test_client().get("/health/outbound")
 
@@ -52,7 +48,7 @@ def test_a_down_non_critical_service_is_degraded_and_still_200(make_app: AppFact
 
 def test_a_down_critical_service_is_503(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(config(upstream, billing={**TRIPS_ON_FIRST_FAILURE, "critical": True}))
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
 
     response = app.test_client().get("/health/outbound")
 
@@ -67,7 +63,7 @@ def test_head_has_the_status_and_headers_without_a_body(make_app: AppFactory, up
     ok = client.head("/health/outbound")
     assert (ok.status_code, ok.data, ok.headers["Cache-Control"]) == (200, b"", "no-store")
 
-    open_breaker(app, "billing")
+    open_breaker(app.extensions["outbound"], "billing")
     down = client.head("/health/outbound")
     assert (down.status_code, down.data) == (503, b"")
 

@@ -6,6 +6,8 @@ Exit codes: 0 ok or degraded (status) / every critical probe passed (probe); 1 d
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 from typing import Any
 
@@ -29,10 +31,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="{status,probe}")
         status = actions.add_parser("status", help="health of every service: no network I/O")
-        probe = actions.add_parser("probe", help="one GET to each service's 'probe' path through its client")
+        probe = actions.add_parser(
+            "probe", help="one GET to each service's probe path, all at once, without retries; changes nothing"
+        )
         for sub in (status, probe):
             sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
             sub.add_argument("--service", metavar="NAME", help="only this service")
+            _accept_common_options(parser, sub)
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -65,3 +70,15 @@ class Command(BaseCommand):
         else:
             self.stdout.write(outbound_health.render_probe(results))
         return outbound_health.probe_exit_code(results)
+
+
+def _accept_common_options(parser: CommandParser, sub: argparse.ArgumentParser) -> None:
+    # Django's own options (--settings, -v, --traceback...) belong to the command's parser, which rejects them after
+    # the sub-command ("outbound status --settings=x"), where every other manage.py command takes them. Each
+    # sub-command gets a copy; SUPPRESS keeps a copy that was not given from overwriting the one that was.
+    for action in parser._actions:  # argparse keeps no public list of a parser's options
+        if action.option_strings and not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            common = copy.copy(action)
+            common.default = argparse.SUPPRESS
+            common.container = sub
+            sub._add_action(common)
