@@ -80,5 +80,4 @@ def _accept_common_options(parser: CommandParser, sub: argparse.ArgumentParser) 
         if action.option_strings and not isinstance(action, argparse._HelpAction | argparse._VersionAction):
             common = copy.copy(action)
             common.default = argparse.SUPPRESS
-            common.container = sub
             sub._add_action(common)
