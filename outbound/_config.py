@@ -149,6 +149,8 @@ class ServiceConfig:
     """Whether an open breaker takes the whole health report down."""
     probe: str | None = None
     """A path for ``outbound probe``."""
+    shared: bool = True
+    """With a fleet state backend, share this service's breaker, trials and stats with the fleet."""
     auth: tuple[str, str] | None = None
     """Basic credentials taken from ``base_url`` (``https://user:pass@host/``): not a key users write."""
 
@@ -162,9 +164,36 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    prometheus: bool = False
+    """Register outbound's metrics on prometheus_client's default registry (extra ``outbound-http[prometheus]``)."""
+    otel: bool = False
+    """Record outbound's metrics through OpenTelemetry's meter API (extra ``outbound-http[otel]``)."""
+
+
+StateBackend = Literal["memory", "redis"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateConfig:
+    backend: StateBackend = "memory"
+    """Where breakers, trials and stats live: this process alone, or a Redis shared by the fleet."""
+    url: str = "redis://127.0.0.1:6379/0"
+    """The Redis to share state through (redis-py URL: ``redis://``, ``rediss://``, ``unix://``)."""
+    prefix: str = "outbound"
+    """The start of every Redis key this registry writes."""
+    sync_interval: float = 1.0
+    """Seconds between a process's publishes of its stats, and its polls of the fleet's breaker states."""
+    timeout: float = 0.05
+    """Seconds allowed per Redis command."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundConfig:
     services: Mapping[str, ServiceConfig]
     health: HealthConfig = field(default_factory=HealthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
 
 def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -173,7 +202,13 @@ def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 DERIVED_SERVICE_FIELDS = ("name", "auth")
-TOP_LEVEL_KEYS = ("defaults", "services", "health")
+TOP_LEVEL_KEYS = ("defaults", "services", "health", "metrics", "state")
+# Optional dependencies: the import that must work, and the extra that brings it.
+EXTRAS = {
+    "prometheus": ("prometheus_client", "outbound-http[prometheus]"),
+    "otel": ("opentelemetry.metrics", "outbound-http[otel]"),
+    "redis": ("redis", "outbound-http[redis]"),
+}
 SERVICE_KEYS = keys_of(ServiceConfig, exclude=DERIVED_SERVICE_FIELDS)
 
 # RFC 9110 token characters for header names; printable ASCII values (httpx encodes values as ASCII, requests
@@ -685,6 +720,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         http2=http2,
         critical=reader.boolean("critical", False),
         probe=probe,
+        shared=reader.boolean("shared", True),
         auth=auth,
     )
 
@@ -693,6 +729,52 @@ def _parse_health(raw: Any, errors: list[ConfigError]) -> HealthConfig:
     reader = _Reader(raw, None, "health", keys_of(HealthConfig), errors)
     show_details = reader.choice("show_details", "when_authorized", ("never", "when_authorized", "always"))
     return HealthConfig(show_details=show_details, token=reader.optional_string("token"))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _require_extra(reader: _Reader, key: str, extra: str) -> None:
+    module, install = EXTRAS[extra]
+    if not _installed(module):
+        reader.fail(f"needs the {extra} extra: pip install '{install}'", key=key, code="unsupported")
+
+
+def _parse_metrics(raw: Any, errors: list[ConfigError]) -> MetricsConfig:
+    reader = _Reader(raw, None, "metrics", keys_of(MetricsConfig), errors)
+    config = MetricsConfig(prometheus=reader.boolean("prometheus", False), otel=reader.boolean("otel", False))
+    if config.prometheus:
+        _require_extra(reader, "prometheus", "prometheus")
+    if config.otel:
+        _require_extra(reader, "otel", "otel")
+    return config
+
+
+def _parse_state(raw: Any, errors: list[ConfigError]) -> StateConfig:
+    reader = _Reader(raw, None, "state", keys_of(StateConfig), errors)
+    defaults = StateConfig()
+    backend = reader.choice("backend", "memory", ("memory", "redis"))
+    url = reader.mapping.get("url", defaults.url)
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        reader.fail(f"must be a redis://, rediss:// or unix:// URL, got {_shown(url)}", key="url", code="url")
+        url = defaults.url
+    prefix = reader.mapping.get("prefix", defaults.prefix)
+    if not isinstance(prefix, str) or not prefix or any(ord(char) < 0x21 for char in prefix):
+        reader.fail(f"must be a non-empty string without spaces, got {_shown(prefix)}", key="prefix")
+        prefix = defaults.prefix
+    if backend == "redis":
+        _require_extra(reader, "backend", "redis")
+    return StateConfig(
+        backend=backend,
+        url=url,
+        prefix=prefix,
+        sync_interval=reader.required_seconds("sync_interval", defaults.sync_interval, allow_zero=False),
+        timeout=reader.required_seconds("timeout", defaults.timeout, allow_zero=False),
+    )
 
 
 def parse_config(mapping: Any) -> OutboundConfig:
@@ -743,8 +825,17 @@ def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
             parsed[name] = _parse_service(name, raw, defaults, errors)
         except _Skip:
             continue
+    health = _section(_parse_health, top.mapping.get("health", {}), errors, HealthConfig)
+    metrics = _section(_parse_metrics, top.mapping.get("metrics", {}), errors, MetricsConfig)
+    state = _section(_parse_state, top.mapping.get("state", {}), errors, StateConfig)
+    return None if errors else OutboundConfig(services=parsed, health=health, metrics=metrics, state=state)
+
+
+S = TypeVar("S")
+
+
+def _section(parse: Callable[[Any, list[ConfigError]], S], raw: Any, errors: list[ConfigError], default: type[S]) -> S:
     try:
-        health = _parse_health(top.mapping.get("health", {}), errors)
-    except _Skip:
-        health = HealthConfig()
-    return None if errors else OutboundConfig(services=parsed, health=health)
+        return parse(raw, errors)
+    except _Skip:  # not a mapping: recorded
+        return default()

@@ -16,6 +16,7 @@ from ._config import HealthConfig, OutboundConfig, parse_config
 from ._errors import RegistryClosedError, ServiceLookupError
 from ._events import Observer
 from ._logging import install_secrets_filter
+from ._metrics import metric_observers
 from ._probe import probe_all
 from ._service import Service
 from .health import HealthReport, ProbeResult, build_report
@@ -47,6 +48,8 @@ class Registry:
             for name, service in config.services.items()
         }
         self._closed = False
+        for observer in metric_observers(config.metrics, self):
+            self.add_observer(observer)
         install_secrets_filter(frozenset().union(*(s.sensitive_headers for s in config.services.values())))
         _reset_in_forked_children(self)
 

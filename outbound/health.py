@@ -30,6 +30,7 @@ __all__ = [
     "ProbeResult",
     "Reporting",
     "ServiceHealth",
+    "StateBackendHealth",
     "StatsSnapshot",
     "Status",
     "bearer_token_matches",
@@ -168,17 +169,43 @@ class ServiceHealth:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StateBackendHealth:
+    """The fleet's state backend as this process sees it: ``status`` is ``"ok"`` or ``"unreachable"``."""
+
+    backend: str
+    status: Literal["ok", "unreachable"]
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "status": self.status, "last_error": self.last_error}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthReport:
-    """The whole report: the overall status and each service's health, in settings order."""
+    """The whole report: the overall status and each service's health, in settings order.
+
+    ``scope`` says whose state it is: ``"process"`` (this process alone) or ``"fleet"`` (every process sharing the
+    state backend); with a fleet, ``workers`` counts the live processes and ``state_backend`` says how this one
+    reaches the backend.
+    """
 
     status: Status
     services: Mapping[str, ServiceHealth]
+    scope: Literal["process", "fleet"] = "process"
+    workers: int | None = None
+    state_backend: StateBackendHealth | None = None
 
     def as_dict(self, *, details: bool = True) -> dict[str, Any]:
         """The JSON-ready report; ``details=False`` gives ``{"status": ...}`` only."""
         if not details:
             return {"status": self.status}
-        return {"status": self.status, "services": {name: s.as_dict() for name, s in self.services.items()}}
+        report: dict[str, Any] = {"status": self.status, "scope": self.scope}
+        if self.workers is not None:
+            report["workers"] = self.workers
+        if self.state_backend is not None:
+            report["state_backend"] = self.state_backend.as_dict()
+        report["services"] = {name: s.as_dict() for name, s in self.services.items()}
+        return report
 
 
 def service_status(breaker_state: str, pool: PoolSnapshot) -> Status:
