@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import datetime
 import gc
 import http.client
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import select
+import signal
 import socket
 import statistics
 import subprocess
@@ -31,6 +33,41 @@ from urllib.parse import urlencode, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 15.0  # how long the upstream process may take to print its URL
 JOIN_GRACE_SECONDS = 30.0  # how long a worker thread may overrun its deadline before the run is declared stuck
+
+
+# -- child processes -------------------------------------------------------------------------------------------------
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Looked up here, in the parent: the child between fork() and exec() should call a function, not load a library.
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for the servers the benchmarks start: on Linux the kernel sends the child SIGTERM when the
+    thread that started it dies, so a benchmark killed outright (a test's timeout sends SIGKILL, which runs no
+    cleanup) leaves no server running. ``None`` where there is no ``prctl``. Start children from the main thread.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
 
 
 # -- the upstream ----------------------------------------------------------------------------------------------------
@@ -52,6 +89,7 @@ class UpstreamProcess:
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=die_with_parent(),  # no orphaned server if this process is killed
         )
         assert self._process.stdout is not None
         ready, _, _ = select.select([self._process.stdout], [], [], STARTUP_SECONDS)
@@ -364,8 +402,11 @@ def render_table(rows: Sequence[Row]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
-def render_markdown(rows: Sequence[Row], *, env: dict[str, str], settings: str, notes: str) -> str:
-    """``RESULTS.md``: environment, the table with a verdict per row, per-row details and the method."""
+def render_markdown(
+    rows: Sequence[Row], *, env: dict[str, str], settings: str, notes: str, sections: Sequence[str] = ()
+) -> str:
+    """``RESULTS.md``: environment, the table with a verdict per row, per-row details, any further ``sections``
+    (Markdown, each with its own heading) and the method."""
     out = [
         "# outbound benchmark results",
         "",
@@ -385,6 +426,8 @@ def render_markdown(rows: Sequence[Row], *, env: dict[str, str], settings: str, 
     ]
     out += ["", "## Details", ""]
     out += [f"- **{r.key}** {r.detail}" for r in rows if r.detail]
+    for section in sections:
+        out += ["", section.strip()]
     out += ["", notes.strip(), ""]
     return "\n".join(out)
 

@@ -1,4 +1,5 @@
-"""The eight measurements of issue 6, each comparing variants in the same run against the upstream process.
+"""The measurements: the eight of issue 6, each comparing variants in the same run against the upstream process,
+and row 9 (issue 18, ``benchmarks/_brownout.py``): an app under a real server while its upstream browns out.
 
 Every scenario takes the running upstream and the run's ``Settings`` and returns its table rows. Comparisons
 alternate the variants A B A B ... (the sequential ones in short slices, see ``harness.interleave``) and report one
@@ -22,6 +23,7 @@ import requests
 import requests.adapters
 
 import outbound
+from benchmarks import _brownout
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -70,6 +72,8 @@ class Settings:
     leak_calls: int  # row 8, in total
     leak_segments: int
     warmup_calls: int
+    brownout_seconds: float  # row 9, the measured window of each cell ...
+    brownout_ramp: float  # ... and its first seconds, also reported on their own
 
 
 FULL = Settings(
@@ -82,6 +86,8 @@ FULL = Settings(
     leak_calls=50_000,
     leak_segments=5,
     warmup_calls=200,
+    brownout_seconds=10.0,
+    brownout_ramp=2.0,
 )
 QUICK = Settings(
     rounds=2,
@@ -93,6 +99,8 @@ QUICK = Settings(
     leak_calls=400,
     leak_segments=2,
     warmup_calls=5,
+    brownout_seconds=1.0,
+    brownout_ramp=0.3,
 )
 
 
@@ -655,6 +663,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     6: budget,
     7: health,
     8: leaks,
+    _brownout.MEASUREMENT: _brownout.brownout,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c"),
@@ -665,4 +674,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     6: ("6a", "6b"),
     7: ("7a", "7b"),
     8: ("8a", "8b"),
+    _brownout.MEASUREMENT: _brownout.ROW_KEYS,
 }

@@ -2,10 +2,13 @@
 
 From a fresh clone this creates ``.venv`` (as ``tests/run.py`` does) and re-runs itself inside it. It starts the
 shared test upstream (``tests/upstream.py``) in a separate process on 127.0.0.1, runs the eight measurements of
-issue 6, prints a table and writes ``benchmarks/RESULTS.md``. A full run takes about four minutes on two cores.
+issue 6 and row 9 of issue 18 (an app under gunicorn or uvicorn while its upstream browns out), prints a table and
+writes ``benchmarks/RESULTS.md``. A full run takes about seven minutes on two cores, three of them row 9's.
 
 Only a full run (every measurement, not ``--quick``) writes ``benchmarks/RESULTS.md`` by default; pass
-``--results PATH`` to write a partial or quick run somewhere else.
+``--results PATH`` to write a partial or quick run somewhere else. When it writes ``benchmarks/RESULTS.md`` with row
+9, it also copies row 9's table into ``README.md``, between the ``<!-- brownout-table:start -->`` and
+``<!-- brownout-table:end -->`` lines (and leaves the README alone, with a warning, when they are missing).
 """
 
 from __future__ import annotations
@@ -68,6 +71,35 @@ NOTES = """
   `gc.collect()`. A caller refused by an open breaker waits for the breaker's next trial (at most 20 ms) instead of
   spinning through its share of the calls in microseconds. It is one run, not rounds: the per-segment figures in
   the details show the trend.
+- **Row 9** measures what outbound is for rather than what it costs: an app under a real server whose upstream
+  browns out. A Flask app and a Django site (`benchmarks/brownout_apps/`) run under gunicorn `-w 2 --threads 4`
+  (gthread), and the Django site's async views under uvicorn with one worker (with `--workers`, uvicorn binds a
+  socket asyncio does not recognise as TCP, so accepted connections lack `TCP_NODELAY` and every keep-alive
+  response waits ~40 ms for a delayed ACK). Each app has `/local`, which calls no upstream (it JSON-encodes a small
+  dict), and `/upstream`, which makes one GET to the test upstream with one of three clients: a plain
+  `requests.Session` (a blocking pool of 20, no retries, `timeout=(0.5, 0.5)`); the textbook recipe (the same
+  session with `HTTPAdapter(max_retries=Retry(total=1, backoff_factor=0.25, status_forcelist=[502, 503, 504]))`,
+  every call inside a per-process `pybreaker.CircuitBreaker(fail_max=5, reset_timeout=5)`'s `.call()`); or
+  outbound with the same settings (connect and read 0.5 s, retry total 1, backoff 0.25, breaker fail_max 5 and
+  reset_timeout 5 s, its defaults otherwise) through the Flask extension's and `outbound_django`'s accessors
+  (`async_client` in the async view). The 5 s reset timeout is shorter than the window, so the figures include the
+  trial calls a long brownout sees. Each cell (a variant in a scenario) starts its own upstream process in the
+  scenario's mode (healthy; brownout: `slow`, every answer 2 s late; outage: `refuse`, its listener closed), then a
+  fresh server, and waits until every worker has answered, so no cell inherits another's breaker state or pooled
+  connections (the test upstream keeps answering connections opened before `refuse`). A separate load process
+  (`benchmarks/_brownout_load.py`) runs 16 threads with a keep-alive connection each, alternating `/local` and
+  `/upstream`, after three warm-up requests per thread to `/local`. The measured window is the first 10 s of the
+  scenario (1 s in `--quick`), for every client alike: no settling period, so the time a client takes to stop
+  waiting on a slow upstream (its breaker opening) counts; the details show the first 2 s on their own. The
+  figures are `/local`'s: successful requests per second, and p50 / p99 latency of every request started in the
+  window (those in flight at its end finish and count). The load is a closed loop: a thread waits for each answer,
+  so a slow `/upstream` also delays that thread's next `/local`, and a stalled server shows in the throughput more
+  than in the percentiles (the stalled threads send fewer requests). The row's value is a variant's `/local`
+  req/s in the degraded scenario over its own healthy figure, measured one after the other (above 1 when failing
+  fast costs the app less than a healthy upstream call did); outbound's variants have a target, the baselines are
+  reported. Each cell is one run, not rounds (`--rounds` does not apply), and the machine's CPUs are shared by the
+  server, the load process and the upstream, so the healthy figures are CPU-bound and have varied by up to 30%
+  from run to run; the degraded ones differ by orders of magnitude, not percents.
 """
 
 
@@ -100,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen measurements; print the table; write the results file. Returns the exit code."""
     # Imported here, not at the top: before _bootstrap() re-runs this script inside .venv, httpx and friends may be
     # missing from the interpreter that started it.
+    from benchmarks import _brownout
     from benchmarks._harness import UpstreamProcess, environment, render_markdown, render_table, timed
     from benchmarks._scenarios import FULL, QUICK, SCENARIOS
 
@@ -127,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows += SCENARIOS[number](upstream, settings)
 
     print(render_table(rows))
+    brownout_table = _brownout.render_table(rows, settings)
+    if brownout_table is not None:
+        print(f"\n{brownout_table}")
     results = args.results
     if results is None and not args.quick and only == sorted(SCENARIOS):
         results = DEFAULT_RESULTS
@@ -135,8 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         run = f"{settings.rounds} rounds, measurements {','.join(map(str, only))}"
         if args.quick:
             run = "QUICK (tiny counts: proves the code runs; the figures and verdicts mean nothing), " + run
-        results.write_text(render_markdown(rows, env=env, settings=run, notes=NOTES.format(raw_us=raw_us)))
+        sections = [_brownout.results_section(brownout_table)] if brownout_table is not None else []
+        notes = NOTES.format(raw_us=raw_us)
+        results.write_text(render_markdown(rows, env=env, settings=run, notes=notes, sections=sections))
         print(f"\nwrote {results}")
+        # The README shows the committed results' table: only a run that writes them may change its copy.
+        if brownout_table is not None and not args.quick and results.resolve() == DEFAULT_RESULTS:
+            if _brownout.update_readme(brownout_table):
+                print(f"updated row {_brownout.MEASUREMENT}'s table in README.md")
+            else:
+                print(
+                    f"warning: README.md has no {_brownout.MARKER_START} ... {_brownout.MARKER_END} lines; "
+                    "left it untouched",
+                    file=sys.stderr,
+                )
     return 0
 
 

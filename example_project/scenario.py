@@ -275,6 +275,9 @@ upstream simulator:   {stack.upstream_url}_control/stats
   slow / refuse:      curl -X POST '{control}slow&delay=3'     curl -X POST '{control}refuse'
   flapping / heal:    curl -X POST '{control}flapping&period=2'  curl -X POST '{control}healthy'
 
+the README's table (an app that keeps serving while its upstream browns out), measured again:
+                      python3 benchmarks/run.py --only 9
+
 Ctrl+C stops both.""",
             flush=True,
         )
