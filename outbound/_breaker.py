@@ -231,12 +231,14 @@ class Breaker:
                 return None
             if state == OPEN:
                 if not self.shared.claim_trial(self.config.reset_timeout):
-                    # Another process of the fleet holds this period's trial; ask again a little later.
+                    # Another process of the fleet holds this period's trials; ask again a little later.
                     self._trial_at = now + min(1.0, self.config.reset_timeout)
                     return Rejection("circuit_open", 0.0, "a trial call is in flight in another process")
                 self._half_open()
-            if self._trials >= self.config.half_open_max_calls:
+            elif self._trials >= self.config.half_open_max_calls:
                 return Rejection("circuit_open", 0.0, "a trial call is in flight")
+            elif not self.shared.claim_trial(self.config.reset_timeout):
+                return Rejection("circuit_open", 0.0, "the fleet's trial calls are in flight")
             self._trials += 1
             return self._period
 
@@ -292,7 +294,7 @@ class Breaker:
     def apply(self, state: str, *, reason: str, open_seconds: float = 0.0) -> None:
         """Apply a transition decided elsewhere (another process of the fleet). Never reported back to it."""
         with self._lock:
-            if state == self.state and state != OPEN:
+            if state == self.state == CLOSED:
                 return
             if state == CLOSED:
                 self._close(reason, publish=False)

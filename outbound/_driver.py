@@ -27,6 +27,8 @@ Response = TypeVar("Response")
 # How long an async call that waits for a freed bulkhead slot sleeps between looks: event loops cannot block on the
 # threading.Event that wakes waiting threads.
 ASYNC_WAKE_POLL = 0.005
+# How often an async call sleeping before a retry looks whether the registry closed (threads are woken at once).
+ASYNC_CLOSE_POLL = 0.05
 
 
 class Exchange(Protocol[Request, Response]):
@@ -107,7 +109,15 @@ async def adrive(call: Call, exchange: AsyncExchange[Request, Response], request
             if response is not None:
                 await exchange.discard(response)
             if decision.delay > 0:
-                await anyio.sleep(decision.delay)
+                await _sleep_until_closed(call, decision.delay)
         except BaseException:  # cancellation among them: never a verdict on the upstream
             call.abandon()
             raise
+
+
+async def _sleep_until_closed(call: Call, seconds: float) -> None:
+    # An event loop cannot wait on the threading.Event that close() sets: sleep in slices and look between them, so
+    # a retry waiting out a long backoff is refused soon after close(), not when the backoff ends.
+    deadline = anyio.current_time() + seconds
+    while not call.closing.is_set() and (left := deadline - anyio.current_time()) > 0:
+        await anyio.sleep(min(left, ASYNC_CLOSE_POLL))

@@ -420,11 +420,13 @@ class Call:
         if hooks.call_finished:
             now = self._policy.clock()
             message = f"{self.method} {redact_url(self.url)} refused before a retry: {rejection.reason}"
+            # A retry refused because the registry closed is our own shutdown: quiet, like an attempt it cut short.
+            kind = Kind.CLOSED if rejection.reason == "closed" else Kind.OTHER_ERROR
             event = CallFinished(
                 self._policy.name,
                 self.method,
                 self._url,
-                Kind.OTHER_ERROR,
+                kind,
                 None,
                 self._attempts,
                 now - self._started,
@@ -476,6 +478,7 @@ class Call:
 
 
 _REJECTION_TYPES = {
+    "closed": "RegistryClosedError",
     "circuit_open": "CircuitOpenError",
     "bulkhead_full": "BulkheadFullError",
     "rate_limited": "RateLimitedError",

@@ -26,19 +26,21 @@ from .health import ProbeResult
 UNBOUNDED_PHASE_SECONDS = 30.0
 
 
-def probe_all(configs: Sequence[ServiceConfig]) -> list[ProbeResult]:
+def probe_all(services: Sequence[Service]) -> list[ProbeResult]:
     """Probe every service concurrently; results in the order given."""
-    if not configs:
+    if not services:
         return []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(configs), thread_name_prefix="outbound-probe") as pool:
-        return list(pool.map(probe, configs))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(services), thread_name_prefix="outbound-probe") as pool:
+        return list(pool.map(probe, services))
 
 
-def probe(config: ServiceConfig) -> ProbeResult:
-    """One GET to ``config.probe`` (a skipped result when the service has none)."""
+def probe(of: Service) -> ProbeResult:
+    """One GET to the service's ``probe`` path (a skipped result when it has none), through a client of its own that
+    is built as the service's is (its settings, and the transport a test gave it)."""
+    config = of.config
     if config.probe is None:
         return ProbeResult(service=config.name, critical=config.critical, url=None, ok=None)
-    service = Service(_probe_config(config))
+    service = Service(_probe_config(config), transport=of.transport)
     started = time.perf_counter()
     url = ""
     try:

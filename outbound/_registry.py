@@ -19,7 +19,8 @@ from ._logging import install_secrets_filter
 from ._metrics import metric_observers
 from ._probe import probe_all
 from ._service import Service
-from .health import HealthReport, ProbeResult, build_report
+from ._state import state_backend
+from .health import HealthReport, ProbeResult, Status, build_report
 
 
 class Registry:
@@ -48,6 +49,10 @@ class Registry:
             for name, service in config.services.items()
         }
         self._closed = False
+        # No network I/O here (Django builds the registry for every manage.py command): a fleet backend connects
+        # on first use, in each process.
+        self._state = state_backend(config.state)
+        self._state.attach(self._services)
         for observer in metric_observers(config.metrics, self):
             self.add_observer(observer)
         install_secrets_filter(frozenset().union(*(s.sensitive_headers for s in config.services.values())))
@@ -117,7 +122,11 @@ class Registry:
         return self._open(name).async_client()
 
     def report(self, *, service: str | None = None) -> HealthReport:
-        """The typed health snapshot (no network I/O): each service's breaker, pool, stats and last error.
+        """The typed health snapshot: each service's breaker, pool, stats and last error.
+
+        With a fleet (``state.backend: "redis"``) the breakers and stats of shared services are the fleet's: its
+        breaker states and its counters summed over every live process (one Redis round trip); pools stay this
+        process's. Otherwise no network I/O.
 
         Args:
             service: report on this service alone; the overall status follows the same rules for it alone.
@@ -125,8 +134,21 @@ class Registry:
         Raises:
             ServiceLookupError: ``service`` is not configured.
         """
-        services = [self[service]] if service is not None else self._services.values()
-        return build_report(s.health() for s in services)
+        services = [self[service]] if service is not None else list(self._services.values())
+        fleet = self._state.view() if self._state.scope == "fleet" else None
+        report = build_report(s.health(fleet.services.get(s.name) if fleet else None) for s in services)
+        backend = self._state.health()
+        if backend is None:
+            return report
+        # Cut off from the fleet, this process may miss an opening elsewhere: never "ok".
+        status = report.status if backend.status == "ok" else _worst(report.status, "degraded")
+        return HealthReport(
+            status=status,
+            services=report.services,
+            scope="fleet",
+            workers=fleet.workers if fleet is not None else None,
+            state_backend=backend,
+        )
 
     def health(self, *, details: bool = True, service: str | None = None) -> dict[str, Any]:
         """``report()`` as the JSON-ready dict ``/health/outbound`` serves; ``details=False`` gives
@@ -143,14 +165,30 @@ class Registry:
             service.policy.add_observer(observer)
 
     def reset(self, name: str | None = None) -> None:
-        """Close the breaker and clear the failure counts, the retry budget and the stats of service ``name``, or
-        of every service. For tests, and for an operator who knows the upstream is back.
+        """Close the breaker (lifting an isolation) and clear the failure counts, the retry budget and the stats of
+        service ``name``, or of every service. With a fleet, the breaker closes for every process. For tests, and
+        for an operator who knows the upstream is back.
 
         Raises:
             ServiceLookupError: ``name`` is not configured.
         """
-        for service in [self[name]] if name is not None else self._services.values():
+        for service in [self[name]] if name is not None else list(self._services.values()):
             service.reset()
+            self._state.reset(service.name)
+
+    def isolate(self, name: str, seconds: float | None = None) -> None:
+        """Force ``name``'s breaker open (state ``"isolated"``) until ``reset(name)``, or for ``seconds``: calls fail
+        fast with ``CircuitOpenError`` and the service reports ``down``. With a fleet, for every process.
+
+        Raises:
+            ServiceLookupError: ``name`` is not configured.
+            ValueError: ``seconds`` is not a positive number.
+        """
+        service = self[name]
+        if seconds is not None and (isinstance(seconds, bool) or not seconds > 0 or seconds == float("inf")):
+            raise ValueError(f"isolate({name!r}, seconds=...) needs a positive number of seconds or None")
+        service.policy.breaker.isolate(seconds)
+        self._state.isolate(name, seconds)
 
     def probe(self, name: str | None = None) -> list[ProbeResult]:
         """Send exactly one GET to each service's ``probe`` path (or just ``name``'s), all at once.
@@ -163,7 +201,7 @@ class Registry:
             ServiceLookupError: ``name`` is not configured.
         """
         targets = [self[name]] if name is not None else list(self._services.values())
-        return probe_all([service.config for service in targets])
+        return probe_all(targets)
 
     def close(self) -> None:
         """Close every pooled socket of every client, including the per-loop async clients. Idempotent.
@@ -171,6 +209,7 @@ class Registry:
         Every service is closed even if one fails; the first failure is raised afterwards.
         """
         self._closed = True
+        self._state.close()
         errors: list[Exception] = []
         for service in self._services.values():
             try:
@@ -183,6 +222,7 @@ class Registry:
     async def aclose(self) -> None:
         """``close()`` for async code: the running loop's async clients are awaited."""
         self._closed = True
+        self._state.close()
         errors: list[Exception] = []
         for service in self._services.values():
             try:
@@ -206,6 +246,7 @@ class Registry:
     def _open(self, name: str) -> Service:
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; cannot use service {name!r}")
+        self._state.ensure_running()  # a fleet's threads start on first use in each process (after a fork too)
         return self[name]
 
     def _unknown(self, name: str) -> ServiceLookupError:
@@ -229,3 +270,8 @@ def _reset_in_forked_children(registry: Registry) -> None:
 
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=after_fork_in_child)
+
+
+def _worst(status: Status, floor: Status) -> Status:
+    order: tuple[Status, ...] = ("ok", "degraded", "down")
+    return max(status, floor, key=order.index)

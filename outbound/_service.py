@@ -18,7 +18,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient, current_loop
 from ._backends.requests import ServiceSession
@@ -27,6 +27,9 @@ from ._errors import RegistryClosedError, ServiceLookupError, redact_url
 from ._events import Observer
 from ._policy import Policy
 from .health import BreakerSnapshot, PoolSnapshot, ServiceHealth, service_status
+
+if TYPE_CHECKING:
+    from ._state import FleetService
 
 CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for a client on another thread's event loop
 _closing_tasks: set[asyncio.Task[None]] = set()
@@ -63,7 +66,7 @@ class Service:
         transport: InnerTransport | None = None,
     ) -> None:
         self.name = config.name
-        self._transport = transport
+        self.transport = transport  # the inner transport a test gave an httpx service (Registry(transports=...))
         self.config = config
         self.policy = Policy(config, clock=clock, observers=observers)
         self._lock = threading.Lock()
@@ -104,7 +107,7 @@ class Service:
             with self._lock:
                 self._check_open()
                 if self._client is None:
-                    self._client = ServiceClient(self.policy, transport=self._transport)
+                    self._client = ServiceClient(self.policy, transport=self.transport)
                     self._clients.append(self._client)
                 client = self._client
         return client
@@ -126,7 +129,7 @@ class Service:
                 client = self._async_clients.get(loop)
                 if client is None:
                     self._forget_closed_loops()
-                    client = ServiceAsyncClient(self.policy, loop=loop, transport=self._transport)
+                    client = ServiceAsyncClient(self.policy, loop=loop, transport=self.transport)
                     self._async_clients[loop] = client
                     self._close_with_loop(loop, client)
         return client
@@ -140,23 +143,27 @@ class Service:
             in_use, idle, waiting = in_use + busy, idle + free, waiting + queued
         return PoolSnapshot(max_connections=self.config.pool.max_connections, in_use=in_use, idle=idle, waiting=waiting)
 
-    def health(self) -> ServiceHealth:
-        """This service's part of the health report (no network I/O)."""
+    def health(self, fleet: FleetService | None = None) -> ServiceHealth:
+        """This service's part of the health report (no network I/O): this process's view, or the fleet's breaker
+        and summed stats when ``fleet`` is given (its pool numbers stay this process's)."""
         breaker = self.policy.breaker
-        state = breaker.effective_state()
         pool = self.pool()
+        if fleet is not None:
+            state, retry_in, opened_at = fleet.breaker.state, fleet.breaker.retry_in, fleet.breaker.opened_at
+            failures, stats, last_error = fleet.breaker.failures, fleet.stats, fleet.last_error
+        else:
+            state, retry_in, opened_at = breaker.effective_state(), breaker.retry_in(), breaker.opened_at
+            failures, stats, last_error = breaker.failures, self.policy.stats.snapshot(), self.policy.stats.last_error
         return ServiceHealth(
             name=self.name,
             status=service_status(state, pool),
             client=self.config.client,
             base_url=redact_url(self.config.base_url),
             critical=self.config.critical,
-            breaker=BreakerSnapshot(
-                state=state, failures=breaker.failures, opened_at=breaker.opened_at, retry_in=breaker.retry_in()
-            ),
+            breaker=BreakerSnapshot(state=state, failures=failures, opened_at=opened_at, retry_in=retry_in),
             pool=pool,
-            stats=self.policy.stats.snapshot(),
-            last_error=self.policy.stats.last_error,
+            stats=stats,
+            last_error=last_error,
         )
 
     def reset(self) -> None:

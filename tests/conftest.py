@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from outbound import Registry
+from tests.redis_server import RedisServer
 from tests.upstream import Upstream, wait_until
 
 pytest_plugins = ["pytester"]  # tests/test_testing_kit.py runs small pytest sessions of its own
@@ -51,6 +52,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"upstream", "upstream_server", "blackhole"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_server)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test session's own (never the machine's shared one)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    if redis_server.process is None:  # a test stopped it and failed before restarting it
+        redis_server.start()
+    redis_server.client().flushall()
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")

@@ -116,17 +116,39 @@ def transport_options(config: ServiceConfig, proxy: str | None) -> dict[str, Any
     }
 
 
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+class _BaseURLAuth(httpx.Auth):
+    """Basic credentials from ``base_url``'s userinfo, sent only to the base URL's origin.
+
+    They were part of that URL, so they belong to it: an absolute URL to another host, called through the same
+    client, must not carry them (as it would with a client-wide ``auth=``).
+    """
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self._origin = _origin(httpx.URL(base_url))
+        self._basic = httpx.BasicAuth(username, password)
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        if _origin(request.url) == self._origin:
+            yield from self._basic.auth_flow(request)
+        else:
+            yield request
+
+
 def client_options(config: ServiceConfig) -> dict[str, Any]:
     """Keyword arguments shared by the sync and async clients."""
-    auth = httpx.BasicAuth(*config.auth) if config.auth is not None else None
+    auth = _BaseURLAuth(config.base_url, *config.auth) if config.auth is not None else None
     return {
         "auth": auth,  # from base_url's userinfo, which the settings parser took out of the URL
         "base_url": config.base_url,
         "headers": dict(config.headers),
         "timeout": configured_timeout(config),
-        # With trust_env httpx mounts unmanaged transports for environment proxies; the clients replace them with
-        # managed ones (environment_proxies). The service's own `proxy` wins over the environment, as in requests.
-        "trust_env": config.trust_env and config.proxy is None,
+        # httpx reads no environment proxy for a client given a transport; the clients mount managed transports for
+        # them (environment_proxies). The service's own `proxy` wins over the environment.
+        "trust_env": config.trust_env,
         # One client serves every request: never store one caller's response cookies for the next (see requests).
         "cookies": http.cookiejar.CookieJar(policy=NO_STORED_COOKIES),
     }
@@ -144,16 +166,30 @@ _NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
 }
 
 
-def environment_proxies(config: ServiceConfig) -> dict[str, str]:
+def environment_proxies(config: ServiceConfig) -> dict[str, str | None]:
     """The proxies httpx would read from the environment (``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``...): mount
-    pattern to proxy URL, for the service to mount managed transports at."""
+    pattern to proxy URL, or to ``None`` for a ``NO_PROXY`` host (the client's own transport).
+
+    httpx reads none of them once a client is given a transport, as every managed client is: the service mounts
+    managed transports for them instead.
+    """
     if not config.trust_env or config.proxy is not None:
         return {}
     try:
         from httpx._utils import get_environment_proxies  # private, but it is what httpx's trust_env reads
     except ImportError:
         return {}
-    return {pattern: url for pattern, url in get_environment_proxies().items() if url is not None}
+    return dict(get_environment_proxies())
+
+
+def _proxy_mounts(policy: Policy, given: InnerTransport | None, cls: type[Any]) -> dict[str, Any]:
+    # A transport given for tests answers every call itself: environment proxies do not apply to it.
+    if given is not None:
+        return {}
+    return {
+        pattern: None if url is None else cls(policy, proxy=url)
+        for pattern, url in environment_proxies(policy.config).items()
+    }
 
 
 def configured_timeout(config: ServiceConfig) -> httpx.Timeout:
@@ -448,10 +484,6 @@ def _reject_before_building(
 _CALL_COOKIES = "outbound.call_cookies"
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
-
-
 class _ManagedRedirects:
     """What a shared client does on redirects that a private one need not.
 
@@ -500,8 +532,8 @@ class ServiceClient(_ManagedRedirects, httpx.Client):
         self._policy = policy
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
         self.outbound_transport = OutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = {pattern: OutboundTransport(policy, proxy=url) for pattern, url in environment_proxies(config).items()}
-        self._managed_mounts = list(mounts.values())
+        mounts = _proxy_mounts(policy, transport, OutboundTransport)
+        self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
@@ -555,10 +587,8 @@ class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
         self._loop = loop  # the asyncio loop (or trio run) this client belongs to
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
         self.outbound_transport = AsyncOutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = {
-            pattern: AsyncOutboundTransport(policy, proxy=url) for pattern, url in environment_proxies(config).items()
-        }
-        self._managed_mounts = list(mounts.values())
+        mounts = _proxy_mounts(policy, transport, AsyncOutboundTransport)
+        self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import requests.auth
 from urllib3 import HTTPConnectionPool, PoolManager
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -393,6 +394,20 @@ def _origin(url: str | None) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or ""), port or {"http": 80, "https": 443}.get(parts.scheme)
 
 
+class _BaseURLAuth(requests.auth.HTTPBasicAuth):
+    """Basic credentials from ``base_url``'s userinfo, sent only to the base URL's origin (an absolute URL to another
+    host, called through the same session, must not carry them, as it would with a session-wide ``auth``)."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        super().__init__(username, password)
+        self._origin = _origin(base_url)
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if _origin(request.url) == self._origin:
+            return cast(requests.PreparedRequest, super().__call__(request))  # type: ignore[no-untyped-call]
+        return request
+
+
 class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
     """A cookie policy that never stores cookies from responses (shared by the httpx backend)."""
 
@@ -425,7 +440,9 @@ class ServiceSession(requests.Session):
         self.cert = config.cert
         self.trust_env = config.trust_env
         if config.auth is not None:
-            self.auth = config.auth  # from base_url's userinfo, which the settings parser took out of the URL
+            # From base_url's userinfo, which the settings parser took out of the URL: sent to that origin only.
+            self.auth = _BaseURLAuth(config.base_url, *config.auth)
+        self._proxy = config.proxy
         if config.proxy is not None:
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
@@ -458,6 +475,19 @@ class ServiceSession(requests.Session):
     def close(self) -> None:
         """Does nothing: the registry owns this session and closes it (``registry.close()``); a ``with`` block
         around a shared session must not break it for the rest of the process."""
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        # requests lets environment proxies (HTTP_PROXY...) override the session's own (psf/requests#2018); the
+        # service's `proxy` is a setting for this service and wins, as it does for httpx. Per-call proxies= still
+        # win over both.
+        asked = set(proxies or {})
+        settings: Any = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self._proxy is not None:
+            merged = settings["proxies"] = dict(settings["proxies"])
+            for scheme in ("http", "https"):
+                if scheme not in asked:
+                    merged[scheme] = self._proxy
+        return settings
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         """On a redirect to another origin (scheme, host or port), send no credentials the caller meant for this one.

@@ -289,3 +289,56 @@ def test_a_transport_for_a_service_that_cannot_use_it_is_refused() -> None:
     mapping = {"services": {"r": {"base_url": "http://h/"}}}
     with pytest.raises(outbound.ServiceLookupError, match="only be given to a configured 'httpx' service"):
         Registry.from_mapping(mapping, transports={"r": httpx.MockTransport(lambda request: httpx.Response(200))})
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_the_services_proxy_wins_over_environment_proxies(
+    upstream: Upstream,
+    proxy: ForwardingProxy,
+    make_registry: RegistryFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    client: str,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    registry = make_registry(api={"base_url": upstream.url, "client": client, "proxy": proxy.url})
+    get = registry.session("api").get if client == "requests" else registry.client("api").get
+    assert get("ok").status_code == 200
+    assert proxy.requests == 1
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_no_proxy_hosts_go_direct_on_both_backends(
+    upstream: Upstream, make_registry: RegistryFactory, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    registry = make_registry(api={"base_url": upstream.url, "client": client, "retry": None})
+    get = registry.session("api").get if client == "requests" else registry.client("api").get
+    assert get("ok").status_code == 200
+
+
+def test_a_test_transport_is_used_even_with_environment_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    registry = Registry.from_mapping(
+        {"services": {"h": {"base_url": "http://api.test/", "client": "httpx", "probe": "health"}}},
+        transports={"h": httpx.MockTransport(lambda request: httpx.Response(204))},
+    )
+    with registry:
+        assert registry.client("h").get("x").status_code == 204
+        [probe] = registry.probe()  # a probe goes through the same transport, not the network
+        assert probe.status == 204
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_credentials_from_base_url_go_to_its_origin_only(
+    upstream: Upstream, make_registry: RegistryFactory, client: str
+) -> None:
+    with Upstream() as elsewhere:
+        registry = make_registry(api={"base_url": upstream.url.replace("http://", "http://svc:pw@"), "client": client})
+        get = registry.session("api").get if client == "requests" else registry.client("api").get
+        get("echo")
+        get(f"{elsewhere.url}echo")  # an absolute URL to another host, through the same client
+        [own] = upstream.recent("/echo")
+        [other] = elsewhere.recent("/echo")
+    assert own["headers"]["authorization"].startswith("Basic ")
+    assert "authorization" not in other["headers"]

@@ -102,3 +102,33 @@ def test_no_new_attempt_starts_after_close(upstream: Upstream, make_registry: Re
     with pytest.raises(outbound.RegistryClosedError):
         send(registry, "api", "GET", "ok")
     assert upstream.hits == 0
+
+
+def test_an_async_retry_sleeping_in_backoff_is_refused_soon_after_close(
+    upstream: Upstream, make_registry: RegistryFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = make_registry(
+        api={"base_url": upstream.url, "client": "httpx", "retry": {"backoff_factor": 5, "backoff_jitter": 0}}
+    )
+
+    async def scenario() -> tuple[BaseException | None, float]:
+        call = asyncio.create_task(registry.async_client("api").get("status/503"))
+        await asyncio.to_thread(upstream.wait_for, lambda: upstream.hits == 1)
+        await asyncio.sleep(0.05)  # now sleeping 5 s before its retry
+        closed_at = time.monotonic()
+        registry.close()
+        try:
+            await call
+        except BaseException as error:
+            return error, time.monotonic() - closed_at
+        return None, time.monotonic() - closed_at
+
+    with caplog.at_level(logging.INFO, logger="outbound"):
+        error, waited = asyncio.run(scenario())
+    assert isinstance(error, outbound.RegistryClosedError)
+    assert waited < 1.0
+    assert upstream.hits == 1
+    stats = registry["api"].policy.stats
+    assert stats.errors == 0  # a retry refused by our own shutdown is not the upstream's failure
+    assert stats.last_error is None
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith("outbound.")]

@@ -1,0 +1,305 @@
+"""Fleet mode against a real Redis: breakers, trials, stats, health and operator actions shared by every process.
+
+Several registries with one prefix in one test process are several workers of a fleet (each has its own worker id,
+connections and threads); the upstream-protection test runs real worker processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import outbound
+from outbound import Registry
+from tests.redis_server import RedisServer
+from tests.upstream import Upstream, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fleet(redis_url: str, upstream: Upstream) -> Iterator[Callable[..., Registry]]:
+    """``fleet(**service_overrides)``: a registry (a worker) of a fleet sharing the test's Redis and prefix."""
+    made: list[Registry] = []
+
+    def worker(prefix: str = "test", sync_interval: float = 0.2, **overrides: Any) -> Registry:
+        service = {
+            "base_url": upstream.url,
+            "retry": None,
+            "breaker": {"fail_max": 3, "reset_timeout": 30},
+            **overrides,
+        }
+        mapping = {
+            "services": {"api": service, "local": {"base_url": upstream.url, "shared": False}},
+            "state": {"backend": "redis", "url": redis_url, "prefix": prefix, "sync_interval": sync_interval},
+        }
+        registry = Registry.from_mapping(mapping)
+        made.append(registry)
+        return registry
+
+    yield worker
+    for registry in made:
+        registry.close()
+
+
+def _fail(registry: Registry, times: int = 1) -> None:
+    for _ in range(times):
+        with contextlib.suppress(outbound.CircuitOpenError):
+            registry.session("api").get("status/503")
+
+
+def _state(registry: Registry) -> str:
+    return registry["api"].policy.breaker.state
+
+
+def test_failures_count_fleet_wide_and_an_opening_reaches_every_worker(fleet: Callable[..., Registry]) -> None:
+    a, b, c = fleet(), fleet(), fleet()
+    for worker in (a, b, c):
+        worker.session("api").get("ok")  # each starts following the fleet
+    _fail(a)
+    _fail(b)
+    _fail(c)  # one failure each: three for the fleet, fail_max 3
+    assert wait_until(lambda: all(_state(worker) == "open" for worker in (a, b, c)), timeout=3)
+    with pytest.raises(outbound.CircuitOpenError):
+        b.session("api").get("ok")
+
+
+def test_the_hot_path_makes_no_redis_round_trip_while_closed(
+    fleet: Callable[..., Registry], redis_server: RedisServer, upstream: Upstream
+) -> None:
+    registry = fleet(sync_interval=30)  # no periodic sync during the measurement
+    session = registry.session("api")
+    session.get("ok")
+    client = redis_server.client()
+
+    def commands() -> int:
+        return int(client.info("stats")["total_commands_processed"])
+
+    assert wait_until(lambda: client.exists("test:workers") == 1)  # the first sync is done
+    before = commands()
+    for _ in range(200):
+        assert session.get("ok").status_code == 200
+    assert commands() - before <= 1  # the INFO above is the only command
+
+
+def test_one_trial_for_the_fleet_and_its_verdict_reaches_everyone(
+    fleet: Callable[..., Registry], upstream: Upstream
+) -> None:
+    workers = [fleet(breaker={"fail_max": 1, "reset_timeout": 0.5}) for _ in range(3)]
+    for worker in workers:
+        worker.session("api").get("ok")
+    _fail(workers[0])
+    assert wait_until(lambda: all(_state(worker) == "open" for worker in workers))
+    time.sleep(0.6)  # the trial is due everywhere
+    upstream.reset()
+
+    def call(worker: Registry) -> int | str:
+        try:
+            return int(worker.session("api").get("slow", params={"delay": 0.5}).status_code)
+        except outbound.CircuitOpenError:
+            return "refused"
+
+    with concurrent.futures.ThreadPoolExecutor(len(workers)) as pool:  # every worker tries at once
+        outcomes = list(pool.map(call, workers))
+    assert upstream.hits == 1  # one trial call reached the upstream for the whole fleet
+    assert sorted(map(str, outcomes)) == ["200", "refused", "refused"]
+    assert wait_until(lambda: all(_state(worker) == "closed" for worker in workers), timeout=3)
+
+
+def test_a_failed_trial_reopens_the_breaker_everywhere(fleet: Callable[..., Registry], upstream: Upstream) -> None:
+    workers = [fleet(breaker={"fail_max": 1, "reset_timeout": 0.5}) for _ in range(2)]
+    for worker in workers:
+        worker.session("api").get("ok")
+    _fail(workers[0])
+    assert wait_until(lambda: all(_state(worker) == "open" for worker in workers))
+    time.sleep(0.6)
+    _fail(workers[1])  # the trial, and it fails
+    # Open again everywhere, for a new reset_timeout (a stale "open" whose trial is due has no retry_in).
+    assert wait_until(lambda: all((worker["api"].policy.breaker.retry_in() or 0) > 0 for worker in workers))
+    assert all(_state(worker) == "open" for worker in workers)
+
+
+def test_every_worker_reports_the_fleets_breaker_and_counters(
+    fleet: Callable[..., Registry], upstream: Upstream
+) -> None:
+    a, b = fleet(), fleet()
+    for _ in range(3):
+        a.session("api").get("ok")
+    b.session("api").get("ok")
+    _fail(b, 3)
+    assert wait_until(lambda: _state(a) == "open")
+    assert wait_until(lambda: a.health()["services"]["api"]["stats"]["requests"] == 7, timeout=3)
+    reports = [worker.health() for worker in (a, b)]
+    for report in reports:
+        assert report["scope"] == "fleet"
+        assert report["workers"] == 2
+        assert report["state_backend"] == {"backend": "redis", "status": "ok", "last_error": None}
+        api = report["services"]["api"]
+        assert api["breaker"]["state"] == "open"
+        assert api["stats"]["requests"] == 7  # summed over both workers
+        assert api["stats"]["errors"] == 3
+        assert api["stats"]["latency_ms"]["p50"] is not None  # merged from both workers' histograms
+        assert report["services"]["local"]["stats"]["requests"] == 0  # shared: false stays this process's
+    first, second = (report["services"]["api"]["breaker"] for report in reports)
+    assert first["retry_in"] == pytest.approx(second["retry_in"], abs=0.5)  # each computed when it was read
+    assert {**first, "retry_in": None} == {**second, "retry_in": None}
+
+
+def test_a_new_process_status_shows_the_fleet(fleet: Callable[..., Registry]) -> None:
+    running = fleet()
+    running.session("api").get("ok")
+    _fail(running, 3)
+    assert wait_until(lambda: _state(running) == "open")
+    # A new registry, as `manage.py outbound status` builds: it has made no call and received no message.
+    cli = fleet()
+    assert cli.report().services["api"].breaker.state == "open"
+    # Each process publishes its stats every sync_interval (0.2 s here).
+    assert wait_until(lambda: cli.report().services["api"].stats.requests == 4, timeout=3)
+    assert cli.report().status == "degraded"
+
+
+def test_isolate_and_reset_act_on_the_whole_fleet(fleet: Callable[..., Registry]) -> None:
+    a, b = fleet(), fleet()
+    b.session("api").get("ok")
+    a.isolate("api", seconds=60)
+    assert wait_until(lambda: _state(b) == "isolated")
+    with pytest.raises(outbound.CircuitOpenError, match="isolated"):
+        b.session("api").get("ok")
+    assert b.health()["services"]["api"]["status"] == "down"
+    a.reset("api")
+    assert wait_until(lambda: _state(b) == "closed")
+    assert b.session("api").get("ok").status_code == 200
+
+
+def test_an_isolation_with_an_end_lifts_itself(fleet: Callable[..., Registry]) -> None:
+    a, b = fleet(), fleet()
+    b.session("api").get("ok")
+    a.isolate("api", seconds=0.5)
+    assert wait_until(lambda: _state(b) == "isolated")
+    time.sleep(0.6)
+    assert b.session("api").get("ok").status_code == 200
+    assert _state(b) == "closed"
+
+
+def test_redis_failing_is_not_the_app_failing(
+    fleet: Callable[..., Registry], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = fleet(breaker={"fail_max": 2, "reset_timeout": 0.3})
+    registry.session("api").get("ok")
+    with caplog.at_level(logging.WARNING, logger="outbound.fleet"):
+        redis_server.stop()
+        try:
+            started = time.monotonic()
+            for _ in range(20):
+                assert registry.session("api").get("ok").status_code == 200
+            _fail(registry, 2)  # the breaker opens locally
+            assert _state(registry) == "open"
+            time.sleep(0.35)
+            assert registry.session("api").get("ok").status_code == 200  # the trial: a local decision
+            elapsed = time.monotonic() - started
+            report = registry.health()
+            assert report["state_backend"]["status"] == "unreachable"
+            assert report["status"] == "degraded"  # never "ok" while cut off from the fleet
+        finally:
+            redis_server.start()
+    assert elapsed < 2.0  # no call waited on Redis beyond one timeout (0.05 s)
+    warnings = [r for r in caplog.records if r.name == "outbound.fleet" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once, not once per call
+    assert wait_until(lambda: registry.health()["state_backend"]["status"] == "ok", timeout=5)  # re-synced
+
+
+def test_keys_are_namespaced_expire_and_prefixes_do_not_interfere(
+    fleet: Callable[..., Registry], redis_server: RedisServer
+) -> None:
+    one, other = fleet(prefix="one"), fleet(prefix="other")
+    for registry in (one, other):
+        registry.session("api").get("ok")
+        registry.session("local").get("ok")
+    _fail(one, 3)
+    assert wait_until(lambda: _state(one) == "open")
+    time.sleep(0.3)
+    assert _state(other) == "closed"
+    client = redis_server.client()
+    keys = sorted(key.decode() for key in client.keys("*"))
+    assert all(key.startswith(("one:", "other:")) for key in keys), keys
+    assert not [key for key in keys if "local" in key]  # shared: false writes nothing
+    assert all(client.pttl(key) > 0 for key in keys), {key: client.pttl(key) for key in keys}
+    one.close()
+    assert not client.exists(*[key for key in keys if key.startswith("one:stats:")])  # a closed worker leaves
+
+
+def test_a_dead_workers_stats_vanish_after_a_few_sync_intervals(
+    redis_url: str, redis_server: RedisServer, upstream: Upstream
+) -> None:
+    code = (
+        "import sys, time, outbound\n"
+        f"r = outbound.Registry.from_mapping({{'services': {{'api': {{'base_url': {upstream.url!r}}}}},"
+        f" 'state': {{'backend': 'redis', 'url': {redis_url!r}, 'prefix': 'dead', 'sync_interval': 0.2}}}})\n"
+        "r.session('api').get('ok')\n"
+        "time.sleep(0.5)\n"
+        "import os; os._exit(0)\n"  # dies without closing: no goodbye
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=30, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    client = redis_server.client()
+    assert client.keys("dead:stats:*")
+    assert wait_until(lambda: not client.keys("dead:stats:*"), timeout=3)  # 3 x 0.2 s after its last publish
+
+
+def test_a_dead_upstream_sees_about_fail_max_requests_from_the_whole_fleet(redis_url: str, upstream: Upstream) -> None:
+    workers = 4
+    fail_max = 5
+    code = f"""
+import json, sys, time, outbound
+r = outbound.Registry.from_mapping({{"services": {{"api": {{"base_url": {upstream.url!r}, "retry": None,
+    "breaker": {{"fail_max": {fail_max}, "reset_timeout": 60}}}}}},
+    "state": {{"backend": "redis", "url": {redis_url!r}, "prefix": "dead-upstream", "sync_interval": 0.5}}}})
+session = r.session("api")
+session.get("warm")
+print("ready", flush=True)
+sys.stdin.readline()
+refused, deadline = 0, time.monotonic() + 10
+while refused < 5 and time.monotonic() < deadline:
+    try:
+        session.get("dead")
+    except outbound.CircuitOpenError:
+        refused += 1
+    time.sleep(0.02)
+print(json.dumps({{"refused": refused}}), flush=True)
+r.close()
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env
+        )
+        for _ in range(workers)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        upstream.set_mode("failing", status=503)
+        before = upstream.hits_by_path["/dead"]
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [json.loads(proc.communicate(timeout=30)[0].strip().splitlines()[-1]) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill() if proc.poll() is None else None
+    assert all(result["refused"] == 5 for result in results)
+    assert upstream.hits_by_path["/dead"] - before <= fail_max + workers
