@@ -27,6 +27,7 @@ import yaml
 
 import outbound
 import outbound.health
+import outbound.testing
 import outbound_django
 import outbound_flask
 
@@ -229,7 +230,9 @@ def test_every_docs_page_is_in_the_nav() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [outbound, outbound.health, outbound_django, outbound_flask], ids=lambda module: module.__name__
+    "module",
+    [outbound, outbound.health, outbound.testing, outbound_django, outbound_flask],
+    ids=lambda module: module.__name__,
 )
 def test_api_page_names_every_public_name(module: Any) -> None:
     api = (DOCS / "api.md").read_text(encoding="utf-8")
