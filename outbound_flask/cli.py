@@ -1,4 +1,6 @@
-"""``flask outbound status`` and ``flask outbound probe``: the registry's health and reachability from a shell.
+"""``flask outbound status|probe|isolate|reset``: the registry's health, reachability and control from a shell.
+
+The commands are the core's (``outbound.cli``), as ``manage.py outbound``'s are.
 
 Exit codes (as the Django command): ``status`` 0 when ok or degraded, 1 when down, 2 when the registry cannot be
 built (a config error) or outbound is not set up on the app; ``probe`` 1 when a critical service's probe fails.
@@ -12,7 +14,6 @@ error then prints the core's message and exits 2.
 
 from __future__ import annotations
 
-import json
 from typing import NoReturn
 
 import click
@@ -20,6 +21,7 @@ from flask import current_app, has_app_context
 from flask.cli import ScriptInfo
 
 import outbound
+from outbound import cli as core_cli
 from outbound import health as outbound_health
 
 from ._state import registry_for
@@ -33,17 +35,20 @@ def outbound_cli() -> None:
 @outbound_cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON report instead of the table.")
 @click.option("--service", metavar="NAME", help="Only this service (its own status decides the exit code).")
-def status_command(as_json: bool, service: str | None) -> None:
-    """Show each service's breaker, pool and counters (no network I/O).
+@click.option("--url", help="Read a running server's /health/outbound at this URL instead of the app's registry.")
+@click.option("--token", help="The health.token to send with --url, for the full report.")
+def status_command(as_json: bool, service: str | None, url: str | None, token: str | None) -> None:
+    """Show each service's breaker, pool and counters: the fleet's with a shared state backend, else this new
+    process's own (use --url to read a running server).
 
     Exits 0 when ok or degraded, 1 when down, 2 on a configuration error.
     """
+    if url:
+        _finish(core_cli.remote_status(url, token=token, service=service, as_json=as_json))
     registry = _load_registry()
     if service is not None:
         _check_service(registry, service)
-    report = registry.report(service=service)
-    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else outbound_health.render_status(report))
-    click.get_current_context().exit(outbound_health.status_exit_code(report))
+    _finish(core_cli.status(registry, service=service, as_json=as_json))
 
 
 @outbound_cli.command("probe")
@@ -60,12 +65,38 @@ def probe_command(as_json: bool, service: str | None) -> None:
     registry = _load_registry()
     if service is not None:
         _check_service(registry, service)
-    results = registry.probe(service)
-    if as_json:
-        click.echo(json.dumps([result.as_dict() for result in results], indent=2))
-    else:
-        click.echo(outbound_health.render_probe(results))
-    click.get_current_context().exit(outbound_health.probe_exit_code(results))
+    _finish(core_cli.probe(registry, service=service, as_json=as_json))
+
+
+@outbound_cli.command("isolate")
+@click.argument("name")
+@click.option("--for", "seconds", type=float, metavar="SECONDS", help="Only for this long (default: until reset).")
+def isolate_command(name: str, seconds: float | None) -> None:
+    """Force a service's breaker open in every process sharing the state backend: calls fail fast.
+
+    Needs a shared state backend (state.backend: redis); exits 2 without one.
+    """
+    registry = _load_registry()
+    _check_service(registry, name, param="NAME")
+    _finish(core_cli.isolate(registry, name, seconds))
+
+
+@outbound_cli.command("reset")
+@click.argument("name", required=False)
+def reset_command(name: str | None) -> None:
+    """Close the breaker of NAME (or of every service) and clear its counts in every process.
+
+    Needs a shared state backend (state.backend: redis); exits 2 without one.
+    """
+    registry = _load_registry()
+    if name is not None:
+        _check_service(registry, name, param="NAME")
+    _finish(core_cli.reset(registry, name))
+
+
+def _finish(output: core_cli.Output) -> NoReturn:
+    click.echo(output.text, err=output.text.startswith("Error: "))
+    click.get_current_context().exit(output.code)
 
 
 def _load_registry() -> outbound.Registry:
@@ -90,8 +121,8 @@ def _fail(ctx: click.Context, error: Exception) -> NoReturn:
     ctx.exit(outbound_health.CONFIG_ERROR_EXIT_CODE)
 
 
-def _check_service(registry: outbound.Registry, name: str) -> None:
+def _check_service(registry: outbound.Registry, name: str, *, param: str = "--service") -> None:
     try:
         registry[name]
     except outbound.ServiceLookupError as error:
-        raise click.BadParameter(str(error), param_hint="'--service'") from None
+        raise click.BadParameter(str(error), param_hint=f"'{param}'") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from io import StringIO
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.core.management import call_command
@@ -175,3 +175,25 @@ def test_command_help_is_plain_text() -> None:
         result = django_admin("tests.django.settings", "outbound", action, "--help")
         assert result.returncode == 0
         assert "``" not in result.stdout
+
+
+def test_isolate_without_a_shared_backend_exits_2(configure: Configure, upstream: Upstream) -> None:
+    configure(billing=service(upstream))
+    with pytest.raises(CommandError) as caught:
+        call_command("outbound", "isolate", "billing", "--for", "30")
+    assert caught.value.returncode == 2
+    assert "shared state backend" in str(caught.value)
+
+
+def test_isolate_and_reset_with_a_shared_backend(settings: Any, redis_url: str, upstream: Upstream) -> None:
+    settings.OUTBOUND = {
+        "services": {"billing": service(upstream)},
+        "state": {"backend": "redis", "url": redis_url, "sync_interval": 0.2},
+    }
+    out = StringIO()
+    call_command("outbound", "isolate", "billing", stdout=out)
+    assert "isolated until `outbound reset`" in out.getvalue()
+    with Registry.from_mapping(settings.OUTBOUND) as other_process:
+        assert other_process.report().services["billing"].breaker.state == "isolated"
+        call_command("outbound", "reset", stdout=out)
+        assert other_process.report().services["billing"].breaker.state == "closed"

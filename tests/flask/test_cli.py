@@ -275,3 +275,16 @@ def test_cli_help_is_plain_text(make_app: AppFactory) -> None:
         result = runner.invoke(args=args)
         assert result.exit_code == 0
         assert "``" not in result.output, args
+
+
+def test_isolate_and_reset_commands(make_app: AppFactory, upstream: Upstream, redis_url: str) -> None:
+    local = make_app(services(upstream, billing={}))
+    refused = invoke(local, "isolate", "billing")
+    assert refused.exit_code == 2
+    assert "shared state backend" in refused.output
+    fleet = make_app({**services(upstream, billing={}), "state": {"backend": "redis", "url": redis_url}})
+    assert invoke(fleet, "isolate", "billing", "--for", "5").exit_code == 0
+    assert fleet.extensions["outbound"].report().services["billing"].breaker.state == "isolated"
+    assert invoke(fleet, "reset").exit_code == 0
+    assert fleet.extensions["outbound"].report().services["billing"].breaker.state == "closed"
+    assert invoke(fleet, "isolate", "nope").exit_code == 2

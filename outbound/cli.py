@@ -1,0 +1,186 @@
+"""What ``manage.py outbound`` and ``flask outbound`` do, written once so the two print and exit alike.
+
+Each function returns an ``Output``: the text to print and the exit code. Exit codes: 0 ok (or degraded, or done);
+1 down, or a critical probe failed; 2 a settings mistake, an unknown service, or an action that cannot work here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from ._errors import redact_url
+from ._registry import Registry
+from .health import (
+    CONFIG_ERROR_EXIT_CODE,
+    BreakerSnapshot,
+    HealthReport,
+    LastError,
+    LatencySnapshot,
+    PoolSnapshot,
+    ServiceHealth,
+    StateBackendHealth,
+    StatsSnapshot,
+    build_report,
+    probe_exit_code,
+    render_probe,
+    render_status,
+    status_exit_code,
+)
+
+__all__ = ["Output", "isolate", "probe", "remote_status", "reset", "status"]
+
+REMOTE_TIMEOUT = 10.0  # seconds for `status --url`: a person is waiting at a terminal
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a command prints, and the exit code it ends with."""
+
+    text: str
+    code: int = 0
+
+
+def status(registry: Registry, *, service: str | None = None, as_json: bool = False) -> Output:
+    """The registry's report as a table (or JSON). Without a fleet, the table says it shows this process only."""
+    report = registry.report(service=service)
+    if as_json:
+        return Output(json.dumps(report.as_dict(), indent=2), status_exit_code(report))
+    return Output(_with_scope(report, _scope_line(report)), status_exit_code(report))
+
+
+def remote_status(url: str, *, token: str | None = None, service: str | None = None, as_json: bool = False) -> Output:
+    """A running server's report, read from its ``/health/outbound`` (``--url``), with ``--token`` for details."""
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        answer = httpx.get(url, headers=headers, timeout=REMOTE_TIMEOUT, follow_redirects=True)
+        data = answer.json()
+    except (httpx.HTTPError, ValueError) as error:
+        return Output(
+            f"Error: could not read {redact_url(url)}: {type(error).__name__}: {error}", CONFIG_ERROR_EXIT_CODE
+        )
+    if not isinstance(data, dict) or data.get("status") not in ("ok", "degraded", "down"):
+        return Output(f"Error: {redact_url(url)} did not answer with an outbound health report", CONFIG_ERROR_EXIT_CODE)
+    if "services" not in data:
+        hint = "pass --token with the health.token of its settings" if not token else "the token was not accepted"
+        return Output(f"overall: {data['status']}   (details hidden: {hint})", status_exit_code(data))
+    report = _report(data)
+    if service is not None:
+        if service not in report.services:
+            return Output(f"Error: the server has no service {service!r}", CONFIG_ERROR_EXIT_CODE)
+        alone = build_report([report.services[service]])  # the same status rules, for this service alone
+        report = dataclasses.replace(report, status=alone.status, services=alone.services)
+    if as_json:
+        return Output(json.dumps(report.as_dict(), indent=2), status_exit_code(report))
+    return Output(_with_scope(report, _scope_line(report, source=redact_url(url))), status_exit_code(report))
+
+
+def probe(registry: Registry, *, service: str | None = None, as_json: bool = False) -> Output:
+    """One GET to each service's probe path (``Registry.probe``)."""
+    results = registry.probe(service)
+    if as_json:
+        return Output(json.dumps([result.as_dict() for result in results], indent=2), probe_exit_code(results))
+    return Output(render_probe(results), probe_exit_code(results))
+
+
+def isolate(registry: Registry, name: str, seconds: float | None) -> Output:
+    """Force ``name``'s breaker open for the fleet (``Registry.isolate``)."""
+    refusal = _needs_fleet(registry, "isolate")
+    if refusal is not None:
+        return refusal
+    registry.isolate(name, seconds)
+    until = f"for {seconds:g}s" if seconds is not None else "until `outbound reset`"
+    return Output(f"{name}: isolated {until}; calls fail fast in every process sharing this state")
+
+
+def reset(registry: Registry, name: str | None = None) -> Output:
+    """Close the breaker(s) and clear the counts for the fleet (``Registry.reset``)."""
+    refusal = _needs_fleet(registry, "reset")
+    if refusal is not None:
+        return refusal
+    registry.reset(name)
+    return Output(f"{name or 'every service'}: breaker closed and counts cleared in every process sharing this state")
+
+
+def _needs_fleet(registry: Registry, action: str) -> Output | None:
+    # Run from a shell, this process is a new one: acting on its own breakers would change nothing that serves.
+    if registry.config.state.backend == "redis":
+        return None
+    return Output(
+        f"Error: `outbound {action}` acts on the running processes through a shared state backend, and these settings "
+        "have none (state.backend is 'memory'): a command run from a shell would only change its own new process. "
+        'Set OUTBOUND["state"] = {"backend": "redis", "url": ...}, or call registry.%s() in the app.' % action,
+        CONFIG_ERROR_EXIT_CODE,
+    )
+
+
+def _with_scope(report: HealthReport, scope: str) -> str:
+    # Above the closing "overall:" line, which stays last (scripts read it).
+    lines = render_status(report).splitlines()
+    return "\n".join([*lines[:-1], scope, lines[-1]])
+
+
+def _scope_line(report: HealthReport, source: str | None = None) -> str:
+    if source is not None:
+        where = f"read from {source}"
+    elif report.scope == "process":
+        return (
+            "scope: this process only — a new one, so every breaker is closed and nothing was called; with a shared "
+            "state backend (state.backend: redis) this shows the fleet, and `status --url URL --token TOKEN` reads "
+            "a running server's /health/outbound"
+        )
+    else:
+        where = "from the fleet's shared state"
+    if report.scope == "fleet":
+        backend = report.state_backend
+        state = f"; state backend {backend.backend} {backend.status}" if backend is not None else ""
+        return f"scope: fleet ({report.workers or 0} workers{state}), {where}"
+    return f"scope: one process, {where}"
+
+
+def _report(data: dict[str, Any]) -> HealthReport:
+    # The JSON of HealthReport.as_dict(), typed again.
+    services = {name: _service(name, service) for name, service in data["services"].items()}
+    backend = data.get("state_backend")
+    return HealthReport(
+        status=data["status"],
+        services=services,
+        scope=data.get("scope", "process"),
+        workers=data.get("workers"),
+        state_backend=StateBackendHealth(**backend) if backend else None,
+    )
+
+
+def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
+    breaker, pool, stats, last = data["breaker"], data["pool"], data["stats"], data.get("last_error")
+    opened_at = datetime.fromisoformat(breaker["opened_at"]) if breaker.get("opened_at") else None
+    return ServiceHealth(
+        name=name,
+        status=data["status"],
+        client=data["client"],
+        base_url=data["base_url"],
+        critical=data["critical"],
+        breaker=BreakerSnapshot(
+            state=breaker["state"], failures=breaker["failures"], opened_at=opened_at, retry_in=breaker["retry_in"]
+        ),
+        pool=PoolSnapshot(**pool),
+        stats=StatsSnapshot(
+            requests=stats["requests"],
+            errors=stats["errors"],
+            retries=stats["retries"],
+            short_circuited=stats["short_circuited"],
+            pool_timeouts=stats["pool_timeouts"],
+            rejected=stats.get("rejected", {}),
+            latency_ms=LatencySnapshot(**stats["latency_ms"]),
+        ),
+        last_error=LastError(type=last["type"], message=last["message"], at=datetime.fromisoformat(last["at"]))
+        if last
+        else None,
+    )
