@@ -305,7 +305,9 @@ class RedisState:
             name: self._fleet_service(name, _pairs(fields), int(count), int(now), published)
             for name, fields, count in zip(names, breakers, fails, strict=True)
         }
-        workers = len({_text(worker) for worker in live} | {self.worker})
+        # This process counts once it follows the fleet; a shell's `outbound status` only reads it.
+        joined = {self.worker} if self._threads and self._pid == os.getpid() else set()
+        workers = len({_text(worker) for worker in live} | joined)
         return FleetView(workers=workers, services=services)
 
     def _fleet_service(

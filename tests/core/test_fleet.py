@@ -6,6 +6,7 @@ connections and threads); the upstream-protection test runs real worker processe
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -13,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -303,3 +305,59 @@ r.close()
             proc.kill() if proc.poll() is None else None
     assert all(result["refused"] == 5 for result in results)
     assert upstream.hits_by_path["/dead"] - before <= fail_max + workers
+
+
+def test_async_clients_share_the_fleet_too(fleet: Callable[..., Registry]) -> None:
+    sync_side, async_side = fleet(client="httpx"), fleet(client="httpx")
+    sync_side.client("api").get("ok")
+
+    async def fail_three_times() -> None:
+        client = async_side.async_client("api")
+        for _ in range(3):
+            await client.get("status/503")
+
+    asyncio.run(fail_three_times())
+    assert wait_until(lambda: _state(sync_side) == "open")
+    with pytest.raises(outbound.CircuitOpenError):
+        sync_side.client("api").get("ok")
+
+
+def test_close_leaves_no_thread_and_no_connection(fleet: Callable[..., Registry], redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    baseline = len(client.client_list())
+    registry = fleet()
+    registry.session("api").get("ok")
+    assert wait_until(lambda: len(client.client_list()) > baseline)
+    assert {t.name for t in threading.enumerate()} >= {"outbound-fleet", "outbound-fleet-events"}
+    registry.close()
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("outbound-fleet")])
+    assert wait_until(lambda: len(client.client_list()) == baseline)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_follows_the_fleet_with_its_own_connection_and_threads(
+    fleet: Callable[..., Registry], upstream: Upstream
+) -> None:
+    parent = fleet()
+    parent.session("api").get("ok")  # the parent runs its threads before the fork, as gunicorn --preload may
+    other = fleet()
+    other.session("api").get("ok")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it sees, then leave without running the parent's cleanup
+        try:
+            parent.session("api").get("ok")  # starts the child's own threads and connection
+            worker = parent._state.worker  # type: ignore[attr-defined]
+            _fail(other, 3)  # another worker opens the breaker...
+            opened = wait_until(lambda: _state(parent) == "open", timeout=3)  # ...and the child learns it
+            os.write(write, json.dumps({"opened": opened, "worker": worker}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    seen = json.loads(os.read(read, 4096))
+    os.close(read)
+    assert status == 0
+    assert seen["opened"] is True
+    assert seen["worker"] != parent._state.worker  # type: ignore[attr-defined]  # its own identity in the fleet
+    assert wait_until(lambda: _state(parent) == "open")  # the parent's threads still run

@@ -14,6 +14,7 @@ import outbound
 from outbound_flask import Outbound
 
 UPSTREAM_ENV = "OUTBOUND_E2E_UPSTREAM"
+REDIS_ENV = "OUTBOUND_E2E_REDIS"
 HEALTH_TOKEN = "e2e-health-token"
 
 ext = Outbound()
@@ -36,6 +37,9 @@ def create_app() -> Flask:
         },
         "health": {"token": HEALTH_TOKEN},
     }
+    if os.environ.get(REDIS_ENV):  # fleet mode (tests/test_fleet_e2e.py)
+        app.config["OUTBOUND"]["state"] = {"backend": "redis", "url": os.environ[REDIS_ENV], "sync_interval": 0.2}
+        app.config["OUTBOUND"]["services"]["backend"]["breaker"] = {"fail_max": 5, "reset_timeout": 60.0}
     ext.init_app(app)
 
     @app.get("/call")
