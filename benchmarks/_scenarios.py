@@ -23,7 +23,7 @@ import requests
 import requests.adapters
 
 import outbound
-from benchmarks import _brownout
+from benchmarks import _brownout, _fleet
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -664,6 +664,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     7: health,
     8: leaks,
     _brownout.MEASUREMENT: _brownout.brownout,
+    _fleet.MEASUREMENT: _fleet.fleet,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c"),
@@ -675,4 +676,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     7: ("7a", "7b"),
     8: ("8a", "8b"),
     _brownout.MEASUREMENT: _brownout.ROW_KEYS,
+    _fleet.MEASUREMENT: _fleet.ROW_KEYS,
 }

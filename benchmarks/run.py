@@ -100,6 +100,13 @@ NOTES = """
   reported. Each cell is one run, not rounds (`--rounds` does not apply), and the machine's CPUs are shared by the
   server, the load process and the upstream, so the healthy figures are CPU-bound and have varied by up to 30%
   from run to run; the degraded ones differ by orders of magnitude, not percents.
+- **Row 10** is fleet mode (`benchmarks/_fleet.py`), against a redis-server the run starts on a free port. 10a
+  alternates, as row 1 does, sequential GETs through a service whose state is shared through Redis and through the
+  same service with the default in-process state. 10b/10c start four worker processes, each with a registry
+  (`fail_max` 5, no retries, `reset_timeout` 60 s) calling a path of the upstream every 20 ms; the upstream answers
+  503 to everything; the figure is the requests it received on that path from the moment the workers start until
+  every worker has refused five calls in a row. A fresh key prefix per round, so no round inherits another's
+  breaker.
 """
 
 
