@@ -38,7 +38,7 @@ CALL_INTERVAL = 0.02
 REFUSALS = 5  # a worker stops once it refused this many calls in a row
 WORKER_SECONDS = 10.0  # and in any case after this long
 
-_WORKER = """
+_WORKER = f"""
 import json, sys, time, outbound
 settings = json.loads(sys.argv[1])
 registry = outbound.Registry.from_mapping(settings)
@@ -46,17 +46,17 @@ session = registry.session("api")
 session.get("ok")
 print("ready", flush=True)
 sys.stdin.readline()
-refused, deadline = 0, time.monotonic() + {seconds}
-while refused < {refusals} and time.monotonic() < deadline:
+refused, deadline = 0, time.monotonic() + {WORKER_SECONDS}
+while refused < {REFUSALS} and time.monotonic() < deadline:
     try:
         session.get("dead")
         refused = 0
     except outbound.CircuitOpenError:
         refused += 1
-    time.sleep({interval})
+    time.sleep({CALL_INTERVAL})
 print(json.dumps({{"refused": refused}}), flush=True)
 registry.close()
-""".format(seconds=WORKER_SECONDS, refusals=REFUSALS, interval=CALL_INTERVAL)
+"""
 
 
 def fleet(up: UpstreamProcess, s: Settings) -> list[Row]:
@@ -125,9 +125,7 @@ def fleet(up: UpstreamProcess, s: Settings) -> list[Row]:
 def _dead_upstream(up: UpstreamProcess, redis_url: str | None) -> float:
     """Upstream requests to the failing path from the moment the workers start until every one refuses."""
     settings: dict[str, Any] = {
-        "services": {
-            "api": {"base_url": up.url, "retry": None, "breaker": {"fail_max": FAIL_MAX, "reset_timeout": 60}}
-        }
+        "services": {"api": {"base_url": up.url, "retry": None, "breaker": {"fail_max": FAIL_MAX, "reset_timeout": 60}}}
     }
     if redis_url is not None:
         settings["state"] = {"backend": "redis", "url": redis_url, "prefix": f"bench-{uuid.uuid4().hex[:8]}"}
