@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ from typing import Any, NoReturn
 
 import httpx
 
-from example_project.services import HEALTH_TOKEN, outbound_settings
+from example_project.services import HEALTH_TOKEN, REDIS_ENV, outbound_settings
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BREAKER = outbound_settings()["defaults"]["breaker"]
@@ -51,9 +53,14 @@ class Narrator:
 class Stack:
     """The simulator and one example app, each in its own process group; stop() ends both, whatever happens."""
 
-    def __init__(self, framework: str, narrator: Narrator) -> None:
+    def __init__(self, framework: str, narrator: Narrator, *, redis: bool = False) -> None:
         self.framework = framework
         self.narrator = narrator
+        self.redis: RedisServer | None = None
+        self._redis_dir: tempfile.TemporaryDirectory[str] | None = None
+        if redis:
+            self._redis_dir = tempfile.TemporaryDirectory(prefix="outbound-demo-redis")
+            self.redis = RedisServer(Path(self._redis_dir.name))
         self.upstream_url = f"http://127.0.0.1:{_free_port()}/"
         self.app_port = _free_port()
         self.app_url = f"http://127.0.0.1:{self.app_port}"
@@ -64,6 +71,22 @@ class Stack:
         port = self.upstream_url.rsplit(":", 1)[1].strip("/")
         self._spawn([sys.executable, "-m", "example_project.upstream", "--port", port], env, log=False)
         self._wait_until_up(self.upstream_url + "_control/stats")
+        if self.redis is not None:
+            self.redis.start()
+            env[REDIS_ENV] = self.redis.url
+            self.env = env
+            # Two workers sharing one Redis: the fleet in miniature. gunicorn for both frameworks (WSGI; Django's
+            # async view runs through async_to_sync, with one event loop and client per call).
+            wsgi = "example_project.django_site.wsgi:application" if self.framework == "django" else None
+            if wsgi is not None:
+                env["DJANGO_SETTINGS_MODULE"] = "example_project.django_site.settings"
+            app = wsgi or "example_project.flask_app:create_app()"
+            command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4", "--log-level", "warning"]
+            command += ["--bind", f"127.0.0.1:{self.app_port}", app]
+            self._spawn(command, env, log=True)
+            self._wait_until_up(self.app_url + "/health/outbound")
+            return
+        self.env = env
         if self.framework == "django":
             env["DJANGO_SETTINGS_MODULE"] = "example_project.django_site.settings"
             command = [
@@ -90,8 +113,12 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=STOP_TIMEOUT)
+        if self.redis is not None:
+            self.redis.stop()
+            assert self._redis_dir is not None
+            self._redis_dir.cleanup()
         pids = ", ".join(str(p.pid) for p in self.processes)
-        self.narrator.say("stopped", f"simulator and app (pids {pids})")
+        self.narrator.say("stopped", f"simulator and app (pids {pids}){' and redis-server' if self.redis else ''}")
 
     def _spawn(self, command: list[str], env: dict[str, str], *, log: bool) -> None:
         process = subprocess.Popen(
@@ -128,8 +155,8 @@ class Stack:
 
 
 @contextmanager
-def running(framework: str, narrator: Narrator) -> Iterator[Stack]:
-    stack = Stack(framework, narrator)
+def running(framework: str, narrator: Narrator, *, redis: bool = False) -> Iterator[Stack]:
+    stack = Stack(framework, narrator, redis=redis)
 
     def on_signal(signum: int, frame: Any) -> NoReturn:
         raise KeyboardInterrupt
@@ -261,9 +288,9 @@ def run_scenario(framework: str) -> int:
     return 0 if passed else 1
 
 
-def serve(framework: str) -> int:
+def serve(framework: str, *, redis: bool = False) -> int:
     narrator = Narrator()
-    with running(framework, narrator) as stack:
+    with running(framework, narrator, redis=redis) as stack:
         control = stack.upstream_url + "_control/mode?name="
         print(
             f"""
@@ -287,3 +314,113 @@ Ctrl+C stops both.""",
         except KeyboardInterrupt:
             pass
     return 0
+
+
+class FleetDemo(Demo):
+    """``--redis``: two workers, one Redis. One opening for both, one story from every health answer and a shell."""
+
+    def __init__(self, stack: Stack, narrator: Narrator) -> None:
+        super().__init__(stack, narrator)
+        # A new connection per request, so gunicorn's two workers take turns answering.
+        self.http = httpx.Client(base_url=stack.app_url, timeout=10.0, headers={"Connection": "close"})
+
+    def call(self, path: str) -> dict[str, Any]:
+        body = super().call(path)
+        self.say("", f"   answered by worker {body['worker']}")
+        return body
+
+    def shell(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``manage.py outbound ...`` / ``flask outbound ...`` in a new process: an operator's shell."""
+        if self.stack.framework == "django":
+            command = [sys.executable, "-m", "django", "outbound", *args]
+        else:
+            command = [sys.executable, "-m", "flask", "--app", "example_project.flask_app:create_app()", "outbound"]
+            command += args
+        self.say("shell", " ".join(["outbound", *args]), color="cyan")
+        done = subprocess.run(command, cwd=ROOT, env=self.stack.env, capture_output=True, text=True, timeout=60)
+        for line in done.stdout.strip().splitlines():
+            self.say("", f"   {line}")
+        return done
+
+    def run(self) -> bool:
+        self.say("phase", "1. two workers share their state through Redis; the upstream is healthy", color="bold")
+        workers: set[int] = set()
+        for _ in range(40):  # the kernel picks the worker that accepts: it may take a few calls to meet both
+            workers.add(self.call("/checkout")["worker"])
+            if len(workers) == 2:
+                break
+
+        self.say(
+            "phase",
+            f"2. the upstream fails: the fleet opens billing's breaker after {BREAKER['fail_max']} "
+            "failures in all, not per worker",
+            color="bold",
+        )
+        self.upstream("failing", status=503)
+        hits = self.upstream_hits()
+        refused: set[int] = set()
+        for _ in range(40):
+            body = self.call("/checkout")
+            if body.get("error") == "CircuitOpenError":
+                refused.add(body["worker"])
+                if refused == workers:
+                    break
+        sent = self.upstream_hits() - hits
+        self.say("upstream", f"failing requests that reached the upstream: {sent} (each request retries once)")
+
+        self.say("phase", "3. every worker's /health/outbound tells the same story", color="bold")
+        headers = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+        reports = [self.http.get("/health/outbound", headers=headers).json() for _ in range(4)]
+        for report in reports:
+            billing = report["services"]["billing"]["breaker"]
+            self.say("health", f"scope {report['scope']}, {report['workers']} workers, billing {billing['state']}")
+        agree = all(
+            r["scope"] == "fleet" and r["workers"] == 2 and r["services"]["billing"]["breaker"]["state"] == "open"
+            for r in reports
+        )
+
+        self.say(
+            "phase", "4. an operator's shell (a new process) reads the fleet, then resets the breaker", color="bold"
+        )
+        status = self.shell("status", "--service", "billing")
+        shell_sees = "scope: fleet (2 workers" in status.stdout and " open" in status.stdout
+        self.upstream("healthy")
+        self.shell("reset", "billing")
+        time.sleep(0.5)
+        closed: set[int] = set()
+        for _ in range(40):
+            body = self.call("/checkout")
+            if body.get("ok"):
+                closed.add(body["worker"])
+            if closed == workers:
+                break
+
+        checks = {
+            "both workers answered": len(workers) == 2,
+            "one opening refused calls on both workers": refused == workers,
+            f"the upstream saw at most (fail_max + 2 workers) x 2 attempts ({sent})": sent
+            <= (BREAKER["fail_max"] + 2) * 2,
+            "every health answer: fleet scope, 2 workers, billing open": agree,
+            "a shell's outbound status saw the fleet": shell_sees,
+            "outbound reset closed the breaker on both workers": closed == workers,
+        }
+        for name, passed in checks.items():
+            self.say("check", f"{'ok  ' if passed else 'FAIL'} {name}", color="green" if passed else "red")
+        print(f"RESULT fleet={all(checks.values())} upstream_requests={sent}", flush=True)
+        return all(checks.values())
+
+
+def run_fleet_scenario(framework: str) -> int:
+    narrator = Narrator()
+    narrator.say("start", f"upstream simulator, redis-server and the {framework} example app: gunicorn, 2 workers")
+    with running(framework, narrator, redis=True) as stack:
+        narrator.say(
+            "ready",
+            f"app {stack.app_url}, simulator {stack.upstream_url}, redis {stack.redis.url if stack.redis else '-'}",
+        )
+        demo = FleetDemo(stack, narrator)
+        try:
+            passed = demo.run()
+        finally:
+            demo.close()
+    return 0 if passed else 1

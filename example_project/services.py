@@ -17,6 +17,7 @@ import requests
 import outbound
 
 HEALTH_TOKEN = "demo-token"  # the demo's /health/outbound token; a real app reads it from its secrets
+REDIS_ENV = "OUTBOUND_DEMO_REDIS"
 
 
 def outbound_settings() -> dict[str, Any]:
@@ -34,6 +35,12 @@ def outbound_settings() -> dict[str, Any]:
             "billing": {"base_url": upstream + "billing/", "critical": True, "probe": "/ok"},
         },
         "health": {"show_details": "when_authorized", "token": HEALTH_TOKEN},
+        # `run.py --redis`: the workers share their breakers and stats through the demo's own redis-server.
+        **(
+            {"state": {"backend": "redis", "url": redis, "sync_interval": 0.2}}
+            if (redis := os.environ.get(REDIS_ENV))
+            else {}
+        ),
     }
 
 
@@ -45,6 +52,7 @@ def _failure(service: str, error: Exception, started: float) -> Result:
         "service": service,
         "ok": False,
         "error": type(error).__name__,
+        "worker": os.getpid(),
         "ms": round((time.perf_counter() - started) * 1000, 2),
     }
     if isinstance(error, outbound.CircuitOpenError):
@@ -55,7 +63,7 @@ def _failure(service: str, error: Exception, started: float) -> Result:
 
 
 def _success(service: str, status: int, started: float) -> Result:
-    payload = {"service": service, "ok": status < 400, "status": status}
+    payload = {"service": service, "ok": status < 400, "status": status, "worker": os.getpid()}
     payload["ms"] = round((time.perf_counter() - started) * 1000, 2)
     return payload, 200 if status < 400 else 502
 

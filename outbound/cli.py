@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 
+from . import health
 from ._errors import redact_url
 from ._registry import Registry
 from .health import (
-    CONFIG_ERROR_EXIT_CODE,
     BreakerSnapshot,
     HealthReport,
     LastError,
@@ -33,7 +33,7 @@ from .health import (
     status_exit_code,
 )
 
-__all__ = ["Output", "isolate", "probe", "remote_status", "reset", "status"]
+__all__ = ["REMOTE_TIMEOUT", "Output", "isolate", "probe", "remote_status", "reset", "status"]
 
 REMOTE_TIMEOUT = 10.0  # seconds for `status --url`: a person is waiting at a terminal
 
@@ -63,18 +63,18 @@ def remote_status(url: str, *, token: str | None = None, service: str | None = N
         answer = httpx.get(url, headers=headers, timeout=REMOTE_TIMEOUT, follow_redirects=True)
         data = answer.json()
     except (httpx.HTTPError, ValueError) as error:
-        return Output(
-            f"Error: could not read {redact_url(url)}: {type(error).__name__}: {error}", CONFIG_ERROR_EXIT_CODE
-        )
+        message = f"Error: could not read {redact_url(url)}: {type(error).__name__}: {error}"
+        return Output(message, health.CONFIG_ERROR_EXIT_CODE)
     if not isinstance(data, dict) or data.get("status") not in ("ok", "degraded", "down"):
-        return Output(f"Error: {redact_url(url)} did not answer with an outbound health report", CONFIG_ERROR_EXIT_CODE)
+        message = f"Error: {redact_url(url)} did not answer with an outbound health report"
+        return Output(message, health.CONFIG_ERROR_EXIT_CODE)
     if "services" not in data:
         hint = "pass --token with the health.token of its settings" if not token else "the token was not accepted"
         return Output(f"overall: {data['status']}   (details hidden: {hint})", status_exit_code(data))
     report = _report(data)
     if service is not None:
         if service not in report.services:
-            return Output(f"Error: the server has no service {service!r}", CONFIG_ERROR_EXIT_CODE)
+            return Output(f"Error: the server has no service {service!r}", health.CONFIG_ERROR_EXIT_CODE)
         alone = build_report([report.services[service]])  # the same status rules, for this service alone
         report = dataclasses.replace(report, status=alone.status, services=alone.services)
     if as_json:
@@ -117,7 +117,7 @@ def _needs_fleet(registry: Registry, action: str) -> Output | None:
         f"Error: `outbound {action}` acts on the running processes through a shared state backend, and these settings "
         "have none (state.backend is 'memory'): a command run from a shell would only change its own new process. "
         'Set OUTBOUND["state"] = {"backend": "redis", "url": ...}, or call registry.%s() in the app.' % action,
-        CONFIG_ERROR_EXIT_CODE,
+        health.CONFIG_ERROR_EXIT_CODE,
     )
 
 

@@ -21,26 +21,26 @@ from typing import Any
 
 import pytest
 
+from . import _retry
 from ._registry import Registry
-from ._retry import WAITS
 
 __all__ = ["active_registry", "no_waits", "set_waits"]
 
 
 def set_waits(enabled: bool) -> None:
     """Turn retry waits (backoff and ``Retry-After``) on or off for the whole process (``stamina.set_testing``)."""
-    WAITS.enabled = enabled
+    _retry.WAITS.enabled = enabled
 
 
 @contextlib.contextmanager
 def no_waits() -> Iterator[None]:
     """Retries wait for nothing inside the ``with`` block; the previous setting comes back after it."""
-    before = WAITS.enabled
-    WAITS.enabled = False
+    before = _retry.WAITS.enabled
+    _retry.WAITS.enabled = False
     try:
         yield
     finally:
-        WAITS.enabled = before
+        _retry.WAITS.enabled = before
 
 
 def active_registry(request: pytest.FixtureRequest | None = None) -> Registry | None:

@@ -26,6 +26,7 @@ import respx
 import yaml
 
 import outbound
+import outbound.cli
 import outbound.health
 import outbound.testing
 import outbound_django
@@ -231,7 +232,7 @@ def test_every_docs_page_is_in_the_nav() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    [outbound, outbound.health, outbound.testing, outbound_django, outbound_flask],
+    [outbound, outbound.cli, outbound.health, outbound.testing, outbound_django, outbound_flask],
     ids=lambda module: module.__name__,
 )
 def test_api_page_names_every_public_name(module: Any) -> None:

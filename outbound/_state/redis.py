@@ -211,6 +211,12 @@ class RedisState:
                 self._new_process()
             if self._threads or self._closed:
                 return
+            # The fleet's states before this process's first call, so a breaker open elsewhere is open here from the
+            # start (one round trip, once per process, bounded by state.timeout).
+            try:
+                self._adopt_fleet()
+            except redis.RedisError as error:
+                self._unreachable(error)
             self._threads = [
                 threading.Thread(target=self._run_ops, name="outbound-fleet", daemon=True),
                 threading.Thread(target=self._run_events, name="outbound-fleet-events", daemon=True),
@@ -426,6 +432,9 @@ class RedisState:
             keys=[self._keys.workers, self._keys.stats(self.worker)],
             args=[self.worker, self._live_ms, json.dumps(self._local_stats())],
         )
+        self._adopt_fleet()
+
+    def _adopt_fleet(self) -> None:
         names = list(self._services)
         now, breakers = self._script("breakers", _BREAKERS)(keys=[self._keys.breaker(name) for name in names])
         for name, fields in zip(names, breakers, strict=True):

@@ -361,3 +361,17 @@ def test_a_forked_child_follows_the_fleet_with_its_own_connection_and_threads(
     assert seen["opened"] is True
     assert seen["worker"] != parent._state.worker  # type: ignore[attr-defined]  # its own identity in the fleet
     assert wait_until(lambda: _state(parent) == "open")  # the parent's threads still run
+
+
+def test_a_new_workers_first_call_meets_the_fleets_open_breaker(
+    fleet: Callable[..., Registry], upstream: Upstream
+) -> None:
+    first = fleet()
+    first.session("api").get("ok")
+    _fail(first, 3)
+    assert wait_until(lambda: _state(first) == "open")
+    hits = upstream.hits
+    newcomer = fleet()  # a worker gunicorn just started: it has never called anything
+    with pytest.raises(outbound.CircuitOpenError):
+        newcomer.session("api").get("ok")
+    assert upstream.hits == hits

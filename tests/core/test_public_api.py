@@ -9,9 +9,11 @@ import typing
 import pytest
 
 import outbound
+import outbound.cli
 import outbound.health
+import outbound.testing
 
-PUBLIC_MODULES = [outbound, outbound.health]
+PUBLIC_MODULES = [outbound, outbound.cli, outbound.health, outbound.testing]
 
 
 def _defined_public_names(module: types.ModuleType) -> set[str]:
@@ -19,8 +21,8 @@ def _defined_public_names(module: types.ModuleType) -> set[str]:
     # re-exports from its private modules) and its constants.
     names = set()
     for name, value in vars(module).items():
-        if name.startswith("_") or isinstance(value, types.ModuleType):
-            continue
+        if name.startswith(("_", "pytest_")) or isinstance(value, types.ModuleType):
+            continue  # private, a module, or a pytest hook (outbound.testing is a plugin)
         home = getattr(value, "__module__", None) if isinstance(value, type | types.FunctionType) else None
         own = home == module.__name__ or (module is outbound and bool(home) and home.startswith("outbound."))
         if own or (name.isupper() and not isinstance(value, type)):

@@ -57,3 +57,20 @@ def test_demo_scenario_opens_and_closes_the_breaker(framework: str) -> None:
     for port in ready.groups():  # nothing (no worker child either) still listens on the ports it used
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("framework", ["django", "flask"])
+def test_fleet_demo_shows_two_workers_agreeing(framework: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "example_project" / "run.py"), "--redis", "--framework", framework],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RESULT fleet=True" in result.stdout
+    assert "and redis-server" in result.stdout  # it stopped the redis-server it started
