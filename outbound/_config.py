@@ -67,6 +67,8 @@ class PoolConfig:
     """Idle connections kept for reuse (httpx); defaults to ``max_connections``."""
     keepalive_expiry: float | None = 5.0
     """Seconds an idle httpx connection is kept."""
+    max_connection_age: float | None = 120.0
+    """Seconds a connection is used at most: older ones are closed when next returned to or taken from the pool."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +77,14 @@ class BudgetConfig:
     """Retries may add at most this fraction of the requests of the last 10 s."""
     min_per_second: float = 1.0
     """Retries per second always allowed, so a quiet service can still retry."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyConfig:
+    header: str = "Idempotency-Key"
+    """The header carrying the call's key; a key the caller set in it is kept."""
+    methods: frozenset[str] = frozenset({"POST", "PATCH"})
+    """Methods that get a key, and are then retried as the idempotent ones are."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,12 +107,32 @@ class RetryConfig:
     """The longest ``Retry-After`` waited for; longer asks return the response at once."""
     budget: BudgetConfig | None = field(default_factory=BudgetConfig)
     """The retry budget shared by every thread and task of the service; ``None``: no budget."""
+    idempotency_key: IdempotencyConfig | None = None
+    """Send one key with every attempt of a call of these methods, and retry them; ``None``: off."""
+
+
+WindowType = Literal["count", "time"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowConfig:
+    type: WindowType = "count"
+    """``"count"``: the last ``size`` calls; ``"time"``: the calls of the last ``seconds``."""
+    size: int = 100
+    """Calls in a count window."""
+    seconds: float = 30.0
+    """Seconds of a time window."""
+
+
+BreakerMode = Literal["consecutive", "rate"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerConfig:
+    mode: BreakerMode = "consecutive"
+    """What opens the breaker: ``fail_max`` failures in a row, or a failure (or slow-call) rate over a window."""
     fail_max: int = 5
-    """Consecutive failed attempts that open the breaker."""
+    """Consecutive failed attempts that open the breaker (mode ``consecutive``)."""
     reset_timeout: float = 30.0
     """Seconds open before a trial call is admitted."""
     success_threshold: int = 1
@@ -111,6 +141,59 @@ class BreakerConfig:
     """Trial calls admitted at once while half-open."""
     failure_statuses: frozenset[int] = frozenset({500, 502, 503, 504})
     """Response statuses that count as failures."""
+    window: WindowConfig = field(default_factory=WindowConfig)
+    """The calls a rate is measured over (mode ``rate``)."""
+    failure_rate: float = 0.5
+    """The share of failed calls in the window that opens the breaker (mode ``rate``)."""
+    minimum_calls: int = 20
+    """Calls the window must hold before a rate is judged (mode ``rate``)."""
+    slow_call_duration: float | None = None
+    """Seconds from which a call counts as slow (mode ``rate``); ``None``: slowness is not judged."""
+    slow_call_rate: float = 1.0
+    """The share of slow calls in the window that opens the breaker (mode ``rate``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkheadConfig:
+    max_in_flight: int
+    """Calls in flight at once, across threads and tasks."""
+    max_wait: float = 0.0
+    """Seconds a call waits for room before ``BulkheadFullError`` (0: fail fast)."""
+
+
+RateScope = Literal["process", "fleet"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitConfig:
+    rate: str
+    """The limit in the ``limits`` library's syntax: ``"100/second"``, ``"10 per minute"``."""
+    max_wait: float = 0.5
+    """Seconds a call waits for a permit (never past its deadline) before ``RateLimitedError``."""
+    scope: RateScope = "process"
+    """The limit holds for this process, or for the whole fleet (through ``state``'s Redis)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseConfig:
+    statuses: frozenset[int] = frozenset({429, 503})
+    """Responses whose ``Retry-After`` pauses the whole service (capped by ``retry.retry_after_max``)."""
+    max_wait: float = 0.0
+    """Seconds a call waits out a pause (never past its deadline) before ``RateLimitedError`` (0: fail fast)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HedgeConfig:
+    delay: float | Literal["p95"] = "p95"
+    """Seconds without an answer before a second attempt goes out, or ``"p95"``: the service's live p95."""
+    max: int = 1
+    """Extra attempts at most."""
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    """Methods hedged (idempotent ones only)."""
+
+
+TransportKind = Literal["httpcore", "aiohttp"]
+DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +234,18 @@ class ServiceConfig:
     """A path for ``outbound probe``."""
     shared: bool = True
     """With a fleet state backend, share this service's breaker, trials and stats with the fleet."""
+    bulkhead: BulkheadConfig | None = None
+    """A cap on calls in flight; ``None``: no cap (the pool still bounds connections)."""
+    rate_limit: RateLimitConfig | None = None
+    """A client-side rate limit; ``None``: none."""
+    pause: PauseConfig | None = field(default_factory=PauseConfig)
+    """Pause the service while the upstream asks (429/503 with ``Retry-After``); ``None``: never."""
+    hedge: HedgeConfig | None = None
+    """Hedged attempts for slow answers; ``None``: off."""
+    deadline_header: str | None = None
+    """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
+    transport: TransportKind = "httpcore"
+    """The async client's transport (httpx services): httpcore (httpx's own) or aiohttp."""
     auth: tuple[str, str] | None = None
     """Basic credentials taken from ``base_url`` (``https://user:pass@host/``): not a key users write."""
 
@@ -189,11 +284,24 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeadlineConfig:
+    min_time: float = 0.005
+    """A call that starts with less of its deadline left fails fast with ``DeadlineExceededError``."""
+    max: float = 300.0
+    """The longest budget an inbound request may ask for (longer ones are cut to it)."""
+    headers: tuple[str, ...] = DEADLINE_HEADERS
+    """Inbound headers the middleware reads a budget from, in order (lower case)."""
+    default: float | None = None
+    """The budget of an inbound request that sends none; ``None``: no deadline."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundConfig:
     services: Mapping[str, ServiceConfig]
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    deadline: DeadlineConfig = field(default_factory=DeadlineConfig)
 
 
 def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -202,12 +310,14 @@ def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 DERIVED_SERVICE_FIELDS = ("name", "auth")
-TOP_LEVEL_KEYS = ("defaults", "services", "health", "metrics", "state")
+TOP_LEVEL_KEYS = ("defaults", "services", "health", "metrics", "state", "deadline")
 # Optional dependencies: the import that must work, and the extra that brings it.
 EXTRAS = {
     "prometheus": ("prometheus_client", "outbound-http[prometheus]"),
     "otel": ("opentelemetry.metrics", "outbound-http[otel]"),
     "redis": ("redis", "outbound-http[redis]"),
+    "ratelimit": ("limits", "outbound-http[ratelimit]"),
+    "aiohttp": ("httpx_aiohttp", "outbound-http[aiohttp]"),
 }
 SERVICE_KEYS = keys_of(ServiceConfig, exclude=DERIVED_SERVICE_FIELDS)
 
@@ -451,6 +561,9 @@ def _parse_pool(reader: _Reader) -> PoolConfig:
         max_connections=max_connections,
         max_keepalive=max_keepalive,
         keepalive_expiry=sub.seconds("keepalive_expiry", defaults.keepalive_expiry, allow_none=True),
+        max_connection_age=sub.seconds(
+            "max_connection_age", defaults.max_connection_age, allow_none=True, allow_zero=False
+        ),
     )
 
 
@@ -486,7 +599,23 @@ def _parse_retry(reader: _Reader) -> RetryConfig:
         respect_retry_after=sub.boolean("respect_retry_after", defaults.respect_retry_after),
         retry_after_max=sub.required_seconds("retry_after_max", defaults.retry_after_max),
         budget=_parse_budget(sub),
+        idempotency_key=_parse_idempotency(sub),
     )
+
+
+def _parse_idempotency(reader: _Reader) -> IdempotencyConfig | None:
+    if reader.mapping.get("idempotency_key") is None:
+        return None
+    try:
+        sub = reader.sub("idempotency_key", keys_of(IdempotencyConfig))
+    except _Skip:
+        return None
+    defaults = IdempotencyConfig()
+    header = sub.mapping.get("header", defaults.header)
+    if not isinstance(header, str) or not _HEADER_NAME.match(header):
+        sub.fail(f"must be a header name, got {_shown(header)}", key="header")
+        header = defaults.header
+    return IdempotencyConfig(header=header, methods=sub.methods("methods", defaults.methods))
 
 
 def _parse_breaker(reader: _Reader) -> BreakerConfig:
@@ -496,6 +625,12 @@ def _parse_breaker(reader: _Reader) -> BreakerConfig:
         return BreakerConfig()
     defaults = BreakerConfig()
     return BreakerConfig(
+        mode=sub.choice("mode", defaults.mode, ("consecutive", "rate")),
+        window=_parse_window(sub),
+        failure_rate=_rate(sub, "failure_rate", defaults.failure_rate),
+        minimum_calls=sub.integer("minimum_calls", defaults.minimum_calls, minimum=1, maximum=MAX_COUNT),
+        slow_call_duration=sub.seconds("slow_call_duration", None, allow_none=True, allow_zero=False),
+        slow_call_rate=_rate(sub, "slow_call_rate", defaults.slow_call_rate),
         fail_max=sub.integer("fail_max", defaults.fail_max, minimum=1, maximum=MAX_COUNT),
         reset_timeout=sub.required_seconds("reset_timeout", defaults.reset_timeout, allow_zero=False),
         success_threshold=sub.integer("success_threshold", defaults.success_threshold, minimum=1, maximum=MAX_COUNT),
@@ -504,6 +639,115 @@ def _parse_breaker(reader: _Reader) -> BreakerConfig:
         ),
         failure_statuses=sub.statuses("failure_statuses", defaults.failure_statuses),
     )
+
+
+def _rate(reader: _Reader, key: str, default: float) -> float:
+    value = reader.fraction(key, default, maximum=1.0)
+    if value == 0:
+        reader.fail("must be > 0 (0 would open the breaker on any call)", key=key, code="range")
+        return default
+    return value
+
+
+def _parse_window(reader: _Reader) -> WindowConfig:
+    try:
+        sub = reader.sub("window", keys_of(WindowConfig))
+    except _Skip:
+        return WindowConfig()
+    defaults = WindowConfig()
+    kind = sub.choice("type", defaults.type, ("count", "time"))
+    if kind == "count" and "seconds" in sub.mapping:
+        sub.fail("belongs to a time window ({'type': 'time', 'seconds': ...})", key="seconds", code="unsupported")
+    if kind == "time" and "size" in sub.mapping:
+        sub.fail("belongs to a count window ({'type': 'count', 'size': ...})", key="size", code="unsupported")
+    return WindowConfig(
+        type=kind,
+        size=sub.integer("size", defaults.size, minimum=1, maximum=MAX_COUNT),
+        seconds=sub.required_seconds("seconds", defaults.seconds, allow_zero=False),
+    )
+
+
+def _parse_bulkhead(reader: _Reader) -> BulkheadConfig | None:
+    if reader.mapping.get("bulkhead") is None:
+        return None
+    try:
+        sub = reader.sub("bulkhead", keys_of(BulkheadConfig))
+    except _Skip:
+        return None
+    if "max_in_flight" not in sub.mapping:
+        sub.fail("is required: the most calls in flight at once", key="max_in_flight", code="missing")
+    return BulkheadConfig(
+        max_in_flight=sub.integer("max_in_flight", 1, minimum=1, maximum=MAX_COUNT),
+        max_wait=sub.required_seconds("max_wait", 0.0),
+    )
+
+
+def _parse_rate_limit(reader: _Reader) -> RateLimitConfig | None:
+    if reader.mapping.get("rate_limit") is None:
+        return None
+    try:
+        sub = reader.sub("rate_limit", keys_of(RateLimitConfig))
+    except _Skip:
+        return None
+    rate = sub.mapping.get("rate")
+    if rate is None:
+        sub.fail("is required, e.g. '100/second' or '10 per minute'", key="rate", code="missing")
+        rate = "1/second"
+    elif not isinstance(rate, str):
+        sub.fail(f"must be a string like '100/second', got {_shown(rate)}", key="rate")
+        rate = "1/second"
+    elif not _installed("limits"):
+        _require_extra(sub, "rate", "ratelimit")
+    else:
+        from limits import parse_many
+
+        try:
+            parsed = parse_many(rate)
+        except ValueError:
+            parsed = []
+        if len(parsed) != 1 or parsed[0].amount < 1:
+            sub.fail(f"must be one limit like '100/second' or '10 per minute', got {_shown(rate)}", key="rate")
+            rate = "1/second"
+    scope = sub.choice("scope", "process", ("process", "fleet"))
+    return RateLimitConfig(rate=rate, max_wait=sub.required_seconds("max_wait", 0.5), scope=scope)
+
+
+def _parse_pause(reader: _Reader) -> PauseConfig | None:
+    if "pause" in reader.mapping and reader.mapping["pause"] is None:
+        return None
+    try:
+        sub = reader.sub("pause", keys_of(PauseConfig))
+    except _Skip:
+        return PauseConfig()
+    defaults = PauseConfig()
+    return PauseConfig(
+        statuses=sub.statuses("statuses", defaults.statuses),
+        max_wait=sub.required_seconds("max_wait", defaults.max_wait),
+    )
+
+
+def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
+    if reader.mapping.get("hedge") is None:
+        return None
+    try:
+        sub = reader.sub("hedge", keys_of(HedgeConfig))
+    except _Skip:
+        return None
+    defaults = HedgeConfig()
+    delay: float | Literal["p95"] = defaults.delay
+    if sub.mapping.get("delay") == "p95":
+        delay = "p95"
+    else:
+        delay = sub.required_seconds("delay", 0.1, allow_zero=False) if "delay" in sub.mapping else defaults.delay
+    methods = sub.methods("methods", defaults.methods)
+    unsafe = sorted(methods - IDEMPOTENT_METHODS)
+    if unsafe:
+        sub.fail(
+            f"must be idempotent methods (a hedge sends the request twice), got {', '.join(unsafe)}",
+            key="methods",
+            code="unsupported",
+        )
+    return HedgeConfig(delay=delay, max=sub.integer("max", defaults.max, minimum=1, maximum=10), methods=methods)
 
 
 def url_problem(value: str, schemes: tuple[str, ...]) -> tuple[str, ConfigErrorCode] | None:
@@ -696,6 +940,26 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         reader.fail("is only supported with client 'httpx'", key="http2", code="unsupported")
     elif http2 and importlib.util.find_spec("h2") is None:
         reader.fail("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
+    transport = reader.choice("transport", "httpcore", ("httpcore", "aiohttp"))
+    if transport == "aiohttp":
+        if client != "httpx":
+            reader.fail("is only supported with client 'httpx' (its async client)", key="transport", code="unsupported")
+        elif http2:
+            reader.fail(
+                "aiohttp speaks HTTP/1.1 only: remove http2 or use transport 'httpcore'",
+                key="transport",
+                code="unsupported",
+            )
+        else:
+            _require_extra(reader, "transport", "aiohttp")
+    deadline_header = reader.optional_string("deadline_header")
+    if deadline_header is not None and deadline_header.lower() not in DEADLINE_HEADERS:
+        reader.fail(
+            f"must be one of {', '.join(DEADLINE_HEADERS)}, got {_shown(deadline_header)}",
+            key="deadline_header",
+            code="unsupported",
+        )
+        deadline_header = None
     verify, cert = _parse_tls(reader)
     base_url, auth = _parse_base_url(reader)
     probe = reader.optional_string("probe")
@@ -721,6 +985,12 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         critical=reader.boolean("critical", False),
         probe=probe,
         shared=reader.boolean("shared", True),
+        bulkhead=_parse_bulkhead(reader),
+        rate_limit=_parse_rate_limit(reader),
+        pause=_parse_pause(reader),
+        hedge=_parse_hedge(reader),
+        deadline_header=deadline_header.lower() if deadline_header else None,
+        transport=transport,
         auth=auth,
     )
 
@@ -777,6 +1047,29 @@ def _parse_state(raw: Any, errors: list[ConfigError]) -> StateConfig:
     )
 
 
+def _parse_deadline(raw: Any, errors: list[ConfigError]) -> DeadlineConfig:
+    reader = _Reader(raw, None, "deadline", keys_of(DeadlineConfig), errors)
+    defaults = DeadlineConfig()
+    headers = reader.mapping.get("headers", defaults.headers)
+    if (
+        isinstance(headers, str)
+        or not isinstance(headers, list | tuple)
+        or not all(isinstance(h, str) and h.lower() in DEADLINE_HEADERS for h in headers)
+    ):
+        reader.fail(
+            f"must be a list of some of {', '.join(DEADLINE_HEADERS)}, got {_shown(headers)}",
+            key="headers",
+            code="unsupported",
+        )
+        headers = defaults.headers
+    return DeadlineConfig(
+        min_time=reader.required_seconds("min_time", defaults.min_time),
+        max=reader.required_seconds("max", defaults.max, allow_zero=False),
+        headers=tuple(h.lower() for h in headers),
+        default=reader.seconds("default", None, allow_none=True, allow_zero=False),
+    )
+
+
 def parse_config(mapping: Any) -> OutboundConfig:
     """Validate the whole ``OUTBOUND`` mapping and return it as frozen dataclasses.
 
@@ -828,7 +1121,14 @@ def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
     health = _section(_parse_health, top.mapping.get("health", {}), errors, HealthConfig)
     metrics = _section(_parse_metrics, top.mapping.get("metrics", {}), errors, MetricsConfig)
     state = _section(_parse_state, top.mapping.get("state", {}), errors, StateConfig)
-    return None if errors else OutboundConfig(services=parsed, health=health, metrics=metrics, state=state)
+    deadline = _section(_parse_deadline, top.mapping.get("deadline", {}), errors, DeadlineConfig)
+    for name, service in parsed.items():
+        if service.rate_limit is not None and service.rate_limit.scope == "fleet" and state.backend != "redis":
+            message = "a fleet-wide rate limit needs a shared state backend (state.backend: 'redis')"
+            errors.append(ConfigError(message, service=name, key="rate_limit.scope", code="unsupported"))
+    if errors:
+        return None
+    return OutboundConfig(services=parsed, health=health, metrics=metrics, state=state, deadline=deadline)
 
 
 S = TypeVar("S")

@@ -3,7 +3,8 @@
 ``Registry.report()`` returns a ``HealthReport`` of ``ServiceHealth`` snapshots (breaker, pool, stats, last error);
 ``as_dict()`` is the JSON ``/health/outbound`` and ``registry.health()`` give. Both status rules live here:
 ``service_status`` (one upstream) and ``overall_status`` (the report). ``respond`` answers an HTTP health request
-for either framework; ``render_status`` / ``render_probe`` print the CLI tables and ``*_exit_code`` their codes.
+for either framework, with the JSON or, for a browser, the status page (``_page``); ``render_status`` /
+``render_probe`` print the CLI tables and ``*_exit_code`` their codes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from . import _page
 from ._config import HealthConfig
 
 __all__ = [
@@ -291,22 +293,37 @@ def respond(
     *,
     authorization: str | None,
     authorized: Callable[[], bool] | None = None,
+    accept: str | None = None,
+    format: str | None = None,
 ) -> HealthResponse:
-    """Answer an HTTP request for ``/health/outbound``: the JSON report, HTTP 503 only when it is ``down``.
+    """Answer an HTTP request for ``/health/outbound``: the JSON report, or the status page for a browser; HTTP 503
+    only when the report is ``down``.
 
     The level of detail follows ``health.show_details``; under ``"when_authorized"`` a request with the bearer
     token, or one that ``authorized()`` accepts, gets the full report. ``authorized`` is only called when the token
     did not already decide (it may cost a session lookup), and an exception from it is logged and counts as no.
     Every answer is ``Cache-Control: no-store``: a cached ``ok`` would hide an outage, and a cached detailed report
     could reach someone without the token.
+
+    Args:
+        registry: the registry to report on.
+        authorization: the request's ``Authorization`` header, if any.
+        authorized: the framework's own permission check (a Django staff user, a Flask app's callable).
+        accept: the request's ``Accept`` header. The page (HTML, with the same details and status code) only when
+            it prefers ``text/html`` to ``application/json``, as a browser's does; without it, with ``*/*`` and
+            everything else the JSON, byte for byte what it was before the page existed. Both say ``Vary: Accept``.
+        format: the ``format`` query parameter: ``"json"`` or ``"html"`` overrides ``accept``.
     """
     config = registry.health_config
     details = show_details(config, authorization=authorization)
     if not details and config.show_details == "when_authorized" and authorized is not None:
         details = _ask(authorized)
     report = registry.report()
-    body = json.dumps(report.as_dict(details=details)).encode()
-    headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+    data = report.as_dict(details=details)
+    if _page.wants_html(accept, format=format):
+        return HealthResponse(http_status(report), _page.page_headers(), _page.render_page(data).encode())
+    body = json.dumps(data).encode()
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Vary": "Accept"}
     return HealthResponse(http_status(report), headers, body)
 
 

@@ -14,7 +14,8 @@ from .conf import get_registry
 @never_cache
 @require_safe
 def health(request: HttpRequest) -> HttpResponse:
-    """The outbound health report: HTTP 200 unless a critical service is down, then 503.
+    """The outbound health report: HTTP 200 unless a critical service is down, then 503; JSON, or the status page
+    for a browser (``Accept: text/html``; ``?format=json`` or ``?format=html`` decides instead).
 
     The level of detail follows ``OUTBOUND["health"]["show_details"]``: ``"never"`` and unauthorised requests get
     ``{"status": ...}`` only; ``"always"``, a staff user or ``Authorization: Bearer <health.token>`` get the full
@@ -26,6 +27,8 @@ def health(request: HttpRequest) -> HttpResponse:
         authorization=request.headers.get("Authorization"),
         # Asked only when the token did not decide: request.user may cost a session and database lookup.
         authorized=lambda: _is_staff(request),
+        accept=request.headers.get("Accept"),
+        format=request.GET.get("format"),
     )
     response = HttpResponse(answer.body, status=answer.status, headers=answer.headers)
     if answer.status >= 500:

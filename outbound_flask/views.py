@@ -1,4 +1,5 @@
-"""The ``/health/outbound`` blueprint: the registry's health report as JSON, for load balancers and people.
+"""The ``/health/outbound`` blueprint: the registry's health report as JSON for load balancers, and as the status
+page for a browser (``Accept: text/html``; ``?format=json`` or ``?format=html`` decides instead).
 
 The status code follows the core's rule (503 only when a critical service is down). The detail level comes from
 ``OUTBOUND["health"]["show_details"]``: ``"never"`` and ``"always"`` apply to everyone; ``"when_authorized"`` shows
@@ -33,7 +34,11 @@ def create_blueprint(*, path: str, authorize: Authorize | None = None) -> Bluepr
     def health() -> ResponseReturnValue:
         """The current app's outbound health report; GET and HEAD only, never cached."""
         answer = outbound_health.respond(
-            registry_for(current_app), authorization=request.headers.get("Authorization"), authorized=authorize
+            registry_for(current_app),
+            authorization=request.headers.get("Authorization"),
+            authorized=authorize,
+            accept=request.headers.get("Accept"),
+            format=request.args.get("format"),
         )
         # The core's bytes as they are: Flask's JSON provider would sort the keys, and Django's view would not.
         return Response(answer.body, status=answer.status, headers=dict(answer.headers))

@@ -55,8 +55,18 @@ def _key_paths(cls: type, prefix: str = "") -> dict[str, Any]:
     return paths
 
 
-def _plausible(hint: Any) -> st.SearchStrategy[Any]:
+# Strings whose format a type does not tell.
+PLAUSIBLE_STRINGS = {
+    "rate_limit.rate": st.sampled_from(["10/second", "5 per minute", "100/hour"]),
+    "deadline_header": st.sampled_from(["grpc-timeout", "X-Request-Timeout"]),
+    "retry.idempotency_key.header": st.sampled_from(["Idempotency-Key", "X-Request-Id"]),
+}
+
+
+def _plausible(hint: Any, path: str = "") -> st.SearchStrategy[Any]:
     """Values of the type a field declares, in ranges a user might write (derived, so new keys get them too)."""
+    if path in PLAUSIBLE_STRINGS:
+        return PLAUSIBLE_STRINGS[path]
     options: list[st.SearchStrategy[Any]] = []
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     for arg in typing.get_args(hint) if union else (hint,):
@@ -79,8 +89,15 @@ def _plausible(hint: Any) -> st.SearchStrategy[Any]:
             options.append(st.lists(st.sampled_from(["GET", "post", "Put", "X-Api-Key"]), max_size=3))
         elif origin in (dict, collections.abc.Mapping):
             options.append(PLAUSIBLE_HEADERS)
-        elif dataclasses.is_dataclass(arg):
-            options.append(st.fixed_dictionaries({}))
+        elif dataclasses.is_dataclass(arg) and isinstance(arg, type):
+            # The section's required keys (those without a default), each plausible in turn.
+            hints = typing.get_type_hints(arg)
+            required = {
+                f.name: _plausible(hints[f.name], f"{path}.{f.name}")
+                for f in dataclasses.fields(arg)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            }
+            options.append(st.fixed_dictionaries(required))
     return st.one_of(options) if options else JSON
 
 
@@ -91,6 +108,19 @@ PLAUSIBLE_HEADERS = st.dictionaries(
 )
 SERVICE_PATHS = _key_paths(ServiceConfig)
 HEALTH_PATHS = list(_key_paths(HealthConfig))
+
+
+def _get(mapping: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        mapping = mapping.get(part) if isinstance(mapping, dict) else None  # type: ignore[assignment]
+    return mapping
+
+
+def _section(hint: Any, path: str) -> st.SearchStrategy[Any]:
+    # The dict form of a (possibly optional) section.
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    [cls] = [arg for arg in (typing.get_args(hint) if union else (hint,)) if dataclasses.is_dataclass(arg)]
+    return _plausible(cls, path)
 
 
 def _put(mapping: dict[str, Any], path: str, value: Any) -> None:
@@ -111,7 +141,12 @@ def service_settings(draw: st.DrawFn, base_url: str, *, wild: float = 0.5) -> di
     paths = [path for path in SERVICE_PATHS if path != "base_url"]
     for path in draw(st.lists(st.sampled_from(paths), max_size=6, unique=True)):
         arbitrary = draw(st.floats(min_value=0, max_value=1)) < wild
-        _put(settings, path, draw(JSON if arbitrary else _plausible(SERVICE_PATHS[path])))
+        parts = path.split(".")
+        for depth in range(1, len(parts)):  # a nested key comes with its section's required keys, as users write
+            section = ".".join(parts[:depth])
+            if not isinstance(_get(settings, section), dict):
+                _put(settings, section, draw(_section(SERVICE_PATHS[section], section)))
+        _put(settings, path, draw(JSON if arbitrary else _plausible(SERVICE_PATHS[path], path)))
     return settings
 
 
@@ -125,7 +160,7 @@ def test_plausible_settings_mostly_pass() -> None:
     passed = []
 
     @settings(max_examples=200, deadline=None, database=None, derandomize=True)
-    @given(service=service_settings("http://127.0.0.1:1/", wild=0.05))
+    @given(service=service_settings("http://127.0.0.1:1/", wild=0.0))
     def count(service: dict[str, Any]) -> None:
         passed.append(not config_errors({"services": {"s": service}}))
 

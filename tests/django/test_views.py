@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -181,3 +182,85 @@ def test_invalid_settings_are_an_error(settings: Settings) -> None:
     settings.OUTBOUND = {"services": {"billing": {"base_url": "ftp://billing/"}}}
     client = Client(raise_request_exception=False)
     assert client.get(URL).status_code == 500
+
+
+# -- the status page (Accept: text/html) -------------------------------------------------------------------------------
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def varies_on(response: HttpResponse) -> set[str]:
+    return {value.strip().lower() for value in response.get("Vary", "").split(",")}
+
+
+def test_a_browser_gets_the_status_page(healthy: Registry) -> None:
+    response = Client().get(URL, headers={**BROWSER, **bearer(HEALTH_TOKEN)})
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/html; charset=utf-8"
+    assert "no-store" in response["Cache-Control"]
+    assert "accept" in varies_on(response)
+    assert "script-src 'sha256-" in response["Content-Security-Policy"]
+    page = response.content.decode()
+    assert page.startswith("<!doctype html>")
+    assert '<h2 id="svc-1">billing</h2>' in page
+    assert '<h2 id="svc-2">search</h2>' in page
+
+
+def test_the_page_without_authorization_shows_the_overall_status_only(healthy: Registry) -> None:
+    page = Client().get(URL, headers=BROWSER).content.decode()
+    assert "Outbound status: ok" in page
+    assert "<article" not in page
+    assert "billing" not in page
+
+
+@pytest.mark.django_db
+def test_a_staff_user_sees_the_details_on_the_page(healthy: Registry) -> None:
+    client = Client()
+    client.force_login(User.objects.create_user("admin", is_staff=True))
+    assert '<h2 id="svc-1">billing</h2>' in client.get(URL, headers=BROWSER).content.decode()
+
+
+def test_the_page_is_503_when_a_critical_service_is_down(healthy: Registry, upstream: Upstream) -> None:
+    open_breaker(healthy, "billing")
+    response = Client().get(URL, headers={**BROWSER, **bearer(HEALTH_TOKEN)})
+    assert response.status_code == 503
+    assert response["Content-Type"] == "text/html; charset=utf-8"
+    assert '<span class="badge bad breaker"><span class="dot" aria-hidden="true"></span>open</span>' in (
+        response.content.decode()
+    )
+
+
+def test_json_is_unchanged_for_everything_but_a_browser(healthy: Registry) -> None:
+    expected = json.dumps(healthy.health(details=False)).encode()
+    for headers, query in [
+        ({}, ""),
+        ({"Accept": "*/*"}, ""),
+        ({"Accept": "application/json"}, ""),
+        (BROWSER, "?format=json"),
+    ]:
+        response = Client().get(URL + query, headers=headers)
+        assert response["Content-Type"] == "application/json"
+        assert response.content == expected
+        assert "accept" in varies_on(response)
+
+
+def test_format_html_forces_the_page(healthy: Registry) -> None:
+    response = Client().get(URL + "?format=html")
+    assert response["Content-Type"] == "text/html; charset=utf-8"
+
+
+def test_head_of_the_page(healthy: Registry) -> None:
+    response = Client().head(URL, headers=BROWSER)
+    assert (response.status_code, response.content) == (200, b"")
+    assert response["Content-Type"] == "text/html; charset=utf-8"
+
+
+def test_the_page_under_asgi(healthy: Registry) -> None:
+    async def get() -> HttpResponse:
+        response: HttpResponse = await AsyncClient().get(URL, headers={**BROWSER, **bearer(HEALTH_TOKEN)})
+        return response
+
+    response = asyncio.run(get())
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/html; charset=utf-8"
+    assert '<h2 id="svc-2">search</h2>' in response.content.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -187,3 +188,77 @@ def test_endpoint_name_for_url_for(make_app: AppFactory) -> None:
     app = make_app({"services": {}})
     with app.test_request_context():
         assert url_for("outbound.health") == "/health/outbound"
+
+
+# -- the status page (Accept: text/html) -------------------------------------------------------------------------------
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_browser_gets_the_status_page(make_app: AppFactory, upstream: Upstream) -> None:
+    app = make_app(config(upstream, {"token": TOKEN}, billing={"critical": True}, search={"client": "httpx"}))
+    response = app.test_client().get("/health/outbound", headers={**BROWSER, "Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Vary"] == "Accept"
+    assert "script-src 'sha256-" in response.headers["Content-Security-Policy"]
+    page = response.get_data(as_text=True)
+    assert page.startswith("<!doctype html>")
+    assert '<h2 id="svc-1">billing</h2> <span class="critical">Critical</span>' in page
+    assert '<h2 id="svc-2">search</h2>' in page
+
+
+def test_the_page_without_authorization_shows_the_overall_status_only(make_app: AppFactory, upstream: Upstream) -> None:
+    app = make_app(config(upstream, {"token": TOKEN}, billing={}))
+    page = app.test_client().get("/health/outbound", headers=BROWSER).get_data(as_text=True)
+    assert "Outbound status: ok" in page
+    assert "<article" not in page
+    assert "billing" not in page
+
+
+def test_the_authorize_callable_grants_the_details_on_the_page(make_app: AppFactory, upstream: Upstream) -> None:
+    app = make_app(config(upstream, billing={}), extension=Outbound(authorize=lambda: True))
+    page = app.test_client().get("/health/outbound", headers=BROWSER).get_data(as_text=True)
+    assert '<h2 id="svc-1">billing</h2>' in page
+
+
+def test_the_page_is_503_when_a_critical_service_is_down(make_app: AppFactory, upstream: Upstream) -> None:
+    app = make_app(config(upstream, {"show_details": "always"}, billing={**TRIPS_ON_FIRST_FAILURE, "critical": True}))
+    open_breaker(app.extensions["outbound"], "billing")
+    response = app.test_client().get("/health/outbound", headers=BROWSER)
+    assert response.status_code == 503
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    page = response.get_data(as_text=True)
+    assert '<span class="badge bad breaker"><span class="dot" aria-hidden="true"></span>open</span>' in page
+    assert 'class="countdown" data-retry-in="' in page
+
+
+@pytest.mark.parametrize(
+    ("headers", "query"),
+    [({}, ""), ({"Accept": "*/*"}, ""), ({"Accept": "application/json"}, ""), (BROWSER, "?format=json")],
+    ids=["no-accept", "anything", "json", "browser-format-json"],
+)
+def test_json_is_unchanged_for_everything_but_a_browser(
+    make_app: AppFactory, upstream: Upstream, headers: dict[str, str], query: str
+) -> None:
+    app = make_app(config(upstream, {"show_details": "always"}, billing={}))
+    response = app.test_client().get("/health/outbound" + query, headers=headers)
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Vary"] == "Accept"
+    report = json.loads(response.data)
+    assert report == app.extensions["outbound"].health()
+    assert response.data == json.dumps(report).encode()  # the core's bytes: key order kept, no sorting
+
+
+def test_format_html_forces_the_page(make_app: AppFactory, upstream: Upstream) -> None:
+    app = make_app(config(upstream, billing={}))
+    response = app.test_client().get("/health/outbound?format=html")
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+def test_head_of_the_page(make_app: AppFactory, upstream: Upstream) -> None:
+    app = make_app(config(upstream, billing={}))
+    response = app.test_client().head("/health/outbound", headers=BROWSER)
+    assert (response.status_code, response.data) == (200, b"")
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
