@@ -1,0 +1,107 @@
+"""Span facts (``"metrics": {"otel": true}``): what outbound knows about a call, added to the current span.
+
+outbound makes no spans of its own: the contrib instrumentations do, and what is current when an event fires
+depends on where each one wraps the client.
+
+- opentelemetry-instrumentation-requests wraps ``Session.send``, and httpx's ``instrument_client()`` wraps the
+  client's transport (outbound's): one CLIENT span around the whole call, current while every attempt runs. It gets
+  the call's facts as attributes — ``outbound.service``, ``outbound.attempts``, ``outbound.breaker.state`` and, when
+  the call was resent, ``http.request.resend_count`` — and an event per retry.
+- httpx's ``instrument()`` wraps ``HTTPTransport.handle_request``, the transport outbound sends each attempt through:
+  a CLIENT span per attempt, as the semantic conventions want for resends, and each has ended before outbound learns
+  its outcome. The call's events (retries, refusals, breaker transitions) then go to the span around the call, and
+  attributes are set on CLIENT spans only, never on a caller's server or internal span that may hold many calls.
+
+A call refused before sending (breaker open) sends nothing, so no instrumentation makes a span for it; the current
+span gets an ``outbound.rejected`` event.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from opentelemetry.trace import Span, SpanKind, get_current_span
+from opentelemetry.util.types import AttributeValue
+
+from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
+
+if TYPE_CHECKING:
+    from .._registry import Registry
+
+SERVICE = "outbound.service"
+BREAKER_STATE = "outbound.breaker.state"
+
+
+def _is_client(span: Span) -> bool:
+    # The SDK's spans know their kind; the API's interface does not promise it.
+    return getattr(span, "kind", None) is SpanKind.CLIENT
+
+
+class SpanObserver(Observer):
+    """Adds the events of a registry's calls to the current span (see the module's docstring for which span).
+
+    Every method returns at once when the current span is not recording (no tracing set up, or not sampled).
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._breakers = {service.name: service.policy.breaker for service in registry}
+
+    def call_finished(self, event: CallFinished) -> None:
+        span = get_current_span()
+        if not span.is_recording() or not _is_client(span):
+            return
+        attributes: dict[str, AttributeValue] = {
+            SERVICE: event.service,
+            "outbound.attempts": event.attempts,
+            BREAKER_STATE: self._breakers[event.service].effective_state(),
+        }
+        if event.attempts > 1:
+            attributes["http.request.resend_count"] = event.attempts - 1
+        span.set_attributes(attributes)
+
+    def retry_scheduled(self, event: RetryScheduled) -> None:
+        span = get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "outbound.retry",
+                {
+                    SERVICE: event.service,
+                    "outbound.retry.reason": event.reason,
+                    "outbound.retry.attempt": event.attempt,
+                    "outbound.retry.delay": event.delay,
+                },
+            )
+
+    def retry_denied(self, event: RetryDenied) -> None:
+        span = get_current_span()
+        if span.is_recording():
+            span.add_event("outbound.retry_denied", {SERVICE: event.service, "outbound.retry.denied_by": event.reason})
+
+    def call_rejected(self, event: CallRejected) -> None:
+        span = get_current_span()
+        if not span.is_recording():
+            return
+        span.add_event(
+            "outbound.rejected",
+            {
+                SERVICE: event.service,
+                "outbound.rejected.reason": event.reason,
+                "outbound.rejected.retry_in": event.retry_in,
+            },
+        )
+        if _is_client(span):  # refused inside an instrumented send: that span is this call's
+            state = self._breakers[event.service].effective_state()
+            span.set_attributes({SERVICE: event.service, BREAKER_STATE: state})
+
+    def breaker_transition(self, event: BreakerTransition) -> None:
+        span = get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "outbound.breaker",
+                {
+                    SERVICE: event.service,
+                    "outbound.breaker.previous_state": event.old,
+                    BREAKER_STATE: event.new,
+                    "outbound.breaker.reason": event.reason,
+                },
+            )
