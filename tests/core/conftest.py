@@ -22,6 +22,26 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# The async client's transports (the service key `transport`): httpx's own, and aiohttp's through httpx-aiohttp.
+ASYNC_TRANSPORTS = ("httpcore", "aiohttp")
+
+
+@pytest.fixture(params=ASYNC_TRANSPORTS)
+def async_transport(request: pytest.FixtureRequest) -> str:
+    """Each async-client test runs once on each transport: set ``"transport": async_transport`` in the service."""
+    return str(request.param)
+
+
+def with_async_transports(kinds: list[str], async_kind: str = "async") -> list[Any]:
+    """``(kind, transport)`` parameters for a test over client kinds: the async kind once on each transport, the
+    sync kinds once (their clients have no transport to choose)."""
+    return [
+        pytest.param(kind, transport, id=f"{kind}-{transport}" if kind == async_kind else kind)
+        for kind in kinds
+        for transport in (ASYNC_TRANSPORTS if kind == async_kind else ASYNC_TRANSPORTS[:1])
+    ]
+
+
 @pytest.fixture
 def send(kind: str) -> Send:
     """``send(registry, name, method, url, **kwargs)`` through the service's sync client; returns the response."""

@@ -97,7 +97,13 @@ def test_pool_timeout_when_every_connection_is_busy_is_ours_not_the_upstreams(
     holder.join()
     health = registry.health()["services"]["small"]
     assert health["stats"]["pool_timeouts"] == 1
-    assert health["breaker"] == {"state": "closed", "failures": 0, "opened_at": None, "retry_in": None}
+    assert health["breaker"] == {
+        "state": "closed",
+        "mode": "consecutive",
+        "failures": 0,
+        "opened_at": None,
+        "retry_in": None,
+    }
     assert upstream.hits_by_path["/ok"] == 0
 
 
@@ -149,7 +155,7 @@ def test_retry_after_is_honoured_and_capped(
     upstream: Upstream, make_registry: RegistryFactory, send: Send, kind: str
 ) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": kind, "retry": {"total": 1, "retry_after_max": 2}}
+        api={"base_url": upstream.url, "client": kind, "retry": {"total": 1, "retry_after_max": 2}, "pause": None}
     )
     started = time.monotonic()
     assert send(registry, "api", "GET", "status/503", params={"retry_after": 1}).status_code == 503
@@ -229,12 +235,18 @@ def test_wrong_accessor_and_unknown_names_say_what_to_call(make_registry: Regist
 
 
 def test_httpx_call_refused_by_an_open_breaker_still_carries_its_request(
-    upstream: Upstream, make_registry: RegistryFactory
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
 ) -> None:
     # client.get() is refused before httpx builds the request (the cheap path); .request is then built on demand,
     # so code that logs ``exc.request.url`` keeps working.
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "retry": {"total": 0}, "breaker": {"fail_max": 1}}
+        api={
+            "base_url": upstream.url,
+            "client": "httpx",
+            "transport": async_transport,
+            "retry": {"total": 0},
+            "breaker": {"fail_max": 1},
+        }
     )
     registry.client("api").get("status/503")
     hits = upstream.hits

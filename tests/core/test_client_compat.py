@@ -95,8 +95,12 @@ def test_trust_env_false_ignores_environment_proxies(
 # -- lifecycle idioms ----------------------------------------------------------------------------------------------
 
 
-def test_the_with_idiom_never_closes_a_shared_client(upstream: Upstream, make_registry: RegistryFactory) -> None:
-    registry = make_registry(r={"base_url": upstream.url}, h={"base_url": upstream.url, "client": "httpx"})
+def test_the_with_idiom_never_closes_a_shared_client(
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+) -> None:
+    registry = make_registry(
+        r={"base_url": upstream.url}, h={"base_url": upstream.url, "client": "httpx", "transport": async_transport}
+    )
     with registry.session("r") as session:
         session.get("ok")
     with registry.client("h") as client:
@@ -128,11 +132,18 @@ def test_a_managed_session_refuses_to_be_pickled_and_says_why(make_registry: Reg
 # -- trio ---------------------------------------------------------------------------------------------------------
 
 
+# httpcore only: aiohttp runs on asyncio alone, and under trio async_client() refuses it (test_aiohttp.py).
+@pytest.mark.parametrize("async_transport", ["httpcore"])
 def test_async_clients_work_under_trio_with_retries_and_are_closed_with_the_run(
-    upstream: Upstream, make_registry: RegistryFactory
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
 ) -> None:
     registry = make_registry(
-        h={"base_url": upstream.url, "client": "httpx", "retry": {"total": 1, "backoff_factor": 0.01}}
+        h={
+            "base_url": upstream.url,
+            "client": "httpx",
+            "transport": async_transport,
+            "retry": {"total": 1, "backoff_factor": 0.01},
+        }
     )
 
     async def scenario() -> tuple[int, int]:
@@ -183,9 +194,9 @@ def test_a_streamed_body_that_breaks_raises_outbounds_error_on_requests_too(
 
 
 def test_an_async_client_used_from_another_event_loop_says_what_to_do(
-    upstream: Upstream, make_registry: RegistryFactory
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
 ) -> None:
-    registry = make_registry(h={"base_url": upstream.url, "client": "httpx"})
+    registry = make_registry(h={"base_url": upstream.url, "client": "httpx", "transport": async_transport})
 
     async def keep() -> Any:
         return registry.async_client("h")
@@ -263,15 +274,16 @@ def test_an_ssl_context_and_verify_together_are_a_settings_mistake() -> None:
         )
 
 
-def test_a_test_transport_runs_inside_the_policy(make_registry: RegistryFactory) -> None:
+def test_a_test_transport_runs_inside_the_policy(make_registry: RegistryFactory, async_transport: str) -> None:
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.path)
         return httpx.Response(503 if len(seen) == 1 else 200, text="mocked")
 
+    service = {"base_url": "http://api.test/v1/", "client": "httpx", "transport": async_transport}
     registry = Registry.from_mapping(
-        {"services": {"h": {"base_url": "http://api.test/v1/", "client": "httpx", "retry": {"backoff_factor": 0}}}},
+        {"services": {"h": {**service, "retry": {"backoff_factor": 0}}}},
         transports={"h": httpx.MockTransport(handler)},
     )
     with registry:

@@ -39,13 +39,14 @@ def in_threads(count: int, work: Callable[[], Any]) -> list[Any]:
     return results
 
 
-def breaker_registry(upstream: Upstream, kind: str, clock: FakeClock) -> Registry:
+def breaker_registry(upstream: Upstream, kind: str, clock: FakeClock, transport: str = "httpcore") -> Registry:
     return Registry.from_mapping(
         {
             "services": {
                 "api": {
                     "base_url": upstream.url,
                     "client": kind,
+                    "transport": transport,
                     "pool": {"max_connections": 50},
                     "retry": {"total": 0},
                     "breaker": {"fail_max": 2, "reset_timeout": 10},
@@ -96,7 +97,9 @@ def test_breaker_from_16_threads_fails_fast_then_sends_a_single_trial(
         assert registry.health()["services"]["api"]["stats"]["short_circuited"] == 31
 
 
-def test_breaker_from_50_asyncio_tasks_fails_fast_then_sends_a_single_trial(upstream: Upstream) -> None:
+def test_breaker_from_50_asyncio_tasks_fails_fast_then_sends_a_single_trial(
+    upstream: Upstream, async_transport: str
+) -> None:
     clock = FakeClock()
 
     async def scenario(registry: Registry) -> None:
@@ -116,12 +119,14 @@ def test_breaker_from_50_asyncio_tasks_fails_fast_then_sends_a_single_trial(upst
         assert upstream.hits_by_path["/slow"] == 1
         assert registry["api"].policy.breaker.state == "closed"
 
-    with breaker_registry(upstream, "httpx", clock) as registry:
+    with breaker_registry(upstream, "httpx", clock, async_transport) as registry:
         asyncio.run(scenario(registry))
 
 
-def test_50_asyncio_tasks_run_concurrently(upstream: Upstream, make_registry: Any) -> None:
-    registry = make_registry(api={"base_url": upstream.url, "client": "httpx", "pool": {"max_connections": 50}})
+def test_50_asyncio_tasks_run_concurrently(upstream: Upstream, make_registry: Any, async_transport: str) -> None:
+    registry = make_registry(
+        api={"base_url": upstream.url, "client": "httpx", "transport": async_transport, "pool": {"max_connections": 50}}
+    )
 
     async def scenario() -> float:
         client = registry.async_client("api")
@@ -133,8 +138,12 @@ def test_50_asyncio_tasks_run_concurrently(upstream: Upstream, make_registry: An
     assert asyncio.run(scenario()) < 50 * UPSTREAM_LATENCY / 5
 
 
-def test_cancelled_task_never_counts_as_an_upstream_failure(upstream: Upstream, make_registry: Any) -> None:
-    registry = make_registry(api={"base_url": upstream.url, "client": "httpx", "breaker": {"fail_max": 1}})
+def test_cancelled_task_never_counts_as_an_upstream_failure(
+    upstream: Upstream, make_registry: Any, async_transport: str
+) -> None:
+    registry = make_registry(
+        api={"base_url": upstream.url, "client": "httpx", "transport": async_transport, "breaker": {"fail_max": 1}}
+    )
 
     async def scenario() -> None:
         client = registry.async_client("api")

@@ -20,6 +20,7 @@ import requests
 import outbound
 from outbound import Registry
 from tests.conftest import RegistryFactory
+from tests.core.conftest import with_async_transports
 from tests.upstream import Upstream
 
 TOTAL = 1.0
@@ -31,10 +32,11 @@ TRICKLES = {
 NATIVE_TIMEOUT = {"requests": requests.ReadTimeout, "httpx": httpx.ReadTimeout, "async": httpx.ReadTimeout}
 
 
-def _service(upstream: Upstream, kind: str) -> dict[str, Any]:
+def _service(upstream: Upstream, kind: str, transport: str = "httpcore") -> dict[str, Any]:
     return {
         "base_url": upstream.url,
         "client": "requests" if kind == "requests" else "httpx",
+        "transport": transport,
         "timeout": {"connect": 1, "read": 0.5, "total": TOTAL},
         "retry": {"total": 2, "backoff_factor": 0},
         "breaker": {"fail_max": 5},
@@ -62,12 +64,12 @@ def _timed(call: Callable[[], Any]) -> tuple[float, BaseException | None]:
     return time.monotonic() - started, None
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx", "async"])
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
 @pytest.mark.parametrize("trickle", ["headers", "body"])
 def test_a_trickling_upstream_is_cut_at_the_deadline(
-    upstream: Upstream, make_registry: RegistryFactory, kind: str, trickle: str
+    upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str, trickle: str
 ) -> None:
-    registry = make_registry(api=_service(upstream, kind))
+    registry = make_registry(api=_service(upstream, kind, transport))
     elapsed, error = _timed(lambda: _call(registry, kind, TRICKLES[trickle]))
     assert TOTAL - 0.05 <= elapsed < TOTAL + SLACK, f"the call took {elapsed:.2f}s"
     assert isinstance(error, outbound.ReadTimeoutError)
@@ -78,11 +80,11 @@ def test_a_trickling_upstream_is_cut_at_the_deadline(
     assert registry["api"].policy.stats.retries == 0
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx", "async"])
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
 def test_the_cut_connection_is_discarded_and_the_pool_stays_healthy(
-    upstream: Upstream, make_registry: RegistryFactory, kind: str
+    upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str
 ) -> None:
-    registry = make_registry(api=_service(upstream, kind))
+    registry = make_registry(api=_service(upstream, kind, transport))
     _, error = _timed(lambda: _call(registry, kind, TRICKLES["body"]))
     assert isinstance(error, outbound.ReadTimeoutError)
     # The upstream sees the connection go (its trickle write fails), and nothing holds a connection.

@@ -307,8 +307,8 @@ r.close()
     assert upstream.hits_by_path["/dead"] - before <= fail_max + workers
 
 
-def test_async_clients_share_the_fleet_too(fleet: Callable[..., Registry]) -> None:
-    sync_side, async_side = fleet(client="httpx"), fleet(client="httpx")
+def test_async_clients_share_the_fleet_too(fleet: Callable[..., Registry], async_transport: str) -> None:
+    sync_side, async_side = fleet(client="httpx"), fleet(client="httpx", transport=async_transport)
     sync_side.client("api").get("ok")
 
     async def fail_three_times() -> None:

@@ -34,17 +34,23 @@ SECRETS = {
 }
 
 
-def _registry(make_registry: RegistryFactory, upstream: Upstream, client: str) -> Registry:
+def _registry(make_registry: RegistryFactory, upstream: Upstream, client: str, transport: str = "httpcore") -> Registry:
     base = upstream.url.replace("http://", f"http://svc:{SECRETS['password']}@")
     return make_registry(
         api={
             "base_url": base,
             "client": client,
+            "transport": transport,
             "sensitive_headers": ["X-Api-Key"],
             "retry": {"total": 1, "backoff_factor": 0},
             "breaker": {"fail_max": 100},
         },
-        refused={"base_url": "http://127.0.0.1:9/", "client": client, "retry": {"total": 1, "backoff_factor": 0}},
+        refused={
+            "base_url": "http://127.0.0.1:9/",
+            "client": client,
+            "transport": transport,
+            "retry": {"total": 1, "backoff_factor": 0},
+        },
     )
 
 
@@ -101,9 +107,9 @@ def test_sync_clients_log_no_secret(
 
 
 def test_the_async_client_logs_no_secret(
-    upstream: Upstream, make_registry: RegistryFactory, caplog: pytest.LogCaptureFixture
+    upstream: Upstream, make_registry: RegistryFactory, caplog: pytest.LogCaptureFixture, async_transport: str
 ) -> None:
-    registry = _registry(make_registry, upstream, "httpx")
+    registry = _registry(make_registry, upstream, "httpx", async_transport)
 
     async def scenario() -> None:
         for service, path in _calls(upstream):

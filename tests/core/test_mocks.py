@@ -25,8 +25,10 @@ def test_responses_intercepts_the_session(make_registry: RegistryFactory) -> Non
     assert registry["billing"].policy.breaker.state == "open"  # the policy saw the mocked responses
 
 
-def test_respx_intercepts_sync_and_async_clients(make_registry: RegistryFactory) -> None:
-    registry = make_registry(search={"base_url": "https://search.internal/", "client": "httpx"})
+def test_respx_intercepts_sync_and_async_clients(make_registry: RegistryFactory, async_transport: str) -> None:
+    registry = make_registry(
+        search={"base_url": "https://search.internal/", "client": "httpx", "transport": async_transport}
+    )
     with respx.mock(assert_all_called=True) as router:
         route = router.get("https://search.internal/q").mock(
             side_effect=[httpx.Response(503), httpx.Response(200, json={"hits": 3})]
@@ -57,9 +59,16 @@ def test_a_request_responses_refuses_is_the_mocks_verdict_not_the_upstreams(make
     assert registry["billing"].policy.breaker.failures == 0
 
 
-def test_a_request_respx_refuses_is_the_mocks_verdict_not_the_upstreams(make_registry: RegistryFactory) -> None:
+def test_a_request_respx_refuses_is_the_mocks_verdict_not_the_upstreams(
+    make_registry: RegistryFactory, async_transport: str
+) -> None:
     registry = make_registry(
-        search={"base_url": "https://search.internal/", "client": "httpx", "breaker": {"fail_max": 1}}
+        search={
+            "base_url": "https://search.internal/",
+            "client": "httpx",
+            "transport": async_transport,
+            "breaker": {"fail_max": 1},
+        }
     )
     with respx.mock(assert_all_called=False) as router:
         router.get("https://search.internal/q").mock(return_value=httpx.Response(200))

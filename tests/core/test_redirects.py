@@ -11,6 +11,7 @@ import pytest
 
 from outbound import Registry
 from tests.conftest import RegistryFactory
+from tests.core.conftest import with_async_transports
 from tests.upstream import Upstream
 
 KINDS = ["requests", "httpx", "async"]
@@ -39,9 +40,11 @@ def _get(registry: Registry, kind: str, url: str, *, hand_set: bool = False, **k
     return asyncio.run(call())
 
 
-def _registry(make_registry: RegistryFactory, upstream: Upstream, kind: str) -> Registry:
+def _registry(make_registry: RegistryFactory, upstream: Upstream, kind: str, transport: str) -> Registry:
     client = "requests" if kind == "requests" else "httpx"
-    registry = make_registry(api={"base_url": upstream.url, "client": client, "sensitive_headers": ["X-Api-Key"]})
+    registry = make_registry(
+        api={"base_url": upstream.url, "client": client, "transport": transport, "sensitive_headers": ["X-Api-Key"]}
+    )
     # A cookie set on the shared client by hand, with no domain: as requests and httpx would send it anywhere.
     jar = registry.session("api").cookies if kind == "requests" else registry.client("api").cookies
     jar.set("handset", "jar-secret")
@@ -54,11 +57,11 @@ def _sent(server: Upstream, path: str) -> dict[str, str]:
     return headers
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports(KINDS))
 def test_a_redirect_to_another_origin_carries_no_credentials(
-    upstream: Upstream, other_origin: Upstream, make_registry: RegistryFactory, kind: str
+    upstream: Upstream, other_origin: Upstream, make_registry: RegistryFactory, kind: str, transport: str
 ) -> None:
-    registry = _registry(make_registry, upstream, kind)
+    registry = _registry(make_registry, upstream, kind, transport)
     # The ways a caller hands cookies to a call that the libraries carry across redirects: requests' per-call
     # cookies=, and cookies set on the client by hand.
     extra: dict[str, Any] = {"cookies": {"call": "call-secret"}} if kind == "requests" else {}
@@ -73,11 +76,11 @@ def test_a_redirect_to_another_origin_carries_no_credentials(
         assert name not in other, f"{name} crossed to another origin"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports(KINDS))
 def test_a_redirect_within_the_origin_keeps_the_credentials(
-    upstream: Upstream, make_registry: RegistryFactory, kind: str
+    upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str
 ) -> None:
-    registry = _registry(make_registry, upstream, kind)
+    registry = _registry(make_registry, upstream, kind, transport)
     # requests carries per-call cookies= across redirects; both libraries rebuild Cookie from their jars on each
     # hop, so an explicit Cookie header is dropped by either on any redirect.
     extra: dict[str, Any] = {"cookies": {"call": "c"}} if kind == "requests" else {}
@@ -90,12 +93,12 @@ def test_a_redirect_within_the_origin_keeps_the_credentials(
         assert "handset=jar-secret" in sent["cookie"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports(KINDS))
 def test_a_cookie_set_by_a_redirect_follows_the_same_call_only(
-    upstream: Upstream, make_registry: RegistryFactory, kind: str
+    upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str
 ) -> None:
     client = "requests" if kind == "requests" else "httpx"
-    registry = make_registry(api={"base_url": upstream.url, "client": client})
+    registry = make_registry(api={"base_url": upstream.url, "client": client, "transport": transport})
     login = "redirect?status=303&to=/cookies&set_cookie=" + quote("session=alice", safe="")
     if kind == "requests":
         response = registry.session("api").post(login)

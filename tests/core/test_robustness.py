@@ -107,8 +107,12 @@ def test_an_interrupted_trial_gives_its_slot_back_sync(
         assert_nothing_held(registry, upstream, kind)
 
 
-def test_a_task_cancelled_during_backoff_ends_its_call(upstream: Upstream, make_registry: RegistryFactory) -> None:
-    registry = make_registry(api={"base_url": upstream.url, "client": "httpx", "retry": {"backoff_factor": 5}})
+def test_a_task_cancelled_during_backoff_ends_its_call(
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+) -> None:
+    registry = make_registry(
+        api={"base_url": upstream.url, "client": "httpx", "transport": async_transport, "retry": {"backoff_factor": 5}}
+    )
 
     async def scenario() -> None:
         task = asyncio.create_task(registry.async_client("api").get("status/503"))
@@ -189,7 +193,7 @@ def test_socks_proxies_keep_their_pools_and_get_the_pool_timeout(make_registry: 
     manager = registry.session("api").adapter.proxy_manager_for("socks5h://127.0.0.1:1080")
     pool_class = manager.pool_classes_by_scheme["http"]
     assert issubclass(pool_class, SOCKSHTTPConnectionPool)
-    assert issubclass(pool_class, requests_backend._PoolTimeoutMixin)
+    assert issubclass(pool_class, requests_backend._ManagedPoolMixin)
 
 
 def test_proxy_setting_reaches_both_clients(
@@ -218,8 +222,12 @@ def test_tls_failures_are_not_retried_or_counted_by_either_backend() -> None:
     assert requests_backend._classify(requests.exceptions.SSLError("bad")) is outbound._policy.Kind.OTHER_ERROR
 
 
-def test_close_finishes_every_service_and_idle_loops(upstream: Upstream, make_registry: RegistryFactory) -> None:
-    registry = make_registry(a={"base_url": upstream.url, "client": "httpx"}, b={"base_url": upstream.url})
+def test_close_finishes_every_service_and_idle_loops(
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+) -> None:
+    registry = make_registry(
+        a={"base_url": upstream.url, "client": "httpx", "transport": async_transport}, b={"base_url": upstream.url}
+    )
     idle = asyncio.new_event_loop()  # owns a client but is not running when the registry closes
 
     async def use() -> None:
