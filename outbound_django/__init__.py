@@ -8,7 +8,8 @@ Add ``"outbound_django"`` to ``INSTALLED_APPS``, describe the upstreams in ``set
 
 The app holds no resilience logic: timeouts, pools, retries and the breaker are the core's. It builds the registry
 at startup, closes it at exit, serves ``/health/outbound`` (``outbound_django.urls``), adds system checks and the
-``manage.py outbound`` command.
+``manage.py outbound`` command. ``outbound_django.middleware.DeadlineMiddleware`` runs each request inside
+``outbound.deadline`` with the budget its caller sent, or its view's ``@default_deadline(seconds)``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import outbound
 
 from .conf import get_registry
+from .middleware import default_deadline
 
-__all__ = ["async_client", "client", "get_registry", "session"]
+__all__ = ["async_client", "client", "default_deadline", "get_registry", "session"]
 
 
 def session(name: str) -> outbound.ServiceSession:

@@ -200,4 +200,4 @@ def test_views_call_upstreams_under_wsgi_and_asgi(configure: Configure, upstream
 
 def test_public_names() -> None:
     assert outbound_django.__all__ == sorted(outbound_django.__all__)
-    assert set(outbound_django.__all__) == {"async_client", "client", "get_registry", "session"}
+    assert set(outbound_django.__all__) == {"async_client", "client", "default_deadline", "get_registry", "session"}

@@ -1,0 +1,130 @@
+"""``DeadlineMiddleware``: every request's outbound calls share the budget the caller sent, or the view's default.
+
+Opt in by adding it to ``MIDDLEWARE``, as high as you like the deadline to start (its clock starts when the request
+reaches it)::
+
+    MIDDLEWARE = ["outbound_django.middleware.DeadlineMiddleware", ...]
+
+The budget comes from the first of the settings' ``deadline.headers`` the request carries well formed (``grpc-timeout``,
+``X-Request-Timeout``, ``x-envoy-expected-rq-timeout-ms``), cut to ``deadline.max``; else from the view's
+``@default_deadline(seconds)``; else from ``deadline.default``. The rest of the request — the middleware below this
+one and the view — then runs inside ``outbound.deadline(budget)``. Sync and async views alike: asgiref's bridges
+carry the deadline into the thread or event loop the view runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import Resolver404, resolve
+
+import outbound
+
+from .conf import get_registry
+
+logger = logging.getLogger(__name__)
+
+VIEW_ATTRIBUTE = "outbound_default_deadline"
+
+V = TypeVar("V")
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def default_deadline(seconds: float) -> Callable[[V], V]:
+    """Decorate a view (a function, or a class-based view's class) with the budget of requests that send none.
+
+    A budget the request sends (within ``deadline.max``) still wins; the view's default wins over the settings'
+    ``deadline.default``. The view is returned unchanged, with the default as an attribute, so the decorator may
+    sit anywhere among ``functools.wraps``-style decorators. It takes effect through ``DeadlineMiddleware``.
+
+        @default_deadline(2.5)
+        def search(request): ...
+
+    Raises:
+        ValueError: ``seconds`` is not a finite number > 0.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (0 < seconds < math.inf):
+        raise ValueError(f"a view's default deadline must be a finite number of seconds > 0, got {seconds!r}")
+
+    def decorate(view: V) -> V:
+        setattr(view, VIEW_ATTRIBUTE, float(seconds))
+        return view
+
+    return decorate
+
+
+class DeadlineMiddleware:
+    """Run the rest of each request inside ``outbound.deadline(budget)`` when it has a budget (see the module).
+
+    A malformed budget header is ignored, and logged once per header name per process at WARNING (logger
+    ``outbound_django.middleware``), without its value. While ``settings.OUTBOUND`` is invalid requests run without
+    a deadline: the outbound accessors raise the ``ConfigError`` where a call is made.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self._acall(request)
+        budget = _budget(request)
+        if budget is None:
+            return self.get_response(request)
+        with outbound.deadline(budget):
+            return self.get_response(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+        budget = _budget(request)
+        if budget is None:
+            return await get_response(request)
+        async with outbound.deadline(budget):
+            return await get_response(request)
+
+
+def _budget(request: HttpRequest) -> float | None:
+    try:
+        config = get_registry().config.deadline
+    except outbound.ConfigError:
+        return None
+    budget, malformed = outbound.budget_from(request.headers, config, default=lambda: _view_default(request))
+    if malformed is not None:
+        _warn_once(malformed)
+    return budget
+
+
+def _view_default(request: HttpRequest) -> float | None:
+    # Django resolves the view only after the middleware has run, so it is looked up here too (only for requests
+    # that send no budget), following a urlconf an earlier middleware set (request.urlconf).
+    try:
+        match = resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
+    except Resolver404:
+        return None
+    view = match.func
+    seconds = getattr(view, VIEW_ATTRIBUTE, None)
+    if seconds is None:  # class-based views: as_view()'s function carries the class
+        seconds = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
+    return seconds if isinstance(seconds, float) else None
+
+
+def _warn_once(header: str) -> None:
+    with _warned_lock:
+        if header in _warned:
+            return
+        _warned.add(header)
+    # The value is the client's and may be anything, so it is never logged; the name tells what to look for.
+    logger.warning("ignored a malformed %s header of an inbound request (logged once per process)", header)
