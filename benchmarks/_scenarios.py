@@ -23,7 +23,7 @@ import requests
 import requests.adapters
 
 import outbound
-from benchmarks import _brownout, _fleet
+from benchmarks import _brownout, _fleet, _hedging, _metrics, _policy
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -665,6 +665,9 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     8: leaks,
     _brownout.MEASUREMENT: _brownout.brownout,
     _fleet.MEASUREMENT: _fleet.fleet,
+    _policy.MEASUREMENT: _policy.policy,
+    _hedging.MEASUREMENT: _hedging.hedging,
+    _metrics.MEASUREMENT: _metrics.metrics,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c"),
@@ -677,4 +680,7 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     8: ("8a", "8b"),
     _brownout.MEASUREMENT: _brownout.ROW_KEYS,
     _fleet.MEASUREMENT: _fleet.ROW_KEYS,
+    _policy.MEASUREMENT: _policy.ROW_KEYS,
+    _hedging.MEASUREMENT: _hedging.ROW_KEYS,
+    _metrics.MEASUREMENT: _metrics.ROW_KEYS,
 }

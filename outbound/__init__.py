@@ -9,22 +9,28 @@ pools, budgeted retries and a non-blocking circuit breaker in the transport laye
 
 from __future__ import annotations
 
+from ._advice import SettingWarning, setting_warnings
 from ._backends.httpx import ServiceAsyncClient, ServiceClient
 from ._backends.requests import ServiceSession
 from ._config import (
     BreakerConfig,
     BudgetConfig,
+    BulkheadConfig,
     HealthConfig,
     MetricsConfig,
     OutboundConfig,
+    PauseConfig,
     PoolConfig,
+    RateLimitConfig,
     RetryConfig,
     ServiceConfig,
     StateConfig,
     Timeouts,
+    WindowConfig,
     config_errors,
     parse_config,
 )
+from ._deadline import budget_from, deadline, time_left
 from ._errors import (
     BulkheadFullError,
     CallError,
@@ -64,6 +70,7 @@ __all__ = [
     "BreakerConfig",
     "BreakerTransition",
     "BudgetConfig",
+    "BulkheadConfig",
     "BulkheadFullError",
     "CallError",
     "CallFinished",
@@ -81,8 +88,10 @@ __all__ = [
     "Observer",
     "OutboundConfig",
     "OutboundError",
+    "PauseConfig",
     "PoolConfig",
     "PoolTimeoutError",
+    "RateLimitConfig",
     "RateLimitedError",
     "ReadError",
     "ReadTimeoutError",
@@ -98,10 +107,16 @@ __all__ = [
     "ServiceConfig",
     "ServiceLookupError",
     "ServiceSession",
+    "SettingWarning",
     "StateConfig",
     "Timeouts",
     "TransportFailure",
+    "WindowConfig",
     "WriteTimeoutError",
+    "budget_from",
     "config_errors",
+    "deadline",
     "parse_config",
+    "setting_warnings",
+    "time_left",
 ]

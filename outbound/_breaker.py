@@ -8,8 +8,9 @@ HTTP call never runs under a lock:
 - an open breaker refuses until one "trial due at" time (monotonic clock), then turns half-open and admits at most
   ``half_open_max_calls`` trial calls per trial period; the rest are refused at once;
 - outcomes are recorded under a short lock, only to count and to make a transition;
-- the trip rule — when failures open the breaker — is its own object (``ConsecutiveFailures`` here; the failure-rate
-  window in ``_window.py``), the Polly split between the circuit and its behaviour;
+- the trip rule — when failures open the breaker — is its own object (``ConsecutiveFailures`` here, for
+  ``mode: "consecutive"``; the failure-rate and slow-call window of ``mode: "rate"`` in ``_window.py``), the Polly
+  split between the circuit and its behaviour;
 - a shared state backend (``SharedBreaker``) is told of failures and transitions and asked for the fleet's trial
   slot; it is never consulted while the breaker is closed, so the hot path never waits on it.
 
@@ -48,6 +49,10 @@ class TripRule(Protocol):
     failures: int
     """Failures counted now (consecutive ones, or those in the window): read on every success, so an attribute."""
 
+    fleet_counts: bool
+    """Whether a fleet adds this rule's failures up across processes (consecutive failures); a rate window stays
+    per process, and only the openings it decides are shared."""
+
     def failure(self, seconds: float) -> bool:
         """Count one failed attempt (lock held); ``True`` when the breaker should open."""
 
@@ -63,9 +68,14 @@ class TripRule(Protocol):
     def snapshot(self) -> dict[str, Any]:
         """What health shows of it: ``{"failures": 3}`` and, for a rate window, the current rates."""
 
+    def reset_after_fork(self, lock: threading.Lock) -> None:
+        """In a forked child: the breaker's new lock (a parent thread may have held the old one)."""
+
 
 class ConsecutiveFailures:
     """Opens after ``fail_max`` failed attempts in a row; any success clears the count (pybreaker's rule)."""
+
+    fleet_counts = True
 
     def __init__(self, fail_max: int, lock: threading.Lock) -> None:
         self.fail_max = fail_max
@@ -90,6 +100,17 @@ class ConsecutiveFailures:
 
     def snapshot(self) -> dict[str, Any]:
         return {"failures": self.failures}
+
+    def reset_after_fork(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+
+def _trip_rule(config: BreakerConfig, lock: threading.Lock, clock: Callable[[], float]) -> TripRule:
+    if config.mode == "rate":
+        from ._window import FailureRate
+
+        return FailureRate(config, clock=clock)
+    return ConsecutiveFailures(config.fail_max, lock)
 
 
 class SharedBreaker(Protocol):
@@ -155,7 +176,7 @@ class Breaker:
         self._clock = clock
         self._notify = notify
         self._lock = threading.Lock()
-        self.rule: TripRule = rule or ConsecutiveFailures(config.fail_max, self._lock)
+        self.rule: TripRule = rule or _trip_rule(config, self._lock, clock)
         self.state = CLOSED
         self._opened_at: float | None = None  # monotonic
         self._opened_wall: datetime | None = None
@@ -259,14 +280,15 @@ class Breaker:
                     return  # a call admitted before the breaker opened: the verdict is already in
                 if self.rule.failure(seconds):
                     self._open(self.rule.describe())
-            self.shared.failure()
+            if self.rule.fleet_counts:
+                self.shared.failure()
         elif outcome.kind not in NO_VERDICT:
             had_failures = self.rule.failures > 0
             if self.rule.success(seconds):
                 with self._lock:
                     if self.state == CLOSED:
                         self._open(self.rule.describe())
-            elif had_failures:
+            elif had_failures and self.rule.fleet_counts:
                 self.shared.recovered()
 
     def release(self, permit: int | None) -> None:
@@ -313,10 +335,7 @@ class Breaker:
         thread may have held the only slot; it will never give it back here). A new trial period voids any earlier
         grant."""
         self._lock = threading.Lock()
-        if isinstance(self.rule, ConsecutiveFailures):
-            self.rule._lock = self._lock
-        elif hasattr(self.rule, "reset_after_fork"):
-            self.rule.reset_after_fork(self._lock)
+        self.rule.reset_after_fork(self._lock)
         # pybreaker's own transition lock (private, pybreaker 1.x): replaced for the same reason.
         self._mirror._lock = threading.RLock()
         self._trials = 0

@@ -918,13 +918,20 @@ def _parse_ssl_context(reader: _Reader) -> ssl.SSLContext | Callable[[], ssl.SSL
     return value  # type: ignore[no-any-return]
 
 
-def _parse_proxy(reader: _Reader) -> str | None:
+def _parse_proxy(reader: _Reader, transport: TransportKind) -> str | None:
     proxy = reader.optional_string("proxy")
     if proxy is None:
         return None
     problem = url_problem(proxy, ("http", "https", "socks5", "socks5h"))
     if problem is not None:
         reader.fail(problem[0], key="proxy", code=problem[1])
+        return None
+    if transport == "aiohttp" and proxy.lower().startswith("socks"):
+        reader.fail(
+            "a SOCKS proxy is not supported with transport 'aiohttp': use transport 'httpcore'",
+            key="proxy",
+            code="unsupported",
+        )
         return None
     return proxy
 
@@ -979,7 +986,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         verify=verify,
         cert=cert,
         ssl_context=_parse_ssl_context(reader),
-        proxy=_parse_proxy(reader),
+        proxy=_parse_proxy(reader, transport),
         trust_env=reader.boolean("trust_env", True),
         http2=http2,
         critical=reader.boolean("critical", False),

@@ -19,10 +19,12 @@ from typing import Protocol, TypeVar
 import anyio
 
 from ._outcome import Outcome, Rejection, Wait
-from ._policy import Call
+from ._policy import Call, Hedge
 
 Request = TypeVar("Request", contravariant=True)
 Response = TypeVar("Response")
+# Invariant: an async exchange also makes requests (a hedge's copy).
+AsyncRequest = TypeVar("AsyncRequest")
 
 # How long an async call that waits for a freed bulkhead slot sleeps between looks: event loops cannot block on the
 # threading.Event that wakes waiting threads.
@@ -50,31 +52,34 @@ class Exchange(Protocol[Request, Response]):
         """The exception a failed final attempt becomes."""
 
 
-class AsyncExchange(Protocol[Request, Response]):
-    """``Exchange`` for async backends."""
+class AsyncExchange(Protocol[AsyncRequest, Response]):
+    """``Exchange`` for async backends, which also copy a request for a hedge."""
 
-    async def attempt(self, call: Call, request: Request) -> tuple[Response | None, Outcome]: ...
+    async def attempt(self, call: Call, request: AsyncRequest) -> tuple[Response | None, Outcome]: ...
+
+    def copy(self, request: AsyncRequest) -> AsyncRequest:
+        """A request like ``request`` for a hedge to send alongside it (the attempts must not share mutable state)."""
 
     async def discard(self, response: Response) -> None: ...
 
-    def deliver(self, call: Call, request: Request, response: Response) -> Response: ...
+    def deliver(self, call: Call, request: AsyncRequest, response: Response) -> Response: ...
 
-    def rejected(self, call: Call, request: Request, rejection: Rejection) -> Exception: ...
+    def rejected(self, call: Call, request: AsyncRequest, rejection: Rejection) -> Exception: ...
 
-    def failed(self, call: Call, request: Request, outcome: Outcome) -> Exception: ...
+    def failed(self, call: Call, request: AsyncRequest, outcome: Outcome) -> Exception: ...
 
 
 def drive(call: Call, exchange: Exchange[Request, Response], request: Request) -> Response:
     """Run ``call`` to its end on this thread: the response, or the exception the policy settled on."""
     closing = call.closing
     while True:
-        refusal = call.admit()
-        if refusal is not None:
-            if type(refusal) is Wait:
-                (refusal.wake or closing).wait(refusal.seconds)
-                continue
-            raise exchange.rejected(call, request, refusal)  # type: ignore[arg-type]
         try:
+            refusal = call.admit()
+            if refusal is not None:
+                if type(refusal) is Wait:
+                    (refusal.wake or closing).wait(refusal.seconds)
+                    continue
+                raise exchange.rejected(call, request, refusal)  # type: ignore[arg-type]
             response, outcome = exchange.attempt(call, request)
             decision = call.record(outcome)
             if not decision.retry:
@@ -90,17 +95,22 @@ def drive(call: Call, exchange: Exchange[Request, Response], request: Request) -
             raise
 
 
-async def adrive(call: Call, exchange: AsyncExchange[Request, Response], request: Request) -> Response:
+async def adrive(call: Call, exchange: AsyncExchange[AsyncRequest, Response], request: AsyncRequest) -> Response:
     """``drive`` for a coroutine; asyncio or trio (through anyio, as httpx itself)."""
     while True:
-        refusal = call.admit()
-        if refusal is not None:
-            if type(refusal) is Wait:
-                await anyio.sleep(min(refusal.seconds, ASYNC_WAKE_POLL) if refusal.wake else refusal.seconds)
-                continue
-            raise exchange.rejected(call, request, refusal)  # type: ignore[arg-type]
         try:
-            response, outcome = await exchange.attempt(call, request)
+            refusal = call.admit()
+            if refusal is not None:
+                if type(refusal) is Wait:
+                    await anyio.sleep(min(refusal.seconds, ASYNC_WAKE_POLL) if refusal.wake else refusal.seconds)
+                    continue
+                raise exchange.rejected(call, request, refusal)  # type: ignore[arg-type]
+            delay = call.hedge_delay()
+            if delay is None:
+                response, outcome = await exchange.attempt(call, request)
+            else:
+                raced = await _hedged(call, exchange, request, delay)
+                response, outcome = raced
             decision = call.record(outcome)
             if not decision.retry:
                 if response is None:
@@ -113,6 +123,53 @@ async def adrive(call: Call, exchange: AsyncExchange[Request, Response], request
         except BaseException:  # cancellation among them: never a verdict on the upstream
             call.abandon()
             raise
+
+
+async def _hedged(
+    call: Call, exchange: AsyncExchange[AsyncRequest, Response], request: AsyncRequest, delay: float
+) -> tuple[Response | None, Outcome]:
+    """One attempt, raced by a hedge (up to ``hedge.max``) each time ``delay`` passes without an answer.
+
+    The first response wins, whatever its status (``record`` then judges it as any answer); a failure waits for the
+    attempts still running, and only when all failed does the first failure stand. The losers are cancelled, which
+    makes httpcore discard their connections, and a loser that answered too is closed. Only the winner's outcome
+    reaches the breaker and the stats: a loser says nothing certain about the upstream.
+    """
+    finished: list[tuple[int, Response | None, Outcome]] = []
+    hedges: dict[int, Hedge] = {}
+    answered = anyio.Event()
+
+    async def run(index: int, attempt_request: AsyncRequest) -> None:
+        response, outcome = await exchange.attempt(call, attempt_request)
+        finished.append((index, response, outcome))
+        if response is not None or len(finished) == len(hedges) + 1:
+            answered.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, 0, request)
+        while True:
+            with anyio.move_on_after(delay):
+                await answered.wait()
+            if answered.is_set():
+                break
+            hedge = call.hedge(delay)
+            if hedge is None:
+                await answered.wait()
+                break
+            hedges[len(hedges) + 1] = hedge
+            group.start_soon(run, len(hedges), exchange.copy(request))
+        group.cancel_scope.cancel()
+    answers = [entry for entry in finished if entry[1] is not None]
+    winner, response, outcome = answers[0] if answers else finished[0]
+    for index, loser_response, _ in finished:
+        if index != winner and loser_response is not None:
+            await exchange.discard(loser_response)
+    for index, hedge in hedges.items():
+        if index == winner:
+            call.adopt(hedge)
+        else:
+            call.drop(hedge)
+    return response, outcome
 
 
 async def _sleep_until_closed(call: Call, seconds: float) -> None:

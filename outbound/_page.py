@@ -33,10 +33,15 @@ REFRESH_SECONDS = 5
 _STATUS_TONES = {"ok": "ok", "degraded": "warn", "down": "bad", "unreachable": "bad"}
 _SEVERITY = {"ok": 0, "degraded": 1, "down": 2}
 _BREAKER_TONES = {"closed": "ok", "half-open": "warn", "open": "bad", "isolated": "bad"}
+_PAUSE_TONES = {"paused": "warn"}
 
 # What each part of the report shows in a dedicated place; any other key is listed generically.
-_SERVICE_KEYS = frozenset({"status", "client", "base_url", "critical", "breaker", "pool", "stats", "last_error"})
-_BREAKER_KEYS = frozenset({"state", "failures", "opened_at", "retry_in"})
+_SERVICE_KEYS = frozenset(
+    {"status", "client", "base_url", "critical", "breaker", "pool", "stats", "last_error", "paused_for"}
+)
+_BREAKER_KEYS = frozenset(
+    {"state", "mode", "failures", "opened_at", "retry_in", "calls", "failure_rate", "slow_call_rate"}
+)
 _REPORT_KEYS = frozenset({"status", "scope", "workers", "state_backend", "services"})
 _COUNTERS = (
     ("requests", "Requests"),
@@ -200,6 +205,7 @@ def _card(index: int, name: str, service: Mapping[str, Any]) -> str:
         '<dl class="states">\n'
         f"<dt>Status</dt><dd>{_badge(status, _STATUS_TONES)}</dd>\n"
         f"{_breaker(service.get('breaker') or {})}"
+        f"{_paused(service.get('paused_for'))}"
         "</dl>\n"
         f"{_pool(service.get('pool') or {})}"
         f'<div class="tables">{_counters(stats)}{_latency(stats.get("latency_ms") or {})}</div>\n'
@@ -222,13 +228,33 @@ def _breaker(breaker: Mapping[str, Any]) -> str:
     facts = []
     if breaker.get("opened_at"):
         facts.append(f"opened {_time(str(breaker['opened_at']))}")
-    if breaker.get("failures"):
+    if breaker.get("mode") == "rate":
+        # A rate breaker: its window's rates say more than a count of failures.
+        calls = breaker.get("calls")
+        rates = [
+            f"{label} {float(rate):.0%}"
+            for label, rate in (("failure rate", breaker.get("failure_rate")), ("slow", breaker.get("slow_call_rate")))
+            if _is_number(rate)
+        ]
+        facts.append(f"{' · '.join(rates)} over {_number(calls)} calls" if rates else "no calls in the window yet")
+    elif breaker.get("failures"):
         failures = breaker["failures"]
         facts.append(f"{_number(failures)} failure{'' if failures == 1 else 's'}")
     facts.extend(f"{_e(_label(k))}: {_value(v)}" for k, v in breaker.items() if k not in _BREAKER_KEYS)
     if facts:
         parts.append(f'<span class="muted">{" · ".join(facts)}</span>')
     return f"<dt>Breaker</dt><dd>{' '.join(parts)}</dd>\n"
+
+
+def _paused(paused_for: Any) -> str:
+    if not _is_number(paused_for):
+        return ""
+    left = max(float(paused_for), 0.0)
+    countdown = (
+        f'<span class="countdown" data-retry-in="{left:.3f}" data-counting="{{s}} s left" data-done="over">'
+        f"{math.ceil(left)} s left</span>"
+    )
+    return f"<dt>Paused</dt><dd>{_badge('paused', _PAUSE_TONES)} the upstream asked for a pause; {countdown}</dd>\n"
 
 
 def _pool(pool: Mapping[str, Any]) -> str:

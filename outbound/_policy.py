@@ -24,10 +24,12 @@ import random as _random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from . import _deadline
 from ._breaker import CLOSED, HALF_OPEN, Breaker
-from ._config import ServiceConfig
+from ._bulkhead import Bulkhead
+from ._config import MAX_RETRIES, DeadlineConfig, ServiceConfig, StateConfig
 from ._errors import redact_url
 from ._events import (
     AttemptFinished,
@@ -50,12 +52,17 @@ from ._outcome import (
     Rejection,
     Wait,
 )
+from ._pause import Pause
 from ._retry import RETRY_AFTER_STATUSES, WAITS, RetryBudget, backoff_delay, parse_retry_after
 from ._stats import Stats
 
+if TYPE_CHECKING:
+    from ._ratelimit import RateLimit
+
 
 class Stage(Protocol):
-    """One admission gate of the policy (the breaker; later a bulkhead, a rate limit)."""
+    """One admission gate of the policy: the bulkhead (per call); a pause, the rate limit and the breaker (per
+    attempt)."""
 
     per_call: bool
     """``True``: admitted once per logical call and released when it ends; ``False``: once per attempt."""
@@ -76,6 +83,7 @@ class AttemptTimeouts(NamedTuple):
     read: float | None
     write: float | None
     pool: float | None
+    left: float | None = None  # seconds left of the call's deadline (None: no deadline)
 
 
 _CLOSED = Rejection("closed", 0.0, "the outbound registry was closed")
@@ -92,8 +100,11 @@ class Policy:
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
         observers: Iterable[Observer] = (),
+        state: StateConfig | None = None,
+        min_time: float = DeadlineConfig().min_time,
     ) -> None:
         self.config = config
+        self.min_time = min_time  # deadline.min_time: less left of a scope's deadline than this, and a call is refused
         self.name = config.name
         self.clock = clock
         self.random = random
@@ -101,8 +112,19 @@ class Policy:
         self.hooks = Hooks((self.stats, LOG_OBSERVER, *observers))
         self.breaker = Breaker(config.name, config.breaker, clock=clock, notify=self._transition)
         self.budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
-        self.stages: tuple[Stage, ...] = (self.breaker,)
-        self.call_stages: tuple[Stage, ...] = ()
+        keys = config.retry.idempotency_key
+        # Methods whose calls carry an idempotency key (the backends add it: they own the headers).
+        self.keyed_methods: frozenset[str] = keys.methods if keys is not None else frozenset()
+        self.bulkhead = Bulkhead(config.bulkhead) if config.bulkhead is not None else None
+        self.pause = (
+            Pause(config.pause, cap=config.retry.retry_after_max, clock=clock) if config.pause is not None else None
+        )
+        self.rate_limit = _rate_limit(config, state)
+        # A pause refuses before a permit is spent; the rate limit before the breaker takes a half-open trial slot
+        # that a refused attempt would then hold in vain.
+        stages: list[Stage] = [stage for stage in (self.pause, self.rate_limit) if stage is not None]
+        self.stages: tuple[Stage, ...] = (*stages, self.breaker)
+        self.call_stages: tuple[Stage, ...] = (self.bulkhead,) if self.bulkhead is not None else ()
         self.closed = False
         # Set by close(): a thread sleeping before a retry wakes at once, and its next admit() is refused.
         self.closing = threading.Event()
@@ -114,6 +136,7 @@ class Policy:
         *,
         replayable: bool,
         asked: tuple[float | None, ...] = (),
+        retries: bool | int | None = None,
     ) -> Call:
         """Begin one logical call.
 
@@ -121,8 +144,12 @@ class Policy:
         message needs it. ``asked`` are the per-phase timeouts the caller set for this one call (empty when it set
         none): a caller who asks for a longer phase than ``timeout.total`` gets a deadline that long, and one who
         asks for no limit (httpx's ``timeout=None``) gets no deadline.
+
+        ``retries`` is the caller's override for this one call (``None``: the settings): ``False`` or ``0``, no
+        retry; ``True``, the service's ``retry.total``; a number, that many at most. Turning retries on vouches that
+        the call is safe to repeat, so they then apply to any method.
         """
-        return Call(self, method.upper(), url, replayable, asked)
+        return Call(self, method.upper(), url, replayable, asked, retries)
 
     def add_observer(self, observer: Observer) -> None:
         """Deliver this service's events to ``observer`` too."""
@@ -133,7 +160,7 @@ class Policy:
         microseconds); ``None`` when it would admit. The transport still gates every attempt."""
         refusal = self.breaker.refusal()
         if refusal is not None:
-            self._rejected(method, refusal)
+            self._rejected(method.upper(), refusal)  # as every other event spells it
         return refusal
 
     def close(self) -> None:
@@ -142,10 +169,14 @@ class Policy:
         self.closing.set()
 
     def reset(self) -> None:
-        """Close the breaker, clear its counts, the retry budget and the stats."""
+        """Close the breaker, clear its counts, the retry budget, a pause, the rate limit's permits and the stats."""
         self.breaker.reset()
         if self.budget is not None:
             self.budget.clear()
+        if self.pause is not None:
+            self.pause.reset()
+        if self.rate_limit is not None:
+            self.rate_limit.reset()
         self.stats.clear()
 
     def reset_after_fork(self) -> None:
@@ -173,6 +204,14 @@ class Policy:
             self.hooks.emit(self.hooks.breaker_transition, event)
 
 
+def _rate_limit(config: ServiceConfig, state: StateConfig | None) -> RateLimit | None:
+    if config.rate_limit is None:
+        return None
+    from ._ratelimit import RateLimit  # the `limits` extra: imported only by services that set a rate limit
+
+    return RateLimit(config.name, config.rate_limit, state=state)
+
+
 def _retry_reason(outcome: Outcome) -> str:
     # Low-cardinality labels for metrics: a status code from status_forcelist, or the failure's kind.
     if outcome.kind is Kind.RESPONSE:
@@ -188,33 +227,66 @@ class Call:
         "_attempt_started",
         "_attempts",
         "_done",
+        "_hedges",
+        "_hedges_left",
         "_held",
         "_idempotent",
+        "_max_retries",
         "_permits",
         "_policy",
         "_replayable",
+        "_scoped",
         "_started",
         "_url",
+        "_waiting",
         "deadline",
         "method",
     )
 
     def __init__(
-        self, policy: Policy, method: str, url: object, replayable: bool, asked: tuple[float | None, ...]
+        self,
+        policy: Policy,
+        method: str,
+        url: object,
+        replayable: bool,
+        asked: tuple[float | None, ...],
+        retries: bool | int | None = None,
     ) -> None:
         self._policy = policy
         self.method = method
         self._url = url
         self._replayable = replayable
-        self._idempotent = method in policy.config.retry.allowed_methods
+        retry = policy.config.retry
+        self._max_retries = retry.total
+        # A method with an idempotency key is as safe to repeat as GET: the upstream deduplicates by the key.
+        keys = retry.idempotency_key
+        self._idempotent = method in retry.allowed_methods or (keys is not None and method in keys.methods)
+        if retries is not None:
+            self._max_retries = _retry_override(retries, retry.total)
+            self._idempotent = self._max_retries > 0
+        hedge = policy.config.hedge
+        self._hedges_left = 0
+        if hedge is not None and method in hedge.methods and replayable and (retries is None or self._max_retries):
+            self._hedges_left = hedge.max  # a caller who turned retries off gets no extra attempt either
+        self._hedges = _NO_HEDGES  # replaced by a list of its own when the call sends a hedge
         self._started = self._attempt_started = policy.clock()
         total = policy.config.timeout.total
         if asked and total is not None:
             total = _longer_total(total, asked)
         self.deadline = self._started + total if total is not None else None
+        # An `outbound.deadline` scope (an inbound request's budget) cuts the deadline shorter. It is measured on the
+        # real clock; only the time left crosses over, as the policy's clock may be a test's fake one.
+        scope_ends = _deadline.current_deadline()
+        self._scoped = False
+        if scope_ends is not None:
+            scope_left = scope_ends - time.monotonic()
+            if self.deadline is None or self._started + scope_left < self.deadline:
+                self.deadline = self._started + scope_left
+                self._scoped = True
         self._attempts = 0
         self._permits: list[Any] = []
         self._held: list[tuple[Stage, Any]] = []
+        self._waiting: dict[Stage, _Waiting] | None = None  # the stages this call waits for, when it waits
         self._done = False
 
     @property
@@ -241,6 +313,8 @@ class Call:
         policy = self._policy
         if policy.closed:
             return self._refused(_CLOSED)
+        if self._scoped and not self._attempts and self._started_too_late():
+            return self._refused(self._too_late())
         if not self._attempts:
             for stage in policy.call_stages[len(self._held) :]:
                 permit = stage.admit(self)
@@ -254,14 +328,93 @@ class Call:
                 self._release_attempt()
                 return permit if type(permit) is Wait else self._refused(permit)
             permits.append(permit)
+        waited = self._waiting is not None
+        if waited:
+            self._waiting = None  # admitted by every stage: a retry that must wait again gets its full max_wait
         self._attempts += 1
         if self._attempts == 1:
             if policy.hooks.call_started:
                 policy.hooks.emit(policy.hooks.call_started, CallStarted(policy.name, self.method))
             if policy.budget is not None:
                 policy.budget.record_request()
-        self._attempt_started = policy.clock()
+            # A first attempt admitted at once starts when the call did: one clock read less on every call.
+            self._attempt_started = policy.clock() if waited else self._started
+        else:
+            self._attempt_started = policy.clock()
         return None
+
+    # -- hedging (the async driver) -----------------------------------------------------------------------------
+
+    def hedge_delay(self) -> float | None:
+        """Seconds to wait for an attempt's answer before hedging it with another, or ``None`` when this call sends
+        no hedge (none configured for its method, none left, or a ``"p95"`` delay without enough calls to know)."""
+        if not self._hedges_left:
+            return None
+        delay = self._policy.config.hedge.delay  # type: ignore[union-attr]  # set whenever hedges are left
+        return self._policy.stats.recent_p95() if delay == "p95" else delay
+
+    def hedge(self, waited: float) -> Hedge | None:
+        """Admit one more attempt alongside the one that has not answered in ``waited`` seconds, or ``None``: no
+        hedge left, or a stage or the retry budget says no (a hedge never goes to an open breaker and never waits)."""
+        policy = self._policy
+        if not self._hedges_left or self._done or policy.closed:
+            return None
+        permits: list[Any] = []
+        for stage in policy.stages:
+            permit = stage.admit(self)
+            if type(permit) in _REFUSALS:
+                self.stop_waiting(stage)  # a hedge does not wait for a permit or a pause
+                for admitted, held in zip(policy.stages, permits, strict=False):
+                    admitted.release(held)
+                return None
+            permits.append(permit)
+        if policy.budget is not None and not policy.budget.try_spend():
+            for admitted, held in zip(policy.stages, permits, strict=False):
+                admitted.release(held)
+            self._deny("budget")
+            return None
+        self._hedges_left -= 1
+        self._attempts += 1
+        hedge = Hedge(permits, policy.clock())
+        if self._hedges is _NO_HEDGES:
+            self._hedges = []
+        self._hedges.append(hedge)
+        hooks = policy.hooks
+        if hooks.retry_scheduled:
+            description = f"{self.method} {redact_url(self.url)}: no answer within {waited:.3f}s, hedged"
+            event = RetryScheduled(
+                policy.name, self.method, redact_url(self.url), self._attempts, "hedge", 0.0, description
+            )
+            hooks.emit(hooks.retry_scheduled, event)
+        return hedge
+
+    def adopt(self, hedge: Hedge) -> None:
+        """``hedge`` answered first: its attempt becomes the call's (the one it raced is given up without a verdict),
+        and ``record`` judges its outcome."""
+        self._hedges.remove(hedge)
+        self._release_attempt()
+        self._permits = hedge.permits
+        self._attempt_started = hedge.started
+
+    def drop(self, hedge: Hedge) -> None:
+        """``hedge`` lost the race (or the call was interrupted): give back what it holds, without a verdict."""
+        if hedge in self._hedges:
+            self._hedges.remove(hedge)
+            for stage, permit in zip(self._policy.stages, hedge.permits, strict=False):
+                stage.release(permit)
+
+    @property
+    def sends_deadline(self) -> bool:
+        """Whether the service sends a ``deadline_header``."""
+        return self._policy.config.deadline_header is not None
+
+    def deadline_header(self) -> tuple[str, str] | None:
+        """``(name, value)`` of the ``deadline_header`` to send with this attempt: the time left of the call's
+        deadline, rounded down; ``None`` when the service sends none or the call has no deadline."""
+        name = self._policy.config.deadline_header
+        if name is None or self.deadline is None:
+            return None
+        return name, _deadline.format_budget(name, self.deadline - self._policy.clock())
 
     def time_left(self) -> float | None:
         """Seconds until the call's deadline (0.0 once past it), or ``None`` without a deadline."""
@@ -272,6 +425,40 @@ class Call:
     def deadline_passed(self) -> bool:
         """Whether the deadline has struck (a millisecond early counts: the read cut to it ends right at it)."""
         return self.deadline is not None and self._policy.clock() >= self.deadline - 0.001
+
+    # -- waiting for a stage (a full bulkhead, a rate limit's next permit, a pause) --------------------------------
+
+    def wait_left(self, stage: Stage, max_wait: float) -> float:
+        """Seconds this call may still wait for ``stage``: ``max_wait`` from when it first waited for it, never past
+        the call's deadline. The first ask starts the clock; 0.0 or less means "no more waiting"."""
+        entry = self._waiting_entry(stage)
+        now = self._policy.clock()
+        left = entry.since + max_wait - now
+        if self.deadline is not None:
+            left = min(left, self.deadline - now)
+        return left
+
+    def wake_event(self, stage: Stage) -> threading.Event | None:
+        """The event ``stage`` wakes this call with, or ``None`` when it does not wait for ``stage`` with one."""
+        entry = self._waiting.get(stage) if self._waiting is not None else None
+        return entry.wake if entry is not None else None
+
+    def set_wake_event(self, stage: Stage, wake: threading.Event) -> None:
+        """This call waits for ``stage`` until ``wake`` is set."""
+        self._waiting_entry(stage).wake = wake
+
+    def stop_waiting(self, stage: Stage) -> None:
+        """The call no longer waits for ``stage`` (admitted, or refused)."""
+        if self._waiting is not None:
+            self._waiting.pop(stage, None)
+
+    def _waiting_entry(self, stage: Stage) -> _Waiting:
+        if self._waiting is None:
+            self._waiting = {}
+        entry = self._waiting.get(stage)
+        if entry is None:
+            entry = self._waiting[stage] = _Waiting(self._policy.clock())
+        return entry
 
     def attempt_timeouts(
         self,
@@ -290,6 +477,7 @@ class Call:
             left if read is None else min(read, left),
             left if write is None else min(write, left),
             left if pool is None else min(pool, left),
+            left,
         )
 
     def record(self, outcome: Outcome) -> Decision:
@@ -331,6 +519,8 @@ class Call:
         """The call was interrupted (``KeyboardInterrupt``, task cancellation, an error of our own): give back what
         it holds without a verdict and end it. Does nothing once the call has ended, so a driver may call it on
         every exit path."""
+        for hedge in list(self._hedges):
+            self.drop(hedge)
         self._release_attempt()
         if self._attempts and not self._done:
             self._finish(Outcome(Kind.CANCELLED), self._policy.clock())
@@ -348,7 +538,9 @@ class Call:
     def error_message(self, outcome: Outcome) -> str:
         """The message of the error a failed final attempt raises (no credentials, no query string)."""
         message = f"{self._policy.name}: {self.describe(outcome)}"
-        if outcome.deadline:
+        if outcome.deadline and self._scoped and self.deadline is not None:
+            message += f" (the {self.deadline - self._started:.3g}s left of the outbound.deadline scope)"
+        elif outcome.deadline:
             message += f" (timeout.total of {self._total_text()} for the whole call)"
         if self._attempts > 1:
             message += f" (after {self._attempts} attempts)"
@@ -366,7 +558,7 @@ class Call:
 
     def _retryable(self, outcome: Outcome) -> bool:
         """Eligibility: attempts left, a body that can be sent again, and a failure a retry may fix."""
-        if self._attempts > self._policy.config.retry.total or not self._replayable:
+        if self._attempts > self._max_retries or not self._replayable:
             return False
         kind = outcome.kind
         if kind is Kind.RESPONSE:
@@ -392,8 +584,8 @@ class Call:
         policy = self._policy
         if policy.breaker.state not in (CLOSED, HALF_OPEN):
             return self._deny("breaker")  # the breaker tripped: stop hammering, report what we have
-        if self.deadline is not None and now + delay >= self.deadline:
-            return self._deny("deadline")
+        if self.deadline is not None and now + delay >= self.deadline - policy.min_time:
+            return self._deny("deadline")  # a retry that could not start with min_time left would be refused anyway
         if policy.budget is not None and not policy.budget.try_spend():
             return self._deny("budget")
         return Decision(retry=True, delay=delay if WAITS.enabled else 0.0)
@@ -405,6 +597,14 @@ class Call:
         return DONE
 
     # -- endings --------------------------------------------------------------------------------------------------
+
+    def _started_too_late(self) -> bool:
+        return self.deadline is not None and self.deadline - self._policy.clock() < self._policy.min_time
+
+    def _too_late(self) -> Rejection:
+        left = max(0.0, (self.deadline or 0.0) - self._policy.clock())
+        detail = f"{left * 1000:.1f} ms left of the deadline, less than deadline.min_time ({self._policy.min_time:g}s)"
+        return Rejection("deadline_exceeded", 0.0, detail)
 
     def _refused(self, rejection: Rejection) -> Rejection:
         policy = self._policy
@@ -471,10 +671,39 @@ class Call:
         while held:
             stage, permit = held.pop()
             stage.release(permit)
+        if self._waiting:  # refused or interrupted while queued: leave the queues
+            for stage in list(self._waiting):
+                forget = getattr(stage, "forget", None)
+                if forget is not None:
+                    forget(self)
+            self._waiting = None
 
     def _total_text(self) -> str:
         total = self._policy.config.timeout.total
         return f"{total:g}s" if total is not None else "none"
+
+
+class Hedge:
+    """An extra attempt of a call, racing the one that has not answered: the permits its stages gave."""
+
+    __slots__ = ("permits", "started")
+
+    def __init__(self, permits: list[Any], started: float) -> None:
+        self.permits = permits
+        self.started = started
+
+
+_NO_HEDGES: list[Hedge] = []  # shared by every call without hedges, never appended to
+
+
+class _Waiting:
+    """When a call started waiting for one stage, and the event that stage wakes it with."""
+
+    __slots__ = ("since", "wake")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.wake: threading.Event | None = None
 
 
 _REJECTION_TYPES = {
@@ -484,6 +713,15 @@ _REJECTION_TYPES = {
     "rate_limited": "RateLimitedError",
     "deadline_exceeded": "DeadlineExceededError",
 }
+
+
+def _retry_override(retries: object, configured: int) -> int:
+    # Checked here, where both backends pass it: a wrong type must not pass silently as "no override".
+    if isinstance(retries, bool):
+        return configured if retries else 0
+    if isinstance(retries, int) and 0 <= retries <= MAX_RETRIES:
+        return retries
+    raise ValueError(f"retries must be True, False or a number of retries from 0 to {MAX_RETRIES}, got {retries!r}")
 
 
 def _longer_total(total: float, asked: tuple[float | None, ...]) -> float | None:

@@ -45,7 +45,13 @@ class Registry:
                 )
         self.config = config
         self._services = {
-            name: Service(service, clock=clock, transport=transports.get(name))
+            name: Service(
+                service,
+                clock=clock,
+                transport=transports.get(name),
+                state=config.state,
+                min_time=config.deadline.min_time,
+            )
             for name, service in config.services.items()
         }
         self._closed = False
@@ -246,7 +252,8 @@ class Registry:
     def _open(self, name: str) -> Service:
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; cannot use service {name!r}")
-        self._state.ensure_running()  # a fleet's threads start on first use in each process (after a fork too)
+        if self._state.scope == "fleet":
+            self._state.ensure_running()  # a fleet's threads start on first use in each process (after a fork too)
         return self[name]
 
     def _unknown(self, name: str) -> ServiceLookupError:

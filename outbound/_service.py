@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient, current_loop
 from ._backends.requests import ServiceSession
-from ._config import ServiceConfig
+from ._config import DeadlineConfig, ServiceConfig, StateConfig
 from ._errors import RegistryClosedError, ServiceLookupError, redact_url
 from ._events import Observer
 from ._policy import Policy
@@ -64,11 +64,13 @@ class Service:
         clock: Callable[[], float] = time.monotonic,
         observers: Iterable[Observer] = (),
         transport: InnerTransport | None = None,
+        state: StateConfig | None = None,
+        min_time: float = DeadlineConfig().min_time,
     ) -> None:
         self.name = config.name
         self.transport = transport  # the inner transport a test gave an httpx service (Registry(transports=...))
         self.config = config
-        self.policy = Policy(config, clock=clock, observers=observers)
+        self.policy = Policy(config, clock=clock, observers=observers, state=state, min_time=min_time)
         self._lock = threading.Lock()
         self._session: ServiceSession | None = None
         self._client: ServiceClient | None = None
@@ -145,25 +147,43 @@ class Service:
 
     def health(self, fleet: FleetService | None = None) -> ServiceHealth:
         """This service's part of the health report (no network I/O): this process's view, or the fleet's breaker
-        and summed stats when ``fleet`` is given (its pool numbers stay this process's)."""
-        breaker = self.policy.breaker
+        and summed stats when ``fleet`` is given (its pool, bulkhead, rate window and pause stay this process's)."""
+        policy = self.policy
+        breaker = policy.breaker
         pool = self.pool()
+        window = breaker.rule.snapshot()
         if fleet is not None:
             state, retry_in, opened_at = fleet.breaker.state, fleet.breaker.retry_in, fleet.breaker.opened_at
-            failures, stats, last_error = fleet.breaker.failures, fleet.stats, fleet.last_error
+            stats, last_error = fleet.stats, fleet.last_error
+            # A rate window is this process's own (only its openings are shared); consecutive failures are the fleet's.
+            failures = fleet.breaker.failures if breaker.rule.fleet_counts else window["failures"]
         else:
             state, retry_in, opened_at = breaker.effective_state(), breaker.retry_in(), breaker.opened_at
-            failures, stats, last_error = breaker.failures, self.policy.stats.snapshot(), self.policy.stats.last_error
+            failures, stats, last_error = window["failures"], policy.stats.snapshot(), policy.stats.last_error
+        bulkhead = policy.bulkhead.snapshot() if policy.bulkhead is not None else None
+        paused_for = policy.pause.paused_for() if policy.pause is not None else None
         return ServiceHealth(
             name=self.name,
-            status=service_status(state, pool),
+            status=service_status(state, pool, bulkhead=bulkhead, paused=paused_for is not None),
             client=self.config.client,
             base_url=redact_url(self.config.base_url),
             critical=self.config.critical,
-            breaker=BreakerSnapshot(state=state, failures=failures, opened_at=opened_at, retry_in=retry_in),
+            breaker=BreakerSnapshot(
+                state=state,
+                failures=failures,
+                opened_at=opened_at,
+                retry_in=retry_in,
+                mode=self.config.breaker.mode,
+                calls=window.get("calls"),
+                failure_rate=window.get("failure_rate"),
+                slow_call_rate=window.get("slow_call_rate"),
+            ),
             pool=pool,
             stats=stats,
             last_error=last_error,
+            bulkhead=bulkhead,
+            rate_limit=policy.rate_limit.snapshot() if policy.rate_limit is not None else None,
+            paused_for=paused_for,
         )
 
     def reset(self) -> None:

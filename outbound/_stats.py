@@ -15,6 +15,10 @@ from .health import LastError, LatencySnapshot, StatsSnapshot
 # An interrupted call and one cut short by our own shutdown say nothing about the upstream.
 _NOT_ERRORS = frozenset({Kind.CANCELLED, Kind.CLOSED})
 LATENCY_WINDOW = 1024  # recent calls kept for percentiles: bounded memory, recent enough to mean "now"
+# A live p95 (the hedge delay "p95") needs this many recent calls to mean anything, and is recomputed (a sort of the
+# window) once per this many finished calls: a fraction of a microsecond per call.
+P95_MINIMUM_CALLS = 20
+P95_REFRESH_CALLS = 64
 
 # Upper bounds (ms) of the buckets a fleet merges latencies in: percentiles averaged across processes are meaningless,
 # bucket counts add up. Steps of 10 % from 0.5 ms to one day keep a merged percentile within 10 % of the true one.
@@ -74,6 +78,8 @@ class Stats(Observer):
             self.pool_timeouts = 0
             self.last_error: LastError | None = None
             self._latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+            self._p95: float | None = None
+            self._since_p95 = P95_REFRESH_CALLS  # finished calls since the p95 was computed
 
     def call_started(self, event: CallStarted) -> None:
         with self._lock:
@@ -84,6 +90,7 @@ class Stats(Observer):
         with self._lock:
             self.in_flight -= 1
             self._latencies_ms.append(event.seconds * 1000.0)
+            self._since_p95 += 1
             if event.kind is Kind.POOL_TIMEOUT:
                 self.pool_timeouts += 1
             if event.error_type is not None and event.kind not in _NOT_ERRORS:
@@ -119,6 +126,17 @@ class Stats(Observer):
             rejected=rejected,
             latency_ms=latency,
         )
+
+    def recent_p95(self) -> float | None:
+        """The p95 of the recent calls' latencies in seconds, at most ``P95_REFRESH_CALLS`` calls old; ``None`` while
+        fewer than ``P95_MINIMUM_CALLS`` calls have finished."""
+        if self._since_p95 < P95_REFRESH_CALLS:
+            return self._p95
+        with self._lock:
+            if len(self._latencies_ms) >= P95_MINIMUM_CALLS:
+                self._p95 = _percentile(sorted(self._latencies_ms), 0.95) / 1000.0
+                self._since_p95 = 0
+            return self._p95
 
     def histogram(self) -> dict[int, int]:
         """The recent latencies as mergeable bucket counts (``LATENCY_BUCKETS_MS``)."""

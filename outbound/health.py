@@ -24,12 +24,14 @@ __all__ = [
     "CONFIG_ERROR_EXIT_CODE",
     "STATUS_EXIT_CODES",
     "BreakerSnapshot",
+    "BulkheadSnapshot",
     "HealthReport",
     "HealthResponse",
     "LastError",
     "LatencySnapshot",
     "PoolSnapshot",
     "ProbeResult",
+    "RateLimitSnapshot",
     "Reporting",
     "ServiceHealth",
     "StateBackendHealth",
@@ -109,20 +111,60 @@ class StatsSnapshot:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerSnapshot:
     """``state`` is what the next call meets (an open breaker whose trial is due reads ``half-open``);
-    ``retry_in`` the seconds until an open breaker admits a trial."""
+    ``retry_in`` the seconds until an open breaker admits a trial.
+
+    ``mode`` is the trip rule. For ``"rate"`` the window's ``calls`` and its current ``failure_rate`` and
+    ``slow_call_rate`` (0 to 1; ``None`` before the window holds a call, and the slow rate when slowness is not judged)
+    are shown too; ``failures`` is then the failed calls in the window.
+    """
 
     state: str
     failures: int
     opened_at: datetime | None
     retry_in: float | None
+    mode: str = "consecutive"
+    calls: int | None = None
+    failure_rate: float | None = None
+    slow_call_rate: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        breaker: dict[str, Any] = {
             "state": self.state,
+            "mode": self.mode,
             "failures": self.failures,
             "opened_at": self.opened_at.isoformat() if self.opened_at else None,
             "retry_in": round(self.retry_in, 3) if self.retry_in is not None else None,
         }
+        if self.mode == "rate":
+            breaker["calls"] = self.calls
+            breaker["failure_rate"] = self.failure_rate
+            breaker["slow_call_rate"] = self.slow_call_rate
+        return breaker
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkheadSnapshot:
+    """The service's bulkhead: calls in flight, against ``max_in_flight``, and calls waiting for room."""
+
+    max_in_flight: int
+    in_flight: int = 0
+    waiting: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"max_in_flight": self.max_in_flight, "in_flight": self.in_flight, "waiting": self.waiting}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitSnapshot:
+    """The service's client-side rate limit: ``rate`` as configured, its ``scope``, and the permits left in the
+    current window (``None`` for a fleet limit: reading it would ask Redis)."""
+
+    rate: str
+    scope: str
+    remaining: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "scope": self.scope, "remaining": self.remaining}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,18 +198,30 @@ class ServiceHealth:
     pool: PoolSnapshot
     stats: StatsSnapshot
     last_error: LastError | None
+    bulkhead: BulkheadSnapshot | None = None
+    rate_limit: RateLimitSnapshot | None = None
+    paused_for: float | None = None
+    """Seconds left of a pause the upstream asked for (a 429 or 503 with ``Retry-After``); ``None``: not paused."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        health: dict[str, Any] = {
             "status": self.status,
             "client": self.client,
             "base_url": self.base_url,
             "critical": self.critical,
             "breaker": self.breaker.as_dict(),
             "pool": self.pool.as_dict(),
-            "stats": self.stats.as_dict(),
-            "last_error": self.last_error.as_dict() if self.last_error else None,
         }
+        # Shown only when configured (a pause only while one lasts), so a plain service's report stays short.
+        if self.bulkhead is not None:
+            health["bulkhead"] = self.bulkhead.as_dict()
+        if self.rate_limit is not None:
+            health["rate_limit"] = self.rate_limit.as_dict()
+        if self.paused_for is not None:
+            health["paused_for"] = round(self.paused_for, 3)
+        health["stats"] = self.stats.as_dict()
+        health["last_error"] = self.last_error.as_dict() if self.last_error else None
+        return health
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,12 +264,16 @@ class HealthReport:
         return report
 
 
-def service_status(breaker_state: str, pool: PoolSnapshot) -> Status:
-    """``down`` while the breaker refuses calls (open or isolated); ``degraded`` while it is half-open or calls wait
-    for a connection; else ``ok``."""
+def service_status(
+    breaker_state: str, pool: PoolSnapshot, *, bulkhead: BulkheadSnapshot | None = None, paused: bool = False
+) -> Status:
+    """``down`` while the breaker refuses calls (open or isolated); ``degraded`` while it is half-open, calls wait
+    for a connection or for the bulkhead, or the upstream asked for a pause; else ``ok``."""
     if breaker_state in ("open", "isolated"):
         return "down"
-    if breaker_state == "half-open" or pool.waiting > 0:
+    if breaker_state == "half-open" or pool.waiting > 0 or paused:
+        return "degraded"
+    if bulkhead is not None and bulkhead.waiting > 0:
         return "degraded"
     return "ok"
 

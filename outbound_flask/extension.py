@@ -12,10 +12,11 @@ import weakref
 
 from flask import Flask, current_app, has_app_context
 
-from outbound import Registry, ServiceAsyncClient, ServiceClient, ServiceSession
+from outbound import Registry, ServiceAsyncClient, ServiceClient, ServiceSession, setting_warnings
 
 from ._state import EXTENSION_KEY, registry_for
 from .cli import outbound_cli
+from .deadlines import install as install_deadlines
 from .views import Authorize, create_blueprint
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class Outbound:
             ``current_user``); when it returns ``True`` the caller sees the full report under the
             ``"when_authorized"`` detail level, as a request with the bearer token does.
         health_path: where to serve the health endpoint; ``None`` does not register it.
+        deadlines: run each request inside ``outbound.deadline`` with the budget its caller sent (``grpc-timeout``,
+            ``X-Request-Timeout``...), the view's ``@default_deadline`` or the settings' ``deadline.default``, so
+            its outbound calls stop when the caller stops waiting (see ``outbound_flask.deadlines``).
     """
 
     def __init__(
@@ -46,9 +50,11 @@ class Outbound:
         *,
         authorize: Authorize | None = None,
         health_path: str | None = DEFAULT_HEALTH_PATH,
+        deadlines: bool = False,
     ) -> None:
         self.authorize = authorize
         self.health_path = health_path
+        self.deadlines = deadlines
         if app is not None:
             self.init_app(app)
 
@@ -71,10 +77,15 @@ class Outbound:
             )
             mapping = {}
         registry = Registry.from_mapping(mapping)
+        for warning in setting_warnings(registry.config):
+            # Django reports these as system checks; Flask has none, so they are logged once, at startup.
+            logger.warning("%s %s (outbound.%s)", warning.message, warning.hint, warning.code)
         try:
             if self.health_path is not None:
                 app.register_blueprint(create_blueprint(path=self.health_path, authorize=self.authorize))
             app.cli.add_command(outbound_cli)
+            if self.deadlines:
+                install_deadlines(app)
         except BaseException:
             registry.close()
             raise

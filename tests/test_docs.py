@@ -9,12 +9,14 @@ logger.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
 import re
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +258,45 @@ def test_logging_page_names_every_logger() -> None:
     assert "outbound.breaker" in found  # the scan works
     logging_page = (DOCS / "logging.md").read_text(encoding="utf-8")
     assert sorted(name for name in found if f"`{name}`" not in logging_page) == []
+
+
+def settings_keys() -> list[str]:
+    """Every key a user can write, as the configuration page names it: ``timeout.read``, ``breaker.window.size``,
+    ``health.token``; derived from the settings dataclasses, so a new field needs its row."""
+    from outbound import _config
+
+    def walk(cls: type, prefix: str, exclude: tuple[str, ...] = ()) -> list[str]:
+        keys = []
+        hints = typing.get_type_hints(cls)
+        for name in _config.keys_of(cls, exclude=exclude):
+            keys.append(prefix + name)
+            nested = [arg for arg in typing.get_args(hints[name]) or (hints[name],) if dataclasses.is_dataclass(arg)]
+            for inner in nested:
+                keys += walk(inner, f"{prefix}{name}.")  # type: ignore[arg-type]
+        return keys
+
+    keys = walk(_config.ServiceConfig, "", _config.DERIVED_SERVICE_FIELDS)
+    for section_name, cls in (
+        ("health", _config.HealthConfig),
+        ("metrics", _config.MetricsConfig),
+        ("state", _config.StateConfig),
+        ("deadline", _config.DeadlineConfig),
+    ):
+        keys += walk(cls, f"{section_name}.")
+    return keys
+
+
+def test_the_configuration_page_has_a_row_for_every_key() -> None:
+    page = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([\w.]+)` \|", page, re.MULTILINE))
+    keys = settings_keys()
+    assert "breaker.window.size" in keys  # the walk reaches nested sections
+    assert [key for key in keys if key not in rows] == []
+
+
+def test_the_beyond_the_basics_settings_are_valid_and_raise_no_warning() -> None:
+    namespace: dict[str, Any] = {}
+    exec(snippet("beyond"), namespace)  # noqa: S102 (our own README)
+    config = outbound.parse_config(namespace["OUTBOUND"])
+    assert config.services["payments"].rate_limit is not None
+    assert outbound.setting_warnings(config) == []

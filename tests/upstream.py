@@ -9,7 +9,12 @@ Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other p
     /ok                          200 "ok"
     /slow?delay=0.2              answer after `delay` seconds
     /status/503?retry_after=2    that status, with an optional Retry-After header
-    /fail-then-ok?fails=2&key=k  503 for the first `fails` requests with that key, then 200
+    /fail-then-ok?fails=2&key=k&retry_after=1
+                                 503 (with that Retry-After, if given) for the first `fails` requests with that key,
+                                 then 200
+    /replica?every=10&delay=0.5&key=k
+                                 the n-th request with that key answers `n` (the body), after `delay` seconds when n
+                                 is a multiple of `every`: a service behind which one replica in `every` is slow
     /reset-mid-body              headers and part of the body, then a TCP reset
     /hold?seconds=5              read the request, answer nothing, close after `seconds`
     /echo                        JSON: method, path, headers, body length
@@ -263,12 +268,24 @@ class Upstream:
         if route.startswith("/status/"):
             extra = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
             return _send(conn, int(path.rsplit("/", 1)[1]), b"status", extra)
+        if route == "/replica":
+            # A pool of replicas one of which is slow: every `every`-th request with this key answers after `delay`.
+            key = "replica:" + query.get("key", "default")
+            with self._lock:
+                self._fail_counts[key] += 1
+                number = self._fail_counts[key]
+            if number % int(query.get("every", "10")) == 0:
+                self._sleep(float(query.get("delay", "0.5")))
+            return _send(conn, 200, str(number).encode())
         if route == "/fail-then-ok":
             key = query.get("key", "default")
             with self._lock:
                 self._fail_counts[key] += 1
                 failing = self._fail_counts[key] <= int(query.get("fails", "1"))
-            return _send(conn, 503, b"failing") if failing else _send(conn, 200, b"recovered")
+            if not failing:
+                return _send(conn, 200, b"recovered")
+            retry_after = {"Retry-After": query["retry_after"]} if "retry_after" in query else None
+            return _send(conn, 503, b"failing", retry_after)
         if route == "/reset-mid-body":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 10)
             time.sleep(0.01)

@@ -42,11 +42,20 @@ def _cut(timeout: float | None, error: type[Exception]) -> float | None:
     return left if timeout is None or timeout > left else timeout
 
 
-class DeadlineStream(httpcore.NetworkStream):
-    """An httpcore stream whose every read and write ends by the attempt's deadline."""
+def _aged(info: str, expires: float | None) -> bool:
+    # httpcore asks an idle HTTP/1.1 connection whether its socket is readable before reusing it, and closes it when
+    # it is (it takes that as the server's disconnect): answering yes past the connection's age retires it the next
+    # time it is returned to or taken from the pool, inside httpcore's own pool logic and locks.
+    return info == "is_readable" and expires is not None and time.monotonic() >= expires
 
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
+
+class DeadlineStream(httpcore.NetworkStream):
+    """An httpcore stream whose every read and write ends by the attempt's deadline, and that reads as closed by the
+    server once older than ``pool.max_connection_age`` (``expires``)."""
+
+    def __init__(self, stream: httpcore.NetworkStream, expires: float | None = None) -> None:
         self.stream = stream
+        self.expires = expires
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self.stream.read(max_bytes, _cut(timeout, httpcore.ReadTimeout))
@@ -59,17 +68,21 @@ class DeadlineStream(httpcore.NetworkStream):
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
         tls = self.stream.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout))
-        return DeadlineStream(tls)
+        return DeadlineStream(tls, self.expires)
 
     def get_extra_info(self, info: str) -> Any:
-        return self.stream.get_extra_info(info)
+        return True if _aged(info, self.expires) else self.stream.get_extra_info(info)
 
 
 class DeadlineBackend(httpcore.NetworkBackend):
     """Wraps httpcore's network backend: every stream it opens is a ``DeadlineStream``."""
 
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+    def __init__(self, backend: httpcore.NetworkBackend, max_age: float | None = None) -> None:
         self.backend = backend
+        self.max_age = max_age
+
+    def _expires(self) -> float | None:
+        return None if self.max_age is None else time.monotonic() + self.max_age
 
     def connect_tcp(
         self,
@@ -80,13 +93,14 @@ class DeadlineBackend(httpcore.NetworkBackend):
         socket_options: Any = None,
     ) -> DeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
-        return DeadlineStream(self.backend.connect_tcp(host, port, timeout, local_address, socket_options))
+        stream = self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return DeadlineStream(stream, self._expires())
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
     ) -> DeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
-        return DeadlineStream(self.backend.connect_unix_socket(path, timeout, socket_options))
+        return DeadlineStream(self.backend.connect_unix_socket(path, timeout, socket_options), self._expires())
 
     def sleep(self, seconds: float) -> None:
         self.backend.sleep(seconds)
@@ -95,8 +109,9 @@ class DeadlineBackend(httpcore.NetworkBackend):
 class AsyncDeadlineStream(httpcore.AsyncNetworkStream):
     """``DeadlineStream`` for asyncio and trio (httpcore picks the library through anyio)."""
 
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+    def __init__(self, stream: httpcore.AsyncNetworkStream, expires: float | None = None) -> None:
         self.stream = stream
+        self.expires = expires
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self.stream.read(max_bytes, _cut(timeout, httpcore.ReadTimeout))
@@ -111,15 +126,19 @@ class AsyncDeadlineStream(httpcore.AsyncNetworkStream):
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> Any:
         tls = await self.stream.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout))
-        return AsyncDeadlineStream(tls)
+        return AsyncDeadlineStream(tls, self.expires)
 
     def get_extra_info(self, info: str) -> Any:
-        return self.stream.get_extra_info(info)
+        return True if _aged(info, self.expires) else self.stream.get_extra_info(info)
 
 
 class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+    def __init__(self, backend: httpcore.AsyncNetworkBackend, max_age: float | None = None) -> None:
         self.backend = backend
+        self.max_age = max_age
+
+    def _expires(self) -> float | None:
+        return None if self.max_age is None else time.monotonic() + self.max_age
 
     async def connect_tcp(
         self,
@@ -130,30 +149,34 @@ class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
         socket_options: Any = None,
     ) -> AsyncDeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
-        return AsyncDeadlineStream(await self.backend.connect_tcp(host, port, timeout, local_address, socket_options))
+        stream = await self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return AsyncDeadlineStream(stream, self._expires())
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
     ) -> AsyncDeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
-        return AsyncDeadlineStream(await self.backend.connect_unix_socket(path, timeout, socket_options))
+        stream = await self.backend.connect_unix_socket(path, timeout, socket_options)
+        return AsyncDeadlineStream(stream, self._expires())
 
     async def sleep(self, seconds: float) -> None:
         await self.backend.sleep(seconds)
 
 
-def bound_to_deadlines(transport: Any) -> None:
-    """Make an httpx transport's pool read and write through the deadline backend.
+def bound_to_deadlines(transport: Any, *, max_age: float | None = None) -> None:
+    """Make an httpx transport's pool read and write through the deadline backend, and retire its HTTP/1.1
+    connections older than ``max_age`` seconds.
 
     httpx builds its httpcore pool without a way to pass a network backend; every connection is made later with
-    the pool's ``_network_backend`` (httpcore 1.x), so replacing it before the first request is enough.
+    the pool's ``_network_backend`` (httpcore 1.x), so replacing it before the first request is enough. An HTTP/2
+    connection is not retired by age: httpcore asks it nothing before reusing it.
     """
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if pool is None or backend is None or isinstance(backend, DeadlineBackend | AsyncDeadlineBackend):
         return  # not an httpcore pool (a test's transport), or bound already
     is_async = isinstance(backend, httpcore.AsyncNetworkBackend)
-    pool._network_backend = AsyncDeadlineBackend(backend) if is_async else DeadlineBackend(backend)
+    pool._network_backend = AsyncDeadlineBackend(backend, max_age) if is_async else DeadlineBackend(backend, max_age)
 
 
 # -- requests: a watchdog ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import functools
 import http.cookiejar
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
@@ -198,18 +199,38 @@ def configured_timeout(config: ServiceConfig) -> httpx.Timeout:
     return httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=timeout.pool)
 
 
+# The extension a caller sets for one call's own retry policy: ``extensions={"outbound.retries": False}``.
+RETRIES = "outbound.retries"
+
+
 def _start(policy: Policy, request: httpx.Request, configured: dict[str, float | None]) -> Call:
     # httpx puts the client's timeouts or the call's own in the request's extensions: different ones were asked for.
     asked: tuple[float | None, ...] = ()
-    timeout = request.extensions.get(_CONFIGURED_TIMEOUT) or request.extensions.get("timeout")
+    extensions = request.extensions
+    timeout = extensions.get(_CONFIGURED_TIMEOUT) or extensions.get("timeout")
     if timeout is not None and timeout != configured:
         asked = (timeout.get("connect"), timeout.get("read"), timeout.get("write"))
-    return policy.start(
-        request.method, request.url, replayable=isinstance(request.stream, httpx.ByteStream), asked=asked
+    call = policy.start(
+        request.method,
+        request.url,
+        replayable=isinstance(request.stream, httpx.ByteStream),
+        asked=asked,
+        retries=extensions.get(RETRIES),
     )
+    if request.method in policy.keyed_methods:
+        key_header = policy.config.retry.idempotency_key.header  # type: ignore[union-attr]  # keyed: it is set
+        if key_header not in request.headers:
+            request.headers[key_header] = str(uuid.uuid4())  # one key for every attempt (and hedge) of this call
+    return call
 
 
 def _cut_timeouts(call: Call, request: httpx.Request) -> None:
+    """Set this attempt's timeouts (cut to the call's deadline) and its ``deadline_header``, if the service sends
+    one."""
+    if call.sends_deadline:
+        stamp = call.deadline_header()
+        if stamp is not None:
+            request.headers[stamp[0]] = stamp[1]
     extensions = request.extensions
     configured = extensions.get(_CONFIGURED_TIMEOUT)
     if configured is None:
@@ -239,6 +260,9 @@ def _response_outcome(response: httpx.Response) -> Outcome:
 
 def pool_numbers(transport: Any) -> tuple[int, int, int]:
     """``(in_use, idle, waiting)`` from httpcore's pool. Its attributes are private: read them defensively."""
+    counted = getattr(transport, "pool_numbers", None)
+    if counted is not None:  # a transport that counts its own pool (aiohttp's)
+        return counted()  # type: ignore[no-any-return]
     pool = getattr(transport, "_pool", None)
     connections = list(getattr(pool, "connections", ()))
     idle = sum(1 for conn in connections if conn.is_idle())
@@ -315,7 +339,11 @@ def _real_deadline(call: Call) -> float | None:
 
 
 def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
-    if given is None:
+    if given is None and cls is httpx.AsyncHTTPTransport and config.transport == "aiohttp":
+        from .aiohttp import aiohttp_transport  # the optional extra's import, for the services that use it
+
+        inner: Any = aiohttp_transport(config, proxy)
+    elif given is None:
         inner = cls(**transport_options(config, proxy))
     else:
         inner = (
@@ -323,7 +351,7 @@ def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport 
             if callable(given) and not isinstance(given, httpx.BaseTransport | httpx.AsyncBaseTransport)
             else given
         )
-    bound_to_deadlines(inner)
+    bound_to_deadlines(inner, max_age=config.pool.max_connection_age)
     return inner
 
 
@@ -420,6 +448,17 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
             ATTEMPT_DEADLINE.reset(token)
             if self._policy.closed:
                 await self.inner.aclose()
+
+    def copy(self, request: httpx.Request) -> httpx.Request:
+        # Its own headers and extensions (each attempt sets its timeouts and deadline header there); the body is a
+        # ByteStream (only replayable calls are hedged), which any number of attempts can read.
+        return httpx.Request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            stream=request.stream,
+            extensions=dict(request.extensions),
+        )
 
     async def discard(self, response: httpx.Response) -> None:
         await response.aclose()

@@ -14,6 +14,7 @@ import http.cookiejar
 import re
 import ssl
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -58,32 +59,52 @@ class _Attempt(NamedTuple):
 
 # The attempt running in this thread/context: read by the pools below.
 _attempt: ContextVar[_Attempt | None] = ContextVar("outbound_attempt", default=None)
+# The caller's `retries=` for the call running in this thread/context (ServiceSession.request sets it around the
+# call; requests passes nothing but its own arguments down to the adapter).
+_retries: ContextVar[bool | int | None] = ContextVar("outbound_retries", default=None)
 
 
-class _PoolTimeoutMixin:
+class _ManagedPoolMixin:
+    """A urllib3 pool's waits bounded by ``timeout.pool``, and its connections renewed past ``max_connection_age``."""
+
+    max_connection_age: float | None = None  # set on each service's pool classes (see _managed_pool_class)
+
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
         get_conn = super()._get_conn  # type: ignore[misc]  # the pool class comes second in the subclasses' MRO
         attempt = _attempt.get()
-        if attempt is None:
-            return cast("BaseHTTPConnection", get_conn(timeout))
-        conn = get_conn(timeout if timeout is not None else attempt.pool_wait)
-        if attempt.watch is not None:
+        conn: BaseHTTPConnection = get_conn(timeout if timeout is not None or attempt is None else attempt.pool_wait)
+        if self.max_connection_age is not None:
+            _renew_if_old(conn, self.max_connection_age)  # checked when taken, not also when returned: once a call
+        if attempt is not None and attempt.watch is not None:
             attempt.watch.conn = conn  # the socket the watchdog shuts down if the deadline strikes
-        return cast("BaseHTTPConnection", conn)
+        return conn
+
+
+def _renew_if_old(conn: Any, max_age: float) -> None:
+    # urllib3 keeps a connection object and reconnects it when its socket is gone: closing an old one's socket makes
+    # its next request open a new connection (to whatever the name resolves to now). The age runs from the checkout
+    # that found it without a socket, just before it connected.
+    now = time.monotonic()
+    if getattr(conn, "sock", None) is None:
+        conn._outbound_born = now
+    elif now - conn.__dict__.setdefault("_outbound_born", now) >= max_age:
+        conn.close()
+        conn._outbound_born = now
 
 
 @functools.cache
-def _with_pool_timeout(pool_class: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
-    if issubclass(pool_class, _PoolTimeoutMixin):
+def _managed_pool_class(pool_class: type[HTTPConnectionPool], max_age: float | None) -> type[HTTPConnectionPool]:
+    if issubclass(pool_class, _ManagedPoolMixin):
         return pool_class  # a manager whose pools are ours already (a cached proxy manager)
-    return type(pool_class.__name__, (_PoolTimeoutMixin, pool_class), {})
+    return type(pool_class.__name__, (_ManagedPoolMixin, pool_class), {"max_connection_age": max_age})
 
 
-def _bound_pool_waits(manager: PoolManager) -> None:
+def _manage_pools(manager: PoolManager, max_age: float | None) -> None:
     # Extend the manager's own pool classes rather than replace them: a SOCKS proxy manager's pools take options
     # that plain HTTP pools do not.
     manager.pool_classes_by_scheme = {
-        scheme: _with_pool_timeout(pool_class) for scheme, pool_class in manager.pool_classes_by_scheme.items()
+        scheme: _managed_pool_class(pool_class, max_age)
+        for scheme, pool_class in manager.pool_classes_by_scheme.items()
     }
 
 
@@ -191,7 +212,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         self._policy = policy
         self._config = policy.config
         # One pool per host; a service normally talks to one host, redirects may add a few. Blocking pools bound
-        # the connections; the wait is bounded by timeout.pool (see _PoolTimeoutMixin).
+        # the connections; the wait is bounded by timeout.pool (see _ManagedPoolMixin).
         self._pool_sizes = (4, policy.config.pool.max_connections)
         context = policy.config.ssl_context
         self._ssl_context: ssl.SSLContext | None = context() if callable(context) else context
@@ -201,11 +222,11 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        _bound_pool_waits(self.poolmanager)
+        _manage_pools(self.poolmanager, self._config.pool.max_connection_age)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
         manager = cast(PoolManager, super().proxy_manager_for(proxy, **proxy_kwargs))
-        _bound_pool_waits(manager)  # only wraps the classes once: the manager is cached per proxy
+        _manage_pools(manager, self._config.pool.max_connection_age)  # wraps once: the manager is cached per proxy
         return manager
 
     def build_connection_pool_key_attributes(
@@ -228,12 +249,18 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         connect, read = _split_timeout(timeout, self._config)
+        method = request.method or "GET"
         call = self._policy.start(
-            request.method or "GET",
+            method,
             request.url or "",
             replayable=_replayable(request.body),
             asked=(connect, read) if timeout is not None else (),
+            retries=_retries.get(),
         )
+        if method in self._policy.keyed_methods:
+            key_header = self._config.retry.idempotency_key.header  # type: ignore[union-attr]  # keyed: it is set
+            if key_header not in request.headers:
+                request.headers[key_header] = str(uuid.uuid4())  # one key for every attempt of this call
         return drive(call, self, _Send(request, stream, connect, read, verify, cert, proxies))
 
     def get_connection_with_tls_context(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
@@ -247,13 +274,17 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
     def attempt(self, call: Call, send: _Send) -> tuple[requests.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
         limits = call.attempt_timeouts(send.connect, send.read, None, self._config.timeout.pool)
-        left = call.time_left()
-        watch = WATCHDOG.watch(time.monotonic() + left) if left is not None else None
+        # The watchdog runs on the real clock (the policy's may be a test's fake one): only the time left crosses.
+        watch = WATCHDOG.watch(time.monotonic() + limits.left) if limits.left is not None else None
         token = _attempt.set(_Attempt(limits.pool, watch))
         response: requests.Response | None = None
+        if self._config.deadline_header is not None:
+            stamp = call.deadline_header()
+            if stamp is not None:
+                send.request.headers[stamp[0]] = stamp[1]  # the time left now, for this attempt
         try:
             # A urllib3 Timeout, because either limit may be None (disabled in the settings).
-            attempt_timeout = cast(Any, Urllib3Timeout(connect=limits.connect, read=limits.read))
+            attempt_timeout: Any = Urllib3Timeout(connect=limits.connect, read=limits.read)
             response = super().send(
                 send.request,
                 stream=send.stream,
@@ -452,7 +483,12 @@ class ServiceSession(requests.Session):
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, retries: bool | int | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """``Session.request``, plus ``retries=``: this call's own retry policy (``False`` or ``0``: none; ``True``:
+        the service's ``retry.total``; a number: at most that many), for any method. ``session.post(...,
+        retries=True)`` vouches that the POST is safe to repeat."""
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
         # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (The state
@@ -462,7 +498,13 @@ class ServiceSession(requests.Session):
             if rejection is not None:
                 attributes: dict[str, object] = {"request": None, "response": None}
                 raise _errors.rejected(None, self.service_name, rejection, _NATIVE_REJECTIONS, attributes)
-        return super().request(method, self.join(url), *args, **kwargs)
+        if retries is None:
+            return super().request(method, self.join(url), *args, **kwargs)
+        token = _retries.set(retries)
+        try:
+            return super().request(method, self.join(url), *args, **kwargs)
+        finally:
+            _retries.reset(token)
 
     def join(self, url: str | bytes) -> str:
         """Resolve ``url`` against ``base_url`` as httpx does: relative paths (with or without a leading ``/``)

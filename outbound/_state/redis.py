@@ -11,6 +11,8 @@ only local memory. Redis is touched on the rare paths:
   that expires with the period), asked synchronously, once per trial, bounded by ``state.timeout``;
 - every ``sync_interval`` each process publishes its stats under a key that expires, heartbeats into the set of live
   workers, and re-reads the fleet's breaker states (pub/sub delivers at most once: this catches what it missed);
+- a pause the upstream asked for (429 or 503 with ``Retry-After``) is written with its expiry and published, off
+  the calling thread; a process joining later adopts it on its first read;
 - operator actions (``isolate``, ``reset``) write and publish synchronously;
 - health reports read the fleet's breakers and every live worker's stats in one script.
 
@@ -24,6 +26,8 @@ Keys (``{p}`` the prefix, ``{s}`` a service, ``{w}`` a worker: ``host:pid:random
                       expires a minute after ``until`` (an isolation without end lasts until reset, by design)
     {p}:fails:{s}     the fleet's failures since a success; expires after ``reset_timeout``
     {p}:trial:{s}     trial calls admitted in the current half-open period; expires after ``reset_timeout``
+    {p}:pause:{s}     set while the upstream asked for a pause (429/503 with Retry-After); expires with the pause
+    {p}:ratelimit:... the fleet's rate limit windows (the ``limits`` library's keys, ``scope: "fleet"``)
     {p}:workers       sorted set of live workers, scored by their last heartbeat (ms)
     {p}:stats:{w}     one worker's stats (JSON), rewritten every ``sync_interval``, expire after three of them
     {p}:events        the pub/sub channel of transitions
@@ -134,13 +138,18 @@ end
 return {now, live, stats, breakers, fails}
 """
 )
-# KEYS: one breaker hash per service.
+# KEYS: one breaker hash per service, then one pause key per service. Returns the breakers and the pauses' PTTLs.
 _BREAKERS = (
     _NOW
     + """
+local n = #KEYS / 2
 local breakers = {}
-for i = 1, #KEYS do breakers[i] = redis.call('HGETALL', KEYS[i]) end
-return {now, breakers}
+local pauses = {}
+for i = 1, n do
+  breakers[i] = redis.call('HGETALL', KEYS[i])
+  pauses[i] = redis.call('PTTL', KEYS[n + i])
+end
+return {now, breakers, pauses}
 """
 )
 
@@ -165,6 +174,9 @@ class _Shared:
 
     def claim_trial(self, seconds: float) -> bool:
         return self._state.claim_trial(self._name, seconds, self._config.half_open_max_calls)
+
+    def paused(self, seconds: float) -> None:
+        self._state.submit(("pause", self._name, seconds))
 
 
 class RedisState:
@@ -200,7 +212,10 @@ class RedisState:
     def attach(self, services: Mapping[str, Service]) -> None:
         self._services = {name: service for name, service in services.items() if service.config.shared}
         for service in self._services.values():
-            service.policy.breaker.shared = _Shared(self, service)
+            shared = _Shared(self, service)
+            service.policy.breaker.shared = shared
+            if service.policy.pause is not None:
+                service.policy.pause.shared = shared
 
     def ensure_running(self) -> None:
         """Start this process's threads if they are not running (first use, or first use after a fork)."""
@@ -399,6 +414,11 @@ class RedisState:
                 self._apply_remote(service, OPEN, config.reset_timeout, reason, own=True)
         elif kind == "recovered":
             self._client_().delete(keys.fails(service))
+        elif kind == "pause":
+            seconds = op[2]
+            self._client_().set(keys.pause(service), self.worker, px=max(1, int(seconds * 1000)))
+            message = {"worker": self.worker, "service": service, "pause": seconds}
+            self._client_().publish(keys.events, json.dumps(message))
         elif kind == "transition":
             _, _, new, reason, open_seconds = op
             self._set_and_publish(service, new, open_seconds, reason)
@@ -436,9 +456,17 @@ class RedisState:
 
     def _adopt_fleet(self) -> None:
         names = list(self._services)
-        now, breakers = self._script("breakers", _BREAKERS)(keys=[self._keys.breaker(name) for name in names])
-        for name, fields in zip(names, breakers, strict=True):
+        keys = [self._keys.breaker(name) for name in names] + [self._keys.pause(name) for name in names]
+        now, breakers, pauses = self._script("breakers", _BREAKERS)(keys=keys)
+        for name, fields, pause_ms in zip(names, breakers, pauses, strict=True):
             self._adopt(name, _pairs(fields), int(now))
+            self._adopt_pause(name, int(pause_ms))
+
+    def _adopt_pause(self, service: str, left_ms: int) -> None:
+        # A pause another process published (a message this one missed, or one from before it joined).
+        pause = self._services[service].policy.pause
+        if pause is not None and left_ms > 0:
+            pause.pause(left_ms / 1000, publish=False)  # never shortens a pause: applying it again is harmless
 
     def _adopt(self, service: str, fields: dict[str, str], now_ms: int) -> None:
         # Apply the fleet's state when it changed since this process last saw it (a change it missed).
@@ -488,6 +516,11 @@ class RedisState:
         except (TypeError, ValueError, KeyError):
             return  # not ours
         if message.get("worker") == self.worker or service not in self._services:
+            return
+        if "pause" in message:
+            pause = self._services[service].policy.pause
+            if pause is not None:
+                pause.pause(float(message["pause"]), publish=False)
             return
         self._fleet_seen[service] = (message["state"], message.get("until"))
         self._apply_remote(service, message["state"], message.get("seconds"), message.get("reason", ""))
@@ -574,6 +607,9 @@ class _Keys:
 
     def trial(self, service: str) -> str:
         return f"{self.prefix}:trial:{service}"
+
+    def pause(self, service: str) -> str:
+        return f"{self.prefix}:pause:{service}"
 
     def stats(self, worker: str) -> str:
         return f"{self.prefix}:stats:{worker}"

@@ -28,7 +28,13 @@ def test_report_shape_is_json_ready_and_redacted(upstream: Upstream, make_regist
     assert billing["base_url"] == upstream.url + "api/"
     assert billing["critical"] is True
     assert billing["client"] == "requests"
-    assert billing["breaker"] == {"state": "closed", "failures": 0, "opened_at": None, "retry_in": None}
+    assert billing["breaker"] == {
+        "state": "closed",
+        "mode": "consecutive",
+        "failures": 0,
+        "opened_at": None,
+        "retry_in": None,
+    }
     assert billing["pool"] == {"max_connections": 20, "in_use": 0, "idle": 1, "waiting": 0}
     stats = billing["stats"]
     assert (stats["requests"], stats["errors"], stats["retries"], stats["short_circuited"]) == (1, 0, 0, 0)

@@ -249,8 +249,24 @@ def test_fields_this_page_does_not_know_are_listed_as_they_come() -> None:
     assert '<th scope="row">Failure rate</th><td>0.25</td>' in billing_card
     assert '<th scope="row">Window · Calls</th><td>40</td>' in billing_card
     assert '<th scope="row">Rejected (bulkhead full)</th><td>3</td>' in billing_card
-    assert "Slow call rate: 0.5" in billing_card
+    assert "slow 50%" not in billing_card  # a consecutive breaker's rates are not its facts
     assert '<caption>Report</caption><tbody><tr><th scope="row">Region</th><td>eu-west</td></tr>' in html
+
+
+def test_a_rate_breaker_shows_its_rates_and_a_pause_counts_down() -> None:
+    data = build_report([service("billing")]).as_dict()
+    billing = data["services"]["billing"]
+    billing["breaker"].update(mode="rate", calls=100, failure_rate=0.03, slow_call_rate=0.1)
+    billing["paused_for"] = 2.5
+    billing_card = card(page(data), "billing")
+    assert "failure rate 3% · slow 10% over 100 calls" in billing_card
+    assert "<dt>Paused</dt>" in billing_card
+    assert 'data-retry-in="2.500" data-counting="{s} s left" data-done="over">3 s left</span>' in billing_card
+    billing["breaker"].update(calls=0, failure_rate=None, slow_call_rate=None)
+    del billing["paused_for"]
+    quiet = card(page(data), "billing")
+    assert "no calls in the window yet" in quiet
+    assert "Paused" not in quiet
 
 
 def test_every_value_from_the_report_is_escaped() -> None:

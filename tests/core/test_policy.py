@@ -242,10 +242,12 @@ def test_backoff_is_exponential_with_jitter_and_capped() -> None:
 
 
 def test_retry_after_is_honoured_up_to_its_cap() -> None:
-    policy = make_policy(FakeClock(), retry={"retry_after_max": 5})
+    clock = FakeClock()
+    policy = make_policy(clock, retry={"retry_after_max": 5})
     call = start(policy)
     call.admit()
     assert call.record(Outcome(Kind.RESPONSE, status=503, retry_after="3")).delay == 3.0
+    clock.advance(3.0)  # the wait asked for: the pause it started is over for the retry
     call.admit()
     assert call.record(Outcome(Kind.RESPONSE, status=429, retry_after="60")).retry is False
 

@@ -124,6 +124,21 @@ def test_missing_setting_is_a_warning(settings: Settings) -> None:
             "Authorization",
             id="cleartext-credentials",
         ),
+        pytest.param(
+            one_service(
+                timeout={"connect": 1, "read": 4, "total": 6},
+                breaker={"mode": "rate", "window": {"type": "time", "seconds": 9}},
+            ),
+            "outbound.W010",
+            "shorter than twice the longest attempt (6s)",
+            id="short-window",
+        ),
+        pytest.param(
+            one_service(breaker={"mode": "rate", "window": {"size": 10}, "minimum_calls": 20}),
+            "outbound.W011",
+            "never opens",
+            id="window-never-judged",
+        ),
     ],
 )
 def test_each_risky_setting_has_its_warning(settings: Settings, mapping: Any, check_id: str, text: str) -> None:
@@ -153,6 +168,11 @@ def test_timeout_null_names_every_unbounded_phase(settings: Settings) -> None:
         ),
         pytest.param({"services": {}, "health": {"show_details": "never", "token": "short"}}, id="token-unused"),
         pytest.param({"services": {}, "health": {"token": "x" * 16}}, id="long-token"),
+        pytest.param(
+            one_service(timeout={"total": 5}, breaker={"mode": "rate", "window": {"type": "time", "seconds": 10}}),
+            id="window-twice-the-attempt",
+        ),
+        pytest.param(one_service(breaker={"window": {"size": 5}}), id="window-of-consecutive-mode"),
     ],
 )
 def test_no_warning_for_safe_settings(settings: Settings, mapping: Any) -> None:
@@ -160,10 +180,13 @@ def test_no_warning_for_safe_settings(settings: Settings, mapping: Any) -> None:
 
 
 def test_ids_are_unique_and_documented() -> None:
-    source = Path(checks.__file__).read_text()
-    found = re.findall(r'id="(outbound\.[EW]\d{3})"', source) + list(checks.CONFIG_ERROR_IDS.values())
+    django_source = Path(checks.__file__).read_text()
+    core_source = Path(outbound._advice.__file__).read_text()
+    found = re.findall(r'id="(outbound\.[EW]\d{3})"', django_source) + list(checks.CONFIG_ERROR_IDS.values())
+    found += ["outbound." + code for code in re.findall(r'code="(W\d{3})"', core_source)]
     assert len(found) == len(set(found)), "each id is used in exactly one place"
-    assert sorted(found) == [f"outbound.E00{n}" for n in range(1, 8)] + [f"outbound.W00{n}" for n in range(1, 10)]
+    warnings = [f"outbound.W{n:03}" for n in range(1, 12)]
+    assert sorted(found) == [f"outbound.E00{n}" for n in range(1, 8)] + warnings
     for check_id in found:
         assert check_id in (checks.__doc__ or ""), f"{check_id} missing from the checks module docstring"
 

@@ -124,6 +124,23 @@ def test_missing_config_gives_an_empty_registry_and_a_warning(
     assert app.test_client().get("/health/outbound").json == {"status": "ok"}
 
 
+def test_questionable_settings_are_logged_once_at_startup(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Django reports these as system checks (outbound.W002 ...); Flask has none, so init_app logs them.
+    breaker = {"mode": "rate", "window": {"type": "time", "seconds": 2}}
+    services = {"api": {"base_url": "http://127.0.0.1:1/", "timeout": {"total": 5}, "breaker": breaker}}
+    with caplog.at_level(logging.WARNING, logger="outbound_flask"):
+        make_app({"services": services})
+    [record] = [r for r in caplog.records if "outbound.W" in r.getMessage()]
+    assert "OUTBOUND[services.api.breaker.window.seconds] is 2s" in record.getMessage()
+    assert record.getMessage().endswith("(outbound.W010)")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="outbound_flask"):
+        make_app({"services": {"api": {"base_url": "http://127.0.0.1:1/"}}})
+    assert caplog.records == []  # the defaults raise no question
+
+
 def test_accessors_outside_an_app_context_say_what_to_do() -> None:
     ext = Outbound()
     for access in (lambda: ext.registry, lambda: ext.session("x"), lambda: ext.client("x")):

@@ -1,0 +1,154 @@
+"""Row 11 (issue 13, the richer policy): what the new stages cost a call, and whether a rate limit holds its rate.
+
+11a: sequential GETs through a service whose breaker judges a failure-rate window (``mode: "rate"``, a count window
+     of 100) against the same service with the default consecutive-failures breaker, alternated in slices as row 1
+     (target >= 0.99: one short lock per call).
+11b: a process-scope rate limit of 200/second, 16 threads calling as fast as they can for 5 s (each may wait up to
+     1 s for a permit): the permits granted in those 5 s against the 1,000 the limit allows, as a deviation in
+     percent (target <= 2 %).
+11c: sequential GETs with a fleet-scope rate limit (one Redis script per call, against a redis-server the run starts)
+     against the same service without a limit: what a fleet limit costs a call (reported; it is for upstreams slow or
+     expensive enough that this does not matter).
+11d: sequential GETs with a bulkhead (``max_in_flight`` 100) against none (reported).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import requests
+
+import outbound
+from benchmarks._harness import Row, Target, UpstreamProcess, interleave, ratios
+from tests.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from benchmarks._scenarios import Settings
+
+MEASUREMENT = 11
+ROW_KEYS = ("11a", "11b", "11c", "11d")
+RATE = 200
+RATE_THREADS = 16
+RATE_SECONDS = 5.0
+
+
+def policy(up: UpstreamProcess, s: Settings) -> list[Row]:
+    from benchmarks._scenarios import expect_ok, overhead_detail, service, sliced, warm_up
+
+    rate_breaker = {"mode": "rate", "window": {"type": "count", "size": 100}, "minimum_calls": 20}
+    with tempfile.TemporaryDirectory(prefix="outbound-bench-redis") as directory, RedisServer(Path(directory)) as redis:
+        state = {"backend": "redis", "url": redis.url, "prefix": f"bench-{uuid.uuid4().hex[:8]}"}
+        fleet_limit = {"rate": "1000000/second", "scope": "fleet"}
+        registry = outbound.Registry.from_mapping(
+            {
+                "services": {
+                    "consecutive": service(up.url),
+                    "rate": service(up.url, breaker=rate_breaker),
+                    "fleet_limited": service(up.url, rate_limit=fleet_limit, shared=False),
+                    "bulkhead": service(up.url, bulkhead={"max_in_flight": 100}),
+                },
+                "state": state,
+            }
+        )
+        try:
+            calls = {name: _caller(registry, name, expect_ok) for name in registry.services}
+            warm_up(s.warmup_calls, *calls.values())
+            sequence = {"rounds": s.rounds, "slices": s.slices}
+            rate_runs = interleave([sliced(s, calls["rate"]), sliced(s, calls["consecutive"])], **sequence)
+            fleet_runs = interleave([sliced(s, calls["fleet_limited"]), sliced(s, calls["consecutive"])], **sequence)
+            bulkhead_runs = interleave([sliced(s, calls["bulkhead"]), sliced(s, calls["consecutive"])], **sequence)
+        finally:
+            registry.close()
+    seconds = RATE_SECONDS if s.rounds > 2 else 0.5
+    deviations = [_rate_limit_deviation(up, seconds) for _ in range(max(1, s.rounds // 3))]
+    return [
+        Row(
+            "11a",
+            'sequential GETs, requests: breaker mode "rate" (count window 100) / "consecutive"',
+            "x",
+            ratios(*rate_runs),
+            Target(">=", 0.99, ">= 0.99"),
+            overhead_detail(rate_runs),
+        ),
+        Row(
+            "11b",
+            f"process rate limit {RATE}/second, {RATE_THREADS} threads for {RATE_SECONDS:g} s: permits granted vs "
+            "the limit",
+            "% off",
+            deviations,
+            Target("<=", 2.0, "within 2 %"),
+            f"{RATE * RATE_SECONDS:.0f} permits allowed in the window (a moving window: {RATE} at once, then one "
+            "each time one turns a second old); callers wait up to 1 s for a permit",
+            digits=2,
+        ),
+        Row(
+            "11c",
+            "sequential GETs, requests: fleet rate limit (one Redis script per call) / no limit",
+            "x",
+            ratios(*fleet_runs),
+            None,
+            overhead_detail(fleet_runs) + "; the added time is one round trip to a Redis on the same machine",
+        ),
+        Row(
+            "11d",
+            "sequential GETs, requests: bulkhead (max_in_flight 100) / none",
+            "x",
+            ratios(*bulkhead_runs),
+            None,
+            overhead_detail(bulkhead_runs),
+        ),
+    ]
+
+
+def _caller(
+    registry: outbound.Registry, name: str, expect_ok: Callable[[requests.Response], None]
+) -> Callable[[], None]:
+    session = registry.session(name)
+
+    def call() -> None:
+        expect_ok(session.get("ok"))
+
+    return call
+
+
+def _rate_limit_deviation(up: UpstreamProcess, seconds: float) -> float:
+    """Percent between the permits granted in ``seconds`` and the ``RATE * seconds`` the limit allows."""
+    registry = outbound.Registry.from_mapping(
+        {"services": {"api": {"base_url": up.url, "rate_limit": {"rate": f"{RATE}/second", "max_wait": 1.0}}}}
+    )
+    session = registry.session("api")
+    session.get("ok")  # open a connection before the clock starts...
+    registry.reset()  # ...and give its permit back
+    granted: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(RATE_THREADS + 1)
+    stop = [0.0]
+
+    def worker() -> None:
+        barrier.wait()
+        while time.monotonic() < stop[0]:
+            try:
+                session.get("ok")
+            except outbound.RateLimitedError:
+                continue
+            answered = time.monotonic()  # its permit came a few hundred microseconds earlier
+            with lock:
+                granted.append(answered)
+
+    threads = [threading.Thread(target=worker) for _ in range(RATE_THREADS)]
+    for thread in threads:
+        thread.start()
+    start = time.monotonic()
+    stop[0] = start + seconds + 1.0  # run past the window, so its end is measured under full load
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    registry.close()
+    in_window = sum(1 for at in granted if at < start + seconds)
+    return abs(in_window / (RATE * seconds) - 1) * 100

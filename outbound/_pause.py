@@ -1,0 +1,106 @@
+"""The pause stage: an upstream that answers 429 (or 503) with ``Retry-After`` pauses the whole service.
+
+A per-caller retry that honours ``Retry-After`` still lets every other thread, task and worker hit the upstream
+while it asked us to stop. Here one such answer pauses the service for what it asked (capped by
+``retry.retry_after_max``) in this process, and in the fleet when the state is shared: calls meanwhile wait for the
+end of the pause when it comes within ``pause.max_wait`` and before their deadline, or fail fast with
+``RateLimitedError`` naming the time left. The wait is the server's, to the millisecond: no jitter shortens it.
+
+Reading the pause costs one attribute read while there is none. With ``retry.respect_retry_after`` (the default) the
+call whose answer paused the service waits the same ``Retry-After`` before its retry (``_policy.Call._delay``), so
+its own pause never refuses it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._config import PauseConfig
+from ._outcome import Kind, Outcome, Rejection, Wait
+from ._retry import WAITS, parse_retry_after
+
+if TYPE_CHECKING:
+    from ._policy import Call
+
+# A pause with less than this left is over: the retry that waited it out must not be refused by a clock tick.
+_TOLERANCE = 0.002
+
+
+class SharedPause(Protocol):
+    """The pause's link to a fleet: tell every other process."""
+
+    def paused(self, seconds: float) -> None: ...
+
+
+class _LocalOnly:
+    def paused(self, seconds: float) -> None:
+        pass
+
+
+LOCAL_ONLY = _LocalOnly()
+
+
+class Pause:
+    """A policy stage of every attempt."""
+
+    per_call = False
+
+    def __init__(self, config: PauseConfig, *, cap: float, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.cap = cap
+        self.shared: SharedPause = LOCAL_ONLY
+        self._clock = clock
+        self.until = 0.0  # monotonic end of the current pause; 0.0: none
+        self._lock = threading.Lock()
+
+    def admit(self, call: Call) -> Any:
+        until = self.until
+        if not until:
+            return None
+        left = until - self._clock()
+        if left <= _TOLERANCE:
+            with self._lock:  # over: once per pause, so the next calls read one attribute again
+                if self.until == until:
+                    self.until = 0.0
+            return None
+        if self.config.max_wait and left <= call.wait_left(self, self.config.max_wait):
+            return Wait(left)
+        return Rejection("rate_limited", left, f"the upstream asked for a pause; {left:.1f}s left")
+
+    def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
+        if outcome.retry_after is None or outcome.kind is not Kind.RESPONSE:
+            return
+        if outcome.status in self.config.statuses:
+            asked = parse_retry_after(outcome.retry_after)
+            if asked:
+                self.pause(min(asked, self.cap))
+
+    def release(self, permit: Any) -> None:
+        pass
+
+    def pause(self, seconds: float, *, publish: bool = True) -> None:
+        """Pause the service for ``seconds`` from now (a pause never ends earlier than one already running)."""
+        if not WAITS.enabled:  # outbound.testing's no-waits: every Retry-After wait is zero, this one too
+            return
+        with self._lock:  # rare (an upstream asked for a pause): a lock keeps the later end when two race
+            until = self._clock() + seconds
+            if until > self.until:
+                self.until = until
+        if publish:
+            self.shared.paused(seconds)
+
+    def paused_for(self) -> float | None:
+        """Seconds left of the current pause, or ``None``."""
+        until = self.until
+        if not until:
+            return None
+        left = until - self._clock()
+        return left if left > _TOLERANCE else None
+
+    def reset(self) -> None:
+        self.until = 0.0
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()

@@ -1,0 +1,196 @@
+"""The client-side rate limit stage, on the ``limits`` library: ``rate_limit: {"rate": "100/second", ...}``.
+
+Every attempt takes one permit (a retry is one more request to the upstream). Without a permit a call waits for the
+next one when it comes within ``max_wait`` (and before the call's deadline); otherwise it is refused at once with
+``RateLimitedError`` naming when the next permit comes — it never waits only to fail.
+
+- ``scope: "process"``: limits' moving window on its memory storage, exact (never more than N in any window), behind
+  our own lock (the storage's thread-safety fix is unreleased in limits 5.8). That storage starts a timer thread on
+  each hit to expire old entries — about 0.4 ms per call at low rates — so ``_QuietMemoryStorage`` turns the timer
+  off and keeps only the newest N entries itself (a moving window never looks further back).
+- ``scope: "fleet"``: limits' sliding-window counter on the fleet's Redis: one script per attempt (its cost is in
+  the benchmarks), on Redis's clock. When Redis fails, the limit holds per process until it answers again (one
+  WARNING), so a call is never refused because Redis is away.
+
+limits reads ``time.time()``: a wall-clock step changes when the next permit comes by as much (never more permits
+than the window allows on the memory storage).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage
+from limits.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
+
+from ._config import RateLimitConfig, StateConfig
+from ._outcome import Outcome, Rejection, Wait
+from .health import RateLimitSnapshot
+
+if TYPE_CHECKING:
+    from ._policy import Call
+
+logger = logging.getLogger("outbound.fleet")
+
+# The shortest wait handed out: a permit "due now" may be a clock tick away.
+_MIN_WAIT = 0.001
+
+
+class _QuietMemoryStorage(MemoryStorage):
+    """limits' memory storage without its expiry timer thread; ``trim`` keeps each key's newest entries instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the private hook every hit calls (name-mangled)
+        pass
+
+    def trim(self, key: str, keep: int) -> None:
+        events = self.events.get(key)
+        if events is not None and len(events) > keep:
+            del events[keep:]
+
+
+def _memory_storage() -> MemoryStorage:
+    if hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry") and hasattr(MemoryStorage(), "events"):
+        return _QuietMemoryStorage()
+    return MemoryStorage()  # a limits release that changed its internals: correct, only slower  # pragma: no cover
+
+
+class RateLimit:
+    """A policy stage of every attempt: one permit each."""
+
+    per_call = False
+
+    def __init__(
+        self,
+        service: str,
+        config: RateLimitConfig,
+        *,
+        state: StateConfig | None = None,
+        wall: Callable[[], float] = time.time,
+        retry_redis_after: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.config = config
+        self.item: RateLimitItem = parse(config.rate)
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._local = _memory_storage()
+        self._local_limiter = MovingWindowRateLimiter(self._local)
+        self._key = self.item.key_for(service)
+        self._fleet: RateLimiter | None = None
+        self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
+        self._redis_ok = True
+        self._retry_redis_after = retry_redis_after
+        if config.scope == "fleet" and state is not None:
+            self._fleet = SlidingWindowCounterRateLimiter(_redis_storage(state))
+
+    # -- the stage ---------------------------------------------------------------------------------------------
+
+    def admit(self, call: Call) -> Any:
+        if self._hit():
+            return None
+        wait = max(_MIN_WAIT, self._next_permit_in())
+        if self.config.max_wait and wait <= call.wait_left(self, self.config.max_wait):
+            return Wait(wait)
+        return Rejection("rate_limited", wait, f"{self.config.rate} reached; the next permit comes in {wait:.3f}s")
+
+    def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
+        pass
+
+    def release(self, permit: Any) -> None:
+        pass  # a permit is spent when taken, as the upstream's own limit counts a request we started
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    @property
+    def scope(self) -> str:
+        return "fleet" if self._fleet is not None else "process"
+
+    def snapshot(self) -> RateLimitSnapshot:
+        remaining = None
+        if self._fleet is None:
+            with self._lock:
+                remaining = self._local_limiter.get_window_stats(self.item, self.service).remaining
+        return RateLimitSnapshot(rate=self.config.rate, scope=self.config.scope, remaining=remaining)
+
+    def reset(self) -> None:
+        """Forget the permits taken (``registry.reset``); a fleet's shared window is left to expire."""
+        with self._lock:
+            self._local_limiter.clear(self.item, self.service)
+
+    def reset_after_fork(self) -> None:
+        # The parent's hits are not this process's, and a parent thread may have held a lock of the storage.
+        self._lock = threading.Lock()
+        self._local = _memory_storage()
+        self._local_limiter = MovingWindowRateLimiter(self._local)
+
+    # -- permits ----------------------------------------------------------------------------------------------
+
+    def _hit(self) -> bool:
+        if self._fleet is not None and time.monotonic() >= self._fleet_down_until:
+            try:
+                taken = self._fleet.hit(self.item, self.service)
+            except StorageError as error:
+                self._redis_failed(error)
+            else:
+                self._redis_answered()
+                return taken
+        with self._lock:
+            taken = self._local_limiter.hit(self.item, self.service)
+            if taken and isinstance(self._local, _QuietMemoryStorage):
+                self._local.trim(self._key, self.item.amount)
+            return taken
+
+    def _next_permit_in(self) -> float:
+        """Seconds until the window has room again."""
+        if self._fleet is not None and time.monotonic() >= self._fleet_down_until:
+            try:
+                reset = self._fleet.get_window_stats(self.item, self.service).reset_time
+            except StorageError as error:
+                self._redis_failed(error)
+            else:
+                return float(reset) - self._wall()
+        with self._lock:
+            reset = self._local_limiter.get_window_stats(self.item, self.service).reset_time
+        return float(reset) - self._wall()
+
+    def _redis_failed(self, error: StorageError) -> None:
+        # Look again only every few seconds: each try while Redis is away costs up to state.timeout.
+        self._fleet_down_until = time.monotonic() + self._retry_redis_after
+        if self._redis_ok:
+            self._redis_ok = False
+            logger.warning(
+                "%s: the fleet's rate limit cannot reach Redis (%s: %s); the limit holds per process until it answers",
+                self.service,
+                type(error.storage_error).__name__,
+                error.storage_error,
+            )
+
+    def _redis_answered(self) -> None:
+        if not self._redis_ok:
+            self._redis_ok = True
+            logger.info("%s: the fleet's rate limit reaches Redis again", self.service)
+
+
+def _redis_storage(state: StateConfig) -> Storage:
+    from limits.storage import RedisStorage
+
+    url = state.url
+    if url.startswith("unix://"):
+        url = "redis+unix://" + url.removeprefix("unix://")  # limits' spelling of a socket path
+    return RedisStorage(
+        url,
+        key_prefix=f"{state.prefix}:ratelimit",
+        wrap_exceptions=True,
+        socket_timeout=state.timeout,
+        socket_connect_timeout=state.timeout,
+    )
