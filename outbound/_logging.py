@@ -77,6 +77,12 @@ class LogObserver(Observer):
                 event.delay,
             )
 
+    @staticmethod
+    def logs_call(kind: Kind, error_type: str | None) -> bool:
+        """Whether a call that ended so gets a log record (the policy asks before it builds the event)."""
+        failed = error_type is not None and kind not in _QUIET_KINDS
+        return call_logger.isEnabledFor(logging.INFO if failed else logging.DEBUG)
+
     def call_finished(self, event: CallFinished) -> None:
         failed = event.error_type is not None and event.kind not in _QUIET_KINDS
         level = logging.INFO if failed else logging.DEBUG

@@ -109,7 +109,12 @@ class Policy:
         self.clock = clock
         self.random = random
         self.stats = Stats()
-        self.hooks = Hooks((self.stats, LOG_OBSERVER, *observers))
+        self.hooks = Hooks()
+        # The statistics and the call log are fed directly by the call (see _finish): no event is built for them.
+        self.hooks.add(self.stats, fed_directly=("call_started", "call_finished"))
+        self.hooks.add(LOG_OBSERVER, fed_directly=("call_finished",))
+        for observer in observers:
+            self.hooks.add(observer)
         self.breaker = Breaker(config.name, config.breaker, clock=clock, notify=self._transition)
         self.budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
         keys = config.retry.idempotency_key
@@ -315,7 +320,7 @@ class Call:
             return self._refused(_CLOSED)
         if self._scoped and not self._attempts and self._started_too_late():
             return self._refused(self._too_late())
-        if not self._attempts:
+        if policy.call_stages and not self._attempts:
             for stage in policy.call_stages[len(self._held) :]:
                 permit = stage.admit(self)
                 if type(permit) in _REFUSALS:
@@ -333,6 +338,7 @@ class Call:
             self._waiting = None  # admitted by every stage: a retry that must wait again gets its full max_wait
         self._attempts += 1
         if self._attempts == 1:
+            policy.stats.started()
             if policy.hooks.call_started:
                 policy.hooks.emit(policy.hooks.call_started, CallStarted(policy.name, self.method))
             if policy.budget is not None:
@@ -615,50 +621,39 @@ class Call:
         return rejection
 
     def _finish_rejected(self, rejection: Rejection) -> None:
-        self._done = True
-        hooks = self._policy.hooks
-        if hooks.call_finished:
-            now = self._policy.clock()
-            message = f"{self.method} {redact_url(self.url)} refused before a retry: {rejection.reason}"
-            # A retry refused because the registry closed is our own shutdown: quiet, like an attempt it cut short.
-            kind = Kind.CLOSED if rejection.reason == "closed" else Kind.OTHER_ERROR
-            event = CallFinished(
-                self._policy.name,
-                self.method,
-                self._url,
-                kind,
-                None,
-                self._attempts,
-                now - self._started,
-                _REJECTION_TYPES.get(rejection.reason, "RejectedError"),
-                message,
-            )
-            hooks.emit(hooks.call_finished, event)
+        message = f"{self.method} {redact_url(self.url)} refused before a retry: {rejection.reason}"
+        # A retry refused because the registry closed is our own shutdown: quiet, like an attempt it cut short.
+        kind = Kind.CLOSED if rejection.reason == "closed" else Kind.OTHER_ERROR
+        error_type = _REJECTION_TYPES.get(rejection.reason, "RejectedError")
+        self._ended(kind, None, self._policy.clock(), error_type, message)
 
     def _finish(self, outcome: Outcome, now: float) -> None:
-        self._done = True
         self._release_call()
-        hooks = self._policy.hooks
-        if not hooks.call_finished:
-            return
         error_type = error_message = None
         if outcome.kind is not Kind.RESPONSE:
             error_type = type(outcome.error).__name__ if outcome.error is not None else outcome.kind.name.title()
             error_message = self.describe(outcome)
         elif self._policy.breaker.is_failure(outcome):
             error_type, error_message = "HTTPStatus", self.describe(outcome)
-        event = CallFinished(
-            self._policy.name,
-            self.method,
-            self._url,
-            outcome.kind,
-            outcome.status,
-            self._attempts,
-            now - self._started,
-            error_type,
-            error_message,
-        )
-        hooks.emit(hooks.call_finished, event)
+        self._ended(outcome.kind, outcome.status, now, error_type, error_message)
+
+    def _ended(self, kind: Kind, status: int | None, now: float, error_type: str | None, message: str | None) -> None:
+        # The statistics and the call log are fed directly; the event is built only when someone else listens, or
+        # the log will write it (a success's record is DEBUG: usually off).
+        self._done = True
+        policy = self._policy
+        seconds = now - self._started
+        policy.stats.finished(kind, seconds, error_type, message)
+        hooks = policy.hooks
+        logged = LOG_OBSERVER.logs_call(kind, error_type)
+        if hooks.call_finished or logged:
+            event = CallFinished(
+                policy.name, self.method, self._url, kind, status, self._attempts, seconds, error_type, message
+            )
+            if logged:
+                LOG_OBSERVER.call_finished(event)
+            if hooks.call_finished:
+                hooks.emit(hooks.call_finished, event)
 
     def _release_attempt(self) -> None:
         if self._permits:

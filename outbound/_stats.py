@@ -82,22 +82,28 @@ class Stats(Observer):
             self._since_p95 = P95_REFRESH_CALLS  # finished calls since the p95 was computed
 
     def call_started(self, event: CallStarted) -> None:
+        self.started()
+
+    def call_finished(self, event: CallFinished) -> None:
+        self.finished(event.kind, event.seconds, event.error_type, event.error_message)
+
+    # The policy calls these two itself, without building an event (they are on every call's path).
+
+    def started(self) -> None:
         with self._lock:
             self.requests += 1
             self.in_flight += 1
 
-    def call_finished(self, event: CallFinished) -> None:
+    def finished(self, kind: Kind, seconds: float, error_type: str | None, error_message: str | None) -> None:
         with self._lock:
             self.in_flight -= 1
-            self._latencies_ms.append(event.seconds * 1000.0)
+            self._latencies_ms.append(seconds * 1000.0)
             self._since_p95 += 1
-            if event.kind is Kind.POOL_TIMEOUT:
+            if kind is Kind.POOL_TIMEOUT:
                 self.pool_timeouts += 1
-            if event.error_type is not None and event.kind not in _NOT_ERRORS:
+            if error_type is not None and kind not in _NOT_ERRORS:
                 self.errors += 1
-                self.last_error = LastError(
-                    type=event.error_type, message=event.error_message or "", at=datetime.now(timezone.utc)
-                )
+                self.last_error = LastError(type=error_type, message=error_message or "", at=datetime.now(timezone.utc))
 
     def retry_scheduled(self, event: RetryScheduled) -> None:
         with self._lock:

@@ -58,8 +58,8 @@ from httpx_aiohttp import AiohttpTransport
 from .._config import ServiceConfig
 from .._errors import ConfigError, redact_url
 from ._deadline import ATTEMPT_DEADLINE, DEADLINE_MESSAGE, bound_to_deadlines
+from .httpx import PRELOAD, transport_options
 from .httpx import pool_numbers as httpcore_pool_numbers
-from .httpx import transport_options
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout, timeout_at
@@ -369,12 +369,23 @@ class ManagedAiohttpTransport(AiohttpTransport):
                 server_hostname=request.extensions.get("sni_hostname"),
                 **proxy,
             )
+            # A body the caller does not stream is read here, under the same deadline as the request: one timeout
+            # for the whole attempt rather than one per chunk (each costs an event-loop timer).
+            preload = bool(request.extensions.get(PRELOAD))
+            response = None
+            body = b""
             if deadline is None:
                 response = await call
+                if preload:
+                    body = await response.read()
             else:
                 async with timeout_at(_loop_time(deadline)):
                     response = await call
+                    if preload:
+                        body = await response.read()
         except BaseException as error:
+            if response is not None:
+                response.close()  # the body broke off: the connection cannot be reused
             self.pool.release()
             native = native_error(error, writing=upload.writing) if isinstance(error, Exception) else None
             if native is None:
@@ -385,10 +396,16 @@ class ManagedAiohttpTransport(AiohttpTransport):
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if response.reason:
             extensions["reason_phrase"] = response.reason.encode()
+        if preload:
+            response.release()  # read to its end: the connection goes back to aiohttp's pool
+            self.pool.release()
+            stream: httpx.AsyncByteStream = httpx.ByteStream(body)
+        else:
+            stream = ResponseStream(response, self.pool)
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=ResponseStream(response, self.pool),
+            stream=stream,
             request=request,
             extensions=extensions,
         )
