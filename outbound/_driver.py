@@ -14,6 +14,8 @@ Waits are the only I/O here: ``threading.Event.wait`` (so ``close()`` wakes a sl
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Protocol, TypeVar
 
 import anyio
@@ -31,6 +33,8 @@ AsyncRequest = TypeVar("AsyncRequest")
 ASYNC_WAKE_POLL = 0.005
 # How often an async call sleeping before a retry looks whether the registry closed (threads are woken at once).
 ASYNC_CLOSE_POLL = 0.05
+# How often a thread waiting for a bulkhead slot looks whether the registry closed (its event is the bulkhead's).
+SYNC_CLOSE_POLL = 0.05
 
 
 class Exchange(Protocol[Request, Response]):
@@ -77,7 +81,7 @@ def drive(call: Call, exchange: Exchange[Request, Response], request: Request) -
             refusal = call.admit()
             if refusal is not None:
                 if type(refusal) is Wait:
-                    (refusal.wake or closing).wait(refusal.seconds)
+                    _wait(refusal, closing)
                     continue
                 raise exchange.rejected(call, request, refusal)  # type: ignore[arg-type]
             response, outcome = exchange.attempt(call, request)
@@ -93,6 +97,17 @@ def drive(call: Call, exchange: Exchange[Request, Response], request: Request) -
         except BaseException:
             call.abandon()  # interrupted (or our own bug): free what the call holds, end it; no-op if it ended
             raise
+
+
+def _wait(wait: Wait, closing: threading.Event) -> None:
+    """Sleep out ``wait`` on this thread: woken by the stage's event (a bulkhead slot handed over) or by close()."""
+    if wait.wake is None:
+        closing.wait(wait.seconds)
+        return
+    ends = time.monotonic() + wait.seconds
+    while not wait.wake.wait(min(SYNC_CLOSE_POLL, max(0.0, ends - time.monotonic()))):
+        if closing.is_set() or time.monotonic() >= ends:
+            return
 
 
 async def adrive(call: Call, exchange: AsyncExchange[AsyncRequest, Response], request: AsyncRequest) -> Response:
@@ -152,7 +167,7 @@ async def _hedged(
                 await answered.wait()
             if answered.is_set():
                 break
-            hedge = call.hedge(delay)
+            hedge = call.hedge(delay * (len(hedges) + 1))  # how long the first attempt has gone unanswered
             if hedge is None:
                 await answered.wait()
                 break
@@ -161,14 +176,18 @@ async def _hedged(
         group.cancel_scope.cancel()
     answers = [entry for entry in finished if entry[1] is not None]
     winner, response, outcome = answers[0] if answers else finished[0]
-    for index, loser_response, _ in finished:
-        if index != winner and loser_response is not None:
-            await exchange.discard(loser_response)
+    # The permits first (no await: a cancellation cannot come in between), then the losers' connections, shielded
+    # from a cancellation of this task so that none is left checked out of the pool.
     for index, hedge in hedges.items():
         if index == winner:
             call.adopt(hedge)
         else:
             call.drop(hedge)
+    losers = [loser for index, loser, _ in finished if index != winner and loser is not None]
+    if losers:
+        with anyio.CancelScope(shield=True):
+            for loser in losers:
+                await exchange.discard(loser)
     return response, outcome
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._policy import Call
 
 # A pause with less than this left is over: the retry that waited it out must not be refused by a clock tick.
-_TOLERANCE = 0.002
+PAUSE_TOLERANCE = 0.002
 
 
 class SharedPause(Protocol):
@@ -60,7 +60,7 @@ class Pause:
         if not until:
             return None
         left = until - self._clock()
-        if left <= _TOLERANCE:
+        if left <= PAUSE_TOLERANCE:
             with self._lock:  # over: once per pause, so the next calls read one attribute again
                 if self.until == until:
                     self.until = 0.0
@@ -97,7 +97,7 @@ class Pause:
         if not until:
             return None
         left = until - self._clock()
-        return left if left > _TOLERANCE else None
+        return left if left > PAUSE_TOLERANCE else None
 
     def reset(self) -> None:
         self.until = 0.0

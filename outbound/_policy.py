@@ -52,9 +52,9 @@ from ._outcome import (
     Rejection,
     Wait,
 )
-from ._pause import Pause
+from ._pause import PAUSE_TOLERANCE, Pause
 from ._retry import RETRY_AFTER_STATUSES, WAITS, RetryBudget, backoff_delay, parse_retry_after
-from ._stats import Stats
+from ._stats import AttemptLatencies, Stats
 
 if TYPE_CHECKING:
     from ._ratelimit import RateLimit
@@ -87,6 +87,7 @@ class AttemptTimeouts(NamedTuple):
 
 
 _CLOSED = Rejection("closed", 0.0, "the outbound registry was closed")
+_NO_VERDICT = Outcome(Kind.CANCELLED)  # what the stages are told of an attempt that says nothing about the upstream
 _REFUSALS = (Rejection, Wait)
 
 
@@ -125,6 +126,10 @@ class Policy:
             Pause(config.pause, cap=config.retry.retry_after_max, clock=clock) if config.pause is not None else None
         )
         self.rate_limit = _rate_limit(config, state)
+        # The responses whose Retry-After is read: those a retry honours, and those that pause the service.
+        self.retry_after_statuses = RETRY_AFTER_STATUSES | (config.pause.statuses if config.pause else frozenset())
+        hedge = config.hedge
+        self.hedge_latencies = AttemptLatencies() if hedge is not None and hedge.delay == "p95" else None
         # A pause refuses before a permit is spent; the rate limit before the breaker takes a half-open trial slot
         # that a refused attempt would then hold in vain.
         stages: list[Stage] = [stage for stage in (self.pause, self.rate_limit) if stage is not None]
@@ -232,6 +237,7 @@ class Call:
         "_attempt_started",
         "_attempts",
         "_done",
+        "_hedged",
         "_hedges",
         "_hedges_left",
         "_held",
@@ -271,6 +277,7 @@ class Call:
             self._idempotent = self._max_retries > 0
         hedge = policy.config.hedge
         self._hedges_left = 0
+        self._hedged = 0  # hedges sent: extra attempts that do not use up retry.total
         if hedge is not None and method in hedge.methods and replayable and (retries is None or self._max_retries):
             self._hedges_left = hedge.max  # a caller who turned retries off gets no extra attempt either
         self._hedges = _NO_HEDGES  # replaced by a list of its own when the call sends a hedge
@@ -318,14 +325,19 @@ class Call:
         policy = self._policy
         if policy.closed:
             return self._refused(_CLOSED)
-        if self._scoped and not self._attempts and self._started_too_late():
-            return self._refused(self._too_late())
+        if (self._scoped or self._attempts) and self._started_too_late():
+            return self._refused(self._too_late())  # (a first attempt without a scope starts with its full total)
         if policy.call_stages and not self._attempts:
             for stage in policy.call_stages[len(self._held) :]:
                 permit = stage.admit(self)
                 if type(permit) in _REFUSALS:
                     return permit if type(permit) is Wait else self._refused(permit)
                 self._held.append((stage, permit))
+        if policy.breaker.state != CLOSED:
+            # An open breaker refuses before the other stages spend anything (a rate-limit permit, a wait).
+            refusal = policy.breaker.refusal()
+            if refusal is not None:
+                return self._refused(refusal)
         permits = self._permits
         for stage in policy.stages:
             permit = stage.admit(self)
@@ -357,7 +369,9 @@ class Call:
         if not self._hedges_left:
             return None
         delay = self._policy.config.hedge.delay  # type: ignore[union-attr]  # set whenever hedges are left
-        return self._policy.stats.recent_p95() if delay == "p95" else delay
+        if delay == "p95":
+            return self._policy.hedge_latencies.p95()  # type: ignore[union-attr]  # kept for a "p95" delay
+        return delay
 
     def hedge(self, waited: float) -> Hedge | None:
         """Admit one more attempt alongside the one that has not answered in ``waited`` seconds, or ``None``: no
@@ -380,6 +394,7 @@ class Call:
             self._deny("budget")
             return None
         self._hedges_left -= 1
+        self._hedged += 1
         self._attempts += 1
         hedge = Hedge(permits, policy.clock())
         if self._hedges is _NO_HEDGES:
@@ -441,7 +456,8 @@ class Call:
         now = self._policy.clock()
         left = entry.since + max_wait - now
         if self.deadline is not None:
-            left = min(left, self.deadline - now)
+            # The attempt after the wait must still have deadline.min_time: a wait that leaves less is refused now.
+            left = min(left, self.deadline - now - self._policy.min_time)
         return left
 
     def wake_event(self, stage: Stage) -> threading.Event | None:
@@ -491,13 +507,18 @@ class Call:
         policy = self._policy
         now = policy.clock()
         seconds = now - self._attempt_started
+        # A timeout at an `outbound.deadline` scope's end is the caller's budget running out (an inbound request may
+        # ask for 20 ms), not the upstream failing: the stages get no verdict on it.
+        judged = _NO_VERDICT if outcome.deadline and self._scoped else outcome
         for stage, permit in zip(policy.stages, self._permits, strict=True):
-            stage.record(permit, outcome, seconds)
+            stage.record(permit, judged, seconds)
         self._permits.clear()
+        if policy.hedge_latencies is not None and outcome.kind is Kind.RESPONSE:
+            policy.hedge_latencies.add(seconds)  # the live p95 a "p95" hedge delay waits: answered attempts only
         hooks = policy.hooks
         if hooks.attempt_finished:
             error = type(outcome.error).__name__ if outcome.error is not None else None
-            failure = policy.breaker.is_failure(outcome)
+            failure = judged is outcome and policy.breaker.is_failure(outcome)
             hooks.emit(
                 hooks.attempt_finished,
                 AttemptFinished(
@@ -564,7 +585,7 @@ class Call:
 
     def _retryable(self, outcome: Outcome) -> bool:
         """Eligibility: attempts left, a body that can be sent again, and a failure a retry may fix."""
-        if self._attempts > self._max_retries or not self._replayable:
+        if self._attempts - self._hedged > self._max_retries or not self._replayable:
             return False
         kind = outcome.kind
         if kind is Kind.RESPONSE:
@@ -592,6 +613,11 @@ class Call:
             return self._deny("breaker")  # the breaker tripped: stop hammering, report what we have
         if self.deadline is not None and now + delay >= self.deadline - policy.min_time:
             return self._deny("deadline")  # a retry that could not start with min_time left would be refused anyway
+        pause = policy.pause
+        if pause is not None and pause.until:
+            paused_for = pause.paused_for()
+            if paused_for is not None and paused_for > delay + pause.config.max_wait + PAUSE_TOLERANCE:
+                return self._deny("paused")  # the retry would be refused by the pause: answer with what we have
         if policy.budget is not None and not policy.budget.try_spend():
             return self._deny("budget")
         return Decision(retry=True, delay=delay if WAITS.enabled else 0.0)

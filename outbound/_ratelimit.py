@@ -111,10 +111,6 @@ class RateLimit:
 
     # -- reading ----------------------------------------------------------------------------------------------
 
-    @property
-    def scope(self) -> str:
-        return "fleet" if self._fleet is not None else "process"
-
     def snapshot(self) -> RateLimitSnapshot:
         remaining = None
         if self._fleet is None:

@@ -78,8 +78,6 @@ class Stats(Observer):
             self.pool_timeouts = 0
             self.last_error: LastError | None = None
             self._latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
-            self._p95: float | None = None
-            self._since_p95 = P95_REFRESH_CALLS  # finished calls since the p95 was computed
 
     def call_started(self, event: CallStarted) -> None:
         self.started()
@@ -98,7 +96,6 @@ class Stats(Observer):
         with self._lock:
             self.in_flight -= 1
             self._latencies_ms.append(seconds * 1000.0)
-            self._since_p95 += 1
             if kind is Kind.POOL_TIMEOUT:
                 self.pool_timeouts += 1
             if error_type is not None and kind not in _NOT_ERRORS:
@@ -133,17 +130,6 @@ class Stats(Observer):
             latency_ms=latency,
         )
 
-    def recent_p95(self) -> float | None:
-        """The p95 of the recent calls' latencies in seconds, at most ``P95_REFRESH_CALLS`` calls old; ``None`` while
-        fewer than ``P95_MINIMUM_CALLS`` calls have finished."""
-        if self._since_p95 < P95_REFRESH_CALLS:
-            return self._p95
-        with self._lock:
-            if len(self._latencies_ms) >= P95_MINIMUM_CALLS:
-                self._p95 = _percentile(sorted(self._latencies_ms), 0.95) / 1000.0
-                self._since_p95 = 0
-            return self._p95
-
     def histogram(self) -> dict[int, int]:
         """The recent latencies as mergeable bucket counts (``LATENCY_BUCKETS_MS``)."""
         with self._lock:
@@ -155,3 +141,34 @@ class Stats(Observer):
         and no calls in flight (those belonged to the parent's threads)."""
         self._lock = threading.Lock()
         self.in_flight = 0
+
+
+class AttemptLatencies:
+    """The durations of recently answered attempts, for a hedge delay of ``"p95"``.
+
+    Attempts, not calls: a call's duration holds its waits (backoff, a bulkhead, a rate limit, a pause) and its
+    retries, which a hedge does not race; and only answered ones, so an outage of fast connection errors does not
+    make every call after it a hedge.
+    """
+
+    def __init__(self) -> None:
+        self._seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)  # append is atomic: no lock on the call's path
+        self._lock = threading.Lock()
+        self._p95: float | None = None
+        self._since = P95_REFRESH_CALLS  # attempts recorded since the p95 was computed
+
+    def add(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+        self._since += 1
+
+    def p95(self) -> float | None:
+        """The p95 in seconds, at most ``P95_REFRESH_CALLS`` attempts old; ``None`` before ``P95_MINIMUM_CALLS``."""
+        if self._since < P95_REFRESH_CALLS:
+            return self._p95
+        with self._lock:
+            recent = list(self._seconds)
+            if len(recent) >= P95_MINIMUM_CALLS:
+                ordered = sorted(recent)
+                self._p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]  # nearest rank, unrounded
+                self._since = 0
+            return self._p95

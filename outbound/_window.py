@@ -40,11 +40,11 @@ class FailureRate:
             self._next = 0
         else:
             buckets = max(1, math.ceil(window.seconds))
-            self._seconds = [-1] * buckets
             self._bucket_calls = [0] * buckets
             self._bucket_failures = [0] * buckets
             self._bucket_slow = [0] * buckets
             self._clock = clock
+            self._last_second = -(2**62)  # no second seen yet
         self.calls = 0
         self.failures = 0
         self.slow = 0
@@ -86,16 +86,16 @@ class FailureRate:
         self.slow += slow
 
     def _current_bucket(self) -> int:
-        # Retire the buckets older than the window (each at most once per pass through the ring), then the current.
+        # When the second moves on, retire the buckets of the seconds that went by since the last one seen (each
+        # bucket once: at most the ring's size however long the quiet was), so a record stays O(1) on average.
         second = int(self._clock())
-        size = len(self._seconds)
+        size = len(self._bucket_calls)
         index = second % size
-        if self._seconds[index] != second:
-            for stale in range(size):
-                if self._seconds[stale] != -1 and self._seconds[stale] <= second - size:
-                    self._retire(stale)
-            self._retire(index)
-            self._seconds[index] = second
+        last = self._last_second
+        if second != last:
+            for passed in range(max(last + 1, second - size + 1), second + 1):
+                self._retire(passed % size)
+            self._last_second = second
         return index
 
     def _retire(self, index: int) -> None:
@@ -103,7 +103,6 @@ class FailureRate:
         self.failures -= self._bucket_failures[index]
         self.slow -= self._bucket_slow[index]
         self._bucket_calls[index] = self._bucket_failures[index] = self._bucket_slow[index] = 0
-        self._seconds[index] = -1
 
     def _tripped(self) -> bool:
         if self.calls < self._config.minimum_calls:
@@ -118,11 +117,11 @@ class FailureRate:
                 self._slots = bytearray(len(self._slots))
                 self._next = 0
             else:
-                size = len(self._seconds)
-                self._seconds = [-1] * size
+                size = len(self._bucket_calls)
                 self._bucket_calls = [0] * size
                 self._bucket_failures = [0] * size
                 self._bucket_slow = [0] * size
+                self._last_second = -(2**62)
             self.calls = self.failures = self.slow = 0
 
     def describe(self) -> str:

@@ -77,7 +77,3 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 
 def _error(error: outbound.ConfigError) -> checks.Error:
     return checks.Error(str(error), hint=CONFIG_ERROR_HINTS[error.code], id=CONFIG_ERROR_IDS[error.code])
-
-
-def _where(service: outbound.ServiceConfig, key: str) -> str:
-    return f"OUTBOUND[services.{service.name}.{key}]"

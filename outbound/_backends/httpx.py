@@ -15,7 +15,6 @@ import functools
 import http.cookiejar
 import ssl
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
@@ -27,9 +26,9 @@ from .._driver import adrive, drive
 from .._errors import EventLoopMismatchError, RegistryClosedError
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
-from .._retry import RETRY_AFTER_STATUSES
 from . import _errors
 from ._deadline import ATTEMPT_DEADLINE, bound_to_deadlines
+from ._keys import stamp_key
 from .requests import NO_STORED_COOKIES
 
 # A transport for a service, or a callable making one (per client: each event loop gets its own async client).
@@ -217,10 +216,8 @@ def _start(policy: Policy, request: httpx.Request, configured: dict[str, float |
         asked=asked,
         retries=extensions.get(RETRIES),
     )
-    if request.method in policy.keyed_methods:
-        key_header = policy.config.retry.idempotency_key.header  # type: ignore[union-attr]  # keyed: it is set
-        if key_header not in request.headers:
-            request.headers[key_header] = str(uuid.uuid4())  # one key for every attempt (and hedge) of this call
+    if request.method in policy.keyed_methods:  # one key for every attempt (and hedge) of this call
+        stamp_key(request, request.headers, policy.config.retry.idempotency_key.header)  # type: ignore[union-attr]
     return call
 
 
@@ -251,10 +248,10 @@ def _cut_timeouts(call: Call, request: httpx.Request) -> None:
 PRELOAD = "outbound.preload"
 
 
-def _response_outcome(response: httpx.Response) -> Outcome:
+def _response_outcome(response: httpx.Response, policy: Policy) -> Outcome:
     status = response.status_code
     # Header lookups in httpx are a scan of every header: read Retry-After only where the policy honours it.
-    retry_after = response.headers.get("retry-after") if status in RETRY_AFTER_STATUSES else None
+    retry_after = response.headers.get("retry-after") if status in policy.retry_after_statuses else None
     return response_outcome(status, retry_after)
 
 
@@ -385,7 +382,7 @@ class OutboundTransport(httpx.BaseTransport):
                     stream.close()  # type: ignore[union-attr]
                 # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
                 response.stream = httpx.ByteStream(body)
-            return response, _response_outcome(response)
+            return response, _response_outcome(response, self._policy)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             return None, _failed_attempt(call, self._policy, error)  # a body that broke was closed above
         finally:
@@ -441,7 +438,7 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
                 finally:
                     await stream.aclose()  # type: ignore[union-attr]
                 response.stream = httpx.ByteStream(body)  # raw, as in the sync transport
-            return response, _response_outcome(response)
+            return response, _response_outcome(response, self._policy)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             return None, _failed_attempt(call, self._policy, error)
         finally:

@@ -14,7 +14,6 @@ import http.cookiejar
 import re
 import ssl
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -41,9 +40,9 @@ from .._driver import drive
 from .._errors import RegistryClosedError
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
-from .._retry import RETRY_AFTER_STATUSES
 from . import _errors
 from ._deadline import DEADLINE_MESSAGE, WATCHDOG, Watch
+from ._keys import stamp_key
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -59,9 +58,10 @@ class _Attempt(NamedTuple):
 
 # The attempt running in this thread/context: read by the pools below.
 _attempt: ContextVar[_Attempt | None] = ContextVar("outbound_attempt", default=None)
-# The caller's `retries=` for the call running in this thread/context (ServiceSession.request sets it around the
-# call; requests passes nothing but its own arguments down to the adapter).
-_retries: ContextVar[bool | int | None] = ContextVar("outbound_retries", default=None)
+# The caller's `retries=` for the call running in this thread/context, with the adapter it is for (set around the
+# call by ServiceSession.request: requests passes nothing but its own arguments down to the adapter). A call to
+# another service made meanwhile (from an auth flow or a hook) is not that call: it keeps its own settings.
+_retries: ContextVar[tuple[object, bool | int] | None] = ContextVar("outbound_retries", default=None)
 
 
 class _ManagedPoolMixin:
@@ -106,6 +106,11 @@ def _manage_pools(manager: PoolManager, max_age: float | None) -> None:
         scheme: _managed_pool_class(pool_class, max_age)
         for scheme, pool_class in manager.pool_classes_by_scheme.items()
     }
+
+
+def _retries_for(adapter: object) -> bool | int | None:
+    override = _retries.get()
+    return override[1] if override is not None and override[0] is adapter else None
 
 
 def _replayable(body: object) -> bool:
@@ -255,12 +260,10 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
             request.url or "",
             replayable=_replayable(request.body),
             asked=(connect, read) if timeout is not None else (),
-            retries=_retries.get(),
+            retries=_retries_for(self),
         )
-        if method in self._policy.keyed_methods:
-            key_header = self._config.retry.idempotency_key.header  # type: ignore[union-attr]  # keyed: it is set
-            if key_header not in request.headers:
-                request.headers[key_header] = str(uuid.uuid4())  # one key for every attempt of this call
+        if method in self._policy.keyed_methods:  # one key for every attempt of this call
+            stamp_key(request, request.headers, self._config.retry.idempotency_key.header)  # type: ignore[union-attr]
         return drive(call, self, _Send(request, stream, connect, read, verify, cert, proxies))
 
     def get_connection_with_tls_context(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
@@ -301,7 +304,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                 return None, self._deadline_outcome(send.request)
             status = response.status_code
             # Only where the policy honours it: most responses need no header lookup.
-            retry_after = response.headers.get("Retry-After") if status in RETRY_AFTER_STATUSES else None
+            retry_after = response.headers.get("Retry-After") if status in self._policy.retry_after_statuses else None
             return response, response_outcome(status, retry_after)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             if response is not None:  # the headers came, the body broke: this attempt has no usable response
@@ -500,7 +503,7 @@ class ServiceSession(requests.Session):
                 raise _errors.rejected(None, self.service_name, rejection, _NATIVE_REJECTIONS, attributes)
         if retries is None:
             return super().request(method, self.join(url), *args, **kwargs)
-        token = _retries.set(retries)
+        token = _retries.set((self.adapter, retries))
         try:
             return super().request(method, self.join(url), *args, **kwargs)
         finally:

@@ -111,6 +111,13 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
+# KEYS: pause. ARGV: worker, pause_ms. A pause only ever gets longer: a shorter Retry-After from another worker must
+# not cut one the upstream asked for earlier. Returns 1 when it was set.
+_PAUSE = """
+if redis.call('PTTL', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 # KEYS: workers, stats:{w}. ARGV: worker, live_ms, stats JSON.
 _HEARTBEAT = (
     _NOW
@@ -285,6 +292,16 @@ class RedisState:
 
     def reset(self, service: str) -> None:
         self._write(service, CLOSED, None, "reset by an operator")
+        if service in self._services:
+            # An operator's reset also ends a pause, everywhere: the upstream is deemed ready again.
+            try:
+                client = self._client_()
+                client.delete(self._keys.pause(service))
+                client.publish(
+                    self._keys.events, json.dumps({"worker": self.worker, "service": service, "resume": True})
+                )
+            except redis.RedisError as error:
+                self._unreachable(error)
 
     def _write(self, service: str, state: str, seconds: float | None, reason: str) -> None:
         if service not in self._services:
@@ -416,9 +433,11 @@ class RedisState:
             self._client_().delete(keys.fails(service))
         elif kind == "pause":
             seconds = op[2]
-            self._client_().set(keys.pause(service), self.worker, px=max(1, int(seconds * 1000)))
-            message = {"worker": self.worker, "service": service, "pause": seconds}
-            self._client_().publish(keys.events, json.dumps(message))
+            if self._script("pause", _PAUSE)(
+                keys=[keys.pause(service)], args=[self.worker, max(1, int(seconds * 1000))]
+            ):
+                message = {"worker": self.worker, "service": service, "pause": seconds}
+                self._client_().publish(keys.events, json.dumps(message))
         elif kind == "transition":
             _, _, new, reason, open_seconds = op
             self._set_and_publish(service, new, open_seconds, reason)
@@ -517,9 +536,13 @@ class RedisState:
             return  # not ours
         if message.get("worker") == self.worker or service not in self._services:
             return
-        if "pause" in message:
+        if "pause" in message or "resume" in message:
             pause = self._services[service].policy.pause
-            if pause is not None:
+            if pause is None:
+                return
+            if message.get("resume"):
+                pause.reset()
+            elif isinstance(message["pause"], int | float):
                 pause.pause(float(message["pause"]), publish=False)
             return
         self._fleet_seen[service] = (message["state"], message.get("until"))

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+import requests
 
 import outbound
 from outbound._outcome import Kind, Outcome
@@ -135,3 +136,49 @@ def test_the_policy_retries_a_keyed_method_after_a_read_timeout() -> None:
     other.admit()
     assert other.record(timeout).retry is False
     assert policy.keyed_methods == {"POST"}
+
+
+@pytest.mark.parametrize("kind", ["requests", "httpx"])
+def test_the_same_request_object_sent_twice_is_two_calls_with_two_keys(
+    upstream: Upstream, make_registry: RegistryFactory, kind: str
+) -> None:
+    registry = make_registry(api=_service(upstream, kind, retry=KEYED))
+    if kind == "requests":
+        session = registry.session("api")
+        prepared = session.prepare_request(requests.Request("POST", session.join("echo"), json={}))
+        session.send(prepared)
+        session.send(prepared)
+        mine = session.prepare_request(requests.Request("POST", session.join("echo"), json={}))
+        mine.headers["Idempotency-Key"] = "order-7"
+        session.send(mine)
+        session.send(mine)
+    else:
+        client = registry.client("api")
+        request = client.build_request("POST", "echo", json={})
+        client.send(request)
+        client.send(request)
+        own = client.build_request("POST", "echo", json={}, headers={"Idempotency-Key": "order-7"})
+        client.send(own)
+        client.send(own)
+    first, second, third, fourth = _keys(upstream, "echo")
+    assert first != second  # outbound's key for the first call is not the caller's key for the second
+    assert (third, fourth) == ("order-7", "order-7")  # the caller's own key is the caller's to reuse
+
+
+def test_one_calls_retries_do_not_reach_a_call_to_another_service_made_meanwhile(
+    upstream: Upstream, make_registry: RegistryFactory
+) -> None:
+    retry = {"total": 2, "backoff_factor": 0, "backoff_jitter": 0}
+    registry = make_registry(
+        api=_service(upstream, "requests", retry=retry, pause=None),
+        tokens=_service(upstream, "requests", retry=retry, pause=None),
+    )
+
+    class TokenAuth(requests.auth.AuthBase):
+        def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+            # Another service's GET, made while the caller's call (retries=False) is being prepared.
+            registry.session("tokens").get("fail-then-ok", params={"fails": 1, "key": "token"})
+            return request
+
+    registry.session("api").get("ok", auth=TokenAuth(), retries=False)
+    assert upstream.hits_by_path["/fail-then-ok"] == 2  # the token call kept its own retries

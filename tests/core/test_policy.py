@@ -262,7 +262,8 @@ def test_retry_after_never_goes_past_the_total_deadline() -> None:
 
 
 def test_retry_after_is_ignored_when_disabled() -> None:
-    policy = make_policy(FakeClock(), retry={"respect_retry_after": False, "backoff_factor": 0.1})
+    # pause: None, or the pause the 503 starts would deny the retry (test_policy_stages.py covers that).
+    policy = make_policy(FakeClock(), retry={"respect_retry_after": False, "backoff_factor": 0.1}, pause=None)
     call = start(policy)
     call.admit()
     assert call.record(Outcome(Kind.RESPONSE, status=503, retry_after="60")).delay == pytest.approx(0.1)

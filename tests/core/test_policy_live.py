@@ -412,3 +412,75 @@ def test_a_rate_breaker_shares_its_openings_but_not_its_window(
     assert a["api"].policy.breaker.state == "open"
     assert wait_until(lambda: b["api"].policy.breaker.state == "open", timeout=2)
     assert b["api"].policy.breaker.rule.failures == 0  # b's own window saw one success
+
+
+def test_any_configured_pause_status_pauses(
+    upstream: Upstream, make_registry: RegistryFactory, send: Send, kind: str
+) -> None:
+    settings = {"retry": NO_RETRY, "pause": {"statuses": [502]}}
+    registry = make_registry(api={"base_url": upstream.url, "client": kind, **settings})
+    send(registry, "api", "GET", "status/502", params={"retry_after": 1})
+    with pytest.raises(outbound.RateLimitedError):
+        send(registry, "api", "GET", "ok")
+
+
+def test_an_operators_reset_ends_a_pause_across_the_fleet(fleet: Callable[..., Registry], upstream: Upstream) -> None:
+    a, b = fleet(), fleet()
+    b.session("api").get("ok")
+    a.session("api").get("status/429", params={"retry_after": 5})
+    assert wait_until(lambda: b["api"].policy.pause.paused_for() is not None, timeout=2)  # type: ignore[union-attr]
+    a.reset("api")
+    assert wait_until(lambda: b["api"].policy.pause.paused_for() is None, timeout=2)  # type: ignore[union-attr]
+    time.sleep(0.5)  # more than two sync intervals: the pause must not come back from Redis
+    assert b.session("api").get("ok").status_code == 200
+    assert a.session("api").get("ok").status_code == 200
+
+
+def test_a_shorter_retry_after_never_shortens_the_fleets_pause(
+    fleet: Callable[..., Registry], upstream: Upstream
+) -> None:
+    a, b = fleet(), fleet()
+    b.session("api").get("ok")
+    a.session("api").get("status/429", params={"retry_after": 5})
+    assert wait_until(lambda: b["api"].policy.pause.paused_for() is not None, timeout=2)  # type: ignore[union-attr]
+    b["api"].policy.pause.shared.paused(1.0)  # type: ignore[union-attr]  # b's own 429 asks for 1 s only
+    time.sleep(0.3)  # its fleet thread has written (or not) the pause by now
+    late = fleet()
+    with pytest.raises(outbound.RateLimitedError, match=r"[34]\.\ds left"):
+        late.session("api").get("ok")  # a worker that joins adopts the longer pause
+
+
+def test_hedges_do_not_use_up_retry_total(upstream: Upstream, make_registry: RegistryFactory) -> None:
+    service = {"client": "httpx", "hedge": {"delay": 0.05}, "retry": {"total": 0}}
+    registry = make_registry(api={"base_url": upstream.url, **service})
+
+    async def main() -> list[str]:
+        client = registry.async_client("api")
+        params = {"every": 2, "delay": 1.0, "key": "hedge-retry-total"}
+        return [(await client.get("replica", params=params)).text for _ in range(2)]
+
+    assert asyncio.run(main()) == ["1", "3"]  # hedged although the service makes no retries
+
+
+def test_close_wakes_a_thread_waiting_for_the_bulkhead(upstream: Upstream, make_registry: RegistryFactory) -> None:
+    registry = make_registry(api={"base_url": upstream.url, "bulkhead": {"max_in_flight": 1, "max_wait": 30}})
+    session = registry.session("api")
+    holder = threading.Thread(target=_ignore(Exception), args=(lambda: session.get("slow", params={"delay": 1}),))
+    holder.start()
+    assert upstream.wait_for(lambda: upstream.hits_by_path["/slow"] == 1)
+    waited: list[float] = []
+
+    def waiter() -> None:
+        started = time.monotonic()
+        with contextlib.suppress(outbound.OutboundError):
+            session.get("ok")
+        waited.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)
+    registry.close()
+    thread.join(timeout=5)
+    holder.join(timeout=5)
+    assert not thread.is_alive()  # woken by close(), not after max_wait (30 s)
+    assert upstream.hits_by_path["/ok"] == 0

@@ -11,6 +11,7 @@ from typing import Any
 import limits.storage.memory
 import pytest
 
+import outbound
 from outbound import parse_config
 from outbound._breaker import CLOSED, OPEN
 from outbound._config import WindowConfig
@@ -264,7 +265,7 @@ def test_a_bulkhead_wait_ends_at_max_wait_or_the_deadline_whichever_is_first() -
     waiting = start(policy)
     first = waiting.admit()
     assert isinstance(first, Wait)
-    assert first.seconds == pytest.approx(2.0)
+    assert first.seconds == pytest.approx(2.0 - 0.005)  # the deadline comes first, less deadline.min_time
     clock.advance(2.0)
     refusal = waiting.admit()
     assert isinstance(refusal, Rejection)
@@ -427,3 +428,69 @@ def test_the_memory_storage_starts_no_thread_per_hit_and_keeps_only_the_window()
     assert admitted == 50
     assert threading.active_count() == before  # limits' own storage starts a timer thread on hits
     assert len(limit._local.events[limit._key]) == 50
+
+
+def test_no_wait_leaves_an_attempt_less_than_min_time_of_its_deadline() -> None:
+    # A retry meets a pause another call started: waiting it out would leave the retry 2 ms of its deadline.
+    clock = FakeClock()
+    retry = {"backoff_factor": 0.1, "backoff_jitter": 0}
+    policy = make_policy(clock, timeout={"total": 2}, pause={"max_wait": 5}, retry=retry)
+    call = start(policy)
+    assert call.admit() is None
+    assert call.record(Outcome(Kind.RESPONSE, status=502)).retry is True
+    policy.pause.pause(1.998)  # type: ignore[union-attr]  # ends 2 ms before the deadline
+    clock.advance(0.1)
+    refusal = call.admit()
+    assert isinstance(refusal, Rejection)  # refused now, not after a wait that leaves the attempt no time
+    assert refusal.reason == "rate_limited"
+
+
+def test_a_retry_the_pause_would_refuse_is_not_scheduled() -> None:
+    clock = FakeClock()
+    policy = make_policy(clock, retry={"respect_retry_after": False, "backoff_factor": 0.1, "backoff_jitter": 0})
+    call = start(policy)
+    call.admit()
+    decision = call.record(Outcome(Kind.RESPONSE, status=503, retry_after="2"))
+    assert decision.retry is False  # the backoff (0.1 s) ends long before the pause (2 s): the 503 is the answer
+    assert policy.stats.snapshot().retries == 0
+
+
+def test_an_open_breaker_refuses_before_the_rate_limit_spends_a_permit(wall: FakeClock) -> None:
+    policy, limit = make_limited(wall, rate_limit={"rate": "2/minute", "max_wait": 0}, breaker={"fail_max": 1})
+    call = start(policy)
+    assert call.admit() is None
+    call.record(FAILED)  # opens the breaker; one of the minute's two permits is spent
+    refusal = start(policy).admit()
+    assert isinstance(refusal, Rejection)
+    assert refusal.reason == "circuit_open"
+    assert limit.snapshot().remaining == 1  # the refused call took no permit
+
+
+def test_a_timeout_at_a_scopes_deadline_is_no_verdict_on_the_upstream() -> None:
+    policy = make_policy(FakeClock(), breaker={"fail_max": 1}, retry=NO_RETRY)
+    with outbound.deadline(1.0):
+        call = start(policy)
+    call.admit()
+    call.record(Outcome(Kind.READ_TIMEOUT, error=TimeoutError(), deadline=True))
+    assert policy.breaker.state == CLOSED  # the caller's budget ran out, not the upstream
+    assert policy.breaker.failures == 0
+    plain = start(policy)  # the service's own timeout.total is the service's: that one counts
+    plain.admit()
+    plain.record(Outcome(Kind.READ_TIMEOUT, error=TimeoutError(), deadline=True))
+    assert policy.breaker.state == OPEN
+
+
+def test_the_time_window_retires_each_bucket_once_however_long_the_quiet() -> None:
+    clock = FakeClock()
+    breaker = {**RATE, "window": {"type": "time", "seconds": 5}, "minimum_calls": 100}
+    policy = make_policy(clock, retry=NO_RETRY, breaker=breaker)
+    for _ in range(3):
+        one_call(policy, FAILED)
+        clock.advance(1)
+    assert policy.breaker.rule.calls == 3
+    clock.advance(2)  # the first call is now 5 s old
+    one_call(policy, OK)
+    assert (policy.breaker.rule.calls, policy.breaker.rule.failures) == (3, 2)
+    clock.advance(86_400)
+    one_call(policy, OK)
+    assert (policy.breaker.rule.calls, policy.breaker.rule.failures) == (1, 0)
