@@ -101,24 +101,24 @@ class LogObserver(Observer):
         }
         if event.error_type is None:
             call_logger.debug(
-                "%s: %s %s -> %s in %.1f ms (%d attempts)",
+                "%s: %s %s -> %s in %.1f ms (%s)",
                 event.service,
                 event.method,
                 url,
                 event.status,
                 duration_ms,
-                event.attempts,
+                _attempts(event.attempts),
                 extra=extra,
             )
         else:
             call_logger.log(
                 level,
-                "%s: %s failed: %s: %s (%d attempts, %.1f ms)",
+                "%s: %s failed: %s: %s (%s, %.1f ms)",
                 event.service,
                 event.method,
                 event.error_type,
                 event.error_message,
-                event.attempts,
+                _attempts(event.attempts),
                 duration_ms,
                 extra=extra,
             )
@@ -221,3 +221,7 @@ def install_secrets_filter(sensitive_headers: frozenset[str] = frozenset()) -> N
             logger = logging.getLogger(name)
             if SECRETS_FILTER not in logger.filters:
                 logger.addFilter(SECRETS_FILTER)
+
+
+def _attempts(count: int) -> str:
+    return "1 attempt" if count == 1 else f"{count} attempts"

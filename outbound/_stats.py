@@ -115,9 +115,12 @@ class Stats(Observer):
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:
-            ordered = sorted(self._latencies_ms)
+            latencies = list(self._latencies_ms)
             counters = (self.requests, self.errors, self.retries, self.short_circuited, self.pool_timeouts)
             rejected = dict(self.rejected)
+        # Sorted outside the lock: a call finishing meanwhile waits for a copy, not for the sort.
+        latencies.sort()
+        ordered = latencies
         latency = LatencySnapshot(*(_percentile(ordered, fraction) if ordered else None for fraction in PERCENTILES))
         requests, errors, retries, short_circuited, pool_timeouts = counters
         return StatsSnapshot(
