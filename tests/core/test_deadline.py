@@ -2,7 +2,7 @@
 
 The upstream sends one byte every 0.1 s, well inside the 0.5 s read timeout, for seconds: only the total deadline
 (1 s) can end the call. Every client must end it at the deadline (the bound asserted here is loose — machines are
-noisy; the measured overrun is in the benchmarks), with outbound's read-timeout error that is also the library's
+noisy; benchmark row 15 measures the overrun), with outbound's read-timeout error that is also the library's
 timeout class, counted against the breaker, and with a pool that is healthy afterwards.
 """
 
