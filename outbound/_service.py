@@ -71,7 +71,7 @@ class Service:
         self.transport = transport  # the inner transport a test gave an httpx service (Registry(transports=...))
         self.config = config
         # The settings never change, and the health report shows this on every poll: redact it once.
-        self.display_url = redact_url(config.base_url)
+        self._display_url = redact_url(config.base_url)
         self.policy = Policy(config, clock=clock, observers=observers, state=state, min_time=min_time)
         self._lock = threading.Lock()
         self._session: ServiceSession | None = None
@@ -84,7 +84,7 @@ class Service:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<Service {self.name!r} {self.config.client} {self.display_url}>"
+        return f"<Service {self.name!r} {self.config.client} {self._display_url}>"
 
     def session(self) -> ServiceSession:
         """The service's ``requests.Session``."""
@@ -168,7 +168,7 @@ class Service:
             name=self.name,
             status=service_status(state, pool, bulkhead=bulkhead, paused=paused_for is not None),
             client=self.config.client,
-            base_url=self.display_url,
+            base_url=self._display_url,
             critical=self.config.critical,
             breaker=BreakerSnapshot(
                 state=state,

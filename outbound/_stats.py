@@ -120,8 +120,9 @@ class Stats(Observer):
             rejected = dict(self.rejected)
         # Sorted outside the lock: a call finishing meanwhile waits for a copy, not for the sort.
         latencies.sort()
-        ordered = latencies
-        latency = LatencySnapshot(*(_percentile(ordered, fraction) if ordered else None for fraction in PERCENTILES))
+        latency = LatencySnapshot(
+            *(_percentile(latencies, fraction) if latencies else None for fraction in PERCENTILES)
+        )
         requests, errors, retries, short_circuited, pool_timeouts = counters
         return StatsSnapshot(
             requests=requests,
