@@ -19,10 +19,12 @@ from ._errors import redact_url
 from ._registry import Registry
 from .health import (
     BreakerSnapshot,
+    BulkheadSnapshot,
     HealthReport,
     LastError,
     LatencySnapshot,
     PoolSnapshot,
+    RateLimitSnapshot,
     ServiceHealth,
     StateBackendHealth,
     StatsSnapshot,
@@ -40,10 +42,15 @@ REMOTE_TIMEOUT = 10.0  # seconds for `status --url`: a person is waiting at a te
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """What a command prints, and the exit code it ends with."""
+    """What a command prints, and the exit code it ends with; ``error``: the text is an error message (for stderr)."""
 
     text: str
     code: int = 0
+    error: bool = False
+
+
+def _error(message: str) -> Output:
+    return Output(f"Error: {message}", health.CONFIG_ERROR_EXIT_CODE, error=True)
 
 
 def status(registry: Registry, *, service: str | None = None, as_json: bool = False) -> Output:
@@ -63,22 +70,29 @@ def remote_status(url: str, *, token: str | None = None, service: str | None = N
         answer = httpx.get(url, headers=headers, timeout=REMOTE_TIMEOUT, follow_redirects=True)
         data = answer.json()
     except (httpx.HTTPError, ValueError) as error:
-        message = f"Error: could not read {redact_url(url)}: {type(error).__name__}: {error}"
-        return Output(message, health.CONFIG_ERROR_EXIT_CODE)
+        return _error(f"could not read {redact_url(url)}: {type(error).__name__}: {error}")
     if not isinstance(data, dict) or data.get("status") not in ("ok", "degraded", "down"):
-        message = f"Error: {redact_url(url)} did not answer with an outbound health report"
-        return Output(message, health.CONFIG_ERROR_EXIT_CODE)
+        return _error(f"{redact_url(url)} did not answer with an outbound health report")
     if "services" not in data:
         hint = "pass --token with the health.token of its settings" if not token else "the token was not accepted"
         return Output(f"overall: {data['status']}   (details hidden: {hint})", status_exit_code(data))
-    report = _report(data)
+    try:
+        report = _report(data)
+    except (KeyError, TypeError, ValueError) as error:
+        return _error(f"{redact_url(url)} answered with a health report this version cannot read ({error!r})")
     if service is not None:
         if service not in report.services:
-            return Output(f"Error: the server has no service {service!r}", health.CONFIG_ERROR_EXIT_CODE)
+            return _error(f"the server has no service {service!r}")
         alone = build_report([report.services[service]])  # the same status rules, for this service alone
         report = dataclasses.replace(report, status=alone.status, services=alone.services)
     if as_json:
-        return Output(json.dumps(report.as_dict(), indent=2), status_exit_code(report))
+        # The server's own JSON, narrowed to what was asked: nothing it reports is lost in a round trip.
+        shown = {
+            **data,
+            "status": report.status,
+            "services": {name: data["services"][name] for name in report.services},
+        }
+        return Output(json.dumps(shown, indent=2), status_exit_code(report))
     return Output(_with_scope(report, _scope_line(report, source=redact_url(url))), status_exit_code(report))
 
 
@@ -113,11 +127,10 @@ def _needs_fleet(registry: Registry, action: str) -> Output | None:
     # Run from a shell, this process is a new one: acting on its own breakers would change nothing that serves.
     if registry.config.state.backend == "redis":
         return None
-    return Output(
-        f"Error: `outbound {action}` acts on the running processes through a shared state backend, and these settings "
+    return _error(
+        f"`outbound {action}` acts on the running processes through a shared state backend, and these settings "
         "have none (state.backend is 'memory'): a command run from a shell would only change its own new process. "
-        'Set OUTBOUND["state"] = {"backend": "redis", "url": ...}, or call registry.%s() in the app.' % action,
-        health.CONFIG_ERROR_EXIT_CODE,
+        'Set OUTBOUND["state"] = {"backend": "redis", "url": ...}, or call registry.%s() in the app.' % action
     )
 
 
@@ -167,9 +180,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         client=data["client"],
         base_url=data["base_url"],
         critical=data["critical"],
-        breaker=BreakerSnapshot(
-            state=breaker["state"], failures=breaker["failures"], opened_at=opened_at, retry_in=breaker["retry_in"]
-        ),
+        breaker=BreakerSnapshot(**{**breaker, "opened_at": opened_at}),
         pool=PoolSnapshot(**pool),
         stats=StatsSnapshot(
             requests=stats["requests"],
@@ -183,4 +194,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         last_error=LastError(type=last["type"], message=last["message"], at=datetime.fromisoformat(last["at"]))
         if last
         else None,
+        bulkhead=BulkheadSnapshot(**data["bulkhead"]) if "bulkhead" in data else None,
+        rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
+        paused_for=data.get("paused_for"),
     )

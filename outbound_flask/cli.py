@@ -95,7 +95,7 @@ def reset_command(name: str | None) -> None:
 
 
 def _finish(output: core_cli.Output) -> NoReturn:
-    click.echo(output.text, err=output.text.startswith("Error: "))
+    click.echo(output.text, err=output.error)
     click.get_current_context().exit(output.code)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -11,6 +13,17 @@ import pytest
 from flask import Flask
 
 from outbound import Registry, cli
+from outbound.health import (
+    BreakerSnapshot,
+    BulkheadSnapshot,
+    LastError,
+    LatencySnapshot,
+    PoolSnapshot,
+    RateLimitSnapshot,
+    ServiceHealth,
+    StatsSnapshot,
+    build_report,
+)
 from outbound_flask import Outbound
 from tests.conftest import RegistryFactory, open_breaker
 from tests.upstream import Upstream, wait_until
@@ -103,3 +116,65 @@ def test_isolate_and_reset_reach_every_process_of_the_fleet(redis_url: str, upst
         assert wait_until(lambda: serving["api"].policy.breaker.state == "isolated")
         assert cli.reset(shell, "api").code == 0
         assert wait_until(lambda: serving["api"].policy.breaker.state == "closed")
+
+
+def test_status_url_json_keeps_everything_the_server_reports(upstream: Upstream) -> None:
+    app = Flask("rich")
+    app.config["OUTBOUND"] = {
+        "services": {
+            "api": {
+                "base_url": upstream.url,
+                "breaker": {"mode": "rate", "window": {"type": "count", "size": 10}, "minimum_calls": 5},
+                "bulkhead": {"max_in_flight": 4},
+                "rate_limit": {"rate": "100/second"},
+            },
+        },
+        "health": {"token": TOKEN},
+    }
+    Outbound(app)
+    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/health/outbound"
+        served = app.extensions["outbound"].report().as_dict()["services"]["api"]
+        output = cli.remote_status(url, token=TOKEN, as_json=True)
+        text = cli.remote_status(url, token=TOKEN)
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.extensions["outbound"].close()
+    shown = json.loads(output.text)["services"]["api"]
+    assert shown["breaker"]["mode"] == "rate"
+    assert shown["breaker"]["calls"] == served["breaker"]["calls"]
+    assert shown["bulkhead"] == served["bulkhead"]
+    assert shown["rate_limit"] == served["rate_limit"]
+    assert text.code == 0
+
+
+def test_the_typed_report_survives_its_own_json() -> None:
+    opened = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+    service = ServiceHealth(
+        name="api",
+        status="degraded",
+        client="requests",
+        base_url="https://api.internal/",
+        critical=False,
+        breaker=BreakerSnapshot(
+            state="open",
+            failures=3,
+            opened_at=opened,
+            retry_in=2.5,
+            mode="rate",
+            calls=10,
+            failure_rate=0.6,
+            slow_call_rate=0.0,
+        ),
+        pool=PoolSnapshot(max_connections=10, in_use=1, idle=2, waiting=0),
+        stats=StatsSnapshot(requests=5, errors=3, latency_ms=LatencySnapshot(p50=1.0, p95=2.0, p99=3.0)),
+        last_error=LastError(type="ReadTimeout", message="read timeout", at=opened),
+        bulkhead=BulkheadSnapshot(max_in_flight=4, in_flight=1, waiting=0),
+        rate_limit=RateLimitSnapshot(rate="100/second", scope="process", remaining=99),
+        paused_for=1.5,
+    )
+    report = build_report([service])
+    assert cli._report(json.loads(json.dumps(report.as_dict()))) == report

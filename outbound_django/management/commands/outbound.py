@@ -77,7 +77,7 @@ class Command(BaseCommand):
         self._finish(output)
 
     def _finish(self, output: core_cli.Output) -> None:
-        if output.code == outbound_health.CONFIG_ERROR_EXIT_CODE and output.text.startswith("Error: "):
+        if output.error:
             raise CommandError(output.text.removeprefix("Error: "), returncode=output.code)
         self.stdout.write(output.text)
         if output.code:
