@@ -159,8 +159,6 @@ class Breaker:
     a half-open trial, or a ``Rejection``), records their outcomes and releases trial slots without a verdict.
     """
 
-    per_call = False  # a stage of every attempt: a retry meets the breaker again
-
     def __init__(
         self,
         service: str,

@@ -32,8 +32,6 @@ class Bulkhead:
     never take it first: while anyone waits, ``in_flight`` is at ``max_in_flight``.
     """
 
-    per_call = True
-
     def __init__(self, config: BulkheadConfig) -> None:
         self.config = config
         self.in_flight = 0

@@ -603,12 +603,19 @@ def _parse_retry(reader: _Reader) -> RetryConfig:
     )
 
 
-def _parse_idempotency(reader: _Reader) -> IdempotencyConfig | None:
-    if reader.mapping.get("idempotency_key") is None:
+def _optional_sub(reader: _Reader, key: str, cls: type) -> _Reader | None:
+    """The reader of an optional section ``key`` (fields of ``cls``), or ``None`` when it is absent, null or broken."""
+    if reader.mapping.get(key) is None:
         return None
     try:
-        sub = reader.sub("idempotency_key", keys_of(IdempotencyConfig))
+        return reader.sub(key, keys_of(cls))
     except _Skip:
+        return None
+
+
+def _parse_idempotency(reader: _Reader) -> IdempotencyConfig | None:
+    sub = _optional_sub(reader, "idempotency_key", IdempotencyConfig)
+    if sub is None:
         return None
     defaults = IdempotencyConfig()
     header = sub.mapping.get("header", defaults.header)
@@ -668,11 +675,8 @@ def _parse_window(reader: _Reader) -> WindowConfig:
 
 
 def _parse_bulkhead(reader: _Reader) -> BulkheadConfig | None:
-    if reader.mapping.get("bulkhead") is None:
-        return None
-    try:
-        sub = reader.sub("bulkhead", keys_of(BulkheadConfig))
-    except _Skip:
+    sub = _optional_sub(reader, "bulkhead", BulkheadConfig)
+    if sub is None:
         return None
     if "max_in_flight" not in sub.mapping:
         sub.fail("is required: the most calls in flight at once", key="max_in_flight", code="missing")
@@ -683,11 +687,8 @@ def _parse_bulkhead(reader: _Reader) -> BulkheadConfig | None:
 
 
 def _parse_rate_limit(reader: _Reader) -> RateLimitConfig | None:
-    if reader.mapping.get("rate_limit") is None:
-        return None
-    try:
-        sub = reader.sub("rate_limit", keys_of(RateLimitConfig))
-    except _Skip:
+    sub = _optional_sub(reader, "rate_limit", RateLimitConfig)
+    if sub is None:
         return None
     rate = sub.mapping.get("rate")
     if rate is None:
@@ -727,11 +728,8 @@ def _parse_pause(reader: _Reader) -> PauseConfig | None:
 
 
 def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
-    if reader.mapping.get("hedge") is None:
-        return None
-    try:
-        sub = reader.sub("hedge", keys_of(HedgeConfig))
-    except _Skip:
+    sub = _optional_sub(reader, "hedge", HedgeConfig)
+    if sub is None:
         return None
     defaults = HedgeConfig()
     delay: float | Literal["p95"] = defaults.delay
@@ -945,7 +943,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
     http2 = reader.boolean("http2", False)
     if http2 and client != "httpx":
         reader.fail("is only supported with client 'httpx'", key="http2", code="unsupported")
-    elif http2 and importlib.util.find_spec("h2") is None:
+    elif http2 and not _installed("h2"):
         reader.fail("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
     transport = reader.choice("transport", "httpcore", ("httpcore", "aiohttp"))
     if transport == "aiohttp":

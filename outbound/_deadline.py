@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
+from typing import TypeVar
 
 from ._config import DEADLINE_HEADERS, DeadlineConfig
 
@@ -246,3 +247,34 @@ def budget_from(
     if callable(default):
         default = default()
     return (config.default if default is None else default), malformed
+
+
+# A view's own default budget (the adapters' @default_deadline), as an attribute of the view function or class.
+VIEW_ATTRIBUTE = "outbound_default_deadline"
+
+V = TypeVar("V")
+
+
+def mark_view_default(seconds: float) -> Callable[[V], V]:
+    """The decorator behind both adapters' ``@default_deadline(seconds)``: the view, unchanged, with the default.
+
+    Raises:
+        ValueError: ``seconds`` is not a finite number > 0.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (0 < seconds < math.inf):
+        raise ValueError(f"a view's default deadline must be a finite number of seconds > 0, got {seconds!r}")
+
+    def decorate(view: V) -> V:
+        setattr(view, VIEW_ATTRIBUTE, float(seconds))
+        return view
+
+    return decorate
+
+
+def view_default(view: object) -> float | None:
+    """The default budget ``@default_deadline`` gave ``view`` (a view function, or ``as_view()``'s function of a
+    class-based view, which carries the class), or ``None``."""
+    seconds = getattr(view, VIEW_ATTRIBUTE, None)
+    if seconds is None:
+        seconds = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
+    return seconds if isinstance(seconds, float) else None

@@ -124,6 +124,8 @@ async def adrive(call: Call, exchange: AsyncExchange[AsyncRequest, Response], re
             if delay is None:
                 response, outcome = await exchange.attempt(call, request)
             else:
+                # Through a variable of its own: unpacked straight into ``response`` (typed ``Response | None`` by
+                # the branch above), mypy would solve _hedged's ``Response`` as ``Response | None`` and reject it.
                 raced = await _hedged(call, exchange, request, delay)
                 response, outcome = raced
             decision = call.record(outcome)

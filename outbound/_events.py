@@ -164,15 +164,11 @@ class Hooks:
         for observer in observers:
             self.add(observer)
 
-    def add(self, observer: Observer, *, fed_directly: tuple[str, ...] = ()) -> None:
-        """Start delivering events to ``observer`` (only those of its methods that override ``Observer``'s).
-
-        ``fed_directly`` names methods the policy calls itself (the built-in statistics and call log, on every
-        call's path): an event nobody else listens to is then never built.
-        """
+    def add(self, observer: Observer) -> None:
+        """Start delivering events to ``observer`` (only those of its methods that override ``Observer``'s)."""
         self.observers = (*self.observers, observer)
         for name in EVENT_METHODS:
-            if name not in fed_directly and getattr(type(observer), name) is not getattr(Observer, name):
+            if getattr(type(observer), name) is not getattr(Observer, name):
                 setattr(self, name, (*getattr(self, name), getattr(observer, name)))
 
     @staticmethod

@@ -78,16 +78,15 @@ class LogObserver(Observer):
             )
 
     @staticmethod
-    def logs_call(kind: Kind, error_type: str | None) -> bool:
-        """Whether a call that ended so gets a log record (the policy asks before it builds the event)."""
-        failed = error_type is not None and kind not in _QUIET_KINDS
-        return call_logger.isEnabledFor(logging.INFO if failed else logging.DEBUG)
+    def call_level(kind: Kind, error_type: str | None) -> int | None:
+        """The level of the record a call that ended so gets, or ``None`` when that level is off (the policy asks
+        before it builds the event; a success's record is DEBUG, usually off)."""
+        level = logging.INFO if error_type is not None and kind not in _QUIET_KINDS else logging.DEBUG
+        return level if call_logger.isEnabledFor(level) else None
 
-    def call_finished(self, event: CallFinished) -> None:
-        failed = event.error_type is not None and event.kind not in _QUIET_KINDS
-        level = logging.INFO if failed else logging.DEBUG
-        if not call_logger.isEnabledFor(level):
-            return
+    @staticmethod
+    def log_call(event: CallFinished, level: int) -> None:
+        """The call's record, at the ``level`` that ``call_level`` gave (the policy calls it, not the hooks)."""
         url = event.url
         duration_ms = round(event.seconds * 1000.0, 1)
         extra = {

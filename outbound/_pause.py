@@ -45,8 +45,6 @@ LOCAL_ONLY = _LocalOnly()
 class Pause:
     """A policy stage of every attempt."""
 
-    per_call = False
-
     def __init__(self, config: PauseConfig, *, cap: float, clock: Callable[[], float]) -> None:
         self.config = config
         self.cap = cap

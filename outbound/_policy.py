@@ -13,8 +13,8 @@ happened. ``_driver.drive`` / ``adrive`` run it the same way for every backend::
         call.abandon()                      # on any interruption: frees what the call holds, ends it
 
 Admission asks the policy's stages in order. A stage has ``admit(call) -> permit | Rejection | Wait``,
-``record(permit, outcome, seconds)`` and ``release(permit)``; ``per_call`` stages (a bulkhead slot) are admitted
-once for the whole call and released when it ends, the others (the breaker, a rate limit) for every attempt. The
+``record(permit, outcome, seconds)`` and ``release(permit)``; the call stages (a bulkhead slot) are admitted once
+for the whole call and released when it ends, the others (a pause, a rate limit, the breaker) for every attempt. The
 retry budget is not a gate — it never refuses a first attempt — so the retry decision consults it directly.
 """
 
@@ -64,9 +64,6 @@ class Stage(Protocol):
     """One admission gate of the policy: the bulkhead (per call); a pause, the rate limit and the breaker (per
     attempt)."""
 
-    per_call: bool
-    """``True``: admitted once per logical call and released when it ends; ``False``: once per attempt."""
-
     def admit(self, call: Any) -> Any:
         """A permit (any object, handed back to ``record`` / ``release``), a ``Rejection`` or a ``Wait``."""
 
@@ -75,6 +72,9 @@ class Stage(Protocol):
 
     def release(self, permit: Any) -> None:
         """Give back what ``permit`` holds without a verdict."""
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: new locks, and nothing held by the parent's threads."""
 
 
 class AttemptTimeouts(NamedTuple):
@@ -110,17 +110,17 @@ class Policy:
         self.clock = clock
         self.random = random
         self.stats = Stats()
-        self.hooks = Hooks()
-        # The statistics and the call log are fed directly by the call (see _finish): no event is built for them.
-        self.hooks.add(self.stats, fed_directly=("call_started", "call_finished"))
-        self.hooks.add(LOG_OBSERVER, fed_directly=("call_finished",))
-        for observer in observers:
-            self.hooks.add(observer)
+        # The statistics and the call log of a call's start and end are fed directly by the call (see _ended): no
+        # event is built for them; their other events come through the hooks.
+        self.hooks = Hooks((self.stats, LOG_OBSERVER, *observers))
         self.breaker = Breaker(config.name, config.breaker, clock=clock, notify=self._transition)
         self.budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
         keys = config.retry.idempotency_key
-        # Methods whose calls carry an idempotency key (the backends add it: they own the headers).
+        # Methods whose calls carry an idempotency key (the backends add it, in this header: they own the headers).
         self.keyed_methods: frozenset[str] = keys.methods if keys is not None else frozenset()
+        self.key_header = keys.header if keys is not None else ""
+        # A method with an idempotency key is as safe to repeat as GET: the upstream deduplicates by the key.
+        self.retried_methods = config.retry.allowed_methods | self.keyed_methods
         self.bulkhead = Bulkhead(config.bulkhead) if config.bulkhead is not None else None
         self.pause = (
             Pause(config.pause, cap=config.retry.retry_after_max, clock=clock) if config.pause is not None else None
@@ -191,12 +191,9 @@ class Policy:
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's other threads, their locks, calls and trial slots do not exist here."""
-        self.breaker.reset_after_fork()
         self.stats.reset_after_fork()
         for stage in (*self.stages, *self.call_stages):
-            reset = getattr(stage, "reset_after_fork", None)
-            if reset is not None and stage is not self.breaker:
-                reset()
+            stage.reset_after_fork()
         if self.budget is not None:
             self.budget.reset_lock()
         self.closing = threading.Event()
@@ -269,9 +266,7 @@ class Call:
         self._replayable = replayable
         retry = policy.config.retry
         self._max_retries = retry.total
-        # A method with an idempotency key is as safe to repeat as GET: the upstream deduplicates by the key.
-        keys = retry.idempotency_key
-        self._idempotent = method in retry.allowed_methods or (keys is not None and method in keys.methods)
+        self._idempotent = method in policy.retried_methods
         if retries is not None:
             self._max_retries = _retry_override(retries, retry.total)
             self._idempotent = self._max_retries > 0
@@ -384,13 +379,11 @@ class Call:
             permit = stage.admit(self)
             if type(permit) in _REFUSALS:
                 self.stop_waiting(stage)  # a hedge does not wait for a permit or a pause
-                for admitted, held in zip(policy.stages, permits, strict=False):
-                    admitted.release(held)
+                self._release(permits)
                 return None
             permits.append(permit)
         if policy.budget is not None and not policy.budget.try_spend():
-            for admitted, held in zip(policy.stages, permits, strict=False):
-                admitted.release(held)
+            self._release(permits)
             self._deny("budget")
             return None
         self._hedges_left -= 1
@@ -402,10 +395,9 @@ class Call:
         self._hedges.append(hedge)
         hooks = policy.hooks
         if hooks.retry_scheduled:
-            description = f"{self.method} {redact_url(self.url)}: no answer within {waited:.3f}s, hedged"
-            event = RetryScheduled(
-                policy.name, self.method, redact_url(self.url), self._attempts, "hedge", 0.0, description
-            )
+            url = redact_url(self.url)
+            description = f"{self.method} {url}: no answer within {waited:.3f}s, hedged"
+            event = RetryScheduled(policy.name, self.method, url, self._attempts, "hedge", 0.0, description)
             hooks.emit(hooks.retry_scheduled, event)
         return hedge
 
@@ -421,8 +413,7 @@ class Call:
         """``hedge`` lost the race (or the call was interrupted): give back what it holds, without a verdict."""
         if hedge in self._hedges:
             self._hedges.remove(hedge)
-            for stage, permit in zip(self._policy.stages, hedge.permits, strict=False):
-                stage.release(permit)
+            self._release(hedge.permits)
 
     @property
     def sends_deadline(self) -> bool:
@@ -671,21 +662,25 @@ class Call:
         seconds = now - self._started
         policy.stats.finished(kind, seconds, error_type, message)
         hooks = policy.hooks
-        logged = LOG_OBSERVER.logs_call(kind, error_type)
-        if hooks.call_finished or logged:
+        level = LOG_OBSERVER.call_level(kind, error_type)
+        if hooks.call_finished or level is not None:
             event = CallFinished(
                 policy.name, self.method, self._url, kind, status, self._attempts, seconds, error_type, message
             )
-            if logged:
-                LOG_OBSERVER.call_finished(event)
+            if level is not None:
+                LOG_OBSERVER.log_call(event, level)
             if hooks.call_finished:
                 hooks.emit(hooks.call_finished, event)
 
     def _release_attempt(self) -> None:
         if self._permits:
-            for stage, permit in zip(self._policy.stages, self._permits, strict=False):
-                stage.release(permit)
+            self._release(self._permits)
             self._permits.clear()
+
+    def _release(self, permits: list[Any]) -> None:
+        # Permits are in the order of the stages that gave them (a refusal stops the list short).
+        for stage, permit in zip(self._policy.stages, permits, strict=False):
+            stage.release(permit)
 
     def _release_call(self) -> None:
         held = self._held

@@ -40,6 +40,8 @@ logger = logging.getLogger("outbound.fleet")
 
 # The shortest wait handed out: a permit "due now" may be a clock tick away.
 _MIN_WAIT = 0.001
+# Seconds between tries of the fleet's Redis while it fails (the limit holds per process meanwhile).
+_RETRY_REDIS_AFTER = 5.0
 
 
 class _QuietMemoryStorage(MemoryStorage):
@@ -67,21 +69,17 @@ def _memory_storage() -> MemoryStorage:
 class RateLimit:
     """A policy stage of every attempt: one permit each."""
 
-    per_call = False
-
     def __init__(
         self,
         service: str,
         config: RateLimitConfig,
         *,
         state: StateConfig | None = None,
-        wall: Callable[[], float] = time.time,
-        retry_redis_after: float = 5.0,
     ) -> None:
         self.service = service
         self.config = config
         self.item: RateLimitItem = parse(config.rate)
-        self._wall = wall
+        self._wall: Callable[[], float] = time.time  # limits' clock (a test swaps it for a fake one)
         self._lock = threading.Lock()
         self._local = _memory_storage()
         self._local_limiter = MovingWindowRateLimiter(self._local)
@@ -89,7 +87,6 @@ class RateLimit:
         self._fleet: RateLimiter | None = None
         self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
         self._redis_ok = True
-        self._retry_redis_after = retry_redis_after
         if config.scope == "fleet" and state is not None:
             self._fleet = SlidingWindowCounterRateLimiter(_redis_storage(state))
 
@@ -161,7 +158,7 @@ class RateLimit:
 
     def _redis_failed(self, error: StorageError) -> None:
         # Look again only every few seconds: each try while Redis is away costs up to state.timeout.
-        self._fleet_down_until = time.monotonic() + self._retry_redis_after
+        self._fleet_down_until = time.monotonic() + _RETRY_REDIS_AFTER
         if self._redis_ok:
             self._redis_ok = False
             logger.warning(

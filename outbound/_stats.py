@@ -7,8 +7,9 @@ import math
 import threading
 from collections import deque
 from datetime import datetime, timezone
+from typing import NamedTuple
 
-from ._events import CallFinished, CallRejected, CallStarted, Observer, RetryScheduled
+from ._events import CallRejected, Observer, RetryScheduled
 from ._outcome import Kind
 from .health import LastError, LatencySnapshot, StatsSnapshot
 
@@ -79,12 +80,6 @@ class Stats(Observer):
             self.last_error: LastError | None = None
             self._latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
-    def call_started(self, event: CallStarted) -> None:
-        self.started()
-
-    def call_finished(self, event: CallFinished) -> None:
-        self.finished(event.kind, event.seconds, event.error_type, event.error_message)
-
     # The policy calls these two itself, without building an event (they are on every call's path).
 
     def started(self) -> None:
@@ -134,17 +129,44 @@ class Stats(Observer):
             latency_ms=latency,
         )
 
-    def histogram(self) -> dict[int, int]:
-        """The recent latencies as mergeable bucket counts (``LATENCY_BUCKETS_MS``)."""
-        with self._lock:
-            latencies = list(self._latencies_ms)
-        return histogram(latencies)
-
     def reset_after_fork(self) -> None:
         """In a forked child: a new lock (the parent's may have been held by a thread that does not exist here),
         and no calls in flight (those belonged to the parent's threads)."""
         self._lock = threading.Lock()
         self.in_flight = 0
+
+    def export(self) -> StatsExport:
+        """The counters, the last error and the recent latencies as mergeable bucket counts, read under one lock
+        (what a fleet publishes: no percentiles, so no sort)."""
+        with self._lock:
+            latencies = list(self._latencies_ms)
+            counters = (self.requests, self.errors, self.retries, self.short_circuited, self.pool_timeouts)
+            rejected = dict(self.rejected)
+            last_error = self.last_error
+        requests, errors, retries, short_circuited, pool_timeouts = counters
+        return StatsExport(
+            requests=requests,
+            errors=errors,
+            retries=retries,
+            short_circuited=short_circuited,
+            pool_timeouts=pool_timeouts,
+            rejected=rejected,
+            latency=histogram(latencies),
+            last_error=last_error,
+        )
+
+
+class StatsExport(NamedTuple):
+    """What ``Stats.export()`` read at one instant; ``latency`` holds bucket counts (``LATENCY_BUCKETS_MS``)."""
+
+    requests: int
+    errors: int
+    retries: int
+    short_circuited: int
+    pool_timeouts: int
+    rejected: dict[str, int]
+    latency: dict[int, int]
+    last_error: LastError | None
 
 
 class AttemptLatencies:

@@ -35,15 +35,19 @@ class FailureRate:
         self._lock = threading.Lock()
         window = config.window
         self._count_based = window.type == "count"
+        self._size = window.size if self._count_based else max(1, math.ceil(window.seconds))
+        self._clock = clock
+        self._clear()
+
+    def _clear(self) -> None:
+        """Empty the window: fresh slots (a count window) or buckets (a time window), zero totals."""
         if self._count_based:
-            self._slots = bytearray(window.size)
+            self._slots = bytearray(self._size)
             self._next = 0
         else:
-            buckets = max(1, math.ceil(window.seconds))
-            self._bucket_calls = [0] * buckets
-            self._bucket_failures = [0] * buckets
-            self._bucket_slow = [0] * buckets
-            self._clock = clock
+            self._bucket_calls = [0] * self._size
+            self._bucket_failures = [0] * self._size
+            self._bucket_slow = [0] * self._size
             self._last_second = -(2**62)  # no second seen yet
         self.calls = 0
         self.failures = 0
@@ -109,25 +113,19 @@ class FailureRate:
             return False
         if self.failures >= self._config.failure_rate * self.calls:
             return True
-        return self._slow is not None and self.slow >= self._config.slow_call_rate * self.calls
+        return self._slow_tripped(self.calls)
+
+    def _slow_tripped(self, calls: int) -> bool:
+        return self._slow is not None and self.slow >= self._config.slow_call_rate * calls
 
     def reset(self) -> None:
         with self._lock:
-            if self._count_based:
-                self._slots = bytearray(len(self._slots))
-                self._next = 0
-            else:
-                size = len(self._bucket_calls)
-                self._bucket_calls = [0] * size
-                self._bucket_failures = [0] * size
-                self._bucket_slow = [0] * size
-                self._last_second = -(2**62)
-            self.calls = self.failures = self.slow = 0
+            self._clear()
 
     def describe(self) -> str:
         calls = max(1, self.calls)
         failure = f"a failure rate of {self.failures / calls:.0%}"
-        if self._slow is not None and self.slow >= self._config.slow_call_rate * calls:
+        if self._slow_tripped(calls):
             return f"a slow-call rate of {self.slow / calls:.0%} (calls over {self._slow:g}s) in {self.calls} calls"
         return f"{failure} in {self.calls} calls"
 

@@ -15,7 +15,6 @@ carry the deadline into the thread or event loop the view runs on.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,12 +24,11 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, resolve
 
 import outbound
+from outbound._deadline import mark_view_default, view_default
 
 from .conf import get_registry
 
 logger = logging.getLogger(__name__)
-
-VIEW_ATTRIBUTE = "outbound_default_deadline"
 
 V = TypeVar("V")
 
@@ -51,14 +49,7 @@ def default_deadline(seconds: float) -> Callable[[V], V]:
     Raises:
         ValueError: ``seconds`` is not a finite number > 0.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (0 < seconds < math.inf):
-        raise ValueError(f"a view's default deadline must be a finite number of seconds > 0, got {seconds!r}")
-
-    def decorate(view: V) -> V:
-        setattr(view, VIEW_ATTRIBUTE, float(seconds))
-        return view
-
-    return decorate
+    return mark_view_default(seconds)
 
 
 class DeadlineMiddleware:
@@ -114,11 +105,7 @@ def _view_default(request: HttpRequest) -> float | None:
         match = resolve(request.path_info, urlconf=getattr(request, "urlconf", None))
     except Resolver404:
         return None
-    view = match.func
-    seconds = getattr(view, VIEW_ATTRIBUTE, None)
-    if seconds is None:  # class-based views: as_view()'s function carries the class
-        seconds = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
-    return seconds if isinstance(seconds, float) else None
+    return view_default(match.func)
 
 
 def _warn_once(header: str) -> None:

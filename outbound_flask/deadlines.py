@@ -15,7 +15,6 @@ copy of that context: it sees the deadline too.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -24,12 +23,12 @@ from typing import TypeVar
 from flask import Flask, current_app, request
 
 import outbound
+from outbound._deadline import mark_view_default, view_default
 
 from ._state import registry_for
 
 logger = logging.getLogger(__name__)
 
-VIEW_ATTRIBUTE = "outbound_default_deadline"
 ENVIRON_KEY = "outbound.deadline"  # the request's scope, kept in its WSGI environ from the first hook to the last
 
 V = TypeVar("V")
@@ -52,14 +51,7 @@ def default_deadline(seconds: float) -> Callable[[V], V]:
     Raises:
         ValueError: ``seconds`` is not a finite number > 0.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (0 < seconds < math.inf):
-        raise ValueError(f"a view's default deadline must be a finite number of seconds > 0, got {seconds!r}")
-
-    def decorate(view: V) -> V:
-        setattr(view, VIEW_ATTRIBUTE, float(seconds))
-        return view
-
-    return decorate
+    return mark_view_default(seconds)
 
 
 def install(app: Flask) -> None:
@@ -86,11 +78,7 @@ def _finish(error: BaseException | None) -> None:
 
 
 def _view_default() -> float | None:
-    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-    seconds = getattr(view, VIEW_ATTRIBUTE, None)
-    if seconds is None:  # class-based views: as_view()'s function carries the class
-        seconds = getattr(getattr(view, "view_class", None), VIEW_ATTRIBUTE, None)
-    return seconds if isinstance(seconds, float) else None
+    return view_default(current_app.view_functions.get(request.endpoint) if request.endpoint else None)
 
 
 def _warn_once(header: str) -> None:

@@ -49,6 +49,11 @@ def _aged(info: str, expires: float | None) -> bool:
     return info == "is_readable" and expires is not None and time.monotonic() >= expires
 
 
+def _expires(max_age: float | None) -> float | None:
+    # When a connection opened now is to be retired (see ``_aged``): never without a ``max_age``.
+    return None if max_age is None else time.monotonic() + max_age
+
+
 class DeadlineStream(httpcore.NetworkStream):
     """An httpcore stream whose every read and write ends by the attempt's deadline, and that reads as closed by the
     server once older than ``pool.max_connection_age`` (``expires``)."""
@@ -81,9 +86,6 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self.backend = backend
         self.max_age = max_age
 
-    def _expires(self) -> float | None:
-        return None if self.max_age is None else time.monotonic() + self.max_age
-
     def connect_tcp(
         self,
         host: str,
@@ -94,13 +96,13 @@ class DeadlineBackend(httpcore.NetworkBackend):
     ) -> DeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
         stream = self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return DeadlineStream(stream, self._expires())
+        return DeadlineStream(stream, _expires(self.max_age))
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
     ) -> DeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
-        return DeadlineStream(self.backend.connect_unix_socket(path, timeout, socket_options), self._expires())
+        return DeadlineStream(self.backend.connect_unix_socket(path, timeout, socket_options), _expires(self.max_age))
 
     def sleep(self, seconds: float) -> None:
         self.backend.sleep(seconds)
@@ -137,9 +139,6 @@ class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
         self.backend = backend
         self.max_age = max_age
 
-    def _expires(self) -> float | None:
-        return None if self.max_age is None else time.monotonic() + self.max_age
-
     async def connect_tcp(
         self,
         host: str,
@@ -150,14 +149,14 @@ class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
     ) -> AsyncDeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
         stream = await self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return AsyncDeadlineStream(stream, self._expires())
+        return AsyncDeadlineStream(stream, _expires(self.max_age))
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
     ) -> AsyncDeadlineStream:
         timeout = _cut(timeout, httpcore.ConnectTimeout)
         stream = await self.backend.connect_unix_socket(path, timeout, socket_options)
-        return AsyncDeadlineStream(stream, self._expires())
+        return AsyncDeadlineStream(stream, _expires(self.max_age))
 
     async def sleep(self, seconds: float) -> None:
         await self.backend.sleep(seconds)

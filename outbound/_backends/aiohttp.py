@@ -304,6 +304,10 @@ class ManagedAiohttpTransport(AiohttpTransport):
         self._config = config
         self._proxy_url = proxy
         self._proxy_headers = _proxy_headers(self.proxy)
+        # Constant for the transport's life (``self._proxy_url`` won't do: httpx.Proxy strips credentials from
+        # ``.url``); aiohttp copies proxy_headers into a multidict of its own, so every request can share the dict.
+        self._proxy_address = str(self.proxy.url) if self.proxy is not None else None
+        self._proxy_header_dict = dict(self._proxy_headers)
         self._mocked: httpx.AsyncHTTPTransport | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -343,10 +347,10 @@ class ManagedAiohttpTransport(AiohttpTransport):
             headers = [(name, value) for name, value in headers if name.lower() != "transfer-encoding"]
         proxy: dict[str, Any] = {}
         if self.proxy is not None:
-            proxy["proxy"] = str(self.proxy.url)
+            proxy["proxy"] = self._proxy_address
             # As httpcore: the proxy's headers go on the CONNECT of a tunnel, or on a forwarded request itself.
             if request.url.scheme == "https":
-                proxy["proxy_headers"] = dict(self._proxy_headers)
+                proxy["proxy_headers"] = self._proxy_header_dict
             else:
                 headers = headers + self._proxy_headers
         await self.pool.acquire(pool)

@@ -217,7 +217,7 @@ def _start(policy: Policy, request: httpx.Request, configured: dict[str, float |
         retries=extensions.get(RETRIES),
     )
     if request.method in policy.keyed_methods:  # one key for every attempt (and hedge) of this call
-        stamp_key(request, request.headers, policy.config.retry.idempotency_key.header)  # type: ignore[union-attr]
+        stamp_key(request, request.headers, policy.key_header)
     return call
 
 

@@ -263,7 +263,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
             retries=_retries_for(self),
         )
         if method in self._policy.keyed_methods:  # one key for every attempt of this call
-            stamp_key(request, request.headers, self._config.retry.idempotency_key.header)  # type: ignore[union-attr]
+            stamp_key(request, request.headers, self._policy.key_header)
         return drive(call, self, _Send(request, stream, connect, read, verify, cert, proxies))
 
     def get_connection_with_tls_context(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:

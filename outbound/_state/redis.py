@@ -569,16 +569,16 @@ class RedisState:
     def _local_stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {}
         for name, service in self._services.items():
-            snapshot = service.policy.stats.snapshot()
-            last = service.policy.stats.last_error
+            export = service.policy.stats.export()
+            last = export.last_error
             stats[name] = {
-                "requests": snapshot.requests,
-                "errors": snapshot.errors,
-                "retries": snapshot.retries,
-                "short_circuited": snapshot.short_circuited,
-                "pool_timeouts": snapshot.pool_timeouts,
-                "rejected": dict(snapshot.rejected),
-                "latency": service.policy.stats.histogram(),
+                "requests": export.requests,
+                "errors": export.errors,
+                "retries": export.retries,
+                "short_circuited": export.short_circuited,
+                "pool_timeouts": export.pool_timeouts,
+                "rejected": export.rejected,
+                "latency": export.latency,
                 "last_error": last.as_dict() if last else None,
             }
         return stats
