@@ -109,25 +109,13 @@ class Stats(Observer):
                 self.rejected[event.reason] = self.rejected.get(event.reason, 0) + 1
 
     def snapshot(self) -> StatsSnapshot:
-        with self._lock:
-            latencies = list(self._latencies_ms)
-            counters = (self.requests, self.errors, self.retries, self.short_circuited, self.pool_timeouts)
-            rejected = dict(self.rejected)
+        counters, rejected, latencies, _ = self._read()
         # Sorted outside the lock: a call finishing meanwhile waits for a copy, not for the sort.
         latencies.sort()
         latency = LatencySnapshot(
             *(_percentile(latencies, fraction) if latencies else None for fraction in PERCENTILES)
         )
-        requests, errors, retries, short_circuited, pool_timeouts = counters
-        return StatsSnapshot(
-            requests=requests,
-            errors=errors,
-            retries=retries,
-            short_circuited=short_circuited,
-            pool_timeouts=pool_timeouts,
-            rejected=rejected,
-            latency_ms=latency,
-        )
+        return StatsSnapshot(**counters._asdict(), rejected=rejected, latency_ms=latency)
 
     def reset_after_fork(self) -> None:
         """In a forked child: a new lock (the parent's may have been held by a thread that does not exist here),
@@ -138,22 +126,22 @@ class Stats(Observer):
     def export(self) -> StatsExport:
         """The counters, the last error and the recent latencies as mergeable bucket counts, read under one lock
         (what a fleet publishes: no percentiles, so no sort)."""
+        counters, rejected, latencies, last_error = self._read()
+        return StatsExport(*counters, rejected, histogram(latencies), last_error)
+
+    def _read(self) -> tuple[_Counters, dict[str, int], list[float], LastError | None]:
+        # One instant's figures, copied under the lock; whatever is computed from them is computed outside it.
         with self._lock:
-            latencies = list(self._latencies_ms)
-            counters = (self.requests, self.errors, self.retries, self.short_circuited, self.pool_timeouts)
-            rejected = dict(self.rejected)
-            last_error = self.last_error
-        requests, errors, retries, short_circuited, pool_timeouts = counters
-        return StatsExport(
-            requests=requests,
-            errors=errors,
-            retries=retries,
-            short_circuited=short_circuited,
-            pool_timeouts=pool_timeouts,
-            rejected=rejected,
-            latency=histogram(latencies),
-            last_error=last_error,
-        )
+            counters = _Counters(self.requests, self.errors, self.retries, self.short_circuited, self.pool_timeouts)
+            return counters, dict(self.rejected), list(self._latencies_ms), self.last_error
+
+
+class _Counters(NamedTuple):
+    requests: int
+    errors: int
+    retries: int
+    short_circuited: int
+    pool_timeouts: int
 
 
 class StatsExport(NamedTuple):
