@@ -6,6 +6,7 @@ Pure functions and one small thread-safe counter; no sleeping here (the backends
 from __future__ import annotations
 
 import email.utils
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,12 @@ RETRY_AFTER_STATUSES = frozenset({413, 429, 503})
 
 # 2.0 ** 1024 overflows a float: past this exponent every backoff is capped by backoff_max anyway.
 _MAX_EXPONENT = 64
+# delta-seconds (RFC 9110 section 10.2.3): ASCII digits only. str.isdigit() also accepts "²", "①" and other
+# scripts' digits, which float() then refuses (or reads as a number the sender never wrote). Ten digits are over
+# 300 years: more cannot be meant, and every ask past retry_after_max is treated alike anyway.
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
+# An HTTP date is printable ASCII; anything else in the header is malformed, not a date to guess at.
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]{1,64}")
 
 
 class Waits:
@@ -43,17 +50,20 @@ def backoff_delay(config: RetryConfig, retry_number: int, random: Callable[[], f
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
     """Seconds a ``Retry-After`` header asks us to wait, or ``None`` if absent or malformed.
 
-    Accepts delta-seconds (``"120"``) and HTTP dates (``"Wed, 21 Oct 2015 07:28:00 GMT"``); a date in the past
-    means zero.
+    Accepts delta-seconds (``"120"``, ASCII digits only) and HTTP dates (``"Wed, 21 Oct 2015 07:28:00 GMT"``); a
+    date in the past means zero. Anything else — other scripts' digits, a sign, a fraction, control characters — is
+    malformed: ``None``, as if the header were absent. Never raises.
     """
-    if value is None:
+    if not isinstance(value, str):
         return None
-    value = value.strip()
-    if value.isdigit():
+    value = value.strip(" \t")
+    if _DELTA_SECONDS.fullmatch(value):
         return float(value)
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate marks "-0000" as naive
         return None

@@ -32,6 +32,8 @@ Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other p
                                  relative; default /ok) and, if given, ``Set-Cookie: <set_cookie>; Path=/``
     /redirect-bad-gzip?to=/ok    302 to `to` whose body says Content-Encoding: gzip but is not gzip
     /cookies                     JSON: {"cookie": the Cookie request header or null}
+    /raw?status=503&headers=HEX  that status with the header lines HEX decodes to, byte for byte (lines separated by
+                                 CRLF; no other CR or LF allowed): any bytes a hostile upstream could put in a header
 
 Trickles wait on the stop event, so ``stop()`` ends them at once, and end quietly when the client goes away.
 Every request outside ``/_control/`` is recorded (method, path with query, lower-cased headers): the last 200 in
@@ -320,6 +322,8 @@ class Upstream:
             if _has_line_break(location):
                 return _send(conn, 400, b"line breaks in a header value")
             return _send(conn, 302, b"not gzip at all", {"Location": location, "Content-Encoding": "gzip"})
+        if route == "/raw":
+            return _send_raw(conn, int(query.get("status", "200")), bytes.fromhex(query.get("headers", "")))
         if route == "/cookies":
             payload = {"cookie": headers.get("cookie")}
             return _send(conn, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
@@ -485,6 +489,15 @@ def _send(conn: socket.socket, status: int, body: bytes, headers: dict[str, str]
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    return True
+
+
+def _send_raw(conn: socket.socket, status: int, header_lines: bytes) -> bool:
+    lines = header_lines.split(b"\r\n") if header_lines else []
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        return _send(conn, 400, b"a bare CR or LF in a header line")
+    head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Length: 3\r\n".encode()
+    conn.sendall(head + b"".join(line + b"\r\n" for line in lines) + b"\r\nraw")
     return True
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.cookiejar
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -29,6 +30,7 @@ from .._policy import Call, Policy
 from . import _errors
 from ._deadline import ATTEMPT_DEADLINE, bound_to_deadlines
 from ._keys import stamp_key
+from ._origins import Origin, credentials_follow, origin
 from .requests import NO_STORED_COOKIES
 
 # A transport for a service, or a callable making one (per client: each event loop gets its own async client).
@@ -116,8 +118,8 @@ def transport_options(config: ServiceConfig, proxy: str | None) -> dict[str, Any
     }
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+def _origin(url: httpx.URL) -> Origin:
+    return origin(url.scheme, url.host, url.port)
 
 
 class _BaseURLAuth(httpx.Auth):
@@ -518,6 +520,17 @@ def _reject_before_building(
 
 # Cookies that responses set during one call's redirects, kept for that call only (the shared client stores none).
 _CALL_COOKIES = "outbound.call_cookies"
+# What a cookie's name and value may hold to be sent back: printable ASCII (RFC 6265's cookie-octets, leniently).
+_SENDABLE_COOKIE = re.compile(r"[\x20-\x7e]*")
+
+
+def _drop_unsendable(jar: http.cookiejar.CookieJar) -> None:
+    # httpx writes the next hop's Cookie header as ASCII: a Set-Cookie with any other character (an upstream's "²")
+    # would fail the whole call with a UnicodeEncodeError inside httpx (as it does with a plain client). Such a cookie
+    # is malformed; it is ignored, as a browser ignores it.
+    for cookie in list(jar):
+        if not (_SENDABLE_COOKIE.fullmatch(cookie.name) and _SENDABLE_COOKIE.fullmatch(cookie.value or "")):
+            jar.clear(cookie.domain, cookie.path, cookie.name)
 
 
 class _ManagedRedirects:
@@ -525,7 +538,8 @@ class _ManagedRedirects:
 
     - Cookies set by a redirect response follow the rest of that call (a login flow: ``POST /login`` -> 303 +
       ``Set-Cookie`` -> ``GET /``), though the client itself stores none.
-    - On a hop to another origin (scheme, host or port), no credential the caller meant for this one goes along:
+    - On a hop to another origin (scheme, host or port; the same host upgraded from http to https on the default
+      ports keeps them, as requests and httpx do), no credential the caller meant for this one goes along:
       httpx strips ``Authorization``; here ``Cookie`` keeps only the new origin's own cookies, and
       ``Proxy-Authorization`` and every header in ``sensitive_headers`` are removed too.
     """
@@ -539,15 +553,17 @@ class _ManagedRedirects:
             jar = request.extensions[_CALL_COOKIES] = http.cookiejar.CookieJar()
         call_cookies = httpx.Cookies(jar)
         call_cookies.extract_cookies(response)
+        _drop_unsendable(jar)
         headers = redirect.headers
-        if _origin(request.url) != _origin(redirect.url):
+        follow = credentials_follow(_origin(request.url), _origin(redirect.url))
+        if not follow:
             for name in [name for name in headers if name.lower() in self._credential_headers]:
                 del headers[name]
             # The client's own cookies go only where their domain matches (one with no domain goes nowhere).
             client_cookies = [cookie for cookie in self.cookies.jar if cookie.domain]  # type: ignore[attr-defined]
             for cookie in client_cookies:
                 jar.set_cookie(cookie)
-        inherited = headers.pop("Cookie", None) if _origin(request.url) == _origin(redirect.url) else None
+        inherited = headers.pop("Cookie", None) if follow else None
         call_cookies.set_cookie_header(redirect)
         merged = "; ".join(part for part in (inherited, headers.get("Cookie")) if part)
         if merged:

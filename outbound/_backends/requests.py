@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
-from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -43,6 +42,7 @@ from .._policy import Call, Policy
 from . import _errors
 from ._deadline import DEADLINE_MESSAGE, WATCHDOG, Watch
 from ._keys import stamp_key
+from ._origins import credentials_follow, url_origin
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -419,25 +419,16 @@ class _ManagedResponse(requests.Response):
             raise _errors.failed(self._outbound_call, outcome, None, attributes) from error
 
 
-def _origin(url: str | None) -> tuple[str, str, int | None]:
-    parts = urlsplit(url or "")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return parts.scheme, (parts.hostname or ""), port or {"http": 80, "https": 443}.get(parts.scheme)
-
-
 class _BaseURLAuth(requests.auth.HTTPBasicAuth):
     """Basic credentials from ``base_url``'s userinfo, sent only to the base URL's origin (an absolute URL to another
     host, called through the same session, must not carry them, as it would with a session-wide ``auth``)."""
 
     def __init__(self, base_url: str, username: str, password: str) -> None:
         super().__init__(username, password)
-        self._origin = _origin(base_url)
+        self._origin = url_origin(base_url)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        if _origin(request.url) == self._origin:
+        if url_origin(request.url) == self._origin:
             return cast(requests.PreparedRequest, super().__call__(request))  # type: ignore[no-untyped-call]
         return request
 
@@ -522,11 +513,14 @@ class ServiceSession(requests.Session):
         around a shared session must not break it for the rest of the process."""
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        # requests lets environment proxies (HTTP_PROXY...) override the session's own (psf/requests#2018); the
-        # service's `proxy` is a setting for this service and wins, as it does for httpx. Per-call proxies= still
-        # win over both.
+        # requests lets environment proxies (HTTP_PROXY...) override the session's own (psf/requests#2018), and
+        # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override the session's `verify` (psf/requests#3829). The service's
+        # `proxy` and a `verify` it sets (false, or a CA bundle) are settings for this service and win, as they do
+        # for httpx; per-call proxies= and verify= still win over both.
         asked = set(proxies or {})
         settings: Any = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
         if self._proxy is not None:
             merged = settings["proxies"] = dict(settings["proxies"])
             for scheme in ("http", "https"):
@@ -535,14 +529,15 @@ class ServiceSession(requests.Session):
         return settings
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
-        """On a redirect to another origin (scheme, host or port), send no credentials the caller meant for this one.
+        """On a redirect to another origin (scheme, host or port), send no credentials the caller meant for this one
+        (the same host upgraded from http to https on the default ports keeps them, as requests and httpx do).
 
         requests itself strips ``Authorization`` on a host change and re-derives ``Proxy-Authorization`` from the
         proxy's URL on every hop; cookies it would send anywhere when they carry no domain (those passed as
         ``cookies=`` or set on the session by hand). Here ``Cookie`` is rebuilt from the cookies the new origin set
         itself, and ``Authorization`` and every header in ``sensitive_headers`` are removed.
         """
-        if _origin(response.request.url) != _origin(prepared_request.url):
+        if not credentials_follow(url_origin(response.request.url), url_origin(prepared_request.url)):
             headers = prepared_request.headers
             for name in [name for name in headers if name.lower() in self._credential_headers]:
                 del headers[name]

@@ -263,6 +263,36 @@ def test_an_ssl_context_replaces_verify_and_cert(
     assert registry["default"].policy.breaker.failures == 0
 
 
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_a_services_ca_bundle_wins_over_the_environments(
+    tls_upstream: Upstream,
+    certificate_authority: trustme.CA,
+    make_registry: RegistryFactory,
+    client: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's own `verify` (psf/requests#3829); a
+    # service's `verify` is a setting for that upstream, as its `proxy` is, and wins (per-call verify= still wins).
+    bundle = tmp_path / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi_or_system_bundle())
+    monkeypatch.setenv("CURL_CA_BUNDLE", certifi_or_system_bundle())
+    registry = make_registry(api={"base_url": tls_upstream.url, "client": client, "verify": str(bundle)})
+    get = registry.session("api").get if client == "requests" else registry.client("api").get
+    assert get("ok").status_code == 200
+    if client == "requests":
+        with pytest.raises(outbound.CallError):  # a per-call verify= still wins over the service's
+            registry.session("api").get("ok", verify=certifi_or_system_bundle())
+
+
+def certifi_or_system_bundle() -> str:
+    """A CA bundle that does not know the test authority."""
+    import certifi
+
+    return str(certifi.where())
+
+
 def test_an_ssl_context_and_verify_together_are_a_settings_mistake() -> None:
     with pytest.raises(outbound.ConfigError, match="replaces verify and cert"):
         Registry.from_mapping(

@@ -122,3 +122,69 @@ def test_requests_follows_a_redirect_whose_body_cannot_be_decoded(
     assert response.status_code == 200
     assert response.text == "ok"
     assert [r.status_code for r in response.history] == [302]
+
+
+@pytest.fixture(scope="module")
+def default_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """An HTTP upstream on port 80 and an HTTPS one on port 443 of 127.0.0.2 (loopback: the whole 127/8 is), so a
+    redirect can upgrade http to https on the default ports; the CA bundle that trusts the HTTPS one."""
+    import os
+    import ssl
+
+    import trustme
+
+    if os.geteuid() != 0:
+        pytest.skip("binding ports 80 and 443 needs root (CI runs as root)")
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.2").configure_cert(server_context)
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    with Upstream("127.0.0.2", 80) as plain, Upstream("127.0.0.2", 443, tls=server_context) as secure:
+        assert (plain.port, secure.port) == (80, 443)
+        yield str(bundle), secure.url
+
+
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports(KINDS))
+def test_an_upgrade_to_https_on_the_same_host_keeps_the_credentials(
+    default_ports: tuple[str, str], make_registry: RegistryFactory, kind: str, transport: str
+) -> None:
+    # requests' should_strip_auth and httpx's _is_https_redirect both keep Authorization for http:80 -> https:443 on
+    # the same host (httpx's test_same_domain_https_redirect_with_auth_header); a managed client follows that rule.
+    bundle, secure_url = default_ports
+    client = "requests" if kind == "requests" else "httpx"
+    registry = make_registry(
+        api={
+            "base_url": "http://127.0.0.2/",
+            "client": client,
+            "transport": transport,
+            "verify": bundle,
+            "sensitive_headers": ["X-Api-Key"],
+        }
+    )
+    target = quote(f"{secure_url}echo", safe="")
+    response = _get(registry, kind, f"redirect?to={target}", headers={"Authorization": "Bearer up", "X-Api-Key": "k"})
+    assert response.status_code == 200
+    sent = response.json()["headers"]
+    assert sent["authorization"] == "Bearer up"
+    assert sent["x-api-key"] == "k"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "follow"),
+    [
+        ("http://h/", "http://h/x", True),
+        ("http://h/", "https://h/", True),  # the upgrade on default ports
+        ("http://h:80/", "https://h:443/", True),
+        ("https://h/", "http://h/", False),  # a downgrade
+        ("http://h:8080/", "https://h/", False),
+        ("http://h/", "https://h:8443/", False),
+        ("http://h/", "https://other/", False),
+        ("http://h/", "http://h:81/", False),
+        ("HTTP://H/", "https://h/", True),
+    ],
+)
+def test_the_rule_for_credentials_on_a_redirect(old: str, new: str, follow: bool) -> None:
+    from outbound._backends._origins import credentials_follow, url_origin
+
+    assert credentials_follow(url_origin(old), url_origin(new)) is follow
