@@ -74,9 +74,16 @@ def rejected(
     return error
 
 
-def failed(call: Call, outcome: Outcome, native: type[Exception] | None, attributes: dict[str, object]) -> Exception:
+def failed(
+    call: Call,
+    outcome: Outcome,
+    native: type[Exception] | None,
+    attributes: dict[str, object],
+    args: tuple[object, ...] | None = None,
+) -> Exception:
     """The exception for a failed final attempt: outbound's class for its kind and the backend exception's class
-    (``native`` when the backend's own class should be a different one), message redacted, native ``args`` kept."""
+    (``native`` when the backend's own class should be a different one), message redacted, native ``args`` kept
+    (``args``: the backend's redacted copy of them)."""
     original = outcome.error
     assert original is not None
     if outcome.kind is Kind.CLOSED:
@@ -92,5 +99,5 @@ def failed(call: Call, outcome: Outcome, native: type[Exception] | None, attribu
         message,
         service=call.service,
         attributes=merged,
-        args=original.args,
+        args=original.args if args is None else args,
     )

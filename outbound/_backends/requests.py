@@ -37,6 +37,7 @@ from .._breaker import CLOSED
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._driver import drive
 from .._errors import RegistryClosedError
+from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
 from . import _errors
@@ -150,6 +151,25 @@ def _classify(error: Exception) -> Kind:
 
 
 _TIMEOUTS = frozenset({Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.POOL_TIMEOUT})
+# A URL or path and what follows its "?" or "#", in free text.
+_QUERY_IN_TEXT = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*://|/)[^\s?#'\"<>]*)[?#][^\s'\"<>)]*")
+
+
+def _redacted_args(error: Exception | None) -> tuple[object, ...] | None:
+    """``error.args`` in their native types, without a query string or credentials: requests puts urllib3's
+    ``MaxRetryError`` first, which holds the path and query the request went to, and ``repr(error)`` — what a log or
+    an error tracker shows — prints it. The message outbound writes is redacted already; these must be too."""
+    if error is None:
+        return None
+    return tuple(_redacted(arg) for arg in error.args)
+
+
+def _redacted(arg: object) -> object:
+    if isinstance(arg, MaxRetryError):
+        return MaxRetryError(arg.pool, _QUERY_IN_TEXT.sub(r"\1", arg.url or ""), arg.reason)
+    if isinstance(arg, str):
+        return redact_text(_QUERY_IN_TEXT.sub(r"\1", arg))
+    return arg
 
 
 def _native(outcome: Outcome) -> type[Exception] | None:
@@ -353,7 +373,8 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         return _errors.rejected(call, self._config.name, rejection, _NATIVE_REJECTIONS, attributes)
 
     def failed(self, call: Call, send: _Send, outcome: Outcome) -> Exception:
-        return _errors.failed(call, outcome, _native(outcome), {"request": send.request, "response": None})
+        attributes: dict[str, object] = {"request": send.request, "response": None}
+        return _errors.failed(call, outcome, _native(outcome), attributes, _redacted_args(outcome.error))
 
     def pool_numbers(self) -> tuple[int, int]:
         """``(in_use, idle)`` connections across this adapter's pools.
@@ -416,7 +437,7 @@ class _ManagedResponse(requests.Response):
         except requests.RequestException as error:
             outcome = Outcome(_classify(error), error=error)
             attributes: dict[str, object] = {"request": self.request, "response": self}
-            raise _errors.failed(self._outbound_call, outcome, None, attributes) from error
+            raise _errors.failed(self._outbound_call, outcome, None, attributes, _redacted_args(error)) from error
 
 
 class _BaseURLAuth(requests.auth.HTTPBasicAuth):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -127,3 +128,30 @@ def test_errors_and_health_carry_no_secret(upstream: Upstream, make_registry: Re
         registry.session("refused").get(f"ok?token={SECRETS['token']}", headers=HEADERS)
     text = str(raised.value) + repr(registry.health())
     assert not [name for name, secret in SECRETS.items() if secret in text]
+
+
+SECRET_QUERY = "?api_key=APIKEY-in-args&token=TOKEN-in-args&q=PRIVATE-in-args"
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_no_secret_in_an_errors_args_or_repr(make_registry: RegistryFactory, client: str) -> None:
+    # str(error) was always redacted; requests keeps urllib3's MaxRetryError, which holds the whole path and query, in
+    # args[0], and repr(error) -- what a log or an error tracker shows -- printed it.
+    with socket.socket() as closed:  # a port nobody listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    registry = make_registry(api={"base_url": refused, "client": client, "retry": {"total": 0}})
+    get = registry.session("api").get if client == "requests" else registry.client("api").get
+    with pytest.raises(outbound.ConnectError) as caught:
+        get("invoices" + SECRET_QUERY)
+    error = caught.value
+    for text in (str(error), repr(error), repr(error.args)):
+        assert "in-args" not in text, text
+    if client == "requests":
+        import urllib3
+
+        # The native shape is kept: what plain requests puts there, with the query gone.
+        [reason] = error.args
+        assert isinstance(reason, urllib3.exceptions.MaxRetryError)
+        assert reason.url.endswith("/invoices")
+        assert isinstance(reason.reason, urllib3.exceptions.NewConnectionError)
