@@ -33,7 +33,7 @@ import pybreaker
 
 from ._config import BreakerConfig
 from ._events import BreakerTransition
-from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Rejection
+from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection
 
 logger = logging.getLogger("outbound.breaker")
 
@@ -223,6 +223,10 @@ class Breaker:
             return None
         return remaining
 
+    def tripped(self) -> bool:
+        """Whether it is open or isolated: a retry decided now would be refused (half-open admits a trial)."""
+        return self.state not in (CLOSED, HALF_OPEN)
+
     def refusal(self) -> Rejection | None:
         """The refusal ``admit`` would give now, without taking a trial slot or changing state."""
         if self.state == CLOSED:
@@ -252,14 +256,25 @@ class Breaker:
                 if not self.shared.claim_trial(self.config.reset_timeout):
                     # Another process of the fleet holds this period's trials; ask again a little later.
                     self._trial_at = now + min(1.0, self.config.reset_timeout)
-                    return Rejection("circuit_open", 0.0, "a trial call is in flight in another process")
+                    return Rejection(Reason.CIRCUIT_OPEN, 0.0, "a trial call is in flight in another process")
                 self._half_open()
             elif self._trials >= self.config.half_open_max_calls:
-                return Rejection("circuit_open", 0.0, "a trial call is in flight")
+                return Rejection(Reason.CIRCUIT_OPEN, 0.0, "a trial call is in flight")
             elif not self.shared.claim_trial(self.config.reset_timeout):
-                return Rejection("circuit_open", 0.0, "the fleet's trial calls are in flight")
+                return Rejection(Reason.CIRCUIT_OPEN, 0.0, "the fleet's trial calls are in flight")
             self._trials += 1
             return self._period
+
+    def at_send(self, call: object, permit: int | None) -> Rejection | None:
+        """As the attempt is written: one admitted while the breaker was closed (``permit`` None) is refused when it
+        has opened since — a call that queued for a connection behind a failing upstream must not reach it as an
+        extra trial. A trial (``permit`` set) goes on."""
+        if self.state == CLOSED or permit is not None:
+            return None
+        now = self._clock()
+        if now < self._trial_at:
+            return self._refusal(now)
+        return Rejection(Reason.CIRCUIT_OPEN, 0.0, "the breaker opened while this call waited for a connection")
 
     def is_failure(self, outcome: Outcome) -> bool:
         """Whether ``outcome`` counts against the upstream."""
@@ -344,9 +359,10 @@ class Breaker:
     def _refusal(self, now: float) -> Rejection:
         if self.state == ISOLATED:
             if math.isinf(self._trial_at):
-                return Rejection("circuit_open", math.inf, "the service is isolated until reset")
-            return Rejection("circuit_open", self._trial_at - now, f"isolated for {self._trial_at - now:.1f}s more")
-        return Rejection("circuit_open", self._trial_at - now, f"next trial in {self._trial_at - now:.1f}s")
+                return Rejection(Reason.CIRCUIT_OPEN, math.inf, "the service is isolated until reset")
+            left = self._trial_at - now
+            return Rejection(Reason.CIRCUIT_OPEN, left, f"isolated for {left:.1f}s more")
+        return Rejection(Reason.CIRCUIT_OPEN, self._trial_at - now, f"next trial in {self._trial_at - now:.1f}s")
 
     def _record_trial(self, permit: int, outcome: Outcome, failed: bool) -> None:
         with self._lock:

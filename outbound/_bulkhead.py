@@ -18,11 +18,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._config import BulkheadConfig
-from ._outcome import Outcome, Rejection, Wait
+from ._outcome import Outcome, Reason, Rejection, Wait
 from .health import BulkheadSnapshot
 
 if TYPE_CHECKING:
-    from ._policy import Call
+    from ._stage import CallView
 
 
 class Bulkhead:
@@ -38,25 +38,26 @@ class Bulkhead:
         self._lock = threading.Lock()
         self._waiters: deque[threading.Event] = deque()
 
-    def admit(self, call: Call) -> Any:
+    def admit(self, call: CallView) -> Any:
         with self._lock:
-            wake = call.wake_event(self)
+            waits = call.waits
+            wake = waits.wake_event(self)
             if wake is not None and wake.is_set():  # a freed slot was handed to this call
-                call.stop_waiting(self)
+                waits.stop(self)
                 return True
             if wake is None and self.in_flight < self.config.max_in_flight:
                 self.in_flight += 1
                 return True
-            left = call.wait_left(self, self.config.max_wait) if self.config.max_wait else 0.0
+            left = waits.left(self, self.config.max_wait) if self.config.max_wait else 0.0
             if left <= 0:
                 self._leave(call)
                 detail = f"{self.config.max_in_flight} calls in flight"
                 if self.config.max_wait:
                     detail += f", none ended within {self.config.max_wait:g}s"
-                return Rejection("bulkhead_full", 0.0, detail)
+                return Rejection(Reason.BULKHEAD_FULL, 0.0, detail)
             if wake is None:
                 wake = threading.Event()
-                call.set_wake_event(self, wake)
+                waits.set_wake_event(self, wake)
                 self._waiters.append(wake)
             return Wait(left, wake)
 
@@ -67,14 +68,15 @@ class Bulkhead:
         with self._lock:
             self._hand_over()
 
-    def forget(self, call: Call) -> None:
+    def forget(self, call: CallView) -> None:
         """A waiting call gave up (interrupted, or refused by a later stage): it leaves the queue."""
         with self._lock:
             self._leave(call)
 
-    def _leave(self, call: Call) -> None:
-        wake = call.wake_event(self)
-        call.stop_waiting(self)
+    def _leave(self, call: CallView) -> None:
+        waits = call.waits
+        wake = waits.wake_event(self)
+        waits.stop(self)
         if wake is None:
             return
         if wake.is_set():

@@ -34,6 +34,8 @@ from ._config import DEADLINE_HEADERS, DeadlineConfig
 GRPC_TIMEOUT, REQUEST_TIMEOUT, ENVOY_TIMEOUT_MS = DEADLINE_HEADERS
 
 _DEADLINE: ContextVar[float | None] = ContextVar("outbound_deadline", default=None)
+# Whether any scope was ever entered in this process: until one is, a call need not read the context variable.
+_scopes = False
 
 # grpc-timeout (gRPC over HTTP/2, "Timeout"): TimeoutValue is at most 8 ASCII digits. re's [0-9] is ASCII only,
 # unlike \d, so the other scripts' digits that int() would accept are malformed too.
@@ -80,6 +82,8 @@ class deadline:  # lower case: used like a function, `with outbound.deadline(2):
         self._tokens: list[Token[float | None]] = []
 
     def __enter__(self) -> deadline:
+        global _scopes
+        _scopes = True
         ends = time.monotonic() + self.seconds
         outer = _DEADLINE.get()
         self._tokens.append(_DEADLINE.set(ends if outer is None else min(outer, ends)))
@@ -112,6 +116,72 @@ def _checked_seconds(seconds: object) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"a deadline must be a finite number of seconds >= 0, got {value!r}")
     return value
+
+
+class Deadline:
+    """When a call must end, on both clocks: ``at`` on the policy's ``clock`` (a test's fake clock, or
+    ``time.monotonic``) and ``real_at`` on ``time.monotonic`` (what sockets, the watchdog and event-loop timers run
+    on); ``scoped`` when an ``outbound.deadline`` scope set it rather than ``timeout.total``. Made once per call, so
+    no backend converts between the two."""
+
+    __slots__ = ("at", "clock", "real_at", "scoped")
+
+    def __init__(self, at: float, real_at: float, scoped: bool, clock: Callable[[], float]) -> None:
+        self.at = at
+        self.real_at = real_at
+        self.scoped = scoped
+        self.clock = clock
+
+    def left(self) -> float:
+        """Seconds left (negative once past it)."""
+        return self.at - self.clock()
+
+    def passed(self) -> bool:
+        """Whether it has struck (a millisecond early counts: a read cut to it ends right at it)."""
+        return self.clock() >= self.at - 0.001
+
+    def cut(
+        self, connect: float | None, read: float | None, write: float | None, pool: float | None
+    ) -> tuple[float | None, float | None, float | None, float | None, float]:
+        """Each phase's timeout cut to what is left (``None``, no limit, becomes what is left), and what is left."""
+        left = max(0.001, self.at - self.clock())
+        # Spelled out rather than a generator over the four: this runs on every attempt.
+        return (
+            left if connect is None else min(connect, left),
+            left if read is None else min(read, left),
+            left if write is None else min(write, left),
+            left if pool is None else min(pool, left),
+            left,
+        )
+
+
+def call_deadline(
+    clock: Callable[[], float],
+    now: float,
+    total: float | None,
+    real_clock: bool,
+    asked: tuple[float | None, ...] = (),
+) -> Deadline | None:
+    """The deadline of a call that starts at ``now`` on ``clock`` (``real_clock``: that clock is
+    ``time.monotonic``) with ``total`` seconds (``None``: none), cut shorter by the current scope, if any.
+
+    ``asked`` are the per-phase timeouts the caller set for this one call: one longer than ``total`` makes the
+    deadline that long, and one without a limit (httpx's ``timeout=None``) means no deadline for that call.
+    """
+    if asked and total is not None:
+        for phase in asked:
+            if phase is None:
+                total = None
+                break
+            total = max(total, phase)
+    real_now = now if real_clock else time.monotonic()
+    if _scopes:
+        ends = _DEADLINE.get()
+        if ends is not None and (total is None or ends < real_now + total):
+            return Deadline(now + (ends - real_now), ends, True, clock)
+    if total is None:
+        return None
+    return Deadline(now + total, real_now + total, False, clock)
 
 
 def current_deadline() -> float | None:

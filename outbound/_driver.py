@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
+from ._hedge import Hedge
 from ._outcome import Outcome, Rejection, Wait
-from ._policy import Call, Hedge
+from ._policy import Call
 
 Request = TypeVar("Request", contravariant=True)
 Response = TypeVar("Response")
@@ -59,7 +60,10 @@ class Exchange(Protocol[Request, Response]):
 class AsyncExchange(Protocol[AsyncRequest, Response]):
     """``Exchange`` for async backends, which also copy a request for a hedge."""
 
-    async def attempt(self, call: Call, request: AsyncRequest) -> tuple[Response | None, Outcome]: ...
+    async def attempt(
+        self, call: Call, request: AsyncRequest, hedge: Hedge | None = None
+    ) -> tuple[Response | None, Outcome]:
+        """One attempt, the call's own or ``hedge``'s (admitted with its own permits)."""
 
     def copy(self, request: AsyncRequest) -> AsyncRequest:
         """A request like ``request`` for a hedge to send alongside it (the attempts must not share mutable state)."""
@@ -88,7 +92,7 @@ def drive(call: Call, exchange: Exchange[Request, Response], request: Request) -
             decision = call.record(outcome)
             if not decision.retry:
                 if response is None:
-                    raise exchange.failed(call, request, outcome) from outcome.error
+                    raise _ended_without_answer(exchange, call, request, outcome)
                 return exchange.deliver(call, request, response)
             if response is not None:
                 exchange.discard(response)
@@ -97,6 +101,20 @@ def drive(call: Call, exchange: Exchange[Request, Response], request: Request) -
         except BaseException:
             call.abandon()  # interrupted (or our own bug): free what the call holds, end it; no-op if it ended
             raise
+
+
+def _ended_without_answer(
+    exchange: Exchange[Any, Any] | AsyncExchange[Any, Any], call: Call, request: Any, outcome: Outcome
+) -> Exception:
+    """The exception a call whose last attempt got no response ends with: the refusal of a send gate, or the
+    failure (raised ``from`` the backend's own exception)."""
+    if outcome.refusal is not None:
+        error = exchange.rejected(call, request, outcome.refusal)
+        error.__suppress_context__ = True  # the internal SendRefused is not the caller's business
+        return error
+    error = exchange.failed(call, request, outcome)
+    error.__cause__ = outcome.error
+    return error
 
 
 def _wait(wait: Wait, closing: threading.Event) -> None:
@@ -131,7 +149,7 @@ async def adrive(call: Call, exchange: AsyncExchange[AsyncRequest, Response], re
             decision = call.record(outcome)
             if not decision.retry:
                 if response is None:
-                    raise exchange.failed(call, request, outcome) from outcome.error
+                    raise _ended_without_answer(exchange, call, request, outcome)
                 return exchange.deliver(call, request, response)
             if response is not None:
                 await exchange.discard(response)
@@ -157,7 +175,7 @@ async def _hedged(
     answered = anyio.Event()
 
     async def run(index: int, attempt_request: AsyncRequest) -> None:
-        response, outcome = await exchange.attempt(call, attempt_request)
+        response, outcome = await exchange.attempt(call, attempt_request, hedges.get(index))
         finished.append((index, response, outcome))
         if response is not None or len(finished) == len(hedges) + 1:
             answered.set()

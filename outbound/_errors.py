@@ -29,9 +29,11 @@ Messages never contain credentials or query strings: URLs in them go through ``r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
+
+from ._outcome import Reason
 
 ConfigErrorCode = Literal["unknown_key", "missing", "type", "range", "url", "unsupported", "file"]
 
@@ -170,6 +172,15 @@ class WriteTimeoutError(TransportFailure):
 class ReadError(TransportFailure):
     """The connection failed after the request was sent (reset, closed mid-response, protocol error)."""
 
+
+# The error each refusal raises (``RegistryClosedError`` is no RejectedError: the registry closing is our own shutdown).
+REJECTED_ERRORS: Mapping[Reason, type[OutboundError]] = {
+    Reason.CIRCUIT_OPEN: CircuitOpenError,
+    Reason.BULKHEAD_FULL: BulkheadFullError,
+    Reason.RATE_LIMITED: RateLimitedError,
+    Reason.DEADLINE_EXCEEDED: DeadlineExceededError,
+    Reason.CLOSED: RegistryClosedError,
+}
 
 _dual_classes: dict[tuple[type[CallError], type[Exception]], type[CallError]] = {}
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from ._errors import redact_url
-from ._outcome import Kind, RejectReason
+from ._outcome import CallOutcome, Kind, Reason
 
 logger = logging.getLogger("outbound.observer")
 
@@ -67,7 +67,7 @@ class CallRejected(NamedTuple):
 
     service: str
     method: str
-    reason: RejectReason
+    reason: Reason
     retry_in: float
 
 
@@ -78,6 +78,7 @@ class CallFinished(NamedTuple):
     ``error_message`` describe a failure (a failure status counts: ``"HTTPStatus"``; messages are redacted).
     ``url`` is the URL without credentials, query or fragment, computed when read (redacting costs a few
     microseconds a success need not pay); ``target`` is the raw URL the call was made with and may hold secrets.
+    ``outcome`` classes the ending as metrics and logs do (success, failure, error, rejected, cancelled).
     """
 
     service: str
@@ -89,6 +90,7 @@ class CallFinished(NamedTuple):
     seconds: float
     error_type: str | None
     error_message: str | None
+    outcome: CallOutcome = CallOutcome.SUCCESS
 
     @property
     def url(self) -> str:

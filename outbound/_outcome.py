@@ -1,8 +1,10 @@
 """The sans-IO vocabulary shared by the policy, its stages, the observers and the backends.
 
 An attempt comes to an ``Outcome``; the policy answers it with a ``Decision``; a call refused before anything is
-sent gets a ``Rejection`` (or a ``Wait`` when it may be admitted a little later). None of these know about requests
-or httpx: each backend maps them to its exceptions at one boundary (``_backends/_errors.py``).
+sent gets a ``Rejection`` (or a ``Wait`` when it may be admitted a little later), whose ``Reason`` is spelled once,
+here, for every reader (the errors, the stats, the metrics, the call log); a call that ended is summed up by its
+``CallOutcome``. None of these know about requests or httpx: each backend maps them to its exceptions at one
+boundary (``_backends/_errors.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 
 class Kind(enum.Enum):
@@ -31,11 +33,15 @@ class Kind(enum.Enum):
     CLOSED = "closed"
     # The caller interrupted the call (KeyboardInterrupt, task cancellation): no verdict on anyone.
     CANCELLED = "cancelled"
+    # A stage refused the attempt when its connection was in hand, before a byte was sent (``Outcome.refusal``).
+    REFUSED = "refused"
 
 
 NOTHING_SENT = frozenset({Kind.CONNECT_ERROR, Kind.CONNECT_TIMEOUT})
 # Attempts that say nothing about the upstream's health: they free a half-open trial slot without a verdict.
-NO_VERDICT = frozenset({Kind.POOL_TIMEOUT, Kind.OTHER_ERROR, Kind.MOCK_REFUSED, Kind.CLOSED, Kind.CANCELLED})
+NO_VERDICT = frozenset(
+    {Kind.POOL_TIMEOUT, Kind.OTHER_ERROR, Kind.MOCK_REFUSED, Kind.CLOSED, Kind.CANCELLED, Kind.REFUSED}
+)
 UPSTREAM_FAILURES = frozenset(
     {Kind.CONNECT_ERROR, Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.WRITE_TIMEOUT, Kind.READ_ERROR}
 )
@@ -45,7 +51,8 @@ UPSTREAM_FAILURES = frozenset(
 class Outcome:
     """One attempt's result. ``error`` is the backend's exception, ``status``/``retry_after`` the response's.
 
-    ``deadline`` marks a timeout caused by the call's total deadline rather than a per-phase limit.
+    ``deadline`` marks a timeout caused by the call's total deadline rather than a per-phase limit; ``refusal`` is
+    the stage's answer to an attempt refused at the connection (``Kind.REFUSED``).
     """
 
     kind: Kind
@@ -53,6 +60,7 @@ class Outcome:
     retry_after: str | None = None
     error: Exception | None = None
     deadline: bool = False
+    refusal: Rejection | None = None
 
 
 _RESPONSES: dict[int, Outcome] = {}
@@ -81,7 +89,56 @@ class Decision(NamedTuple):
 
 DONE = Decision(retry=False)
 
-RejectReason = Literal["circuit_open", "bulkhead_full", "rate_limited", "deadline_exceeded", "closed"]
+
+class Reason(str, enum.Enum):
+    """Why a call, or an attempt of it, was refused before anything was sent."""
+
+    CIRCUIT_OPEN = "circuit_open"
+    BULKHEAD_FULL = "bulkhead_full"
+    RATE_LIMITED = "rate_limited"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def text(self) -> str:
+        """The refusal in words, for messages: ``"circuit breaker is open"``."""
+        return _REASON_TEXT[self]
+
+
+_REASON_TEXT = {
+    Reason.CIRCUIT_OPEN: "circuit breaker is open",
+    Reason.BULKHEAD_FULL: "too many calls in flight (bulkhead full)",
+    Reason.RATE_LIMITED: "rate limited",
+    Reason.DEADLINE_EXCEEDED: "too little time left before the deadline",
+    Reason.CLOSED: "the outbound registry was closed",
+}
+
+
+class CallOutcome(str, enum.Enum):
+    """How a logical call ended, as metrics and logs class it."""
+
+    SUCCESS = "success"  # a response that is not a failure status
+    FAILURE = "failure"  # a response with a failure status (breaker.failure_statuses)
+    ERROR = "error"  # no response: a connection error, a timeout, a pool timeout, a TLS error...
+    REJECTED = "rejected"  # refused before sending: breaker open, bulkhead full, rate limited, deadline
+    CANCELLED = "cancelled"  # interrupted by the caller or by the registry's close(): no verdict on anyone
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of(cls, kind: Kind, error_type: str | None) -> CallOutcome:
+        """How a call that ended in ``kind`` with ``error_type`` (``"HTTPStatus"``: a failure status) is classed."""
+        if kind is Kind.CANCELLED or kind is Kind.CLOSED:
+            return cls.CANCELLED
+        if kind is Kind.REFUSED:
+            return cls.REJECTED
+        if error_type is None:
+            return cls.SUCCESS
+        return cls.FAILURE if error_type == "HTTPStatus" else cls.ERROR
 
 
 class Rejection(NamedTuple):
@@ -91,7 +148,7 @@ class Rejection(NamedTuple):
     ``detail`` completes the error message (``"next trial in 3.0s"``).
     """
 
-    reason: RejectReason
+    reason: Reason
     retry_in: float
     detail: str
 

@@ -7,8 +7,8 @@ end of the pause when it comes within ``pause.max_wait`` and before their deadli
 ``RateLimitedError`` naming the time left. The wait is the server's, to the millisecond: no jitter shortens it.
 
 Reading the pause costs one attribute read while there is none. With ``retry.respect_retry_after`` (the default) the
-call whose answer paused the service waits the same ``Retry-After`` before its retry (``_policy.Call._delay``), so
-its own pause never refuses it.
+call whose answer paused the service waits the same ``Retry-After`` before its retry (``_retry.RetryRule``), so its
+own pause never refuses it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._config import PauseConfig
-from ._outcome import Kind, Outcome, Rejection, Wait
+from ._outcome import Kind, Outcome, Reason, Rejection, Wait
 from ._retry import WAITS, parse_retry_after
 
 if TYPE_CHECKING:
-    from ._policy import Call
+    from ._stage import CallView
 
 # A pause with less than this left is over: the retry that waited it out must not be refused by a clock tick.
 PAUSE_TOLERANCE = 0.002
@@ -53,7 +53,7 @@ class Pause:
         self.until = 0.0  # monotonic end of the current pause; 0.0: none
         self._lock = threading.Lock()
 
-    def admit(self, call: Call) -> Any:
+    def admit(self, call: CallView) -> Any:
         until = self.until
         if not until:
             return None
@@ -63,9 +63,9 @@ class Pause:
                 if self.until == until:
                     self.until = 0.0
             return None
-        if self.config.max_wait and left <= call.wait_left(self, self.config.max_wait):
+        if self.config.max_wait and left <= call.waits.left(self, self.config.max_wait):
             return Wait(left)
-        return Rejection("rate_limited", left, f"the upstream asked for a pause; {left:.1f}s left")
+        return Rejection(Reason.RATE_LIMITED, left, f"the upstream asked for a pause; {left:.1f}s left")
 
     def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
         if outcome.retry_after is None or outcome.kind is not Kind.RESPONSE:
@@ -88,6 +88,13 @@ class Pause:
                 self.until = until
         if publish:
             self.shared.paused(seconds)
+
+    def would_refuse_after(self, delay: float) -> bool:
+        """Whether a retry ``delay`` seconds from now would still meet this pause, longer than it may wait."""
+        if not self.until:
+            return False
+        paused_for = self.paused_for()
+        return paused_for is not None and paused_for > delay + self.config.max_wait + PAUSE_TOLERANCE
 
     def paused_for(self) -> float | None:
         """Seconds left of the current pause, or ``None``."""

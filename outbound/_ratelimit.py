@@ -4,6 +4,13 @@ Every attempt takes one permit (a retry is one more request to the upstream). Wi
 next one when it comes within ``max_wait`` (and before the call's deadline); otherwise it is refused at once with
 ``RateLimitedError`` naming when the next permit comes — it never waits only to fail.
 
+Permits are counted as attempts are admitted, before they wait for a pooled connection; calls that queued there
+would then reach the upstream bunched (up to twice the rate in a second). So the rate limit is also a send gate
+(``_stage.py``): as the request is written, with its connection in hand, it is spaced so that no more than the rate
+go out in any window from this process (``_SendWindow``). The wait this adds is short — the time the pool wait
+bunched it by — and is not counted against ``max_wait`` (the call has its permit); only a deadline it would cross
+refuses it.
+
 - ``scope: "process"``: limits' moving window on its memory storage, exact (never more than N in any window), behind
   our own lock (the storage's thread-safety fix is unreleased in limits 5.8). That storage starts a timer thread on
   each hit to expire old entries — about 0.4 ms per call at low rates — so ``_QuietMemoryStorage`` turns the timer
@@ -21,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +38,11 @@ from limits.storage import MemoryStorage, Storage
 from limits.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
 
 from ._config import RateLimitConfig, StateConfig
-from ._outcome import Outcome, Rejection, Wait
+from ._outcome import Outcome, Reason, Rejection, Wait
 from .health import RateLimitSnapshot
 
 if TYPE_CHECKING:
-    from ._policy import Call
+    from ._stage import CallView
 
 logger = logging.getLogger("outbound.fleet")
 
@@ -84,6 +92,7 @@ class RateLimit:
         self._local = _memory_storage()
         self._local_limiter = MovingWindowRateLimiter(self._local)
         self._key = self.item.key_for(service)
+        self._sent = _SendWindow(self.item.amount, float(self.item.get_expiry()), time.monotonic)
         self._fleet: RateLimiter | None = None
         self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
         self._redis_ok = True
@@ -92,13 +101,22 @@ class RateLimit:
 
     # -- the stage ---------------------------------------------------------------------------------------------
 
-    def admit(self, call: Call) -> Any:
+    def admit(self, call: CallView) -> Any:
         if self._hit():
             return None
         wait = max(_MIN_WAIT, self._next_permit_in())
-        if self.config.max_wait and wait <= call.wait_left(self, self.config.max_wait):
+        if self.config.max_wait and wait <= call.waits.left(self, self.config.max_wait):
             return Wait(wait)
-        return Rejection("rate_limited", wait, f"{self.config.rate} reached; the next permit comes in {wait:.3f}s")
+        return Rejection(Reason.RATE_LIMITED, wait, f"{self.config.rate} reached; the next permit comes in {wait:.3f}s")
+
+    def at_send(self, call: CallView, permit: Any) -> Rejection | Wait | None:
+        wait = self._sent.wait()
+        if wait <= 0:
+            return None
+        left = call.waits.before_deadline()
+        if left is None or wait <= left:  # bounded by the deadline only
+            return Wait(wait)
+        return Rejection(Reason.RATE_LIMITED, wait, f"{self.config.rate} reached at the upstream; no time left to wait")
 
     def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
         pass
@@ -123,6 +141,7 @@ class RateLimit:
     def reset_after_fork(self) -> None:
         # The parent's hits are not this process's, and a parent thread may have held a lock of the storage.
         self._lock = threading.Lock()
+        self._sent = _SendWindow(self._sent.amount, self._sent.seconds, time.monotonic)
         self._local = _memory_storage()
         self._local_limiter = MovingWindowRateLimiter(self._local)
 
@@ -172,6 +191,28 @@ class RateLimit:
         if not self._redis_ok:
             self._redis_ok = True
             logger.info("%s: the fleet's rate limit reaches Redis again", self.service)
+
+
+class _SendWindow:
+    """When this process's last ``amount`` requests were written, and how long the next must wait so that no more
+    than ``amount`` go out in any ``seconds``: an exact moving window, O(1) per request."""
+
+    def __init__(self, amount: int, seconds: float, clock: Callable[[], float]) -> None:
+        self.amount = amount
+        self.seconds = seconds
+        self._clock = clock
+        self._sent: deque[float] = deque(maxlen=amount)
+        self._lock = threading.Lock()
+
+    def wait(self) -> float:
+        """0 (and the request counted as written now), or the seconds it must wait first."""
+        with self._lock:
+            now = self._clock()
+            sent = self._sent
+            if len(sent) == self.amount and now - sent[0] < self.seconds:
+                return sent[0] + self.seconds - now
+            sent.append(now)
+            return 0.0
 
 
 def _redis_storage(state: StateConfig) -> Storage:

@@ -1,6 +1,7 @@
-"""Retry arithmetic: backoff with jitter, ``Retry-After`` parsing, and the retry budget.
+"""Retries: when a failed attempt is retried (``RetryRule``), backoff with jitter, ``Retry-After`` parsing, and the
+retry budget.
 
-Pure functions and one small thread-safe counter; no sleeping here (the backends sleep).
+Decisions, pure functions and one small thread-safe counter; no sleeping here (the drivers sleep).
 """
 
 from __future__ import annotations
@@ -10,8 +11,15 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ._config import BudgetConfig, RetryConfig
+from ._config import MAX_RETRIES, BudgetConfig, RetryConfig
+from ._outcome import DONE, NOTHING_SENT, UPSTREAM_FAILURES, Decision, Kind, Outcome
+
+if TYPE_CHECKING:
+    from ._breaker import Breaker
+    from ._deadline import Deadline
+    from ._pause import Pause
 
 # Statuses for which a Retry-After header is honoured (as urllib3's Retry.RETRY_AFTER_STATUS_CODES).
 RETRY_AFTER_STATUSES = frozenset({413, 429, 503})
@@ -130,3 +138,87 @@ class RetryBudget:
     def reset_lock(self) -> None:
         """Replace the lock after ``fork()``: the parent's may have been held by a thread that does not exist here."""
         self._lock = threading.Lock()
+
+
+def retries_for(retries: object, configured: int) -> int:
+    """The retries a caller's ``retries=`` allows one call: ``False``/``0`` none, ``True`` ``retry.total``,
+    a number that many at most.
+
+    Raises:
+        ValueError: anything else (a wrong type must not pass silently as "no override").
+    """
+    if isinstance(retries, bool):
+        return configured if retries else 0
+    if isinstance(retries, int) and 0 <= retries <= MAX_RETRIES:
+        return retries
+    raise ValueError(f"retries must be True, False or a number of retries from 0 to {MAX_RETRIES}, got {retries!r}")
+
+
+def retry_reason(outcome: Outcome) -> str:
+    """A low-cardinality label for metrics: ``"status_503"``, ``"connect_error"``, ``"read_timeout"``..."""
+    if outcome.kind is Kind.RESPONSE:
+        return f"status_{outcome.status}"
+    return str(outcome.kind.value).replace(" ", "_")
+
+
+class RetryRule:
+    """One service's rule for retrying a failed attempt.
+
+    ``decide`` answers a ``Decision`` to retry after a delay, ``DONE`` when the attempt is not one to retry, or the
+    reason a retry the rule would make is denied: ``"retry_after"`` (the upstream asks for longer than
+    ``retry_after_max``), ``"breaker"`` (it tripped meanwhile), ``"deadline"`` (the retry could not start with
+    ``deadline.min_time`` left), ``"paused"`` (a pause would refuse it) or ``"budget"``.
+    """
+
+    def __init__(
+        self,
+        config: RetryConfig,
+        *,
+        random: Callable[[], float],
+        breaker: Breaker,
+        pause: Pause | None,
+        budget: RetryBudget | None,
+        min_time: float,
+    ) -> None:
+        self._config = config
+        self._random = random
+        self._breaker = breaker
+        self._pause = pause
+        self._budget = budget
+        self._min_time = min_time
+
+    def decide(
+        self, outcome: Outcome, attempt: int, idempotent: bool, deadline: Deadline | None, now: float
+    ) -> Decision | str:
+        """After attempt number ``attempt`` ended with ``outcome`` (the call still has retries left and a body it
+        can send again; ``idempotent``: a method the settings retry), at ``now`` on the deadline's clock."""
+        kind = outcome.kind
+        if kind is Kind.RESPONSE:
+            if not (idempotent and outcome.status in self._config.status_forcelist):
+                return DONE
+        elif kind not in NOTHING_SENT and not (idempotent and kind in UPSTREAM_FAILURES):
+            return DONE  # (the upstream never saw a request that failed to connect: safe for every method)
+        delay = self._delay(outcome, attempt)
+        if delay is None:
+            return "retry_after"  # the upstream asks for longer than we may hold a worker: answer now
+        if self._breaker.tripped():
+            return "breaker"  # stop hammering, report what we have
+        if deadline is not None and now + delay >= deadline.at - self._min_time:
+            return "deadline"  # a retry that could not start with min_time left would be refused anyway
+        if self._pause is not None and self._pause.would_refuse_after(delay):
+            return "paused"  # answer with what we have
+        if self._budget is not None and not self._budget.try_spend():
+            return "budget"
+        return Decision(retry=True, delay=delay if WAITS.enabled else 0.0)
+
+    def _delay(self, outcome: Outcome, attempt: int) -> float | None:
+        """The wait before the retry: backoff, or what ``Retry-After`` asks (``None`` when it asks too much)."""
+        config = self._config
+        delay = backoff_delay(config, attempt, self._random)
+        if outcome.kind is Kind.RESPONSE and config.respect_retry_after and outcome.status in RETRY_AFTER_STATUSES:
+            asked = parse_retry_after(outcome.retry_after)
+            if asked is not None:
+                if asked > config.retry_after_max:
+                    return None
+                delay = asked
+        return delay

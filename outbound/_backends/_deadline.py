@@ -4,8 +4,9 @@ Per-phase timeouts bound each read, not the sum of reads: an upstream that sends
 0.5 s read timeout and can hold a caller for as long as it likes. So, while an attempt runs:
 
 - httpx (sync, asyncio and trio): the transport's httpcore pool reads and writes through ``DeadlineBackend``, whose
-  streams cut every read's and write's timeout to what is left of the deadline (a context variable holds it for the
-  attempt), so the read that would cross it times out at the deadline;
+  streams cut every read's and write's timeout to what is left of the deadline (``_attempt.ATTEMPT`` holds it for
+  the attempt), so the read that would cross it times out at the deadline; the first write of an attempt is also
+  where its send gates are asked (``_attempt.py``);
 - requests: urllib3 sets one timeout on the socket per phase, so a ``Watchdog`` thread (one per process, asleep
   while no attempt runs) shuts down the socket of an attempt still running at its deadline; the blocked read then
   returns at once, the connection is discarded, and the attempt reports a deadline timeout.
@@ -18,28 +19,18 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import math
 import os
 import socket
 import threading
 import time
-from contextvars import ContextVar
 from typing import Any
 
 import httpcore
 
-# Seconds (time.monotonic) when the running attempt's call must end; None outside an attempt.
-ATTEMPT_DEADLINE: ContextVar[float | None] = ContextVar("outbound_attempt_deadline", default=None)
-DEADLINE_MESSAGE = "the call's total deadline expired"
+from ._attempt import ATTEMPT, DEADLINE_MESSAGE, apass_gates, cut, pass_gates
 
-
-def _cut(timeout: float | None, error: type[Exception]) -> float | None:
-    deadline = ATTEMPT_DEADLINE.get()
-    if deadline is None:
-        return timeout
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise error(DEADLINE_MESSAGE)
-    return left if timeout is None or timeout > left else timeout
+__all__ = ["DEADLINE_MESSAGE", "WATCHDOG", "Watch", "bound_to_deadlines"]
 
 
 def _aged(info: str, expires: float | None) -> bool:
@@ -63,16 +54,19 @@ class DeadlineStream(httpcore.NetworkStream):
         self.expires = expires
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.stream.read(max_bytes, _cut(timeout, httpcore.ReadTimeout))
+        return self.stream.read(max_bytes, cut(timeout, httpcore.ReadTimeout, ATTEMPT.get()))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.stream.write(buffer, _cut(timeout, httpcore.WriteTimeout))
+        attempt = ATTEMPT.get()
+        if attempt is not None and attempt.call is not None:
+            pass_gates(attempt)  # the attempt's first write: the connection is in hand, nothing is sent yet
+        self.stream.write(buffer, cut(timeout, httpcore.WriteTimeout, attempt))
 
     def close(self) -> None:
         self.stream.close()
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
-        tls = self.stream.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout))
+        tls = self.stream.start_tls(ssl_context, server_hostname, cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get()))
         return DeadlineStream(tls, self.expires)
 
     def get_extra_info(self, info: str) -> Any:
@@ -94,14 +88,14 @@ class DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> DeadlineStream:
-        timeout = _cut(timeout, httpcore.ConnectTimeout)
+        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
         stream = self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
         return DeadlineStream(stream, _expires(self.max_age))
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
     ) -> DeadlineStream:
-        timeout = _cut(timeout, httpcore.ConnectTimeout)
+        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
         return DeadlineStream(self.backend.connect_unix_socket(path, timeout, socket_options), _expires(self.max_age))
 
     def sleep(self, seconds: float) -> None:
@@ -116,10 +110,13 @@ class AsyncDeadlineStream(httpcore.AsyncNetworkStream):
         self.expires = expires
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self.stream.read(max_bytes, _cut(timeout, httpcore.ReadTimeout))
+        return await self.stream.read(max_bytes, cut(timeout, httpcore.ReadTimeout, ATTEMPT.get()))
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self.stream.write(buffer, _cut(timeout, httpcore.WriteTimeout))
+        attempt = ATTEMPT.get()
+        if attempt is not None and attempt.call is not None:
+            await apass_gates(attempt)
+        await self.stream.write(buffer, cut(timeout, httpcore.WriteTimeout, attempt))
 
     async def aclose(self) -> None:
         await self.stream.aclose()
@@ -127,7 +124,9 @@ class AsyncDeadlineStream(httpcore.AsyncNetworkStream):
     async def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> Any:
-        tls = await self.stream.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout))
+        tls = await self.stream.start_tls(
+            ssl_context, server_hostname, cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
+        )
         return AsyncDeadlineStream(tls, self.expires)
 
     def get_extra_info(self, info: str) -> Any:
@@ -147,14 +146,14 @@ class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> AsyncDeadlineStream:
-        timeout = _cut(timeout, httpcore.ConnectTimeout)
+        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
         stream = await self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
         return AsyncDeadlineStream(stream, _expires(self.max_age))
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
     ) -> AsyncDeadlineStream:
-        timeout = _cut(timeout, httpcore.ConnectTimeout)
+        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
         stream = await self.backend.connect_unix_socket(path, timeout, socket_options)
         return AsyncDeadlineStream(stream, _expires(self.max_age))
 
@@ -196,8 +195,12 @@ class Watch:
 class Watchdog:
     """One daemon thread per process that shuts down the socket of an attempt still running at its deadline.
 
-    Watching costs a dict insert and removal (no lock: each is atomic). The thread wakes at the earliest deadline
-    or every ``POLL`` seconds while attempts run, sleeps while none do, and exits after ``IDLE_EXIT`` seconds idle.
+    Watching costs a dict insert and removal, and wakes nothing: the thread sleeps until the earliest deadline it
+    knows of and is woken only by a watch that ends sooner than that. Calls of a service start one after another with
+    the same total, so their deadlines come in order and a busy process wakes it about once per deadline's length,
+    not once per call (waking a thread per call costs a GIL handover on every request). A deadline that struck before
+    its connection was made is looked at again every ``POLL`` seconds; with nothing to watch the thread exits after
+    ``IDLE_EXIT`` seconds.
     """
 
     POLL = 0.02  # the most a deadline can be overrun by, beyond the read that notices the shutdown
@@ -207,13 +210,15 @@ class Watchdog:
         self._watches: dict[int, Watch] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._idle = True
+        self._next = math.inf  # the deadline the thread sleeps until; infinity while there is no thread
+        self._added = 0  # watches made so far: the thread scans again when one came while it scanned
         self._thread: threading.Thread | None = None
 
     def watch(self, deadline: float) -> Watch:
         watch = Watch(deadline)
         self._watches[id(watch)] = watch
-        if self._idle:
+        self._added += 1
+        if deadline < self._next:
             self._kick()
         return watch
 
@@ -225,42 +230,42 @@ class Watchdog:
         self._watches = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._idle = True
+        self._next = math.inf
         self._thread = None
 
     def _kick(self) -> None:
         with self._lock:
+            self._next = -math.inf  # scanning: no other watch needs to wake it
             if self._thread is None or not self._thread.is_alive():
-                self._idle = False
                 self._thread = threading.Thread(target=self._run, name="outbound-deadline-watchdog", daemon=True)
                 self._thread.start()
             self._wake.set()
 
     def _run(self) -> None:
         while True:
-            watches = list(self._watches.values())
-            if not watches:
-                self._idle = True
-                if self._watches:  # one arrived while we decided to idle (see watch())
-                    self._idle = False
-                    continue
-                woken = self._wake.wait(self.IDLE_EXIT)
-                self._wake.clear()
-                self._idle = False
-                if not woken:
-                    with self._lock:
-                        if not self._watches:
-                            self._idle = True
-                            self._thread = None
-                            return
-                continue
+            added = self._added
             now = time.monotonic()
-            earliest = min(watch.deadline for watch in watches)
-            for watch in watches:
+            following = math.inf
+            for watch in list(self._watches.values()):
                 if watch.deadline <= now:
                     self._strike(watch)
-            self._wake.wait(min(self.POLL, max(0.0, earliest - now)) if earliest > now else self.POLL)
-            self._wake.clear()
+                    if not watch.shut:
+                        following = min(following, now + self.POLL)  # not connected yet: look again soon
+                else:
+                    following = min(following, watch.deadline)
+            with self._lock:
+                if self._added != added:
+                    continue  # a watch came while this scan ran: it may end sooner than what the scan found
+                self._next = following
+                self._wake.clear()
+            if following != math.inf:
+                self._wake.wait(max(0.0, following - time.monotonic()))
+            elif not self._wake.wait(self.IDLE_EXIT):  # nothing to strike: idle until a watch comes
+                with self._lock:
+                    if not self._wake.is_set() and not self._watches:
+                        self._next = math.inf
+                        self._thread = None
+                        return
 
     @staticmethod
     def _strike(watch: Watch) -> None:

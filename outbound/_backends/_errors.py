@@ -9,14 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .._errors import (
-    BulkheadFullError,
+    REJECTED_ERRORS,
     CallError,
-    CircuitOpenError,
     ConnectError,
     ConnectTimeoutError,
-    DeadlineExceededError,
     PoolTimeoutError,
-    RateLimitedError,
     ReadError,
     ReadTimeoutError,
     RegistryClosedError,
@@ -25,21 +22,9 @@ from .._errors import (
     backend_error,
 )
 from .._logging import redact_text
-from .._outcome import Kind, Outcome, Rejection
+from .._outcome import Kind, Outcome, Reason, Rejection
 from .._policy import Call
 
-REJECTED: Mapping[str, type[RejectedError]] = {
-    "circuit_open": CircuitOpenError,
-    "bulkhead_full": BulkheadFullError,
-    "rate_limited": RateLimitedError,
-    "deadline_exceeded": DeadlineExceededError,
-}
-_WHAT = {
-    "circuit_open": "circuit breaker is open",
-    "bulkhead_full": "too many calls in flight (bulkhead full)",
-    "rate_limited": "rate limited",
-    "deadline_exceeded": "too little time left before the deadline",
-}
 # The outbound class each failed attempt is raised as (combined with the backend's own exception class).
 FAILED: Mapping[Kind, type[CallError]] = {
     Kind.CONNECT_ERROR: ConnectError,
@@ -62,14 +47,14 @@ def rejected(
 ) -> Exception:
     """The exception for a refused call: outbound's ``RejectedError`` subclass and the backend's ``native`` class
     for that reason (``RegistryClosedError`` when the registry was closed)."""
-    if rejection.reason == "closed":
+    reason = rejection.reason
+    if reason is Reason.CLOSED:
         return RegistryClosedError(f"the outbound registry was closed; service {service!r} is unusable")
-    message = f"{service}: {_WHAT[rejection.reason]} ({rejection.detail}); nothing was sent"
+    message = f"{service}: {reason.text} ({rejection.detail}); nothing was sent"
     if call is not None and call.attempts:
-        message = f"{service}: {_WHAT[rejection.reason]} ({rejection.detail}) after {call.attempts} attempts"
-    error = backend_error(
-        REJECTED[rejection.reason], native[rejection.reason], message, service=service, attributes=attributes
-    )
+        message = f"{service}: {reason.text} ({rejection.detail}) after {call.attempts} attempts"
+    cls: type[RejectedError] = REJECTED_ERRORS[reason]  # type: ignore[assignment]  # every reason but CLOSED
+    error = backend_error(cls, native[reason], message, service=service, attributes=attributes)
     error.retry_in = rejection.retry_in  # type: ignore[attr-defined]
     return error
 
@@ -88,7 +73,7 @@ def failed(
     assert original is not None
     if outcome.kind is Kind.CLOSED:
         return RegistryClosedError(f"the outbound registry was closed while calling service {call.service!r}")
-    message = call.error_message(outcome)
+    message = error_message(call, outcome)
     if outcome.kind is Kind.MOCK_REFUSED:
         message += f": {redact_text(str(original))}"  # the mock's verdict is the useful part of the message
     merged = dict(attributes)
@@ -101,3 +86,17 @@ def failed(
         attributes=merged,
         args=original.args if args is None else args,
     )
+
+
+def error_message(call: Call, outcome: Outcome) -> str:
+    """The message of the error a failed final attempt raises (no credentials, no query string)."""
+    message = f"{call.service}: {call.describe(outcome)}"
+    deadline = call.deadline
+    if outcome.deadline and deadline is not None and deadline.scoped:
+        message += f" (the {deadline.at - call.started:.3g}s left of the outbound.deadline scope)"
+    elif outcome.deadline:
+        total = call.total
+        message += f" (timeout.total of {f'{total:g}s' if total is not None else 'none'} for the whole call)"
+    if call.attempts > 1:
+        message += f" (after {call.attempts} attempts)"
+    return message

@@ -57,7 +57,8 @@ from httpx_aiohttp import AiohttpTransport
 
 from .._config import ServiceConfig
 from .._errors import ConfigError, redact_url
-from ._deadline import ATTEMPT_DEADLINE, DEADLINE_MESSAGE, bound_to_deadlines
+from ._attempt import ATTEMPT, DEADLINE_MESSAGE, apass_gates
+from ._deadline import bound_to_deadlines
 from .httpx import PRELOAD, transport_options
 from .httpx import pool_numbers as httpcore_pool_numbers
 
@@ -246,7 +247,7 @@ def _intercepted() -> bool:
 
 
 def _loop_time(deadline: float) -> float:
-    # ATTEMPT_DEADLINE is in time.monotonic(); the loop may keep its own clock.
+    # An attempt's real deadline is in time.monotonic(); the loop may keep its own clock.
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
@@ -262,7 +263,8 @@ class ResponseStream(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        deadline = ATTEMPT_DEADLINE.get()
+        attempt = ATTEMPT.get()
+        deadline = attempt.real_deadline if attempt is not None else None
         while True:
             try:
                 if deadline is None:
@@ -338,7 +340,8 @@ class ManagedAiohttpTransport(AiohttpTransport):
             self.session = self._session()
         timeouts = request.extensions.get("timeout", {})
         connect, pool = timeouts.get("connect"), timeouts.get("pool")
-        deadline = ATTEMPT_DEADLINE.get()
+        attempt = ATTEMPT.get()
+        deadline = attempt.real_deadline if attempt is not None else None
         if deadline is not None and deadline <= time.monotonic():
             raise httpx.ConnectTimeout(DEADLINE_MESSAGE)  # as httpcore's connect, cut to no time at all
         headers = request.headers.multi_items()
@@ -354,6 +357,12 @@ class ManagedAiohttpTransport(AiohttpTransport):
             else:
                 headers = headers + self._proxy_headers
         await self.pool.acquire(pool)
+        if attempt is not None and attempt.call is not None:
+            try:
+                await apass_gates(attempt)  # a connection's slot is in hand, and nothing is written yet
+            except BaseException:
+                self.pool.release()
+                raise
         upload = _Upload(timeouts.get("write"))
         token = _UPLOAD.set(upload)
         try:

@@ -15,7 +15,6 @@ import functools
 import http.cookiejar
 import re
 import ssl
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
@@ -23,12 +22,15 @@ import httpx
 
 from .._breaker import CLOSED
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
+from .._deadline import format_budget
 from .._driver import adrive, drive
 from .._errors import EventLoopMismatchError, RegistryClosedError
+from .._hedge import Hedge
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
 from . import _errors
-from ._deadline import ATTEMPT_DEADLINE, bound_to_deadlines
+from ._attempt import ATTEMPT, SendRefused, agated_after, begin, gated_after, refused_outcome
+from ._deadline import bound_to_deadlines
 from ._keys import stamp_key
 from ._origins import Origin, credentials_follow, origin
 from .requests import NO_STORED_COOKIES
@@ -223,26 +225,22 @@ def _start(policy: Policy, request: httpx.Request, configured: dict[str, float |
     return call
 
 
-def _cut_timeouts(call: Call, request: httpx.Request) -> None:
-    """Set this attempt's timeouts (cut to the call's deadline) and its ``deadline_header``, if the service sends
+def _cut_timeouts(call: Call, request: httpx.Request, header: str | None) -> None:
+    """Set this attempt's timeouts (cut to the call's deadline) and its deadline ``header``, if the service sends
     one."""
-    if call.sends_deadline:
-        stamp = call.deadline_header()
-        if stamp is not None:
-            request.headers[stamp[0]] = stamp[1]
+    deadline = call.deadline
+    if deadline is None:
+        return  # the timeouts httpx put in the extensions stand, for every attempt
+    if header is not None:
+        request.headers[header] = format_budget(header, deadline.left())
     extensions = request.extensions
     configured = extensions.get(_CONFIGURED_TIMEOUT)
     if configured is None:
         configured = extensions[_CONFIGURED_TIMEOUT] = extensions.get("timeout", {})
-    limits = call.attempt_timeouts(
+    connect, read, write, pool, _ = deadline.cut(
         configured.get("connect"), configured.get("read"), configured.get("write"), configured.get("pool")
     )
-    request.extensions["timeout"] = {
-        "connect": limits.connect,
-        "read": limits.read,
-        "write": limits.write,
-        "pool": limits.pool,
-    }
+    extensions["timeout"] = {"connect": connect, "read": read, "write": write, "pool": pool}
 
 
 # Set by ServiceClient.send: the caller does not stream, so the transport may read the body itself, inside the
@@ -325,16 +323,13 @@ _TIMEOUTS = frozenset({Kind.CONNECT_TIMEOUT, Kind.READ_TIMEOUT, Kind.WRITE_TIMEO
 
 
 def _failed_attempt(call: Call, policy: Policy, error: Exception) -> Outcome:
+    if isinstance(error, SendRefused):
+        return refused_outcome(error)
     if policy.closed:
         return Outcome(Kind.CLOSED, error=error)  # our own shutdown closed the connection: not the upstream's failure
     kind = _classify(error)
-    return Outcome(kind, error=error, deadline=kind in _TIMEOUTS and call.deadline_passed())
-
-
-def _real_deadline(call: Call) -> float | None:
-    # The policy's clock may be a test's fake one: the I/O layer needs time.monotonic().
-    left = call.time_left()
-    return None if left is None else time.monotonic() + left
+    deadline = call.deadline
+    return Outcome(kind, error=error, deadline=kind in _TIMEOUTS and deadline is not None and deadline.passed())
 
 
 def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
@@ -363,6 +358,7 @@ class OutboundTransport(httpx.BaseTransport):
         self._proxy = proxy
         self._given = inner
         self._configured = configured_timeout(policy.config).as_dict()
+        self._header = policy.config.deadline_header
         self.inner: httpx.BaseTransport = _make_inner(policy.config, proxy, inner, httpx.HTTPTransport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -372,8 +368,8 @@ class OutboundTransport(httpx.BaseTransport):
 
     def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
-        _cut_timeouts(call, request)
-        token = ATTEMPT_DEADLINE.set(_real_deadline(call))
+        _cut_timeouts(call, request, self._header)
+        token = begin(call)
         try:
             response = self.inner.handle_request(request)
             if request.extensions.get(PRELOAD):
@@ -384,11 +380,15 @@ class OutboundTransport(httpx.BaseTransport):
                     stream.close()  # type: ignore[union-attr]
                 # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
                 response.stream = httpx.ByteStream(body)
+            refused = gated_after(ATTEMPT.get())  # type: ignore[arg-type]  # a transport that is not the network
+            if refused is not None:
+                response.close()
+                return None, refused
             return response, _response_outcome(response, self._policy)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             return None, _failed_attempt(call, self._policy, error)  # a body that broke was closed above
         finally:
-            ATTEMPT_DEADLINE.reset(token)
+            ATTEMPT.reset(token)
             if self._policy.closed:
                 self.inner.close()  # an attempt that raced close() must not leave a connection in the pool
 
@@ -423,14 +423,17 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
     def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
         self._configured = configured_timeout(policy.config).as_dict()
+        self._header = policy.config.deadline_header
         self.inner: httpx.AsyncBaseTransport = _make_inner(policy.config, proxy, inner, httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return await adrive(_start(self._policy, request, self._configured), self, request)
 
-    async def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
-        _cut_timeouts(call, request)
-        token = ATTEMPT_DEADLINE.set(_real_deadline(call))
+    async def attempt(
+        self, call: Call, request: httpx.Request, hedge: Hedge | None = None
+    ) -> tuple[httpx.Response | None, Outcome]:
+        _cut_timeouts(call, request, self._header)
+        token = begin(call, hedge.permits if hedge is not None else None)
         try:
             response = await self.inner.handle_async_request(request)
             if request.extensions.get(PRELOAD):
@@ -440,11 +443,15 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
                 finally:
                     await stream.aclose()  # type: ignore[union-attr]
                 response.stream = httpx.ByteStream(body)  # raw, as in the sync transport
+            refused = await agated_after(ATTEMPT.get())  # type: ignore[arg-type]
+            if refused is not None:
+                await response.aclose()
+                return None, refused
             return response, _response_outcome(response, self._policy)
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             return None, _failed_attempt(call, self._policy, error)
         finally:
-            ATTEMPT_DEADLINE.reset(token)
+            ATTEMPT.reset(token)
             if self._policy.closed:
                 await self.inner.aclose()
 

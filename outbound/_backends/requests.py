@@ -35,13 +35,15 @@ from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from .._breaker import CLOSED
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
+from .._deadline import format_budget
 from .._driver import drive
 from .._errors import RegistryClosedError
 from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
 from . import _errors
-from ._deadline import DEADLINE_MESSAGE, WATCHDOG, Watch
+from ._attempt import ATTEMPT, SendRefused, begin, gated_after, pass_gates, refused_outcome
+from ._deadline import DEADLINE_MESSAGE, WATCHDOG
 from ._keys import stamp_key
 from ._origins import credentials_follow, url_origin
 
@@ -52,13 +54,6 @@ if TYPE_CHECKING:
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-class _Attempt(NamedTuple):
-    pool_wait: float | None
-    watch: Watch | None
-
-
-# The attempt running in this thread/context: read by the pools below.
-_attempt: ContextVar[_Attempt | None] = ContextVar("outbound_attempt", default=None)
 # The caller's `retries=` for the call running in this thread/context, with the adapter it is for (set around the
 # call by ServiceSession.request: requests passes nothing but its own arguments down to the adapter). A call to
 # another service made meanwhile (from an auth flow or a hook) is not that call: it keeps its own settings.
@@ -72,12 +67,21 @@ class _ManagedPoolMixin:
 
     def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
         get_conn = super()._get_conn  # type: ignore[misc]  # the pool class comes second in the subclasses' MRO
-        attempt = _attempt.get()
+        attempt = ATTEMPT.get()
         conn: BaseHTTPConnection = get_conn(timeout if timeout is not None or attempt is None else attempt.pool_wait)
         if self.max_connection_age is not None:
             _renew_if_old(conn, self.max_connection_age)  # checked when taken, not also when returned: once a call
-        if attempt is not None and attempt.watch is not None:
-            attempt.watch.conn = conn  # the socket the watchdog shuts down if the deadline strikes
+        if attempt is not None:
+            if attempt.watch is not None:
+                attempt.watch.conn = conn  # the socket the watchdog shuts down if the deadline strikes
+            if attempt.call is not None:
+                try:
+                    pass_gates(attempt)  # the connection is in hand and nothing is written yet
+                except BaseException:
+                    # urlopen never saw it: it puts its slot back in the pool (as None), and a keep-alive socket
+                    # must not wait for the garbage collector.
+                    conn.close()
+                    raise
         return conn
 
 
@@ -216,9 +220,11 @@ class _Send(NamedTuple):
     stream: bool
     connect: float | None
     read: float | None
+    timeout: Urllib3Timeout  # of connect and read, for every attempt the deadline does not cut shorter
     verify: bool | str
     cert: Any
     proxies: Mapping[str, str] | None
+    deadline_header: str | None
 
 
 # The exception class each refusal also is, for code that catches requests' own.
@@ -239,6 +245,9 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         # One pool per host; a service normally talks to one host, redirects may add a few. Blocking pools bound
         # the connections; the wait is bounded by timeout.pool (see _ManagedPoolMixin).
         self._pool_sizes = (4, policy.config.pool.max_connections)
+        # The service's own timeouts, validated once rather than on every call (urllib3 clones it per request).
+        timeouts = policy.config.timeout
+        self._configured_timeout = Urllib3Timeout(connect=timeouts.connect, read=timeouts.read)
         context = policy.config.ssl_context
         self._ssl_context: ssl.SSLContext | None = context() if callable(context) else context
         super().__init__(
@@ -284,7 +293,13 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         )
         if method in self._policy.keyed_methods:  # one key for every attempt of this call
             stamp_key(request, request.headers, self._policy.key_header)
-        return drive(call, self, _Send(request, stream, connect, read, verify, cert, proxies))
+        configured = self._configured_timeout
+        if (connect, read) == (configured.connect_timeout, configured.read_timeout):
+            timeouts = configured
+        else:
+            timeouts = Urllib3Timeout(connect=connect, read=read)
+        send = _Send(request, stream, connect, read, timeouts, verify, cert, proxies, self._config.deadline_header)
+        return drive(call, self, send)
 
     def get_connection_with_tls_context(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
         if self._policy.closed:
@@ -296,22 +311,25 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
 
     def attempt(self, call: Call, send: _Send) -> tuple[requests.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
-        limits = call.attempt_timeouts(send.connect, send.read, None, self._config.timeout.pool)
-        # The watchdog runs on the real clock (the policy's may be a test's fake one): only the time left crosses.
-        watch = WATCHDOG.watch(time.monotonic() + limits.left) if limits.left is not None else None
-        token = _attempt.set(_Attempt(limits.pool, watch))
+        deadline = call.deadline
+        timeout: Any = send.timeout  # a urllib3 Timeout, because either limit may be None (disabled in the settings)
+        pool = self._config.timeout.pool
+        watch = None
+        if deadline is not None:
+            connect, read, _, pool, _ = deadline.cut(send.connect, send.read, None, pool)
+            if connect != send.connect or read != send.read:
+                timeout = Urllib3Timeout(connect=connect, read=read)  # cut to what is left: a new one
+            watch = WATCHDOG.watch(deadline.real_at)
+        token = begin(call, pool_wait=pool, watch=watch)
         response: requests.Response | None = None
-        if self._config.deadline_header is not None:
-            stamp = call.deadline_header()
-            if stamp is not None:
-                send.request.headers[stamp[0]] = stamp[1]  # the time left now, for this attempt
+        if send.deadline_header is not None and deadline is not None:
+            # The time left now, for this attempt.
+            send.request.headers[send.deadline_header] = format_budget(send.deadline_header, deadline.left())
         try:
-            # A urllib3 Timeout, because either limit may be None (disabled in the settings).
-            attempt_timeout: Any = Urllib3Timeout(connect=limits.connect, read=limits.read)
             response = super().send(
                 send.request,
                 stream=send.stream,
-                timeout=attempt_timeout,
+                timeout=timeout,
                 verify=send.verify,
                 cert=send.cert,
                 proxies=send.proxies,
@@ -322,6 +340,10 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                 # The watchdog cut the connection: what was read may be incomplete.
                 response.close()
                 return None, self._deadline_outcome(send.request)
+            refused = gated_after(ATTEMPT.get())  # type: ignore[arg-type]  # a mock answered (responses)
+            if refused is not None:
+                response.close()
+                return None, refused
             status = response.status_code
             # Only where the policy honours it: most responses need no header lookup.
             retry_after = response.headers.get("Retry-After") if status in self._policy.retry_after_statuses else None
@@ -329,15 +351,17 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         except Exception as error:  # noqa: BLE001 (every failed attempt is classified; unknown ones are OTHER)
             if response is not None:  # the headers came, the body broke: this attempt has no usable response
                 response.close()
+            if isinstance(error, SendRefused):
+                return None, refused_outcome(error)
             if self._policy.closed:
                 return None, Outcome(Kind.CLOSED, error=error)  # our own shutdown, not the upstream's failure
             if watch is not None and watch.fired:
                 return None, self._deadline_outcome(send.request)
             kind = _classify(error)
-            deadline = kind in _TIMEOUTS and call.deadline_passed()
-            return None, Outcome(kind, error=error, deadline=deadline)
+            passed = kind in _TIMEOUTS and deadline is not None and deadline.passed()
+            return None, Outcome(kind, error=error, deadline=passed)
         finally:
-            _attempt.reset(token)
+            ATTEMPT.reset(token)
             if watch is not None:
                 WATCHDOG.forget(watch)
 

@@ -1,0 +1,89 @@
+"""A service's pipeline, composed once from its settings: the stages its calls pass, in order, and nothing else.
+
+This is the one place that decides what runs on a service's calls. A feature whose settings are off is absent from
+the tuples below, not a branch the call takes: the call loop (``_policy.Call``) walks the tuples and nothing else.
+
+    call stages      admitted once per call, held until it ends:  bulkhead
+    attempt stages   admitted for every attempt, in this order:   pause -> rate limit -> breaker -> (p95 latencies)
+    send gates       attempt stages asked again as the request is written: the rate limit (its permit), the breaker
+
+A pause refuses before a permit is spent; the rate limit comes before the breaker so that a refused attempt never
+holds a half-open trial slot in vain. The breaker is always there: every service has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._breaker import Breaker
+from ._config import ServiceConfig, StateConfig
+from ._events import BreakerTransition
+from ._hedge import AnsweredLatencies
+from ._retry import RetryBudget
+from ._stage import SendGate, Stage
+
+if TYPE_CHECKING:
+    from ._bulkhead import Bulkhead
+    from ._pause import Pause
+    from ._ratelimit import RateLimit
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The stages of one service. The named ones are kept for health reports and operator actions; the tuples are
+    what calls walk. ``send_gates`` pairs each gate with the index of its permit among the attempt stages'."""
+
+    breaker: Breaker
+    budget: RetryBudget | None
+    bulkhead: Bulkhead | None
+    pause: Pause | None
+    rate_limit: RateLimit | None
+    latencies: AnsweredLatencies | None
+    call_stages: tuple[Stage, ...]
+    attempt_stages: tuple[Stage, ...]
+    send_gates: tuple[tuple[int, SendGate], ...]
+
+
+def compose(
+    config: ServiceConfig,
+    *,
+    clock: Callable[[], float],
+    notify: Callable[[BreakerTransition], None],
+    state: StateConfig | None,
+) -> Pipeline:
+    """Build ``config``'s stages (each module imported only when its setting is on)."""
+    breaker = Breaker(config.name, config.breaker, clock=clock, notify=notify)
+    budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
+    bulkhead = pause = rate_limit = latencies = None
+    if config.bulkhead is not None:
+        from ._bulkhead import Bulkhead
+
+        bulkhead = Bulkhead(config.bulkhead)
+    if config.pause is not None:
+        from ._pause import Pause
+
+        pause = Pause(config.pause, cap=config.retry.retry_after_max, clock=clock)
+    if config.rate_limit is not None:
+        from ._ratelimit import RateLimit  # the `limits` extra: imported only by services that set a rate limit
+
+        rate_limit = RateLimit(config.name, config.rate_limit, state=state)
+    if config.hedge is not None and config.hedge.delay == "p95":
+        latencies = AnsweredLatencies()
+    attempt: list[Any] = [stage for stage in (pause, rate_limit) if stage is not None]
+    attempt.append(breaker)
+    if latencies is not None:
+        attempt.append(latencies)
+    gates = tuple((index, stage) for index, stage in enumerate(attempt) if hasattr(stage, "at_send"))
+    return Pipeline(
+        breaker=breaker,
+        budget=budget,
+        bulkhead=bulkhead,
+        pause=pause,
+        rate_limit=rate_limit,
+        latencies=latencies,
+        call_stages=(bulkhead,) if bulkhead is not None else (),
+        attempt_stages=tuple(attempt),
+        send_gates=gates,
+    )
