@@ -4,8 +4,9 @@ Creates ``.venv`` and installs the project on first use, starts the upstream sim
 real server (Django under uvicorn, Flask under gunicorn), then drives traffic while the upstream fails and heals,
 printing the breaker opening, calls failing fast, ``/health/outbound`` turning 503, the half-open trial and the
 breaker closing. It exits 0 when all of that happened, and stops everything it started. ``--serve`` keeps both
-running and prints the URLs to open instead. ``--redis`` runs the app with two workers sharing their state through
-a redis-server of the demo's own, and shows the fleet agreeing (it needs the ``redis-server`` binary).
+running and prints the URLs to open instead. ``--redis`` runs the app as two workers, each a gunicorn on its own
+port, sharing their state through a redis-server of the demo's own, and shows the fleet agreeing (it needs the
+``redis-server`` binary).
 """
 
 from __future__ import annotations

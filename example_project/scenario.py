@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BREAKER = outbound_settings()["defaults"]["breaker"]
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+# The fleet demo's waits: how many tries and seconds a phase has for the fleet to agree, and the pause between tries.
+FLEET_CALLS = 100
+FLEET_WAIT = 20.0
+POLL = 0.1
+SHELL_TRIES = 3
 
 
 def _free_port() -> int:
@@ -62,8 +67,10 @@ class Stack:
             self._redis_dir = tempfile.TemporaryDirectory(prefix="outbound-demo-redis")
             self.redis = RedisServer(Path(self._redis_dir.name))
         self.upstream_url = f"http://127.0.0.1:{_free_port()}/"
-        self.app_port = _free_port()
-        self.app_url = f"http://127.0.0.1:{self.app_port}"
+        # With Redis, two workers, each a gunicorn of its own on its own port: the demo reaches each one on purpose
+        # (behind one shared socket the kernel picks the worker, and a worker still starting never gets picked).
+        self.worker_urls = [f"http://127.0.0.1:{_free_port()}" for _ in range(2 if redis else 1)]
+        self.app_url = self.worker_urls[0]
         self.processes: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
@@ -75,16 +82,19 @@ class Stack:
             self.redis.start()
             env[REDIS_ENV] = self.redis.url
             self.env = env
-            # Two workers sharing one Redis: the fleet in miniature. gunicorn for both frameworks (WSGI; Django's
-            # async view runs through async_to_sync, with one event loop and client per call).
+            # Two workers sharing one Redis: the fleet in miniature (as two hosts would, they share nothing else).
+            # gunicorn for both frameworks (WSGI; Django's async view runs through async_to_sync, with one event loop
+            # and client per call).
             wsgi = "example_project.django_site.wsgi:application" if self.framework == "django" else None
             if wsgi is not None:
                 env["DJANGO_SETTINGS_MODULE"] = "example_project.django_site.settings"
             app = wsgi or "example_project.flask_app:create_app()"
-            command = [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4", "--log-level", "warning"]
-            command += ["--bind", f"127.0.0.1:{self.app_port}", app]
-            self._spawn(command, env, log=True)
-            self._wait_until_up(self.app_url + "/health/outbound")
+            for url in self.worker_urls:
+                command = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "4"]
+                command += ["--log-level", "warning", "--bind", url.removeprefix("http://"), app]
+                self._spawn(command, env, log=True)
+            for url in self.worker_urls:
+                self._wait_until_up(url + "/health/outbound")
             return
         self.env = env
         if self.framework == "django":
@@ -96,10 +106,10 @@ class Stack:
                 "example_project.django_site.asgi:application",
                 "--no-access-log",
             ]
-            command += ["--host", "127.0.0.1", "--port", str(self.app_port), "--log-level", "warning"]
+            command += ["--host", "127.0.0.1", "--port", self.app_url.rsplit(":", 1)[1], "--log-level", "warning"]
         else:
             command = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "4", "--log-level", "warning"]
-            command += ["--bind", f"127.0.0.1:{self.app_port}", "example_project.flask_app:create_app()"]
+            command += ["--bind", self.app_url.removeprefix("http://"), "example_project.flask_app:create_app()"]
         self._spawn(command, env, log=True)
         self._wait_until_up(self.app_url + "/health/outbound")
 
@@ -195,8 +205,8 @@ class Demo:
         report = self.http.get("/health/outbound", headers=headers).json()
         return dict(report["services"][service]["breaker"])
 
-    def call(self, path: str) -> dict[str, Any]:
-        response = self.http.get(path)
+    def call(self, path: str, http: httpx.Client | None = None) -> dict[str, Any]:
+        response = (http or self.http).get(path)
         body = response.json()
         if body.get("ok"):
             outcome = f"{body['status']} from {body['service']}"
@@ -292,9 +302,13 @@ def serve(framework: str, *, redis: bool = False) -> int:
     narrator = Narrator()
     with running(framework, narrator, redis=redis) as stack:
         control = stack.upstream_url + "_control/mode?name="
+        others = "".join(
+            f"\nits other worker:     {url}/   (the same app, sharing state through Redis)"
+            for url in stack.worker_urls[1:]
+        )
         print(
             f"""
-{framework} example app:  {stack.app_url}/   (try /catalog, /search, /checkout)
+{framework} example app:  {stack.app_url}/   (try /catalog, /search, /checkout){others}
 health:               {stack.app_url}/health/outbound
   details:            curl -H 'Authorization: Bearer {HEALTH_TOKEN}' {stack.app_url}/health/outbound
 upstream simulator:   {stack.upstream_url}_control/stats
@@ -305,7 +319,7 @@ upstream simulator:   {stack.upstream_url}_control/stats
 the README's table (an app that keeps serving while its upstream browns out), measured again:
                       python3 benchmarks/run.py --only 9
 
-Ctrl+C stops both.""",
+Ctrl+C stops them all.""",
             flush=True,
         )
         try:
@@ -317,17 +331,32 @@ Ctrl+C stops both.""",
 
 
 class FleetDemo(Demo):
-    """``--redis``: two workers, one Redis. One opening for both, one story from every health answer and a shell."""
+    """``--redis``: two workers, one Redis. One opening for both, one story from every health answer and a shell.
+
+    Each worker has its own port, so every phase asks each worker in turn; a phase that waits for the fleet (a
+    transition reaching the other worker through Redis, a worker's stats heartbeat) asks again until its condition
+    holds, bounded by ``FLEET_CALLS`` tries and ``FLEET_WAIT`` seconds, never for a fixed sleep.
+    """
 
     def __init__(self, stack: Stack, narrator: Narrator) -> None:
         super().__init__(stack, narrator)
-        # A new connection per request, so gunicorn's two workers take turns answering.
-        self.http = httpx.Client(base_url=stack.app_url, timeout=10.0, headers={"Connection": "close"})
+        self.workers = [httpx.Client(base_url=url, timeout=10.0) for url in stack.worker_urls]
+        self.pids: list[int] = []
 
-    def call(self, path: str) -> dict[str, Any]:
-        body = super().call(path)
+    def close(self) -> None:
+        super().close()
+        for http in self.workers:
+            http.close()
+
+    def call_worker(self, index: int, path: str) -> dict[str, Any]:
+        body = self.call(path, self.workers[index])
         self.say("", f"   answered by worker {body['worker']}")
         return body
+
+    def fleet_report(self, index: int) -> dict[str, Any]:
+        """One worker's detailed ``/health/outbound``."""
+        headers = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
+        return dict(self.workers[index].get("/health/outbound", headers=headers).json())
 
     def shell(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``manage.py outbound ...`` / ``flask outbound ...`` in a new process: an operator's shell."""
@@ -342,13 +371,27 @@ class FleetDemo(Demo):
             self.say("", f"   {line}")
         return done
 
+    def until_every_worker(self, path: str, answered: Callable[[dict[str, Any]], bool]) -> set[int]:
+        """Call each worker in turn until each has given an answer that satisfies ``answered`` (bounded); return the
+        indexes of the workers that did."""
+        done: set[int] = set()
+        deadline = time.monotonic() + FLEET_WAIT
+        for attempt in range(FLEET_CALLS):
+            waiting = [index for index in range(len(self.workers)) if index not in done]
+            if not waiting or time.monotonic() > deadline:
+                break
+            index = waiting[attempt % len(waiting)]
+            if answered(self.call_worker(index, path)):
+                done.add(index)
+            else:
+                time.sleep(POLL)  # news from the other worker (through Redis) may be a moment away
+        return done
+
     def run(self) -> bool:
         self.say("phase", "1. two workers share their state through Redis; the upstream is healthy", color="bold")
-        workers: set[int] = set()
-        for _ in range(40):  # the kernel picks the worker that accepts: it may take a few calls to meet both
-            workers.add(self.call("/checkout")["worker"])
-            if len(workers) == 2:
-                break
+        answers = [self.call_worker(index, "/checkout") for index in range(len(self.workers))]
+        self.pids = [body["worker"] for body in answers]
+        both_answered = all(body.get("ok") for body in answers) and len(set(self.pids)) == 2
 
         self.say(
             "phase",
@@ -358,66 +401,71 @@ class FleetDemo(Demo):
         )
         self.upstream("failing", status=503)
         hits = self.upstream_hits()
-        refused: set[int] = set()
-        for _ in range(40):
-            body = self.call("/checkout")
-            if body.get("error") == "CircuitOpenError":
-                refused.add(body["worker"])
-                if refused == workers:
-                    break
+        refused = self.until_every_worker("/checkout", lambda body: body.get("error") == "CircuitOpenError")
         sent = self.upstream_hits() - hits
         self.say("upstream", f"failing requests that reached the upstream: {sent} (each request retries once)")
 
         self.say("phase", "3. every worker's /health/outbound tells the same story", color="bold")
-        headers = {"Authorization": f"Bearer {HEALTH_TOKEN}"}
-        reports = [self.http.get("/health/outbound", headers=headers).json() for _ in range(4)]
-        for report in reports:
-            billing = report["services"]["billing"]["breaker"]
-            self.say("health", f"scope {report['scope']}, {report['workers']} workers, billing {billing['state']}")
-        agree = all(
-            r["scope"] == "fleet" and r["workers"] == 2 and r["services"]["billing"]["breaker"]["state"] == "open"
-            for r in reports
-        )
+        agree = all(self.wait_for_report(index) for index in range(len(self.workers)))
 
         self.say(
             "phase", "4. an operator's shell (a new process) reads the fleet, then resets the breaker", color="bold"
         )
-        status = self.shell("status", "--service", "billing")
-        shell_sees = "scope: fleet (2 workers" in status.stdout and " open" in status.stdout
+        shell_sees = self.shell_sees_fleet()
         self.upstream("healthy")
         self.shell("reset", "billing")
-        time.sleep(0.5)
-        closed: set[int] = set()
-        for _ in range(40):
-            body = self.call("/checkout")
-            if body.get("ok"):
-                closed.add(body["worker"])
-            if closed == workers:
-                break
+        closed = self.until_every_worker("/checkout", lambda body: body.get("ok") is True)
 
+        every_worker = set(range(len(self.workers)))
         checks = {
-            "both workers answered": len(workers) == 2,
-            "one opening refused calls on both workers": refused == workers,
+            "both workers answered": both_answered,
+            "one opening refused calls on both workers": refused == every_worker,
             f"the upstream saw at most (fail_max + 2 workers) x 2 attempts ({sent})": sent
             <= (BREAKER["fail_max"] + 2) * 2,
-            "every health answer: fleet scope, 2 workers, billing open": agree,
+            "every worker's health answer: fleet scope, 2 workers, billing open": agree,
             "a shell's outbound status saw the fleet": shell_sees,
-            "outbound reset closed the breaker on both workers": closed == workers,
+            "outbound reset closed the breaker on both workers": closed == every_worker,
         }
         for name, passed in checks.items():
             self.say("check", f"{'ok  ' if passed else 'FAIL'} {name}", color="green" if passed else "red")
         print(f"RESULT fleet={all(checks.values())} upstream_requests={sent}", flush=True)
         return all(checks.values())
 
+    def wait_for_report(self, index: int) -> bool:
+        """Read a worker's report until it shows the fleet (both workers' heartbeats live) with billing open."""
+        deadline = time.monotonic() + FLEET_WAIT
+        for _ in range(FLEET_CALLS):
+            report = self.fleet_report(index)
+            billing = report["services"]["billing"]["breaker"]["state"]
+            agrees = report["scope"] == "fleet" and report["workers"] == 2 and billing == "open"
+            if agrees or time.monotonic() > deadline:
+                break
+            time.sleep(POLL)
+        self.say(
+            "health",
+            f"worker {self.pids[index]}: scope {report['scope']}, {report['workers']} workers, billing {billing}",
+            color="green" if agrees else "red",
+        )
+        return agrees
+
+    def shell_sees_fleet(self) -> bool:
+        """``outbound status`` from a new process, again (a few times at most) until it counts both workers."""
+        for _ in range(SHELL_TRIES):
+            out = self.shell("status", "--service", "billing").stdout
+            if "scope: fleet (2 workers" in out and " open" in out:
+                return True
+        return False
+
 
 def run_fleet_scenario(framework: str) -> int:
     narrator = Narrator()
-    narrator.say("start", f"upstream simulator, redis-server and the {framework} example app: gunicorn, 2 workers")
+    narrator.say(
+        "start", f"upstream simulator, redis-server and the {framework} example app: 2 workers, each its own gunicorn"
+    )
     with running(framework, narrator, redis=True) as stack:
-        narrator.say(
-            "ready",
-            f"app {stack.app_url}, simulator {stack.upstream_url}, redis {stack.redis.url if stack.redis else '-'}",
-        )
+        workers = " and ".join(stack.worker_urls)
+        redis = stack.redis.url if stack.redis else "-"
+        narrator.say("ready", f"app workers {workers}, simulator {stack.upstream_url}, redis {redis}")
         demo = FleetDemo(stack, narrator)
         try:
             passed = demo.run()

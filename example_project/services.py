@@ -22,12 +22,15 @@ REDIS_ENV = "OUTBOUND_DEMO_REDIS"
 
 def outbound_settings() -> dict[str, Any]:
     upstream = os.environ.get("OUTBOUND_DEMO_UPSTREAM", "http://127.0.0.1:8001/").rstrip("/") + "/"
+    redis = os.environ.get(REDIS_ENV)
     return {
         "defaults": {
             "timeout": {"connect": 1.0, "read": 2.0, "total": 5.0},
             "retry": {"total": 1, "backoff_factor": 0.05, "backoff_jitter": 0.05},
-            # Short enough for a demo that finishes in seconds; the defaults are fail_max 5 and 30 s.
-            "breaker": {"fail_max": 3, "reset_timeout": 3.0},
+            # Short enough for a demo that finishes in seconds; the defaults are fail_max 5 and 30 s. The fleet demo
+            # (`run.py --redis`) closes its breaker with `outbound reset`, never by waiting it out: a minute keeps it
+            # open through every phase that checks it, even on a loaded machine where a shell takes 20 s to start.
+            "breaker": {"fail_max": 3, "reset_timeout": 60.0 if redis else 3.0},
         },
         "services": {
             "catalog": {"base_url": upstream + "catalog/", "probe": "/ok"},
@@ -36,11 +39,7 @@ def outbound_settings() -> dict[str, Any]:
         },
         "health": {"show_details": "when_authorized", "token": HEALTH_TOKEN},
         # `run.py --redis`: the workers share their breakers and stats through the demo's own redis-server.
-        **(
-            {"state": {"backend": "redis", "url": redis, "sync_interval": 0.2}}
-            if (redis := os.environ.get(REDIS_ENV))
-            else {}
-        ),
+        **({"state": {"backend": "redis", "url": redis, "sync_interval": 0.2}} if redis else {}),
     }
 
 

@@ -697,11 +697,14 @@ def current_loop() -> object | None:
         pass
     try:
         import sniffio
+    except ImportError:  # not a dependency of ours; trio requires it, so without it no trio run can be going
+        return None
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:  # no async library runs in this thread
+        return None
+    if library != "trio":
+        return None
+    import trio
 
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            return trio.lowlevel.current_trio_token()
-    except (ImportError, sniffio.AsyncLibraryNotFoundError):
-        pass
-    return None
+    return trio.lowlevel.current_trio_token()

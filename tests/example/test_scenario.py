@@ -71,6 +71,23 @@ def test_fleet_demo_shows_two_workers_agreeing(framework: str) -> None:
         env={**os.environ, "NO_COLOR": "1"},
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "RESULT fleet=True" in result.stdout
-    assert "and redis-server" in result.stdout  # it stopped the redis-server it started
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert "RESULT fleet=True" in output
+    # Each worker on its own port, each asked in turn: two processes answered and each told the fleet's story.
+    ready = re.search(r"app workers http://127\.0\.0\.1:(\d+) and http://127\.0\.0\.1:(\d+), simulator", output)
+    assert ready is not None, output
+    answered = set(re.findall(r"answered by worker (\d+)", output))
+    told = re.findall(r"health\s+worker (\d+): scope fleet, 2 workers, billing open", output)
+    assert len(answered) == 2, output
+    assert sorted(told) == sorted(answered), output
+    stopped = re.search(r"stopped\s+simulator and app \(pids ([\d, ]+)\) and redis-server", output)
+    assert stopped is not None, output  # it stopped the redis-server it started
+    pids = [int(pid) for pid in stopped.group(1).split(", ")]
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "the fleet demo left a process running"
+    for port in ready.groups():
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open"
