@@ -34,6 +34,7 @@ from ._config import (
     parse_config,
 )
 from ._deadline import budget_from, deadline, time_left
+from ._error_answers import ErrorAnswer, error_answer
 from ._errors import (
     BulkheadFullError,
     CallError,
@@ -86,6 +87,7 @@ __all__ = [
     "ConnectTimeoutError",
     "DeadlineConfig",
     "DeadlineExceededError",
+    "ErrorAnswer",
     "EventLoopMismatchError",
     "HealthConfig",
     "HedgeConfig",
@@ -122,6 +124,7 @@ __all__ = [
     "budget_from",
     "config_errors",
     "deadline",
+    "error_answer",
     "parse_config",
     "setting_warnings",
     "time_left",

@@ -1,17 +1,23 @@
 """Settings that are valid but that an expert would question: the warnings both adapters report.
 
-Django reports them as system checks (``outbound.W002`` ...; ``SILENCED_SYSTEM_CHECKS`` silences one), Flask logs
-them once when ``init_app`` builds the registry. Invalid settings are errors instead (``ConfigError``, at startup).
-The codes are stable: the docs list them.
+Django reports them as system checks (``outbound.W002`` ...; ``SILENCED_SYSTEM_CHECKS`` silences one), and logs them
+when a server loads the project (Django runs no checks there); Flask logs them once when ``init_app`` builds the
+registry. Invalid settings are errors instead (``ConfigError``, at startup). The codes are stable: the docs list them.
+
+One warning depends on where the settings run: ``W012``, a call that can outlast gunicorn's worker timeout, is only
+given while gunicorn is loading the app, whose configuration it reads (``gunicorn_worker_timeout``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import NamedTuple
+import sys
+from types import FrameType
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from ._config import IDEMPOTENT_METHODS, HealthConfig, OutboundConfig, ServiceConfig
+from ._retry import backoff_delay
 
 __all__ = ["SettingWarning", "setting_warnings"]
 
@@ -31,10 +37,17 @@ class SettingWarning(NamedTuple):
 
 
 def setting_warnings(config: OutboundConfig) -> list[SettingWarning]:
-    """Every warning for valid settings ``config``, service by service, then the health settings."""
+    """Every warning for valid settings ``config``, service by service, then the health settings.
+
+    Called while gunicorn loads the app (Django's ``ready()``, Flask's ``init_app``), it also compares each
+    service's longest call with gunicorn's worker timeout (``W012``).
+    """
+    worker_timeout = gunicorn_worker_timeout()
     warnings: list[SettingWarning] = []
     for service in config.services.values():
         warnings.extend(_service(service))
+        if worker_timeout is not None:
+            warnings.extend(_worker_timeout(service, worker_timeout))
     warnings.extend(_health(config.health))
     return warnings
 
@@ -144,6 +157,76 @@ def longest_attempt(service: ServiceConfig) -> float | None:
     if timeout.total is None:
         return summed
     return timeout.total if summed is None else min(timeout.total, summed)
+
+
+def longest_call(service: ServiceConfig) -> float | None:
+    """The longest one call can take, retries and every wait included (``None``: unbounded).
+
+    ``timeout.total`` bounds it when set; below that, each attempt may take ``longest_attempt`` and wait its full
+    ``pause`` and ``rate_limit`` ``max_wait`` first, the call its ``bulkhead.max_wait`` once, and each retry the
+    longer of its backoff (with all its jitter) and the ``Retry-After`` it may honour.
+    """
+    attempt = longest_attempt(service)
+    total = service.timeout.total
+    if attempt is None:
+        return total
+    retry = service.retry
+    per_attempt = sum(stage.max_wait for stage in (service.pause, service.rate_limit) if stage is not None)
+    waits = sum(
+        max(backoff_delay(retry, number, lambda: 1.0), retry.retry_after_max if retry.respect_retry_after else 0.0)
+        for number in range(1, retry.total + 1)
+    )
+    once = service.bulkhead.max_wait if service.bulkhead is not None else 0.0
+    longest = (retry.total + 1) * (attempt + per_attempt) + waits + once
+    return longest if total is None else min(total, longest)
+
+
+def _worker_timeout(service: ServiceConfig, worker_timeout: float) -> list[SettingWarning]:
+    longest = longest_call(service)
+    # Unbounded calls have W002 already. A longest call equal to the timeout passes: 30 s each, by default.
+    if longest is None or longest <= worker_timeout:
+        return []
+    return [
+        SettingWarning(
+            f"OUTBOUND[services.{service.name}]: one call can take up to {longest:g}s, retries and waits included, "
+            f"longer than gunicorn's worker timeout ({worker_timeout:g}s): gunicorn kills a sync worker still busy "
+            "in the call (WORKER TIMEOUT), and the request dies with it instead of getting outbound's error.",
+            hint=f"Set timeout.total below {worker_timeout:g}s, leaving time for the rest of the request, or give "
+            "gunicorn a longer --timeout (or a gthread or async worker class, whose timeout does not bound a request).",
+            code="W012",
+        )
+    ]
+
+
+def gunicorn_worker_timeout() -> float | None:
+    """The worker timeout of the gunicorn loading this app, in seconds, when it bounds a request; else ``None``.
+
+    gunicorn kills a worker that has not reported for ``timeout`` seconds; a sync worker cannot report while a
+    request runs, so for it the timeout bounds each request. A threaded (``gthread``, or ``--threads`` > 1) or async
+    worker keeps reporting, and a timeout of 0 disables the check: ``None`` for those, and outside gunicorn.
+
+    The configuration is gunicorn's own, as it merged it from ``gunicorn.conf.py`` / ``-c``, ``GUNICORN_CMD_ARGS``
+    and the command line: the application object loading this app holds it, in the frame of
+    ``BaseApplication.wsgi()`` on the call stack while the app loads (in the master under ``--preload``, else in
+    each worker). Called at any other time, this finds nothing and returns ``None``.
+    """
+    base = sys.modules.get("gunicorn.app.base")
+    if base is None:  # gunicorn is not running this process (nor was it even imported)
+        return None
+    loading = base.BaseApplication.wsgi.__code__
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code is not loading:
+        frame = frame.f_back
+    if frame is None:
+        return None
+    # Only this frame's locals are read: before Python 3.13 reading f_locals keeps a snapshot of them alive as long
+    # as the frame runs, and the caller's frames may hold objects that must be freed (a test's app, say).
+    cfg: Any = getattr(frame.f_locals.get("self"), "cfg", None)
+    if cfg is None:
+        return None
+    worker = str(cfg.worker_class_str)
+    sync = worker == "sync" or worker.endswith(("SyncWorker", "#sync"))
+    return float(cfg.timeout) if sync and cfg.timeout > 0 else None
 
 
 def _health(health: HealthConfig) -> list[SettingWarning]:

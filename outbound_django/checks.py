@@ -16,6 +16,8 @@ its own error.
                                                   outbound.W009  credentials sent over plain http
                                                   outbound.W010  rate window shorter than 2x an attempt
                                                   outbound.W011  minimum_calls more than the window holds
+                                                  outbound.W012  a call can outlast gunicorn's worker timeout
+                                                                 (only while gunicorn loads the project)
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ CONFIG_ERROR_IDS: dict[ConfigErrorCode, str] = {
     "file": "outbound.E007",
 }
 CONFIG_ERROR_HINTS: dict[ConfigErrorCode, str] = {
-    "unknown_key": "Fix the spelling or remove the key; the configuration reference (docs/configuration.md) lists "
+    "unknown_key": "Fix the spelling or remove the key; the Configuration page of outbound's documentation lists "
     "every key.",
     "missing": "Add the key; the message says what it should hold.",
     "type": "Give the value the type the message asks for.",

@@ -1,7 +1,8 @@
-"""``DeadlineMiddleware``: every request's outbound calls share the budget the caller sent, or the view's default.
+"""Two opt-in middleware: ``DeadlineMiddleware`` (a budget shared by each request's outbound calls) and
+``UpstreamErrorMiddleware`` (a failed or refused outbound call answered as a gateway would: 502, 503, 504).
 
-Opt in by adding it to ``MIDDLEWARE``, as high as you like the deadline to start (its clock starts when the request
-reaches it)::
+``DeadlineMiddleware``: every request's outbound calls share the budget the caller sent, or the view's default.
+Add it to ``MIDDLEWARE`` as high as you like the deadline to start (its clock starts when the request reaches it)::
 
     MIDDLEWARE = ["outbound_django.middleware.DeadlineMiddleware", ...]
 
@@ -10,6 +11,10 @@ The budget comes from the first of the settings' ``deadline.headers`` the reques
 ``@default_deadline(seconds)``; else from ``deadline.default``. The rest of the request — the middleware below this
 one and the view — then runs inside ``outbound.deadline(budget)``. Sync and async views alike: asgiref's bridges
 carry the deadline into the thread or event loop the view runs on.
+
+``UpstreamErrorMiddleware``: a view that lets an outbound refusal or upstream failure escape gets the core's answer
+(``outbound.error_answer``: 503 with ``Retry-After`` for a refusal, 504 for a timeout, 502 for a failed
+connection, a small JSON body) instead of Django's 500 page. Its place in ``MIDDLEWARE`` does not matter.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import Resolver404, resolve
 
 import outbound
@@ -115,3 +120,33 @@ def _warn_once(header: str) -> None:
         _warned.add(header)
     # The value is the client's and may be anything, so it is never logged; the name tells what to look for.
     logger.warning("ignored a malformed %s header of an inbound request (logged once per process)", header)
+
+
+class UpstreamErrorMiddleware:
+    """Answer a view's ``RejectedError``, ``PoolTimeoutError`` or ``TransportFailure`` with ``outbound.error_answer``.
+
+    Through ``process_exception``, so it sees what the view raises, sync or async, and nothing else: an error raised
+    in another middleware or while a streaming response is sent still reaches Django's own handling, as does every
+    other exception (a plain ``CallError`` — TLS, proxy — included). ``django.request`` logs the answer as it logs
+    any 5xx response ("Service Unavailable: /path"), without the traceback; ``outbound.call`` has already logged the
+    failed call itself.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        # Sync or async alike: the response (or its coroutine) passes through; Django calls process_exception.
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """The core's answer for ``exception``, or ``None`` to let Django handle it."""
+        answer = outbound.error_answer(exception)
+        if answer is None:
+            return None
+        return HttpResponse(answer.body, status=answer.status, headers=answer.headers)

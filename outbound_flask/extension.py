@@ -17,6 +17,7 @@ from outbound import Registry, ServiceAsyncClient, ServiceClient, ServiceSession
 from ._state import EXTENSION_KEY, registry_for
 from .cli import outbound_cli
 from .deadlines import install as install_deadlines
+from .errors import install as install_error_answers
 from .views import Authorize, create_blueprint
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Outbound:
         deadlines: run each request inside ``outbound.deadline`` with the budget its caller sent (``grpc-timeout``,
             ``X-Request-Timeout``...), the view's ``@default_deadline`` or the settings' ``deadline.default``, so
             its outbound calls stop when the caller stops waiting (see ``outbound_flask.deadlines``).
+        error_answers: answer a view's outbound refusal or upstream failure as a gateway would (503 with
+            ``Retry-After``, 504, 502, a small JSON body; see ``outbound.error_answer``) instead of with a 500.
     """
 
     def __init__(
@@ -51,10 +54,12 @@ class Outbound:
         authorize: Authorize | None = None,
         health_path: str | None = DEFAULT_HEALTH_PATH,
         deadlines: bool = False,
+        error_answers: bool = False,
     ) -> None:
         self.authorize = authorize
         self.health_path = health_path
         self.deadlines = deadlines
+        self.error_answers = error_answers
         if app is not None:
             self.init_app(app)
 
@@ -86,6 +91,8 @@ class Outbound:
             app.cli.add_command(outbound_cli)
             if self.deadlines:
                 install_deadlines(app)
+            if self.error_answers:
+                install_error_answers(app)
         except BaseException:
             registry.close()
             raise

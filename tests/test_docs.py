@@ -46,10 +46,11 @@ def readme() -> str:
     return README.read_text(encoding="utf-8")
 
 
-def snippet(name: str) -> str:
-    """The fenced block right after the line ``<!-- snippet: name -->`` in the README."""
-    match = re.search(rf"^<!-- snippet: {re.escape(name)} -->\n```\w*\n(.*?)^```$", readme(), re.MULTILINE | re.DOTALL)
-    assert match, f"README.md has no fenced block right after <!-- snippet: {name} -->"
+def snippet(name: str, page: Path = README) -> str:
+    """The fenced block right after the line ``<!-- snippet: name -->`` in the README (or in ``page``)."""
+    text = page.read_text(encoding="utf-8")
+    match = re.search(rf"^<!-- snippet: {re.escape(name)} -->\n```\w*\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    assert match, f"{page.name} has no fenced block right after <!-- snippet: {name} -->"
     return match.group(1)
 
 
@@ -157,30 +158,77 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     return result
 
 
-def test_django_quickstart_pastes_into_a_fresh_startproject(tmp_path: Path) -> None:
+def new_django_project(tmp_path: Path, *, apps: list[str], settings: str, urls: str) -> tuple[Path, dict[str, str]]:
+    """A project fresh from ``startproject`` with ``apps`` added to its ``INSTALLED_APPS``, ``settings`` appended to
+    its settings and ``urls`` as its URLconf; returns the project's directory and the environment to run it in."""
     env = {key: value for key, value in os.environ.items() if key not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
-    env.pop("OUTBOUND_HEALTH_TOKEN", None)  # the snippet must not need it
+    env.pop("OUTBOUND_HEALTH_TOKEN", None)  # the snippets must not need it
     env["PYTHONPATH"] = str(ROOT)  # outbound_django from this checkout
     _run([sys.executable, "-m", "django", "startproject", "mysite"], tmp_path, env)
     project = tmp_path / "mysite"
     package = project / "mysite"
-
-    settings = package / "settings.py"
-    text = settings.read_text(encoding="utf-8")
-    wanted_apps = re.findall(r'^\s*"([\w.]+)",', snippet("django-installed-apps"), re.MULTILINE)
-    assert "outbound_django" in wanted_apps
-    added = "".join(f'    "{app}",\n' for app in wanted_apps if f"'{app}'" not in text and f'"{app}"' not in text)
+    settings_py = package / "settings.py"
+    text = settings_py.read_text(encoding="utf-8")
+    added = "".join(f'    "{app}",\n' for app in apps if f"'{app}'" not in text and f'"{app}"' not in text)
     assert "INSTALLED_APPS = [\n" in text
     text = text.replace("INSTALLED_APPS = [\n", "INSTALLED_APPS = [\n" + added, 1)
-    settings.write_text(text + "\n" + snippet("django-settings"), encoding="utf-8")
-    (package / "urls.py").write_text(snippet("django-urls"), encoding="utf-8")
-    (package / "views.py").write_text(snippet("django-views"), encoding="utf-8")
+    settings_py.write_text(text + "\n" + settings, encoding="utf-8")
+    (package / "urls.py").write_text(urls, encoding="utf-8")
+    return project, env
+
+
+def installed_apps(code: str) -> list[str]:
+    """The apps a snippet lists, one ``"name",`` per line."""
+    return re.findall(r'^\s*"([\w.]+)",', code, re.MULTILINE)
+
+
+def test_django_quickstart_pastes_into_a_fresh_startproject(tmp_path: Path) -> None:
+    wanted_apps = installed_apps(snippet("django-installed-apps"))
+    assert "outbound_django" in wanted_apps
+    project, env = new_django_project(
+        tmp_path, apps=wanted_apps, settings=snippet("django-settings"), urls=snippet("django-urls")
+    )
+    (project / "mysite" / "views.py").write_text(snippet("django-views"), encoding="utf-8")
 
     manage = [sys.executable, "manage.py"]
     checked = _run([*manage, "check"], project, env)
     assert "System check identified no issues" in checked.stdout
     answers = json.loads(_run([*manage, "shell", "-c", DJANGO_SHELL], project, env).stdout.strip().splitlines()[-1])
     assert answers == {"health": [200, {"status": "ok"}], "invoice": {"number": 42}}
+
+
+HEALTH_CHECK_SHELL = """
+import json
+
+from django.test import Client
+from django.test.utils import setup_test_environment
+
+setup_test_environment()  # lets the test client's host through ALLOWED_HOSTS
+client = Client(raise_request_exception=False)
+page = client.get("/ht/", headers={"Accept": "text/html"})
+data = client.get("/ht/", {"format": "json"})
+print(json.dumps({"html": [page.status_code, page["Content-Type"]], "json": [data.status_code, data.json()]}))
+"""
+
+
+def test_django_health_check_snippets_serve_the_html_and_json_views(tmp_path: Path) -> None:
+    django_page = DOCS / "django.md"
+    wanted_apps = installed_apps(snippet("health-check-installed-apps", django_page))
+    assert wanted_apps == ["health_check"]
+    project, env = new_django_project(
+        tmp_path,
+        apps=["outbound_django", *wanted_apps],
+        settings=snippet("django-settings"),
+        urls=snippet("health-check-urls", django_page),
+    )
+    manage = [sys.executable, "manage.py"]
+    assert "System check identified no issues" in _run([*manage, "check"], project, env).stdout
+    shell = _run([*manage, "shell", "-c", HEALTH_CHECK_SHELL], project, env)
+    answers = json.loads(shell.stdout.strip().splitlines()[-1])
+    assert answers["html"] == [200, "text/html; charset=utf-8"], shell.stderr
+    assert answers["json"][0] == 200
+    assert set(answers["json"][1].values()) == {"OK"}
+    assert len(answers["json"][1]) == 2  # the database and outbound
 
 
 # -- Flask: the snippets as a package with an app factory --------------------------------------------------------------

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import trustme
 
 from outbound import Registry
 from outbound_django import get_registry
@@ -39,6 +41,15 @@ def configure(settings: Settings) -> Configure:
         return get_registry()
 
     return configure
+
+
+@pytest.fixture
+def untrusted_tls() -> Iterator[str]:
+    """The URL of an HTTPS upstream whose certificate no client trusts: a call fails with a plain ``CallError``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    with Upstream(tls=context) as server:
+        yield server.url
 
 
 def service(upstream: Upstream, **overrides: Any) -> dict[str, Any]:

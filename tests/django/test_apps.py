@@ -201,3 +201,92 @@ def test_views_call_upstreams_under_wsgi_and_asgi(configure: Configure, upstream
 def test_public_names() -> None:
     assert outbound_django.__all__ == sorted(outbound_django.__all__)
     assert set(outbound_django.__all__) == {"async_client", "client", "default_deadline", "get_registry", "session"}
+
+
+def test_pytest_django_with_invalid_settings_runs_and_only_tests_using_outbound_fail(tmp_path: Path) -> None:
+    # Only a server loading wsgi.py / asgi.py refuses to start: a test run collects every test, and those that use
+    # outbound fail with the core's message naming the service and key.
+    (tmp_path / "test_app.py").write_text(
+        "def test_unrelated():\n"
+        "    assert True\n\n\n"
+        "def test_uses_outbound():\n"
+        "    from outbound_django import session\n\n"
+        '    session("billing")\n',
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--ds=tests.django.broken_settings", "test_app.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed, 1 passed" in result.stdout
+    assert "FAILED test_app.py::test_uses_outbound" in result.stdout
+    assert "E           outbound._errors.ConfigError: OUTBOUND[services.billing.base_url]" in result.stdout
+    assert "INTERNALERROR" not in result.stdout + result.stderr
+    assert "ImproperlyConfigured" not in result.stdout + result.stderr
+
+
+SERVE = """
+import ast
+import importlib
+import sys
+
+from django.conf import settings
+
+outbound_settings, kind = ast.literal_eval(sys.argv[1]), sys.argv[2]
+settings.configure(
+    INSTALLED_APPS=["outbound_django"], OUTBOUND=outbound_settings, SILENCED_SYSTEM_CHECKS=["outbound.W005"]
+)
+getattr(importlib.import_module(f"django.core.{kind}"), f"get_{kind}_application")()
+print("serving")
+"""
+
+
+def load_for_a_server(outbound_settings: str, kind: str) -> subprocess.CompletedProcess[str]:
+    """Build Django's WSGI or ASGI handler in a new process, as a server does when it loads wsgi.py / asgi.py."""
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", SERVE, outbound_settings, kind],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_server_loading_invalid_settings_fails_with_every_mistake(kind: str) -> None:
+    result = load_for_a_server(
+        '{"services": {"billing": {"base_url": "ftp://billing/"}, "search": {"base_url": "http://a/", "retry": 1}}}',
+        kind,
+    )
+    assert result.returncode == 1
+    assert "serving" not in result.stdout
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == "(`manage.py check` explains each mistake in the OUTBOUND setting)"
+    assert "django.core.exceptions.ImproperlyConfigured: OUTBOUND[services.billing.base_url]" in result.stderr
+    assert "  - OUTBOUND[services.search.retry]" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_server_loading_valid_settings_logs_the_warnings_checks_would_give(kind: str) -> None:
+    # Django runs no system checks under a server: the outbound ones are logged once, silenced ones excepted.
+    result = load_for_a_server(
+        '{"services": {"billing": {"base_url": "http://a/", "retry": {"budget": None}}}, "health": {"token": "short"}}',
+        kind,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "serving\n"
+    assert "OUTBOUND[health.token] is shorter than 16 characters" in result.stderr
+    assert "(outbound.W008)" in result.stderr
+    assert "W005" not in result.stderr

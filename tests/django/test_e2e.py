@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.django.conftest import django_admin
 from tests.upstream import Upstream, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +75,15 @@ class Server:
     def output(self) -> str:
         return "\n".join(self.lines)
 
+    def wait_for_exit(self, timeout: float = START_TIMEOUT) -> int:
+        """The exit code; fails with the output if the server is still running after ``timeout`` seconds."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout}s; output:\n{self.output}") from None
+        self._reader.join(timeout=5)
+        return code
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, 15)  # SIGTERM: a graceful stop of the master and its workers
@@ -99,8 +110,10 @@ def start_server(upstream: Upstream) -> Iterator[StartServer]:
             "HOME": home,
         }
 
-        def start(*args: str) -> Server:
-            server = Server([sys.executable, "-m", *args], env)
+        def start(*args: str, settings: str | None = None) -> Server:
+            server = Server(
+                [sys.executable, "-m", *args], {**env, "DJANGO_SETTINGS_MODULE": settings} if settings else env
+            )
             servers.append(server)
             return server
 
@@ -223,3 +236,109 @@ def test_uvicorn_async_view(start_server: StartServer, upstream: Upstream) -> No
         return get(f"{base}/health/outbound").status_code == 200
 
     poll(healed, "/health/outbound answered 200 again", server)
+
+
+# -- invalid OUTBOUND settings: servers refuse to boot, management commands still report -----------------------------
+
+BROKEN_SETTINGS = "tests.django.e2e_project.broken_settings"
+SECRET_IN_SETTINGS = (
+    "e2e-secret-api-key"  # the credential broken_settings.py puts in a header (importing it needs the env)
+)
+MISTAKES = ("OUTBOUND[services.billing.base_url]", "OUTBOUND[services.search.retry.total]")
+
+
+def assert_refused_with_every_mistake(server: Server) -> None:
+    assert server.wait_for_exit() != 0
+    assert "django.core.exceptions.ImproperlyConfigured: OUTBOUND[services.billing.base_url]" in server.output
+    assert all(mistake in server.output for mistake in MISTAKES), server.output
+    assert SECRET_IN_SETTINGS not in server.output
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "in-each-worker"])
+def test_gunicorn_exits_at_boot_on_invalid_settings(start_server: StartServer, preload: bool) -> None:
+    server = start_server(
+        "gunicorn",
+        *(["--preload"] if preload else []),
+        "--workers=2",
+        "--bind=127.0.0.1:0",
+        "--log-level=info",
+        "tests.django.e2e_project.wsgi:application",
+        settings=BROKEN_SETTINGS,
+    )
+    assert_refused_with_every_mistake(server)
+    if not preload:
+        assert "Worker failed to boot" in server.output
+
+
+def test_uvicorn_exits_at_boot_on_invalid_settings(start_server: StartServer) -> None:
+    server = start_server(
+        "uvicorn",
+        "--host=127.0.0.1",
+        "--port=0",
+        "--lifespan=off",
+        "tests.django.e2e_project.asgi:application",
+        settings=BROKEN_SETTINGS,
+    )
+    assert_refused_with_every_mistake(server)
+
+
+def test_runserver_lists_the_mistakes_and_serves_nothing(start_server: StartServer) -> None:
+    # runserver's own system checks refuse to serve; its reloader keeps watching, so fixing the settings restarts it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = start_server("django", "runserver", f"127.0.0.1:{port}", settings=BROKEN_SETTINGS)
+    server.wait_for_output(r"outbound\.E005")
+    server.wait_for_output(r"System check identified 2 issues")
+    assert server.process.poll() is None  # still watching for a fix
+    with pytest.raises(requests.ConnectionError):
+        get(f"http://127.0.0.1:{port}/health/outbound")
+    assert SECRET_IN_SETTINGS not in server.output
+
+
+def test_manage_py_check_still_lists_every_mistake(monkeypatch: pytest.MonkeyPatch, upstream: Upstream) -> None:
+    monkeypatch.setenv("OUTBOUND_E2E_UPSTREAM", upstream.url)
+    result = django_admin(BROKEN_SETTINGS, "check")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "outbound.E004" in result.stderr
+    assert "outbound.E005" in result.stderr
+
+
+# -- gunicorn's worker timeout (outbound.W012) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "in-each-worker"])
+def test_gunicorn_logs_services_whose_calls_outlast_its_worker_timeout(
+    start_server: StartServer, preload: bool
+) -> None:
+    # Both services of the project have a 10 s timeout.total; Django runs no system checks under gunicorn, so the
+    # app logs the outbound warnings itself when gunicorn loads the project.
+    server = start_server(
+        "gunicorn",
+        *(["--preload"] if preload else []),
+        "--workers=1",
+        "--timeout=8",
+        "--bind=127.0.0.1:0",
+        "--log-level=info",
+        "tests.django.e2e_project.wsgi:application",
+    )
+    base = server.wait_for_output(r"Listening at: (http://127\.0\.0\.1:\d+)").group(1)
+    poll(lambda: get(f"{base}/health/outbound").status_code == 200, "the worker answered", server)
+    server.stop()  # every line it wrote is read once it has exited
+    warned = re.findall(
+        r"OUTBOUND\[services\.(\w+)\]: one call can take up to 10s, .* \(outbound\.W012\)", server.output
+    )
+    assert warned == ["orders", "catalog"]
+    assert "gunicorn's worker timeout (8s)" in server.output
+    assert "(outbound.W007)" in server.output  # the project's show_details "always": every outbound warning is logged
+
+
+def test_gunicorn_default_timeout_gives_no_warning_for_these_services(start_server: StartServer) -> None:
+    server = start_server(
+        "gunicorn", "--preload", "--bind=127.0.0.1:0", "--log-level=info", "tests.django.e2e_project.wsgi:application"
+    )
+    base = server.wait_for_output(r"Listening at: (http://127\.0\.0\.1:\d+)").group(1)
+    poll(lambda: get(f"{base}/health/outbound").status_code == 200, "the worker answered", server)
+    server.stop()
+    assert "W012" not in server.output

@@ -178,10 +178,23 @@ def test_under_asgi(healthy: Registry, upstream: Upstream) -> None:
     assert down[:2] == (503, {"status": "down"})
 
 
-def test_invalid_settings_are_an_error(settings: Settings) -> None:
-    settings.OUTBOUND = {"services": {"billing": {"base_url": "ftp://billing/"}}}
+def test_invalid_settings_are_a_json_503_without_the_settings(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-value-of-the-settings"
+    settings.OUTBOUND = {
+        "services": {"billing": {"base_url": f"ftp://user:{secret}@billing/", "headers": {"X-Api-Key": secret}}},
+        "health": {"token": HEALTH_TOKEN},
+    }
     client = Client(raise_request_exception=False)
-    assert client.get(URL).status_code == 500
+    for headers in ({}, BROWSER, bearer(HEALTH_TOKEN)):
+        response = client.get(URL, headers=headers)
+        assert response.status_code == 503
+        assert response["Content-Type"] == "application/json"
+        assert "no-store" in response["Cache-Control"]
+        assert response.json() == {"status": "down", "error": "invalid_settings"}
+        assert secret not in response.content.decode()
+    assert "django.request" not in caplog.text  # an answer to a balancer's poll, not a server error to page about
 
 
 # -- the status page (Accept: text/html) -------------------------------------------------------------------------------

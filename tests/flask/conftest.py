@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 from flask import Flask
 
 from outbound import Registry
@@ -42,3 +44,12 @@ def make_app() -> Iterator[AppFactory]:
 def services(upstream: Upstream, **overrides: dict[str, Any]) -> dict[str, Any]:
     """An ``OUTBOUND`` mapping whose services all point at the test upstream: ``services(upstream, billing={...})``."""
     return {"services": {name: {"base_url": upstream.url, **settings} for name, settings in overrides.items()}}
+
+
+@pytest.fixture
+def untrusted_tls() -> Iterator[str]:
+    """The URL of an HTTPS upstream whose certificate no client trusts: a call fails with a plain ``CallError``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    with Upstream(tls=context) as server:
+        yield server.url
