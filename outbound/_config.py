@@ -335,6 +335,11 @@ class _Skip(Exception):
     """A value could not be read; its mistake is already recorded."""
 
 
+# What a section must be, in its error message: every form the key accepts, so "timeout": "5" is told a number works.
+_MAPPING = "a mapping (dict)"
+_MAPPING_OR_NULL = "a mapping (dict) or null"
+
+
 class _Reader:
     """Reads one mapping, recording a ConfigError (service, dotted key path) for every mistake it finds.
 
@@ -342,14 +347,21 @@ class _Reader:
     """
 
     def __init__(
-        self, mapping: Any, service: str | None, prefix: str, allowed: tuple[str, ...], errors: list[ConfigError]
+        self,
+        mapping: Any,
+        service: str | None,
+        prefix: str,
+        allowed: tuple[str, ...],
+        errors: list[ConfigError],
+        *,
+        accepted: str = _MAPPING,
     ) -> None:
         self.service = service
         self.prefix = prefix
         self.errors = errors
         self.mapping: Mapping[str, Any] = {}
         if not isinstance(mapping, Mapping):
-            self.fail(f"must be a mapping (dict), got {type(mapping).__name__}", key=None)
+            self.fail(f"must be {accepted}, got {type(mapping).__name__}", key=None)
             raise _Skip
         for key in mapping:
             if key not in allowed:
@@ -482,10 +494,11 @@ class _Reader:
 
         return self.read(key, default, parse)
 
-    def sub(self, key: str, allowed: tuple[str, ...]) -> _Reader:
+    def sub(self, key: str, allowed: tuple[str, ...], *, accepted: str = _MAPPING) -> _Reader:
         """A reader for the nested mapping at ``key`` (an empty one when absent); raises ``_Skip`` when it is not a
-        mapping."""
-        return _Reader(self.mapping.get(key, {}), self.service, self.path(key) or key, allowed, self.errors)
+        mapping, after recording that it must be ``accepted`` (every form the key takes, for the message)."""
+        path = self.path(key) or key
+        return _Reader(self.mapping.get(key, {}), self.service, path, allowed, self.errors, accepted=accepted)
 
 
 def _shown(value: Any) -> str:
@@ -522,7 +535,7 @@ def _parse_timeouts(reader: _Reader) -> Timeouts:
         seconds = reader.required_seconds("timeout", 1.0, allow_zero=False)
         return Timeouts(connect=seconds, read=seconds, write=seconds, pool=seconds, total=_default_total(seconds))
     try:
-        sub = reader.sub("timeout", keys_of(Timeouts))
+        sub = reader.sub("timeout", keys_of(Timeouts), accepted="a number or a mapping (dict), or null for no timeouts")
     except _Skip:
         return Timeouts()
     defaults = Timeouts()
@@ -572,7 +585,7 @@ def _parse_budget(reader: _Reader) -> BudgetConfig | None:
         return None
     defaults = BudgetConfig()
     try:
-        sub = reader.sub("budget", keys_of(BudgetConfig))
+        sub = reader.sub("budget", keys_of(BudgetConfig), accepted=_MAPPING_OR_NULL)
     except _Skip:
         return defaults
     return BudgetConfig(
@@ -585,7 +598,7 @@ def _parse_retry(reader: _Reader) -> RetryConfig:
     if "retry" in reader.mapping and reader.mapping["retry"] is None:
         return RetryConfig(total=0)
     try:
-        sub = reader.sub("retry", keys_of(RetryConfig))
+        sub = reader.sub("retry", keys_of(RetryConfig), accepted=_MAPPING_OR_NULL)
     except _Skip:
         return RetryConfig()
     defaults = RetryConfig()
@@ -608,7 +621,7 @@ def _optional_sub(reader: _Reader, key: str, cls: type) -> _Reader | None:
     if reader.mapping.get(key) is None:
         return None
     try:
-        return reader.sub(key, keys_of(cls))
+        return reader.sub(key, keys_of(cls), accepted=_MAPPING_OR_NULL)
     except _Skip:
         return None
 
@@ -717,7 +730,7 @@ def _parse_pause(reader: _Reader) -> PauseConfig | None:
     if "pause" in reader.mapping and reader.mapping["pause"] is None:
         return None
     try:
-        sub = reader.sub("pause", keys_of(PauseConfig))
+        sub = reader.sub("pause", keys_of(PauseConfig), accepted=_MAPPING_OR_NULL)
     except _Skip:
         return PauseConfig()
     defaults = PauseConfig()
@@ -733,10 +746,13 @@ def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
         return None
     defaults = HedgeConfig()
     delay: float | Literal["p95"] = defaults.delay
-    if sub.mapping.get("delay") == "p95":
+    raw_delay = sub.mapping.get("delay", defaults.delay)
+    if raw_delay == "p95":
         delay = "p95"
+    elif isinstance(raw_delay, bool) or not isinstance(raw_delay, int | float):
+        sub.fail(f"must be a number of seconds or 'p95', got {_shown(raw_delay)}", key="delay")
     else:
-        delay = sub.required_seconds("delay", 0.1, allow_zero=False) if "delay" in sub.mapping else defaults.delay
+        delay = sub.required_seconds("delay", 0.1, allow_zero=False)
     methods = sub.methods("methods", defaults.methods)
     unsafe = sorted(methods - IDEMPOTENT_METHODS)
     if unsafe:

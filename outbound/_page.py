@@ -26,12 +26,15 @@ from importlib import resources
 from string import Template
 from typing import Any, TypeGuard
 
+from . import health  # health imports this module too: its names are read when a page is rendered, not before
+
 REFRESH_SECONDS = 5
 """How often the page fetches itself again."""
 
-# Status words to the CSS class of their colours; anything else is shown in neutral grey, with its word.
-_STATUS_TONES = {"ok": "ok", "degraded": "warn", "down": "bad", "unreachable": "bad"}
-_SEVERITY = {"ok": 0, "degraded": 1, "down": 2}
+# Status words (health.STATUSES, and the state backend's "unreachable") to the CSS class of their colours; anything
+# else is shown in neutral grey, with its word. "failing" has a colour of its own, between a warning and "down": the
+# calls fail, but the breaker still lets them through.
+_STATUS_TONES = {"ok": "ok", "degraded": "warn", "failing": "fail", "down": "bad", "unreachable": "bad"}
 _BREAKER_TONES = {"closed": "ok", "half-open": "warn", "open": "bad", "isolated": "bad"}
 _PAUSE_TONES = {"paused": "warn"}
 
@@ -50,7 +53,7 @@ _COUNTERS = (
     ("short_circuited", "Short-circuited"),
     ("pool_timeouts", "Pool timeouts"),
 )
-_STATS_KEYS = frozenset({key for key, _ in _COUNTERS} | {"rejected", "latency_ms"})
+_STATS_KEYS = frozenset({key for key, _ in _COUNTERS} | {"rejected", "recent", "latency_ms"})
 
 
 # -- negotiation ------------------------------------------------------------------------------------------------------
@@ -131,13 +134,17 @@ def _content_security_policy() -> str:
     )
 
 
-def render_page(report: Mapping[str, Any], *, now: datetime | None = None) -> str:
+def render_page(
+    report: Mapping[str, Any], *, now: datetime | None = None, sign_in: str | None = None, token: bool = False
+) -> str:
     """The status page of a JSON-ready report: the overall status, then a card per service when it has them.
 
     Args:
         report: ``HealthReport.as_dict(details=...)``; without ``services`` (the summary an unauthorized request
-            gets) the page shows the overall status alone.
+            gets) the page shows the overall status alone, and says how to see the rest.
         now: when the report was taken (default: now), shown as "Updated ... UTC".
+        sign_in: for the summary, the framework's way to authorize, in words ("sign in as a staff user").
+        token: for the summary, whether the bearer token (``health.token``) authorizes.
     """
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     status = str(report.get("status", "unknown"))
@@ -150,13 +157,33 @@ def render_page(report: Mapping[str, Any], *, now: datetime | None = None) -> st
         meta.extend(_fleet(report))
         content = _services(services) + _extras("Report", {k: v for k, v in report.items() if k not in _REPORT_KEYS})
     else:
-        content = '<p class="notice">Details of each service are shown to authorized requests only.</p>'
+        content = _details_hidden(sign_in, token)
     return Template(_template_text()).substitute(
         title=_e(f"Outbound status: {status}"),
         refresh=REFRESH_SECONDS,
         overall=f"Overall {_badge(status, _STATUS_TONES)}",
         meta=" · ".join(meta),
         content=content,
+    )
+
+
+def _details_hidden(sign_in: str | None, token: bool) -> str:
+    """What the summary says in place of the cards: the ways to see them that can work here, never a secret."""
+    ways = [_e(sign_in)] if sign_in else []
+    if token:
+        ways.append(
+            "send the header <code>Authorization: Bearer &lt;token&gt;</code> with the <code>health.token</code> of "
+            "the app's outbound settings"
+        )
+    if not ways:
+        return (
+            '<p class="notice">Details of each service are not shown on this page: nothing is set up to authorize '
+            "a request for them (see <code>health.show_details</code> and <code>health.token</code> in the app's "
+            "outbound settings). The <code>outbound status</code> command prints them on the server.</p>"
+        )
+    return (
+        '<p class="notice">Details of each service are shown to authorized requests only. To see them, '
+        f"{', or '.join(ways)}.</p>"
     )
 
 
@@ -181,7 +208,7 @@ def _services(services: Mapping[str, Any]) -> str:
     if not services:
         return '<p class="notice">No services are configured.</p>'
     counts = Counter(str(service.get("status")) for service in services.values())
-    worst_first = sorted(counts, key=lambda status: (_SEVERITY.get(status, -1), status), reverse=True)
+    worst_first = sorted(counts, key=lambda status: (_severity(status), status), reverse=True)
     summary = ", ".join(f"{counts[status]} {_e(status)}" for status in worst_first)
     total = len(services)
     cards = "\n".join(_card(index, name, service) for index, (name, service) in enumerate(services.items(), 1))
@@ -189,6 +216,11 @@ def _services(services: Mapping[str, Any]) -> str:
         f'<p class="counts">{total} service{"" if total == 1 else "s"}: {summary}</p>\n'
         f'<div class="cards">\n{cards}\n</div>'
     )
+
+
+def _severity(status: str) -> int:
+    ranks: dict[str, int] = {word: rank for rank, word in enumerate(health.STATUSES)}
+    return ranks.get(status, -1)
 
 
 def _card(index: int, name: str, service: Mapping[str, Any]) -> str:
@@ -204,6 +236,7 @@ def _card(index: int, name: str, service: Mapping[str, Any]) -> str:
         f'<p class="where muted">{where}</p>\n'
         '<dl class="states">\n'
         f"<dt>Status</dt><dd>{_badge(status, _STATUS_TONES)}</dd>\n"
+        f"{_recent(stats.get('recent'))}"
         f"{_breaker(service.get('breaker') or {})}"
         f"{_paused(service.get('paused_for'))}"
         "</dl>\n"
@@ -213,6 +246,22 @@ def _card(index: int, name: str, service: Mapping[str, Any]) -> str:
         f"{''.join(_extras(_label(key), value) for key, value in extras.items())}"
         "</article>"
     )
+
+
+def _recent(recent: Any) -> str:
+    """The last minute's calls and how many failed: what a ``failing`` status is judged on."""
+    if not isinstance(recent, Mapping) or not _is_number(recent.get("calls")):
+        return ""
+    calls, errors, rate = recent["calls"], recent.get("errors"), recent.get("error_rate")
+    if not calls:
+        text = "no calls"
+    else:
+        # The share only when some failed, and never a "0%" for a few failures among many calls.
+        share = ""
+        if _is_number(rate) and rate > 0:
+            share = f" ({rate:.0%})" if rate >= 0.01 else " (under 1%)"
+        text = f"{_number(errors)} of {_number(calls)} call{'' if calls == 1 else 's'} failed{share}"
+    return f"<dt>Last {_number(recent.get('seconds'))} s</dt><dd>{text}</dd>\n"
 
 
 def _breaker(breaker: Mapping[str, Any]) -> str:

@@ -20,7 +20,7 @@ from ._metrics import metric_observers
 from ._probe import probe_all
 from ._service import Service
 from ._state import state_backend
-from .health import HealthReport, ProbeResult, Status, build_report
+from .health import HealthReport, ProbeResult, build_report, worst
 
 
 class Registry:
@@ -147,7 +147,7 @@ class Registry:
         if backend is None:
             return report
         # Cut off from the fleet, this process may miss an opening elsewhere: never "ok".
-        status = report.status if backend.status == "ok" else _worst(report.status, "degraded")
+        status = report.status if backend.status == "ok" else worst(report.status, "degraded")
         return HealthReport(
             status=status,
             services=report.services,
@@ -277,8 +277,3 @@ def _reset_in_forked_children(registry: Registry) -> None:
 
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=after_fork_in_child)
-
-
-def _worst(status: Status, floor: Status) -> Status:
-    order: tuple[Status, ...] = ("ok", "degraded", "down")
-    return max(status, floor, key=order.index)

@@ -166,7 +166,7 @@ class Service:
         paused_for = policy.pause.paused_for() if policy.pause is not None else None
         return ServiceHealth(
             name=self.name,
-            status=service_status(state, pool, bulkhead=bulkhead, paused=paused_for is not None),
+            status=service_status(state, pool, bulkhead=bulkhead, paused=paused_for is not None, recent=stats.recent),
             client=self.config.client,
             base_url=self._display_url,
             critical=self.config.critical,

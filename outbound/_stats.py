@@ -1,17 +1,20 @@
-"""Per-service counters and a bounded window of recent latencies: the observer behind ``registry.health()``."""
+"""Per-service counters, a bounded window of recent latencies and the last minute's calls and errors in one-second
+buckets: the observer behind ``registry.health()``."""
 
 from __future__ import annotations
 
 import bisect
 import math
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import NamedTuple
 
 from ._events import CallRejected, Observer, RetryScheduled
 from ._outcome import Kind
-from .health import LastError, LatencySnapshot, StatsSnapshot
+from .health import RECENT_SECONDS, LastError, LatencySnapshot, RecentCalls, StatsSnapshot
 
 # An interrupted call and one cut short by our own shutdown say nothing about the upstream.
 _NOT_ERRORS = frozenset({Kind.CANCELLED, Kind.CLOSED})
@@ -25,6 +28,8 @@ P95_REFRESH_CALLS = 64
 # bucket counts add up. Steps of 10 % from 0.5 ms to one day keep a merged percentile within 10 % of the true one.
 LATENCY_BUCKETS_MS: tuple[float, ...] = tuple(0.5 * 1.1**i for i in range(int(math.log(86_400_000 / 0.5, 1.1)) + 2))
 PERCENTILES = (0.50, 0.95, 0.99)
+_NO_SECOND = -(2**62)  # the second of a recent-window bucket that has counted nothing yet
+_RECENT_BUCKETS = math.ceil(RECENT_SECONDS)  # one per second
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -60,11 +65,16 @@ def latency_from_histogram(counts: dict[int, int]) -> LatencySnapshot:
 
 
 class Stats(Observer):
-    """Thread-safe counters fed by the policy's events. Every method is O(1) except ``snapshot()``, which runs only
-    for health reports."""
+    """Thread-safe counters fed by the policy's events. Every method is O(1) except ``snapshot()`` and ``export()``,
+    which run only for health reports and a fleet's publishes.
 
-    def __init__(self) -> None:
+    Args:
+        clock: seconds, for the recent window's buckets (``time.monotonic``; a fake one in tests).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self.in_flight = 0
         self.clear()
 
@@ -79,6 +89,11 @@ class Stats(Observer):
             self.pool_timeouts = 0
             self.last_error: LastError | None = None
             self._latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+            # The recent window: bucket i counts the calls and errors of the second _second[i] (one of the last
+            # RECENT_SECONDS when it is still counted); a bucket from an older second is reused, not retired.
+            self._second = [_NO_SECOND] * _RECENT_BUCKETS
+            self._calls = [0] * _RECENT_BUCKETS
+            self._errors = [0] * _RECENT_BUCKETS
 
     # The policy calls these two itself, without building an event (they are on every call's path).
 
@@ -88,12 +103,20 @@ class Stats(Observer):
             self.in_flight += 1
 
     def finished(self, kind: Kind, seconds: float, error_type: str | None, error_message: str | None) -> None:
+        second = int(self._clock())
         with self._lock:
             self.in_flight -= 1
             self._latencies_ms.append(seconds * 1000.0)
             if kind is Kind.POOL_TIMEOUT:
                 self.pool_timeouts += 1
-            if error_type is not None and kind not in _NOT_ERRORS:
+            if kind in _NOT_ERRORS:
+                return  # no verdict on the upstream: not an error, and not a call of the recent window either
+            index = second % _RECENT_BUCKETS
+            if self._second[index] != second:
+                self._second[index], self._calls[index], self._errors[index] = second, 0, 0
+            self._calls[index] += 1
+            if error_type is not None:
+                self._errors[index] += 1
                 self.errors += 1
                 self.last_error = LastError(type=error_type, message=error_message or "", at=datetime.now(timezone.utc))
 
@@ -109,13 +132,13 @@ class Stats(Observer):
                 self.rejected[event.reason] = self.rejected.get(event.reason, 0) + 1
 
     def snapshot(self) -> StatsSnapshot:
-        counters, rejected, latencies, _ = self._read()
+        counters, rejected, recent, latencies, _ = self._read()
         # Sorted outside the lock: a call finishing meanwhile waits for a copy, not for the sort.
         latencies.sort()
         latency = LatencySnapshot(
             *(_percentile(latencies, fraction) if latencies else None for fraction in PERCENTILES)
         )
-        return StatsSnapshot(**counters._asdict(), rejected=rejected, latency_ms=latency)
+        return StatsSnapshot(**counters._asdict(), rejected=rejected, recent=recent, latency_ms=latency)
 
     def reset_after_fork(self) -> None:
         """In a forked child: a new lock (the parent's may have been held by a thread that does not exist here),
@@ -126,14 +149,20 @@ class Stats(Observer):
     def export(self) -> StatsExport:
         """The counters, the last error and the recent latencies as mergeable bucket counts, read under one lock
         (what a fleet publishes: no percentiles, so no sort)."""
-        counters, rejected, latencies, last_error = self._read()
-        return StatsExport(*counters, rejected, histogram(latencies), last_error)
+        counters, rejected, recent, latencies, last_error = self._read()
+        return StatsExport(*counters, rejected, recent, histogram(latencies), last_error)
 
-    def _read(self) -> tuple[_Counters, dict[str, int], list[float], LastError | None]:
+    def _read(self) -> tuple[_Counters, dict[str, int], RecentCalls, list[float], LastError | None]:
         # One instant's figures, copied under the lock; whatever is computed from them is computed outside it.
+        oldest = int(self._clock()) - _RECENT_BUCKETS + 1
         with self._lock:
             counters = _Counters(self.requests, self.errors, self.retries, self.short_circuited, self.pool_timeouts)
-            return counters, dict(self.rejected), list(self._latencies_ms), self.last_error
+            counted = [index for index, second in enumerate(self._second) if second >= oldest]
+            recent = RecentCalls(
+                calls=sum(self._calls[index] for index in counted),
+                errors=sum(self._errors[index] for index in counted),
+            )
+            return counters, dict(self.rejected), recent, list(self._latencies_ms), self.last_error
 
 
 class _Counters(NamedTuple):
@@ -153,6 +182,7 @@ class StatsExport(NamedTuple):
     short_circuited: int
     pool_timeouts: int
     rejected: dict[str, int]
+    recent: RecentCalls
     latency: dict[int, int]
     last_error: LastError | None
 

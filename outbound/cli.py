@@ -25,6 +25,7 @@ from .health import (
     LatencySnapshot,
     PoolSnapshot,
     RateLimitSnapshot,
+    RecentCalls,
     ServiceHealth,
     StateBackendHealth,
     StatsSnapshot,
@@ -71,7 +72,7 @@ def remote_status(url: str, *, token: str | None = None, service: str | None = N
         data = answer.json()
     except (httpx.HTTPError, ValueError) as error:
         return _error(f"could not read {redact_url(url)}: {type(error).__name__}: {error}")
-    if not isinstance(data, dict) or data.get("status") not in ("ok", "degraded", "down"):
+    if not isinstance(data, dict) or data.get("status") not in health.STATUSES:
         return _error(f"{redact_url(url)} did not answer with an outbound health report")
     if "services" not in data:
         hint = "pass --token with the health.token of its settings" if not token else "the token was not accepted"
@@ -189,6 +190,8 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
             short_circuited=stats["short_circuited"],
             pool_timeouts=stats["pool_timeouts"],
             rejected=stats.get("rejected", {}),
+            # A server of an older version reports no recent window: none is shown rather than an invented one.
+            recent=_recent(stats["recent"]) if "recent" in stats else RecentCalls(),
             latency_ms=LatencySnapshot(**stats["latency_ms"]),
         ),
         last_error=LastError(type=last["type"], message=last["message"], at=datetime.fromisoformat(last["at"]))
@@ -198,3 +201,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
         paused_for=data.get("paused_for"),
     )
+
+
+def _recent(data: dict[str, Any]) -> RecentCalls:
+    return RecentCalls(seconds=data["seconds"], calls=data["calls"], errors=data["errors"])

@@ -1,10 +1,10 @@
 """Health: typed snapshots, the status rules, and what the Django and Flask adapters serve and print.
 
 ``Registry.report()`` returns a ``HealthReport`` of ``ServiceHealth`` snapshots (breaker, pool, stats, last error);
-``as_dict()`` is the JSON ``/health/outbound`` and ``registry.health()`` give. Both status rules live here:
-``service_status`` (one upstream) and ``overall_status`` (the report). ``respond`` answers an HTTP health request
-for either framework, with the JSON or, for a browser, the status page (``_page``); ``render_status`` /
-``render_probe`` print the CLI tables and ``*_exit_code`` their codes.
+``as_dict()`` is the JSON ``/health/outbound`` and ``registry.health()`` give. The status words (``Status``) and both
+status rules live here: ``service_status`` (one upstream) and ``overall_status`` (the report). ``respond`` answers an
+HTTP health request for either framework, with the JSON or, for a browser, the status page (``_page``);
+``render_status`` / ``render_probe`` print the CLI tables and ``*_exit_code`` their codes.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from . import _page
 from ._config import HealthConfig
 
 __all__ = [
     "CONFIG_ERROR_EXIT_CODE",
+    "FAILING_ERROR_RATE",
+    "FAILING_MINIMUM_CALLS",
+    "RECENT_SECONDS",
+    "STATUSES",
     "STATUS_EXIT_CODES",
     "BreakerSnapshot",
     "BulkheadSnapshot",
@@ -32,6 +36,7 @@ __all__ = [
     "PoolSnapshot",
     "ProbeResult",
     "RateLimitSnapshot",
+    "RecentCalls",
     "Reporting",
     "ServiceHealth",
     "StateBackendHealth",
@@ -48,13 +53,32 @@ __all__ = [
     "service_status",
     "show_details",
     "status_exit_code",
+    "worst",
 ]
 
 logger = logging.getLogger("outbound.health")
 
-Status = Literal["ok", "degraded", "down"]
-STATUS_EXIT_CODES: Mapping[str, int] = {"ok": 0, "degraded": 0, "down": 1}
+Status = Literal["ok", "degraded", "failing", "down"]
+"""A service's status, and the report's (which is never ``failing``: a failing service makes it ``degraded``)."""
+STATUSES: tuple[Status, ...] = get_args(Status)
+"""Every status, from the mildest to the worst."""
+STATUS_EXIT_CODES: Mapping[Status, int] = {"ok": 0, "degraded": 0, "failing": 0, "down": 1}
 CONFIG_ERROR_EXIT_CODE = 2
+
+# The "failing" rule: of the calls that finished in the last RECENT_SECONDS, at least FAILING_MINIMUM_CALLS, and at
+# least FAILING_ERROR_RATE of them ended in an error. A minute because a report answers "how is it now": long
+# enough that a blip of two errors in a busy second is not an outage, short enough that an outage shows within a
+# minute and a recovery clears within one, whatever the traffic (a window of the last N calls would keep a quiet
+# service "failing" for hours after its last failed call). Five calls so that one or two failures of a quiet service
+# decide nothing. Half, as a rate breaker's default (Resilience4j's 50 %): a service that fails every other call is
+# not "ok" to anyone reading the report, and one failing a few percent is the error counters' business, not the
+# status's.
+RECENT_SECONDS = 60.0
+"""Seconds of recent calls the ``failing`` status is judged on."""
+FAILING_MINIMUM_CALLS = 5
+"""Finished calls the recent window must hold before a service can be ``failing``."""
+FAILING_ERROR_RATE = 0.5
+"""The share of recent calls ending in an error from which a service is ``failing``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +106,40 @@ class LatencySnapshot:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecentCalls:
+    """The calls that finished in the last ``seconds`` (calls interrupted by their caller or by ``close()`` left
+    out): how many, and how many ended in an error (``StatsSnapshot.errors``'s kind of error)."""
+
+    seconds: float = RECENT_SECONDS
+    calls: int = 0
+    errors: int = 0
+
+    @property
+    def error_rate(self) -> float | None:
+        """``errors / calls``, from 0 to 1; ``None`` without calls."""
+        return self.errors / self.calls if self.calls else None
+
+    @property
+    def failing(self) -> bool:
+        """Whether these calls make the service ``failing`` (the rule of ``FAILING_MINIMUM_CALLS`` and
+        ``FAILING_ERROR_RATE``)."""
+        return self.calls >= FAILING_MINIMUM_CALLS and self.errors >= FAILING_ERROR_RATE * self.calls
+
+    def as_dict(self) -> dict[str, Any]:
+        rate = self.error_rate
+        return {
+            "seconds": self.seconds,
+            "calls": self.calls,
+            "errors": self.errors,
+            "error_rate": round(rate, 4) if rate is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatsSnapshot:
     """Counters since start (or the last reset): calls, calls that ended in an error, extra attempts, calls refused
-    by the breaker, calls that found no free connection; ``rejected`` counts other refusals by reason."""
+    by the breaker, calls that found no free connection; ``rejected`` counts other refusals by reason; ``recent``
+    the calls of the last minute, which the ``failing`` status is judged on."""
 
     requests: int = 0
     errors: int = 0
@@ -92,6 +147,7 @@ class StatsSnapshot:
     short_circuited: int = 0
     pool_timeouts: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
+    recent: RecentCalls = field(default_factory=RecentCalls)
     latency_ms: LatencySnapshot = field(default_factory=LatencySnapshot)
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +160,7 @@ class StatsSnapshot:
         }
         if self.rejected:
             counters["rejected"] = dict(self.rejected)
+        counters["recent"] = self.recent.as_dict()
         counters["latency_ms"] = self.latency_ms.as_dict()
         return counters
 
@@ -265,12 +322,22 @@ class HealthReport:
 
 
 def service_status(
-    breaker_state: str, pool: PoolSnapshot, *, bulkhead: BulkheadSnapshot | None = None, paused: bool = False
+    breaker_state: str,
+    pool: PoolSnapshot,
+    *,
+    bulkhead: BulkheadSnapshot | None = None,
+    paused: bool = False,
+    recent: RecentCalls | None = None,
 ) -> Status:
-    """``down`` while the breaker refuses calls (open or isolated); ``degraded`` while it is half-open, calls wait
-    for a connection or for the bulkhead, or the upstream asked for a pause; else ``ok``."""
+    """The worst that applies: ``down`` while the breaker refuses calls (open or isolated); ``failing`` while at
+    least half of the last minute's calls (five or more) ended in an error, whatever the breaker says (a breaker
+    may stay closed through that: slow timeouts, a rate breaker short of ``minimum_calls``, errors that are not
+    breaker failures, failures between successes); ``degraded`` while the breaker is half-open, calls wait for a
+    connection or for the bulkhead, or the upstream asked for a pause; else ``ok``."""
     if breaker_state in ("open", "isolated"):
         return "down"
+    if recent is not None and recent.failing:
+        return "failing"
     if breaker_state == "half-open" or pool.waiting > 0 or paused:
         return "degraded"
     if bulkhead is not None and bulkhead.waiting > 0:
@@ -280,7 +347,9 @@ def service_status(
 
 def overall_status(services: Iterable[ServiceHealth]) -> Status:
     """``down`` only when a critical service is down (an open breaker elsewhere must not pull this instance out of
-    its load balancer); ``degraded`` when any service is not ok; else ``ok``."""
+    its load balancer); ``degraded`` when any service is not ok (``failing`` included, critical or not: its calls
+    fail, but this instance may still serve, and taking it out of rotation would not make them succeed); else
+    ``ok``."""
     services = list(services)
     if any(s.status == "down" and s.critical for s in services):
         return "down"
@@ -351,6 +420,7 @@ def respond(
     *,
     authorization: str | None,
     authorized: Callable[[], bool] | None = None,
+    sign_in: str | None = None,
     accept: str | None = None,
     format: str | None = None,
 ) -> HealthResponse:
@@ -367,6 +437,8 @@ def respond(
         registry: the registry to report on.
         authorization: the request's ``Authorization`` header, if any.
         authorized: the framework's own permission check (a Django staff user, a Flask app's callable).
+        sign_in: what ``authorized`` accepts, in words for a person ("sign in as a staff user"): the page shown
+            without details tells it, and the bearer token header when ``health.token`` is set (never the token).
         accept: the request's ``Accept`` header. The page (HTML, with the same details and status code) only when
             it prefers ``text/html`` to ``application/json``, as a browser's does; without it, with ``*/*`` and
             everything else the JSON, byte for byte what it was before the page existed. Both say ``Vary: Accept``.
@@ -379,7 +451,14 @@ def respond(
     report = registry.report()
     data = report.as_dict(details=details)
     if _page.wants_html(accept, format=format):
-        return HealthResponse(http_status(report), _page.page_headers(), _page.render_page(data).encode())
+        # The ways to the details that can work here: none under "never" (nor under "always", where none is needed).
+        asks = config.show_details == "when_authorized"
+        page = _page.render_page(
+            data,
+            sign_in=sign_in if asks and authorized is not None else None,
+            token=asks and config.token is not None,
+        )
+        return HealthResponse(http_status(report), _page.page_headers(), page.encode())
     body = json.dumps(data).encode()
     headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Vary": "Accept"}
     return HealthResponse(http_status(report), headers, body)
@@ -398,20 +477,38 @@ def _ask(authorized: Callable[[], bool]) -> bool:
 # -- CLI --------------------------------------------------------------------------------------------------------------
 
 
+def worst(*statuses: Status) -> Status:
+    """The worst of ``statuses`` (in the order of ``STATUSES``)."""
+    return max(statuses, key=STATUSES.index)
+
+
 def status_exit_code(report: HealthReport | Mapping[str, Any]) -> int:
-    """0 when ``ok`` or ``degraded``, 1 when ``down``."""
+    """0 when ``ok`` or ``degraded`` (or ``failing``, for one service's status), 1 when ``down``."""
     status = report.status if isinstance(report, HealthReport) else report["status"]
     return STATUS_EXIT_CODES[status]
 
 
 def render_status(report: HealthReport) -> str:
-    """A plain-text table of a report, as ``outbound status`` prints it."""
-    rows = [("SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST ERROR")]
+    """A plain-text table of a report, as ``outbound status`` prints it (``LAST 60S``: of the calls that finished in
+    the last minute, those that failed)."""
+    rows = [
+        (
+            "SERVICE",
+            "CLIENT",
+            "STATUS",
+            "BREAKER",
+            "POOL",
+            "REQUESTS",
+            "ERRORS",
+            f"LAST {RECENT_SECONDS:g}S",
+            "LAST ERROR",
+        )
+    ]
     for name, service in sorted(report.services.items()):
         breaker = service.breaker.state
         if service.breaker.retry_in is not None:
             breaker += f" ({service.breaker.retry_in:.0f}s)"
-        last = service.last_error
+        last, recent = service.last_error, service.stats.recent
         rows.append(
             (
                 name + (" *" if service.critical else ""),
@@ -421,6 +518,7 @@ def render_status(report: HealthReport) -> str:
                 f"{service.pool.in_use}/{service.pool.max_connections}",
                 str(service.stats.requests),
                 str(service.stats.errors),
+                f"{recent.errors}/{recent.calls} failed" if recent.calls else "-",
                 f"{last.type}: {last.message}" if last else "-",
             )
         )

@@ -42,6 +42,8 @@ def health(request: HttpRequest) -> HttpResponse:
         authorization=request.headers.get("Authorization"),
         # Asked only when the token did not decide: request.user may cost a session and database lookup.
         authorized=lambda: _is_staff(request),
+        # Offered where it can work: without AuthenticationMiddleware there is no login to offer.
+        sign_in="sign in to this site as a staff user" if hasattr(request, "user") else None,
         accept=request.headers.get("Accept"),
         format=request.GET.get("format"),
     )

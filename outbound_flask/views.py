@@ -37,6 +37,7 @@ def create_blueprint(*, path: str, authorize: Authorize | None = None) -> Bluepr
             registry_for(current_app),
             authorization=request.headers.get("Authorization"),
             authorized=authorize,
+            sign_in="sign in as this app requires (its authorize check decides)",
             accept=request.headers.get("Accept"),
             format=request.args.get("format"),
         )

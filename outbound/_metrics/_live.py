@@ -1,8 +1,9 @@
-"""The registries a set of gauges reports on: pool numbers and breaker states are read when they are asked for.
+"""The registries a set of gauges reports on: pool numbers, breaker states and health statuses are read when they
+are asked for.
 
-Pools and breakers change without an event for every change (a connection goes idle, an open breaker's trial falls
-due), so the gauges read them from the services themselves. Registries are held weakly and skipped once closed: a
-gauge never keeps a discarded registry, or its sockets, alive.
+Pools, breakers and statuses change without an event for every change (a connection goes idle, an open breaker's
+trial falls due, failures age out of the last minute), so the gauges read them from the services themselves.
+Registries are held weakly and skipped once closed: a gauge never keeps a discarded registry, or its sockets, alive.
 """
 
 from __future__ import annotations
@@ -52,3 +53,8 @@ class LiveRegistries:
         """The breaker states of the live services called ``name``, as the health report reads them (an open
         breaker whose trial is due is ``half-open``)."""
         return {service.policy.breaker.effective_state() for service in self.services() if service.name == name}
+
+    def statuses(self, name: str) -> set[str]:
+        """The health statuses of the live services called ``name``, as this process's report gives them (without a
+        fleet's numbers: a gauge never waits for Redis)."""
+        return {service.health().status for service in self.services() if service.name == name}

@@ -36,6 +36,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .._events import CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
 from .._outcome import Kind
+from ..health import STATUSES
 from ._common import DURATION_BUCKETS, REJECTED, call_outcome, method_label
 from ._live import BREAKER_STATES, LiveRegistries
 
@@ -267,6 +268,12 @@ class OtelInstruments:
             unit="1",
             description="1 for the circuit breaker's state (closed, open, half-open, isolated), 0 for the others.",
         )
+        meter.create_observable_gauge(
+            "outbound.service.status",
+            callbacks=[self._service_statuses],
+            unit="1",
+            description="1 for the service's health status (ok, degraded, failing, down), 0 for the others.",
+        )
         meter.create_observable_up_down_counter(
             "outbound.pool.connections",
             callbacks=[self._pool_connections],
@@ -300,6 +307,12 @@ class OtelInstruments:
             states = self.live.states(name)
             for state in BREAKER_STATES:
                 yield Observation(1 if state in states else 0, {SERVICE: name, "outbound.breaker.state": state})
+
+    def _service_statuses(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name in self._names():
+            statuses = self.live.statuses(name)
+            for status in STATUSES:
+                yield Observation(1 if status in statuses else 0, {SERVICE: name, "outbound.health.status": status})
 
     def _pool_connections(self, options: CallbackOptions) -> Iterable[Observation]:
         for name in self._names():

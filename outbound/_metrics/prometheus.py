@@ -7,9 +7,10 @@ shows them. Counters and the histogram are fed by the policy's events; the gauge
 - in a single process each gauge child reads the live services when it is scraped (``set_function``);
 - under a multiprocess exporter (``PROMETHEUS_MULTIPROC_DIR``: gunicorn workers) values live in per-process files
   written only by ``set()``, and ``MultiProcessCollector`` sees neither functions nor custom collectors. A daemon
-  thread of the process copies pools and breaker states into the gauges every ``REFRESH_SECONDS``. It starts with
-  the process's first call (a gunicorn master that preloads the app without calling anything writes nothing), ends
-  once no registry is open, and a forked child starts its own on its first call (threads do not survive a fork).
+  thread of the process copies pools, breaker states and statuses into the gauges every ``REFRESH_SECONDS``. It
+  starts with the process's first call (a gunicorn master that preloads the app without calling anything writes
+  nothing), ends once no registry is open, and a forked child starts its own on its first call (threads do not
+  survive a fork).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client import values as prometheus_values
 
 from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
 from .._outcome import Kind
+from ..health import STATUSES
 from ._common import DURATION_BUCKETS, REJECTED, call_outcome, method_label, status_label
 from ._live import BREAKER_STATES, LiveRegistries
 
@@ -88,6 +90,14 @@ class PrometheusMetrics:
             multiprocess_mode="livemax",
             registry=registry,
         )
+        # livemax, as the breaker states: a status reads 1 while at least one live worker's report gives it.
+        self.service_status = Gauge(
+            "outbound_service_status",
+            "1 for the service's health status (ok, degraded, failing, down), 0 for the others.",
+            ("service", "status"),
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
         # livesum: connections and waiting calls of the live workers add up to the service's totals.
         self.pool_connections = Gauge(
             "outbound_pool_connections",
@@ -114,6 +124,9 @@ class PrometheusMetrics:
             states = live.states(name)
             for state in BREAKER_STATES:
                 self.circuit_state.labels(name, state).set(1 if state in states else 0)
+            statuses = live.statuses(name)
+            for status in STATUSES:
+                self.service_status.labels(name, status).set(1 if status in statuses else 0)
 
     def read_gauges_when_scraped(self, live: LiveRegistries, name: str) -> None:
         """Make the gauges of service ``name`` read ``live`` at every scrape (single-process mode)."""
@@ -122,6 +135,8 @@ class PrometheusMetrics:
         self.pool_waiting.labels(name).set_function(_pool_reader(live, name, 2))
         for state in BREAKER_STATES:
             self.circuit_state.labels(name, state).set_function(_state_reader(live, name, state))
+        for status in STATUSES:
+            self.service_status.labels(name, status).set_function(_status_reader(live, name, status))
 
 
 def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], float]:
@@ -130,6 +145,10 @@ def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], fl
 
 def _state_reader(live: LiveRegistries, name: str, state: str) -> Callable[[], float]:
     return lambda: 1.0 if state in live.states(name) else 0.0
+
+
+def _status_reader(live: LiveRegistries, name: str, status: str) -> Callable[[], float]:
+    return lambda: 1.0 if status in live.statuses(name) else 0.0
 
 
 class GaugeRefresher:

@@ -56,7 +56,7 @@ import redis
 from .._breaker import CLOSED, HALF_OPEN, ISOLATED, OPEN
 from .._config import StateConfig
 from .._stats import latency_from_histogram
-from ..health import LastError, StateBackendHealth, StatsSnapshot
+from ..health import LastError, RecentCalls, StateBackendHealth, StatsSnapshot
 from . import FleetBreaker, FleetService, FleetView
 
 if TYPE_CHECKING:
@@ -364,12 +364,17 @@ class RedisState:
         rejected: dict[str, int] = {}
         buckets: dict[int, int] = {}
         last_error: LastError | None = None
+        recent_calls = recent_errors = 0
         for worker in published:
             entry = worker.get(name)
             if not entry:
                 continue
             for key in counters:
                 counters[key] += int(entry.get(key, 0))
+            # Each worker's last minute, as of its last publish: the fleet's "failing" is judged on their sum.
+            recent = entry.get("recent") or {}
+            recent_calls += int(recent.get("calls", 0))
+            recent_errors += int(recent.get("errors", 0))
             for reason, count in entry.get("rejected", {}).items():
                 rejected[reason] = rejected.get(reason, 0) + int(count)
             for index, count in entry.get("latency", {}).items():
@@ -378,7 +383,12 @@ class RedisState:
             if error and (last_error is None or error["at"] > last_error.at.isoformat()):
                 at = datetime.fromisoformat(error["at"])
                 last_error = LastError(type=error["type"], message=error["message"], at=at)
-        stats = StatsSnapshot(**counters, rejected=rejected, latency_ms=latency_from_histogram(buckets))
+        stats = StatsSnapshot(
+            **counters,
+            rejected=rejected,
+            recent=RecentCalls(calls=recent_calls, errors=recent_errors),
+            latency_ms=latency_from_histogram(buckets),
+        )
         return FleetService(
             breaker=FleetBreaker(state=state, failures=failures, retry_in=retry_in, opened_at=opened_at),
             stats=stats,
@@ -578,6 +588,7 @@ class RedisState:
                 "short_circuited": export.short_circuited,
                 "pool_timeouts": export.pool_timeouts,
                 "rejected": export.rejected,
+                "recent": {"calls": export.recent.calls, "errors": export.recent.errors},
                 "latency": export.latency,
                 "last_error": last.as_dict() if last else None,
             }

@@ -1,6 +1,7 @@
 """Make the documentation's screenshot of the status page: ``.venv/bin/python -m tests.browser.screenshot``.
 
-A representative report (three services, the critical one fine, one with an open breaker) rendered by the page's own
+A representative report (four services: the critical one fine, one with an open breaker, one failing under a closed
+breaker) rendered by the page's own
 code and served to Debian's Chromium with the page's real headers; written to ``docs/status-page.png`` unless another
 path is given.
 """
@@ -21,6 +22,7 @@ from outbound.health import (
     LastError,
     LatencySnapshot,
     PoolSnapshot,
+    RecentCalls,
     ServiceHealth,
     StatsSnapshot,
     build_report,
@@ -39,7 +41,13 @@ def report(now: datetime) -> HealthReport:
         critical=False,
         breaker=BreakerSnapshot(state="closed", failures=0, opened_at=None, retry_in=None),
         pool=PoolSnapshot(max_connections=20, in_use=2, idle=4),
-        stats=StatsSnapshot(requests=1520, errors=3, retries=4, latency_ms=LatencySnapshot(12.1, 48.0, 95.3)),
+        stats=StatsSnapshot(
+            requests=1520,
+            errors=3,
+            retries=4,
+            recent=RecentCalls(calls=212, errors=1),
+            latency_ms=LatencySnapshot(12.1, 48.0, 95.3),
+        ),
         last_error=None,
     )
     return build_report(
@@ -58,6 +66,7 @@ def report(now: datetime) -> HealthReport:
                     errors=41,
                     retries=17,
                     short_circuited=12,
+                    recent=RecentCalls(calls=9, errors=9),
                     latency_ms=LatencySnapshot(35.2, 2010.4, 2030.0),
                 ),
                 last_error=LastError("ReadTimeout", "GET https://search.internal/q: no answer within 2.0 s", now),
@@ -67,7 +76,38 @@ def report(now: datetime) -> HealthReport:
                 name="recommendations",
                 base_url="https://recs.internal/v2/",
                 pool=PoolSnapshot(max_connections=10, in_use=7, idle=1),
-                stats=StatsSnapshot(requests=312, errors=1, latency_ms=LatencySnapshot(48.7, 120.0, 180.9)),
+                stats=StatsSnapshot(
+                    requests=312,
+                    errors=1,
+                    recent=RecentCalls(calls=31),
+                    latency_ms=LatencySnapshot(48.7, 120.0, 180.9),
+                ),
+            ),
+            replace(
+                usual,
+                name="ledger",
+                status="failing",
+                base_url="https://ledger.internal/",
+                breaker=BreakerSnapshot(
+                    state="closed",
+                    failures=0,
+                    opened_at=None,
+                    retry_in=None,
+                    mode="rate",
+                    calls=14,
+                    failure_rate=0.8571,
+                    slow_call_rate=None,
+                ),
+                pool=PoolSnapshot(max_connections=20, in_use=3, idle=2),
+                stats=StatsSnapshot(
+                    requests=96,
+                    errors=14,
+                    recent=RecentCalls(calls=14, errors=12),
+                    latency_ms=LatencySnapshot(5010.2, 7020.5, 7100.0),
+                ),
+                last_error=LastError(
+                    "ReadTimeout", "POST https://ledger.internal/entries: no answer within 5.0 s", now
+                ),
             ),
         ]
     )

@@ -69,6 +69,8 @@ class Expected:
     critical: str
     overall: str
     status: int
+    failing: str | None  # a service whose calls fail while its breaker stays closed
+    hidden: str  # what the page says in place of the cards without authorization
 
 
 # -- the browser ------------------------------------------------------------------------------------------------------
@@ -216,6 +218,14 @@ def check_status_page(browser: Browser, expected: Expected, screenshots: Path) -
     expect(broken.locator(".badge").first).to_have_text("down")
     assert_counts_down(page, expected.open_service)
 
+    # A service whose calls fail under a closed breaker: its own word and colour, and the figures behind it.
+    if expected.failing is not None:
+        failing = page.get_by_role("article", name=expected.failing)
+        expect(failing.locator(".badge").first).to_have_text("failing")
+        expect(failing.locator(".badge.fail")).to_have_count(1)
+        expect(failing.locator(".breaker")).to_have_text("closed")
+        expect(failing.get_by_text(re.compile(r"^\d+ of \d+ calls failed \(100%\)$"))).to_have_count(1)
+
     # Readable: contrast in light and dark mode, no sideways scrolling on a phone, no motion when asked for none.
     assert_readable(page, "light")
     page.emulate_media(color_scheme="dark")
@@ -252,7 +262,7 @@ def check_summary_page(browser: Browser, expected: Expected) -> None:
         assert response is not None
         assert response.status == expected.status
         expect(page.get_by_role("status").filter(has_text="Overall")).to_have_text(f"Overall {expected.overall}")
-        expect(page.get_by_role("main")).to_have_text("Details of each service are shown to authorized requests only.")
+        expect(page.get_by_role("main")).to_have_text(expected.hidden)
         expect(page.get_by_role("article")).to_have_count(0)
         text = page.locator("body").inner_text()
         assert [name for name in expected.services if name in text] == []
@@ -292,6 +302,8 @@ def flask_app(upstream: Upstream) -> Flask:
             "payments": {"base_url": upstream.url, "critical": True, **FAST},
             "search": {"base_url": upstream.url, "client": "httpx", **FAST},
             "recommendations": {"base_url": upstream.url, "breaker": STAYS_OPEN, **FAST},
+            # A rate breaker short of its minimum_calls: every call fails, the breaker stays closed.
+            "ledger": {"base_url": upstream.url, "breaker": {"mode": "rate", "minimum_calls": 100}, **FAST},
         },
         "health": {"token": TOKEN},
     }
@@ -331,6 +343,8 @@ def traffic(registry: Registry) -> None:
     for _ in range(3):
         registry.client("search").get("ok")
     open_breaker(registry, "recommendations")
+    for _ in range(6):
+        registry.session("ledger").get("status/500")
 
 
 def test_flask_status_page(browser: Browser, flask_registry: tuple[Registry, str], tmp_path: Path) -> None:
@@ -338,11 +352,16 @@ def test_flask_status_page(browser: Browser, flask_registry: tuple[Registry, str
     traffic(registry)
     expected = Expected(
         url=f"{base}/health/outbound",
-        services=("payments", "search", "recommendations"),
+        services=("payments", "search", "recommendations", "ledger"),
         open_service="recommendations",
         critical="payments",
         overall="degraded",
         status=200,
+        failing="ledger",
+        hidden=(
+            "Details of each service are shown to authorized requests only. To see them, send the header "
+            "Authorization: Bearer <token> with the health.token of the app's outbound settings."
+        ),
     )
     page = check_status_page(browser, expected, tmp_path)
 
@@ -408,6 +427,12 @@ def test_django_status_page(browser: Browser, django_server: str, upstream: Upst
         critical="orders",
         overall="down",
         status=503,
+        failing=None,
+        # The project has no AuthenticationMiddleware: no staff login to offer, the token alone.
+        hidden=(
+            "Details of each service are shown to authorized requests only. To see them, send the header "
+            "Authorization: Bearer <token> with the health.token of the app's outbound settings."
+        ),
     )
     page = check_status_page(browser, expected, tmp_path)
 

@@ -20,6 +20,7 @@ from outbound.health import (
     LatencySnapshot,
     PoolSnapshot,
     RateLimitSnapshot,
+    RecentCalls,
     ServiceHealth,
     StatsSnapshot,
     build_report,
@@ -151,6 +152,38 @@ def test_status_url_json_keeps_everything_the_server_reports(upstream: Upstream)
     assert text.code == 0
 
 
+def test_status_url_shows_a_failing_service_and_exits_0(upstream: Upstream) -> None:
+    app = Flask("failing")
+    app.config["OUTBOUND"] = {
+        "services": {
+            "api": {"base_url": upstream.url, "retry": None, "critical": True, "breaker": {"mode": "rate"}},
+            "search": {"base_url": upstream.url},
+        },
+        "health": {"token": TOKEN},
+    }
+    Outbound(app)
+    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for _ in range(5):
+            app.extensions["outbound"].session("api").get("status/500")  # a rate breaker short of minimum_calls
+        url = f"http://127.0.0.1:{server.server_port}/health/outbound"
+        output = cli.remote_status(url, token=TOKEN)
+        alone = cli.remote_status(url, token=TOKEN, service="api")
+        anonymous = cli.remote_status(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.extensions["outbound"].close()
+    row = next(line for line in output.text.splitlines() if line.startswith("api *"))
+    assert row.split()[3:5] == ["failing", "closed"]
+    assert "5/5 failed" in row
+    assert output.text.splitlines()[-1].startswith("overall: degraded")
+    assert (output.code, alone.code, anonymous.code) == (0, 0, 0)
+    assert alone.text.splitlines()[-1].startswith("overall: degraded")
+    assert anonymous.text.startswith("overall: degraded")
+
+
 def test_the_typed_report_survives_its_own_json() -> None:
     opened = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
     service = ServiceHealth(
@@ -170,7 +203,12 @@ def test_the_typed_report_survives_its_own_json() -> None:
             slow_call_rate=0.0,
         ),
         pool=PoolSnapshot(max_connections=10, in_use=1, idle=2, waiting=0),
-        stats=StatsSnapshot(requests=5, errors=3, latency_ms=LatencySnapshot(p50=1.0, p95=2.0, p99=3.0)),
+        stats=StatsSnapshot(
+            requests=5,
+            errors=3,
+            recent=RecentCalls(calls=5, errors=3),
+            latency_ms=LatencySnapshot(p50=1.0, p95=2.0, p99=3.0),
+        ),
         last_error=LastError(type="ReadTimeout", message="read timeout", at=opened),
         bulkhead=BulkheadSnapshot(max_in_flight=4, in_flight=1, waiting=0),
         rate_limit=RateLimitSnapshot(rate="100/second", scope="process", remaining=99),

@@ -158,6 +158,26 @@ def test_every_worker_reports_the_fleets_breaker_and_counters(
     assert {**first, "retry_in": None} == {**second, "retry_in": None}
 
 
+def test_a_service_failing_across_the_fleet_is_failing_in_every_workers_report(
+    fleet: Callable[..., Registry],
+) -> None:
+    # Three failed calls per worker: too few for either alone, enough for the fleet (the status is the merged one's).
+    a, b = (fleet(breaker={"fail_max": 100, "reset_timeout": 30}) for _ in range(2))
+    _fail(a, 3)
+    _fail(b, 3)
+    for worker in (a, b):
+        assert worker["api"].policy.stats.snapshot().recent == outbound.health.RecentCalls(calls=3, errors=3)
+        assert worker["api"].health().status == "ok"  # this process's own view
+    assert wait_until(lambda: a.report().services["api"].stats.recent.calls == 6, timeout=3)
+    assert wait_until(lambda: b.report().services["api"].stats.recent.calls == 6, timeout=3)
+    for worker in (a, b):
+        report = worker.report()
+        api = report.services["api"]
+        assert (api.breaker.state, api.stats.recent.errors, api.status) == ("closed", 6, "failing")
+        assert report.status == "degraded"
+        assert worker.health()["services"]["api"]["stats"]["recent"]["error_rate"] == 1.0
+
+
 def test_a_new_process_status_shows_the_fleet(fleet: Callable[..., Registry]) -> None:
     running = fleet()
     running.session("api").get("ok")

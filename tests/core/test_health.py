@@ -169,9 +169,21 @@ def test_render_status_lists_every_service(upstream: Upstream, make_registry: Re
     registry.session("billing").get("status/404")
     text = outbound.health.render_status(registry.report())
     lines = text.splitlines()
-    assert lines[0].split() == ["SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST", "ERROR"]
-    assert lines[1].split()[:7] == ["billing", "*", "requests", "ok", "closed", "0/20", "1"]
-    assert lines[2].split()[:6] == ["search", "httpx", "ok", "closed", "0/20", "0"]
+    assert lines[0].split() == [
+        "SERVICE",
+        "CLIENT",
+        "STATUS",
+        "BREAKER",
+        "POOL",
+        "REQUESTS",
+        "ERRORS",
+        "LAST",
+        "60S",
+        "LAST",
+        "ERROR",
+    ]
+    assert lines[1].split()[:10] == ["billing", "*", "requests", "ok", "closed", "0/20", "1", "0", "0/1", "failed"]
+    assert lines[2].split()[:8] == ["search", "httpx", "ok", "closed", "0/20", "0", "0", "-"]
     assert lines[-1].startswith("overall: ok")
 
 

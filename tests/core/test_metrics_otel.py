@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import outbound
 from outbound import ConfigError, Registry
 from outbound._metrics import otel
+from outbound.health import FAILING_MINIMUM_CALLS
 from tests.conftest import FakeClock, open_breaker
 from tests.core.conftest import Send
 from tests.upstream import Upstream, wait_until
@@ -107,6 +108,7 @@ def test_instruments_names_kinds_and_units(upstream: Upstream, reader: InMemoryM
         "outbound.request.duration": ("Histogram", "s"),
         "outbound.retries": ("Sum", "{retry}"),
         "outbound.circuit.state": ("Gauge", "1"),
+        "outbound.service.status": ("Gauge", "1"),
         "outbound.pool.connections": ("Sum", "{connection}"),
         "outbound.pool.waiting": ("Sum", "{call}"),
     }  # counters with nothing recorded yet export nothing
@@ -166,6 +168,24 @@ def test_short_circuits_and_circuit_state(
     assert point_values(reader, "outbound.requests", name)[call_attrs("GET", "rejected")] == 1
     fake_clock.advance(30)
     assert states() == {"closed": 0, "open": 0, "half-open": 1, "isolated": 0}
+
+
+def test_service_status_reads_the_health_report(
+    upstream: Upstream, reader: InMemoryMetricReader, build: Any, send: Send, kind: str
+) -> None:
+    name = unique(f"status_{kind}_")
+    registry = build({name: {"base_url": upstream.url, "client": kind, "retry": None, "breaker": {"fail_max": 100}}})
+
+    def statuses() -> dict[str, int]:
+        points = point_values(reader, "outbound.service.status", name)
+        return {dict(key)["outbound.health.status"]: value for key, value in points.items()}
+
+    assert statuses() == {"ok": 1, "degraded": 0, "failing": 0, "down": 0}
+    for _ in range(FAILING_MINIMUM_CALLS):
+        send(registry, name, "GET", "status/500")
+    assert statuses() == {"ok": 0, "degraded": 0, "failing": 1, "down": 0}
+    registry.isolate(name)
+    assert statuses() == {"ok": 0, "degraded": 0, "failing": 0, "down": 1}
 
 
 def test_retry_budget_exhausted(

@@ -19,6 +19,7 @@ import outbound
 from outbound import ConfigError, Registry
 from outbound._metrics._live import BREAKER_STATES, LiveRegistries
 from outbound._metrics.prometheus import GaugeRefresher, PrometheusMetrics, PrometheusObserver, multiprocess_mode
+from outbound.health import FAILING_MINIMUM_CALLS, STATUSES
 from tests.conftest import FakeClock, open_breaker
 from tests.core.conftest import Send
 from tests.upstream import Upstream, wait_until
@@ -84,12 +85,14 @@ def test_families_names_types_and_labels() -> None:
         "outbound_pool_timeouts": "counter",
         "outbound_retry_budget_exhausted": "counter",
         "outbound_circuit_state": "gauge",
+        "outbound_service_status": "gauge",
         "outbound_pool_connections": "gauge",
         "outbound_pool_waiting": "gauge",
     }
     metrics = PrometheusMetrics(CollectorRegistry())
     assert metrics.requests._labelnames == ("service", "method", "status", "outcome")
     assert metrics.duration._labelnames == ("service", "method", "outcome")
+    assert metrics.service_status._labelnames == ("service", "status")
     # The OpenTelemetry HTTP client boundaries, then +Inf.
     assert metrics.duration._upper_bounds == [
         *(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
@@ -191,6 +194,23 @@ def test_short_circuits_and_circuit_state(
     assert state() == {"closed": 0, "open": 0, "half-open": 1, "isolated": 0}
     send(registry, name, "GET", "ok")
     assert state() == {"closed": 1, "open": 0, "half-open": 0, "isolated": 0}
+
+
+def test_service_status_reads_the_health_report(upstream: Upstream, build: Build, send: Send, kind: str) -> None:
+    name = unique(f"status_{kind}_")
+    settings = {"base_url": upstream.url, "client": kind, "retry": None, "breaker": {"fail_max": 100}}
+    registry = build({name: settings})
+
+    def status() -> dict[str, float]:
+        return {s: value("outbound_service_status", service=name, status=s) for s in STATUSES}
+
+    assert status() == {"ok": 1, "degraded": 0, "failing": 0, "down": 0}
+    for _ in range(FAILING_MINIMUM_CALLS):
+        send(registry, name, "GET", "status/500")
+    assert registry[name].policy.breaker.state == "closed"
+    assert status() == {"ok": 0, "degraded": 0, "failing": 1, "down": 0}
+    registry.isolate(name)
+    assert status() == {"ok": 0, "degraded": 0, "failing": 0, "down": 1}
 
 
 def test_a_retry_refused_by_the_breaker_is_one_rejected_call(
@@ -306,16 +326,20 @@ def test_refresher_writes_the_gauges_and_stops_when_the_registry_closes(
         assert refresher.running  # started by the call
         assert wait_until(lambda: sample("outbound_pool_connections", state="idle") == 1, timeout=5)
         assert sample("outbound_circuit_state", state="closed") == 1
+        assert sample("outbound_service_status", status="ok") == 1
         assert sample("outbound_requests_total", method="GET", status="200", outcome="success") == 1
 
         registry.session("api").get("status/503")  # opens the breaker
         assert wait_until(lambda: sample("outbound_circuit_state", state="open") == 1, timeout=5)
         assert sample("outbound_circuit_state", state="closed") == 0
+        assert wait_until(lambda: sample("outbound_service_status", status="down") == 1, timeout=5)
+        assert sample("outbound_service_status", status="ok") == 0
 
         registry.close()
         assert wait_until(lambda: not refresher.running, timeout=5)  # no open registry left: the thread ends
         assert sample("outbound_pool_connections", state="idle") == 0
         assert sample("outbound_circuit_state", state="open") == 0
+        assert sample("outbound_service_status", status="down") == 0
     finally:
         registry.close()
         refresher.stop(timeout=5)

@@ -20,16 +20,19 @@ import pytest
 
 from outbound import HealthConfig, _page
 from outbound.health import (
+    STATUSES,
     BreakerSnapshot,
     HealthReport,
     LastError,
     LatencySnapshot,
     PoolSnapshot,
+    RecentCalls,
     ServiceHealth,
     StateBackendHealth,
     StatsSnapshot,
     build_report,
     respond,
+    service_status,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,11 +52,13 @@ def service(
     last_error: LastError | None = None,
     latency: LatencySnapshot | None = None,
     base_url: str | None = None,
+    recent: RecentCalls | None = None,
 ) -> ServiceHealth:
     down = state in ("open", "isolated")
+    recent = recent or RecentCalls(calls=40, errors=2)
     return ServiceHealth(
         name=name,
-        status="down" if down else "degraded" if state == "half-open" else "ok",
+        status=service_status(state, pool or PoolSnapshot(max_connections=20), recent=recent),
         client="requests",
         base_url=base_url or f"https://{name}.internal/api/",
         critical=critical,
@@ -70,15 +75,16 @@ def service(
             retries=4,
             short_circuited=7,
             pool_timeouts=1,
+            recent=recent,
             latency_ms=latency or LatencySnapshot(12.1, 48.0, 95.3),
         ),
         last_error=last_error,
     )
 
 
-def page(report: HealthReport | dict[str, Any], *, details: bool = True) -> str:
+def page(report: HealthReport | dict[str, Any], *, details: bool = True, **access: Any) -> str:
     data = report.as_dict(details=details) if isinstance(report, HealthReport) else report
-    return _page.render_page(data, now=NOW)
+    return _page.render_page(data, now=NOW, **access)
 
 
 def without_code(html: str) -> str:
@@ -173,11 +179,53 @@ def test_details_show_a_card_per_service_with_every_figure() -> None:
 
 def test_summary_only_shows_the_overall_status_alone() -> None:
     report = build_report([service("billing", critical=True, state="open", retry_in=5.0)])
-    html = without_code(page(report, details=False))
+    html = without_code(page(report, details=False, token=True))
     assert re.search(r'id="overall"[^>]*>Overall <span class="badge bad">.*down</span>', html)
     assert "shown to authorized requests only" in html
     for hidden in ("billing", "<article", "Scope", "Pool", "data-retry-in", "Critical"):
         assert hidden not in html
+
+
+def test_a_failing_service_shows_its_word_its_colour_and_why() -> None:
+    failing = service("ledger", recent=RecentCalls(calls=12, errors=9))
+    html = page(build_report([service("billing"), failing, service("search", state="open", retry_in=3.0)]))
+    ledger = card(html, "ledger")
+    assert ledger.startswith('<article class="card is-fail"')
+    assert re.search(
+        r'<dt>Status</dt><dd><span class="badge fail"><span class="dot" aria-hidden="true"></span>'
+        r"failing</span></dd>",
+        ledger,
+    )
+    assert '<span class="badge ok breaker">' in ledger  # the breaker is closed: the calls fail all the same
+    assert "<dt>Last 60 s</dt><dd>9 of 12 calls failed (75%)</dd>" in ledger
+    assert "<dt>Last 60 s</dt><dd>2 of 40 calls failed (5%)</dd>" in card(html, "billing")
+    assert "3 services: 1 down, 1 failing, 1 ok" in html  # worst first
+    assert re.search(r'id="overall"[^>]*>Overall <span class="badge warn">.*degraded</span>', html)
+
+
+def test_the_last_minute_reads_plainly_at_any_count() -> None:
+    def line(recent: RecentCalls) -> str:
+        html = card(page(build_report([service("api", recent=recent)])), "api")
+        [text] = re.findall(r"<dt>Last 60 s</dt><dd>(.*?)</dd>", html)
+        return str(text)
+
+    assert line(RecentCalls()) == "no calls"
+    assert line(RecentCalls(calls=1, errors=0)) == "0 of 1 call failed"
+    assert line(RecentCalls(calls=1500, errors=3)) == "3 of 1,500 calls failed (under 1%)"  # not "0%"
+
+
+def test_every_status_has_a_colour_in_both_schemes() -> None:
+    tones = {status: _page._STATUS_TONES[status] for status in STATUSES}
+    assert len(set(tones.values())) == len(STATUSES)  # four statuses, four colours
+    template = (resources.files("outbound") / "templates" / "health.html").read_text(encoding="utf-8")
+    light, dark = template.split("@media (prefers-color-scheme: dark)", 1)
+    for tone in tones.values():
+        assert f".{tone} {{ color: var(--{tone}-fg); background: var(--{tone}-bg); }}" in template
+        if tone != "ok":
+            assert f".card.is-{tone} {{ border-left-color: var(--{tone}-fg); }}" in template
+        for scheme in (light, dark.split("</style>")[0]):
+            assert f"--{tone}-fg: #" in scheme
+            assert f"--{tone}-bg: #" in scheme
 
 
 def test_no_services() -> None:
@@ -443,3 +491,53 @@ def test_a_healthy_page_is_200() -> None:
     answer = respond(FakeRegistry(build_report([service("a")])), authorization=None, accept=BROWSER_ACCEPT)
     assert answer.status == 200
     assert b"Outbound status: ok" in answer.body
+
+
+def notice(answer: Any) -> str:
+    """The text in place of the cards, tags stripped."""
+    [text] = re.findall(r'<p class="notice">(.*?)</p>', answer.body.decode(), re.S)
+    return re.sub(r"<[^>]+>", "", text)
+
+
+def test_the_summary_says_how_to_see_the_details_and_never_the_token(down: FakeRegistry) -> None:
+    django = respond(
+        down,
+        authorization=None,
+        authorized=lambda: False,
+        sign_in="sign in to this site as a staff user",
+        accept=BROWSER_ACCEPT,
+    )
+    assert notice(django) == (
+        "Details of each service are shown to authorized requests only. To see them, sign in to this site as a staff "
+        "user, or send the header Authorization: Bearer &lt;token&gt; with the health.token of the app's outbound "
+        "settings."
+    )
+    assert "<code>Authorization: Bearer &lt;token&gt;</code>" in django.body.decode()
+    # A wrong token gets the same page: it says how, never what the token is.
+    wrong = respond(down, authorization="Bearer nope", sign_in="sign in", accept=BROWSER_ACCEPT)
+    for answer in (django, wrong):
+        assert TOKEN.encode() not in answer.body
+        assert b"billing" not in answer.body
+
+
+def test_the_summary_names_only_the_ways_that_can_work(down: FakeRegistry) -> None:
+    # Flask without an authorize callable: signing in cannot help, the token can.
+    flask = respond(
+        down, authorization=None, authorized=None, sign_in="sign in as this app requires", accept="text/html"
+    )
+    assert "sign in" not in notice(flask)
+    assert "To see them, send the header Authorization: Bearer" in notice(flask)
+    # No token set: signing in is the one way.
+    down.health_config = HealthConfig()
+    staff = respond(down, authorization=None, authorized=lambda: False, sign_in="sign in as staff", accept="text/html")
+    assert notice(staff).endswith("To see them, sign in as staff.")
+    # Nothing can authorize: the page says what to set, and where else to look.
+    alone = respond(down, authorization=None, accept="text/html")
+    assert notice(alone).startswith("Details of each service are not shown on this page: nothing is set up")
+    assert "health.token" in notice(alone)
+    assert "outbound status" in notice(alone)
+    # "never": no request gets them, whatever it sends, so no way is offered.
+    down.health_config = HealthConfig(show_details="never", token=TOKEN)
+    never = respond(down, authorization=None, authorized=lambda: True, sign_in="sign in", accept="text/html")
+    assert notice(never).startswith("Details of each service are not shown on this page")
+    assert TOKEN.encode() not in never.body

@@ -19,6 +19,9 @@ from tests.upstream import Upstream
 if TYPE_CHECKING:  # pytest-django exports the fixture's type only in recent versions
     from pytest_django import Settings
 
+# The table's columns (LAST 60S: of the last minute's calls, those that failed), split on spaces.
+HEADER = ["SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST", "60S", "LAST", "ERROR"]
+
 
 def run(*args: str) -> tuple[int, str]:
     """Run the command like manage.py would; return (exit code, stdout)."""
@@ -47,7 +50,7 @@ def test_status_table(registry: Registry, upstream: Upstream) -> None:
     code, out = run("status")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST", "ERROR"]
+    assert lines[0].split() == HEADER
     billing = next(line for line in lines if line.startswith("billing *"))
     assert billing.split()[2:7] == ["requests", "ok", "closed", "0/20", "1"]
     assert "search" in out

@@ -226,6 +226,19 @@ def test_the_page_without_authorization_shows_the_overall_status_only(healthy: R
     assert "billing" not in page
 
 
+def test_the_page_without_authorization_says_how_to_get_the_details(healthy: Registry, settings: Settings) -> None:
+    page = Client().get(URL, headers=BROWSER).content.decode()
+    assert (
+        "To see them, sign in to this site as a staff user, or send the header "
+        "<code>Authorization: Bearer &lt;token&gt;</code>"
+    ) in page
+    assert HEALTH_TOKEN not in page
+    settings.MIDDLEWARE = []  # no AuthenticationMiddleware: no login can authorize, the token still can
+    page = Client().get(URL, headers=BROWSER).content.decode()
+    assert "staff" not in page
+    assert "To see them, send the header <code>Authorization: Bearer &lt;token&gt;</code>" in page
+
+
 @pytest.mark.django_db
 def test_a_staff_user_sees_the_details_on_the_page(healthy: Registry) -> None:
     client = Client()

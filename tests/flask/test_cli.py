@@ -23,6 +23,9 @@ from tests.upstream import Upstream
 ROOT = Path(__file__).resolve().parents[2]
 TRIPS_ON_FIRST_FAILURE = {"retry": None, "breaker": {"fail_max": 1, "reset_timeout": 60}}
 
+# The table's columns (LAST 60S: of the last minute's calls, those that failed), split on spaces.
+HEADER = ["SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST", "60S", "LAST", "ERROR"]
+
 
 def invoke(app: Flask, *args: str) -> Any:
     return app.test_cli_runner().invoke(args=["outbound", *args])
@@ -45,7 +48,7 @@ def test_status_table_when_ok(make_app: AppFactory, upstream: Upstream) -> None:
 
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SERVICE", "CLIENT", "STATUS", "BREAKER", "POOL", "REQUESTS", "ERRORS", "LAST", "ERROR"]
+    assert lines[0].split() == HEADER
     assert lines[1].split()[:8] == ["billing", "*", "requests", "ok", "closed", "0/20", "1", "0"]
     assert lines[2].split()[:3] == ["search", "httpx", "ok"]
     assert lines[-1] == "overall: ok   (* critical)"

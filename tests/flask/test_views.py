@@ -217,6 +217,18 @@ def test_the_page_without_authorization_shows_the_overall_status_only(make_app: 
     assert "billing" not in page
 
 
+def test_the_page_without_authorization_says_how_to_get_the_details(make_app: AppFactory, upstream: Upstream) -> None:
+    token_only = make_app(config(upstream, {"token": TOKEN}, billing={}))
+    page = token_only.test_client().get("/health/outbound", headers=BROWSER).get_data(as_text=True)
+    assert "To see them, send the header <code>Authorization: Bearer &lt;token&gt;</code>" in page
+    assert "sign in" not in page  # no authorize callable: signing in would not help
+    assert TOKEN not in page
+    checked = make_app(config(upstream, billing={}), extension=Outbound(authorize=lambda: False))
+    page = checked.test_client().get("/health/outbound", headers=BROWSER).get_data(as_text=True)
+    assert "To see them, sign in as this app requires (its authorize check decides).</p>" in page
+    assert "Bearer" not in page  # no health.token: the header would not help
+
+
 def test_the_authorize_callable_grants_the_details_on_the_page(make_app: AppFactory, upstream: Upstream) -> None:
     app = make_app(config(upstream, billing={}), extension=Outbound(authorize=lambda: True))
     page = app.test_client().get("/health/outbound", headers=BROWSER).get_data(as_text=True)
