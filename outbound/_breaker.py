@@ -192,7 +192,7 @@ class Breaker:
         self.state = CLOSED
         self._opened_at: float | None = None  # monotonic
         self._opened_wall: datetime | None = None
-        self.opened_by: LastError | None = None  # the failure that opened it, while it is open (None: an operator)
+        self.opened_by: LastError | None = None  # the failure that opened it (None: an operator, or slow calls)
         self.last_failure: LastError | None = None  # the latest failure counted: what a fleet's opening names
         self._trial_at = 0.0  # monotonic: while open or isolated, no attempt before this
         self._period = 0  # the current half-open trial period; a permit from an older one is void

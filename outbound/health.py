@@ -462,7 +462,7 @@ def render_status(report: HealthReport) -> str:
 
 def _error_text(error: LastError) -> str:
     at = error.at.astimezone(timezone.utc) if error.at.tzinfo is not None else error.at
-    return f"{error.type} at {at:%Y-%m-%d %H:%M:%S} UTC: {error.message}"
+    return f"{error.type}: {error.message} (at {at:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 def _wrapped(text: str) -> str:

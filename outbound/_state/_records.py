@@ -3,9 +3,9 @@
 Redis is shared ground: another version of this library, a person with ``redis-cli``, a bug or a torn write may
 have put anything under the prefix. Nothing read from it is trusted. Each reader here returns a typed value, or
 ``None`` for a record to skip, and never raises; every number comes out bounded (seconds finite and at most
-``MAX_SECONDS``, counts whole and at most ``MAX_COUNT``, times within years 1970 to 9999) and every text cut to a
-length a report can show. A skipped record is logged once per kind of record (``Complaints``), not once per read:
-the fleet re-reads the same bad key every ``sync_interval``.
+``MAX_SECONDS``, counts whole and at most ``MAX_COUNT``, times no later than the year 9999, with a UTC offset) and
+every text cut to a length a report can show. A skipped record is logged once per kind of record (``Complaints``),
+not once per read: the fleet re-reads the same bad key every ``sync_interval``.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ class Complaints:
             self._seen.add(where)
         self._logger.log(
             logging.WARNING if first else logging.DEBUG,
-            "skipped %s read from the fleet's Redis: %s (ignored; %s)",
+            "skipped %s from the fleet's Redis: %s (%s)",
             where,
             problem,
-            "logged once" if first else "again",
+            "logged once; later ones at DEBUG" if first else "again",
         )
 
 

@@ -795,11 +795,11 @@ class RedisState:
     def _adopt_epoch(self, service: str, epoch: int | None) -> None:
         # A reset this process missed (a lost message, a time cut off): its stats of the service start again.
         if epoch is not None and epoch > self._epochs.get(service, 0):
-            self._epochs[service] = epoch
             policy = self._services[service].policy
-            policy.stats.clear()
+            policy.stats.clear()  # before the epoch: stats stamped with the new epoch are always cleared ones
             if policy.pause is not None:
                 policy.pause.reset()
+            self._epochs[service] = epoch
 
     def _adopt_pause(self, service: str, left_ms: int | None) -> None:
         # A pause another process published (a message this one missed, or one from before it joined).
@@ -895,6 +895,7 @@ class RedisState:
     def _local_stats(self) -> dict[str, ServiceStats]:
         stats: dict[str, ServiceStats] = {}
         for name, service in self._services.items():
+            epoch = self._epochs.get(name, 0)  # read before the stats: a reset clears them before it moves the epoch
             export = service.policy.stats.export()
             stats[name] = ServiceStats(
                 requests=export.requests,
@@ -905,7 +906,7 @@ class RedisState:
                 rejected=export.rejected,
                 latency=export.latency,
                 last_error=export.last_error,
-                epoch=self._epochs.get(name, 0),
+                epoch=epoch,
             )
         return stats
 

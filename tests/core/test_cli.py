@@ -235,8 +235,8 @@ def test_memory_mode_shows_the_failure_that_opened_the_breaker_next_to_the_refus
     assert api["breaker"]["opened_by"]["type"] == "HTTPStatus"
     assert api["breaker"]["opened_by"]["message"] == "HTTP 503"
     text = cli.status(registry).text
-    assert "api: last error CircuitOpenError at " in text
-    assert "api: breaker opened by HTTPStatus at " in text
+    assert "api: last error CircuitOpenError: GET " in text
+    assert "api: breaker opened by HTTPStatus: HTTP 503 (at " in text
     assert "Breaker opened by" in render_page(registry.health())
     registry.reset("api")
     assert "opened_by" not in registry.health()["services"]["api"]["breaker"]  # closed: nothing holds it open
@@ -248,5 +248,5 @@ def test_status_lines_stay_within_100_columns_with_long_errors(
     registry = make_registry(api={"base_url": upstream.url + "a-rather-long/path/" * 6, "retry": None})
     assert registry.session("api").get("status/503").status_code == 503  # a failure: the last error
     text = cli.status(registry).text
-    assert "api: last error HTTPStatus at " in text
+    assert "api: last error HTTPStatus: GET " in text
     assert all(len(line) <= 100 for line in text.splitlines()), text

@@ -596,7 +596,7 @@ def test_the_failure_that_opened_the_fleets_breaker_stays_visible_next_to_the_re
         opened_by = api["breaker"]["opened_by"]  # ...and what opened the breaker, the upstream's 503
         assert (opened_by["type"], opened_by["message"]) == ("HTTPStatus", "HTTP 503")
     text = cli.status(shell).text
-    assert "api: breaker opened by HTTPStatus at " in text
+    assert "api: breaker opened by HTTPStatus: HTTP 503 (at " in text
     assert text.count("HTTP 503") == 1
     assert all(len(line) <= 100 for line in text.splitlines()), text
     page = render_page(shell.health())

@@ -263,7 +263,7 @@ def test_bad_stats_records_are_skipped_and_the_report_stays_finite(
             _reports_sanely(worker)
             time.sleep(0.1)
         assert len(caplog.records) == len(logged)  # each kind of bad record was logged once
-    kinds = {message.split(" read from ")[0] for message in logged}
+    kinds = {message.split(" from the fleet's Redis")[0] for message in logged}
     assert kinds == {"skipped a worker's stats record", "skipped a worker's stats of 'api'", "skipped a worker id"}
     api = first["services"]["api"]
     own = worker["api"].policy.stats.requests
