@@ -12,7 +12,9 @@ HTTP call never runs under a lock:
   ``mode: "consecutive"``; the failure-rate and slow-call window of ``mode: "rate"`` in ``_window.py``), the Polly
   split between the circuit and its behaviour;
 - a shared state backend (``SharedBreaker``) is told of failures and transitions and asked for the fleet's trial
-  slot; it is never consulted while the breaker is closed, so the hot path never waits on it.
+  slot; it is never consulted while the breaker is closed, so the hot path never waits on it;
+- the failure that opened the breaker is kept with the opening (``opened_by``), so a report shows the upstream's
+  503 behind the refusals rather than only the refusals.
 
 pybreaker still supplies the vocabulary and the listener protocol: each breaker keeps a ``pybreaker.CircuitBreaker``
 as a mirror that is moved through ``open()`` / ``half_open()`` / ``close()`` on every transition, so
@@ -34,6 +36,7 @@ import pybreaker
 from ._config import BreakerConfig
 from ._events import BreakerTransition
 from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection
+from .health import LastError
 
 logger = logging.getLogger("outbound.breaker")
 
@@ -148,6 +151,17 @@ class _LocalOnly:
 LOCAL_ONLY = _LocalOnly()
 
 
+def failure_cause(outcome: Outcome) -> LastError:
+    """A failed attempt as a report shows what opened a breaker: the class of its error (``HTTPStatus`` for a
+    response) and what happened, without the URL (a breaker does not see it), so nothing in it needs redacting."""
+    if outcome.kind is Kind.RESPONSE:
+        kind, message = "HTTPStatus", f"HTTP {outcome.status}"
+    else:
+        kind = type(outcome.error).__name__ if outcome.error is not None else outcome.kind.name.title()
+        message = "deadline expired" if outcome.deadline else outcome.kind.value
+    return LastError(type=kind, message=message, at=datetime.now(timezone.utc))
+
+
 def _ignore(event: BreakerTransition) -> None:
     pass
 
@@ -178,6 +192,8 @@ class Breaker:
         self.state = CLOSED
         self._opened_at: float | None = None  # monotonic
         self._opened_wall: datetime | None = None
+        self.opened_by: LastError | None = None  # the failure that opened it (None: an operator, or slow calls)
+        self.last_failure: LastError | None = None  # the latest failure counted: what a fleet's opening names
         self._trial_at = 0.0  # monotonic: while open or isolated, no attempt before this
         self._period = 0  # the current half-open trial period; a permit from an older one is void
         self._trials = 0  # trial calls in flight in this period
@@ -288,11 +304,12 @@ class Breaker:
         if permit is not None:
             self._record_trial(permit, outcome, failed)
         elif failed:
+            cause = self.last_failure = failure_cause(outcome)
             with self._lock:
                 if self.state != CLOSED:
                     return  # a call admitted before the breaker opened: the verdict is already in
                 if self.rule.failure(seconds):
-                    self._open(self.rule.describe())
+                    self._open(self.rule.describe(), cause)
             if self.rule.fleet_counts:
                 self.shared.failure()
         elif outcome.kind not in NO_VERDICT:
@@ -300,7 +317,7 @@ class Breaker:
             if self.rule.success(seconds):
                 with self._lock:
                     if self.state == CLOSED:
-                        self._open(self.rule.describe())
+                        self._open(self.rule.describe(), None)  # slow calls: no failure to name
             elif had_failures and self.rule.fleet_counts:
                 self.shared.recovered()
 
@@ -326,15 +343,16 @@ class Breaker:
             if self.state != CLOSED:
                 self._close(reason)
 
-    def apply(self, state: str, *, reason: str, open_seconds: float = 0.0) -> None:
-        """Apply a transition decided elsewhere (another process of the fleet). Never reported back to it."""
+    def apply(self, state: str, *, reason: str, open_seconds: float = 0.0, opened_by: LastError | None = None) -> None:
+        """Apply a transition decided elsewhere (another process of the fleet, ``opened_by`` the failure that opened
+        it there). Never reported back to it."""
         with self._lock:
             if state == self.state == CLOSED:
                 return
             if state == CLOSED:
                 self._close(reason, publish=False)
             elif state in (OPEN, ISOLATED):
-                self._move(state, reason, open_seconds, publish=False)
+                self._move(state, reason, open_seconds, publish=False, cause=opened_by)
             elif state == HALF_OPEN and self.state == OPEN:
                 # Another process runs the trial: keep refusing here until its verdict arrives.
                 self._trial_at = self._clock() + min(1.0, self.config.reset_timeout)
@@ -372,20 +390,23 @@ class Breaker:
             if outcome.kind in NO_VERDICT:
                 return
             if failed:
-                self._open("a trial call failed")
+                self._open("a trial call failed", failure_cause(outcome))
                 return
             self._successes += 1
             if self._successes >= self.config.success_threshold:
                 self._close("upstream recovered")
 
-    def _open(self, reason: str) -> None:
+    def _open(self, reason: str, cause: LastError | None) -> None:
         # The count stays until the breaker closes, so health shows what opened it (as pybreaker's storage did).
-        self._move(OPEN, reason, self.config.reset_timeout)
+        self._move(OPEN, reason, self.config.reset_timeout, cause=cause)
 
-    def _move(self, state: str, reason: str, open_seconds: float, *, publish: bool = True) -> None:
+    def _move(
+        self, state: str, reason: str, open_seconds: float, *, publish: bool = True, cause: LastError | None = None
+    ) -> None:
         old = self.state
         now = self._clock()
         self.state = state
+        self.opened_by = cause  # before the announcement: a fleet publishes it with the opening
         self._opened_at = now
         self._opened_wall = datetime.now(timezone.utc)
         self._trial_at = now + open_seconds
@@ -406,6 +427,7 @@ class Breaker:
         self.rule.reset()
         old = self.state
         self.state = CLOSED
+        self.opened_by = None
         self._opened_at = None
         self._trial_at = 0.0
         self._period += 1

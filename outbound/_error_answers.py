@@ -49,7 +49,7 @@ from ._errors import (
     TransportFailure,
     WriteTimeoutError,
 )
-from ._outcome import Kind, RejectReason
+from ._outcome import Kind, Reason
 
 __all__ = ["ErrorAnswer", "error_answer"]
 
@@ -63,18 +63,13 @@ def _kind(kind: Kind) -> str:
     return kind.value.replace(" ", "_")
 
 
-def _refusal(reason: RejectReason) -> str:
-    # The refusal as the CallRejected events spell it; typed, so a misspelling fails mypy.
-    return reason
-
-
 # Looked up along the error's class hierarchy, most specific first, so a subclass added to one of the families
 # later (a new refusal, a new transport failure) gets its family's answer rather than none.
 _ANSWERS: dict[type[CallError], tuple[int, ErrorCode, str]] = {
-    CircuitOpenError: (503, "upstream_unavailable", _refusal("circuit_open")),
-    BulkheadFullError: (503, "upstream_unavailable", _refusal("bulkhead_full")),
-    RateLimitedError: (503, "upstream_unavailable", _refusal("rate_limited")),
-    DeadlineExceededError: (504, "upstream_timeout", _refusal("deadline_exceeded")),
+    CircuitOpenError: (503, "upstream_unavailable", Reason.CIRCUIT_OPEN.value),
+    BulkheadFullError: (503, "upstream_unavailable", Reason.BULKHEAD_FULL.value),
+    RateLimitedError: (503, "upstream_unavailable", Reason.RATE_LIMITED.value),
+    DeadlineExceededError: (504, "upstream_timeout", Reason.DEADLINE_EXCEEDED.value),
     RejectedError: (503, "upstream_unavailable", "rejected"),
     PoolTimeoutError: (503, "upstream_unavailable", _kind(Kind.POOL_TIMEOUT)),
     ConnectTimeoutError: (504, "upstream_timeout", _kind(Kind.CONNECT_TIMEOUT)),

@@ -21,8 +21,8 @@ from typing import Any
 
 from ._config import HedgeConfig
 from ._outcome import Kind, Outcome
+from ._stats import LATENCY_WINDOW
 
-LATENCY_WINDOW = 1024  # answered attempts kept
 # A live p95 needs this many recent attempts to mean anything, and is recomputed (a sort of the window) once per
 # this many: a fraction of a microsecond per attempt.
 P95_MINIMUM_CALLS = 20

@@ -43,7 +43,7 @@ _SERVICE_KEYS = frozenset(
     {"status", "client", "base_url", "critical", "breaker", "pool", "stats", "last_error", "paused_for"}
 )
 _BREAKER_KEYS = frozenset(
-    {"state", "mode", "failures", "opened_at", "retry_in", "calls", "failure_rate", "slow_call_rate"}
+    {"state", "mode", "failures", "opened_at", "opened_by", "retry_in", "calls", "failure_rate", "slow_call_rate"}
 )
 _REPORT_KEYS = frozenset({"status", "scope", "workers", "state_backend", "services"})
 _COUNTERS = (
@@ -242,7 +242,7 @@ def _card(index: int, name: str, service: Mapping[str, Any]) -> str:
         "</dl>\n"
         f"{_pool(service.get('pool') or {})}"
         f'<div class="tables">{_counters(stats)}{_latency(stats.get("latency_ms") or {})}</div>\n'
-        f"{_last_error(service.get('last_error'))}"
+        f"{_last_error(service.get('last_error'), (service.get('breaker') or {}).get('opened_by'))}"
         f"{''.join(_extras(_label(key), value) for key, value in extras.items())}"
         "</article>"
     )
@@ -340,16 +340,20 @@ def _latency(latency: Mapping[str, Any]) -> str:
     return _table("Latency", rows, escaped=True)
 
 
-def _last_error(error: Any) -> str:
-    if not isinstance(error, Mapping):
-        return ""
+def _last_error(error: Any, opened_by: Any = None) -> str:
+    # The failure that opened the breaker sits next to the last error: after the opening, the last error is often
+    # a refusal (CircuitOpenError), and the upstream's own failure is the one worth reading.
+    parts = [
+        f"<h3>{title}</h3>\n{_error_line(found)}"
+        for title, found in (("Last error", error), ("Breaker opened by", opened_by))
+        if isinstance(found, Mapping)
+    ]
+    return f'<div class="last-error">\n{"".join(parts)}</div>\n' if parts else ""
+
+
+def _error_line(error: Mapping[str, Any]) -> str:
     when = f' <span class="muted">at {_time(str(error["at"]))}</span>' if error.get("at") else ""
-    return (
-        '<div class="last-error">\n'
-        "<h3>Last error</h3>\n"
-        f"<p><strong>{_e(error.get('type', ''))}</strong>: {_e(error.get('message', ''))}{when}</p>\n"
-        "</div>\n"
-    )
+    return f"<p><strong>{_e(error.get('type', ''))}</strong>: {_e(error.get('message', ''))}{when}</p>\n"
 
 
 def _extras(title: str, values: Mapping[str, Any] | Any) -> str:

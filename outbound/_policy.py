@@ -90,7 +90,7 @@ class Policy:
         self.clock = clock
         self.real_clock = clock is time.monotonic  # then a deadline needs one clock read, not two
         self.random = random
-        self.stats = Stats()
+        self.stats = Stats(clock=clock)
         # The statistics and the call log of a call's start and end are fed directly by the call (see _end): no
         # event is built for them; their other events come through the hooks.
         self.hooks = Hooks((self.stats, LOG_OBSERVER, *observers))

@@ -132,7 +132,9 @@ class Registry:
 
         With a fleet (``state.backend: "redis"``) the breakers and stats of shared services are the fleet's: its
         breaker states and its counters summed over every live process (one Redis round trip); pools stay this
-        process's. Otherwise no network I/O.
+        process's. When the fleet's state cannot be read the report is this process's own, and says so: ``scope``
+        ``"process"``, ``state_backend.status`` ``"unreachable"``, and a status of at least ``degraded``. Otherwise
+        no network I/O.
 
         Args:
             service: report on this service alone; the overall status follows the same rules for it alone.
@@ -151,7 +153,7 @@ class Registry:
         return HealthReport(
             status=status,
             services=report.services,
-            scope="fleet",
+            scope="fleet" if fleet is not None else "process",  # the fleet's figures, or only this process's
             workers=fleet.workers if fleet is not None else None,
             state_backend=backend,
         )

@@ -156,12 +156,13 @@ class Service:
         window = breaker.rule.snapshot()
         if fleet is not None:
             state, retry_in, opened_at = fleet.breaker.state, fleet.breaker.retry_in, fleet.breaker.opened_at
-            stats, last_error = fleet.stats, fleet.last_error
+            stats, last_error, opened_by = fleet.stats, fleet.last_error, fleet.breaker.opened_by
             # A rate window is this process's own (only its openings are shared); consecutive failures are the fleet's.
             failures = fleet.breaker.failures if breaker.rule.fleet_counts else window["failures"]
         else:
             state, retry_in, opened_at = breaker.effective_state(), breaker.retry_in(), breaker.opened_at
             failures, stats, last_error = window["failures"], policy.stats.snapshot(), policy.stats.last_error
+            opened_by = breaker.opened_by
         bulkhead = policy.bulkhead.snapshot() if policy.bulkhead is not None else None
         paused_for = policy.pause.paused_for() if policy.pause is not None else None
         return ServiceHealth(
@@ -179,6 +180,7 @@ class Service:
                 calls=window.get("calls"),
                 failure_rate=window.get("failure_rate"),
                 slow_call_rate=window.get("slow_call_rate"),
+                opened_by=opened_by,
             ),
             pool=pool,
             stats=stats,

@@ -19,10 +19,6 @@ from .health import RECENT_SECONDS, LastError, LatencySnapshot, RecentCalls, Sta
 # An interrupted call and one cut short by our own shutdown say nothing about the upstream.
 _NOT_ERRORS = frozenset({Kind.CANCELLED, Kind.CLOSED})
 LATENCY_WINDOW = 1024  # recent calls kept for percentiles: bounded memory, recent enough to mean "now"
-# A live p95 (the hedge delay "p95") needs this many recent calls to mean anything, and is recomputed (a sort of the
-# window) once per this many finished calls: a fraction of a microsecond per call.
-P95_MINIMUM_CALLS = 20
-P95_REFRESH_CALLS = 64
 
 # Upper bounds (ms) of the buckets a fleet merges latencies in: percentiles averaged across processes are meaningless,
 # bucket counts add up. Steps of 10 % from 0.5 ms to one day keep a merged percentile within 10 % of the true one.
@@ -109,8 +105,10 @@ class Stats(Observer):
             self._latencies_ms.append(seconds * 1000.0)
             if kind is Kind.POOL_TIMEOUT:
                 self.pool_timeouts += 1
-            if kind in _NOT_ERRORS:
-                return  # no verdict on the upstream: not an error, and not a call of the recent window either
+            if kind in _NOT_ERRORS or (kind is Kind.REFUSED and error_type is None):
+                # No verdict on the upstream (a call refused before it sent anything among them): not an error,
+                # and not a call of the recent window either.
+                return
             index = second % _RECENT_BUCKETS
             if self._second[index] != second:
                 self._second[index], self._calls[index], self._errors[index] = second, 0, 0
@@ -185,34 +183,3 @@ class StatsExport(NamedTuple):
     recent: RecentCalls
     latency: dict[int, int]
     last_error: LastError | None
-
-
-class AttemptLatencies:
-    """The durations of recently answered attempts, for a hedge delay of ``"p95"``.
-
-    Attempts, not calls: a call's duration holds its waits (backoff, a bulkhead, a rate limit, a pause) and its
-    retries, which a hedge does not race; and only answered ones, so an outage of fast connection errors does not
-    make every call after it a hedge.
-    """
-
-    def __init__(self) -> None:
-        self._seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)  # append is atomic: no lock on the call's path
-        self._lock = threading.Lock()
-        self._p95: float | None = None
-        self._since = P95_REFRESH_CALLS  # attempts recorded since the p95 was computed
-
-    def add(self, seconds: float) -> None:
-        self._seconds.append(seconds)
-        self._since += 1
-
-    def p95(self) -> float | None:
-        """The p95 in seconds, at most ``P95_REFRESH_CALLS`` attempts old; ``None`` before ``P95_MINIMUM_CALLS``."""
-        if self._since < P95_REFRESH_CALLS:
-            return self._p95
-        with self._lock:
-            recent = list(self._seconds)
-            if len(recent) >= P95_MINIMUM_CALLS:
-                ordered = sorted(recent)
-                self._p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]  # nearest rank, unrounded
-                self._since = 0
-            return self._p95

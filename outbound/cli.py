@@ -1,13 +1,16 @@
 """What ``manage.py outbound`` and ``flask outbound`` do, written once so the two print and exit alike.
 
 Each function returns an ``Output``: the text to print and the exit code. Exit codes: 0 ok (or degraded, or done);
-1 down, or a critical probe failed; 2 a settings mistake, an unknown service, or an action that cannot work here.
+1 down, or a critical probe failed; 2 a settings mistake, an unknown service, or an action that cannot work here;
+3 the fleet's shared state could not be read (``status`` then shows one process's own view; ``isolate`` and
+``reset`` change nothing).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +42,7 @@ from .health import (
 __all__ = ["REMOTE_TIMEOUT", "Output", "isolate", "probe", "remote_status", "reset", "status"]
 
 REMOTE_TIMEOUT = 10.0  # seconds for `status --url`: a person is waiting at a terminal
+_WIDTH = 100  # columns of the scope lines: a terminal's width, so nothing wraps mid-word
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +110,9 @@ def probe(registry: Registry, *, service: str | None = None, as_json: bool = Fal
 
 
 def isolate(registry: Registry, name: str, seconds: float | None) -> Output:
-    """Force ``name``'s breaker open for the fleet (``Registry.isolate``)."""
-    refusal = _needs_fleet(registry, "isolate")
+    """Force ``name``'s breaker open for the fleet (``Registry.isolate``); exit 3, changing nothing, when the fleet's
+    state backend does not answer."""
+    refusal = _needs_fleet(registry, "isolate") or _needs_reachable_fleet(registry, name, "isolate")
     if refusal is not None:
         return refusal
     registry.isolate(name, seconds)
@@ -116,8 +121,9 @@ def isolate(registry: Registry, name: str, seconds: float | None) -> Output:
 
 
 def reset(registry: Registry, name: str | None = None) -> Output:
-    """Close the breaker(s) and clear the counts for the fleet (``Registry.reset``)."""
-    refusal = _needs_fleet(registry, "reset")
+    """Close the breaker(s) and clear the counts for the fleet (``Registry.reset``); exit 3, changing nothing, when
+    the fleet's state backend does not answer."""
+    refusal = _needs_fleet(registry, "reset") or _needs_reachable_fleet(registry, name, "reset")
     if refusal is not None:
         return refusal
     registry.reset(name)
@@ -135,13 +141,41 @@ def _needs_fleet(registry: Registry, action: str) -> Output | None:
     )
 
 
+def _needs_reachable_fleet(registry: Registry, name: str | None, action: str) -> Output | None:
+    # Run from a shell, this process ends right after the command: a change the fleet did not receive now is lost.
+    backend = registry.report(service=name).state_backend
+    if backend is None or backend.status == "ok":
+        return None
+    cause = f" ({backend.last_error})" if backend.last_error else ""
+    text = (
+        f"Error: the fleet's state backend ({backend.backend}) does not answer{cause}, so `outbound {action}` "
+        "changed nothing. Try again when it answers; an app can still call registry.%s(), which the fleet "
+        "receives when the backend is back." % action
+    )
+    return Output(_wrap(text), health.FLEET_UNREACHABLE_EXIT_CODE, error=True)
+
+
 def _with_scope(report: HealthReport, scope: str) -> str:
     # Above the closing "overall:" line, which stays last (scripts read it).
     lines = render_status(report).splitlines()
-    return "\n".join([*lines[:-1], scope, lines[-1]])
+    return "\n".join([*lines[:-1], _wrap(scope), lines[-1]])
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, _WIDTH, subsequent_indent="  ", break_on_hyphens=False)
 
 
 def _scope_line(report: HealthReport, source: str | None = None) -> str:
+    backend = report.state_backend
+    if backend is not None and backend.status != "ok":
+        # Cut off from the fleet: the figures are one process's own, whatever a fleet shows elsewhere.
+        who = f"the process that answered at {source}" if source is not None else "this process"
+        fresh = "" if source is not None else " (a new one: every breaker closed, nothing called)"
+        cause = f": {backend.last_error}" if backend.last_error else ""
+        return (
+            f"scope: {who} only{fresh}. The fleet's shared state could not be read (state backend "
+            f"{backend.backend} {backend.status}{cause}); exit code {health.FLEET_UNREACHABLE_EXIT_CODE}"
+        )
     if source is not None:
         where = f"read from {source}"
     elif report.scope == "process":
@@ -153,7 +187,6 @@ def _scope_line(report: HealthReport, source: str | None = None) -> str:
     else:
         where = "from the fleet's shared state"
     if report.scope == "fleet":
-        backend = report.state_backend
         state = f"; state backend {backend.backend} {backend.status}" if backend is not None else ""
         return f"scope: fleet ({report.workers or 0} workers{state}), {where}"
     return f"scope: one process, {where}"
@@ -175,13 +208,14 @@ def _report(data: dict[str, Any]) -> HealthReport:
 def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
     breaker, pool, stats, last = data["breaker"], data["pool"], data["stats"], data.get("last_error")
     opened_at = datetime.fromisoformat(breaker["opened_at"]) if breaker.get("opened_at") else None
+    opened_by = _last_error(breaker["opened_by"]) if breaker.get("opened_by") else None
     return ServiceHealth(
         name=name,
         status=data["status"],
         client=data["client"],
         base_url=data["base_url"],
         critical=data["critical"],
-        breaker=BreakerSnapshot(**{**breaker, "opened_at": opened_at}),
+        breaker=BreakerSnapshot(**{**breaker, "opened_at": opened_at, "opened_by": opened_by}),
         pool=PoolSnapshot(**pool),
         stats=StatsSnapshot(
             requests=stats["requests"],
@@ -194,9 +228,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
             recent=_recent(stats["recent"]) if "recent" in stats else RecentCalls(),
             latency_ms=LatencySnapshot(**stats["latency_ms"]),
         ),
-        last_error=LastError(type=last["type"], message=last["message"], at=datetime.fromisoformat(last["at"]))
-        if last
-        else None,
+        last_error=_last_error(last) if last else None,
         bulkhead=BulkheadSnapshot(**data["bulkhead"]) if "bulkhead" in data else None,
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
         paused_for=data.get("paused_for"),
@@ -205,3 +237,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
 
 def _recent(data: dict[str, Any]) -> RecentCalls:
     return RecentCalls(seconds=data["seconds"], calls=data["calls"], errors=data["errors"])
+
+
+def _last_error(data: dict[str, Any]) -> LastError:
+    return LastError(type=data["type"], message=data["message"], at=datetime.fromisoformat(data["at"]))

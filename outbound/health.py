@@ -12,9 +12,10 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, get_args
 
 from . import _page
@@ -24,6 +25,7 @@ __all__ = [
     "CONFIG_ERROR_EXIT_CODE",
     "FAILING_ERROR_RATE",
     "FAILING_MINIMUM_CALLS",
+    "FLEET_UNREACHABLE_EXIT_CODE",
     "RECENT_SECONDS",
     "STATUSES",
     "STATUS_EXIT_CODES",
@@ -64,6 +66,8 @@ STATUSES: tuple[Status, ...] = get_args(Status)
 """Every status, from the mildest to the worst."""
 STATUS_EXIT_CODES: Mapping[Status, int] = {"ok": 0, "degraded": 0, "failing": 0, "down": 1}
 CONFIG_ERROR_EXIT_CODE = 2
+FLEET_UNREACHABLE_EXIT_CODE = 3
+"""``outbound status`` could not read the fleet's shared state: what it shows is one process's own view."""
 
 # The "failing" rule: of the calls that finished in the last RECENT_SECONDS, at least FAILING_MINIMUM_CALLS, and at
 # least FAILING_ERROR_RATE of them ended in an error. A minute because a report answers "how is it now": long
@@ -168,7 +172,8 @@ class StatsSnapshot:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerSnapshot:
     """``state`` is what the next call meets (an open breaker whose trial is due reads ``half-open``);
-    ``retry_in`` the seconds until an open breaker admits a trial.
+    ``retry_in`` the seconds until an open breaker admits a trial; ``opened_by`` the failed attempt that opened it
+    (``None`` while closed, and for an isolation or an opening by slow calls).
 
     ``mode`` is the trip rule. For ``"rate"`` the window's ``calls`` and its current ``failure_rate`` and
     ``slow_call_rate`` (0 to 1; ``None`` before the window holds a call, and the slow rate when slowness is not judged)
@@ -183,6 +188,7 @@ class BreakerSnapshot:
     calls: int | None = None
     failure_rate: float | None = None
     slow_call_rate: float | None = None
+    opened_by: LastError | None = None
 
     def as_dict(self) -> dict[str, Any]:
         breaker: dict[str, Any] = {
@@ -192,6 +198,8 @@ class BreakerSnapshot:
             "opened_at": self.opened_at.isoformat() if self.opened_at else None,
             "retry_in": round(self.retry_in, 3) if self.retry_in is not None else None,
         }
+        if self.opened_by is not None:  # only while a failure holds it open: a closed breaker's report stays short
+            breaker["opened_by"] = self.opened_by.as_dict()
         if self.mode == "rate":
             breaker["calls"] = self.calls
             breaker["failure_rate"] = self.failure_rate
@@ -298,8 +306,9 @@ class HealthReport:
     """The whole report: the overall status and each service's health, in settings order.
 
     ``scope`` says whose state it is: ``"process"`` (this process alone) or ``"fleet"`` (every process sharing the
-    state backend); with a fleet, ``workers`` counts the live processes and ``state_backend`` says how this one
-    reaches the backend.
+    state backend); with a fleet, ``workers`` counts the live processes. ``state_backend`` says how this process
+    reaches a shared backend when the settings name one: ``"unreachable"`` with ``scope`` ``"process"`` means the
+    fleet's state could not be read, and the figures are this process's own.
     """
 
     status: Status
@@ -483,14 +492,30 @@ def worst(*statuses: Status) -> Status:
 
 
 def status_exit_code(report: HealthReport | Mapping[str, Any]) -> int:
-    """0 when ``ok`` or ``degraded`` (or ``failing``, for one service's status), 1 when ``down``."""
-    status = report.status if isinstance(report, HealthReport) else report["status"]
+    """0 when ``ok`` or ``degraded`` (or ``failing``, for one service's status), 1 when ``down``; 3
+    (``FLEET_UNREACHABLE_EXIT_CODE``) whatever the status when the report's state backend was unreachable: it is
+    then one process's view, not the fleet's."""
+    if isinstance(report, HealthReport):
+        status, backend = report.status, report.state_backend.status if report.state_backend else None
+    else:
+        found = report.get("state_backend")
+        status, backend = report["status"], found.get("status") if isinstance(found, Mapping) else None
+    if backend == "unreachable":
+        return FLEET_UNREACHABLE_EXIT_CODE
     return STATUS_EXIT_CODES[status]
+
+
+# Columns render_status keeps its lines within: a terminal's width, so nothing wraps mid-word.
+_STATUS_WIDTH = 100
 
 
 def render_status(report: HealthReport) -> str:
     """A plain-text table of a report, as ``outbound status`` prints it (``LAST 60S``: of the calls that finished in
-    the last minute, those that failed)."""
+    the last minute, those that failed).
+
+    The table names the last error's class; below it, each service's last error and the failure that opened its
+    breaker are written out in full, wrapped to 100 columns, so a refusal never hides its cause.
+    """
     rows = [
         (
             "SERVICE",
@@ -504,11 +529,12 @@ def render_status(report: HealthReport) -> str:
             "LAST ERROR",
         )
     ]
+    details: list[str] = []
     for name, service in sorted(report.services.items()):
         breaker = service.breaker.state
         if service.breaker.retry_in is not None:
             breaker += f" ({service.breaker.retry_in:.0f}s)"
-        last, recent = service.last_error, service.stats.recent
+        last, recent, opened_by = service.last_error, service.stats.recent, service.breaker.opened_by
         rows.append(
             (
                 name + (" *" if service.critical else ""),
@@ -519,12 +545,28 @@ def render_status(report: HealthReport) -> str:
                 str(service.stats.requests),
                 str(service.stats.errors),
                 f"{recent.errors}/{recent.calls} failed" if recent.calls else "-",
-                f"{last.type}: {last.message}" if last else "-",
+                last.type if last else "-",
             )
         )
+        if last is not None:
+            details.append(_wrapped(f"{name}: last error {_error_text(last)}"))
+        if opened_by is not None:
+            details.append(_wrapped(f"{name}: breaker opened by {_error_text(opened_by)}"))
     lines = _table(rows)
+    if details:
+        lines += ["", *details]
     lines.append(f"overall: {report.status}   (* critical)")
     return "\n".join(lines)
+
+
+def _error_text(error: LastError) -> str:
+    at = error.at.astimezone(timezone.utc) if error.at.tzinfo is not None else error.at
+    return f"{error.type}: {error.message} (at {at:%Y-%m-%d %H:%M:%S} UTC)"
+
+
+def _wrapped(text: str) -> str:
+    # Long words (a URL) are broken too: no line of the output runs past the width.
+    return textwrap.fill(text, _STATUS_WIDTH, subsequent_indent="    ", break_on_hyphens=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ PROGRAMS = (
         needed_by=(
             "tests/core/test_cli.py",
             "tests/core/test_fleet.py",
+            "tests/core/test_fleet_hostile.py",
             "tests/core/test_policy_live.py",
             "tests/django/test_command.py",
             "tests/example/test_scenario.py",

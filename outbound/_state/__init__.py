@@ -22,12 +22,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FleetBreaker:
     """A breaker's state as the fleet holds it: ``failures`` counted by every process since the last success,
-    ``retry_in`` seconds until a trial (or the end of an isolation)."""
+    ``retry_in`` seconds until a trial (or the end of an isolation), ``opened_by`` the failure that opened it."""
 
     state: str
     failures: int
     retry_in: float | None
     opened_at: datetime | None
+    opened_by: LastError | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,16 +60,18 @@ class StateBackend(Protocol):
         """Start whatever this process needs to follow the fleet (cheap when it runs already)."""
 
     def view(self) -> FleetView | None:
-        """The fleet's breakers and summed stats, or ``None`` for a process alone (or a backend out of reach)."""
+        """The fleet's breakers and summed stats, or ``None`` for a process alone, or when the backend does not
+        answer (``health()`` then says so): a report is then this process's own."""
 
     def health(self) -> StateBackendHealth | None:
         """How this process reaches the backend (``None`` for a process alone)."""
 
     def isolate(self, service: str, seconds: float | None) -> None:
-        """Force the service's breaker open for the fleet."""
+        """Force the service's breaker open for the fleet (once the backend answers, if it does not now)."""
 
     def reset(self, service: str) -> None:
-        """Close the service's breaker and clear its counts for the fleet."""
+        """Close the service's breaker and clear its counts and every process's stats of it, for the fleet (once the
+        backend answers, if it does not now)."""
 
     def close(self) -> None:
         """Stop talking to the backend; leave nothing running."""

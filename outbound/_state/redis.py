@@ -4,35 +4,52 @@ Local fast path, shared slow path. Each process keeps its own breakers, and a ca
 only local memory. Redis is touched on the rare paths:
 
 - a failure is counted fleet-wide (``INCR``, off the calling thread); when the fleet's count reaches ``fail_max``
-  the breaker opens for everyone: one process writes the state, publishes it, and every process applies it at once;
+  the breaker opens for everyone: one process writes the state (with the failure that opened it), publishes it, and
+  every process applies it at once;
 - any transition a process makes (its own trip rule opened the breaker, a trial closed or re-opened it) is written
   and published the same way;
 - the half-open trial: at most ``half_open_max_calls`` trial calls per trial period for the whole fleet (a counter
   that expires with the period), asked synchronously, once per trial, bounded by ``state.timeout``;
 - every ``sync_interval`` each process publishes its stats under a key that expires, heartbeats into the set of live
-  workers, and re-reads the fleet's breaker states (pub/sub delivers at most once: this catches what it missed);
+  workers, and re-reads the fleet's breaker states and reset epochs (pub/sub delivers at most once: this catches what
+  it missed);
 - a pause the upstream asked for (429 or 503 with ``Retry-After``) is written with its expiry and published, off
   the calling thread; a process joining later adopts it on its first read;
-- operator actions (``isolate``, ``reset``) write and publish synchronously;
+- operator actions (``isolate``, ``reset``) write and publish synchronously; a reset also starts a new *reset
+  epoch*: every process clears its stats of the service, and stats published before the epoch are not counted;
 - health reports read the fleet's breakers and every live worker's stats in one script.
 
+Every decision about a breaker is stamped with its time on Redis's clock (``{p}:decided``), and a decision that is
+older than the fleet's latest one is refused by the script that would write it: the latest decision wins, wherever
+and whenever it was made.
+
 Redis failing is not the app failing: any Redis error switches the process to its local state (one WARNING), the
-half-open trial becomes a local decision, nothing is raised to callers, and the process re-syncs when Redis answers
-again (one INFO). Time comes from Redis (``TIME``) wherever processes on different hosts must agree.
+half-open trial becomes a local decision, nothing is raised to callers, and when Redis answers again (one INFO) the
+process reconciles: a decision it made while cut off (an operator's isolation or reset, an opening, a close) goes to
+the fleet stamped with when it was made, unless the fleet decided something later; otherwise it adopts the fleet's
+state. An isolation without end stays without end; a reset stays a reset. Time comes from Redis (``TIME``) wherever
+processes on different hosts must agree.
+
+Everything read back is validated (``_records``): a bad record is skipped and logged once, never fatal.
 
 Keys (``{p}`` the prefix, ``{s}`` a service, ``{w}`` a worker: ``host:pid:random``)::
 
-    {p}:breaker:{s}   hash: state (open | isolated), until (ms, Redis clock; absent: until reset), reason, by
-                      expires a minute after ``until`` (an isolation without end lasts until reset, by design)
+    {p}:breaker:{s}   hash: state (open | isolated), until (ms, Redis clock; absent: until reset), opened, reason,
+                      by, cause (JSON: the failure that opened it); expires a minute after ``until`` (an isolation
+                      without end lasts until reset, by design)
     {p}:fails:{s}     the fleet's failures since a success; expires after ``reset_timeout``
     {p}:trial:{s}     trial calls admitted in the current half-open period; expires after ``reset_timeout``
     {p}:pause:{s}     set while the upstream asked for a pause (429/503 with Retry-After); expires with the pause
+    {p}:decided       hash: service -> time (ms) of the fleet's latest breaker decision
+    {p}:resets        hash: service -> time (ms) of its latest reset (the reset epoch)
     {p}:ratelimit:... the fleet's rate limit windows (the ``limits`` library's keys, ``scope: "fleet"``)
     {p}:workers       sorted set of live workers, scored by their last heartbeat (ms)
     {p}:stats:{w}     one worker's stats (JSON), rewritten every ``sync_interval``, expire after three of them
     {p}:events        the pub/sub channel of transitions
 
-No key is written for a service with ``shared: false``. A single Redis (or a primary): scripts touch several keys.
+``workers`` expires three ``sync_interval``s after the last heartbeat of any worker, ``decided`` and ``resets`` a day
+after it. No key is written for a service with ``shared: false``. A single Redis (or a primary): scripts touch
+several keys.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import secrets
@@ -48,16 +66,30 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 
-from .._breaker import CLOSED, HALF_OPEN, ISOLATED, OPEN
+from .._breaker import CLOSED, HALF_OPEN, ISOLATED, OPEN, Breaker
 from .._config import StateConfig
 from .._stats import latency_from_histogram
 from ..health import LastError, RecentCalls, StateBackendHealth, StatsSnapshot
 from . import FleetBreaker, FleetService, FleetView
+from ._records import (
+    MAX_RECORD_BYTES,
+    MAX_SECONDS,
+    BreakerRecord,
+    Complaints,
+    PauseMessage,
+    ServiceStats,
+    read_breaker,
+    read_message,
+    read_number,
+    read_stats,
+    read_worker,
+)
 
 if TYPE_CHECKING:
     from .._service import Service
@@ -68,49 +100,133 @@ logger = logging.getLogger("outbound.fleet")
 _BREAKER_GRACE_MS = 60_000
 # Heartbeats and stats count as live for this many sync intervals.
 _LIVE_INTERVALS = 3
+# How long the fleet remembers its latest decisions and resets after the last heartbeat: a worker cut off for less
+# than this, or a fleet restarted within it, still finds what was decided while it was away.
+_MEMORY_MS = 86_400_000
+# The most live workers a health report reads the stats of (a bound on one script's work, whatever is in Redis).
+MAX_WORKERS = 10_000
+# The reason a pushed state carries when this process holds it without the words of the decision behind it.
+_HELD = {
+    OPEN: "opened while the fleet was unreachable",
+    ISOLATED: "isolated by an operator",
+    CLOSED: "the isolation ended",
+}
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+# Keys of a type the scripts did not write (a stray SET, a corrupt key) are read as absent, reported with a marker
+# the readers reject ('!' + the type), and replaced when written: a bad key never turns into a Redis error here.
+_HELPERS = """
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local function hash_of(key)
+  local t = kind(key)
+  if t == 'hash' then return redis.call('HGETALL', key) end
+  if t == 'none' then return {} end
+  return {'!' .. t}
+end
+local function field(key, name)
+  local t = kind(key)
+  if t == 'hash' then return redis.call('HGET', key, name) or '' end
+  if t == 'none' then return '' end
+  return '!' .. t
+end
+local function text_of(key)
+  local t = kind(key)
+  if t == 'string' then return redis.call('GET', key) end
+  if t == 'none' then return '' end
+  return '!' .. t
+end
+local function writable(key, want)
+  local t = kind(key)
+  if t ~= 'none' and t ~= want then redis.call('DEL', key) end
+end
+local function counter(key)
+  local t = kind(key)
+  if t == 'none' then return end
+  if t ~= 'string' or not string.match(redis.call('GET', key), '^%d+$') then redis.call('DEL', key) end
+end
+"""
 
-# KEYS: fails, breaker, trial. ARGV: fail_max, window_ms, open_ms, worker, reason. Returns the `until` of the opening
-# when this failure opened the fleet's breaker (the caller publishes it), else 0.
+# KEYS: fails, breaker, trial, decided. ARGV: fail_max, window_ms, open_ms, worker, reason, cause, service,
+# memory_ms.
+# Returns {until, now}: `until` of the opening when this failure opened the fleet's breaker (the caller publishes
+# it), else 0.
 _FAIL = (
-    _NOW
+    _HELPERS
+    + _NOW
     + """
+counter(KEYS[1])
+writable(KEYS[2], 'hash')
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if n >= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[2]) == 0 then
   local untl = now + tonumber(ARGV[3])
   redis.call('HSET', KEYS[2], 'state', 'open', 'until', untl, 'opened', now, 'reason', ARGV[5], 'by', ARGV[4])
+  if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'cause', ARGV[6]) end
   redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + GRACE)
   redis.call('DEL', KEYS[3])
-  return untl
+  writable(KEYS[4], 'hash')
+  redis.call('HSET', KEYS[4], ARGV[7], now)
+  redis.call('PEXPIRE', KEYS[4], ARGV[8])
+  return {untl, now}
 end
-return 0
+return {0, now}
 """.replace("GRACE", str(_BREAKER_GRACE_MS))
 )
-# KEYS: breaker, fails, trial. ARGV: state, open_ms (negative: no end), worker, reason. Returns `until` (-1: none).
+# KEYS: breaker, fails, trial, decided, pause, resets. ARGV: state, open_ms (negative: no end), worker, reason,
+# cause, service, at (the decision's time; negative: now), reset (1: an operator's reset), memory_ms.
+# Returns {until (-1: none; -2: refused, a later decision stands), at}. The fleet's latest decision is the latest of
+# its recorded time, the opening in the breaker hash and the last reset: any one of them may have expired.
 _SET = (
-    _NOW
+    _HELPERS
+    + _NOW
     + """
+writable(KEYS[1], 'hash')
+writable(KEYS[4], 'hash')
+writable(KEYS[6], 'hash')
+local at = tonumber(ARGV[7])
+if at < 0 then
+  at = now
+else
+  local last = math.max(
+    tonumber(redis.call('HGET', KEYS[4], ARGV[6]) or '') or -1,
+    tonumber(redis.call('HGET', KEYS[1], 'opened') or '') or -1,
+    tonumber(redis.call('HGET', KEYS[6], ARGV[6]) or '') or -1)
+  if at < last then return {-2, last} end
+end
+redis.call('HSET', KEYS[4], ARGV[6], at)
+redis.call('PEXPIRE', KEYS[4], ARGV[9])
 redis.call('DEL', KEYS[3])
-if ARGV[1] == 'closed' then redis.call('DEL', KEYS[1], KEYS[2]) return -1 end
+if ARGV[1] == 'closed' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  if ARGV[8] == '1' then
+    redis.call('DEL', KEYS[5])
+    redis.call('HSET', KEYS[6], ARGV[6], at)
+    redis.call('PEXPIRE', KEYS[6], ARGV[9])
+  end
+  return {-1, at}
+end
 redis.call('DEL', KEYS[1])
 local ms = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'opened', now, 'reason', ARGV[4], 'by', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'opened', at, 'reason', ARGV[4], 'by', ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cause', ARGV[5]) end
 if ms >= 0 then
   redis.call('HSET', KEYS[1], 'until', now + ms)
   redis.call('PEXPIRE', KEYS[1], ms + GRACE)
-  return now + ms
+  return {now + ms, at}
 end
-return -1
+return {-1, at}
 """.replace("GRACE", str(_BREAKER_GRACE_MS))
 )
 # KEYS: trial. ARGV: period_ms. Returns the number of this trial in the period.
-_TRIAL = """
+_TRIAL = (
+    _HELPERS
+    + """
+counter(KEYS[1])
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
+)
 # KEYS: pause. ARGV: worker, pause_ms. A pause only ever gets longer: a shorter Retry-After from another worker must
 # not cut one the upstream asked for earlier. Returns 1 when it was set.
 _PAUSE = """
@@ -118,47 +234,77 @@ if redis.call('PTTL', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-# KEYS: workers, stats:{w}. ARGV: worker, live_ms, stats JSON.
+# KEYS: workers, stats:{w}, decided, resets. ARGV: worker, live_ms, stats JSON, memory_ms.
 _HEARTBEAT = (
-    _NOW
+    _HELPERS
+    + _NOW
     + """
+writable(KEYS[1], 'zset')
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('SET', KEYS[2], ARGV[3], 'PX', tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[4]))
 return now
 """
 )
-# KEYS: workers, then a breaker hash and a failure counter per service. ARGV: live_ms, stats key prefix.
+# KEYS: workers, resets, then a breaker hash and a failure counter per service. ARGV: live_ms, stats key prefix,
+# the most workers to read, the longest stats record to return, then the services' names.
 _VIEW = (
-    _NOW
+    _HELPERS
+    + _NOW
     + """
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+local live = {}
+local t = kind(KEYS[1])
+if t == 'zset' then
+  live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+elseif t ~= 'none' then
+  live = {'!' .. t}
+end
 local stats = {}
-for i, w in ipairs(live) do stats[i] = redis.call('GET', ARGV[2] .. w) or '' end
-local breakers = {}
-local fails = {}
-for i = 2, #KEYS, 2 do
-  breakers[#breakers + 1] = redis.call('HGETALL', KEYS[i])
-  fails[#fails + 1] = redis.call('GET', KEYS[i + 1]) or '0'
+for i, w in ipairs(live) do
+  local v = text_of(ARGV[2] .. w)
+  if #v > tonumber(ARGV[4]) then v = '!too long' end
+  stats[i] = v
 end
-return {now, live, stats, breakers, fails}
+local breakers, fails, epochs = {}, {}, {}
+for i = 3, #KEYS, 2 do
+  local n = #breakers + 1
+  breakers[n] = hash_of(KEYS[i])
+  fails[n] = text_of(KEYS[i + 1])
+  epochs[n] = field(KEYS[2], ARGV[4 + n])
+end
+return {now, live, stats, breakers, fails, epochs}
 """
 )
-# KEYS: one breaker hash per service, then one pause key per service. Returns the breakers and the pauses' PTTLs.
+# KEYS: a breaker hash per service, a pause key per service, decided, resets. ARGV: the services' names.
+# Returns the breakers, the pauses' PTTLs, and each service's latest decision and reset epoch.
 _BREAKERS = (
-    _NOW
+    _HELPERS
+    + _NOW
     + """
-local n = #KEYS / 2
-local breakers = {}
-local pauses = {}
+local n = #ARGV
+local breakers, pauses, decided, epochs = {}, {}, {}, {}
 for i = 1, n do
-  breakers[i] = redis.call('HGETALL', KEYS[i])
+  breakers[i] = hash_of(KEYS[i])
   pauses[i] = redis.call('PTTL', KEYS[n + i])
+  decided[i] = field(KEYS[2 * n + 1], ARGV[i])
+  epochs[i] = field(KEYS[2 * n + 2], ARGV[i])
 end
-return {now, breakers, pauses}
+return {now, breakers, pauses, decided, epochs}
 """
 )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _FleetState:
+    """One service as the periodic re-read found it."""
+
+    breaker: BreakerRecord | None
+    pause_ms: int | None
+    decided: int | None
+    epoch: int | None
 
 
 class _Shared:
@@ -167,17 +313,19 @@ class _Shared:
     def __init__(self, state: RedisState, service: Service) -> None:
         self._state = state
         self._name = service.name
+        self._breaker = service.policy.breaker
         self._config = service.config.breaker
 
     def failure(self) -> None:
-        self._state.submit(("fail", self._name))
+        # The failure just counted (the breaker sets it before telling us): the cause, if it opens the fleet's.
+        self._state.submit(("fail", self._name, self._breaker.last_failure))
 
     def recovered(self) -> None:
         self._state.submit(("recovered", self._name))
 
     def transition(self, new: str, reason: str, open_seconds: float) -> None:
         if new != HALF_OPEN:  # the fleet learns of a trial through its slot, and of its verdict through this
-            self._state.submit(("transition", self._name, new, reason, open_seconds))
+            self._state.submit(("transition", self._name, new, reason, open_seconds, self._breaker.opened_by))
 
     def claim_trial(self, seconds: float) -> bool:
         return self._state.claim_trial(self._name, seconds, self._config.half_open_max_calls)
@@ -197,6 +345,9 @@ class RedisState:
         self._closed = False
         self._keys = _Keys(config.prefix)
         self._live_ms = int(config.sync_interval * 1000 * _LIVE_INTERVALS)
+        # Redis-clock times (ms): of the decision behind each breaker's local state, and of the last reset applied.
+        self._decided: dict[str, int] = {}
+        self._epochs: dict[str, int] = {}
         self._new_process()
         _forget_in_forked_children(self)
 
@@ -213,8 +364,15 @@ class RedisState:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reachable = True
+        self._resync_due = False  # cut off since the last sync: reconcile before following the fleet again
         self._last_error: str | None = None
         self._fleet_seen: dict[str, tuple[str, int | None]] = {}
+        # Decisions this process made while cut off, per service: (monotonic time, reason); and the services an
+        # operator reset meanwhile. They go to the fleet when Redis answers again.
+        self._alone_lock = threading.Lock()
+        self._alone: dict[str, tuple[float, str]] = {}
+        self._reset_alone: set[str] = set()
+        self._complain = Complaints(logger)
 
     def attach(self, services: Mapping[str, Service]) -> None:
         self._services = {name: service for name, service in services.items() if service.config.shared}
@@ -266,10 +424,17 @@ class RedisState:
     # -- the hot path's messages -------------------------------------------------------------------------------------
 
     def submit(self, op: tuple[Any, ...]) -> None:
-        """Queue a write for the fleet thread: the calling thread never waits on Redis for a failure or transition."""
-        if self._reachable and not self._closed:
-            self.ensure_running()
-            self._ops.put(op)
+        """Queue a write for the fleet thread: the calling thread never waits on Redis for a failure or transition.
+
+        While Redis is away a transition is remembered instead, for the fleet to learn of it when it answers again.
+        """
+        if self._closed:
+            return
+        if not self._reachable:
+            self._remember_op(op)
+            return
+        self.ensure_running()
+        self._ops.put(op)
 
     def claim_trial(self, service: str, seconds: float, allowed: int) -> bool:
         """Whether this process may run one half-open trial call now (at most ``allowed`` per period, fleet-wide).
@@ -288,28 +453,21 @@ class RedisState:
     # -- operator actions ------------------------------------------------------------------------------------------
 
     def isolate(self, service: str, seconds: float | None) -> None:
-        self._write(service, ISOLATED, seconds, "isolated by an operator")
+        self._write(service, ISOLATED, seconds, "isolated by an operator", reset=False)
 
     def reset(self, service: str) -> None:
-        self._write(service, CLOSED, None, "reset by an operator")
-        if service in self._services:
-            # An operator's reset also ends a pause, everywhere: the upstream is deemed ready again.
-            try:
-                client = self._client_()
-                client.delete(self._keys.pause(service))
-                client.publish(
-                    self._keys.events, json.dumps({"worker": self.worker, "service": service, "resume": True})
-                )
-            except redis.RedisError as error:
-                self._unreachable(error)
+        # Also ends a pause everywhere (the upstream is deemed ready again) and starts a new reset epoch: every
+        # process clears its stats of the service, and stats published before it are not counted.
+        self._write(service, CLOSED, None, "reset by an operator", reset=True)
 
-    def _write(self, service: str, state: str, seconds: float | None, reason: str) -> None:
+    def _write(self, service: str, state: str, seconds: float | None, reason: str, *, reset: bool) -> None:
         if service not in self._services:
             return  # shared: false, a process-local service
         try:
-            self._set_and_publish(service, state, seconds, reason)
+            self._set_and_publish(service, state, seconds, reason, reset=reset)
         except redis.RedisError as error:
             self._unreachable(error)
+            self._remember(service, reason, reset=reset)
 
     # -- health --------------------------------------------------------------------------------------------------
 
@@ -323,41 +481,58 @@ class RedisState:
         if self._closed or not self._services:
             return None
         names = list(self._services)
-        keys = [self._keys.workers]
+        keys = [self._keys.workers, self._keys.resets]
         for name in names:
             keys += [self._keys.breaker(name), self._keys.fails(name)]
+        args = [self._live_ms, self._keys.stats(""), MAX_WORKERS, MAX_RECORD_BYTES, *names]
         try:
-            now, live, stats, breakers, fails = self._script("view", _VIEW)(
-                keys=keys, args=[self._live_ms, self._keys.stats("")]
-            )
+            now, live, stats, breakers, fails, epochs = self._script("view", _VIEW)(keys=keys, args=args)
         except redis.RedisError as error:
             self._unreachable(error)
             return None
         self._reachable_again()
-        published: list[dict[str, Any]] = []
-        for worker, raw in zip(live, stats, strict=True):
-            if _text(worker) != self.worker and raw:
-                published.append(json.loads(raw))
+        now, complain = int(now), self._complain
+        published: list[dict[str, ServiceStats]] = []
+        workers: set[str] = set()
+        for raw_worker, raw in zip(live, stats, strict=True):
+            worker = read_worker(raw_worker, complain)
+            if worker is not None and worker != self.worker:
+                workers.add(worker)
+                published.append(read_stats(raw, self._services, complain))
         published.append(self._local_stats())  # this process's own, fresher than what it last published
         services = {
-            name: self._fleet_service(name, _pairs(fields), int(count), int(now), published)
-            for name, fields, count in zip(names, breakers, fails, strict=True)
+            name: self._fleet_service(
+                name,
+                read_breaker(fields, f"the breaker record of {name!r}", complain),
+                read_number(count, f"the failure count of {name!r}", complain) or 0,
+                now,
+                published,
+                read_number(epoch, f"the reset epoch of {name!r}", complain) or 0,
+            )
+            for name, fields, count, epoch in zip(names, breakers, fails, epochs, strict=True)
         }
         # This process counts once it follows the fleet; a shell's `outbound status` only reads it.
-        joined = {self.worker} if self._threads and self._pid == os.getpid() else set()
-        workers = len({_text(worker) for worker in live} | joined)
-        return FleetView(workers=workers, services=services)
+        if self._threads and self._pid == os.getpid():
+            workers.add(self.worker)
+        return FleetView(workers=len(workers), services=services)
 
     def _fleet_service(
-        self, name: str, fields: dict[str, str], failures: int, now_ms: int, published: list[dict[str, Any]]
+        self,
+        name: str,
+        record: BreakerRecord | None,
+        failures: int,
+        now_ms: int,
+        published: list[dict[str, ServiceStats]],
+        epoch: int,
     ) -> FleetService:
-        state, retry_in, opened_at = CLOSED, None, None
-        if fields.get("state") in (OPEN, ISOLATED):
-            until = int(fields["until"]) if "until" in fields else None
-            opened_at = datetime.fromtimestamp(int(fields.get("opened", now_ms)) / 1000, timezone.utc)
-            state = fields["state"]
-            if until is not None:
-                retry_in = max(0.0, (until - now_ms) / 1000)
+        state, retry_in, opened_at, opened_by = CLOSED, None, None, None
+        if record is not None:
+            state, opened_by = record.state, record.cause
+            if record.opened is not None:
+                opened_at = datetime.fromtimestamp(record.opened / 1000, timezone.utc)
+            if record.until is not None:
+                longest = self._services[name].config.breaker.reset_timeout if state == OPEN else MAX_SECONDS
+                retry_in = min(max(0.0, (record.until - now_ms) / 1000), longest)
                 if state == OPEN and retry_in == 0.0:
                     state, retry_in = HALF_OPEN, None  # the trial is due: the next call is it
         counters = {"requests": 0, "errors": 0, "retries": 0, "short_circuited": 0, "pool_timeouts": 0}
@@ -367,33 +542,30 @@ class RedisState:
         recent_calls = recent_errors = 0
         for worker in published:
             entry = worker.get(name)
-            if not entry:
-                continue
+            if entry is None or entry.epoch < epoch:
+                continue  # counted before the latest reset: an operator cleared it
             for key in counters:
-                counters[key] += int(entry.get(key, 0))
+                counters[key] += getattr(entry, key)
             # Each worker's last minute, as of its last publish: the fleet's "failing" is judged on their sum.
-            recent = entry.get("recent") or {}
-            recent_calls += int(recent.get("calls", 0))
-            recent_errors += int(recent.get("errors", 0))
-            for reason, count in entry.get("rejected", {}).items():
-                rejected[reason] = rejected.get(reason, 0) + int(count)
-            for index, count in entry.get("latency", {}).items():
-                buckets[int(index)] = buckets.get(int(index), 0) + int(count)
-            error = entry.get("last_error")
-            if error and (last_error is None or error["at"] > last_error.at.isoformat()):
-                at = datetime.fromisoformat(error["at"])
-                last_error = LastError(type=error["type"], message=error["message"], at=at)
+            recent_calls += entry.recent_calls
+            recent_errors += entry.recent_errors
+            for reason, count in entry.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+            for index, count in entry.latency.items():
+                buckets[index] = buckets.get(index, 0) + count
+            error = entry.last_error
+            if error is not None and (last_error is None or error.at > last_error.at):
+                last_error = error
         stats = StatsSnapshot(
             **counters,
             rejected=rejected,
             recent=RecentCalls(calls=recent_calls, errors=recent_errors),
             latency_ms=latency_from_histogram(buckets),
         )
-        return FleetService(
-            breaker=FleetBreaker(state=state, failures=failures, retry_in=retry_in, opened_at=opened_at),
-            stats=stats,
-            last_error=last_error,
+        breaker = FleetBreaker(
+            state=state, failures=failures, retry_in=retry_in, opened_at=opened_at, opened_by=opened_by
         )
+        return FleetService(breaker=breaker, stats=stats, last_error=last_error)
 
     # -- the fleet threads -------------------------------------------------------------------------------------------
 
@@ -410,6 +582,7 @@ class RedisState:
             try:
                 if op is not None:
                     self._apply_op(op)
+                    op = None  # applied: a sync failing below must not remember it as undelivered
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + interval
                     self._sync()
@@ -417,28 +590,32 @@ class RedisState:
                 if self._stop.is_set():
                     return
                 self._unreachable(error)
+                if op is not None:
+                    self._remember_op(op)  # it never reached the fleet
             except Exception:
                 logger.exception("outbound fleet sync failed")
 
     def _apply_op(self, op: tuple[Any, ...]) -> None:
         if not self._reachable:
-            return  # while Redis is away the process runs on its own state; it re-syncs when Redis is back
+            self._remember_op(op)  # the process runs on its own state; what it decided goes to the fleet later
+            return
         kind, service = op[0], op[1]
         keys = self._keys
         config = self._services[service].config.breaker
         if kind == "fail":
             window_ms = open_ms = int(config.reset_timeout * 1000)
             reason = f"{config.fail_max} failures across the fleet"
-            until = int(
-                self._script("fail", _FAIL)(
-                    keys=[keys.fails(service), keys.breaker(service), keys.trial(service)],
-                    args=[config.fail_max, window_ms, open_ms, self.worker, reason],
-                )
+            cause: LastError | None = op[2]
+            args = [config.fail_max, window_ms, open_ms, self.worker, reason, _cause_json(cause), service]
+            until, at = self._script("fail", _FAIL)(
+                keys=[keys.fails(service), keys.breaker(service), keys.trial(service), keys.decided],
+                args=[*args, _MEMORY_MS],
             )
-            if until:
-                self._publish(service, OPEN, config.reset_timeout, reason, until)
+            if int(until):
+                self._decided[service] = int(at)
+                self._publish(service, OPEN, config.reset_timeout, reason, int(until), int(at), cause, reset=False)
                 # This process ignores its own messages: it applies the opening it caused here.
-                self._apply_remote(service, OPEN, config.reset_timeout, reason, own=True)
+                self._apply_remote(service, OPEN, config.reset_timeout, reason, cause=cause, own=True)
         elif kind == "recovered":
             self._client_().delete(keys.fails(service))
         elif kind == "pause":
@@ -449,74 +626,215 @@ class RedisState:
                 message = {"worker": self.worker, "service": service, "pause": seconds}
                 self._client_().publish(keys.events, json.dumps(message))
         elif kind == "transition":
-            _, _, new, reason, open_seconds = op
-            self._set_and_publish(service, new, open_seconds, reason)
+            _, _, new, reason, open_seconds, cause = op
+            self._set_and_publish(service, new, open_seconds, reason, cause=cause)
+            with self._alone_lock:
+                self._alone.pop(service, None)  # the fleet has a later decision of this process's now
 
-    def _set_and_publish(self, service: str, state: str, seconds: float | None, reason: str) -> None:
+    def _set_and_publish(
+        self,
+        service: str,
+        state: str,
+        seconds: float | None,
+        reason: str,
+        *,
+        at: int = -1,
+        reset: bool = False,
+        cause: LastError | None = None,
+    ) -> bool:
+        """Write a decision (made ``at``, Redis's clock; -1: now) and publish it; ``False`` when the fleet holds a
+        later decision, which then stands."""
         keys = self._keys
-        open_ms = -1 if seconds is None or seconds == float("inf") else int(seconds * 1000)
-        until = int(
-            self._script("set", _SET)(
-                keys=[keys.breaker(service), keys.fails(service), keys.trial(service)],
-                args=[state, open_ms, self.worker, reason],
-            )
+        endless = seconds is None or math.isinf(seconds)
+        open_ms = -1 if seconds is None or endless else int(min(seconds, MAX_SECONDS) * 1000)
+        until, decided = self._script("set", _SET)(
+            keys=[
+                keys.breaker(service),
+                keys.fails(service),
+                keys.trial(service),
+                keys.decided,
+                keys.pause(service),
+                keys.resets,
+            ],
+            args=[state, open_ms, self.worker, reason, _cause_json(cause), service, at, int(reset), _MEMORY_MS],
         )
-        self._publish(service, state, None if open_ms < 0 else seconds, reason, None if until < 0 else until)
+        until, decided = int(until), int(decided)
+        if until == -2:
+            return False
+        self._decided[service] = decided
+        if reset:
+            self._epochs[service] = decided
+        left = None if open_ms < 0 else seconds
+        self._publish(service, state, left, reason, None if until < 0 else until, decided, cause, reset=reset)
+        return True
 
-    def _publish(self, service: str, state: str, seconds: float | None, reason: str, until: int | None) -> None:
+    def _publish(
+        self,
+        service: str,
+        state: str,
+        seconds: float | None,
+        reason: str,
+        until: int | None,
+        at: int,
+        cause: LastError | None,
+        *,
+        reset: bool,
+    ) -> None:
         # `until` (Redis clock) identifies the change, so the periodic re-read does not apply it a second time;
-        # `seconds` is what is left of it, for processes whose clocks differ from Redis's.
-        message = {"worker": self.worker, "service": service, "state": state, "seconds": seconds, "reason": reason}
-        message["until"] = until
+        # `seconds` is what is left of it, for processes whose clocks differ from Redis's; `at` when it was decided.
+        message = {
+            "worker": self.worker,
+            "service": service,
+            "state": state,
+            "seconds": seconds,
+            "reason": reason,
+            "until": until,
+            "at": at,
+            "cause": cause.as_dict() if cause is not None else None,
+            "reset": at if reset else None,
+        }
         self._client_().publish(self._keys.events, json.dumps(message))
         self._fleet_seen[service] = (state, until)
 
     def _sync(self) -> None:
-        """Heartbeat and publish this process's stats; re-read the fleet's breakers (catching missed messages)."""
+        """Heartbeat and publish this process's stats; re-read the fleet's breakers (catching missed messages), or
+        after a time cut off, reconcile what this process decided alone with what the fleet decided."""
         client = self._client_()
         if not self._reachable:
             client.ping()  # raises while Redis is still away
             self._reachable_again()
+        keys = self._keys
         self._script("heartbeat", _HEARTBEAT)(
-            keys=[self._keys.workers, self._keys.stats(self.worker)],
-            args=[self.worker, self._live_ms, json.dumps(self._local_stats())],
+            keys=[keys.workers, keys.stats(self.worker), keys.decided, keys.resets],
+            args=[self.worker, self._live_ms, json.dumps(self._published_stats()), _MEMORY_MS],
         )
-        self._adopt_fleet()
+        if self._resync_due:
+            self._resync_due = False
+            self._reconcile()
+        else:
+            self._adopt_fleet()
+
+    def _read_fleet(self) -> tuple[int, dict[str, _FleetState]]:
+        names = list(self._services)
+        keys = self._keys
+        script_keys = [keys.breaker(name) for name in names] + [keys.pause(name) for name in names]
+        now, breakers, pauses, decided, epochs = self._script("breakers", _BREAKERS)(
+            keys=[*script_keys, keys.decided, keys.resets], args=names
+        )
+        complain = self._complain
+        found = {
+            name: _FleetState(
+                breaker=read_breaker(fields, f"the breaker record of {name!r}", complain),
+                pause_ms=read_number(pause, f"the pause of {name!r}", complain, low=-2),
+                decided=read_number(when, f"the decision time of {name!r}", complain),
+                epoch=read_number(epoch, f"the reset epoch of {name!r}", complain),
+            )
+            for name, fields, pause, when, epoch in zip(names, breakers, pauses, decided, epochs, strict=True)
+        }
+        return int(now), found
 
     def _adopt_fleet(self) -> None:
-        names = list(self._services)
-        keys = [self._keys.breaker(name) for name in names] + [self._keys.pause(name) for name in names]
-        now, breakers, pauses = self._script("breakers", _BREAKERS)(keys=keys)
-        for name, fields, pause_ms in zip(names, breakers, pauses, strict=True):
-            self._adopt(name, _pairs(fields), int(now))
-            self._adopt_pause(name, int(pause_ms))
+        now, found = self._read_fleet()
+        for name, fleet in found.items():
+            self._adopt(name, fleet, now)
+            self._adopt_epoch(name, fleet.epoch)
+            self._adopt_pause(name, fleet.pause_ms)
 
-    def _adopt_pause(self, service: str, left_ms: int) -> None:
-        # A pause another process published (a message this one missed, or one from before it joined).
-        pause = self._services[service].policy.pause
-        if pause is not None and left_ms > 0:
-            pause.pause(left_ms / 1000, publish=False)  # never shortens a pause: applying it again is harmless
+    def _reconcile(self) -> None:
+        # Back after a time cut off. Per service: a decision made alone goes to the fleet, stamped with when it was
+        # made (the script refuses it when the fleet decided something later); so does an opening or isolation this
+        # process holds that the fleet lost (a Redis restarted empty); otherwise the fleet's state is adopted.
+        now, found = self._read_fleet()
+        elapsed_since = time.monotonic()
+        with self._alone_lock:
+            alone, self._alone = self._alone, {}
+            resets, self._reset_alone = self._reset_alone, set()
+        for name, fleet in found.items():
+            breaker = self._services[name].policy.breaker
+            decision = alone.get(name)
+            pushed = False
+            if decision is not None:
+                at = max(0, now - int((elapsed_since - decision[0]) * 1000))
+                pushed = self._push_held(name, breaker, at, decision[1], reset=name in resets)
+            elif fleet.breaker is None and _holds(breaker):
+                pushed = self._push_held(name, breaker, self._decided.get(name, 0), None, reset=False)
+            if not pushed:
+                self._adopt(name, fleet, now, force=True)
+            self._adopt_epoch(name, fleet.epoch)
+            self._adopt_pause(name, fleet.pause_ms)
 
-    def _adopt(self, service: str, fields: dict[str, str], now_ms: int) -> None:
-        # Apply the fleet's state when it changed since this process last saw it (a change it missed).
-        state = fields.get("state", CLOSED)
-        until = int(fields["until"]) if "until" in fields else None
-        if until is not None and until <= now_ms and state == OPEN:
+    def _push_held(self, name: str, breaker: Breaker, at: int, reason: str | None, *, reset: bool) -> bool:
+        # The state this process's breaker is in now, as a decision made `at`; False when there is nothing to push
+        # (an opening whose trial is due, a trial in flight) or the fleet decided something later.
+        state, refusal = breaker.state, breaker.refusal()
+        seconds: float | None = None
+        if state in (OPEN, ISOLATED) and refusal is not None:
+            seconds = None if math.isinf(refusal.retry_in) else refusal.retry_in
+        elif state in (CLOSED, ISOLATED):  # closed, or an isolation whose time ran out
+            state = CLOSED
+        else:
+            return False
+        if reason is None or state != breaker.state:
+            reason = _HELD[state]
+        cause = breaker.opened_by if state == OPEN else None
+        return self._set_and_publish(name, state, seconds, reason, at=at, reset=reset, cause=cause)
+
+    def _adopt(self, service: str, fleet: _FleetState, now_ms: int, *, force: bool = False) -> None:
+        # Apply the fleet's state when it changed since this process last saw it (a change it missed); with
+        # `force` (after a time cut off) whenever this process's breaker is in another state.
+        record = fleet.breaker
+        state = record.state if record is not None else CLOSED
+        until = record.until if record is not None else None
+        if state == OPEN and until is not None and until <= now_ms:
             return  # the trial is due: whoever claims it decides; nothing to apply
         seen = (state, until)
-        if self._fleet_seen.get(service) == seen:
-            return
         previous = self._fleet_seen.get(service)
         self._fleet_seen[service] = seen
-        if previous is None and state == CLOSED:
-            return  # first look, nothing shared: keep what this process knows
+        if force:
+            if self._services[service].policy.breaker.state == state:
+                return
+        elif previous == seen or (previous is None and state == CLOSED):
+            return  # nothing new; or a first look with nothing shared: keep what this process knows
+        if fleet.decided is not None:
+            self._decided[service] = fleet.decided
         seconds = None if until is None else max(0.0, (until - now_ms) / 1000)
-        self._apply_remote(service, state, seconds, fields.get("reason", "the fleet's state"))
+        reason = record.reason if record is not None and record.reason else "the fleet's state"
+        self._apply_remote(service, state, seconds, reason, cause=record.cause if record is not None else None)
 
-    def _apply_remote(self, service: str, state: str, seconds: float | None, reason: str, own: bool = False) -> None:
+    def _adopt_epoch(self, service: str, epoch: int | None) -> None:
+        # A reset this process missed (a lost message, a time cut off): its stats of the service start again.
+        if epoch is not None and epoch > self._epochs.get(service, 0):
+            policy = self._services[service].policy
+            policy.stats.clear()  # before the epoch: stats stamped with the new epoch are always cleared ones
+            if policy.pause is not None:
+                policy.pause.reset()
+            self._epochs[service] = epoch
+
+    def _adopt_pause(self, service: str, left_ms: int | None) -> None:
+        # A pause another process published (a message this one missed, or one from before it joined).
+        pause = self._services[service].policy.pause
+        if pause is not None and left_ms is not None and left_ms > 0:
+            # Never longer than this service may pause; never shortens one: applying it again is harmless.
+            pause.pause(min(left_ms / 1000, pause.cap), publish=False)
+
+    def _apply_remote(
+        self,
+        service: str,
+        state: str,
+        seconds: float | None,
+        reason: str,
+        *,
+        cause: LastError | None = None,
+        own: bool = False,
+    ) -> None:
         breaker = self._services[service].policy.breaker
-        open_seconds = float("inf") if seconds is None else seconds
-        breaker.apply(state, reason=reason if own else f"{reason} (another process)", open_seconds=open_seconds)
+        longest = breaker.config.reset_timeout
+        if state == OPEN:  # an opening never outlasts this service's reset_timeout, whatever a record says
+            open_seconds = longest if seconds is None else min(seconds, longest)
+        else:
+            open_seconds = math.inf if seconds is None else seconds
+        remote = reason if own else f"{reason} (another process)"
+        breaker.apply(state, reason=remote, open_seconds=open_seconds, opened_by=cause)
 
     def _run_events(self) -> None:
         while not self._stop.is_set():
@@ -540,23 +858,30 @@ class RedisState:
 
     def _on_message(self, data: Any) -> None:
         try:
-            message = json.loads(data)
-            service = message["service"]
-        except (TypeError, ValueError, KeyError):
-            return  # not ours
-        if message.get("worker") == self.worker or service not in self._services:
-            return
-        if "pause" in message or "resume" in message:
-            pause = self._services[service].policy.pause
-            if pause is None:
+            self._apply_message(data)
+        except Exception as error:  # noqa: BLE001 (the listener serves every service: one message must not end it)
+            self._complain("a message the listener could not apply", f"{type(error).__name__}: {error}")
+
+    def _apply_message(self, data: Any) -> None:
+        message = read_message(data, self._complain)
+        if message is None or message.worker == self.worker or message.service not in self._services:
+            return  # bad (logged), this process's own, or not a service shared here
+        name = message.service
+        policy = self._services[name].policy
+        if isinstance(message, PauseMessage):
+            if policy.pause is None:
                 return
-            if message.get("resume"):
-                pause.reset()
-            elif isinstance(message["pause"], int | float):
-                pause.pause(float(message["pause"]), publish=False)
+            if message.seconds:
+                policy.pause.pause(min(message.seconds, policy.pause.cap), publish=False)
+            else:
+                policy.pause.reset()  # the previous version's reset ended a pause with a message of its own
             return
-        self._fleet_seen[service] = (message["state"], message.get("until"))
-        self._apply_remote(service, message["state"], message.get("seconds"), message.get("reason", ""))
+        if message.at is not None:
+            self._decided[name] = message.at
+        self._fleet_seen[name] = (message.state, message.until)
+        if message.reset is not None:
+            self._adopt_epoch(name, message.reset)
+        self._apply_remote(name, message.state, message.seconds, message.reason, cause=message.cause)
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
@@ -576,26 +901,42 @@ class RedisState:
             script = self._scripts[name] = self._client_().register_script(source)
         return script
 
-    def _local_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {}
+    def _local_stats(self) -> dict[str, ServiceStats]:
+        stats: dict[str, ServiceStats] = {}
         for name, service in self._services.items():
+            epoch = self._epochs.get(name, 0)  # read before the stats: a reset clears them before it moves the epoch
             export = service.policy.stats.export()
-            last = export.last_error
-            stats[name] = {
-                "requests": export.requests,
-                "errors": export.errors,
-                "retries": export.retries,
-                "short_circuited": export.short_circuited,
-                "pool_timeouts": export.pool_timeouts,
-                "rejected": export.rejected,
-                "recent": {"calls": export.recent.calls, "errors": export.recent.errors},
-                "latency": export.latency,
-                "last_error": last.as_dict() if last else None,
-            }
+            stats[name] = ServiceStats(
+                requests=export.requests,
+                errors=export.errors,
+                retries=export.retries,
+                short_circuited=export.short_circuited,
+                pool_timeouts=export.pool_timeouts,
+                rejected=export.rejected,
+                recent_calls=export.recent.calls,
+                recent_errors=export.recent.errors,
+                latency=export.latency,
+                last_error=export.last_error,
+                epoch=epoch,
+            )
         return stats
+
+    def _published_stats(self) -> dict[str, Any]:
+        return {name: entry.as_dict() for name, entry in self._local_stats().items()}
+
+    def _remember(self, service: str, reason: str, *, reset: bool = False) -> None:
+        with self._alone_lock:
+            self._alone[service] = (time.monotonic(), reason)
+            if reset:
+                self._reset_alone.add(service)
+
+    def _remember_op(self, op: tuple[Any, ...]) -> None:
+        if op[0] == "transition":
+            self._remember(op[1], op[3])
 
     def _unreachable(self, error: Exception) -> None:
         self._last_error = f"{type(error).__name__}: {error}"
+        self._resync_due = True
         if self._reachable:
             self._reachable = False
             logger.warning(
@@ -607,24 +948,7 @@ class RedisState:
     def _reachable_again(self) -> None:
         if not self._reachable:
             self._reachable = True
-            self._fleet_seen.clear()  # re-read everything: this process may have missed any number of changes
-            self._republish_local()
             logger.info("the fleet's state backend (Redis) answers again; breakers and stats are shared again")
-
-    def _republish_local(self) -> None:
-        # What this process decided while alone (a breaker it opened) becomes the fleet's.
-        for name, service in self._services.items():
-            breaker = service.policy.breaker
-            if breaker.state in (OPEN, ISOLATED):
-                self.submit(
-                    (
-                        "transition",
-                        name,
-                        breaker.state,
-                        "opened while the fleet was unreachable",
-                        breaker.retry_in() or 0.0,
-                    )
-                )
 
 
 class _Keys:
@@ -632,6 +956,8 @@ class _Keys:
         self.prefix = prefix
         self.workers = f"{prefix}:workers"
         self.events = f"{prefix}:events"
+        self.decided = f"{prefix}:decided"
+        self.resets = f"{prefix}:resets"
 
     def breaker(self, service: str) -> str:
         return f"{self.prefix}:breaker:{service}"
@@ -649,12 +975,13 @@ class _Keys:
         return f"{self.prefix}:stats:{worker}"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _holds(breaker: Breaker) -> bool:
+    """Whether the breaker refuses calls now by a decision (an opening with time left, an isolation)."""
+    return breaker.state in (OPEN, ISOLATED) and breaker.refusal() is not None
 
 
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+def _cause_json(cause: LastError | None) -> str:
+    return json.dumps(cause.as_dict()) if cause is not None else ""
 
 
 def _forget_in_forked_children(state: RedisState) -> None:

@@ -12,7 +12,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 from flask import Flask
 
-from outbound import Registry, cli
+from outbound import Registry, cli, health
+from outbound._page import render_page
 from outbound.health import (
     BreakerSnapshot,
     BulkheadSnapshot,
@@ -27,6 +28,8 @@ from outbound.health import (
 )
 from outbound_flask import Outbound
 from tests.conftest import RegistryFactory, open_breaker
+from tests.core.test_fleet import RETRIED_LATE, open_during_a_retry
+from tests.redis_server import RedisServer
 from tests.upstream import Upstream, wait_until
 
 TOKEN = "cli-token-0123456789"
@@ -66,6 +69,7 @@ def test_status_says_when_it_shows_its_own_new_process_only(make_registry: Regis
     assert "scope: this process only" in output.text
     assert "--url" in output.text
     assert output.text.splitlines()[-1].startswith("overall: ok")
+    assert all(len(line) <= 100 for line in output.text.splitlines())  # no line wraps in a terminal
 
 
 def test_status_url_reads_a_running_servers_report(live_app: tuple[str, Flask]) -> None:
@@ -201,6 +205,7 @@ def test_the_typed_report_survives_its_own_json() -> None:
             calls=10,
             failure_rate=0.6,
             slow_call_rate=0.0,
+            opened_by=LastError(type="HTTPStatus", message="HTTP 503", at=opened),
         ),
         pool=PoolSnapshot(max_connections=10, in_use=1, idle=2, waiting=0),
         stats=StatsSnapshot(
@@ -216,3 +221,70 @@ def test_the_typed_report_survives_its_own_json() -> None:
     )
     report = build_report([service])
     assert cli._report(json.loads(json.dumps(report.as_dict()))) == report
+
+
+def test_status_while_the_fleets_redis_is_down_says_it_could_not_read_the_fleet(
+    redis_server: RedisServer, redis_url: str, upstream: Upstream
+) -> None:
+    mapping = {
+        "services": {"api": {"base_url": upstream.url}},
+        "state": {"backend": "redis", "url": redis_url, "sync_interval": 0.2},
+        "health": {"token": TOKEN},
+    }
+    app = Flask("cut-off")
+    app.config["OUTBOUND"] = mapping
+    Outbound(app)
+    with Registry.from_mapping(mapping) as shell:
+        redis_server.stop()
+        try:
+            table, as_json = cli.status(shell), cli.status(shell, as_json=True)
+            isolated, reset = cli.isolate(shell, "api", None), cli.reset(shell, "api")
+            answer = app.test_client().get("/health/outbound", headers={"Authorization": f"Bearer {TOKEN}"})
+            served = answer.get_json()
+        finally:
+            redis_server.start()
+            app.extensions["outbound"].close()
+    assert table.code == as_json.code == health.FLEET_UNREACHABLE_EXIT_CODE == 3
+    words = " ".join(table.text.split())  # the scope is wrapped to the terminal's width
+    assert "scope: this process only" in words
+    assert "The fleet's shared state could not be read (state backend redis unreachable: ConnectionError" in words
+    assert "from the fleet's shared state" not in words
+    assert all(len(line) <= 100 for line in table.text.splitlines()), table.text
+    assert table.text.splitlines()[-1].startswith("overall: degraded")
+    for report in (json.loads(as_json.text), served):  # the JSON is as honest: this process's own figures
+        assert report["scope"] == "process"
+        assert report["state_backend"]["status"] == "unreachable"
+        assert "workers" not in report
+        assert health.status_exit_code(report) == 3  # what `status --url` exits with, reading such a server
+    for output in (isolated, reset):  # nothing was changed, and the operator is told so
+        assert output.code == 3
+        assert output.error
+        assert "changed nothing" in " ".join(output.text.split())
+    assert shell["api"].policy.breaker.state == "closed"
+
+
+def test_memory_mode_shows_the_failure_that_opened_the_breaker_next_to_the_refusals(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(api={"base_url": upstream.url, "retry": RETRIED_LATE, "breaker": {"fail_max": 3}})
+    open_during_a_retry(registry, registry, upstream)
+    api = registry.health()["services"]["api"]
+    assert api["last_error"]["type"] == "CircuitOpenError"
+    assert api["breaker"]["opened_by"]["type"] == "HTTPStatus"
+    assert api["breaker"]["opened_by"]["message"] == "HTTP 503"
+    text = cli.status(registry).text
+    assert "api: last error CircuitOpenError: GET " in text
+    assert "api: breaker opened by HTTPStatus: HTTP 503 (at " in text
+    assert "Breaker opened by" in render_page(registry.health())
+    registry.reset("api")
+    assert "opened_by" not in registry.health()["services"]["api"]["breaker"]  # closed: nothing holds it open
+
+
+def test_status_lines_stay_within_100_columns_with_long_errors(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(api={"base_url": upstream.url + "a-rather-long/path/" * 6, "retry": None})
+    assert registry.session("api").get("status/503").status_code == 503  # a failure: the last error
+    text = cli.status(registry).text
+    assert "api: last error HTTPStatus: GET " in text
+    assert all(len(line) <= 100 for line in text.splitlines()), text

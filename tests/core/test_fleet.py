@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 import outbound
-from outbound import Registry
+from outbound import Registry, cli
+from outbound._page import render_page
 from tests.redis_server import RedisServer
+from tests.tcp_relay import TcpRelay
 from tests.upstream import Upstream, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +37,8 @@ def fleet(redis_url: str, upstream: Upstream) -> Iterator[Callable[..., Registry
     """``fleet(**service_overrides)``: a registry (a worker) of a fleet sharing the test's Redis and prefix."""
     made: list[Registry] = []
 
-    def worker(prefix: str = "test", sync_interval: float = 0.2, **overrides: Any) -> Registry:
+    def worker(prefix: str = "test", sync_interval: float = 0.2, url: str | None = None, **overrides: Any) -> Registry:
+        """``url``: reach Redis there instead (a ``TcpRelay`` that cuts this worker off from the fleet)."""
         service = {
             "base_url": upstream.url,
             "retry": None,
@@ -44,7 +47,7 @@ def fleet(redis_url: str, upstream: Upstream) -> Iterator[Callable[..., Registry
         }
         mapping = {
             "services": {"api": service, "local": {"base_url": upstream.url, "shared": False}},
-            "state": {"backend": "redis", "url": redis_url, "prefix": prefix, "sync_interval": sync_interval},
+            "state": {"backend": "redis", "url": url or redis_url, "prefix": prefix, "sync_interval": sync_interval},
         }
         registry = Registry.from_mapping(mapping)
         made.append(registry)
@@ -396,3 +399,227 @@ def test_a_new_workers_first_call_meets_the_fleets_open_breaker(
     with pytest.raises(outbound.CircuitOpenError):
         newcomer.session("api").get("ok")
     assert upstream.hits == hits
+
+
+# -- decisions made while cut off from the fleet ---------------------------------------------------------------------
+
+
+def _refused_for(seconds: float, *workers: Registry) -> None:
+    """Every worker refuses every call for ``seconds`` (several sync intervals: nothing lifts the breaker)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for worker in workers:
+            with pytest.raises(outbound.CircuitOpenError):
+                worker.session("api").get("ok")
+        time.sleep(0.05)
+
+
+def _served_for(seconds: float, *workers: Registry) -> None:
+    """Every worker's calls reach the upstream for ``seconds`` (nothing re-opens the breaker)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for worker in workers:
+            assert worker.session("api").get("ok").status_code == 200
+        time.sleep(0.05)
+
+
+def test_an_isolation_made_while_redis_is_down_has_no_end_when_it_returns(
+    fleet: Callable[..., Registry], redis_server: RedisServer, upstream: Upstream
+) -> None:
+    a, b = fleet(), fleet()
+    for worker in (a, b):
+        worker.session("api").get("ok")
+    redis_server.stop()
+    try:
+        a.isolate("api")  # an operator's kill switch, while the fleet cannot be told
+    finally:
+        redis_server.start()  # a Redis restarted empty
+    assert wait_until(lambda: _state(b) == "isolated", timeout=5)  # the fleet learns of it...
+    hits = upstream.hits
+    _refused_for(1.5, a, b)  # ...and it does not switch itself off
+    assert upstream.hits == hits
+    for worker in (a, b):
+        breaker = worker.health()["services"]["api"]["breaker"]
+        assert (breaker["state"], breaker["retry_in"]) == ("isolated", None)
+
+
+def test_a_timed_isolation_made_while_redis_is_down_keeps_what_is_left_of_it(
+    fleet: Callable[..., Registry], redis_server: RedisServer
+) -> None:
+    a, b = fleet(), fleet()
+    for worker in (a, b):
+        worker.session("api").get("ok")
+    redis_server.stop()
+    try:
+        a.isolate("api", seconds=30)
+    finally:
+        redis_server.start()
+    assert wait_until(lambda: _state(b) == "isolated", timeout=5)
+    left = b["api"].policy.breaker.retry_in()
+    assert left is not None
+    assert 20 < left <= 30
+    _refused_for(0.6, b)
+
+
+def test_a_reset_made_while_cut_off_is_not_undone_when_the_fleet_answers_again(
+    fleet: Callable[..., Registry], redis_server: RedisServer
+) -> None:
+    with TcpRelay(redis_server.port) as relay:
+        away, other = fleet(url=relay.url), fleet()
+        for worker in (away, other):
+            worker.session("api").get("ok")
+        other.isolate("api")
+        assert wait_until(lambda: _state(away) == "isolated")
+        relay.cut()  # `away` alone loses Redis; the fleet and its isolation go on
+        assert wait_until(lambda: away.health()["state_backend"]["status"] == "unreachable")
+        away.reset("api")  # an operator's reset there, later than the isolation
+        assert _state(away) == "closed"
+        relay.heal()
+        assert wait_until(lambda: _state(other) == "closed", timeout=5)  # the later decision wins, fleet-wide
+        _served_for(1.5, away, other)
+        assert away.health()["state_backend"]["status"] == "ok"
+
+
+def test_a_reset_made_while_redis_is_down_outranks_an_isolation_decided_before_it(
+    fleet: Callable[..., Registry], redis_server: RedisServer
+) -> None:
+    a, b = fleet(), fleet()
+    for worker in (a, b):
+        worker.session("api").get("ok")
+    a.isolate("api")
+    assert wait_until(lambda: _state(b) == "isolated")
+    redis_server.stop()
+    try:
+        a.reset("api")
+    finally:
+        redis_server.start()  # empty: `b` still holds the isolation and pushes it back, stamped with its time
+    assert wait_until(lambda: _state(b) == "closed", timeout=5)
+    _served_for(1.5, a, b)
+
+
+def test_an_isolation_while_cut_off_outranks_a_reset_the_fleet_made_before_it(
+    fleet: Callable[..., Registry], redis_server: RedisServer
+) -> None:
+    with TcpRelay(redis_server.port) as relay:
+        away, other = fleet(url=relay.url), fleet()
+        for worker in (away, other):
+            worker.session("api").get("ok")
+        other.isolate("api", seconds=60)
+        assert wait_until(lambda: _state(away) == "isolated")
+        relay.cut()
+        assert wait_until(lambda: away.health()["state_backend"]["status"] == "unreachable")
+        other.reset("api")  # the fleet's reset, which `away` does not hear of...
+        time.sleep(0.1)
+        away.isolate("api")  # ...then an isolation without end there
+        relay.heal()
+        assert wait_until(lambda: other["api"].policy.breaker.retry_in() is None and _state(other) == "isolated")
+        _refused_for(1.0, away, other)
+
+
+# -- a reset clears the fleet's stats ---------------------------------------------------------------------------------
+
+
+def _fleet_stats(worker: Registry) -> dict[str, Any]:
+    api = worker.health()["services"]["api"]
+    return {**api["stats"], "last_error": api["last_error"]}
+
+
+_CLEARED = {
+    "requests": 0,
+    "errors": 0,
+    "retries": 0,
+    "short_circuited": 0,
+    "pool_timeouts": 0,
+    "recent": {"seconds": 60.0, "calls": 0, "errors": 0, "error_rate": None},
+    "latency_ms": {"p50": None, "p95": None, "p99": None},
+    "last_error": None,
+}
+
+
+def test_a_reset_clears_the_fleets_stats_at_once_and_for_good(fleet: Callable[..., Registry]) -> None:
+    a, b = fleet(), fleet()
+    for worker in (a, b):
+        worker.session("api").get("ok")
+        _fail(worker)
+    assert wait_until(lambda: _fleet_stats(a)["requests"] == 4, timeout=3)
+    shell = fleet()  # `outbound reset api` from a shell
+    assert "counts cleared" in cli.reset(shell, "api").text
+    deadline = time.monotonic() + 1.0  # five sync intervals: every worker publishes again meanwhile
+    while time.monotonic() < deadline:
+        for worker in (a, b, shell):
+            assert _fleet_stats(worker) == _CLEARED
+        time.sleep(0.05)
+    b.session("api").get("ok")  # counting goes on from zero
+    assert wait_until(lambda: _fleet_stats(a)["requests"] == 1, timeout=3)
+
+
+def test_a_worker_that_missed_a_reset_clears_its_stats_when_it_returns(
+    fleet: Callable[..., Registry], redis_server: RedisServer
+) -> None:
+    with TcpRelay(redis_server.port) as relay:
+        away, here = fleet(url=relay.url), fleet()
+        for worker in (away, here):
+            _fail(worker)
+        assert wait_until(lambda: _fleet_stats(here)["requests"] == 2, timeout=3)
+        relay.cut()
+        assert wait_until(lambda: away.health()["state_backend"]["status"] == "unreachable")
+        here.reset("api")  # `away` never hears of it
+        assert _fleet_stats(here) == _CLEARED  # its last published record predates the reset: not counted
+        relay.heal()
+        assert wait_until(lambda: away.health()["state_backend"]["status"] == "ok", timeout=5)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for worker in (away, here):
+                assert _fleet_stats(worker) == _CLEARED
+            time.sleep(0.05)
+        assert away["api"].policy.stats.requests == 0
+
+
+# -- the failure behind the refusals ----------------------------------------------------------------------------------
+
+
+def open_during_a_retry(slow: Registry, opener: Registry, upstream: Upstream) -> None:
+    """``slow`` sends a GET whose 503 is retried after a second; meanwhile ``opener`` opens the breaker with POSTs
+    (never retried), so the retry is refused: the last error is then a refusal, ``CircuitOpenError``."""
+    refused: list[Exception] = []
+
+    def call() -> None:
+        try:
+            slow.session("api").get("status/503")
+        except outbound.CircuitOpenError as error:
+            refused.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert wait_until(lambda: upstream.hits_by_path["/status/503"] == 1)
+    for _ in range(2):
+        with contextlib.suppress(outbound.CircuitOpenError):
+            opener.session("api").post("status/503")
+    thread.join(timeout=10)
+    assert refused, "the retry was refused by the open breaker"
+
+
+RETRIED_LATE = {"total": 1, "backoff_factor": 1.0, "backoff_jitter": 0}
+
+
+def test_the_failure_that_opened_the_fleets_breaker_stays_visible_next_to_the_refusals(
+    fleet: Callable[..., Registry], upstream: Upstream
+) -> None:
+    a, b = fleet(retry=RETRIED_LATE), fleet(retry=RETRIED_LATE)
+    for worker in (a, b):
+        worker.session("api").get("ok")
+    open_during_a_retry(a, b, upstream)  # b's second POST is the fleet's third failure: it opens for everyone
+    shell = fleet()
+    assert wait_until(lambda: shell.health()["services"]["api"]["last_error"]["type"] == "CircuitOpenError", 3)
+    for worker in (a, b, shell):
+        api = worker.health()["services"]["api"]
+        assert api["last_error"]["type"] == "CircuitOpenError"  # the newest error in the fleet: a refusal...
+        opened_by = api["breaker"]["opened_by"]  # ...and what opened the breaker, the upstream's 503
+        assert (opened_by["type"], opened_by["message"]) == ("HTTPStatus", "HTTP 503")
+    text = cli.status(shell).text
+    assert "api: breaker opened by HTTPStatus: HTTP 503 (at " in text
+    assert text.count("HTTP 503") == 1
+    assert all(len(line) <= 100 for line in text.splitlines()), text
+    page = render_page(shell.health())
+    assert "Breaker opened by" in page
+    assert "HTTP 503" in page
