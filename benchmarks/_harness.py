@@ -8,160 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import datetime
 import gc
-import http.client
-import json
 import os
 import platform
-import select
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-STARTUP_SECONDS = 15.0  # how long the upstream process may take to print its URL
+from tests.upstream import ROOT, UpstreamProcess, die_with_parent
+
+__all__ = ["ROOT", "UpstreamProcess", "die_with_parent"]
+
 JOIN_GRACE_SECONDS = 30.0  # how long a worker thread may overrun its deadline before the run is declared stuck
-
-
-# -- child processes -------------------------------------------------------------------------------------------------
-
-
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-# Looked up here, in the parent: the child between fork() and exec() should call a function, not load a library.
-_PRCTL = _load_prctl()
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` for the servers the benchmarks start: on Linux the kernel sends the child SIGTERM when the
-    thread that started it dies, so a benchmark killed outright (a test's timeout sends SIGKILL, which runs no
-    cleanup) leaves no server running. ``None`` where there is no ``prctl``. Start children from the main thread.
-    """
-    prctl = _PRCTL
-    if prctl is None:
-        return None
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return preexec
-
-
-# -- the upstream ----------------------------------------------------------------------------------------------------
-
-
-class UpstreamProcess:
-    """``tests/upstream.py`` in its own process (``python -m tests.upstream --port 0``), so the server's work never
-    competes with the client's for this interpreter's GIL."""
-
-    def __init__(self) -> None:
-        self._process: subprocess.Popen[str] | None = None
-        self.url = ""
-        self.host = ""
-        self.port = 0
-
-    def __enter__(self) -> UpstreamProcess:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.upstream", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=die_with_parent(),  # no orphaned server if this process is killed
-        )
-        assert self._process.stdout is not None
-        ready, _, _ = select.select([self._process.stdout], [], [], STARTUP_SECONDS)
-        line = self._process.stdout.readline() if ready else ""
-        if "http://" not in line:
-            self.__exit__()
-            raise RuntimeError(f"the upstream did not start within {STARTUP_SECONDS:.0f}s (said {line!r})")
-        self.url = line[line.index("http://") :].strip()
-        parts = urlsplit(self.url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        if process.stdout is not None:
-            process.stdout.close()
-
-    def raw_round_trip_us(self, *, max_calls: int = 2_000, max_seconds: float = 1.0) -> float:
-        """Median microseconds for one keep-alive ``GET /ok`` over a raw socket: the upstream's own cost plus the
-        loopback, with no HTTP client in the way. It shows how much of a client's call the upstream accounts for."""
-        request = f"GET /ok HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
-        samples: list[float] = []
-        with socket.create_connection((self.host, self.port), timeout=5) as conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            deadline = time.perf_counter() + max_seconds
-            while len(samples) < max_calls and time.perf_counter() < deadline:
-                start = time.perf_counter()
-                conn.sendall(request)
-                answer = b""
-                while not answer.endswith(b"ok"):  # the whole response: headers and the 2-byte body
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        raise RuntimeError("the upstream closed the connection")
-                    answer += chunk
-                samples.append((time.perf_counter() - start) * 1e6)
-        return statistics.median(samples)
-
-    def control(self, method: str, action: str, **params: object) -> dict[str, Any]:
-        """Call ``/_control/<action>`` on a fresh connection (never through a client under test)."""
-        query = f"?{urlencode(params)}" if params else ""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
-        try:
-            conn.request(method, f"/_control/{action}{query}")
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise RuntimeError(f"upstream control {action} answered {response.status}: {body!r}")
-        try:
-            return dict(json.loads(body))
-        except ValueError:
-            return {}
-
-    def hits(self) -> int:
-        """Requests the upstream has answered (control calls excluded)."""
-        return int(self.control("GET", "stats")["hits"])
-
-    def set_mode(self, name: str, **params: float) -> None:
-        self.control("POST", "mode", name=name, **params)
-
-    def reset(self) -> None:
-        """Zero the counters and return to healthy."""
-        self.control("POST", "reset")
 
 
 # -- timed loops -----------------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from ._errors import (
 )
 from ._events import (
     AttemptFinished,
+    AttemptSending,
     BreakerTransition,
     CallFinished,
     CallRejected,
@@ -71,6 +72,7 @@ from ._service import Service
 
 __all__ = [
     "AttemptFinished",
+    "AttemptSending",
     "BreakerConfig",
     "BreakerTransition",
     "BudgetConfig",

@@ -40,6 +40,15 @@ class AttemptFinished(NamedTuple):
     failure: bool  # counted against the upstream by the breaker
 
 
+class AttemptSending(NamedTuple):
+    """An attempt's connection is in hand and its request is about to be written (every send gate let it pass).
+    Delivered on the calling thread or task, inside the client library's own span, if it has one."""
+
+    service: str
+    method: str
+    attempt: int
+
+
 class RetryScheduled(NamedTuple):
     """The call will be retried after ``delay`` seconds. ``reason`` is low-cardinality (``"status_503"``,
     ``"connect_error"``, ``"read_timeout"``...); ``url`` is redacted."""
@@ -118,6 +127,9 @@ class Observer:
     def call_started(self, event: CallStarted) -> None:
         """A call was admitted."""
 
+    def attempt_sending(self, event: AttemptSending) -> None:
+        """An attempt is about to be written."""
+
     def attempt_finished(self, event: AttemptFinished) -> None:
         """An attempt ended (success or not)."""
 
@@ -139,6 +151,7 @@ class Observer:
 
 EVENT_METHODS = (
     "call_started",
+    "attempt_sending",
     "attempt_finished",
     "retry_scheduled",
     "retry_denied",
@@ -157,6 +170,7 @@ class Hooks:
     def __init__(self, observers: Iterable[Observer] = ()) -> None:
         self.observers: tuple[Observer, ...] = ()
         self.call_started: tuple[Callable[[Any], None], ...] = ()
+        self.attempt_sending: tuple[Callable[[Any], None], ...] = ()
         self.attempt_finished: tuple[Callable[[Any], None], ...] = ()
         self.retry_scheduled: tuple[Callable[[Any], None], ...] = ()
         self.retry_denied: tuple[Callable[[Any], None], ...] = ()

@@ -31,6 +31,7 @@ from ._deadline import call_deadline
 from ._errors import REJECTED_ERRORS, redact_url
 from ._events import (
     AttemptFinished,
+    AttemptSending,
     CallFinished,
     CallRejected,
     CallStarted,
@@ -347,10 +348,14 @@ class Call:
     def at_send(self, permits: list[Any]) -> Rejection | Wait | None:
         """Ask the send gates about the attempt admitted with ``permits``, its connection in hand and nothing
         written yet: ``None`` (send), a ``Wait`` (ask again after it) or a ``Rejection`` (send nothing)."""
-        for index, gate in self._policy.send_gates:
+        policy = self._policy
+        for index, gate in policy.send_gates:
             answer = gate.at_send(self, permits[index])
             if answer is not None:
                 return answer
+        if policy.hooks.attempt_sending:
+            event = AttemptSending(policy.name, self.method, self._attempts)
+            policy.hooks.emit(policy.hooks.attempt_sending, event)
         return None
 
     # -- hedging (the async driver; the plan is _hedge.py's) -----------------------------------------------------

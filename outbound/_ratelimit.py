@@ -7,9 +7,10 @@ next one when it comes within ``max_wait`` (and before the call's deadline); oth
 Permits are counted as attempts are admitted, before they wait for a pooled connection; calls that queued there
 would then reach the upstream bunched (up to twice the rate in a second). So the rate limit is also a send gate
 (``_stage.py``): as the request is written, with its connection in hand, it is spaced so that no more than the rate
-go out in any window from this process (``_SendWindow``). The wait this adds is short — the time the pool wait
-bunched it by — and is not counted against ``max_wait`` (the call has its permit); only a deadline it would cross
-refuses it.
+go out in any window from this process (``_SendWindow``). The window it spaces them over is a little longer than
+the limit's (by ``SEND_MARGIN``: 1 % and 20 ms), so that a request's trip to the upstream may vary that much without
+two windows' requests arriving in one. The wait this adds is short — the time the pool wait bunched it by — and is
+not counted against ``max_wait`` (the call has its permit); only a deadline it would cross refuses it.
 
 - ``scope: "process"``: limits' moving window on its memory storage, exact (never more than N in any window), behind
   our own lock (the storage's thread-safety fix is unreleased in limits 5.8). That storage starts a timer thread on
@@ -48,6 +49,9 @@ logger = logging.getLogger("outbound.fleet")
 
 # The shortest wait handed out: a permit "due now" may be a clock tick away.
 _MIN_WAIT = 0.001
+# How much longer than the limit's window requests are spaced over as they are written: a share of the window and
+# seconds, for the variation of a request's trip to the upstream (a new connection, a busy server, the network).
+SEND_MARGIN = (0.01, 0.02)
 # Seconds between tries of the fleet's Redis while it fails (the limit holds per process meanwhile).
 _RETRY_REDIS_AFTER = 5.0
 
@@ -92,7 +96,8 @@ class RateLimit:
         self._local = _memory_storage()
         self._local_limiter = MovingWindowRateLimiter(self._local)
         self._key = self.item.key_for(service)
-        self._sent = _SendWindow(self.item.amount, float(self.item.get_expiry()), time.monotonic)
+        window = float(self.item.get_expiry())
+        self._sent = _SendWindow(self.item.amount, window * (1 + SEND_MARGIN[0]) + SEND_MARGIN[1], time.monotonic)
         self._fleet: RateLimiter | None = None
         self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
         self._redis_ok = True

@@ -11,7 +11,7 @@ import pytest
 
 from outbound import Registry
 from tests.redis_server import RedisServer
-from tests.upstream import Upstream, wait_until
+from tests.upstream import Upstream, UpstreamProcess, wait_until
 
 pytest_plugins = ["pytester"]  # tests/test_testing_kit.py runs small pytest sessions of its own
 
@@ -50,7 +50,7 @@ def fake_clock() -> FakeClock:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests of pool, timeout, retry and breaker behaviour run against real servers; say so, so they can be told apart.
     for item in items:
-        if {"upstream", "upstream_server", "blackhole"} & set(getattr(item, "fixturenames", ())):
+        if {"upstream", "upstream_server", "upstream_process", "blackhole"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_server)
 
 
@@ -74,6 +74,20 @@ def redis_url(redis_server: RedisServer) -> str:
 def upstream_server() -> Iterator[Upstream]:
     with Upstream() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def upstream_process_server() -> Iterator[UpstreamProcess]:
+    with UpstreamProcess() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream_process(upstream_process_server: UpstreamProcess) -> UpstreamProcess:
+    """The same upstream in a process of its own, healthy, with zeroed counters: for tests that measure what
+    arrives at the upstream, and when, without the server's work competing with the calls for this process's GIL."""
+    upstream_process_server.reset()
+    return upstream_process_server
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other p
 
 Trickles wait on the stop event, so ``stop()`` ends them at once, and end quietly when the client goes away.
 Every request outside ``/_control/`` is recorded (method, path with query, lower-cased headers): the last 200 in
-``Upstream.requests_log``, filtered by ``Upstream.recent(path_suffix)``, the last 20 in ``stats()["recent_requests"]``.
+``Upstream.requests_log``, filtered by ``Upstream.recent(path_suffix)``, the last 20 in ``stats()["recent_requests"]``;
+and when it arrived, the last 20,000 in ``Upstream.arrivals`` (``arrived(path_suffix, since, until)``).
 
 Modes (``Upstream.set_mode`` or ``POST /_control/mode?name=failing&status=503&retry_after=1``):
     healthy (delay=0)  slow (delay)  failing (status, retry_after)  refuse (listener closed)  flapping (period)
@@ -50,20 +51,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import http.client
 import json
 import select
+import signal
 import socket
 import ssl
+import statistics
 import struct
+import subprocess
+import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 15.0  # how long an upstream process may take to print its URL
 MODES = ("healthy", "slow", "failing", "refuse", "flapping")
 IDLE_TIMEOUT = 30.0
 REQUESTS_LOG_SIZE = 200
+ARRIVALS_SIZE = 20_000
 STATS_RECENT_SIZE = 20
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
@@ -125,6 +137,9 @@ class Upstream:
             self.hits_by_path: Counter[str] = Counter()
             # Replaced, never mutated, so a reader holding the old list never sees it change.
             self.requests_log: list[dict[str, Any]] = []
+            # When each request arrived (time.monotonic(), once its head was read), with its path: the last
+            # ARRIVALS_SIZE, so a test can count what reached the upstream in any window.
+            self.arrivals: deque[tuple[float, str]] = deque(maxlen=ARRIVALS_SIZE)
             self.connections_total = 0
             self._fail_counts: Counter[str] = Counter()
             self.mode = "healthy"
@@ -164,6 +179,11 @@ class Upstream:
         """
         log = self.requests_log
         return [_copy_entry(entry) for entry in log if path_suffix is None or _path_of(entry).endswith(path_suffix)]
+
+    def arrived(self, path_suffix: str, since: float = 0.0, until: float = float("inf")) -> list[float]:
+        """When the requests whose path ends with ``path_suffix`` arrived (``time.monotonic()``), oldest first, within
+        ``[since, until)``."""
+        return [at for at, path in list(self.arrivals) if path.endswith(path_suffix) and since <= at < until]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -255,6 +275,7 @@ class Upstream:
         if path.startswith("/_control/"):
             return self._control(conn, method, path, query)
         entry = {"method": method, "path": path + (f"?{parts.query}" if parts.query else ""), "headers": dict(headers)}
+        self.arrivals.append((time.monotonic(), path))
         with self._lock:
             self.hits += 1
             self.hits_by_path[path] += 1
@@ -373,6 +394,10 @@ class Upstream:
         return _send(conn, 200, b'{"ok": true}', {"Content-Type": "application/json"})
 
     def _control(self, conn: socket.socket, method: str, path: str, query: dict[str, str]) -> bool:
+        if path == "/_control/arrivals":
+            since, until = float(query.get("since", "0")), float(query.get("until", "inf"))
+            arrivals = self.arrived(query.get("path", ""), since, until)
+            return _send(conn, 200, json.dumps({"arrivals": arrivals}).encode(), {"Content-Type": "application/json"})
         if path == "/_control/stats":
             return _send(conn, 200, json.dumps(self.stats()).encode(), {"Content-Type": "application/json"})
         if path == "/_control/reset" and method == "POST":
@@ -398,6 +423,140 @@ class Upstream:
             readable, _, _ = select.select([conn], [], [], min(0.05, left))
             if readable and not conn.recv(1, socket.MSG_PEEK):
                 return
+
+
+# -- child processes -------------------------------------------------------------------------------------------------
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+# Looked up here, in the parent: the child between fork() and exec() should call a function, not load a library.
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for the servers the benchmarks start: on Linux the kernel sends the child SIGTERM when the
+    thread that started it dies, so a benchmark killed outright (a test's timeout sends SIGKILL, which runs no
+    cleanup) leaves no server running. ``None`` where there is no ``prctl``. Start children from the main thread.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
+
+
+# -- the upstream ----------------------------------------------------------------------------------------------------
+
+
+class UpstreamProcess:
+    """``tests/upstream.py`` in its own process (``python -m tests.upstream --port 0``), so the server's work never
+    competes with the client's for this interpreter's GIL."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.host = ""
+        self.port = 0
+
+    def __enter__(self) -> UpstreamProcess:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.upstream", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent(),  # no orphaned server if this process is killed
+        )
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], STARTUP_SECONDS)
+        line = self._process.stdout.readline() if ready else ""
+        if "http://" not in line:
+            self.__exit__()
+            raise RuntimeError(f"the upstream did not start within {STARTUP_SECONDS:.0f}s (said {line!r})")
+        self.url = line[line.index("http://") :].strip()
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def raw_round_trip_us(self, *, max_calls: int = 2_000, max_seconds: float = 1.0) -> float:
+        """Median microseconds for one keep-alive ``GET /ok`` over a raw socket: the upstream's own cost plus the
+        loopback, with no HTTP client in the way. It shows how much of a client's call the upstream accounts for."""
+        request = f"GET /ok HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
+        samples: list[float] = []
+        with socket.create_connection((self.host, self.port), timeout=5) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline = time.perf_counter() + max_seconds
+            while len(samples) < max_calls and time.perf_counter() < deadline:
+                start = time.perf_counter()
+                conn.sendall(request)
+                answer = b""
+                while not answer.endswith(b"ok"):  # the whole response: headers and the 2-byte body
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("the upstream closed the connection")
+                    answer += chunk
+                samples.append((time.perf_counter() - start) * 1e6)
+        return statistics.median(samples)
+
+    def arrived(self, path_suffix: str, since: float = 0.0, until: float = float("inf")) -> list[float]:
+        """``Upstream.arrived`` of the server in that process (its ``time.monotonic()`` is this machine's too)."""
+        found = self.control("GET", "arrivals", path=path_suffix, since=since, until=until)
+        return [float(at) for at in found["arrivals"]]
+
+    def control(self, method: str, action: str, **params: object) -> dict[str, Any]:
+        """Call ``/_control/<action>`` on a fresh connection (never through a client under test)."""
+        query = f"?{urlencode(params)}" if params else ""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        try:
+            conn.request(method, f"/_control/{action}{query}")
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"upstream control {action} answered {response.status}: {body!r}")
+        try:
+            return dict(json.loads(body))
+        except ValueError:
+            return {}
+
+    def hits(self) -> int:
+        """Requests the upstream has answered (control calls excluded)."""
+        return int(self.control("GET", "stats")["hits"])
+
+    def set_mode(self, name: str, **params: float) -> None:
+        self.control("POST", "mode", name=name, **params)
+
+    def reset(self) -> None:
+        """Zero the counters and return to healthy."""
+        self.control("POST", "reset")
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> bool:

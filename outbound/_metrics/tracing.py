@@ -14,22 +14,40 @@ depends on where each one wraps the client.
 
 A call refused before sending (breaker open) sends nothing, so no instrumentation makes a span for it; the current
 span gets an ``outbound.rejected`` event.
+
+The instrumentations put the whole URL in their spans (``http.url``, or ``url.full`` under the stable conventions),
+query string included: ``?token=...`` would reach every trace backend. As each attempt is about to be written, the
+current CLIENT span — the instrumentation's, whichever way it wraps the client — gets the URL without its query
+string, fragment or credentials, as outbound's own messages show it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span, SpanKind, get_current_span
 from opentelemetry.util.types import AttributeValue
 
-from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
+from .._errors import redact_url
+from .._events import (
+    AttemptSending,
+    BreakerTransition,
+    CallFinished,
+    CallRejected,
+    Observer,
+    RetryDenied,
+    RetryScheduled,
+)
 
 if TYPE_CHECKING:
     from .._registry import Registry
 
 SERVICE = "outbound.service"
 BREAKER_STATE = "outbound.breaker.state"
+# Where the instrumentations put the URL: the old HTTP conventions' name, and the stable one.
+URL_ATTRIBUTES = ("http.url", "url.full")
+_REDACTABLE = re.compile(r"[?#@]")  # a query, a fragment or credentials: what redact_url takes out
 
 
 def _is_client(span: Span) -> bool:
@@ -45,6 +63,16 @@ class SpanObserver(Observer):
 
     def __init__(self, registry: Registry) -> None:
         self._breakers = {service.name: service.policy.breaker for service in registry}
+
+    def attempt_sending(self, event: AttemptSending) -> None:
+        span = get_current_span()
+        if not span.is_recording() or not _is_client(span):
+            return
+        attributes = getattr(span, "attributes", None) or {}  # the SDK's spans show theirs; the API promises none
+        for key in URL_ATTRIBUTES:
+            value = attributes.get(key)
+            if isinstance(value, str) and _REDACTABLE.search(value):
+                span.set_attribute(key, redact_url(value))
 
     def call_finished(self, event: CallFinished) -> None:
         span = get_current_span()

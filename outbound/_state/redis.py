@@ -3,9 +3,10 @@
 Local fast path, shared slow path. Each process keeps its own breakers, and a call while its breaker is closed reads
 only local memory. Redis is touched on the rare paths:
 
-- a failure is counted fleet-wide (``INCR``, off the calling thread); when the fleet's count reaches ``fail_max``
-  the breaker opens for everyone: one process writes the state (with the failure that opened it), publishes it, and
-  every process applies it at once;
+- a failure is counted fleet-wide (``INCR``, on the calling thread, bounded by ``state.timeout``: the call decides
+  whether to retry knowing whether its failure opened the fleet's breaker, so it ends as it would in one process);
+  when the fleet's count reaches ``fail_max`` the breaker opens for everyone: one process writes the state (with the
+  failure that opened it), publishes it, and every process applies it at once;
 - any transition a process makes (its own trip rule opened the breaker, a trial closed or re-opened it) is written
   and published the same way;
 - the half-open trial: at most ``half_open_max_calls`` trial calls per trial period for the whole fleet (a counter
@@ -318,7 +319,7 @@ class _Shared:
 
     def failure(self) -> None:
         # The failure just counted (the breaker sets it before telling us): the cause, if it opens the fleet's.
-        self._state.submit(("fail", self._name, self._breaker.last_failure))
+        self._state.fail(self._name, self._breaker.last_failure)
 
     def recovered(self) -> None:
         self._state.submit(("recovered", self._name))
@@ -435,6 +436,20 @@ class RedisState:
             return
         self.ensure_running()
         self._ops.put(op)
+
+    def fail(self, service: str, cause: LastError | None) -> None:
+        """Count one failure fleet-wide, on the calling thread: when it is the one that opens the fleet's breaker,
+        the breaker here is open before the call decides whether to retry, so the call ends with the upstream's
+        answer, as it does when this process's own count opens it — not with a refused retry. Rare (a failure
+        while closed: at most ``fail_max`` of them across the fleet per opening) and bounded by ``state.timeout``;
+        while Redis is away the failure stays this process's own."""
+        if self._closed or not self._reachable:
+            return
+        self.ensure_running()
+        try:
+            self._apply_op(("fail", service, cause))
+        except (redis.RedisError, OSError) as error:
+            self._unreachable(error)
 
     def claim_trial(self, service: str, seconds: float, allowed: int) -> bool:
         """Whether this process may run one half-open trial call now (at most ``allowed`` per period, fleet-wide).

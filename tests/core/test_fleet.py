@@ -623,3 +623,35 @@ def test_the_failure_that_opened_the_fleets_breaker_stays_visible_next_to_the_re
     page = render_page(shell.health())
     assert "Breaker opened by" in page
     assert "HTTP 503" in page
+
+
+# -- the same answer whatever the backend ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_the_call_whose_failure_opens_the_breaker_gets_the_upstreams_answer(
+    backend: str, redis_url: str, upstream: Upstream
+) -> None:
+    # Two failures open the breaker; one came from elsewhere (another worker, or another call of this one). The next
+    # call's first attempt is the second failure: in one process its retry is denied and the 503 returned; in a fleet
+    # the opening used to arrive after the retry was decided, which then met the open breaker (CircuitOpenError,
+    # counted as a rejection, though the upstream answered).
+    service = {
+        "base_url": upstream.url,
+        "breaker": {"fail_max": 2, "reset_timeout": 30},
+        "retry": {"total": 1, "backoff_factor": 0, "backoff_jitter": 0},
+    }
+    state = {"backend": "redis", "url": redis_url, "prefix": "same", "sync_interval": 0.2}
+    mapping = {"services": {"api": service}, **({"state": state} if backend == "redis" else {})}
+    with Registry.from_mapping(mapping) as worker, Registry.from_mapping(mapping) as other:
+        elsewhere = other if backend == "redis" else worker
+        elsewhere.session("api").get("status/503", retries=False)  # the first failure
+        before = upstream.hits
+        response = worker.session("api").get("status/503")
+        assert response.status_code == 503
+        assert upstream.hits - before == 1  # the retry was denied, not sent and not refused
+        assert _state(worker) == "open"
+        stats = worker["api"].policy.stats
+        assert stats.short_circuited == 0
+        assert stats.last_error is not None
+        assert stats.last_error.type == "HTTPStatus"

@@ -327,3 +327,64 @@ def test_httpx_async_client_instrumented(
 def test_no_tracing_set_up_changes_nothing(upstream: Upstream, build: Callable[..., tuple[Registry, str]]) -> None:
     registry, name = build("requests", base_url=upstream.url)
     assert registry.session(name).get("fail-then-ok", params={"fails": 1, "key": name}).status_code == 200
+
+
+# -- no query string in the instrumentations' spans ---------------------------------------------------------------
+
+SECRET_QUERY = {"token": "TOKEN-in-span", "q": "private-in-span"}
+
+
+def url_attributes(span: ReadableSpan) -> list[str]:
+    attributes = span.attributes or {}
+    return [str(attributes[key]) for key in ("http.url", "url.full") if key in attributes]
+
+
+def assert_redacted(spans: list[ReadableSpan], path: str) -> None:
+    assert spans
+    for span in spans:
+        urls = url_attributes(span)
+        assert urls, span.attributes  # the instrumentation named the URL...
+        for url in urls:
+            assert url.endswith(path), url  # ...without its query string
+            assert "in-span" not in url
+
+
+@pytest.mark.usefixtures("requests_instrumented")
+def test_requests_spans_carry_no_query_string(
+    upstream: Upstream, traces: Traces, build: Callable[..., tuple[Registry, str]]
+) -> None:
+    registry, name = build("requests", base_url=upstream.url)
+    assert registry.session(name).get("fail-then-ok", params={**SECRET_QUERY, "key": name}).status_code == 200
+    assert_redacted(traces.clients(), "/fail-then-ok")
+
+
+@pytest.mark.usefixtures("httpx_instrumented")
+def test_httpx_attempt_spans_carry_no_query_string(
+    upstream: Upstream, traces: Traces, build: Callable[..., tuple[Registry, str]]
+) -> None:
+    registry, name = build("httpx", base_url=upstream.url)
+    assert registry.client(name).get("fail-then-ok", params={**SECRET_QUERY, "key": name}).status_code == 200
+    assert len(traces.clients()) == 2  # one span per attempt, each redacted
+    assert_redacted(traces.clients(), "/fail-then-ok")
+
+
+def test_httpx_instrumented_client_spans_carry_no_query_string(
+    upstream: Upstream, traces: Traces, build: Callable[..., tuple[Registry, str]]
+) -> None:
+    registry, name = build("httpx", base_url=upstream.url)
+    client = registry.client(name)
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=traces.provider)
+    try:
+        assert client.get("ok", params=SECRET_QUERY).status_code == 200
+    finally:
+        HTTPXClientInstrumentor.uninstrument_client(client)
+    assert_redacted(traces.clients(), "/ok")
+
+
+@pytest.mark.usefixtures("requests_instrumented")
+def test_spans_keep_their_query_string_without_outbounds_tracing(upstream: Upstream, traces: Traces) -> None:
+    # The redaction is outbound's tracing facts' (metrics.otel): without them a span is the instrumentation's own.
+    with Registry.from_mapping({"services": {"plain": {"base_url": upstream.url}}}) as registry:
+        registry.session("plain").get("ok", params=SECRET_QUERY)
+    [client] = traces.clients()
+    assert any("in-span" in url for url in url_attributes(client))
