@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
-
-import httpx
 
 from . import health
 from ._errors import redact_url
@@ -27,19 +26,36 @@ from .health import (
     LastError,
     LatencySnapshot,
     PoolSnapshot,
+    ProbeResult,
     RateLimitSnapshot,
     RecentCalls,
     ServiceHealth,
     StateBackendHealth,
     StatsSnapshot,
+    Status,
     build_report,
-    probe_exit_code,
-    render_probe,
-    render_status,
-    status_exit_code,
 )
 
-__all__ = ["REMOTE_TIMEOUT", "Output", "isolate", "probe", "remote_status", "reset", "status"]
+__all__ = [
+    "CONFIG_ERROR_EXIT_CODE",
+    "FLEET_UNREACHABLE_EXIT_CODE",
+    "REMOTE_TIMEOUT",
+    "STATUS_EXIT_CODES",
+    "Output",
+    "isolate",
+    "probe",
+    "probe_exit_code",
+    "remote_status",
+    "render_probe",
+    "render_status",
+    "reset",
+    "status",
+    "status_exit_code",
+]
+
+STATUS_EXIT_CODES: Mapping[Status, int] = {"ok": 0, "degraded": 0, "failing": 0, "down": 1}
+CONFIG_ERROR_EXIT_CODE = 2
+FLEET_UNREACHABLE_EXIT_CODE = 3
 
 REMOTE_TIMEOUT = 10.0  # seconds for `status --url`: a person is waiting at a terminal
 _WIDTH = 100  # columns of the scope lines: a terminal's width, so nothing wraps mid-word
@@ -55,7 +71,7 @@ class Output:
 
 
 def _error(message: str) -> Output:
-    return Output(f"Error: {message}", health.CONFIG_ERROR_EXIT_CODE, error=True)
+    return Output(f"Error: {message}", CONFIG_ERROR_EXIT_CODE, error=True)
 
 
 def status(registry: Registry, *, service: str | None = None, as_json: bool = False) -> Output:
@@ -68,6 +84,8 @@ def status(registry: Registry, *, service: str | None = None, as_json: bool = Fa
 
 def remote_status(url: str, *, token: str | None = None, service: str | None = None, as_json: bool = False) -> Output:
     """A running server's report, read from its ``/health/outbound`` (``--url``), with ``--token`` for details."""
+    import httpx  # imported here: the other commands, and importing this module, need no HTTP client
+
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -152,7 +170,7 @@ def _needs_reachable_fleet(registry: Registry, name: str | None, action: str) ->
         "changed nothing. Try again when it answers; an app can still call registry.%s(), which the fleet "
         "receives when the backend is back." % action
     )
-    return Output(_wrap(text), health.FLEET_UNREACHABLE_EXIT_CODE, error=True)
+    return Output(_wrap(text), FLEET_UNREACHABLE_EXIT_CODE, error=True)
 
 
 def _with_scope(report: HealthReport, scope: str) -> str:
@@ -174,7 +192,7 @@ def _scope_line(report: HealthReport, source: str | None = None) -> str:
         cause = f": {backend.last_error}" if backend.last_error else ""
         return (
             f"scope: {who} only{fresh}. The fleet's shared state could not be read (state backend "
-            f"{backend.backend} {backend.status}{cause}); exit code {health.FLEET_UNREACHABLE_EXIT_CODE}"
+            f"{backend.backend} {backend.status}{cause}); exit code {FLEET_UNREACHABLE_EXIT_CODE}"
         )
     if source is not None:
         where = f"read from {source}"
@@ -241,3 +259,115 @@ def _recent(data: dict[str, Any]) -> RecentCalls:
 
 def _last_error(data: dict[str, Any]) -> LastError:
     return LastError(type=data["type"], message=data["message"], at=datetime.fromisoformat(data["at"]))
+
+
+# -- the tables and exit codes ---------------------------------------------------------------------------------
+
+# -- CLI --------------------------------------------------------------------------------------------------------------
+
+
+def status_exit_code(report: HealthReport | Mapping[str, Any]) -> int:
+    """0 when ``ok`` or ``degraded`` (or ``failing``, for one service's status), 1 when ``down``; 3
+    (``FLEET_UNREACHABLE_EXIT_CODE``) whatever the status when the report's state backend was unreachable: it is
+    then one process's view, not the fleet's."""
+    if isinstance(report, HealthReport):
+        status, backend = report.status, report.state_backend.status if report.state_backend else None
+    else:
+        found = report.get("state_backend")
+        status, backend = report["status"], found.get("status") if isinstance(found, Mapping) else None
+    if backend == "unreachable":
+        return FLEET_UNREACHABLE_EXIT_CODE
+    return STATUS_EXIT_CODES[status]
+
+
+# Columns render_status keeps its lines within: a terminal's width, so nothing wraps mid-word.
+_STATUS_WIDTH = 100
+
+
+def render_status(report: HealthReport) -> str:
+    """A plain-text table of a report, as ``outbound status`` prints it (``LAST 60S``: of the calls that finished in
+    the last minute, those that failed).
+
+    The table names the last error's class; below it, each service's last error and the failure that opened its
+    breaker are written out in full, wrapped to 100 columns, so a refusal never hides its cause.
+    """
+    rows = [
+        (
+            "SERVICE",
+            "CLIENT",
+            "STATUS",
+            "BREAKER",
+            "POOL",
+            "REQUESTS",
+            "ERRORS",
+            f"LAST {health.RECENT_SECONDS:g}S",
+            "LAST ERROR",
+        )
+    ]
+    details: list[str] = []
+    for name, service in sorted(report.services.items()):
+        breaker = service.breaker.state
+        if service.breaker.retry_in is not None:
+            breaker += f" ({service.breaker.retry_in:.0f}s)"
+        last, recent, opened_by = service.last_error, service.stats.recent, service.breaker.opened_by
+        rows.append(
+            (
+                name + (" *" if service.critical else ""),
+                service.client,
+                service.status,
+                breaker,
+                f"{service.pool.in_use}/{service.pool.max_connections}",
+                str(service.stats.requests),
+                str(service.stats.errors),
+                f"{recent.errors}/{recent.calls} failed" if recent.calls else "-",
+                last.type if last else "-",
+            )
+        )
+        if last is not None:
+            details.append(_wrapped(f"{name}: last error {_error_text(last)}"))
+        if opened_by is not None:
+            details.append(_wrapped(f"{name}: breaker opened by {_error_text(opened_by)}"))
+    lines = _table(rows)
+    if details:
+        lines += ["", *details]
+    lines.append(f"overall: {report.status}   (* critical)")
+    return "\n".join(lines)
+
+
+def _error_text(error: LastError) -> str:
+    at = error.at.astimezone(timezone.utc) if error.at.tzinfo is not None else error.at
+    return f"{error.type}: {error.message} (at {at:%Y-%m-%d %H:%M:%S} UTC)"
+
+
+def _wrapped(text: str) -> str:
+    # Long words (a URL) are broken too: no line of the output runs past the width.
+    return textwrap.fill(text, _STATUS_WIDTH, subsequent_indent="    ", break_on_hyphens=False)
+
+
+def render_probe(results: Iterable[ProbeResult]) -> str:
+    """A plain-text table of probe results, as ``outbound probe`` prints it."""
+    rows = [("SERVICE", "RESULT", "STATUS", "LATENCY", "URL / ERROR")]
+    for result in results:
+        verdict = "skipped" if result.ok is None else "ok" if result.ok else "FAILED"
+        latency = f"{result.latency_ms:.1f} ms" if result.latency_ms is not None else "-"
+        detail = result.error or result.url or "no 'probe' path configured"
+        rows.append(
+            (
+                result.service + (" *" if result.critical else ""),
+                verdict,
+                str(result.status or "-"),
+                latency,
+                detail,
+            )
+        )
+    return "\n".join(_table(rows))
+
+
+def probe_exit_code(results: Iterable[ProbeResult]) -> int:
+    """1 when a critical service's probe failed, else 0."""
+    return 1 if any(r.critical and r.ok is False for r in results) else 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -1,72 +1,50 @@
-"""Health: typed snapshots, the status rules, and what the Django and Flask adapters serve and print.
+"""Health: typed snapshots and the status rules.
 
 ``Registry.report()`` returns a ``HealthReport`` of ``ServiceHealth`` snapshots (breaker, pool, stats, last error);
 ``as_dict()`` is the JSON ``/health/outbound`` and ``registry.health()`` give. The status words (``Status``) and both
-status rules live here: ``service_status`` (one upstream) and ``overall_status`` (the report). ``respond`` answers an
-HTTP health request for either framework, with the JSON or, for a browser, the status page (``_page``);
-``render_status`` / ``render_probe`` print the CLI tables and ``*_exit_code`` their codes.
+status rules live here: ``service_status`` (one upstream) and ``overall_status`` (the report).
+
+What is done with a report lives where it is used: answering an HTTP request for ``/health/outbound`` (``respond``,
+the access rules, the status page) in ``outbound.serving``, the command-line tables and exit codes in
+``outbound.cli``. Those names are still importable from here (``outbound.health.respond``, ``render_status``...).
 """
 
 from __future__ import annotations
 
-import hmac
-import json
-import logging
-import textwrap
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import importlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Literal, Protocol, get_args
-
-from . import _page
-from ._config import HealthConfig
+from datetime import datetime
+from typing import Any, Literal, get_args
 
 __all__ = [
-    "CONFIG_ERROR_EXIT_CODE",
     "FAILING_ERROR_RATE",
     "FAILING_MINIMUM_CALLS",
-    "FLEET_UNREACHABLE_EXIT_CODE",
     "RECENT_SECONDS",
     "STATUSES",
-    "STATUS_EXIT_CODES",
     "BreakerSnapshot",
     "BulkheadSnapshot",
     "HealthReport",
-    "HealthResponse",
     "LastError",
     "LatencySnapshot",
     "PoolSnapshot",
     "ProbeResult",
     "RateLimitSnapshot",
     "RecentCalls",
-    "Reporting",
     "ServiceHealth",
     "StateBackendHealth",
     "StatsSnapshot",
     "Status",
-    "bearer_token_matches",
     "build_report",
-    "http_status",
     "overall_status",
-    "probe_exit_code",
-    "render_probe",
-    "render_status",
-    "respond",
     "service_status",
-    "show_details",
-    "status_exit_code",
     "worst",
 ]
-
-logger = logging.getLogger("outbound.health")
 
 Status = Literal["ok", "degraded", "failing", "down"]
 """A service's status, and the report's (which is never ``failing``: a failing service makes it ``degraded``)."""
 STATUSES: tuple[Status, ...] = get_args(Status)
 """Every status, from the mildest to the worst."""
-STATUS_EXIT_CODES: Mapping[Status, int] = {"ok": 0, "degraded": 0, "failing": 0, "down": 1}
-CONFIG_ERROR_EXIT_CODE = 2
-FLEET_UNREACHABLE_EXIT_CODE = 3
 """``outbound status`` could not read the fleet's shared state: what it shows is one process's own view."""
 
 # The "failing" rule: of the calls that finished in the last RECENT_SECONDS, at least FAILING_MINIMUM_CALLS, and at
@@ -372,201 +350,9 @@ def build_report(services: Iterable[ServiceHealth]) -> HealthReport:
     return HealthReport(status=overall_status(services), services={s.name: s for s in services})
 
 
-# -- HTTP -------------------------------------------------------------------------------------------------------------
-
-
-class Reporting(Protocol):
-    """What ``respond`` needs of a registry."""
-
-    @property
-    def health_config(self) -> HealthConfig: ...
-
-    def report(self, *, service: str | None = None) -> HealthReport: ...
-
-
-@dataclass(frozen=True, slots=True)
-class HealthResponse:
-    """An HTTP answer to a health request, for a framework to send as is."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
-def bearer_token_matches(authorization: str | None, token: str | None) -> bool:
-    """Whether an ``Authorization: Bearer <token>`` header carries ``token`` (compared in constant time)."""
-    if not token or not authorization:
-        return False
-    scheme, _, presented = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(presented.strip().encode(), token.encode())
-
-
-def show_details(config: HealthConfig, *, authorization: str | None, authorized: bool = False) -> bool:
-    """Whether an HTTP health request gets the full report.
-
-    Args:
-        config: the ``health`` settings.
-        authorization: the request's ``Authorization`` header, if any.
-        authorized: the framework's own verdict (a Django staff user, a Flask app's callable).
-    """
-    if config.show_details == "always":
-        return True
-    if config.show_details == "never":
-        return False
-    return authorized or bearer_token_matches(authorization, config.token)
-
-
-def http_status(report: HealthReport | Mapping[str, Any]) -> int:
-    """503 only when the report is ``down``; a degraded dependency keeps this instance in rotation."""
-    status = report.status if isinstance(report, HealthReport) else report["status"]
-    return 503 if status == "down" else 200
-
-
-def respond(
-    registry: Reporting,
-    *,
-    authorization: str | None,
-    authorized: Callable[[], bool] | None = None,
-    sign_in: str | None = None,
-    accept: str | None = None,
-    format: str | None = None,
-) -> HealthResponse:
-    """Answer an HTTP request for ``/health/outbound``: the JSON report, or the status page for a browser; HTTP 503
-    only when the report is ``down``.
-
-    The level of detail follows ``health.show_details``; under ``"when_authorized"`` a request with the bearer
-    token, or one that ``authorized()`` accepts, gets the full report. ``authorized`` is only called when the token
-    did not already decide (it may cost a session lookup), and an exception from it is logged and counts as no.
-    Every answer is ``Cache-Control: no-store``: a cached ``ok`` would hide an outage, and a cached detailed report
-    could reach someone without the token.
-
-    Args:
-        registry: the registry to report on.
-        authorization: the request's ``Authorization`` header, if any.
-        authorized: the framework's own permission check (a Django staff user, a Flask app's callable).
-        sign_in: what ``authorized`` accepts, in words for a person ("sign in as a staff user"): the page shown
-            without details tells it, and the bearer token header when ``health.token`` is set (never the token).
-        accept: the request's ``Accept`` header. The page (HTML, with the same details and status code) only when
-            it prefers ``text/html`` to ``application/json``, as a browser's does; without it, with ``*/*`` and
-            everything else the JSON, byte for byte what it was before the page existed. Both say ``Vary: Accept``.
-        format: the ``format`` query parameter: ``"json"`` or ``"html"`` overrides ``accept``.
-    """
-    config = registry.health_config
-    details = show_details(config, authorization=authorization)
-    if not details and config.show_details == "when_authorized" and authorized is not None:
-        details = _ask(authorized)
-    report = registry.report()
-    data = report.as_dict(details=details)
-    if _page.wants_html(accept, format=format):
-        # The ways to the details that can work here: none under "never" (nor under "always", where none is needed).
-        asks = config.show_details == "when_authorized"
-        page = _page.render_page(
-            data,
-            sign_in=sign_in if asks and authorized is not None else None,
-            token=asks and config.token is not None,
-        )
-        return HealthResponse(http_status(report), _page.page_headers(), page.encode())
-    body = json.dumps(data).encode()
-    headers = {"Content-Type": "application/json", "Cache-Control": "no-store", "Vary": "Accept"}
-    return HealthResponse(http_status(report), headers, body)
-
-
-def _ask(authorized: Callable[[], bool]) -> bool:
-    try:
-        return bool(authorized())
-    except Exception:
-        # A broken permission check must not turn the health endpoint into a 500 and pull this instance out of its
-        # load balancer: log it and answer with the status only.
-        logger.exception("the outbound health 'authorize' callable raised; answering with the status only")
-        return False
-
-
-# -- CLI --------------------------------------------------------------------------------------------------------------
-
-
 def worst(*statuses: Status) -> Status:
     """The worst of ``statuses`` (in the order of ``STATUSES``)."""
     return max(statuses, key=STATUSES.index)
-
-
-def status_exit_code(report: HealthReport | Mapping[str, Any]) -> int:
-    """0 when ``ok`` or ``degraded`` (or ``failing``, for one service's status), 1 when ``down``; 3
-    (``FLEET_UNREACHABLE_EXIT_CODE``) whatever the status when the report's state backend was unreachable: it is
-    then one process's view, not the fleet's."""
-    if isinstance(report, HealthReport):
-        status, backend = report.status, report.state_backend.status if report.state_backend else None
-    else:
-        found = report.get("state_backend")
-        status, backend = report["status"], found.get("status") if isinstance(found, Mapping) else None
-    if backend == "unreachable":
-        return FLEET_UNREACHABLE_EXIT_CODE
-    return STATUS_EXIT_CODES[status]
-
-
-# Columns render_status keeps its lines within: a terminal's width, so nothing wraps mid-word.
-_STATUS_WIDTH = 100
-
-
-def render_status(report: HealthReport) -> str:
-    """A plain-text table of a report, as ``outbound status`` prints it (``LAST 60S``: of the calls that finished in
-    the last minute, those that failed).
-
-    The table names the last error's class; below it, each service's last error and the failure that opened its
-    breaker are written out in full, wrapped to 100 columns, so a refusal never hides its cause.
-    """
-    rows = [
-        (
-            "SERVICE",
-            "CLIENT",
-            "STATUS",
-            "BREAKER",
-            "POOL",
-            "REQUESTS",
-            "ERRORS",
-            f"LAST {RECENT_SECONDS:g}S",
-            "LAST ERROR",
-        )
-    ]
-    details: list[str] = []
-    for name, service in sorted(report.services.items()):
-        breaker = service.breaker.state
-        if service.breaker.retry_in is not None:
-            breaker += f" ({service.breaker.retry_in:.0f}s)"
-        last, recent, opened_by = service.last_error, service.stats.recent, service.breaker.opened_by
-        rows.append(
-            (
-                name + (" *" if service.critical else ""),
-                service.client,
-                service.status,
-                breaker,
-                f"{service.pool.in_use}/{service.pool.max_connections}",
-                str(service.stats.requests),
-                str(service.stats.errors),
-                f"{recent.errors}/{recent.calls} failed" if recent.calls else "-",
-                last.type if last else "-",
-            )
-        )
-        if last is not None:
-            details.append(_wrapped(f"{name}: last error {_error_text(last)}"))
-        if opened_by is not None:
-            details.append(_wrapped(f"{name}: breaker opened by {_error_text(opened_by)}"))
-    lines = _table(rows)
-    if details:
-        lines += ["", *details]
-    lines.append(f"overall: {report.status}   (* critical)")
-    return "\n".join(lines)
-
-
-def _error_text(error: LastError) -> str:
-    at = error.at.astimezone(timezone.utc) if error.at.tzinfo is not None else error.at
-    return f"{error.type}: {error.message} (at {at:%Y-%m-%d %H:%M:%S} UTC)"
-
-
-def _wrapped(text: str) -> str:
-    # Long words (a URL) are broken too: no line of the output runs past the width.
-    return textwrap.fill(text, _STATUS_WIDTH, subsequent_indent="    ", break_on_hyphens=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,30 +379,29 @@ class ProbeResult:
         }
 
 
-def render_probe(results: Iterable[ProbeResult]) -> str:
-    """A plain-text table of probe results, as ``outbound probe`` prints it."""
-    rows = [("SERVICE", "RESULT", "STATUS", "LATENCY", "URL / ERROR")]
-    for result in results:
-        verdict = "skipped" if result.ok is None else "ok" if result.ok else "FAILED"
-        latency = f"{result.latency_ms:.1f} ms" if result.latency_ms is not None else "-"
-        detail = result.error or result.url or "no 'probe' path configured"
-        rows.append(
-            (
-                result.service + (" *" if result.critical else ""),
-                verdict,
-                str(result.status or "-"),
-                latency,
-                detail,
-            )
-        )
-    return "\n".join(_table(rows))
+# Moved to where they are used; importable from here too, as they always were.
+_MOVED = {
+    **dict.fromkeys(
+        ("HealthResponse", "Reporting", "bearer_token_matches", "http_status", "respond", "show_details"),
+        "outbound.serving",
+    ),
+    **dict.fromkeys(
+        (
+            "CONFIG_ERROR_EXIT_CODE",
+            "FLEET_UNREACHABLE_EXIT_CODE",
+            "STATUS_EXIT_CODES",
+            "probe_exit_code",
+            "render_probe",
+            "render_status",
+            "status_exit_code",
+        ),
+        "outbound.cli",
+    ),
+}
 
 
-def probe_exit_code(results: Iterable[ProbeResult]) -> int:
-    """1 when a critical service's probe failed, else 0."""
-    return 1 if any(r.critical and r.ok is False for r in results) else 0
-
-
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

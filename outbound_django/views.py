@@ -9,7 +9,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 import outbound
-from outbound import health as outbound_health
+from outbound import serving
 
 from .conf import get_registry
 
@@ -37,7 +37,7 @@ def health(request: HttpRequest) -> HttpResponse:
     except outbound.ConfigError:
         response = HttpResponse(json.dumps(INVALID_SETTINGS), status=503, content_type="application/json")
         return _answered(response)
-    answer = outbound_health.respond(
+    answer = serving.respond(
         registry,
         authorization=request.headers.get("Authorization"),
         # Asked only when the token did not decide: request.user may cost a session and database lookup.

@@ -22,7 +22,6 @@ from flask.cli import ScriptInfo
 
 import outbound
 from outbound import cli as core_cli
-from outbound import health as outbound_health
 
 from ._state import registry_for
 
@@ -118,7 +117,7 @@ def _load_registry() -> outbound.Registry:
 
 def _fail(ctx: click.Context, error: Exception) -> NoReturn:
     click.echo(f"Error: {error}", err=True)
-    ctx.exit(outbound_health.CONFIG_ERROR_EXIT_CODE)
+    ctx.exit(core_cli.CONFIG_ERROR_EXIT_CODE)
 
 
 def _check_service(registry: outbound.Registry, name: str, *, param: str = "--service") -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
 
-from outbound import health as outbound_health
+from outbound import serving
 
 from ._state import registry_for
 
@@ -33,7 +33,7 @@ def create_blueprint(*, path: str, authorize: Authorize | None = None) -> Bluepr
 
     def health() -> ResponseReturnValue:
         """The current app's outbound health report; GET and HEAD only, never cached."""
-        answer = outbound_health.respond(
+        answer = serving.respond(
             registry_for(current_app),
             authorization=request.headers.get("Authorization"),
             authorized=authorize,

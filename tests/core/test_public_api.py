@@ -11,9 +11,10 @@ import pytest
 import outbound
 import outbound.cli
 import outbound.health
+import outbound.serving
 import outbound.testing
 
-PUBLIC_MODULES = [outbound, outbound.cli, outbound.health, outbound.testing]
+PUBLIC_MODULES = [outbound, outbound.cli, outbound.health, outbound.serving, outbound.testing]
 
 
 def _defined_public_names(module: types.ModuleType) -> set[str]:
@@ -43,3 +44,13 @@ def test_all_is_sorted_and_complete(module: types.ModuleType) -> None:
 
 def test_package_is_typed() -> None:
     assert importlib.resources.files("outbound").joinpath("py.typed").is_file()
+
+
+def test_names_that_moved_out_of_health_are_still_importable_from_it() -> None:
+    # The CLI's tables and exit codes moved to outbound.cli, serving /health/outbound to outbound.serving; code that
+    # imported them from outbound.health keeps working, with the very same objects.
+    for name in outbound.health._MOVED:
+        home = outbound.serving if name in outbound.serving.__all__ else outbound.cli
+        assert getattr(outbound.health, name) is getattr(home, name)
+    with pytest.raises(AttributeError):
+        outbound.health.no_such_name  # noqa: B018 (the attribute read is the point)

@@ -15,7 +15,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import outbound
 from outbound import cli as core_cli
-from outbound import health as outbound_health
 from outbound_django.conf import get_registry
 
 
@@ -59,13 +58,13 @@ class Command(BaseCommand):
         try:
             registry = get_registry()
         except outbound.ConfigError as error:
-            raise CommandError(str(error), returncode=outbound_health.CONFIG_ERROR_EXIT_CODE) from error
+            raise CommandError(str(error), returncode=core_cli.CONFIG_ERROR_EXIT_CODE) from error
         name: str | None = options.get("service") or options.get("name")
         if name is not None:
             try:
                 registry[name]  # for the core's message: the configured names and the closest match
             except outbound.ServiceLookupError as error:
-                raise CommandError(str(error), returncode=outbound_health.CONFIG_ERROR_EXIT_CODE) from error
+                raise CommandError(str(error), returncode=core_cli.CONFIG_ERROR_EXIT_CODE) from error
         if action == "status":
             output = core_cli.status(registry, service=name, as_json=options["json"])
         elif action == "probe":
