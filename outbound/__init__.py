@@ -9,9 +9,10 @@ pools, budgeted retries and a non-blocking circuit breaker in the transport laye
 
 from __future__ import annotations
 
+import typing
+from typing import Any
+
 from ._advice import SettingWarning, setting_warnings
-from ._backends.httpx import ServiceAsyncClient, ServiceClient
-from ._backends.requests import ServiceSession
 from ._config import (
     BreakerConfig,
     BudgetConfig,
@@ -69,6 +70,10 @@ from ._events import (
 )
 from ._registry import Registry
 from ._service import Service
+
+if typing.TYPE_CHECKING:
+    from ._backends.httpx import ServiceAsyncClient, ServiceClient
+    from ._backends.requests import ServiceSession
 
 __all__ = [
     "AttemptFinished",
@@ -131,3 +136,23 @@ __all__ = [
     "setting_warnings",
     "time_left",
 ]
+
+
+# The managed client classes live with their libraries, imported on first use: `import outbound` needs neither
+# requests nor httpx loaded (a service's first client loads its library; so does naming one of these).
+_CLIENT_CLASSES = {
+    "ServiceAsyncClient": "outbound._backends.httpx",
+    "ServiceClient": "outbound._backends.httpx",
+    "ServiceSession": "outbound._backends.requests",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _CLIENT_CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value

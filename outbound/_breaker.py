@@ -16,10 +16,11 @@ HTTP call never runs under a lock:
 - the failure that opened the breaker is kept with the opening (``opened_by``), so a report shows the upstream's
   503 behind the refusals rather than only the refusals.
 
-pybreaker still supplies the vocabulary and the listener protocol: each breaker keeps a ``pybreaker.CircuitBreaker``
-as a mirror that is moved through ``open()`` / ``half_open()`` / ``close()`` on every transition, so
-``pybreaker.CircuitBreakerListener``s added with ``Breaker.add_listener`` get their usual ``state_change`` calls
-with pybreaker's own state objects. The mirror is never read to decide anything.
+pybreaker still supplies the vocabulary and the listener protocol: a breaker given a listener keeps a
+``pybreaker.CircuitBreaker`` as a mirror that is moved through ``open()`` / ``half_open()`` / ``close()`` on every
+transition, so ``pybreaker.CircuitBreakerListener``s added with ``Breaker.add_listener`` get their usual
+``state_change`` calls with pybreaker's own state objects. The mirror is never read to decide anything, and it is
+made (and pybreaker imported, with the redis client it imports) only when a listener is added.
 """
 
 from __future__ import annotations
@@ -29,20 +30,22 @@ import math
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Protocol
-
-import pybreaker
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._config import BreakerConfig
 from ._events import BreakerTransition
 from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection
 from .health import LastError
 
+if TYPE_CHECKING:
+    import pybreaker
+
 logger = logging.getLogger("outbound.breaker")
 
-CLOSED = pybreaker.STATE_CLOSED  # "closed"
-OPEN = pybreaker.STATE_OPEN  # "open"
-HALF_OPEN = pybreaker.STATE_HALF_OPEN  # "half-open"
+# pybreaker's state names (STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN), so its listeners and our reports agree.
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half-open"
 ISOLATED = "isolated"  # forced open by an operator (registry.isolate) until reset or its time runs out
 
 
@@ -198,12 +201,7 @@ class Breaker:
         self._period = 0  # the current half-open trial period; a permit from an older one is void
         self._trials = 0  # trial calls in flight in this period
         self._successes = 0  # successful trials in this period
-        self._mirror = pybreaker.CircuitBreaker(
-            fail_max=config.fail_max,
-            reset_timeout=config.reset_timeout,
-            success_threshold=config.success_threshold,
-            name=service,
-        )
+        self._mirror: pybreaker.CircuitBreaker | None = None  # made by the first add_listener
 
     # -- reading -----------------------------------------------------------------------------------------------------
 
@@ -359,6 +357,20 @@ class Breaker:
 
     def add_listener(self, listener: pybreaker.CircuitBreakerListener) -> None:
         """Call ``listener.state_change(cb, old, new)`` (pybreaker's protocol) on every transition."""
+        with self._lock:
+            if self._mirror is None:
+                import pybreaker
+
+                config = self.config
+                mirror = pybreaker.CircuitBreaker(
+                    fail_max=config.fail_max,
+                    reset_timeout=config.reset_timeout,
+                    success_threshold=config.success_threshold,
+                    name=self.service,
+                )
+                if self.state != CLOSED:  # in the state the breaker is in, quietly: no listener is there yet
+                    mirror.open() if self.state != HALF_OPEN else mirror.half_open()
+                self._mirror = mirror
         self._mirror.add_listener(listener)
 
     def reset_after_fork(self) -> None:
@@ -367,8 +379,9 @@ class Breaker:
         grant."""
         self._lock = threading.Lock()
         self.rule.reset_after_fork(self._lock)
-        # pybreaker's own transition lock (private, pybreaker 1.x): replaced for the same reason.
-        self._mirror._lock = threading.RLock()
+        if self._mirror is not None:
+            # pybreaker's own transition lock (private, pybreaker 1.x): replaced for the same reason.
+            self._mirror._lock = threading.RLock()
         self._trials = 0
         self._period += 1
 
@@ -437,9 +450,11 @@ class Breaker:
     def _announce(self, old: str, new: str, reason: str, open_seconds: float, publish: bool) -> None:
         if publish:
             self.shared.transition(new, reason, open_seconds)
-        try:
-            # The pybreaker mirror: its listeners see the usual protocol (an isolated breaker is open to them).
-            {CLOSED: self._mirror.close, HALF_OPEN: self._mirror.half_open}.get(new, self._mirror.open)()
-        except Exception:
-            logger.exception("a pybreaker listener of %r failed", self.service)
+        mirror = self._mirror
+        if mirror is not None:
+            try:
+                # The pybreaker mirror: its listeners see the usual protocol (an isolated breaker is open to them).
+                {CLOSED: mirror.close, HALF_OPEN: mirror.half_open}.get(new, mirror.open)()
+            except Exception:
+                logger.exception("a pybreaker listener of %r failed", self.service)
         self._notify(BreakerTransition(self.service, old, new, reason, open_seconds))

@@ -8,19 +8,21 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient
-from ._backends.requests import ServiceSession
 from ._config import HealthConfig, OutboundConfig, parse_config
 from ._errors import RegistryClosedError, ServiceLookupError
 from ._events import Observer
 from ._logging import install_secrets_filter
 from ._metrics import metric_observers
-from ._probe import probe_all
 from ._service import Service
 from ._state import state_backend
 from .health import HealthReport, ProbeResult, build_report, worst
+
+if TYPE_CHECKING:
+    # The backends are imported when a client of theirs is first made: `import outbound` needs neither library.
+    from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient
+    from ._backends.requests import ServiceSession
 
 
 class Registry:
@@ -208,6 +210,8 @@ class Registry:
         Raises:
             ServiceLookupError: ``name`` is not configured.
         """
+        from ._probe import probe_all  # both client libraries: an operator's command, not an app's import
+
         targets = [self[name]] if name is not None else list(self._services.values())
         return probe_all(targets)
 

@@ -6,7 +6,6 @@ Decisions, pure functions and one small thread-safe counter; no sleeping here (t
 
 from __future__ import annotations
 
-import email.utils
 import re
 import threading
 import time
@@ -69,6 +68,8 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
         return float(value)
     if not _PRINTABLE_ASCII.fullmatch(value):
         return None
+    import email.utils  # only for the rare HTTP date: the module is not a cheap import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -12,23 +12,26 @@ connections after ``fork()`` and to shut down, without knowing which library it 
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient, current_loop
-from ._backends.requests import ServiceSession
 from ._config import DeadlineConfig, ServiceConfig, StateConfig
 from ._errors import RegistryClosedError, ServiceLookupError, redact_url
 from ._events import Observer
+from ._loops import current_loop
 from ._policy import Policy
 from .health import BreakerSnapshot, PoolSnapshot, ServiceHealth, service_status
 
 if TYPE_CHECKING:
+    import asyncio
+
+    # The backends are imported when a client of theirs is first made: `import outbound` needs neither library.
+    from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient
+    from ._backends.requests import ServiceSession
     from ._state import FleetService
 
 CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for a client on another thread's event loop
@@ -98,6 +101,8 @@ class Service:
             with self._lock:
                 self._check_open()
                 if self._session is None:
+                    from ._backends.requests import ServiceSession
+
                     self._session = ServiceSession(self.policy)
                     self._clients.append(self._session)
                 session = self._session
@@ -111,6 +116,8 @@ class Service:
             with self._lock:
                 self._check_open()
                 if self._client is None:
+                    from ._backends.httpx import ServiceClient
+
                     self._client = ServiceClient(self.policy, transport=self.transport)
                     self._clients.append(self._client)
                 client = self._client
@@ -132,6 +139,8 @@ class Service:
                 self._check_open()
                 client = self._async_clients.get(loop)
                 if client is None:
+                    from ._backends.httpx import ServiceAsyncClient
+
                     self._forget_closed_loops()
                     client = ServiceAsyncClient(self.policy, loop=loop, transport=self.transport)
                     self._async_clients[loop] = client
@@ -210,10 +219,7 @@ class Service:
 
     async def aclose(self) -> None:
         """Close every client; the running loop's async client is awaited here."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = current_loop()
         with self._lock:
             own = self._async_clients.pop(loop, None) if loop is not None else None
             self._closers.pop(loop, None) if loop is not None else None
@@ -244,6 +250,8 @@ class Service:
 
     def _forget_closed_loops(self) -> None:
         # A loop closed without shutting down its async generators (a bare loop.close()) left its client behind.
+        import asyncio  # loaded already: an async client was made in a loop of it
+
         closed = [
             loop for loop in self._async_clients if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_closed()
         ]
@@ -274,7 +282,8 @@ class Service:
 
 
 def _close_on_loop(loop: object, client: ServiceAsyncClient) -> None:
-    if not isinstance(loop, asyncio.AbstractEventLoop):
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or not isinstance(loop, asyncio.AbstractEventLoop):
         _close_in_trio(loop, client)
         return
     if loop.is_closed():
@@ -295,6 +304,8 @@ def _close_on_loop(loop: object, client: ServiceAsyncClient) -> None:
     else:
         # An idle loop: run it just long enough to close the client, in a helper thread, because this thread may
         # be running a loop of its own (a loop cannot run inside another).
+        import concurrent.futures
+
         future = concurrent.futures.ThreadPoolExecutor(1).submit(loop.run_until_complete, client.shutdown())
     try:
         future.result(timeout=CLOSE_WAIT_SECONDS)

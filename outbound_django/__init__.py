@@ -14,10 +14,14 @@ at startup, closes it at exit, serves ``/health/outbound`` (``outbound_django.ur
 
 from __future__ import annotations
 
-import outbound
+from typing import TYPE_CHECKING, Any
 
-from .conf import get_registry
-from .middleware import default_deadline
+from .deadlines import default_deadline
+
+if TYPE_CHECKING:
+    import outbound
+
+    from .conf import get_registry
 
 __all__ = ["async_client", "client", "default_deadline", "get_registry", "session"]
 
@@ -29,6 +33,8 @@ def session(name: str) -> outbound.ServiceSession:
         outbound.ConfigError: ``settings.OUTBOUND`` is invalid.
         outbound.ServiceLookupError: no such service, or it uses httpx.
     """
+    from .conf import get_registry
+
     return get_registry().session(name)
 
 
@@ -39,6 +45,8 @@ def client(name: str) -> outbound.ServiceClient:
         outbound.ConfigError: ``settings.OUTBOUND`` is invalid.
         outbound.ServiceLookupError: no such service, or it uses requests.
     """
+    from .conf import get_registry
+
     return get_registry().client(name)
 
 
@@ -53,4 +61,15 @@ def async_client(name: str) -> outbound.ServiceAsyncClient:
         outbound.ServiceLookupError: no such service, or it uses requests.
         RuntimeError: no event loop is running.
     """
+    from .conf import get_registry
+
     return get_registry().async_client(name)
+
+
+def __getattr__(name: str) -> Any:
+    # get_registry lives with the settings it reads (django.conf): imported when first named, not with the package.
+    if name == "get_registry":
+        from .conf import get_registry
+
+        return get_registry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import Resolver404, resolve
 
 import outbound
-from outbound._deadline import mark_view_default, view_default
+from outbound._deadline import view_default
 
 from .conf import get_registry
 
@@ -39,22 +39,6 @@ V = TypeVar("V")
 
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
-
-
-def default_deadline(seconds: float) -> Callable[[V], V]:
-    """Decorate a view (a function, or a class-based view's class) with the budget of requests that send none.
-
-    A budget the request sends (within ``deadline.max``) still wins; the view's default wins over the settings'
-    ``deadline.default``. The view is returned unchanged, with the default as an attribute, so the decorator may
-    sit anywhere among ``functools.wraps``-style decorators. It takes effect through ``DeadlineMiddleware``.
-
-        @default_deadline(2.5)
-        def search(request): ...
-
-    Raises:
-        ValueError: ``seconds`` is not a finite number > 0.
-    """
-    return mark_view_default(seconds)
 
 
 class DeadlineMiddleware:

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import logging
 import weakref
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app, has_app_context
 
-from outbound import Registry, ServiceAsyncClient, ServiceClient, ServiceSession, setting_warnings
+from outbound import Registry, setting_warnings
 
 from ._state import EXTENSION_KEY, registry_for
 from .cli import outbound_cli
 from .deadlines import install as install_deadlines
 from .errors import install as install_error_answers
 from .views import Authorize, create_blueprint
+
+if TYPE_CHECKING:
+    from outbound import ServiceAsyncClient, ServiceClient, ServiceSession
 
 logger = logging.getLogger(__name__)
 

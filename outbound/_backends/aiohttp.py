@@ -180,7 +180,8 @@ class _Request(aiohttp.ClientRequest):
 
 
 class _Connector(aiohttp.TCPConnector):
-    """aiohttp's connector, retiring connections older than ``pool.max_connection_age`` when next taken."""
+    """aiohttp's connector, retiring connections older than ``pool.max_connection_age`` when next taken, and asking
+    the attempt's send gates (``_attempt.py``) once its connection is made."""
 
     def __init__(self, *, max_age: float | None, **options: Any) -> None:
         super().__init__(**options)
@@ -188,6 +189,17 @@ class _Connector(aiohttp.TCPConnector):
         self._born: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:
+        connection = await self._young_connection(req, traces, timeout)
+        attempt = ATTEMPT.get()
+        if attempt is not None and attempt.call is not None:
+            try:
+                await apass_gates(attempt)  # connected, and nothing written yet: the send gates' moment
+            except BaseException:
+                connection.release()
+                raise
+        return connection
+
+    async def _young_connection(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:
         while True:
             connection = await super().connect(req, traces, timeout)
             if self._max_age is None or connection.protocol is None:
@@ -357,12 +369,6 @@ class ManagedAiohttpTransport(AiohttpTransport):
             else:
                 headers = headers + self._proxy_headers
         await self.pool.acquire(pool)
-        if attempt is not None and attempt.call is not None:
-            try:
-                await apass_gates(attempt)  # a connection's slot is in hand, and nothing is written yet
-            except BaseException:
-                self.pool.release()
-                raise
         upload = _Upload(timeouts.get("write"))
         token = _UPLOAD.set(upload)
         try:

@@ -10,7 +10,6 @@ its unmanaged ones.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import http.cookiejar
 import re
@@ -26,6 +25,7 @@ from .._deadline import format_budget
 from .._driver import adrive, drive
 from .._errors import EventLoopMismatchError, RegistryClosedError
 from .._hedge import Hedge
+from .._loops import current_loop
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Call, Policy
 from . import _errors
@@ -687,24 +687,3 @@ class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
     async def shutdown(self) -> None:
         """Close the client and its pooled sockets for good, on its own event loop."""
         await super().aclose()
-
-
-def current_loop() -> object | None:
-    """The running asyncio loop, or the running trio run's token, or ``None`` outside both."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    try:
-        import sniffio
-    except ImportError:  # not a dependency of ours; trio requires it, so without it no trio run can be going
-        return None
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:  # no async library runs in this thread
-        return None
-    if library != "trio":
-        return None
-    import trio
-
-    return trio.lowlevel.current_trio_token()

@@ -46,6 +46,10 @@ def test_busiest_window_counts_what_a_window_holds() -> None:
 
 RATE = 50  # per second
 CALLS = 150  # three seconds' worth at the rate
+# The upstream notes an arrival when its thread reads the request: on a machine busy with other work, that can lag
+# the write by more than the margin the client spaces its writes with (tens of milliseconds), and a request of one
+# window then counts in the next. Two of them are allowed for that; the pool's queue used to bunch 8 to 20 more.
+JITTER = 2
 
 
 def _limited(upstream: UpstreamProcess, client: str, transport: str = "httpcore") -> dict[str, Any]:
@@ -88,7 +92,7 @@ def test_threads_never_get_more_than_the_rate_to_the_upstream(
     arrivals = upstream.arrived("/slow")
     assert len(arrivals) == CALLS
     # Not the near-double the pool's queue used to bunch up: never more than the rate.
-    assert busiest_window(arrivals) <= RATE
+    assert busiest_window(arrivals) <= RATE + JITTER
 
 
 @pytest.mark.parametrize("transport", ["httpcore", "aiohttp"])
@@ -105,7 +109,7 @@ def test_tasks_never_get_more_than_the_rate_to_the_upstream(
     asyncio.run(main())
     arrivals = upstream.arrived("/slow")
     assert len(arrivals) == CALLS
-    assert busiest_window(arrivals) <= RATE
+    assert busiest_window(arrivals) <= RATE + JITTER
 
 
 # -- an open breaker lets nothing through that queued before it opened ----------------------------------------------
