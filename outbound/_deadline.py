@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from ._config import DEADLINE_HEADERS, DeadlineConfig
+from ._outcome import Reason, Rejection
 
 GRPC_TIMEOUT, REQUEST_TIMEOUT, ENVOY_TIMEOUT_MS = DEADLINE_HEADERS
 
@@ -139,6 +140,14 @@ class Deadline:
     def passed(self) -> bool:
         """Whether it has struck (a millisecond early counts: a read cut to it ends right at it)."""
         return self.clock() >= self.at - 0.001
+
+    def refusal(self, min_time: float) -> Rejection | None:
+        """The refusal of an attempt that would start with less than ``min_time`` left (``deadline.min_time``)."""
+        left = self.at - self.clock()
+        if left >= min_time:
+            return None
+        detail = f"{max(0.0, left) * 1000:.1f} ms left of the deadline, less than deadline.min_time ({min_time:g}s)"
+        return Rejection(Reason.DEADLINE_EXCEEDED, 0.0, detail)
 
     def cut(
         self, connect: float | None, read: float | None, write: float | None, pool: float | None

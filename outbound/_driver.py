@@ -20,9 +20,9 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
+from ._call import Call
 from ._hedge import Hedge
 from ._outcome import Outcome, Rejection, Wait
-from ._policy import Call
 
 Request = TypeVar("Request", contravariant=True)
 Response = TypeVar("Response")

@@ -25,7 +25,7 @@ import anyio
 from .._outcome import Kind, Outcome, Rejection, Wait
 
 if TYPE_CHECKING:
-    from .._policy import Call
+    from .._call import Call
     from ._deadline import Watch
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .._call import Call
 from .._errors import (
     REJECTED_ERRORS,
     CallError,
@@ -23,7 +24,6 @@ from .._errors import (
 )
 from .._logging import redact_text
 from .._outcome import Kind, Outcome, Reason, Rejection
-from .._policy import Call
 
 # The outbound class each failed attempt is raised as (combined with the backend's own exception class).
 FAILED: Mapping[Kind, type[CallError]] = {

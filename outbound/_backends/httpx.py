@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from .._breaker import CLOSED
+from .._call import Call
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import adrive, drive
@@ -27,7 +28,7 @@ from .._errors import EventLoopMismatchError, RegistryClosedError
 from .._hedge import Hedge
 from .._loops import current_loop
 from .._outcome import Kind, Outcome, Rejection, response_outcome
-from .._policy import Call, Policy
+from .._policy import Policy
 from . import _errors
 from ._attempt import ATTEMPT, SendRefused, agated_after, begin, gated_after, refused_outcome
 from ._deadline import bound_to_deadlines

@@ -34,13 +34,14 @@ from urllib3.util import Timeout as Urllib3Timeout
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from .._breaker import CLOSED
+from .._call import Call
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import drive
 from .._errors import RegistryClosedError
 from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection, response_outcome
-from .._policy import Call, Policy
+from .._policy import Policy
 from . import _errors
 from ._attempt import ATTEMPT, SendRefused, begin, gated_after, pass_gates, refused_outcome
 from ._deadline import DEADLINE_MESSAGE, WATCHDOG

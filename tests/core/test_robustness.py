@@ -217,9 +217,9 @@ def test_tls_settings_reach_both_clients(make_registry: RegistryFactory) -> None
 def test_tls_failures_are_not_retried_or_counted_by_either_backend() -> None:
     tls = httpx.ConnectError("handshake failed")
     tls.__cause__ = ssl.SSLError("certificate verify failed")
-    assert httpx_backend._classify(tls) is outbound._policy.Kind.OTHER_ERROR
-    assert httpx_backend._classify(httpx.ConnectError("refused")) is outbound._policy.Kind.CONNECT_ERROR
-    assert requests_backend._classify(requests.exceptions.SSLError("bad")) is outbound._policy.Kind.OTHER_ERROR
+    assert httpx_backend._classify(tls) is outbound._outcome.Kind.OTHER_ERROR
+    assert httpx_backend._classify(httpx.ConnectError("refused")) is outbound._outcome.Kind.CONNECT_ERROR
+    assert requests_backend._classify(requests.exceptions.SSLError("bad")) is outbound._outcome.Kind.OTHER_ERROR
 
 
 def test_close_finishes_every_service_and_idle_loops(
