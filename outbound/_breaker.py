@@ -11,8 +11,9 @@ HTTP call never runs under a lock:
 - the trip rule — when failures open the breaker — is its own object (``ConsecutiveFailures`` here, for
   ``mode: "consecutive"``; the failure-rate and slow-call window of ``mode: "rate"`` in ``_window.py``), the Polly
   split between the circuit and its behaviour;
-- a shared state backend (``SharedBreaker``) is told of failures and transitions and asked for the fleet's trial
-  slot; it is never consulted while the breaker is closed, so the hot path never waits on it;
+- a shared state backend (its ``_state.ServiceLink``, given when the breaker is made) is told of failures and
+  transitions and asked for the fleet's trial slot; it is never consulted while the breaker is closed, so the hot
+  path never waits on it;
 - the failure that opened the breaker is kept with the opening (``opened_by``), so a report shows the upstream's
   503 behind the refusals rather than only the refusals.
 
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._config import BreakerConfig
 from ._events import BreakerTransition
 from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection
+from ._state import LOCAL, ServiceLink
 from .health import LastError
 
 if TYPE_CHECKING:
@@ -119,41 +121,6 @@ def _trip_rule(config: BreakerConfig, lock: threading.Lock, clock: Callable[[], 
     return ConsecutiveFailures(config.fail_max, lock)
 
 
-class SharedBreaker(Protocol):
-    """The breaker's link to a state backend shared by a fleet of processes (``_state/``)."""
-
-    def failure(self) -> None:
-        """A failure was counted here (the fleet adds it up, off the calling thread)."""
-
-    def transition(self, new: str, reason: str, open_seconds: float) -> None:
-        """This process moved the breaker to ``new`` by its own observation; tell the fleet."""
-
-    def claim_trial(self, seconds: float) -> bool:
-        """Whether this process may run the half-open trial (one slot for the fleet, held ``seconds`` at most)."""
-
-    def recovered(self) -> None:
-        """A success followed failures here: the fleet's failure count starts again."""
-
-
-class _LocalOnly:
-    """No fleet: every decision is this process's own."""
-
-    def failure(self) -> None:
-        pass
-
-    def transition(self, new: str, reason: str, open_seconds: float) -> None:
-        pass
-
-    def claim_trial(self, seconds: float) -> bool:
-        return True
-
-    def recovered(self) -> None:
-        pass
-
-
-LOCAL_ONLY = _LocalOnly()
-
-
 def failure_cause(outcome: Outcome) -> LastError:
     """A failed attempt as a report shows what opened a breaker: the class of its error (``HTTPStatus`` for a
     response) and what happened, without the URL (a breaker does not see it), so nothing in it needs redacting."""
@@ -184,10 +151,11 @@ class Breaker:
         clock: Callable[[], float],
         notify: Callable[[BreakerTransition], None] = _ignore,
         rule: TripRule | None = None,
+        shared: ServiceLink = LOCAL,
     ) -> None:
         self.service = service
         self.config = config
-        self.shared: SharedBreaker = LOCAL_ONLY
+        self.shared = shared
         self._clock = clock
         self._notify = notify
         self._lock = threading.Lock()
@@ -309,7 +277,7 @@ class Breaker:
                 if self.rule.failure(seconds):
                     self._open(self.rule.describe(), cause)
             if self.rule.fleet_counts:
-                self.shared.failure()
+                self.shared.failure(self.last_failure)
         elif outcome.kind not in NO_VERDICT:
             had_failures = self.rule.failures > 0
             if self.rule.success(seconds):
@@ -449,7 +417,7 @@ class Breaker:
 
     def _announce(self, old: str, new: str, reason: str, open_seconds: float, publish: bool) -> None:
         if publish:
-            self.shared.transition(new, reason, open_seconds)
+            self.shared.transition(new, reason, open_seconds, self.opened_by)
         mirror = self._mirror
         if mirror is not None:
             try:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ._config import PauseConfig
 from ._outcome import Kind, Outcome, Reason, Rejection, Wait
 from ._retry import WAITS, parse_retry_after
+from ._state import LOCAL, ServiceLink
 
 if TYPE_CHECKING:
     from ._stage import CallView
@@ -28,27 +29,15 @@ if TYPE_CHECKING:
 PAUSE_TOLERANCE = 0.002
 
 
-class SharedPause(Protocol):
-    """The pause's link to a fleet: tell every other process."""
-
-    def paused(self, seconds: float) -> None: ...
-
-
-class _LocalOnly:
-    def paused(self, seconds: float) -> None:
-        pass
-
-
-LOCAL_ONLY = _LocalOnly()
-
-
 class Pause:
     """A policy stage of every attempt."""
 
-    def __init__(self, config: PauseConfig, *, cap: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, config: PauseConfig, *, cap: float, clock: Callable[[], float], shared: ServiceLink = LOCAL
+    ) -> None:
         self.config = config
         self.cap = cap
-        self.shared: SharedPause = LOCAL_ONLY
+        self.shared = shared  # the fleet's link: a pause this process started goes to every other
         self._clock = clock
         self.until = 0.0  # monotonic end of the current pause; 0.0: none
         self._lock = threading.Lock()

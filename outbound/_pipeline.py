@@ -23,6 +23,7 @@ from ._events import BreakerTransition
 from ._hedge import AnsweredLatencies
 from ._retry import RetryBudget
 from ._stage import SendGate, Stage
+from ._state import LOCAL, ServiceLink
 
 if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
@@ -52,9 +53,11 @@ def compose(
     clock: Callable[[], float],
     notify: Callable[[BreakerTransition], None],
     state: StateConfig | None,
+    link: ServiceLink = LOCAL,
 ) -> Pipeline:
-    """Build ``config``'s stages (each module imported only when its setting is on)."""
-    breaker = Breaker(config.name, config.breaker, clock=clock, notify=notify)
+    """Build ``config``'s stages (each module imported only when its setting is on); ``link`` is the service's to
+    the state its fleet shares, handed to the stages that tell the fleet what they decide."""
+    breaker = Breaker(config.name, config.breaker, clock=clock, notify=notify, shared=link)
     budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
     bulkhead = pause = rate_limit = latencies = None
     if config.bulkhead is not None:
@@ -64,7 +67,7 @@ def compose(
     if config.pause is not None:
         from ._pause import Pause
 
-        pause = Pause(config.pause, cap=config.retry.retry_after_max, clock=clock)
+        pause = Pause(config.pause, cap=config.retry.retry_after_max, clock=clock, shared=link)
     if config.rate_limit is not None:
         from ._ratelimit import RateLimit  # the `limits` extra: imported only by services that set a rate limit
 

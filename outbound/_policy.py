@@ -21,6 +21,7 @@ from ._logging import LOG_OBSERVER
 from ._outcome import Reason, Rejection
 from ._pipeline import compose
 from ._retry import RETRY_AFTER_STATUSES, RetryRule
+from ._state import LOCAL, ServiceLink
 from ._stats import Stats
 
 __all__ = ["Call", "Policy"]
@@ -38,6 +39,7 @@ class Policy:
         observers: Iterable[Observer] = (),
         state: StateConfig | None = None,
         min_time: float = DeadlineConfig().min_time,
+        link: ServiceLink = LOCAL,
     ) -> None:
         self.config = config
         self.min_time = min_time  # deadline.min_time: less left of a scope's deadline than this, and a call is refused
@@ -49,7 +51,7 @@ class Policy:
         # The statistics and the call log of a call's start and end are fed directly by the call (see _end): no
         # event is built for them; their other events come through the hooks.
         self.hooks = Hooks((self.stats, LOG_OBSERVER, *observers))
-        pipeline = compose(config, clock=clock, notify=self._transition, state=state)
+        pipeline = compose(config, clock=clock, notify=self._transition, state=state, link=link)
         self.breaker = pipeline.breaker
         self.budget = pipeline.budget
         self.bulkhead = pipeline.bulkhead

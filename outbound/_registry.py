@@ -46,6 +46,9 @@ class Registry:
                     f"transports[{name!r}]: an inner transport can only be given to a configured 'httpx' service"
                 )
         self.config = config
+        # No network I/O here (Django builds the registry for every manage.py command): a fleet backend connects
+        # on first use, in each process. Each service gets its link to the fleet as it is built.
+        self._state = state_backend(config.state)
         self._services = {
             name: Service(
                 service,
@@ -53,13 +56,11 @@ class Registry:
                 transport=transports.get(name),
                 state=config.state,
                 min_time=config.deadline.min_time,
+                link=self._state.link(service),
             )
             for name, service in config.services.items()
         }
         self._closed = False
-        # No network I/O here (Django builds the registry for every manage.py command): a fleet backend connects
-        # on first use, in each process.
-        self._state = state_backend(config.state)
         self._state.attach(self._services)
         for observer in metric_observers(config.metrics, self):
             self.add_observer(observer)

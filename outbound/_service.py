@@ -24,6 +24,7 @@ from ._errors import RegistryClosedError, ServiceLookupError, redact_url
 from ._events import Observer
 from ._loops import current_loop
 from ._policy import Policy
+from ._state import LOCAL, ServiceLink
 from .health import BreakerSnapshot, PoolSnapshot, ServiceHealth, service_status
 
 if TYPE_CHECKING:
@@ -69,13 +70,14 @@ class Service:
         transport: InnerTransport | None = None,
         state: StateConfig | None = None,
         min_time: float = DeadlineConfig().min_time,
+        link: ServiceLink = LOCAL,
     ) -> None:
         self.name = config.name
         self.transport = transport  # the inner transport a test gave an httpx service (Registry(transports=...))
         self.config = config
         # The settings never change, and the health report shows this on every poll: redact it once.
         self._display_url = redact_url(config.base_url)
-        self.policy = Policy(config, clock=clock, observers=observers, state=state, min_time=min_time)
+        self.policy = Policy(config, clock=clock, observers=observers, state=state, min_time=min_time, link=link)
         self._lock = threading.Lock()
         self._session: ServiceSession | None = None
         self._client: ServiceClient | None = None

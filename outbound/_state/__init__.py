@@ -1,8 +1,11 @@
 """Where breakers, trials and stats live: this process alone (``memory``), or a fleet sharing a Redis (``redis``).
 
-The hot path never asks a backend anything: a call while its breaker is closed reads only local memory. A backend
-is told of the rare events (a failure, a transition), asked for the rare decisions (the fleet's one half-open
-trial), and asked by health reports for the fleet's view. Nothing outside ``_state/redis.py`` imports redis.
+The hot path never asks a backend anything: a call while its breaker is closed reads only local memory. Each
+service gets one ``ServiceLink`` from the backend when it is built (``StateBackend.link``), handed to its breaker and
+its pause as they are made: through it they tell the fleet of the rare events (a failure, a transition, a pause the
+upstream asked for) and ask for the rare decisions (the fleet's half-open trial). A process alone, and a service with
+``shared: false``, get ``LOCAL``, which shares nothing. Health reports ask the backend for the fleet's view. Nothing
+outside ``_state/redis.py`` imports redis.
 """
 
 from __future__ import annotations
@@ -12,11 +15,53 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from .._config import StateConfig
+from .._config import ServiceConfig, StateConfig
 from ..health import LastError, StateBackendHealth, StatsSnapshot
 
 if TYPE_CHECKING:
     from .._service import Service
+
+
+class ServiceLink(Protocol):
+    """One service's link to the state its fleet shares."""
+
+    def failure(self, cause: LastError | None) -> None:
+        """A failure was counted here (``cause``: what it was); the fleet adds it up."""
+
+    def recovered(self) -> None:
+        """A success followed failures here: the fleet's failure count starts again."""
+
+    def transition(self, new: str, reason: str, open_seconds: float, cause: LastError | None) -> None:
+        """This process moved the breaker to ``new`` by its own observation (``cause``: the failure that opened
+        it); tell the fleet."""
+
+    def claim_trial(self, seconds: float) -> bool:
+        """Whether this process may run a half-open trial (the fleet's slots, held ``seconds`` at most)."""
+
+    def paused(self, seconds: float) -> None:
+        """The upstream asked for a pause of ``seconds``: tell every other process."""
+
+
+class _Local:
+    """No fleet: every decision is this process's own."""
+
+    def failure(self, cause: LastError | None) -> None:
+        pass
+
+    def recovered(self) -> None:
+        pass
+
+    def transition(self, new: str, reason: str, open_seconds: float, cause: LastError | None) -> None:
+        pass
+
+    def claim_trial(self, seconds: float) -> bool:
+        return True
+
+    def paused(self, seconds: float) -> None:
+        pass
+
+
+LOCAL: ServiceLink = _Local()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +98,11 @@ class StateBackend(Protocol):
 
     scope: Literal["process", "fleet"]
 
+    def link(self, config: ServiceConfig) -> ServiceLink:
+        """The link of the service ``config`` describes, for its breaker and pause (``LOCAL`` if it is not shared)."""
+
     def attach(self, services: Mapping[str, Service]) -> None:
-        """Connect the services' breakers to the backend (a fleet's failure counts, transitions, trials)."""
+        """Follow the fleet for ``services`` (built with this backend's links): apply what other processes decide."""
 
     def ensure_running(self) -> None:
         """Start whatever this process needs to follow the fleet (cheap when it runs already)."""
@@ -81,6 +129,9 @@ class MemoryState:
     """Each process alone: nothing to run, nothing shared (the default)."""
 
     scope: Literal["process", "fleet"] = "process"
+
+    def link(self, config: ServiceConfig) -> ServiceLink:
+        return LOCAL
 
     def attach(self, services: Mapping[str, Service]) -> None:
         pass

@@ -69,15 +69,15 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import redis
 
 from .._breaker import CLOSED, HALF_OPEN, ISOLATED, OPEN, Breaker
-from .._config import StateConfig
+from .._config import ServiceConfig, StateConfig
 from .._stats import latency_from_histogram
 from ..health import LastError, RecentCalls, StateBackendHealth, StatsSnapshot
-from . import FleetBreaker, FleetService, FleetView
+from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink
 from ._records import (
     MAX_RECORD_BYTES,
     MAX_SECONDS,
@@ -308,31 +308,65 @@ class _FleetState:
     epoch: int | None
 
 
-class _Shared:
-    """One service's link to the fleet (the breaker's ``SharedBreaker``)."""
+class _Link:
+    """One shared service's link to the fleet (``_state.ServiceLink``), made before the service is built."""
 
-    def __init__(self, state: RedisState, service: Service) -> None:
+    def __init__(self, state: RedisState, config: ServiceConfig) -> None:
         self._state = state
-        self._name = service.name
-        self._breaker = service.policy.breaker
-        self._config = service.config.breaker
+        self._name = config.name
+        self._trials = config.breaker.half_open_max_calls
 
-    def failure(self) -> None:
-        # The failure just counted (the breaker sets it before telling us): the cause, if it opens the fleet's.
-        self._state.fail(self._name, self._breaker.last_failure)
+    def failure(self, cause: LastError | None) -> None:
+        self._state.fail(Fail(self._name, cause))
 
     def recovered(self) -> None:
-        self._state.submit(("recovered", self._name))
+        self._state.submit(Recovered(self._name))
 
-    def transition(self, new: str, reason: str, open_seconds: float) -> None:
+    def transition(self, new: str, reason: str, open_seconds: float, cause: LastError | None) -> None:
         if new != HALF_OPEN:  # the fleet learns of a trial through its slot, and of its verdict through this
-            self._state.submit(("transition", self._name, new, reason, open_seconds, self._breaker.opened_by))
+            self._state.submit(Transition(self._name, new, reason, open_seconds, cause))
 
     def claim_trial(self, seconds: float) -> bool:
-        return self._state.claim_trial(self._name, seconds, self._config.half_open_max_calls)
+        return self._state.claim_trial(self._name, seconds, self._trials)
 
     def paused(self, seconds: float) -> None:
-        self._state.submit(("pause", self._name, seconds))
+        self._state.submit(Paused(self._name, seconds))
+
+
+# The writes a process sends the fleet, as the fleet thread receives them: small typed records.
+
+
+class Fail(NamedTuple):
+    """A failure counted here; ``cause`` names it, for the opening it may cause fleet-wide."""
+
+    service: str
+    cause: LastError | None
+
+
+class Recovered(NamedTuple):
+    """A success after failures here: the fleet's count starts again."""
+
+    service: str
+
+
+class Transition(NamedTuple):
+    """This process moved the breaker (an opening by its own rule, a trial's verdict)."""
+
+    service: str
+    state: str
+    reason: str
+    seconds: float | None
+    cause: LastError | None
+
+
+class Paused(NamedTuple):
+    """The upstream asked this process for a pause of ``seconds``."""
+
+    service: str
+    seconds: float
+
+
+Op = Fail | Recovered | Transition | Paused
 
 
 class RedisState:
@@ -361,7 +395,7 @@ class RedisState:
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
-        self._ops: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reachable = True
@@ -375,13 +409,11 @@ class RedisState:
         self._reset_alone: set[str] = set()
         self._complain = Complaints(logger)
 
+    def link(self, config: ServiceConfig) -> ServiceLink:
+        return _Link(self, config) if config.shared else LOCAL
+
     def attach(self, services: Mapping[str, Service]) -> None:
         self._services = {name: service for name, service in services.items() if service.config.shared}
-        for service in self._services.values():
-            shared = _Shared(self, service)
-            service.policy.breaker.shared = shared
-            if service.policy.pause is not None:
-                service.policy.pause.shared = shared
 
     def ensure_running(self) -> None:
         """Start this process's threads if they are not running (first use, or first use after a fork)."""
@@ -424,7 +456,7 @@ class RedisState:
 
     # -- the hot path's messages -------------------------------------------------------------------------------------
 
-    def submit(self, op: tuple[Any, ...]) -> None:
+    def submit(self, op: Op) -> None:
         """Queue a write for the fleet thread: the calling thread never waits on Redis for a failure or transition.
 
         While Redis is away a transition is remembered instead, for the fleet to learn of it when it answers again.
@@ -437,7 +469,7 @@ class RedisState:
         self.ensure_running()
         self._ops.put(op)
 
-    def fail(self, service: str, cause: LastError | None) -> None:
+    def fail(self, op: Fail) -> None:
         """Count one failure fleet-wide, on the calling thread: when it is the one that opens the fleet's breaker,
         the breaker here is open before the call decides whether to retry, so the call ends with the upstream's
         answer, as it does when this process's own count opens it — not with a refused retry. Rare (a failure
@@ -447,7 +479,7 @@ class RedisState:
             return
         self.ensure_running()
         try:
-            self._apply_op(("fail", service, cause))
+            self._apply_op(op)
         except (redis.RedisError, OSError) as error:
             self._unreachable(error)
 
@@ -610,39 +642,35 @@ class RedisState:
             except Exception:
                 logger.exception("outbound fleet sync failed")
 
-    def _apply_op(self, op: tuple[Any, ...]) -> None:
+    def _apply_op(self, op: Op) -> None:
         if not self._reachable:
             self._remember_op(op)  # the process runs on its own state; what it decided goes to the fleet later
             return
-        kind, service = op[0], op[1]
-        keys = self._keys
+        service, keys = op.service, self._keys
         config = self._services[service].config.breaker
-        if kind == "fail":
+        if isinstance(op, Fail):
             window_ms = open_ms = int(config.reset_timeout * 1000)
             reason = f"{config.fail_max} failures across the fleet"
-            cause: LastError | None = op[2]
-            args = [config.fail_max, window_ms, open_ms, self.worker, reason, _cause_json(cause), service]
+            args = [config.fail_max, window_ms, open_ms, self.worker, reason, _cause_json(op.cause), service]
             until, at = self._script("fail", _FAIL)(
                 keys=[keys.fails(service), keys.breaker(service), keys.trial(service), keys.decided],
                 args=[*args, _MEMORY_MS],
             )
             if int(until):
                 self._decided[service] = int(at)
-                self._publish(service, OPEN, config.reset_timeout, reason, int(until), int(at), cause, reset=False)
+                self._publish(service, OPEN, config.reset_timeout, reason, int(until), int(at), op.cause, reset=False)
                 # This process ignores its own messages: it applies the opening it caused here.
-                self._apply_remote(service, OPEN, config.reset_timeout, reason, cause=cause, own=True)
-        elif kind == "recovered":
+                self._apply_remote(service, OPEN, config.reset_timeout, reason, cause=op.cause, own=True)
+        elif isinstance(op, Recovered):
             self._client_().delete(keys.fails(service))
-        elif kind == "pause":
-            seconds = op[2]
+        elif isinstance(op, Paused):
             if self._script("pause", _PAUSE)(
-                keys=[keys.pause(service)], args=[self.worker, max(1, int(seconds * 1000))]
+                keys=[keys.pause(service)], args=[self.worker, max(1, int(op.seconds * 1000))]
             ):
-                message = {"worker": self.worker, "service": service, "pause": seconds}
+                message = {"worker": self.worker, "service": service, "pause": op.seconds}
                 self._client_().publish(keys.events, json.dumps(message))
-        elif kind == "transition":
-            _, _, new, reason, open_seconds, cause = op
-            self._set_and_publish(service, new, open_seconds, reason, cause=cause)
+        else:
+            self._set_and_publish(service, op.state, op.seconds, op.reason, cause=op.cause)
             with self._alone_lock:
                 self._alone.pop(service, None)  # the fleet has a later decision of this process's now
 
@@ -945,9 +973,9 @@ class RedisState:
             if reset:
                 self._reset_alone.add(service)
 
-    def _remember_op(self, op: tuple[Any, ...]) -> None:
-        if op[0] == "transition":
-            self._remember(op[1], op[3])
+    def _remember_op(self, op: Op) -> None:
+        if isinstance(op, Transition):
+            self._remember(op.service, op.reason)
 
     def _unreachable(self, error: Exception) -> None:
         self._last_error = f"{type(error).__name__}: {error}"
