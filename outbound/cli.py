@@ -24,11 +24,9 @@ from .health import (
     BulkheadSnapshot,
     HealthReport,
     LastError,
-    LatencySnapshot,
     PoolSnapshot,
     ProbeResult,
     RateLimitSnapshot,
-    RecentCalls,
     ServiceHealth,
     StateBackendHealth,
     StatsSnapshot,
@@ -235,17 +233,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         critical=data["critical"],
         breaker=BreakerSnapshot(**{**breaker, "opened_at": opened_at, "opened_by": opened_by}),
         pool=PoolSnapshot(**pool),
-        stats=StatsSnapshot(
-            requests=stats["requests"],
-            errors=stats["errors"],
-            retries=stats["retries"],
-            short_circuited=stats["short_circuited"],
-            pool_timeouts=stats["pool_timeouts"],
-            rejected=stats.get("rejected", {}),
-            # A server of an older version reports no recent window: none is shown rather than an invented one.
-            recent=_recent(stats["recent"]) if "recent" in stats else RecentCalls(),
-            latency_ms=LatencySnapshot(**stats["latency_ms"]),
-        ),
+        stats=StatsSnapshot.from_dict(stats),
         last_error=_last_error(last) if last else None,
         bulkhead=BulkheadSnapshot(**data["bulkhead"]) if "bulkhead" in data else None,
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
@@ -253,12 +241,8 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
     )
 
 
-def _recent(data: dict[str, Any]) -> RecentCalls:
-    return RecentCalls(seconds=data["seconds"], calls=data["calls"], errors=data["errors"])
-
-
 def _last_error(data: dict[str, Any]) -> LastError:
-    return LastError(type=data["type"], message=data["message"], at=datetime.fromisoformat(data["at"]))
+    return LastError.from_dict(data)
 
 
 # -- the tables and exit codes ---------------------------------------------------------------------------------

@@ -74,6 +74,11 @@ class LastError:
     def as_dict(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message, "at": self.at.isoformat()}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LastError:
+        """``as_dict()`` read back; ``KeyError``, ``TypeError`` or ``ValueError`` when it is not one."""
+        return cls(type=data["type"], message=data["message"], at=datetime.fromisoformat(data["at"]))
+
 
 @dataclass(frozen=True, slots=True)
 class LatencySnapshot:
@@ -145,6 +150,27 @@ class StatsSnapshot:
         counters["recent"] = self.recent.as_dict()
         counters["latency_ms"] = self.latency_ms.as_dict()
         return counters
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StatsSnapshot:
+        """``as_dict()`` read back (a server's report, read by ``outbound status --url``).
+
+        Raises:
+            KeyError, TypeError, ValueError: it is not such a dict.
+        """
+        recent = data.get("recent")
+        return cls(
+            requests=data["requests"],
+            errors=data["errors"],
+            retries=data["retries"],
+            short_circuited=data["short_circuited"],
+            pool_timeouts=data["pool_timeouts"],
+            rejected=dict(data.get("rejected", {})),
+            recent=RecentCalls(seconds=recent["seconds"], calls=recent["calls"], errors=recent["errors"])
+            if recent
+            else RecentCalls(),
+            latency_ms=LatencySnapshot(**data["latency_ms"]),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

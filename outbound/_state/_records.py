@@ -10,36 +10,19 @@ not once per read: the fleet re-reads the same bad key every ``sync_interval``.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, NamedTuple
 
 from .._breaker import CLOSED, ISOLATED, OPEN
-from .._stats import LATENCY_BUCKETS_MS
+from .._parse import INVALID, LAST_MS, MAX_COUNT, MAX_NAME, bad, digits, error, json_value, seconds, text, whole
+from .._stats import StatsRecord
 from ..health import LastError
 
-MAX_COUNT = 2**53 - 1
-"""The largest counter a record may hold: JSON's exact integers, so a sum over a fleet still prints exactly."""
-MAX_SECONDS = 366 * 86_400.0
-"""The longest time (a year) a record may ask for; a breaker caps an opening further, a pause by its own cap."""
-MAX_TEXT = 1_000
-"""Characters kept of a reason or an error message read from the fleet."""
-MAX_NAME = 200
-"""Characters allowed in a worker id, an error class name, a rejection reason."""
-MAX_RECORD_BYTES = 1_000_000
-"""A message or stats record longer than this is skipped unread (the view's script drops it on Redis's side)."""
-MAX_REASONS = 32
-"""Rejection reasons kept per stats record."""
-_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: later is not a time a process wrote
-
 _WORKER = re.compile(r"\S{1,180}:\d{1,10}:[0-9a-f]{6}")  # host:pid:random, as RedisState names itself
-_COUNTERS = ("requests", "errors", "retries", "short_circuited", "pool_timeouts")
 _STATES = frozenset({OPEN, ISOLATED, CLOSED})
 
 
@@ -77,36 +60,11 @@ class BreakerRecord:
     cause: LastError | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceStats:
-    """One worker's published stats of one service; ``epoch`` the last fleet reset it had applied (0: none)."""
+class PublishedStats(NamedTuple):
+    """One worker's published stats of one service, and the last fleet reset it had applied (``epoch``, 0: none)."""
 
-    requests: int
-    errors: int
-    retries: int
-    short_circuited: int
-    pool_timeouts: int
-    rejected: Mapping[str, int]
-    recent_calls: int
-    recent_errors: int
-    latency: Mapping[int, int]
-    last_error: LastError | None
+    record: StatsRecord
     epoch: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """The record as a worker publishes it (what ``read_stats`` reads back)."""
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "retries": self.retries,
-            "short_circuited": self.short_circuited,
-            "pool_timeouts": self.pool_timeouts,
-            "rejected": dict(self.rejected),
-            "recent": {"calls": self.recent_calls, "errors": self.recent_errors},
-            "latency": {str(index): count for index, count in self.latency.items()},
-            "last_error": self.last_error.as_dict() if self.last_error is not None else None,
-            "epoch": self.epoch,
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,94 +92,8 @@ class PauseMessage:
     seconds: float
 
 
-class _Bad(Exception):
-    pass
-
-
-def _bad(problem: str) -> NoReturn:
-    raise _Bad(problem)
-
-
-# -- scalars ----------------------------------------------------------------------------------------------------------
-
-
-def text(value: Any, limit: int = MAX_TEXT) -> str:
-    """A text from Redis (bytes or str), cut to ``limit`` characters; anything else is a bad record."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if not isinstance(value, str):
-        _bad(f"expected a text, got {type(value).__name__}")
-    return value if len(value) <= limit else value[: limit - 1] + "…"
-
-
-def whole(value: Any, low: int = 0, high: int = MAX_COUNT) -> int:
-    """A whole number from JSON (an int, never a float, a boolean or a text), within ``low`` and ``high``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        _bad(f"expected a whole number, got {type(value).__name__}")
-    if not low <= value <= high:
-        _bad(f"{value} is out of range ({low} to {high})")
-    return value
-
-
-def digits(value: Any, low: int = 0, high: int = MAX_COUNT) -> int:
-    """A whole number Redis returned (its decimal digits, or a script's integer) or a JSON object's key."""
-    if isinstance(value, bytes | str):
-        raw = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
-        if not re.fullmatch(r"-?\d{1,19}", raw):
-            _bad(f"expected a whole number, got {raw[:40]!r}")
-        value = int(raw)
-    return whole(value, low, high)
-
-
-def seconds(value: Any, high: float = MAX_SECONDS) -> float:
-    """A finite number of seconds from JSON, from 0 to ``high``."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        _bad(f"expected seconds, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number) or not 0 <= number <= high:
-        _bad(f"{number} seconds is out of range (0 to {high:g})")
-    return number
-
-
-def moment(value: Any) -> datetime:
-    """An ISO 8601 time with its UTC offset (as ``LastError.as_dict`` writes it), in UTC."""
-    if not isinstance(value, str) or len(value) > 40:
-        _bad("expected an ISO 8601 time")
-    at = datetime.fromisoformat(value)  # ValueError: a bad record
-    if at.tzinfo is None:
-        _bad(f"{value!r} has no UTC offset")
-    return at.astimezone(timezone.utc)
-
-
-def millis(value: Any) -> int:
-    """A time in ms since the epoch on Redis's clock."""
-    return whole(value, 0, _LAST_MS)
-
-
-def error(value: Any) -> LastError:
-    """A ``LastError.as_dict()`` read back."""
-    if not isinstance(value, Mapping):
-        _bad("an error is not a JSON object")
-    kind = text(value.get("type"), MAX_NAME)
-    if not kind:
-        _bad("an error without a type")
-    return LastError(type=kind, message=text(value.get("message")), at=moment(value.get("at")))
-
-
-def _json(raw: Any) -> Any:
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", errors="replace")
-    if not isinstance(raw, bytes):
-        _bad(f"expected JSON, got {type(raw).__name__}")
-    if len(raw) > MAX_RECORD_BYTES:
-        _bad(f"{len(raw)} bytes, more than {MAX_RECORD_BYTES}")
-    return json.loads(raw)  # ValueError (and RecursionError for absurd nesting): a bad record
-
-
 # -- records ----------------------------------------------------------------------------------------------------------
 
-# Everything a reader may meet in a bad record; anything else would be a bug here, and is left to surface.
-_SKIPPED = (_Bad, ValueError, TypeError, OverflowError, RecursionError)
 
 
 def read_breaker(flat: Any, where: str, complain: Complaints) -> BreakerRecord | None:
@@ -230,94 +102,76 @@ def read_breaker(flat: Any, where: str, complain: Complaints) -> BreakerRecord |
         return None
     try:
         if not isinstance(flat, list) or len(flat) % 2 or len(flat) > 64:
-            _bad("not a hash of a few fields")
+            bad("not a hash of a few fields")
         fields = {text(flat[i], MAX_NAME): flat[i + 1] for i in range(0, len(flat), 2)}
         state = text(fields.get("state", b""), MAX_NAME)
         if state not in (OPEN, ISOLATED):
-            _bad(f"state {state[:40]!r}")
+            bad(f"state {state[:40]!r}")
         cause = None
         if fields.get("cause"):
             try:
-                cause = error(_json(fields["cause"]))
-            except _SKIPPED as problem:
+                cause = error(json_value(fields["cause"]))
+            except INVALID as problem:
                 complain(f"the cause in {where}", str(problem))  # the opening stands; only its cause is unknown
         return BreakerRecord(
             state=state,
-            until=digits(fields["until"], 0, _LAST_MS) if "until" in fields else None,
-            opened=digits(fields["opened"], 0, _LAST_MS) if "opened" in fields else None,
+            until=digits(fields["until"], 0, LAST_MS) if "until" in fields else None,
+            opened=digits(fields["opened"], 0, LAST_MS) if "opened" in fields else None,
             reason=text(fields.get("reason", b"")),
             cause=cause,
         )
-    except _SKIPPED as problem:
+    except INVALID as problem:
         complain(where, str(problem))
         return None
 
 
-def read_stats(raw: Any, services: Mapping[str, object], complain: Complaints) -> dict[str, ServiceStats]:
+def read_stats(raw: Any, services: Mapping[str, object], complain: Complaints) -> dict[str, PublishedStats]:
     """A worker's stats record: the valid entries of the ``services`` it names (a bad entry alone is skipped)."""
     if not raw:
         return {}
     try:
-        record = _json(raw)
+        record = json_value(raw)
         if not isinstance(record, dict):
-            _bad("not a JSON object")
-    except _SKIPPED as problem:
+            bad("not a JSON object")
+    except INVALID as problem:
         complain("a worker's stats record", str(problem))
         return {}
-    entries: dict[str, ServiceStats] = {}
+    entries: dict[str, PublishedStats] = {}
     for name in services:
         entry = record.get(name)
         if entry is None:
             continue
         try:
-            entries[name] = _service_stats(entry)
-        except _SKIPPED as problem:
+            if not isinstance(entry, Mapping):
+                bad("not a JSON object")
+            entries[name] = PublishedStats(StatsRecord.from_dict(entry), millis(entry.get("epoch", 0)))
+        except INVALID as problem:
             complain(f"a worker's stats of {name!r}", str(problem))
     return entries
 
 
-def _service_stats(entry: Any) -> ServiceStats:
-    if not isinstance(entry, Mapping):
-        _bad("not a JSON object")
-    counters = {key: whole(entry.get(key, 0)) for key in _COUNTERS}
-    rejected = entry.get("rejected") or {}
-    latency = entry.get("latency") or {}
-    if not isinstance(rejected, Mapping) or len(rejected) > MAX_REASONS:
-        _bad("rejected is not a small JSON object")
-    if not isinstance(latency, Mapping) or len(latency) > len(LATENCY_BUCKETS_MS):
-        _bad("latency is not a JSON object of buckets")
-    last = entry.get("last_error")
-    recent = entry.get("recent") or {}
-    if not isinstance(recent, Mapping):
-        _bad("recent is not a JSON object")
-    return ServiceStats(
-        **counters,
-        rejected={text(reason, MAX_NAME): whole(count) for reason, count in rejected.items()},
-        recent_calls=whole(recent.get("calls", 0)),
-        recent_errors=whole(recent.get("errors", 0)),
-        latency={digits(index, 0, len(LATENCY_BUCKETS_MS) - 1): whole(count) for index, count in latency.items()},
-        last_error=error(last) if last is not None else None,
-        epoch=millis(entry.get("epoch", 0)),
-    )
+def millis(value: Any) -> int:
+    """A time in ms since the epoch on Redis's clock."""
+    return whole(value, 0, LAST_MS)
 
 
 def read_message(data: Any, complain: Complaints) -> Transition | PauseMessage | None:
     """A message of the fleet's channel; ``None`` when it is bad (logged)."""
     try:
-        message = _json(data)
+        message = json_value(data)
         if not isinstance(message, dict):
-            _bad("not a JSON object")
+            bad("not a JSON object")
         worker, service = text(message.get("worker"), MAX_NAME), text(message.get("service"), MAX_NAME)
         if message.get("resume") is True:  # the previous version's end of a pause (a rolling deploy mixes them)
             return PauseMessage(worker=worker, service=service, seconds=0.0)
         if "pause" in message:
             pause = seconds(message["pause"])
             if not pause > 0:
-                _bad("a pause of 0 seconds")
+                bad("a pause of 0 seconds")
             return PauseMessage(worker=worker, service=service, seconds=pause)
         state = text(message.get("state"), MAX_NAME)
         if state not in _STATES:
-            _bad(f"state {state[:40]!r}")
+            bad(f"state {state[:40]!r}")
         cause = message.get("cause")
         return Transition(
             worker=worker,
@@ -330,7 +184,7 @@ def read_message(data: Any, complain: Complaints) -> Transition | PauseMessage |
             cause=None if cause is None else error(cause),
             reset=None if message.get("reset") is None else millis(message["reset"]),
         )
-    except _SKIPPED as problem:
+    except INVALID as problem:
         complain("a message on the fleet's channel", str(problem))
         return None
 
@@ -340,9 +194,9 @@ def read_worker(raw: Any, complain: Complaints) -> str | None:
     try:
         worker = text(raw, MAX_NAME)
         if not _WORKER.fullmatch(worker):
-            _bad(f"{worker[:60]!r} is not host:pid:random")
+            bad(f"{worker[:60]!r} is not host:pid:random")
         return worker
-    except _SKIPPED as problem:
+    except INVALID as problem:
         complain("a worker id", str(problem))
         return None
 
@@ -353,6 +207,6 @@ def read_number(raw: Any, where: str, complain: Complaints, *, low: int = 0, hig
         return None
     try:
         return digits(raw, low, high)
-    except _SKIPPED as problem:
+    except INVALID as problem:
         complain(where, str(problem))
         return None

@@ -75,16 +75,15 @@ import redis
 
 from .._breaker import CLOSED, HALF_OPEN, ISOLATED, OPEN, Breaker
 from .._config import ServiceConfig, StateConfig
-from .._stats import latency_from_histogram
-from ..health import LastError, RecentCalls, StateBackendHealth, StatsSnapshot
+from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
+from .._stats import StatsRecord
+from ..health import LastError, StateBackendHealth
 from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink
 from ._records import (
-    MAX_RECORD_BYTES,
-    MAX_SECONDS,
     BreakerRecord,
     Complaints,
     PauseMessage,
-    ServiceStats,
+    PublishedStats,
     read_breaker,
     read_message,
     read_number,
@@ -539,7 +538,7 @@ class RedisState:
             return None
         self._reachable_again()
         now, complain = int(now), self._complain
-        published: list[dict[str, ServiceStats]] = []
+        published: list[dict[str, PublishedStats]] = []
         workers: set[str] = set()
         for raw_worker, raw in zip(live, stats, strict=True):
             worker = read_worker(raw_worker, complain)
@@ -569,7 +568,7 @@ class RedisState:
         record: BreakerRecord | None,
         failures: int,
         now_ms: int,
-        published: list[dict[str, ServiceStats]],
+        published: list[dict[str, PublishedStats]],
         epoch: int,
     ) -> FleetService:
         state, retry_in, opened_at, opened_by = CLOSED, None, None, None
@@ -582,37 +581,15 @@ class RedisState:
                 retry_in = min(max(0.0, (record.until - now_ms) / 1000), longest)
                 if state == OPEN and retry_in == 0.0:
                     state, retry_in = HALF_OPEN, None  # the trial is due: the next call is it
-        counters = {"requests": 0, "errors": 0, "retries": 0, "short_circuited": 0, "pool_timeouts": 0}
-        rejected: dict[str, int] = {}
-        buckets: dict[int, int] = {}
-        last_error: LastError | None = None
-        recent_calls = recent_errors = 0
-        for worker in published:
-            entry = worker.get(name)
-            if entry is None or entry.epoch < epoch:
-                continue  # counted before the latest reset: an operator cleared it
-            for key in counters:
-                counters[key] += getattr(entry, key)
-            # Each worker's last minute, as of its last publish: the fleet's "failing" is judged on their sum.
-            recent_calls += entry.recent_calls
-            recent_errors += entry.recent_errors
-            for reason, count in entry.rejected.items():
-                rejected[reason] = rejected.get(reason, 0) + count
-            for index, count in entry.latency.items():
-                buckets[index] = buckets.get(index, 0) + count
-            error = entry.last_error
-            if error is not None and (last_error is None or error.at > last_error.at):
-                last_error = error
-        stats = StatsSnapshot(
-            **counters,
-            rejected=rejected,
-            recent=RecentCalls(calls=recent_calls, errors=recent_errors),
-            latency_ms=latency_from_histogram(buckets),
+        # Each worker's record, as of its last publish, unless it predates the latest reset (an operator cleared
+        # it): the fleet's stats, its "failing" included, are judged on their sum.
+        merged = StatsRecord.merge(
+            entry.record for worker in published if (entry := worker.get(name)) is not None and entry.epoch >= epoch
         )
         breaker = FleetBreaker(
             state=state, failures=failures, retry_in=retry_in, opened_at=opened_at, opened_by=opened_by
         )
-        return FleetService(breaker=breaker, stats=stats, last_error=last_error)
+        return FleetService(breaker=breaker, stats=merged.snapshot(), last_error=merged.last_error)
 
     # -- the fleet threads -------------------------------------------------------------------------------------------
 
@@ -944,28 +921,15 @@ class RedisState:
             script = self._scripts[name] = self._client_().register_script(source)
         return script
 
-    def _local_stats(self) -> dict[str, ServiceStats]:
-        stats: dict[str, ServiceStats] = {}
+    def _local_stats(self) -> dict[str, PublishedStats]:
+        stats: dict[str, PublishedStats] = {}
         for name, service in self._services.items():
             epoch = self._epochs.get(name, 0)  # read before the stats: a reset clears them before it moves the epoch
-            export = service.policy.stats.export()
-            stats[name] = ServiceStats(
-                requests=export.requests,
-                errors=export.errors,
-                retries=export.retries,
-                short_circuited=export.short_circuited,
-                pool_timeouts=export.pool_timeouts,
-                rejected=export.rejected,
-                recent_calls=export.recent.calls,
-                recent_errors=export.recent.errors,
-                latency=export.latency,
-                last_error=export.last_error,
-                epoch=epoch,
-            )
+            stats[name] = PublishedStats(service.policy.stats.export(), epoch)
         return stats
 
     def _published_stats(self) -> dict[str, Any]:
-        return {name: entry.as_dict() for name, entry in self._local_stats().items()}
+        return {name: {**entry.record.as_dict(), "epoch": entry.epoch} for name, entry in self._local_stats().items()}
 
     def _remember(self, service: str, reason: str, *, reset: bool = False) -> None:
         with self._alone_lock:

@@ -168,13 +168,16 @@ class _RecordingShared:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def failure(self) -> None:
+    def failure(self, cause: object) -> None:
         self.calls.append("failure")
 
     def recovered(self) -> None:
         self.calls.append("recovered")
 
-    def transition(self, new: str, reason: str, open_seconds: float) -> None:
+    def transition(self, new: str, reason: str, open_seconds: float, cause: object) -> None:
+        pass
+
+    def paused(self, seconds: float) -> None:
         pass
 
     def claim_trial(self, seconds: float) -> bool:
