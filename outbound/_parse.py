@@ -107,6 +107,5 @@ def json_value(raw: Any) -> Any:
     return json.loads(raw)  # ValueError (and RecursionError for absurd nesting): a bad record
 
 
-
 # Everything a reader may meet in a bad record; anything else would be a bug, and is left to surface.
 INVALID = (Invalid, ValueError, TypeError, OverflowError, RecursionError)

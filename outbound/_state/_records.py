@@ -95,7 +95,6 @@ class PauseMessage:
 # -- records ----------------------------------------------------------------------------------------------------------
 
 
-
 def read_breaker(flat: Any, where: str, complain: Complaints) -> BreakerRecord | None:
     """A breaker hash (``HGETALL``'s flat list); ``None`` when there is none (closed) or it is bad (logged)."""
     if not flat:
