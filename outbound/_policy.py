@@ -137,7 +137,7 @@ class Policy:
         for stage in (*self.stages, *self.call_stages):
             stage.reset_after_fork()
         if self.budget is not None:
-            self.budget.reset_lock()
+            self.budget.reset_after_fork()
         self.closing = threading.Event()
         if self.closed:
             self.closing.set()

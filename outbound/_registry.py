@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import os
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -13,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import HealthConfig, OutboundConfig, parse_config
 from ._errors import RegistryClosedError, ServiceLookupError
 from ._events import Observer
+from ._lifecycle import on_fork
 from ._logging import install_secrets_filter
 from ._metrics import metric_observers
 from ._service import Service
@@ -65,7 +64,9 @@ class Registry:
         for observer in metric_observers(config.metrics, self):
             self.add_observer(observer)
         install_secrets_filter(frozenset().union(*(s.sensitive_headers for s in config.services.values())))
-        _reset_in_forked_children(self)
+        # In a forked child each service drops the inherited connections and locks (held weakly: a discarded
+        # registry is not kept alive by it).
+        on_fork(self, child=Registry._after_fork_in_child)
 
     @classmethod
     def from_mapping(
@@ -263,6 +264,11 @@ class Registry:
             self._state.ensure_running()  # a fleet's threads start on first use in each process (after a fork too)
         return self[name]
 
+    def _after_fork_in_child(self) -> None:
+        if not self._closed:
+            for service in self._services.values():
+                service.reset_after_fork()
+
     def _unknown(self, name: str) -> ServiceLookupError:
         close = difflib.get_close_matches(name, self._services, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -270,17 +276,3 @@ class Registry:
         return ServiceLookupError(
             f"unknown outbound service {name!r}; {hint}configured services: {known} (add it to OUTBOUND['services'])"
         )
-
-
-def _reset_in_forked_children(registry: Registry) -> None:
-    # A weak reference: registering must not keep a discarded registry (and its sockets) alive forever.
-    ref = weakref.ref(registry)
-
-    def after_fork_in_child() -> None:
-        alive = ref()
-        if alive is not None and not alive.closed:
-            for service in alive:
-                service.reset_after_fork()
-
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_fork_in_child)

@@ -136,7 +136,7 @@ class RetryBudget:
             self._requests = [0] * self.WINDOW_SECONDS
             self._retries = [0] * self.WINDOW_SECONDS
 
-    def reset_lock(self) -> None:
+    def reset_after_fork(self) -> None:
         """Replace the lock after ``fork()``: the parent's may have been held by a thread that does not exist here."""
         self._lock = threading.Lock()
 

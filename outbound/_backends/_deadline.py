@@ -20,7 +20,6 @@ from __future__ import annotations
 import _socket
 import contextlib
 import math
-import os
 import socket
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import httpcore
 
+from .._lifecycle import Daemon, on_fork
 from ._attempt import ATTEMPT, DEADLINE_MESSAGE, apass_gates, cut, pass_gates
 
 __all__ = ["DEADLINE_MESSAGE", "WATCHDOG", "Watch", "bound_to_deadlines"]
@@ -207,42 +207,37 @@ class Watchdog:
     IDLE_EXIT = 5.0
 
     def __init__(self) -> None:
+        self._daemon = Daemon("outbound-deadline-watchdog", self._run)
+        self.reset_after_fork()
+        on_fork(self, child=Watchdog.reset_after_fork)
+
+    def reset_after_fork(self) -> None:
+        # The parent's thread does not exist here, and its attempts are not ours.
         self._watches: dict[int, Watch] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._next = math.inf  # the deadline the thread sleeps until; infinity while there is no thread
+        self._next = math.inf  # the deadline the thread sleeps until; infinity while there is none
         self._added = 0  # watches made so far: the thread scans again when one came while it scanned
-        self._thread: threading.Thread | None = None
 
     def watch(self, deadline: float) -> Watch:
         watch = Watch(deadline)
         self._watches[id(watch)] = watch
         self._added += 1
-        if deadline < self._next:
+        if deadline < self._next or not self._daemon.running:
             self._kick()
         return watch
 
     def forget(self, watch: Watch) -> None:
         self._watches.pop(id(watch), None)
 
-    def reset_after_fork(self) -> None:
-        # The parent's thread does not exist here, and its attempts are not ours.
-        self._watches = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._next = math.inf
-        self._thread = None
-
     def _kick(self) -> None:
         with self._lock:
             self._next = -math.inf  # scanning: no other watch needs to wake it
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="outbound-deadline-watchdog", daemon=True)
-                self._thread.start()
             self._wake.set()
+        self._daemon.ensure()
 
-    def _run(self) -> None:
-        while True:
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             added = self._added
             now = time.monotonic()
             following = math.inf
@@ -260,12 +255,14 @@ class Watchdog:
                 self._wake.clear()
             if following != math.inf:
                 self._wake.wait(max(0.0, following - time.monotonic()))
-            elif not self._wake.wait(self.IDLE_EXIT):  # nothing to strike: idle until a watch comes
-                with self._lock:
-                    if not self._wake.is_set() and not self._watches:
-                        self._next = math.inf
-                        self._thread = None
-                        return
+            elif not self._wake.wait(self.IDLE_EXIT) and self._daemon.exit_if(self._idle):
+                return  # nothing to strike for a while: the next watch starts a new thread
+
+    def _idle(self) -> bool:
+        if self._wake.is_set() or self._watches:
+            return False
+        self._next = math.inf
+        return True
 
     @staticmethod
     def _strike(watch: Watch) -> None:
@@ -281,6 +278,3 @@ class Watchdog:
 
 
 WATCHDOG = Watchdog()
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=WATCHDOG.reset_after_fork)

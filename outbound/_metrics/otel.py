@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -35,6 +34,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 from opentelemetry.util.types import AttributeValue
 
 from .._events import CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
+from .._lifecycle import Daemon, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from ._common import DURATION_BUCKETS, REJECTED, call_outcome, method_label
@@ -53,8 +53,22 @@ Attributes = dict[str, AttributeValue]
 Key = TypeVar("Key", bound=Hashable)
 
 _provider: MeterProvider | None = None
-_lock = threading.Lock()
 _cached: tuple[MeterProvider | None, OtelInstruments] | None = None
+
+
+class _Making:
+    """The lock the process's instruments are made under; a forked child gets a new one (another thread of the
+    parent may have held it at the fork)."""
+
+    def __init__(self) -> None:
+        self._new_lock()
+        on_fork(self, child=_Making._new_lock)
+
+    def _new_lock(self) -> None:
+        self.lock = threading.Lock()
+
+
+_making = _Making()
 
 
 def use_meter_provider(provider: MeterProvider | None) -> None:
@@ -125,15 +139,24 @@ class DeferredHistogram:
         self._interval = interval
         # Older versions of the API's record() take no context (the exemplars then lack the call's trace).
         self._with_context = "context" in inspect.signature(histogram.record).parameters
+        self._daemon = Daemon("outbound-otel-durations", self._run)
         self._reset()
+        on_fork(
+            self,
+            before=DeferredHistogram._before_fork,
+            parent=DeferredHistogram._after_fork_in_parent,
+            child=DeferredHistogram._reset,
+        )
 
     def _reset(self) -> None:
         self._pending: deque[tuple[float, Attributes, Context]] = deque()
         # Held while durations are handed to the SDK, and taken before a fork: a child must not inherit the SDK's
         # locks from the middle of a record by this thread.
         self._flushing = threading.Lock()
-        self._state = threading.Lock()
-        self.running = False
+
+    @property
+    def running(self) -> bool:
+        return self._daemon.running
 
     @property
     def pending(self) -> int:
@@ -147,8 +170,7 @@ class DeferredHistogram:
             self._histogram.record(value, attributes)
             return
         pending.append((value, attributes, get_current()))
-        if not self.running:
-            self._start()
+        self._daemon.ensure()
 
     def flush(self) -> None:
         """Hand every queued measurement to the SDK now."""
@@ -167,33 +189,20 @@ class DeferredHistogram:
                 if index % YIELD_EVERY == YIELD_EVERY - 1:
                     time.sleep(0)  # a caller whose response has arrived gets the GIL without waiting for the batch
 
-    def before_fork(self) -> None:
+    def _before_fork(self) -> None:
         self._flushing.acquire()
 
-    def after_fork_in_parent(self) -> None:
+    def _after_fork_in_parent(self) -> None:
         self._flushing.release()
 
-    def reset_after_fork(self) -> None:
-        """In a forked child: no thread, new locks, and an empty queue (the parent records its own)."""
-        self._reset()
-
-    def _start(self) -> None:
-        with self._state:
-            if self.running:
-                return
-            self.running = True
-            threading.Thread(target=self._run, name="outbound-otel-durations", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self._interval)
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._interval):
             self.flush()
-            with self._state:
-                # Decided under the lock: a record that start()s meanwhile sees this thread running, or waits and
-                # starts a new one.
-                if not self._live.services():
-                    self.running = False
-                    return
+            if self._daemon.exit_if(self._no_registry):
+                return  # the next record of a new registry starts a new thread
+
+    def _no_registry(self) -> bool:
+        return not self._live.services()
 
 
 def _call_attributes(key: CallKey) -> Attributes:
@@ -217,6 +226,7 @@ class OtelInstruments:
     """outbound's instruments on one meter, the counts its counters report, and the registries its gauges read."""
 
     def __init__(self, meter: Meter) -> None:
+        on_fork(self, child=OtelInstruments.reset_after_fork)
         self.live = LiveRegistries()
         self.requests: Tally[CallKey] = Tally(_call_attributes)
         self.retries: Tally[tuple[str, str]] = Tally(_retry_attributes)
@@ -288,10 +298,10 @@ class OtelInstruments:
         )
 
     def reset_after_fork(self) -> None:
+        """In a forked child: the parent's counts are the parent's to report (the durations reset themselves)."""
         for tally in (self.requests, self.retries, self.short_circuits, self.pool_timeouts, self.budget_exhausted):
             tally.reset_after_fork()
         self.live.reset_after_fork()
-        self.duration.reset_after_fork()
 
     def _flush_and_count_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         # The SDK calls the asynchronous instruments' callbacks before it reads the synchronous ones, and this is
@@ -331,32 +341,11 @@ def _instruments() -> OtelInstruments:
     # installs a provider, and forwards to it from then on.
     global _cached
     provider = _provider
-    with _lock:
+    with _making.lock:
         if _cached is None or _cached[0] is not provider:
             meter = (provider or metrics.get_meter_provider()).get_meter("outbound", _version())
             _cached = provider, OtelInstruments(meter)
         return _cached[1]
-
-
-def _before_fork() -> None:
-    if _cached is not None:
-        _cached[1].duration.before_fork()
-
-
-def _after_fork_in_parent() -> None:
-    if _cached is not None:
-        _cached[1].duration.after_fork_in_parent()
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-    if _cached is not None:
-        _cached[1].reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 class OpenTelemetryObserver(Observer):

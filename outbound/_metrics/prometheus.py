@@ -16,7 +16,6 @@ shows them. Counters and the histogram are fed by the policy's events; the gauge
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import values as prometheus_values
 
 from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
+from .._lifecycle import Daemon, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from ._common import DURATION_BUCKETS, REJECTED, call_outcome, method_label, status_label
@@ -152,34 +152,37 @@ def _status_reader(live: LiveRegistries, name: str, status: str) -> Callable[[],
 
 
 class GaugeRefresher:
-    """Multiprocess mode: a daemon thread that writes the gauges of ``live``'s services every ``interval``."""
+    """Multiprocess mode: a daemon thread that writes the gauges of ``live``'s services every ``interval``, from the
+    first call of the process until no registry is open (``_lifecycle.Daemon``)."""
 
     def __init__(self, metrics: PrometheusMetrics, live: LiveRegistries, interval: float = REFRESH_SECONDS) -> None:
         self._metrics = metrics
         self._live = live
         self._interval = interval
+        self._daemon = Daemon("outbound-prometheus-gauges", self._run)
         self._reset()
+        on_fork(
+            self,
+            before=GaugeRefresher._before_fork,
+            parent=GaugeRefresher._after_fork_in_parent,
+            child=GaugeRefresher._reset,
+        )
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()
         # Held while the gauges are written, and taken before a fork: a child must not inherit prometheus_client's
         # file lock (or a pool's) from the middle of a write by this thread, which does not exist in the child.
         self._writing = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._names: set[str] = set()  # every service this process reported: a closed one is written back to 0
         self._failed = False
-        self.running = False
+        self._live.reset_after_fork()
+
+    @property
+    def running(self) -> bool:
+        return self._daemon.running
 
     def start(self) -> None:
         """Start the thread unless it runs (called on calls: cheap when it does)."""
-        with self._lock:
-            if self.running:
-                return
-            self.running = True
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="outbound-prometheus-gauges", daemon=True)
-            self._thread.start()
+        self._daemon.ensure()
 
     def refresh(self) -> bool:
         """Write every gauge now; ``False`` once no registry is open."""
@@ -203,36 +206,24 @@ class GaugeRefresher:
             logger.log(level, "outbound could not write its Prometheus gauges", exc_info=True)
             self._failed = True
 
-    def before_fork(self) -> None:
-        """Wait for a write in progress to end, and hold off the next until the fork is done."""
-        self._writing.acquire()
+    def _before_fork(self) -> None:
+        self._writing.acquire()  # wait for a write in progress to end, and hold off the next until the fork is done
 
-    def after_fork_in_parent(self) -> None:
+    def _after_fork_in_parent(self) -> None:
         self._writing.release()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread and wait for it (tests; it also ends by itself once no registry is open)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        self._daemon.stop(timeout)
 
-    def forget_after_fork(self) -> None:
-        """In a forked child: the parent's thread does not exist here; the child's first call starts one."""
-        self._reset()
-        self._live.reset_after_fork()
-
-    def _run(self) -> None:
-        stop = self._stop
-        while True:
-            alive = self.refresh()
-            with self._lock:
-                # Decided under the lock: a call that start()s meanwhile either sees this thread still running, or
-                # waits and starts a new one.
-                if not alive or stop.is_set():
-                    self.running = False
-                    return
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if not self.refresh() and self._daemon.exit_if(self._no_registry):
+                return  # no registry is open: the next call of a new one starts a new thread
             stop.wait(self._interval)
+
+    def _no_registry(self) -> bool:
+        return not self._live.services()
 
 
 _create_lock = threading.Lock()
@@ -244,14 +235,7 @@ def _process_metrics() -> tuple[PrometheusMetrics, LiveRegistries, GaugeRefreshe
     with _create_lock:
         if _shared is None:
             metrics, live = PrometheusMetrics(), LiveRegistries()
-            refresher = GaugeRefresher(metrics, live)
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(
-                    before=refresher.before_fork,
-                    after_in_parent=refresher.after_fork_in_parent,
-                    after_in_child=refresher.forget_after_fork,
-                )
-            _shared = metrics, live, refresher
+            _shared = metrics, live, GaugeRefresher(metrics, live)
         return _shared
 
 

@@ -65,7 +65,6 @@ import secrets
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,6 +74,7 @@ import redis
 
 from .._breaker import CLOSED, HALF_OPEN, ISOLATED, OPEN, Breaker
 from .._config import ServiceConfig, StateConfig
+from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
 from ..health import LastError, StateBackendHealth
@@ -383,7 +383,7 @@ class RedisState:
         self._decided: dict[str, int] = {}
         self._epochs: dict[str, int] = {}
         self._new_process()
-        _forget_in_forked_children(self)
+        on_fork(self, child=RedisState._new_process)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -392,11 +392,16 @@ class RedisState:
         self._pid = os.getpid()
         self.worker = f"{socket.gethostname()}:{self._pid}:{secrets.token_hex(3)}"
         self._lock = threading.Lock()
+        self._following = False  # this process's threads were started
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._ops: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        # The fleet's threads: one applies this process's writes and syncs every sync_interval, one listens to the
+        # channel. Each starts on this process's first use.
+        self._daemons = (
+            Daemon("outbound-fleet", self._run_ops),
+            Daemon("outbound-fleet-events", self._run_events),
+        )
         self._reachable = True
         self._resync_due = False  # cut off since the last sync: reconcile before following the fleet again
         self._last_error: str | None = None
@@ -416,12 +421,10 @@ class RedisState:
 
     def ensure_running(self) -> None:
         """Start this process's threads if they are not running (first use, or first use after a fork)."""
-        if (self._threads and self._pid == os.getpid()) or self._closed or not self._services:
+        if self._following or self._closed or not self._services:
             return
         with self._lock:
-            if self._pid != os.getpid():
-                self._new_process()
-            if self._threads or self._closed:
+            if self._following or self._closed:
                 return
             # The fleet's states before this process's first call, so a breaker open elsewhere is open here from the
             # start (one round trip, once per process, bounded by state.timeout).
@@ -429,20 +432,16 @@ class RedisState:
                 self._adopt_fleet()
             except redis.RedisError as error:
                 self._unreachable(error)
-            self._threads = [
-                threading.Thread(target=self._run_ops, name="outbound-fleet", daemon=True),
-                threading.Thread(target=self._run_events, name="outbound-fleet-events", daemon=True),
-            ]
-            for thread in self._threads:
-                thread.start()
+            for daemon in self._daemons:
+                daemon.ensure()
+            self._following = True
 
     def close(self) -> None:
         """Stop the threads, leave the fleet (this worker's heartbeat and stats go), close the connections."""
         self._closed = True
-        self._stop.set()
         self._ops.put(None)
-        for thread in self._threads:
-            thread.join(timeout=2 * self.config.timeout + 1.0)
+        for daemon in self._daemons:
+            daemon.stop(timeout=2 * self.config.timeout + 1.0)
         if self._client is not None and self._reachable and self._pid == os.getpid():
             with contextlib.suppress(redis.RedisError):
                 pipeline = self._client.pipeline(transaction=False)
@@ -558,7 +557,7 @@ class RedisState:
             for name, fields, count, epoch in zip(names, breakers, fails, epochs, strict=True)
         }
         # This process counts once it follows the fleet; a shell's `outbound status` only reads it.
-        if self._threads and self._pid == os.getpid():
+        if self._following:
             workers.add(self.worker)
         return FleetView(workers=len(workers), services=services)
 
@@ -593,15 +592,15 @@ class RedisState:
 
     # -- the fleet threads -------------------------------------------------------------------------------------------
 
-    def _run_ops(self) -> None:
+    def _run_ops(self, stop: threading.Event) -> None:
         interval = self.config.sync_interval
         next_sync = 0.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 op = self._ops.get(timeout=max(0.0, next_sync - time.monotonic()))
             except queue.Empty:
                 op = None
-            if self._stop.is_set():
+            if stop.is_set():
                 return
             try:
                 if op is not None:
@@ -611,7 +610,7 @@ class RedisState:
                     next_sync = time.monotonic() + interval
                     self._sync()
             except (redis.RedisError, OSError) as error:
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 self._unreachable(error)
                 if op is not None:
@@ -856,21 +855,21 @@ class RedisState:
         remote = reason if own else f"{reason} (another process)"
         breaker.apply(state, reason=remote, open_seconds=open_seconds, opened_by=cause)
 
-    def _run_events(self) -> None:
-        while not self._stop.is_set():
+    def _run_events(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             pubsub = None
             try:
                 pubsub = self._client_().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(self._keys.events)
-                while not self._stop.is_set():
+                while not stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None:
                         self._on_message(message.get("data"))
             except (redis.RedisError, OSError, ValueError) as error:
-                if self._stop.is_set():
+                if stop.is_set():
                     return  # close() closed the connection under the listener: the expected way out
                 self._unreachable(error)
-                self._stop.wait(self.config.sync_interval)
+                stop.wait(self.config.sync_interval)
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(redis.RedisError, OSError, ValueError):
@@ -989,16 +988,3 @@ def _holds(breaker: Breaker) -> bool:
 
 def _cause_json(cause: LastError | None) -> str:
     return json.dumps(cause.as_dict()) if cause is not None else ""
-
-
-def _forget_in_forked_children(state: RedisState) -> None:
-    # A weak reference: registering must not keep a discarded registry's backend alive.
-    ref = weakref.ref(state)
-
-    def after_fork_in_child() -> None:
-        alive = ref()
-        if alive is not None:
-            alive._new_process()
-
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_fork_in_child)
