@@ -23,7 +23,7 @@ import requests
 import requests.adapters
 
 import outbound
-from benchmarks import _brownout, _deadline, _fleet, _hedging, _metrics, _policy, _speed
+from benchmarks import _brownout, _deadline, _fleet, _hedging, _metrics, _policy, _speed, _stages
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -668,6 +668,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _metrics.MEASUREMENT: _metrics.metrics,
     _speed.MEASUREMENT: _speed.speed,
     _deadline.MEASUREMENT: _deadline.deadline,
+    _stages.MEASUREMENT: _stages.stages,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c"),
@@ -685,4 +686,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _metrics.MEASUREMENT: _metrics.ROW_KEYS,
     _speed.MEASUREMENT: _speed.ROW_KEYS,
     _deadline.MEASUREMENT: _deadline.ROW_KEYS,
+    _stages.MEASUREMENT: _stages.ROW_KEYS,
 }

@@ -1,0 +1,120 @@
+"""Row 16 (issue 23): what a capability costs a call when its settings configure it but leave it off.
+
+Round 3's rule is that a stage that is off costs nothing: ``_pipeline.compose`` leaves it out of the service's tuples
+and the backend leaves its layer out of the transport, so the call path is the one of a service without the key. Two
+checks hold each capability to it, over the same ``CASES``:
+
+- ``tests/core/test_stages_off.py`` compares the built service's *shape* (its stages, send gates, observers and
+  transport layers) with the off settings and without the key: equal, or the test fails. It is the exact check.
+- This row times it: sequential GETs through an httpx service on an in-memory transport (no network, so the
+  client's and outbound's own work is the whole call and a microsecond shows), the service with the off settings and
+  the one without the key alternated in short slices as row 1 does. Each pair of neighbouring slices gives a
+  per-call difference in microseconds; a round keeps the median of its pairs, and the row the median of the rounds
+  (target <= 1 us).
+
+A case adds one ``StageCase`` below: its name and the service settings that configure the capability but leave it
+off (``top``: top-level settings of that variant; ``common``: top-level settings both variants need).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+import outbound
+from benchmarks._harness import Row, Target
+
+if TYPE_CHECKING:
+    from benchmarks._harness import UpstreamProcess
+    from benchmarks._scenarios import Settings
+
+MEASUREMENT = 16
+BASE_URL = "http://stages.invalid/"  # never resolved: the in-memory transport answers every request
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageCase:
+    """One capability, configured but off."""
+
+    key: str  # the row's suffix, e.g. "16a"
+    name: str
+    off: Mapping[str, Any]  # service settings that configure it and leave it off
+    top: Mapping[str, Any] = field(default_factory=dict)  # top-level settings of the off variant, beside ``services``
+    common: Mapping[str, Any] = field(default_factory=dict)  # top-level settings both variants need
+
+
+# Each capability of round 3 adds its case here (and nothing else: the row and the shape test read this list).
+CASES: tuple[StageCase, ...] = (
+    StageCase(key="16a", name="round 2's optional stages written out as off", off={"bulkhead": None, "hedge": None}),
+    StageCase(
+        key="16b", name="metrics written out as off", off={}, top={"metrics": {"prometheus": False, "otel": False}}
+    ),
+)
+ROW_KEYS = tuple(case.key for case in CASES)
+AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")
+
+
+class _Answer(httpx.BaseTransport):
+    """The upstream in memory: a 2-byte 200 for every request."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"ok", request=request)
+
+
+def absent(case: StageCase) -> dict[str, Any]:
+    """The settings of a service without the capability's key."""
+    return {**case.common, "services": {"s": {"base_url": BASE_URL, "client": "httpx"}}}
+
+
+def configured_off(case: StageCase) -> dict[str, Any]:
+    """The settings of the same service with the capability configured but off."""
+    return {**case.common, **case.top, "services": {"s": {"base_url": BASE_URL, "client": "httpx", **case.off}}}
+
+
+def stages(up: UpstreamProcess, s: Settings) -> list[Row]:
+    del up  # the in-memory transport answers: the network would only add noise to a microsecond
+    return [_measure(case, s) for case in CASES]
+
+
+def _measure(case: StageCase, s: Settings) -> Row:
+    from benchmarks._scenarios import sliced, warm_up
+
+    registries = [
+        outbound.Registry.from_mapping(settings, transports={"s": _Answer()})
+        for settings in (configured_off(case), absent(case))
+    ]
+    try:
+        clients = [registry.client("s") for registry in registries]
+
+        def call_off() -> None:
+            clients[0].get("ok").raise_for_status()
+
+        def call_absent() -> None:
+            clients[1].get("ok").raise_for_status()
+
+        warm_up(s.warmup_calls, call_off, call_absent)
+        slices = [sliced(s, call_off), sliced(s, call_absent)]
+        differences, per_call = [], []
+        for _ in range(s.rounds):
+            # Each pair of neighbouring slices gives one difference, and a round keeps their median: a slice that a
+            # disturbance hit moves one pair of the twenty, not the round.
+            pairs = [[1e6 * took / made for made, took in (off(), bare())] for off, bare in [slices] * s.slices]
+            differences.append(statistics.median(off - bare for off, bare in pairs))
+            per_call.append(statistics.median(bare for _, bare in pairs))
+    finally:
+        for registry in registries:
+            registry.close()
+    return Row(
+        case.key,
+        f"{case.name}: configured off vs absent, per call (in-memory httpx transport)",
+        "us",
+        differences,
+        AT_MOST_1_US,
+        f"a call without the key takes {statistics.median(per_call):.1f} us here; "
+        f"off settings {dict(case.off) or dict(case.top)}",
+        digits=2,
+    )
