@@ -45,6 +45,7 @@ from .._policy import Policy
 from . import _errors
 from ._attempt import ATTEMPT, SendRefused, begin, gated_after, pass_gates, refused_outcome
 from ._deadline import DEADLINE_MESSAGE, WATCHDOG
+from ._environment import Environment
 from ._keys import stamp_key
 from ._origins import credentials_follow, url_origin
 
@@ -465,6 +466,17 @@ class _ManagedResponse(requests.Response):
             raise _errors.failed(self._outbound_call, outcome, None, attributes, _redacted_args(error)) from error
 
 
+class _NoCredentials(requests.auth.AuthBase):
+    """The netrc file has nothing for this origin: a call's auth that adds nothing (and that requests, seeing an
+    auth given, does not look on disk again for)."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+_NO_CREDENTIALS = _NoCredentials()
+
+
 class _BaseURLAuth(requests.auth.HTTPBasicAuth):
     """Basic credentials from ``base_url``'s userinfo, sent only to the base URL's origin (an absolute URL to another
     host, called through the same session, must not carry them, as it would with a session-wide ``auth``)."""
@@ -514,6 +526,7 @@ class ServiceSession(requests.Session):
             # From base_url's userinfo, which the settings parser took out of the URL: sent to that origin only.
             self.auth = _BaseURLAuth(config.base_url, *config.auth)
         self._proxy = config.proxy
+        self._env: Environment | None = None
         if config.proxy is not None:
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
@@ -538,11 +551,16 @@ class ServiceSession(requests.Session):
             if rejection is not None:
                 attributes: dict[str, object] = {"request": None, "response": None}
                 raise _errors.rejected(None, self.service_name, rejection, _NATIVE_REJECTIONS, attributes)
+        url = self.join(url)
+        if self.trust_env and len(args) < 6 and kwargs.get("auth") is None and self.auth is None:
+            # requests would look for ~/.netrc on disk for this request: the answer for the origin is kept instead
+            # (see _environment.py). Given as the call's auth, which requests then uses without looking.
+            kwargs["auth"] = self._environment().netrc_auth(url) or _NO_CREDENTIALS
         if retries is None:
-            return super().request(method, self.join(url), *args, **kwargs)
+            return super().request(method, url, *args, **kwargs)
         token = _retries.set((self.adapter, retries))
         try:
-            return super().request(method, self.join(url), *args, **kwargs)
+            return super().request(method, url, *args, **kwargs)
         finally:
             _retries.reset(token)
 
@@ -559,20 +577,40 @@ class ServiceSession(requests.Session):
         around a shared session must not break it for the rest of the process."""
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        # requests' merge, with the environment read once per origin (_environment.py) rather than per request.
         # requests lets environment proxies (HTTP_PROXY...) override the session's own (psf/requests#2018), and
         # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override the session's `verify` (psf/requests#3829). The service's
         # `proxy` and a `verify` it sets (false, or a CA bundle) are settings for this service and win, as they do
         # for httpx; per-call proxies= and verify= still win over both.
-        asked = set(proxies or {})
-        settings: Any = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if verify is None and self.verify is not True:
-            settings["verify"] = self.verify
+        asked = dict(proxies) if proxies else {}
+        merged = {**self.proxies, **asked} if self.proxies else dict(asked)
+        if self.trust_env:
+            if "no_proxy" in asked:  # the call's own no_proxy: requests' lookup for this call alone
+                found = requests.utils.get_environ_proxies(url, no_proxy=asked["no_proxy"])
+            else:
+                found = self._environment().proxies(url)
+            for scheme, proxy in found.items():
+                if scheme not in asked:
+                    merged[scheme] = proxy
+            ca_bundle = self._environment().ca_bundle
+            if ca_bundle and (verify is True or (verify is None and self.verify is True)):
+                verify = ca_bundle
         if self._proxy is not None:
-            merged = settings["proxies"] = dict(settings["proxies"])
             for scheme in ("http", "https"):
                 if scheme not in asked:
                     merged[scheme] = self._proxy
-        return settings
+        return {
+            "proxies": {scheme: proxy for scheme, proxy in merged.items() if proxy is not None},
+            "stream": self.stream if stream is None else stream,
+            "verify": self.verify if verify is None else verify,
+            "cert": self.cert if cert is None else cert,
+        }
+
+    def _environment(self) -> Environment:
+        """The environment as requests would read it, kept per origin; read when the session first needs it."""
+        if self._env is None:
+            self._env = Environment()
+        return self._env
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         """On a redirect to another origin (scheme, host or port), send no credentials the caller meant for this one

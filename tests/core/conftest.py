@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from outbound import Registry
+from tests.proxy import ForwardingProxy
 
 Send = Callable[..., Any]
 
@@ -80,3 +81,10 @@ def blackhole() -> Iterator[dict[str, str]]:
     }
     for sock in (full, silent, *fillers):
         sock.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[ForwardingProxy]:
+    """A forwarding HTTP proxy on 127.0.0.1 that counts the requests it carries."""
+    with ForwardingProxy() as server:
+        yield server

@@ -26,13 +26,6 @@ from tests.conftest import RegistryFactory
 from tests.proxy import ForwardingProxy
 from tests.upstream import Upstream
 
-
-@pytest.fixture
-def proxy() -> Iterator[ForwardingProxy]:
-    with ForwardingProxy() as server:
-        yield server
-
-
 # -- proxies -----------------------------------------------------------------------------------------------------
 
 
