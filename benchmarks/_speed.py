@@ -10,7 +10,8 @@
 14d: 200 tasks, 50 ms upstream, 20 connections: outbound on aiohttp, calls/s against the 400/s the pool can carry
      (target >= 0.9).
 14e: 500 tasks, 50 ms upstream, 100 connections: the event loop's longest stall while outbound on aiohttp runs them
-     (a 10 ms sleep that wakes late), and the calls that failed (target: stall <= 100 ms, no failure).
+     (a 10 ms sleep that wakes late) over a bare AsyncClient's on httpx-aiohttp, the same load alternated run by
+     run (target <= 1.1x), and the calls that failed.
 """
 
 from __future__ import annotations
@@ -85,11 +86,10 @@ def speed(up: UpstreamProcess, s: Settings) -> list[Row]:
     concurrent = [
         asyncio.run(_concurrent(up.url, tasks=200, connections=20, s=s)) for _ in range(max(2, s.rounds // 3))
     ]
-    big = [asyncio.run(_concurrent(up.url, tasks=500, connections=100, s=s)) for _ in range(max(2, s.rounds // 3))]
-    big_bare = [
-        asyncio.run(_concurrent(up.url, tasks=500, connections=100, s=s, bare=True))
-        for _ in range(max(2, s.rounds // 3))
-    ]
+    big, big_bare = [], []
+    for _ in range(max(2, s.rounds // 3)):  # alternated run by run: both sample the same moments of the machine
+        big.append(asyncio.run(_concurrent(up.url, tasks=500, connections=100, s=s)))
+        big_bare.append(asyncio.run(_concurrent(up.url, tasks=500, connections=100, s=s, bare=True)))
     outbound_aio, raw_aio, bare_aio = sequential
     ideal = 20 / SLOW_DELAY
     return [
@@ -108,8 +108,10 @@ def speed(up: UpstreamProcess, s: Settings) -> list[Row]:
             ratios(outbound_aio, raw_aio),
             Target(">=", 0.5, ">= 0.5"),
             f"outbound on aiohttp {statistics.median(outbound_aio):,.0f} calls/s, raw aiohttp "
-            f"{statistics.median(raw_aio):,.0f}; outbound on httpcore {statistics.median(httpcore_runs):,.0f} "
-            f"({statistics.median(ratios(httpcore_runs, raw_aio)):.2f} of raw aiohttp)",
+            f"{statistics.median(raw_aio):,.0f}; a bare httpx AsyncClient on httpx-aiohttp "
+            f"{statistics.median(bare_aio):,.0f} ({statistics.median(ratios(bare_aio, raw_aio)):.2f} of raw aiohttp: "
+            "httpx's own client is the floor); outbound on httpcore "
+            f"{statistics.median(httpcore_runs):,.0f} ({statistics.median(ratios(httpcore_runs, raw_aio)):.2f})",
         ),
         Row(
             "14c",
@@ -132,16 +134,17 @@ def speed(up: UpstreamProcess, s: Settings) -> list[Row]:
         Row(
             "14e",
             f"500 tasks, {SLOW_DELAY * 1000:.0f} ms upstream, 100 connections, outbound on aiohttp: the event loop's "
-            "longest stall",
-            "ms",
-            [lag * 1000 for _, lag, _ in big],
-            Target("<=", 100.0, "<= 100 ms"),
+            "longest stall / a bare AsyncClient's on httpx-aiohttp",
+            "x",
+            [lag / bare_lag for (_, lag, _), (_, bare_lag, _) in zip(big, big_bare, strict=True)],
+            Target("<=", 1.1, "<= 1.1"),
+            f"outbound's longest stall {statistics.median(lag for _, lag, _ in big) * 1000:.0f} ms; "
             f"{statistics.median(rate for rate, _, _ in big):,.0f} calls/s (the pool could carry "
             f"{100 / SLOW_DELAY:,.0f}/s); failed calls (timeouts included): {sum(failed for _, _, failed in big)}; a "
             f"bare AsyncClient on httpx-aiohttp under the same load: longest stall "
             f"{statistics.median(lag for _, lag, _ in big_bare) * 1000:.0f} ms, "
             f"{statistics.median(rate for rate, _, _ in big_bare):,.0f} calls/s",
-            digits=0,
+            digits=2,
         ),
     ]
 
