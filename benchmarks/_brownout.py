@@ -21,11 +21,13 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ STARTUP_SECONDS = 30.0  # how long a server may take to answer on every worker .
 STARTUP_PROBES = 3_000  # ... and how many requests it may take (each a new connection) to reach them all
 STOP_SECONDS = 10.0
 LOAD_GRACE_SECONDS = 120.0  # the load process's own bounds (warm-up, last requests) fit well inside this
+HEALTHY_WINDOWS = 5  # the healthy figures: each round's window is a fifth of a degraded cell's
 AT_LEAST_80 = Target(">=", 0.8, ">= 0.8")
 
 MARKER_START = "<!-- brownout-table:start -->"
@@ -373,43 +376,93 @@ def measure_cell(variant: Variant, scenario: Scenario, s: Settings) -> Cell:
     Each cell gets its own upstream process: in ``refuse`` mode its control endpoint cannot be reached to heal it,
     and a brownout's sleeping answers must not spill into the next cell.
     """
-    local, upstream = variant.paths
     with UpstreamProcess() as up:
         up.set_mode(**UPSTREAM_MODES[scenario])
         with AppServer(variant, up.url) as server:
-            command = [
-                sys.executable,
-                "-m",
-                "benchmarks._brownout_load",
-                "--url",
-                server.url,
-                "--local",
-                local,
-                "--upstream",
-                upstream,
-                "--threads",
-                str(THREADS),
-                "--seconds",
-                str(s.brownout_seconds),
-                "--ramp",
-                str(s.brownout_ramp),
-            ]
-            timeout = s.brownout_seconds + LOAD_GRACE_SECONDS
-            done = subprocess.run(
-                command,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-                preexec_fn=die_with_parent(),  # no orphaned server if this process is killed
-            )
-            if done.returncode != 0:
-                raise RuntimeError(
-                    f"{variant.short}, {scenario}: the load process failed ({done.returncode}):\n"
-                    f"{done.stderr[-3000:]}\nthe server's output:\n{server.log}"
-                )
-            return Cell.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
+            return run_load(server, seconds=s.brownout_seconds, ramp=s.brownout_ramp)
+
+
+def measure_healthy(variants: Sequence[Variant], s: Settings) -> dict[str, list[Cell]]:
+    """Every variant's server against one healthy upstream, the load run on each in turn for short windows,
+    round after round (A B C A B C ...): each round's figures are comparable across variants, as rows 1-2's slices
+    are, where one long run per variant would compare different moments of a noisy machine. Per variant (by
+    ``short``), one cell per round."""
+    window = _window(s)
+    cells: dict[str, list[Cell]] = {variant.short: [] for variant in variants}
+    with UpstreamProcess() as up, contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(AppServer(variant, up.url)) for variant in variants]
+        for _ in range(max(2, s.rounds)):
+            for server in servers:
+                cells[server.variant.short].append(run_load(server, seconds=window, ramp=min(s.brownout_ramp, window)))
+    return cells
+
+
+def run_load(server: AppServer, *, seconds: float, ramp: float) -> Cell:
+    """The load process against ``server`` for ``seconds`` (its first ``ramp`` seconds also on their own)."""
+    local, upstream = server.variant.paths
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks._brownout_load",
+        "--url",
+        server.url,
+        "--local",
+        local,
+        "--upstream",
+        upstream,
+        "--threads",
+        str(THREADS),
+        "--seconds",
+        str(seconds),
+        "--ramp",
+        str(ramp),
+    ]
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + LOAD_GRACE_SECONDS,
+        check=False,
+        preexec_fn=die_with_parent(),  # no orphaned server if this process is killed
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{server.variant.short}: the load process failed ({done.returncode}):\n"
+            f"{done.stderr[-3000:]}\nthe server's output:\n{server.log}"
+        )
+    return Cell.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def pooled(cells: Sequence[Cell]) -> Cell:
+    """Several windows' cells as one: requests and time summed, latency percentiles the windows' median."""
+    return Cell(
+        local=_pooled_route([cell.local for cell in cells]),
+        upstream=_pooled_route([cell.upstream for cell in cells]),
+        ramp=cells[0].ramp,
+    )
+
+
+def _pooled_route(figures: Sequence[RouteFigures]) -> RouteFigures:
+    seconds = sum(f.count / f.all_per_second for f in figures if f.all_per_second)
+    ok = sum(f.per_second * (f.count / f.all_per_second) for f in figures if f.all_per_second)
+    count = sum(f.count for f in figures)
+    statuses: Counter[str] = Counter()
+    for f in figures:
+        statuses.update(f.statuses)
+
+    def middle(values: list[float | None]) -> float | None:
+        known = [value for value in values if value is not None]
+        return statistics.median(known) if known else None
+
+    return RouteFigures(
+        per_second=ok / seconds if seconds else 0.0,
+        all_per_second=count / seconds if seconds else 0.0,
+        p50_ms=middle([f.p50_ms for f in figures]),
+        p99_ms=middle([f.p99_ms for f in figures]),
+        count=count,
+        statuses=dict(statuses),
+    )
 
 
 # -- rows ------------------------------------------------------------------------------------------------------------
@@ -422,9 +475,19 @@ def brownout(shared: UpstreamProcess, s: Settings) -> list[Row]:
     """
     rows: list[Row] = []
     letters = iter(ROW_KEYS)
+    healthy_rounds = measure_healthy(VARIANTS, s)
+    plain = healthy_rounds[VARIANTS[0].short]
     for variant in VARIANTS:
-        # A variant's three cells run back to back, so each ratio compares runs made next to each other.
-        cells = {scenario: measure_cell(variant, scenario, s) for scenario in SCENARIOS}
+        # The degraded cells run back to back after the healthy rounds; the healthy figure is the variant's rounds
+        # pooled, and for the Flask apps also its ratio to the plain Session's, round by round.
+        rounds = healthy_rounds[variant.short]
+        cells = {"healthy": pooled(rounds)}
+        cells.update({scenario: measure_cell(variant, scenario, s) for scenario in DEGRADED})
+        versus_plain = (
+            [mine.local.per_second / theirs.local.per_second for mine, theirs in zip(rounds, plain, strict=True)]
+            if variant.framework == "flask" and variant is not VARIANTS[0]
+            else None
+        )
         healthy = cells["healthy"].local.per_second
         for scenario, what in DEGRADED.items():
             cell = cells[scenario]
@@ -438,7 +501,7 @@ def brownout(shared: UpstreamProcess, s: Settings) -> list[Row]:
                     _detail(cells, scenario, s),
                     digits=2,
                     # The table of every variant x scenario is rendered from the first row of each variant.
-                    extra={"brownout": (variant.label, cells)} if scenario == "brownout" else {},
+                    extra={"brownout": (variant.label, cells, versus_plain)} if scenario == "brownout" else {},
                 )
             )
     return rows
@@ -479,21 +542,28 @@ def render_table(rows: Sequence[Row], s: Settings) -> str | None:
         "| app and its client | " + " | ".join(COLUMNS[scenario] for scenario in SCENARIOS) + " |",
         "|---" * (len(SCENARIOS) + 1) + "|",
     ]
-    for label, cells in measured:
-        figures = [cells[scenario].local for scenario in SCENARIOS]
-        lines.append(
-            f"| {label} | " + " | ".join(f"{f.per_second:,.0f} req/s, {f.latency_text()}" for f in figures) + " |"
-        )
+    for label, cells, versus_plain in measured:
+        texts = [f"{f.per_second:,.0f} req/s, {f.latency_text()}" for f in (cells[sc].local for sc in SCENARIOS)]
+        if versus_plain:
+            low, middle, high = min(versus_plain), statistics.median(versus_plain), max(versus_plain)
+            texts[0] += f" ({middle:.2f}x [{low:.2f}-{high:.2f}] of the plain Session's, alternated)"
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
     caption = (
         f"Requests per second and latency of `/local`, a route that calls no upstream, while {THREADS} client "
         f"threads alternate it with `/upstream` for {s.brownout_seconds:g} s from the start of the brownout or "
-        f"outage; gunicorn `-w {WORKERS} --threads {THREADS_PER_WORKER}`, uvicorn with {ASGI_WORKERS} worker. "
+        f"outage. Healthy: every app runs at once and the load visits each in turn, {_window(s):g} s at a time for "
+        f"{max(2, s.rounds)} rounds, so the apps are compared at the same moments (the ratio's spread is the "
+        f"rounds'); gunicorn `-w {WORKERS} --threads {THREADS_PER_WORKER}`, uvicorn with {ASGI_WORKERS} worker. "
         f"Row {MEASUREMENT} of benchmarks/RESULTS.md; `python3 benchmarks/run.py --only {MEASUREMENT}` measures it "
         "again."
     )
     # Wrapped like the rest of the README; the table's lines cannot be.
     lines += ["", textwrap.fill(caption, width=120, break_long_words=False, break_on_hyphens=False)]
     return "\n".join(lines)
+
+
+def _window(s: Settings) -> float:
+    return max(s.brownout_seconds / HEALTHY_WINDOWS, 0.2)
 
 
 def results_section(table: str) -> str:

@@ -75,6 +75,26 @@ def configured_off(case: StageCase) -> dict[str, Any]:
     return {**case.common, **case.top, "services": {"s": {"base_url": BASE_URL, "client": "httpx", **case.off}}}
 
 
+def every_capability_off() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Service settings and top-level settings configuring every capability of ``CASES`` off, merged (row 17's app
+    runs with them: a healthy app pays nothing for what it leaves off)."""
+    service: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    for case in CASES:
+        merge(service, case.off)
+        merge(top, {**case.common, **case.top})
+    return service, top
+
+
+def merge(into: dict[str, Any], settings: Mapping[str, Any]) -> None:
+    """Merge ``settings`` into ``into``, mappings key by key."""
+    for key, value in settings.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
 def stages(up: UpstreamProcess, s: Settings) -> list[Row]:
     del up  # the in-memory transport answers: the network would only add noise to a microsecond
     return [_measure(case, s) for case in CASES]

@@ -8,7 +8,7 @@ which makes one GET to the test upstream's mode-governed path. The server's envi
 - ``recipe``: the textbook recipe: the same session with ``HTTPAdapter(max_retries=Retry(total=1, ...))`` and
   every call inside one module-level ``pybreaker.CircuitBreaker(fail_max=5)``'s ``.call()``;
 - ``outbound``: the framework's outbound integration with the same settings: read timeout 0.5 s, one retry,
-  breaker ``fail_max`` 5.
+  breaker ``fail_max`` 5; and every capability of round 3 configured but off (row 17 holds it to costing nothing).
 
 The three get the same timeouts, pool size, retry count, backoff factor, breaker threshold and reset timeout, so the
 only difference left is how each client behaves while the upstream is slow or gone. ``/upstream`` answers 200 when
@@ -102,7 +102,16 @@ def outbound_settings(base_url: str) -> dict[str, Any]:
         "retry": {"total": RETRIES, "backoff_factor": BACKOFF_FACTOR, "status_forcelist": list(RETRY_STATUSES)},
         "breaker": {"fail_max": FAIL_MAX, "reset_timeout": RESET_TIMEOUT},
     }
-    return {"services": {SERVICE: service, ASYNC_SERVICE: {**service, "client": "httpx"}}}
+    # Every capability of round 3 is configured, and off (benchmarks/_stages.py): an app pays nothing for what it
+    # leaves off, and row 17 holds it to that under a real server.
+    from benchmarks._stages import every_capability_off, merge
+
+    off, top = every_capability_off()
+    settings: dict[str, Any] = {"services": {SERVICE: service, ASYNC_SERVICE: {**service, "client": "httpx"}}}
+    for configured in settings["services"].values():
+        merge(configured, off)
+    merge(settings, top)
+    return settings
 
 
 def _session(retries: Retry | int) -> requests.Session:

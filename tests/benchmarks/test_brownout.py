@@ -17,6 +17,7 @@ from benchmarks._brownout import (
     Cell,
     RouteFigures,
     extract_block,
+    pooled,
     render_table,
     update_readme,
 )
@@ -103,8 +104,9 @@ def test_the_table_has_a_line_per_variant_and_a_column_per_scenario() -> None:
 
     cells = {"healthy": cell(1234.4, 5.04, 40.2), "brownout": cell(15.2, 18.0, 530.0), "outage": cell(0.0, None, None)}
     rows = [
-        Row("9a", "brownout", "x", [0.01], extra={"brownout": ("Flask, plain", cells)}),
+        Row("9a", "brownout", "x", [0.01], extra={"brownout": ("Flask, plain", cells, None)}),
         Row("9b", "outage", "x", [0.0]),  # the second row of a variant carries no table data
+        Row("9c", "brownout", "x", [1.0], extra={"brownout": ("Flask, outbound", cells, [0.9, 1.02, 0.97])}),
     ]
 
     table = render_table(rows, QUICK)
@@ -120,8 +122,29 @@ def test_the_table_has_a_line_per_variant_and_a_column_per_scenario() -> None:
         "| Flask, plain | 1,234 req/s, p50 5.0 ms, p99 40 ms | 15 req/s, p50 18 ms, p99 530 ms | "
         "0 req/s, p50 -, p99 - |"
     )
-    assert len([line for line in lines if line.startswith("| ")]) == 2  # the header and the one variant
+    # A variant measured alternated with the plain Session shows its ratio to it, with the rounds' spread.
+    assert lines[3].startswith(
+        "| Flask, outbound | 1,234 req/s, p50 5.0 ms, p99 40 ms "
+        "(0.97x [0.90-1.02] of the plain Session's, alternated) |"
+    )
+    assert len([line for line in lines if line.startswith("| ")]) == 3  # the header and the two variants
     assert render_table([Row("1a", "other", "x", [1.0])], QUICK) is None
+
+
+def test_windows_pool_into_one_cell_by_requests_and_time() -> None:
+    def window(ok: float, every: float, count: int, p50: float) -> Cell:
+        route = RouteFigures(
+            per_second=ok, all_per_second=every, p50_ms=p50, p99_ms=p50 * 4, count=count, statuses={"200": count}
+        )
+        return Cell(local=route, upstream=route, ramp=route)
+
+    # 100 requests in 1 s, then 300 in 2 s: 400 in 3 s, not the mean of 100/s and 150/s.
+    cell = pooled([window(100.0, 100.0, 100, 5.0), window(150.0, 150.0, 300, 7.0), window(0.0, 0.0, 0, 9.0)])
+    assert cell.local.all_per_second == pytest.approx(400 / 3)
+    assert cell.local.per_second == pytest.approx(400 / 3)
+    assert cell.local.count == 400
+    assert cell.local.statuses == {"200": 400}
+    assert cell.local.p50_ms == 7.0  # the windows' median
 
 
 def test_percentiles_are_nearest_rank() -> None:
