@@ -23,7 +23,7 @@ import requests
 import requests.adapters
 
 import outbound
-from benchmarks import _brownout, _deadline, _fleet, _healthy, _hedging, _metrics, _policy, _speed, _stages
+from benchmarks import _brownout, _deadline, _fleet, _healthy, _hedging, _imports, _metrics, _policy, _speed, _stages
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -688,6 +688,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _deadline.MEASUREMENT: _deadline.deadline,
     _stages.MEASUREMENT: _stages.stages,
     _healthy.MEASUREMENT: _healthy.healthy,
+    _imports.MEASUREMENT: _imports.imports,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1f"),
@@ -707,4 +708,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _deadline.MEASUREMENT: _deadline.ROW_KEYS,
     _stages.MEASUREMENT: _stages.ROW_KEYS,
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
+    _imports.MEASUREMENT: _imports.ROW_KEYS,
 }
