@@ -2,8 +2,76 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .._events import CallFinished
 from .._outcome import CallOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One metric, as both exporters name it: Prometheus's name, OpenTelemetry's name and unit, and what it means."""
+
+    prometheus: str
+    otel: str
+    unit: str
+    description: str
+
+
+REQUESTS = Family(
+    "outbound_requests",
+    "outbound.requests",
+    "{request}",
+    "Calls to upstream services by how they ended; retries inside a call are not counted again.",
+)
+DURATION = Family(
+    "outbound_request_duration_seconds",
+    "outbound.request.duration",
+    "s",
+    "Duration of calls that sent at least one attempt, retries and their waits included.",
+)
+RETRIES = Family(
+    "outbound_retries", "outbound.retries", "{retry}", "Retries scheduled, by the failure that caused them."
+)
+SHORT_CIRCUITS = Family(
+    "outbound_short_circuits",
+    "outbound.short_circuits",
+    "{call}",
+    "Calls and retries refused because the circuit breaker was open.",
+)
+POOL_TIMEOUTS = Family(
+    "outbound_pool_timeouts",
+    "outbound.pool.timeouts",
+    "{call}",
+    "Calls that ended waiting for a free connection (timeout.pool).",
+)
+BUDGET_EXHAUSTED = Family(
+    "outbound_retry_budget_exhausted",
+    "outbound.retry_budget.exhausted",
+    "{retry}",
+    "Retries not made because the retry budget was spent.",
+)
+CIRCUIT_STATE = Family(
+    "outbound_circuit_state",
+    "outbound.circuit.state",
+    "1",
+    "1 for the circuit breaker's state (closed, open, half-open, isolated), 0 for the others.",
+)
+SERVICE_STATUS = Family(
+    "outbound_service_status",
+    "outbound.service.status",
+    "1",
+    "1 for the service's health status (ok, degraded, failing, down), 0 for the others.",
+)
+POOL_CONNECTIONS = Family(
+    "outbound_pool_connections",
+    "outbound.pool.connections",
+    "{connection}",
+    "Pooled connections by state: carrying a request, or idle (kept alive for the next).",
+)
+POOL_WAITING = Family(
+    "outbound_pool_waiting", "outbound.pool.waiting", "{call}", "Calls waiting for a free connection."
+)
 
 # OpenTelemetry's boundaries for http.client.request.duration (seconds), so outbound's histogram lines up with the
 # instrumentations' per-attempt one.

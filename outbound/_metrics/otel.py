@@ -37,7 +37,23 @@ from .._events import CallFinished, CallRejected, Observer, RetryDenied, RetrySc
 from .._lifecycle import Daemon, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
-from ._common import DURATION_BUCKETS, REJECTED, call_outcome, method_label
+from ._common import (
+    BUDGET_EXHAUSTED,
+    CIRCUIT_STATE,
+    DURATION,
+    DURATION_BUCKETS,
+    POOL_CONNECTIONS,
+    POOL_TIMEOUTS,
+    POOL_WAITING,
+    REJECTED,
+    REQUESTS,
+    RETRIES,
+    SERVICE_STATUS,
+    SHORT_CIRCUITS,
+    Family,
+    call_outcome,
+    method_label,
+)
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -205,6 +221,9 @@ class DeferredHistogram:
         return not self._live.services()
 
 
+Callback = Callable[[CallbackOptions], Iterable[Observation]]  # what an observable instrument calls to read
+
+
 def _call_attributes(key: CallKey) -> Attributes:
     service, method, status, outcome = key
     attributes: Attributes = {SERVICE: service, "http.request.method": method, "outbound.outcome": outcome}
@@ -235,67 +254,28 @@ class OtelInstruments:
         self.budget_exhausted: Tally[str] = Tally(_service_attributes)
         self.duration = DeferredHistogram(
             meter.create_histogram(
-                "outbound.request.duration",
-                unit="s",
-                description="Duration of calls that sent at least one attempt, retries and their waits included.",
+                DURATION.otel,
+                unit=DURATION.unit,
+                description=DURATION.description,
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             ),
             self.live,
         )
-        meter.create_observable_counter(
-            "outbound.requests",
-            callbacks=[self._flush_and_count_requests],
-            unit="{request}",
-            description="Calls to upstream services by how they ended; retries inside a call are not counted again.",
+        # Every observable instrument: how it is made and what it reads. The cumulative counters read their
+        # tallies; the gauges and up-down counters read the live registries.
+        observables: tuple[tuple[Callable[..., object], Family, Callback], ...] = (
+            (meter.create_observable_counter, REQUESTS, self._flush_and_count_requests),
+            (meter.create_observable_counter, RETRIES, self.retries.observe),
+            (meter.create_observable_counter, SHORT_CIRCUITS, self.short_circuits.observe),
+            (meter.create_observable_counter, POOL_TIMEOUTS, self.pool_timeouts.observe),
+            (meter.create_observable_counter, BUDGET_EXHAUSTED, self.budget_exhausted.observe),
+            (meter.create_observable_gauge, CIRCUIT_STATE, self._circuit_states),
+            (meter.create_observable_gauge, SERVICE_STATUS, self._service_statuses),
+            (meter.create_observable_up_down_counter, POOL_CONNECTIONS, self._pool_connections),
+            (meter.create_observable_up_down_counter, POOL_WAITING, self._pool_waiting),
         )
-        meter.create_observable_counter(
-            "outbound.retries",
-            callbacks=[self.retries.observe],
-            unit="{retry}",
-            description="Retries scheduled, by the failure that caused them.",
-        )
-        meter.create_observable_counter(
-            "outbound.short_circuits",
-            callbacks=[self.short_circuits.observe],
-            unit="{call}",
-            description="Calls and retries refused because the circuit breaker was open.",
-        )
-        meter.create_observable_counter(
-            "outbound.pool.timeouts",
-            callbacks=[self.pool_timeouts.observe],
-            unit="{call}",
-            description="Calls that ended waiting for a free connection (timeout.pool).",
-        )
-        meter.create_observable_counter(
-            "outbound.retry_budget.exhausted",
-            callbacks=[self.budget_exhausted.observe],
-            unit="{retry}",
-            description="Retries not made because the retry budget was spent.",
-        )
-        meter.create_observable_gauge(
-            "outbound.circuit.state",
-            callbacks=[self._circuit_states],
-            unit="1",
-            description="1 for the circuit breaker's state (closed, open, half-open, isolated), 0 for the others.",
-        )
-        meter.create_observable_gauge(
-            "outbound.service.status",
-            callbacks=[self._service_statuses],
-            unit="1",
-            description="1 for the service's health status (ok, degraded, failing, down), 0 for the others.",
-        )
-        meter.create_observable_up_down_counter(
-            "outbound.pool.connections",
-            callbacks=[self._pool_connections],
-            unit="{connection}",
-            description="Pooled connections by state: active (carrying a request) or idle (kept alive for the next).",
-        )
-        meter.create_observable_up_down_counter(
-            "outbound.pool.waiting",
-            callbacks=[self._pool_waiting],
-            unit="{call}",
-            description="Calls waiting for a free connection.",
-        )
+        for create, family, callback in observables:
+            create(family.otel, callbacks=[callback], unit=family.unit, description=family.description)
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's counts are the parent's to report (the durations reset themselves)."""
@@ -356,38 +336,32 @@ class OpenTelemetryObserver(Observer):
     """
 
     def __init__(self, registry: Registry) -> None:
-        instruments = _instruments()
-        instruments.live.add(registry)
-        self._duration = instruments.duration
-        self._requests = instruments.requests
-        self._retries = instruments.retries
-        self._short_circuits = instruments.short_circuits
-        self._pool_timeouts = instruments.pool_timeouts
-        self._budget_exhausted = instruments.budget_exhausted
+        self._instruments = _instruments()
+        self._instruments.live.add(registry)
         self._duration_attributes: dict[tuple[str, str, str], Attributes] = {}
 
     def call_finished(self, event: CallFinished) -> None:
         outcome = call_outcome(event)
         method = method_label(event.method)
         if outcome is not REJECTED:  # a call whose retry was refused was counted by call_rejected
-            self._requests.add((event.service, method, event.status, outcome))
+            self._instruments.requests.add((event.service, method, event.status, outcome))
         key = (event.service, method, outcome)
         attributes = self._duration_attributes.get(key)
         if attributes is None:
             attributes = {SERVICE: key[0], "http.request.method": key[1], "outbound.outcome": key[2]}
             attributes = self._duration_attributes.setdefault(key, attributes)
-        self._duration.record(event.seconds, attributes)
+        self._instruments.duration.record(event.seconds, attributes)
         if event.kind is Kind.POOL_TIMEOUT:  # never retried: one per call that ended so
-            self._pool_timeouts.add(event.service)
+            self._instruments.pool_timeouts.add(event.service)
 
     def call_rejected(self, event: CallRejected) -> None:
-        self._requests.add((event.service, method_label(event.method), None, REJECTED))
+        self._instruments.requests.add((event.service, method_label(event.method), None, REJECTED))
         if event.reason == "circuit_open":
-            self._short_circuits.add(event.service)
+            self._instruments.short_circuits.add(event.service)
 
     def retry_scheduled(self, event: RetryScheduled) -> None:
-        self._retries.add((event.service, event.reason))
+        self._instruments.retries.add((event.service, event.reason))
 
     def retry_denied(self, event: RetryDenied) -> None:
         if event.reason == "budget":
-            self._budget_exhausted.add(event.service)
+            self._instruments.budget_exhausted.add(event.service)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import values as prometheus_values
@@ -27,7 +27,24 @@ from .._events import BreakerTransition, CallFinished, CallRejected, Observer, R
 from .._lifecycle import Daemon, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
-from ._common import DURATION_BUCKETS, REJECTED, call_outcome, method_label, status_label
+from ._common import (
+    BUDGET_EXHAUSTED,
+    CIRCUIT_STATE,
+    DURATION,
+    DURATION_BUCKETS,
+    POOL_CONNECTIONS,
+    POOL_TIMEOUTS,
+    POOL_WAITING,
+    REJECTED,
+    REQUESTS,
+    RETRIES,
+    SERVICE_STATUS,
+    SHORT_CIRCUITS,
+    Family,
+    call_outcome,
+    method_label,
+    status_label,
+)
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -37,82 +54,40 @@ logger = logging.getLogger("outbound.observer")
 
 REFRESH_SECONDS = 1.0  # multiprocess mode: how stale a pool or breaker gauge may be (scrapes come every 15 s or so)
 POOL_STATES = ("in_use", "idle")
+GaugeMode = Literal["livemax", "livesum"]  # how a multiprocess gauge combines the live workers' values
 
 
 class PrometheusMetrics:
     """outbound's metric families, created on ``registry`` (the default one, except in tests)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.requests = Counter(
-            "outbound_requests",
-            "Calls to upstream services by how they ended; retries inside a call are not counted again.",
-            ("service", "method", "status", "outcome"),
-            registry=registry,
-        )
+        def counter(family: Family, labels: tuple[str, ...]) -> Counter:
+            return Counter(family.prometheus, family.description, labels, registry=registry)
+
+        def gauge(family: Family, labels: tuple[str, ...], mode: GaugeMode) -> Gauge:
+            return Gauge(family.prometheus, family.description, labels, multiprocess_mode=mode, registry=registry)
+
+        self.requests = counter(REQUESTS, ("service", "method", "status", "outcome"))
         self.duration = Histogram(
-            "outbound_request_duration_seconds",
-            "Seconds per call that sent at least one attempt, retries and their waits included.",
+            DURATION.prometheus,
+            DURATION.description,
             ("service", "method", "outcome"),
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self.retries = Counter(
-            "outbound_retries",
-            "Retries scheduled, by the failure that caused them.",
-            ("service", "reason"),
-            registry=registry,
-        )
-        self.short_circuits = Counter(
-            "outbound_short_circuits",
-            "Calls and retries refused because the circuit breaker was open.",
-            ("service",),
-            registry=registry,
-        )
-        self.pool_timeouts = Counter(
-            "outbound_pool_timeouts",
-            "Calls that ended waiting for a free connection (timeout.pool).",
-            ("service",),
-            registry=registry,
-        )
-        self.budget_exhausted = Counter(
-            "outbound_retry_budget_exhausted",
-            "Retries not made because the retry budget was spent.",
-            ("service",),
-            registry=registry,
-        )
+        self.retries = counter(RETRIES, ("service", "reason"))
+        self.short_circuits = counter(SHORT_CIRCUITS, ("service",))
+        self.pool_timeouts = counter(POOL_TIMEOUTS, ("service",))
+        self.budget_exhausted = counter(BUDGET_EXHAUSTED, ("service",))
         # livemax: each worker has its own breaker, so a state reads 1 while at least one live worker's breaker is in
         # it (open=1: some worker fails fast) and 0 when none is. A sum would count workers, not states; "max" would
         # keep a dead worker's last state until the directory is wiped.
-        self.circuit_state = Gauge(
-            "outbound_circuit_state",
-            "1 for the circuit breaker's state (closed, open, half-open, isolated), 0 for the others.",
-            ("service", "state"),
-            multiprocess_mode="livemax",
-            registry=registry,
-        )
+        self.circuit_state = gauge(CIRCUIT_STATE, ("service", "state"), "livemax")
         # livemax, as the breaker states: a status reads 1 while at least one live worker's report gives it.
-        self.service_status = Gauge(
-            "outbound_service_status",
-            "1 for the service's health status (ok, degraded, failing, down), 0 for the others.",
-            ("service", "status"),
-            multiprocess_mode="livemax",
-            registry=registry,
-        )
-        # livesum: connections and waiting calls of the live workers add up to the service's totals.
-        self.pool_connections = Gauge(
-            "outbound_pool_connections",
-            "Pooled connections by state: in_use (carrying a request) or idle (kept alive for the next).",
-            ("service", "state"),
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
-        self.pool_waiting = Gauge(
-            "outbound_pool_waiting",
-            "Calls waiting for a free connection.",
-            ("service",),
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
+        self.service_status = gauge(SERVICE_STATUS, ("service", "status"), "livemax")
+        # livesum: connections (in_use, idle) and waiting calls of the live workers add up to the service's totals.
+        self.pool_connections = gauge(POOL_CONNECTIONS, ("service", "state"), "livesum")
+        self.pool_waiting = gauge(POOL_WAITING, ("service",), "livesum")
 
     def set_gauges(self, live: LiveRegistries, names: set[str]) -> None:
         """Write the current pool numbers and breaker states of the services called ``names`` (multiprocess mode)."""
