@@ -21,6 +21,7 @@ import pytest
 import outbound
 from outbound import Registry
 from tests.conftest import RegistryFactory
+from tests.core.conftest import SYNC_KINDS
 from tests.upstream import Upstream, UpstreamProcess
 
 
@@ -65,7 +66,7 @@ def _limited(upstream: UpstreamProcess, client: str, transport: str = "httpcore"
     }
 
 
-@pytest.mark.parametrize("client", ["requests", "httpx"])
+@pytest.mark.parametrize("client", SYNC_KINDS)
 def test_threads_never_get_more_than_the_rate_to_the_upstream(
     upstream_process: UpstreamProcess, make_registry: RegistryFactory, client: str
 ) -> None:
@@ -97,10 +98,10 @@ def test_threads_never_get_more_than_the_rate_to_the_upstream(
 
 @pytest.mark.parametrize("transport", ["httpcore", "aiohttp"])
 def test_tasks_never_get_more_than_the_rate_to_the_upstream(
-    upstream_process: UpstreamProcess, make_registry: RegistryFactory, transport: str
+    upstream_process: UpstreamProcess, make_registry: RegistryFactory, transport: str, library: str
 ) -> None:
     upstream = upstream_process
-    registry = make_registry(api=_limited(upstream, "httpx", transport))
+    registry = make_registry(api=_limited(upstream, library, transport))
 
     async def main() -> None:
         client = registry.async_client("api")
@@ -147,10 +148,10 @@ def _trial_period_arrivals(upstream: Upstream, transitions: _Transitions) -> lis
 
 
 def test_async_tasks_queued_for_a_connection_are_no_extra_trials(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
     upstream.set_mode("failing", status=503)
-    registry = make_registry(api={**_herd(upstream, "httpx"), "transport": async_transport})
+    registry = make_registry(api={**_herd(upstream, library), "transport": async_transport})
     transitions = _Transitions(upstream)
     registry.add_observer(transitions)
 
