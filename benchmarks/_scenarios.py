@@ -125,12 +125,12 @@ def tuned_session() -> requests.Session:
     return session
 
 
-def httpx_options(url: str, *, pool_wait: float | None = TIMEOUTS.pool) -> dict[str, Any]:
-    """A bare httpx client configured like outbound configures its own."""
+def httpx_options(url: str, *, pool_wait: float | None = TIMEOUTS.pool, library: Any = httpx) -> dict[str, Any]:
+    """A bare httpx (or httpx2: ``library``) client configured like outbound configures its own."""
     return {
         "base_url": url,
-        "timeout": httpx.Timeout(connect=TIMEOUTS.connect, read=TIMEOUTS.read, write=TIMEOUTS.write, pool=pool_wait),
-        "limits": httpx.Limits(
+        "timeout": library.Timeout(connect=TIMEOUTS.connect, read=TIMEOUTS.read, write=TIMEOUTS.write, pool=pool_wait),
+        "limits": library.Limits(
             max_connections=POOL.max_connections,
             max_keepalive_connections=POOL.max_keepalive,
             keepalive_expiry=POOL.keepalive_expiry,
@@ -175,14 +175,18 @@ def throughput_detail(names: tuple[str, ...], runs: list[list[float]], unit: str
 
 
 def sequential(up: UpstreamProcess, s: Settings) -> list[Row]:
-    """Row 1: one caller, back-to-back GETs of a tiny response: the client's own cost dominates."""
-    reg = registry(req=service(up.url), hx=service(up.url, "httpx"))
+    """Row 1: one caller, back-to-back GETs of a tiny response: the client's own cost dominates (1d and 1e: the same
+    with httpx2, httpx's maintained fork)."""
+    import httpx2  # only this row's httpx2 variants need it
+
+    reg = registry(req=service(up.url), hx=service(up.url, "httpx"), hx2=service(up.url, "httpx2"))
     bare_session = tuned_session()
     # The same session without requests' per-request reading of the environment (proxy variables scanned twice,
     # ~/.netrc looked up on disk), which outbound's sessions do once per origin: what the policy itself costs.
     envless_session = tuned_session()
     envless_session.trust_env = False
     bare_client = httpx.Client(**httpx_options(up.url))
+    bare_client2 = httpx2.Client(**httpx_options(up.url, library=httpx2))
     url = up.url + "ok"
 
     def outbound_session() -> None:
@@ -200,17 +204,27 @@ def sequential(up: UpstreamProcess, s: Settings) -> list[Row]:
     def bare_httpx() -> None:
         expect_ok(bare_client.get("ok"))
 
+    def outbound_client2() -> None:
+        expect_ok(reg.client("hx2").get("ok"))
+
+    def bare_httpx2() -> None:
+        expect_ok(bare_client2.get("ok"))
+
     try:
         warm_up(s.warmup_calls, outbound_session, bare_requests, envless_requests, outbound_client, bare_httpx)
+        warm_up(s.warmup_calls, outbound_client2, bare_httpx2)
         sequence = {"rounds": s.rounds, "slices": s.slices}
         req_runs = interleave([sliced(s, outbound_session), sliced(s, bare_requests)], **sequence)
         envless_runs = interleave([sliced(s, outbound_session), sliced(s, envless_requests)], **sequence)
         hx_runs = interleave([sliced(s, outbound_client), sliced(s, bare_httpx)], **sequence)
         async_runs = asyncio.run(_sequential_async(reg, up.url, s))
+        hx2_runs = interleave([sliced(s, outbound_client2), sliced(s, bare_httpx2)], **sequence)
+        async2_runs = asyncio.run(_sequential_async(reg, up.url, s, "hx2", httpx2))
     finally:
         bare_session.close()
         envless_session.close()
         bare_client.close()
+        bare_client2.close()
         reg.close()
     return [
         Row(
@@ -238,6 +252,22 @@ def sequential(up: UpstreamProcess, s: Settings) -> list[Row]:
             overhead_detail(async_runs),
         ),
         Row(
+            "1d",
+            "sequential GETs, httpx2: outbound client / bare httpx2.Client",
+            "x",
+            ratios(*hx2_runs),
+            AT_LEAST_97,
+            overhead_detail(hx2_runs),
+        ),
+        Row(
+            "1e",
+            "sequential GETs, httpx2 async: outbound AsyncClient / bare httpx2.AsyncClient",
+            "x",
+            ratios(*async2_runs),
+            AT_LEAST_95,
+            overhead_detail(async2_runs),
+        ),
+        Row(
             "1f",
             "sequential GETs, requests: outbound session / bare tuned Session with trust_env=False",
             "x",
@@ -249,13 +279,15 @@ def sequential(up: UpstreamProcess, s: Settings) -> list[Row]:
     ]
 
 
-async def _sequential_async(reg: outbound.Registry, url: str, s: Settings) -> list[list[float]]:
+async def _sequential_async(
+    reg: outbound.Registry, url: str, s: Settings, name: str = "hx", library: Any = httpx
+) -> list[list[float]]:
     # One event loop for every round: outbound keeps one AsyncClient per loop, and a new loop would mean new
     # connections for both variants.
-    async with httpx.AsyncClient(**httpx_options(url)) as bare:
+    async with library.AsyncClient(**httpx_options(url, library=library)) as bare:
 
         async def outbound_async() -> None:
-            expect_ok(await reg.async_client("hx").get("ok"))
+            expect_ok(await reg.async_client(name).get("ok"))
 
         async def bare_async() -> None:
             expect_ok(await bare.get("ok"))
@@ -691,7 +723,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _imports.MEASUREMENT: _imports.imports,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
-    1: ("1a", "1b", "1c", "1f"),
+    1: ("1a", "1b", "1c", "1d", "1e", "1f"),
     2: ("2a", "2b"),
     3: ("3",),
     4: ("4a", "4b"),

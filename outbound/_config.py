@@ -19,6 +19,7 @@ import math
 import os
 import re
 import ssl
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -27,7 +28,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ._errors import ConfigError, ConfigErrorCode
 
-ClientKind = Literal["requests", "httpx"]
+ClientKind = Literal["requests", "httpx", "httpx2"]
+# The clients with httpx's API: httpx, and httpx2, its maintained fork (one backend serves both).
+HTTPX_CLIENTS = ("httpx", "httpx2")
 ShowDetails = Literal["never", "when_authorized", "always"]
 
 # urllib3's Retry.DEFAULT_ALLOWED_METHODS: the idempotent methods (RFC 9110 section 9.2.2).
@@ -227,7 +230,7 @@ class ServiceConfig:
     trust_env: bool = True
     """Read proxies (and, for requests, CA bundles) from the environment, as both libraries do by default."""
     http2: bool = False
-    """HTTP/2 (httpx only)."""
+    """HTTP/2 (httpx and httpx2 only)."""
     critical: bool = False
     """Whether an open breaker takes the whole health report down."""
     probe: str | None = None
@@ -245,7 +248,7 @@ class ServiceConfig:
     deadline_header: str | None = None
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
     transport: TransportKind = "httpcore"
-    """The async client's transport (httpx services): httpcore (httpx's own) or aiohttp."""
+    """The async client's transport (httpx and httpx2 services): httpcore (the library's own) or aiohttp."""
     auth: tuple[str, str] | None = None
     """Basic credentials taken from ``base_url`` (``https://user:pass@host/``): not a key users write."""
 
@@ -318,7 +321,10 @@ EXTRAS = {
     "redis": ("redis", "outbound-http[redis]"),
     "ratelimit": ("limits", "outbound-http[ratelimit]"),
     "aiohttp": ("httpx_aiohttp", "outbound-http[aiohttp]"),
+    "httpx2": ("httpx2", "outbound-http[httpx2]"),
 }
+# What an extra needs for an httpx2 service instead (httpx-aiohttp's transport for httpx2).
+_HTTPX2_MODULES = {"aiohttp": "httpx_aiohttp.httpx2"}
 SERVICE_KEYS = keys_of(ServiceConfig, exclude=DERIVED_SERVICE_FIELDS)
 
 # RFC 9110 token characters for header names; printable ASCII values (httpx encodes values as ASCII, requests
@@ -955,16 +961,22 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         errors.append(ConfigError(f"must be a mapping (dict), got {type(raw).__name__}", service=name))
         raise _Skip
     reader = _Reader(_deep_merge(defaults, raw), name, "", SERVICE_KEYS, errors)
-    client = reader.choice("client", "requests", ("requests", "httpx"))
+    client = reader.choice("client", "requests", ("requests", *HTTPX_CLIENTS))
+    if client == "httpx2":
+        _require_extra(reader, "client", "httpx2")
     http2 = reader.boolean("http2", False)
-    if http2 and client != "httpx":
-        reader.fail("is only supported with client 'httpx'", key="http2", code="unsupported")
+    if http2 and client not in HTTPX_CLIENTS:
+        reader.fail("is only supported with client 'httpx' or 'httpx2'", key="http2", code="unsupported")
     elif http2 and not _installed("h2"):
         reader.fail("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
     transport = reader.choice("transport", "httpcore", ("httpcore", "aiohttp"))
     if transport == "aiohttp":
-        if client != "httpx":
-            reader.fail("is only supported with client 'httpx' (its async client)", key="transport", code="unsupported")
+        if client not in HTTPX_CLIENTS:
+            reader.fail(
+                "is only supported with client 'httpx' or 'httpx2' (their async client)",
+                key="transport",
+                code="unsupported",
+            )
         elif http2:
             reader.fail(
                 "aiohttp speaks HTTP/1.1 only: remove http2 or use transport 'httpcore'",
@@ -972,7 +984,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
                 code="unsupported",
             )
         else:
-            _require_extra(reader, "transport", "aiohttp")
+            _require_extra(reader, "transport", "aiohttp", client)
     deadline_header = reader.optional_string("deadline_header")
     if deadline_header is not None and deadline_header.lower() not in DEADLINE_HEADERS:
         reader.fail(
@@ -1029,10 +1041,14 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _require_extra(reader: _Reader, key: str, extra: str) -> None:
+def _require_extra(reader: _Reader, key: str, extra: str, client: str = "") -> None:
     module, install = EXTRAS[extra]
+    if client == "httpx2":
+        module = _HTTPX2_MODULES.get(extra, module)
     if not _installed(module):
-        reader.fail(f"needs the {extra} extra: pip install '{install}'", key=key, code="unsupported")
+        # httpx2 installs on Python 3.11 and later only; the rest of outbound runs on 3.10 too.
+        needs = " (Python 3.11 or later)" if extra == "httpx2" and sys.version_info < (3, 11) else ""
+        reader.fail(f"needs the {extra} extra: pip install '{install}'{needs}", key=key, code="unsupported")
 
 
 def _parse_metrics(raw: Any, errors: list[ConfigError]) -> MetricsConfig:

@@ -152,7 +152,7 @@ _USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://)([^/@\s'\"<>]+)@")
 _HEADER_TUPLE = re.compile(r"\(b(['\"])([^'\"]+)\1, b(['\"])((?:[^'\"\\]|\\.)*)\3\)")
 _CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 # The libraries whose records the filter rewrites: every logger under these names, now and as they are created.
-LIBRARY_LOGGERS = ("httpx", "httpcore", "urllib3", "requests")
+LIBRARY_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2", "urllib3", "requests")
 
 
 def redact_text(text: str, sensitive_headers: frozenset[str] | set[str] = frozenset()) -> str:
@@ -192,6 +192,10 @@ SECRETS_FILTER = SecretsFilter()
 _install_lock = threading.Lock()
 
 
+# httpcore's loggers (httpcore2's are named alike).
+_HTTPCORE_LOGGERS = ("connection", "http11", "http2", "proxy", "socks")
+
+
 def install_secrets_filter(sensitive_headers: frozenset[str] = frozenset()) -> None:
     """Attach ``SECRETS_FILTER`` to every logger of the client libraries (idempotent; called per registry).
 
@@ -204,11 +208,8 @@ def install_secrets_filter(sensitive_headers: frozenset[str] = frozenset()) -> N
         names.update(
             (
                 "httpx",
-                "httpcore.connection",
-                "httpcore.http11",
-                "httpcore.http2",
-                "httpcore.proxy",
-                "httpcore.socks",
+                "httpx2",
+                *(f"{core}.{part}" for core in ("httpcore", "httpcore2") for part in _HTTPCORE_LOGGERS),
                 "urllib3.connectionpool",
                 "urllib3.connection",
                 "urllib3.poolmanager",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 
@@ -52,7 +53,7 @@ def probe(of: Service) -> ProbeResult:
             client = service.client()
             url = str(client.build_request("GET", config.probe).url)
             status = client.get(config.probe).status_code
-    except (OutboundError, requests.RequestException, httpx.HTTPError) as error:
+    except _errors(config.client) as error:
         return ProbeResult(
             service=config.name,
             critical=config.critical,
@@ -71,6 +72,14 @@ def probe(of: Service) -> ProbeResult:
         status=status,
         latency_ms=round((time.perf_counter() - started) * 1000, 1),
     )
+
+
+def _errors(client: str) -> tuple[type[Exception], ...]:
+    # What a probe reports as its answer. httpx2's own errors are not httpx's; it was loaded by the client the probe
+    # made (or the probe failed before, with outbound's error).
+    errors: tuple[type[Exception], ...] = (OutboundError, requests.RequestException, httpx.HTTPError)
+    httpx2 = sys.modules.get("httpx2") if client == "httpx2" else None
+    return (*errors, httpx2.HTTPError) if httpx2 is not None else errors
 
 
 def _probe_config(config: ServiceConfig) -> ServiceConfig:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._config import HealthConfig, OutboundConfig, parse_config
+from ._config import HTTPX_CLIENTS, HealthConfig, OutboundConfig, parse_config
 from ._errors import RegistryClosedError, ServiceLookupError
 from ._events import Observer
 from ._lifecycle import on_fork
@@ -40,9 +40,10 @@ class Registry:
     ) -> None:
         transports = dict(transports or {})
         for name in transports:
-            if name not in config.services or config.services[name].client != "httpx":
+            if name not in config.services or config.services[name].client not in HTTPX_CLIENTS:
                 raise ServiceLookupError(
-                    f"transports[{name!r}]: an inner transport can only be given to a configured 'httpx' service"
+                    f"transports[{name!r}]: an inner transport can only be given to a configured 'httpx' or 'httpx2' "
+                    "service"
                 )
         self.config = config
         # No network I/O here (Django builds the registry for every manage.py command): a fleet backend connects
@@ -81,13 +82,13 @@ class Registry:
         Args:
             mapping: the settings (Django's ``settings.OUTBOUND``, Flask's ``app.config["OUTBOUND"]``).
             clock: the monotonic clock the policies read (a test's fake clock moves breakers without sleeping).
-            transports: for httpx services, the transport the managed client sends through instead of httpx's own
-                (``httpx.MockTransport``, ``WSGITransport``, ``ASGITransport``...), or a callable making one per
-                client; the service's policy still runs around it.
+            transports: for httpx and httpx2 services, the transport the managed client sends through instead of
+                the library's own (``httpx.MockTransport``, ``WSGITransport``, ``ASGITransport``..., httpx2's for an
+                httpx2 service), or a callable making one per client; the service's policy still runs around it.
 
         Raises:
             ConfigError: naming the service and key of every mistake.
-            ServiceLookupError: ``transports`` names a service that is not a configured httpx service.
+            ServiceLookupError: ``transports`` names a service that is not a configured httpx or httpx2 service.
         """
         return cls(parse_config(mapping), clock=clock, transports=transports)
 
@@ -124,11 +125,15 @@ class Registry:
         return self._open(name).session()
 
     def client(self, name: str) -> ServiceClient:
-        """The ``httpx.Client`` of a ``client: "httpx"`` service."""
+        """The ``httpx.Client`` of a ``client: "httpx"`` service, the ``httpx2.Client`` of a ``client: "httpx2"`` one.
+
+        Typed as httpx's: httpx2's client has the same methods (``typing.cast(httpx2.Client, ...)`` names it).
+        """
         return self._open(name).client()
 
     def async_client(self, name: str) -> ServiceAsyncClient:
-        """The ``httpx.AsyncClient`` of a ``client: "httpx"`` service for the running event loop."""
+        """The ``httpx.AsyncClient`` of a ``client: "httpx"`` service (``httpx2.AsyncClient`` of a ``client: "httpx2"``
+        one) for the running event loop."""
         return self._open(name).async_client()
 
     def report(self, *, service: str | None = None) -> HealthReport:

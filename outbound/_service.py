@@ -1,10 +1,11 @@
 """Service: one upstream's settings, policy and clients.
 
 Clients are built on first use (cheap startup: Django runs ``ready()`` for every management command), then reused
-for the life of the process. An ``httpx.AsyncClient`` belongs to one event loop — used from a second loop (after
-``asyncio.run()`` twice, or from ``async_to_sync``, which runs a new loop per call) it fails with ``Event loop is
-closed`` — so there is one per running loop, closed when that loop shuts down its async generators
-(``asyncio.run()``, asgiref's ``async_to_sync``) or when the registry closes.
+for the life of the process; the library is imported then too (httpx2's only by a ``client: "httpx2"`` service,
+through the backend loaded for it: ``_backends/_library.py``). An ``httpx.AsyncClient`` belongs to one event loop —
+used from a second loop (after ``asyncio.run()`` twice, or from ``async_to_sync``, which runs a new loop per call)
+it fails with ``Event loop is closed`` — so there is one per running loop, closed when that loop shuts down its
+async generators (``asyncio.run()``, asgiref's ``async_to_sync``) or when the registry closes.
 
 Every client the service made is a ``ManagedClient`` to it: the service asks it for pool numbers, to drop inherited
 connections after ``fork()`` and to shut down, without knowing which library it wraps.
@@ -19,7 +20,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from ._config import DeadlineConfig, ServiceConfig, StateConfig
+from ._config import HTTPX_CLIENTS, DeadlineConfig, ServiceConfig, StateConfig
 from ._errors import RegistryClosedError, ServiceLookupError, redact_url
 from ._events import Observer
 from ._loops import current_loop
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     import asyncio
 
     # The backends are imported when a client of theirs is first made: `import outbound` needs neither library.
+    from types import ModuleType
+
     from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient
     from ._backends.requests import ServiceSession
     from ._state import FleetService
@@ -73,7 +76,8 @@ class Service:
         link: ServiceLink = LOCAL,
     ) -> None:
         self.name = config.name
-        self.transport = transport  # the inner transport a test gave an httpx service (Registry(transports=...))
+        # The inner transport a test gave an httpx or httpx2 service (Registry(transports=...)).
+        self.transport = transport
         self.config = config
         # The settings never change, and the health report shows this on every poll: redact it once.
         self._display_url = redact_url(config.base_url)
@@ -95,7 +99,7 @@ class Service:
         """The service's ``requests.Session``."""
         if self.config.client != "requests":
             raise ServiceLookupError(
-                f"service {self.name!r} uses client 'httpx': call client({self.name!r}) or "
+                f"service {self.name!r} uses client {self.config.client!r}: call client({self.name!r}) or "
                 f"async_client({self.name!r}) instead of session()"
             )
         session = self._session
@@ -111,23 +115,21 @@ class Service:
         return session
 
     def client(self) -> ServiceClient:
-        """The service's ``httpx.Client``."""
+        """The service's ``httpx.Client`` (an ``httpx2.Client`` for a ``client: "httpx2"`` service)."""
         self._require_httpx("client")
         client = self._client
         if client is None:
             with self._lock:
                 self._check_open()
                 if self._client is None:
-                    from ._backends.httpx import ServiceClient
-
-                    self._client = ServiceClient(self.policy, transport=self.transport)
+                    self._client = self._backend().ServiceClient(self.policy, transport=self.transport)
                     self._clients.append(self._client)
                 client = self._client
         return client
 
     def async_client(self) -> ServiceAsyncClient:
-        """The service's ``httpx.AsyncClient`` for the running event loop (asyncio, or a trio run). Call it from a
-        coroutine."""
+        """The service's ``httpx.AsyncClient`` (``httpx2.AsyncClient``) for the running event loop (asyncio, or a trio
+        run). Call it from a coroutine."""
         self._require_httpx("async_client")
         loop = current_loop()
         if loop is None:
@@ -141,10 +143,8 @@ class Service:
                 self._check_open()
                 client = self._async_clients.get(loop)
                 if client is None:
-                    from ._backends.httpx import ServiceAsyncClient
-
                     self._forget_closed_loops()
-                    client = ServiceAsyncClient(self.policy, loop=loop, transport=self.transport)
+                    client = self._backend().ServiceAsyncClient(self.policy, loop=loop, transport=self.transport)
                     self._async_clients[loop] = client
                     self._close_with_loop(loop, client)
         return client
@@ -241,10 +241,16 @@ class Service:
         self._closers = {}
 
     def _require_httpx(self, accessor: str) -> None:
-        if self.config.client != "httpx":
+        if self.config.client not in HTTPX_CLIENTS:
             raise ServiceLookupError(
                 f"service {self.name!r} uses client 'requests': call session({self.name!r}) instead of {accessor}()"
             )
+
+    def _backend(self) -> ModuleType:
+        # The httpx backend for this service's library (httpx2's is the same code, loaded for httpx2).
+        from ._backends._library import LIBRARIES
+
+        return LIBRARIES[self.config.client].backend("httpx")
 
     def _check_open(self) -> None:
         if self._closed:

@@ -69,6 +69,10 @@ async def main():
 
 result["async_client_in_asyncio_run"] = asyncio.run(main())
 registry.close()
+try:  # httpx2 comes with its own extra only
+    outbound.parse_config({"services": {"fork": {"base_url": upstream, "client": "httpx2"}}})
+except outbound.ConfigError as error:
+    result["httpx2_without_its_extra"] = [error.key, str(error)]
 print(json.dumps(result))
 """
 
@@ -153,6 +157,9 @@ def test_the_readme_install_commands_give_a_working_outbound(tmp_path: Path, ups
         kind, message = result["async_client_from_sync"]
         assert kind == "RuntimeError", result
         assert "async_client('search') needs a running event loop" in message, result
+        key, message = result["httpx2_without_its_extra"]
+        assert key == "client", result
+        assert "pip install 'outbound-http[httpx2]'" in message, result
     # The case this guards: [django] brings no sniffio. Should a dependency start to, this fails so that the test is
     # looked at again (the test above still hides sniffio on purpose).
     assert not results["django"]["sniffio"], "sniffio is installed with [django]: the missing-sniffio case is not run"

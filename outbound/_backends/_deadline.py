@@ -3,10 +3,10 @@
 Per-phase timeouts bound each read, not the sum of reads: an upstream that sends one byte every 0.3 s never trips a
 0.5 s read timeout and can hold a caller for as long as it likes. So, while an attempt runs:
 
-- httpx (sync, asyncio and trio): the transport's httpcore pool reads and writes through ``DeadlineBackend``, whose
-  streams cut every read's and write's timeout to what is left of the deadline (``_attempt.ATTEMPT`` holds it for
-  the attempt), so the read that would cross it times out at the deadline; the first write of an attempt is also
-  where its send gates are asked (``_attempt.py``);
+- httpx and httpx2 (sync, asyncio and trio): the transport's httpcore pool reads and writes through
+  ``_httpcore.DeadlineBackend``, whose streams cut every read's and write's timeout to what is left of the deadline
+  (``_attempt.ATTEMPT`` holds it for the attempt), so the read that would cross it times out at the deadline; the
+  first write of an attempt is also where its send gates are asked (``_attempt.py``);
 - requests: urllib3 sets one timeout on the socket per phase, so a ``Watchdog`` thread (one per process, asleep
   while no attempt runs) shuts down the socket of an attempt still running at its deadline; the blocked read then
   returns at once, the connection is discarded, and the attempt reports a deadline timeout.
@@ -25,159 +25,10 @@ import threading
 import time
 from typing import Any
 
-import httpcore
-
 from .._lifecycle import Daemon, on_fork
-from ._attempt import ATTEMPT, DEADLINE_MESSAGE, apass_gates, cut, pass_gates
+from ._attempt import DEADLINE_MESSAGE
 
-__all__ = ["DEADLINE_MESSAGE", "WATCHDOG", "Watch", "bound_to_deadlines"]
-
-
-def _aged(info: str, expires: float | None) -> bool:
-    # httpcore asks an idle HTTP/1.1 connection whether its socket is readable before reusing it, and closes it when
-    # it is (it takes that as the server's disconnect): answering yes past the connection's age retires it the next
-    # time it is returned to or taken from the pool, inside httpcore's own pool logic and locks.
-    return info == "is_readable" and expires is not None and time.monotonic() >= expires
-
-
-def _expires(max_age: float | None) -> float | None:
-    # When a connection opened now is to be retired (see ``_aged``): never without a ``max_age``.
-    return None if max_age is None else time.monotonic() + max_age
-
-
-class DeadlineStream(httpcore.NetworkStream):
-    """An httpcore stream whose every read and write ends by the attempt's deadline, and that reads as closed by the
-    server once older than ``pool.max_connection_age`` (``expires``)."""
-
-    def __init__(self, stream: httpcore.NetworkStream, expires: float | None = None) -> None:
-        self.stream = stream
-        self.expires = expires
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.stream.read(max_bytes, cut(timeout, httpcore.ReadTimeout, ATTEMPT.get()))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        attempt = ATTEMPT.get()
-        if attempt is not None and attempt.call is not None:
-            pass_gates(attempt)  # the attempt's first write: the connection is in hand, nothing is sent yet
-        self.stream.write(buffer, cut(timeout, httpcore.WriteTimeout, attempt))
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
-        tls = self.stream.start_tls(ssl_context, server_hostname, cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get()))
-        return DeadlineStream(tls, self.expires)
-
-    def get_extra_info(self, info: str) -> Any:
-        return True if _aged(info, self.expires) else self.stream.get_extra_info(info)
-
-
-class DeadlineBackend(httpcore.NetworkBackend):
-    """Wraps httpcore's network backend: every stream it opens is a ``DeadlineStream``."""
-
-    def __init__(self, backend: httpcore.NetworkBackend, max_age: float | None = None) -> None:
-        self.backend = backend
-        self.max_age = max_age
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> DeadlineStream:
-        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
-        stream = self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return DeadlineStream(stream, _expires(self.max_age))
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> DeadlineStream:
-        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
-        return DeadlineStream(self.backend.connect_unix_socket(path, timeout, socket_options), _expires(self.max_age))
-
-    def sleep(self, seconds: float) -> None:
-        self.backend.sleep(seconds)
-
-
-class AsyncDeadlineStream(httpcore.AsyncNetworkStream):
-    """``DeadlineStream`` for asyncio and trio (httpcore picks the library through anyio)."""
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream, expires: float | None = None) -> None:
-        self.stream = stream
-        self.expires = expires
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self.stream.read(max_bytes, cut(timeout, httpcore.ReadTimeout, ATTEMPT.get()))
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        attempt = ATTEMPT.get()
-        if attempt is not None and attempt.call is not None:
-            await apass_gates(attempt)
-        await self.stream.write(buffer, cut(timeout, httpcore.WriteTimeout, attempt))
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    async def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> Any:
-        tls = await self.stream.start_tls(
-            ssl_context, server_hostname, cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
-        )
-        return AsyncDeadlineStream(tls, self.expires)
-
-    def get_extra_info(self, info: str) -> Any:
-        return True if _aged(info, self.expires) else self.stream.get_extra_info(info)
-
-
-class AsyncDeadlineBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, backend: httpcore.AsyncNetworkBackend, max_age: float | None = None) -> None:
-        self.backend = backend
-        self.max_age = max_age
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> AsyncDeadlineStream:
-        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
-        stream = await self.backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return AsyncDeadlineStream(stream, _expires(self.max_age))
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> AsyncDeadlineStream:
-        timeout = cut(timeout, httpcore.ConnectTimeout, ATTEMPT.get())
-        stream = await self.backend.connect_unix_socket(path, timeout, socket_options)
-        return AsyncDeadlineStream(stream, _expires(self.max_age))
-
-    async def sleep(self, seconds: float) -> None:
-        await self.backend.sleep(seconds)
-
-
-def bound_to_deadlines(transport: Any, *, max_age: float | None = None) -> None:
-    """Make an httpx transport's pool read and write through the deadline backend, and retire its HTTP/1.1
-    connections older than ``max_age`` seconds.
-
-    httpx builds its httpcore pool without a way to pass a network backend; every connection is made later with
-    the pool's ``_network_backend`` (httpcore 1.x), so replacing it before the first request is enough. An HTTP/2
-    connection is not retired by age: httpcore asks it nothing before reusing it.
-    """
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if pool is None or backend is None or isinstance(backend, DeadlineBackend | AsyncDeadlineBackend):
-        return  # not an httpcore pool (a test's transport), or bound already
-    is_async = isinstance(backend, httpcore.AsyncNetworkBackend)
-    pool._network_backend = AsyncDeadlineBackend(backend, max_age) if is_async else DeadlineBackend(backend, max_age)
-
-
-# -- requests: a watchdog ----------------------------------------------------------------------------------------
+__all__ = ["DEADLINE_MESSAGE", "WATCHDOG", "Watch"]
 
 
 class Watch:

@@ -1,5 +1,8 @@
 """aiohttp as the async client's transport (``transport: "aiohttp"``, httpx services, extra ``outbound-http[aiohttp]``).
 
+For httpx2 services this module is loaded again as ``outbound._backends.aiohttp2`` (``_library.py``), on
+httpx-aiohttp's transport for httpx2 (``httpx_aiohttp.httpx2``).
+
 The client is still a ``ServiceAsyncClient`` (an ``httpx.AsyncClient``) and the policy still runs in
 ``AsyncOutboundTransport``; only the transport it wraps differs: an ``httpx_aiohttp.AiohttpTransport`` whose
 ``aiohttp.ClientSession`` is built from the service's settings, on the client's own event loop. What this module
@@ -46,21 +49,36 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import httpcore
-import httpx
 import yarl
 from aiohttp.http_exceptions import HttpProcessingError
-from httpx_aiohttp import AiohttpTransport
 
 from .._config import ServiceConfig
 from .._errors import ConfigError, redact_url
 from ._attempt import ATTEMPT, DEADLINE_MESSAGE, apass_gates
-from ._deadline import bound_to_deadlines
-from .httpx import PRELOAD, transport_options
-from .httpx import pool_numbers as httpcore_pool_numbers
+from ._library import library_of
+
+LIBRARY = library_of(__name__)
+if TYPE_CHECKING:  # type-checked against httpx: httpx2 (and httpx-aiohttp's transport for it) has the same API
+    import httpcore
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    from ._httpcore import bound_to_deadlines
+    from .httpx import PRELOAD, transport_options
+    from .httpx import pool_numbers as httpcore_pool_numbers
+else:
+    httpx, httpcore = LIBRARY.httpx(), LIBRARY.httpcore()
+    AiohttpTransport = LIBRARY.aiohttp_transport()
+    bound_to_deadlines = LIBRARY.backend("_httpcore").bound_to_deadlines
+    _clients = LIBRARY.backend("httpx")
+    PRELOAD, transport_options, httpcore_pool_numbers = (
+        _clients.PRELOAD,
+        _clients.transport_options,
+        _clients.pool_numbers,
+    )
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout, timeout_at
@@ -253,8 +271,8 @@ def native_error(error: BaseException, *, writing: bool = False) -> httpx.Transp
 def _intercepted() -> bool:
     # respx patches httpcore's AsyncConnectionPool, pytest-httpx httpx's AsyncHTTPTransport: aiohttp uses neither.
     return not (
-        httpcore.AsyncConnectionPool.handle_async_request.__module__.startswith("httpcore.")
-        and httpx.AsyncHTTPTransport.handle_async_request.__module__.startswith("httpx.")
+        httpcore.AsyncConnectionPool.handle_async_request.__module__.startswith(f"{httpcore.__name__}.")
+        and httpx.AsyncHTTPTransport.handle_async_request.__module__.startswith(f"{httpx.__name__}.")
     )
 
 

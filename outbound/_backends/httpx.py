@@ -2,22 +2,24 @@
 
 The transports wrap ``httpx.HTTPTransport`` / ``AsyncHTTPTransport`` (so ``respx``, which patches httpcore, still
 intercepts) and run each request through the shared attempt driver; httpx's own pool raises ``PoolTimeout`` after
-``timeout.pool``, and its reads and writes are cut to the call's deadline (``_deadline.py``). A client given
+``timeout.pool``, and its reads and writes are cut to the call's deadline (``_httpcore.py``). A client given
 ``transport=`` ignores its own ``limits``, ``http2`` and ``verify``, so all of those are set on the wrapped
 transport; environment proxies (``trust_env``) get managed transports of their own, mounted as httpx would mount
 its unmanaged ones.
+
+The same code serves httpx2 (``client: "httpx2"``): this module is loaded again as ``outbound._backends.httpx2``,
+where ``httpx`` and ``httpcore`` are httpx2 and httpcore2 (``_library.py``).
 """
 
 from __future__ import annotations
 
 import functools
 import http.cookiejar
+import importlib
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .._breaker import CLOSED
 from .._call import Call
@@ -31,10 +33,19 @@ from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Policy
 from . import _errors
 from ._attempt import ATTEMPT, SendRefused, agated_after, begin, gated_after, refused_outcome
-from ._deadline import bound_to_deadlines
 from ._keys import stamp_key
+from ._library import library_of
 from ._origins import Origin, credentials_follow, origin
 from .requests import NO_STORED_COOKIES
+
+LIBRARY = library_of(__name__)
+if TYPE_CHECKING:  # type-checked against httpx: httpx2 has the same API
+    import httpx
+
+    from ._httpcore import bound_to_deadlines
+else:
+    httpx = LIBRARY.httpx()
+    bound_to_deadlines = LIBRARY.backend("_httpcore").bound_to_deadlines
 
 # A transport for a service, or a callable making one (per client: each event loop gets its own async client).
 InnerTransport = httpx.BaseTransport | httpx.AsyncBaseTransport | Callable[[], Any]
@@ -180,11 +191,11 @@ def environment_proxies(config: ServiceConfig) -> dict[str, str | None]:
     """
     if not config.trust_env or config.proxy is not None:
         return {}
-    try:
-        from httpx._utils import get_environment_proxies  # private, but it is what httpx's trust_env reads
-    except ImportError:
+    try:  # private, but it is what httpx's trust_env reads
+        read = importlib.import_module(f"{httpx.__name__}._utils").get_environment_proxies
+    except (ImportError, AttributeError):
         return {}
-    return dict(get_environment_proxies())
+    return dict(read())
 
 
 def _proxy_mounts(policy: Policy, given: InnerTransport | None, cls: type[Any]) -> dict[str, Any]:
@@ -335,9 +346,8 @@ def _failed_attempt(call: Call, policy: Policy, error: Exception) -> Outcome:
 
 def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
     if given is None and cls is httpx.AsyncHTTPTransport and config.transport == "aiohttp":
-        from .aiohttp import aiohttp_transport  # the optional extra's import, for the services that use it
-
-        inner: Any = aiohttp_transport(config, proxy)
+        # The optional extra's import, for the services that use it.
+        inner: Any = LIBRARY.backend("aiohttp").aiohttp_transport(config, proxy)
     elif given is None:
         inner = cls(**transport_options(config, proxy))
     else:

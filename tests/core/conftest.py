@@ -1,10 +1,16 @@
-"""Core fixtures: a uniform way to call either sync backend, and listeners that never answer."""
+"""Core fixtures: a uniform way to call either sync backend, and listeners that never answer.
+
+A test over client *kinds* names them ``"requests"``, ``"httpx"`` and ``"httpx2"`` (the sync clients), ``"async"``
+and ``"async2"`` (httpx's and httpx2's async clients): every behaviour test of httpx runs on httpx2 too.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import socket
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -16,10 +22,39 @@ from tests.proxy import ForwardingProxy
 
 Send = Callable[..., Any]
 
+# The libraries with httpx's API: httpx, and httpx2, its maintained fork.
+HTTPX_LIBRARIES = ("httpx", "httpx2")
+SYNC_KINDS = ("requests", *HTTPX_LIBRARIES)
+ASYNC_KINDS = ("async", "async2")
+HTTPX_KINDS = (*HTTPX_LIBRARIES, *ASYNC_KINDS)
 
-@pytest.fixture(params=["requests", "httpx"])
+
+def client_of(kind: str) -> str:
+    """The ``client`` setting of a kind: ``"requests"``, ``"httpx"`` or ``"httpx2"``."""
+    if kind == "requests":
+        return "requests"
+    return "httpx2" if kind.endswith("2") else "httpx"
+
+
+def native(kind: str) -> ModuleType:
+    """The library whose exception classes a kind's errors also are: ``requests``, ``httpx`` or ``httpx2``."""
+    return importlib.import_module(client_of(kind))
+
+
+def is_async(kind: str) -> bool:
+    return kind in ASYNC_KINDS
+
+
+@pytest.fixture(params=SYNC_KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
-    """Each sync-backend test runs once through a requests session and once through an httpx client."""
+    """Each sync-backend test runs through a requests session, an httpx client and an httpx2 client."""
+    return str(request.param)
+
+
+@pytest.fixture(params=HTTPX_LIBRARIES)
+def library(request: pytest.FixtureRequest) -> str:
+    """Each test of an httpx client runs on httpx and on httpx2: set ``"client": library`` in the service and take
+    the library's classes from ``native(library)``."""
     return str(request.param)
 
 
@@ -33,13 +68,13 @@ def async_transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def with_async_transports(kinds: list[str], async_kind: str = "async") -> list[Any]:
-    """``(kind, transport)`` parameters for a test over client kinds: the async kind once on each transport, the
+def with_async_transports(kinds: list[str] | tuple[str, ...]) -> list[Any]:
+    """``(kind, transport)`` parameters for a test over client kinds: the async kinds once on each transport, the
     sync kinds once (their clients have no transport to choose)."""
     return [
-        pytest.param(kind, transport, id=f"{kind}-{transport}" if kind == async_kind else kind)
+        pytest.param(kind, transport, id=f"{kind}-{transport}" if is_async(kind) else kind)
         for kind in kinds
-        for transport in (ASYNC_TRANSPORTS if kind == async_kind else ASYNC_TRANSPORTS[:1])
+        for transport in (ASYNC_TRANSPORTS if is_async(kind) else ASYNC_TRANSPORTS[:1])
     ]
 
 
@@ -48,6 +83,7 @@ def send(kind: str) -> Send:
     """``send(registry, name, method, url, **kwargs)`` through the service's sync client; returns the response."""
 
     def call(registry: Registry, name: str, method: str, url: str, **kwargs: Any) -> requests.Response | httpx.Response:
+        # An httpx2 service's client is an httpx2.Client: the same call.
         if kind == "requests":
             return registry.session(name).request(method, url, **kwargs)
         return registry.client(name).request(method, url, **kwargs)

@@ -12,7 +12,7 @@ import requests
 
 import outbound
 from tests.conftest import RegistryFactory
-from tests.core.conftest import Send
+from tests.core.conftest import Send, native
 from tests.upstream import Upstream
 
 FAST = {"backoff_factor": 0, "backoff_jitter": 0}
@@ -38,7 +38,7 @@ def test_connect_timeout_fires_and_is_retried_even_for_post(
     )
     with pytest.raises(outbound.ConnectTimeoutError) as caught:
         send(registry, "dead", "POST", "x", json={"order": 1})
-    expected = requests.ConnectTimeout if kind == "requests" else httpx.ConnectTimeout
+    expected = requests.ConnectTimeout if kind == "requests" else native(kind).ConnectTimeout
     assert isinstance(caught.value, expected)
     assert registry["dead"].policy.stats.retries == 2
 
@@ -49,18 +49,18 @@ def test_read_timeout_fires_and_is_retried_only_for_idempotent_methods(
     registry = make_registry(slow={"base_url": upstream.url, "client": kind, "timeout": {"read": 0.1}, "retry": FAST})
     with pytest.raises(outbound.ReadTimeoutError) as caught:
         send(registry, "slow", "GET", "slow", params={"delay": 0.5})
-    assert isinstance(caught.value, requests.ReadTimeout if kind == "requests" else httpx.ReadTimeout)
+    assert isinstance(caught.value, requests.ReadTimeout if kind == "requests" else native(kind).ReadTimeout)
     assert upstream.hits_by_path["/slow"] == 3
     with pytest.raises(outbound.ReadTimeoutError):
         send(registry, "slow", "POST", "slow", params={"delay": 0.5})
     assert upstream.hits_by_path["/slow"] == 4
 
 
-def test_write_timeout_fires_on_httpx(blackhole: dict[str, str], make_registry: RegistryFactory) -> None:
-    registry = make_registry(sink={"base_url": blackhole["silent"], "client": "httpx", "timeout": {"write": 0.2}})
+def test_write_timeout_fires_on_httpx(blackhole: dict[str, str], make_registry: RegistryFactory, library: str) -> None:
+    registry = make_registry(sink={"base_url": blackhole["silent"], "client": library, "timeout": {"write": 0.2}})
     with pytest.raises(outbound.WriteTimeoutError) as caught:
         registry.client("sink").post("upload", content=b"x" * 64_000_000)
-    assert isinstance(caught.value, httpx.WriteTimeout)
+    assert isinstance(caught.value, native(library).WriteTimeout)
 
 
 def test_total_deadline_bounds_the_whole_call_across_retries(
@@ -93,7 +93,7 @@ def test_pool_timeout_when_every_connection_is_busy_is_ours_not_the_upstreams(
     assert health["pool"]["in_use"] == 1
     with pytest.raises(outbound.PoolTimeoutError) as caught:
         send(registry, "small", "GET", "ok")
-    assert isinstance(caught.value, requests.ConnectionError if kind == "requests" else httpx.PoolTimeout)
+    assert isinstance(caught.value, requests.ConnectionError if kind == "requests" else native(kind).PoolTimeout)
     holder.join()
     health = registry.health()["services"]["small"]
     assert health["stats"]["pool_timeouts"] == 1
@@ -144,7 +144,7 @@ def test_reset_mid_body_is_a_read_error_retried_for_get_only(
     registry = make_registry(api={"base_url": upstream.url, "client": kind, "retry": FAST})
     with pytest.raises(outbound.ReadError) as caught:
         send(registry, "api", "GET", "reset-mid-body")
-    assert isinstance(caught.value, requests.RequestException if kind == "requests" else httpx.TransportError)
+    assert isinstance(caught.value, requests.RequestException if kind == "requests" else native(kind).TransportError)
     assert upstream.hits_by_path["/reset-mid-body"] == 3
     with pytest.raises(outbound.ReadError):
         send(registry, "api", "POST", "reset-mid-body")
@@ -195,7 +195,7 @@ def test_errors_keep_both_identities_and_leak_no_secrets(
         send(registry, "api", "GET", "accounts", params={"api_key": "s3cret"})
     error = caught.value
     assert isinstance(error, outbound.OutboundError)
-    assert isinstance(error, requests.ConnectionError if kind == "requests" else httpx.ConnectError)
+    assert isinstance(error, requests.ConnectionError if kind == "requests" else native(kind).ConnectError)
     assert error.service == "api"
     for secret in ("hunter2", "s3cret", "api_key", "admin"):
         assert secret not in str(error)
@@ -204,25 +204,27 @@ def test_errors_keep_both_identities_and_leak_no_secrets(
         assert isinstance(error, requests.RequestException)
         assert error.request is not None
     else:
-        assert isinstance(error, httpx.TransportError)
+        assert isinstance(error, native(kind).TransportError)
         assert error.request.url.path == "/accounts"
     last_error = registry.health()["services"]["api"]["last_error"]
     assert "s3cret" not in last_error["message"]
     assert "hunter2" not in last_error["message"]
 
 
-def test_http2_uses_the_h2_transport(make_registry: RegistryFactory, upstream: Upstream) -> None:
-    registry = make_registry(api={"base_url": upstream.url, "client": "httpx", "http2": True})
+def test_http2_uses_the_h2_transport(make_registry: RegistryFactory, upstream: Upstream, library: str) -> None:
+    registry = make_registry(api={"base_url": upstream.url, "client": library, "http2": True})
     # Our upstream speaks HTTP/1.1 only; over plain http httpx negotiates 1.1 even with http2 on.
     assert registry.client("api").get("ok").http_version == "HTTP/1.1"
     assert registry.client("api").outbound_transport.inner._pool._http2 is True
 
 
-def test_wrong_accessor_and_unknown_names_say_what_to_call(make_registry: RegistryFactory) -> None:
+def test_wrong_accessor_and_unknown_names_say_what_to_call(make_registry: RegistryFactory, library: str) -> None:
     registry = make_registry(
-        billing={"base_url": "http://127.0.0.1:1/"}, search={"base_url": "http://127.0.0.1:1/", "client": "httpx"}
+        billing={"base_url": "http://127.0.0.1:1/"}, search={"base_url": "http://127.0.0.1:1/", "client": library}
     )
-    with pytest.raises(outbound.ServiceLookupError, match=r"call client\('search'\) or async_client"):
+    with pytest.raises(
+        outbound.ServiceLookupError, match=rf"uses client '{library}': call client\('search'\) or async_client"
+    ):
         registry.session("search")
     with pytest.raises(outbound.ServiceLookupError, match=r"call session\('billing'\)"):
         registry.client("billing")
@@ -235,14 +237,15 @@ def test_wrong_accessor_and_unknown_names_say_what_to_call(make_registry: Regist
 
 
 def test_httpx_call_refused_by_an_open_breaker_still_carries_its_request(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
+    httpx = native(library)
     # client.get() is refused before httpx builds the request (the cheap path); .request is then built on demand,
     # so code that logs ``exc.request.url`` keeps working.
     registry = make_registry(
         api={
             "base_url": upstream.url,
-            "client": "httpx",
+            "client": library,
             "transport": async_transport,
             "retry": {"total": 0},
             "breaker": {"fail_max": 1},

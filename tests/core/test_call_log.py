@@ -17,7 +17,7 @@ import pytest
 import outbound
 from outbound import Registry
 from tests.conftest import RegistryFactory
-from tests.core.conftest import with_async_transports
+from tests.core.conftest import ASYNC_KINDS, HTTPX_LIBRARIES, SYNC_KINDS, client_of, with_async_transports
 from tests.upstream import Upstream
 
 
@@ -26,7 +26,7 @@ def _call(registry: Registry, kind: str, path: str) -> None:
     with contextlib.suppress(outbound.CallError):
         if kind == "requests":
             registry.session("api").get(path)
-        elif kind == "httpx":
+        elif kind in HTTPX_LIBRARIES:
             registry.client("api").get(path)
         else:
 
@@ -49,7 +49,7 @@ def api(make_registry: RegistryFactory, upstream: Upstream, kind: str, transport
     return make_registry(
         api={
             "base_url": upstream.url.replace("http://", "http://svc:PASSWORD@"),
-            "client": "requests" if kind == "requests" else "httpx",
+            "client": client_of(kind),
             "transport": transport,
             "retry": {"total": 2, "backoff_factor": 0},
             "breaker": {"fail_max": 3, "reset_timeout": 60},
@@ -57,7 +57,7 @@ def api(make_registry: RegistryFactory, upstream: Upstream, kind: str, transport
     )
 
 
-@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports([*SYNC_KINDS, *ASYNC_KINDS]))
 def test_a_success_is_one_debug_record_with_its_facts(
     api: Registry, upstream: Upstream, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -81,7 +81,7 @@ def test_a_success_is_one_debug_record_with_its_facts(
     assert message.endswith(" ms (1 attempt)")
 
 
-@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports([*SYNC_KINDS, *ASYNC_KINDS]))
 def test_a_failure_after_retries_is_one_info_record(
     api: Registry, upstream: Upstream, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -100,7 +100,7 @@ def test_a_failure_after_retries_is_one_info_record(
     assert "(3 attempts, " in record.getMessage()
 
 
-@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports([*SYNC_KINDS, *ASYNC_KINDS]))
 def test_an_error_without_a_response_names_its_class(
     api: Registry, upstream: Upstream, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -116,7 +116,7 @@ def test_an_error_without_a_response_names_its_class(
     assert facts["outbound_attempts"] == 3
 
 
-@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports([*SYNC_KINDS, *ASYNC_KINDS]))
 def test_a_call_refused_by_the_open_breaker_is_a_debug_record(
     api: Registry, upstream: Upstream, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,6 +23,7 @@ import urllib3
 import outbound
 from outbound import Registry
 from tests.conftest import RegistryFactory
+from tests.core.conftest import native
 from tests.proxy import ForwardingProxy
 from tests.upstream import Upstream
 
@@ -89,10 +90,10 @@ def test_trust_env_false_ignores_environment_proxies(
 
 
 def test_the_with_idiom_never_closes_a_shared_client(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
     registry = make_registry(
-        r={"base_url": upstream.url}, h={"base_url": upstream.url, "client": "httpx", "transport": async_transport}
+        r={"base_url": upstream.url}, h={"base_url": upstream.url, "client": library, "transport": async_transport}
     )
     with registry.session("r") as session:
         session.get("ok")
@@ -128,12 +129,12 @@ def test_a_managed_session_refuses_to_be_pickled_and_says_why(make_registry: Reg
 # httpcore only: aiohttp runs on asyncio alone, and under trio async_client() refuses it (test_aiohttp.py).
 @pytest.mark.parametrize("async_transport", ["httpcore"])
 def test_async_clients_work_under_trio_with_retries_and_are_closed_with_the_run(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
     registry = make_registry(
         h={
             "base_url": upstream.url,
-            "client": "httpx",
+            "client": library,
             "transport": async_transport,
             "retry": {"total": 1, "backoff_factor": 0.01},
         }
@@ -155,10 +156,11 @@ def test_async_clients_work_under_trio_with_retries_and_are_closed_with_the_run(
 # -- errors ---------------------------------------------------------------------------------------------------------
 
 
-def test_exception_args_keep_the_native_shape(upstream: Upstream, make_registry: RegistryFactory) -> None:
+def test_exception_args_keep_the_native_shape(upstream: Upstream, make_registry: RegistryFactory, library: str) -> None:
+    httpx = native(library)
     registry = make_registry(
         r={"base_url": upstream.url, "timeout": {"read": 0.2}, "retry": None},
-        h={"base_url": upstream.url, "client": "httpx", "timeout": {"read": 0.2}, "retry": None},
+        h={"base_url": upstream.url, "client": library, "timeout": {"read": 0.2}, "retry": None},
     )
     with pytest.raises(requests.ReadTimeout) as plain_requests:
         requests.get(f"{upstream.url}slow?delay=0.5", timeout=(1, 0.2))
@@ -187,9 +189,9 @@ def test_a_streamed_body_that_breaks_raises_outbounds_error_on_requests_too(
 
 
 def test_an_async_client_used_from_another_event_loop_says_what_to_do(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    registry = make_registry(h={"base_url": upstream.url, "client": "httpx", "transport": async_transport})
+    registry = make_registry(h={"base_url": upstream.url, "client": library, "transport": async_transport})
 
     async def keep() -> Any:
         return registry.async_client("h")
@@ -207,11 +209,11 @@ def test_an_async_client_used_from_another_event_loop_says_what_to_do(
 
 
 def test_a_per_call_timeout_longer_than_the_deadline_is_honoured(
-    upstream: Upstream, make_registry: RegistryFactory
+    upstream: Upstream, make_registry: RegistryFactory, library: str
 ) -> None:
     registry = make_registry(
         r={"base_url": upstream.url, "timeout": {"read": 0.3, "total": 0.4}},
-        h={"base_url": upstream.url, "client": "httpx", "timeout": {"read": 0.3, "total": 0.4}},
+        h={"base_url": upstream.url, "client": library, "timeout": {"read": 0.3, "total": 0.4}},
     )
     assert registry.session("r").get("slow?delay=0.8", timeout=2).status_code == 200
     assert registry.client("h").get("slow?delay=0.8", timeout=2).status_code == 200
@@ -297,14 +299,17 @@ def test_an_ssl_context_and_verify_together_are_a_settings_mistake() -> None:
         )
 
 
-def test_a_test_transport_runs_inside_the_policy(make_registry: RegistryFactory, async_transport: str) -> None:
+def test_a_test_transport_runs_inside_the_policy(
+    make_registry: RegistryFactory, async_transport: str, library: str
+) -> None:
+    httpx = native(library)
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.path)
         return httpx.Response(503 if len(seen) == 1 else 200, text="mocked")
 
-    service = {"base_url": "http://api.test/v1/", "client": "httpx", "transport": async_transport}
+    service = {"base_url": "http://api.test/v1/", "client": library, "transport": async_transport}
     registry = Registry.from_mapping(
         {"services": {"h": {**service, "retry": {"backoff_factor": 0}}}},
         transports={"h": httpx.MockTransport(handler)},
@@ -322,7 +327,7 @@ def test_a_test_transport_runs_inside_the_policy(make_registry: RegistryFactory,
 
 def test_a_transport_for_a_service_that_cannot_use_it_is_refused() -> None:
     mapping = {"services": {"r": {"base_url": "http://h/"}}}
-    with pytest.raises(outbound.ServiceLookupError, match="only be given to a configured 'httpx' service"):
+    with pytest.raises(outbound.ServiceLookupError, match="only be given to a configured 'httpx' or 'httpx2' service"):
         Registry.from_mapping(mapping, transports={"r": httpx.MockTransport(lambda request: httpx.Response(200))})
 
 
@@ -352,10 +357,11 @@ def test_no_proxy_hosts_go_direct_on_both_backends(
     assert get("ok").status_code == 200
 
 
-def test_a_test_transport_is_used_even_with_environment_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_test_transport_is_used_even_with_environment_proxies(monkeypatch: pytest.MonkeyPatch, library: str) -> None:
+    httpx = native(library)
     monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
     registry = Registry.from_mapping(
-        {"services": {"h": {"base_url": "http://api.test/", "client": "httpx", "probe": "health"}}},
+        {"services": {"h": {"base_url": "http://api.test/", "client": library, "probe": "health"}}},
         transports={"h": httpx.MockTransport(lambda request: httpx.Response(204))},
     )
     with registry:

@@ -123,9 +123,11 @@ def test_breaker_from_50_asyncio_tasks_fails_fast_then_sends_a_single_trial(
         asyncio.run(scenario(registry))
 
 
-def test_50_asyncio_tasks_run_concurrently(upstream: Upstream, make_registry: Any, async_transport: str) -> None:
+def test_50_asyncio_tasks_run_concurrently(
+    upstream: Upstream, make_registry: Any, async_transport: str, library: str
+) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "transport": async_transport, "pool": {"max_connections": 50}}
+        api={"base_url": upstream.url, "client": library, "transport": async_transport, "pool": {"max_connections": 50}}
     )
 
     async def scenario() -> float:
@@ -139,10 +141,10 @@ def test_50_asyncio_tasks_run_concurrently(upstream: Upstream, make_registry: An
 
 
 def test_cancelled_task_never_counts_as_an_upstream_failure(
-    upstream: Upstream, make_registry: Any, async_transport: str
+    upstream: Upstream, make_registry: Any, async_transport: str, library: str
 ) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "transport": async_transport, "breaker": {"fail_max": 1}}
+        api={"base_url": upstream.url, "client": library, "transport": async_transport, "breaker": {"fail_max": 1}}
     )
 
     async def scenario() -> None:

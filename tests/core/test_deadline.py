@@ -13,14 +13,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-import requests
 
 import outbound
 from outbound import Registry
 from tests.conftest import RegistryFactory
-from tests.core.conftest import with_async_transports
+from tests.core.conftest import (
+    ASYNC_KINDS,
+    HTTPX_LIBRARIES,
+    SYNC_KINDS,
+    client_of,
+    is_async,
+    native,
+    with_async_transports,
+)
 from tests.upstream import Upstream
 
 TOTAL = 1.0
@@ -29,13 +35,12 @@ TRICKLES = {
     "headers": "trickle-headers?interval=0.1&count=80",  # 8 s of headers at least
     "body": "trickle-body?interval=0.1&bytes=80",  # headers at once, then 8 s of body
 }
-NATIVE_TIMEOUT = {"requests": requests.ReadTimeout, "httpx": httpx.ReadTimeout, "async": httpx.ReadTimeout}
 
 
 def _service(upstream: Upstream, kind: str, transport: str = "httpcore") -> dict[str, Any]:
     return {
         "base_url": upstream.url,
-        "client": "requests" if kind == "requests" else "httpx",
+        "client": client_of(kind),
         "transport": transport,
         "timeout": {"connect": 1, "read": 0.5, "total": TOTAL},
         "retry": {"total": 2, "backoff_factor": 0},
@@ -46,7 +51,7 @@ def _service(upstream: Upstream, kind: str, transport: str = "httpcore") -> dict
 def _call(registry: Registry, kind: str, path: str, **kwargs: Any) -> Any:
     if kind == "requests":
         return registry.session("api").get(path, **kwargs)
-    if kind == "httpx":
+    if kind in HTTPX_LIBRARIES:
         return registry.client("api").get(path, **kwargs)
 
     async def call() -> Any:
@@ -64,7 +69,7 @@ def _timed(call: Callable[[], Any]) -> tuple[float, BaseException | None]:
     return time.monotonic() - started, None
 
 
-@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports([*SYNC_KINDS, *ASYNC_KINDS]))
 @pytest.mark.parametrize("trickle", ["headers", "body"])
 def test_a_trickling_upstream_is_cut_at_the_deadline(
     upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str, trickle: str
@@ -73,14 +78,14 @@ def test_a_trickling_upstream_is_cut_at_the_deadline(
     elapsed, error = _timed(lambda: _call(registry, kind, TRICKLES[trickle]))
     assert TOTAL - 0.05 <= elapsed < TOTAL + SLACK, f"the call took {elapsed:.2f}s"
     assert isinstance(error, outbound.ReadTimeoutError)
-    assert isinstance(error, NATIVE_TIMEOUT[kind])
+    assert isinstance(error, native(kind).ReadTimeout)
     assert "deadline expired" in str(error)
     assert "timeout.total of 1s" in str(error)
     assert registry["api"].policy.breaker.failures == 1  # one attempt: no time was left to retry
     assert registry["api"].policy.stats.retries == 0
 
 
-@pytest.mark.parametrize(("kind", "transport"), with_async_transports(["requests", "httpx", "async"]))
+@pytest.mark.parametrize(("kind", "transport"), with_async_transports([*SYNC_KINDS, *ASYNC_KINDS]))
 def test_the_cut_connection_is_discarded_and_the_pool_stays_healthy(
     upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str
 ) -> None:
@@ -91,11 +96,11 @@ def test_the_cut_connection_is_discarded_and_the_pool_stays_healthy(
     assert upstream.wait_for(lambda: upstream.live_connections == 0, timeout=5)
     assert registry["api"].pool().in_use == 0
     assert _call(registry, kind, "ok").status_code == 200
-    if kind != "async":  # an async client lives and dies with its loop: its pool is gone after asyncio.run
+    if not is_async(kind):  # an async client lives and dies with its loop: its pool is gone after asyncio.run
         assert registry["api"].pool().idle == 1  # the new connection, pooled; the cut one was never reused
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx"])
+@pytest.mark.parametrize("kind", SYNC_KINDS)
 def test_a_streamed_call_is_cut_while_its_headers_trickle(
     upstream: Upstream, make_registry: RegistryFactory, kind: str
 ) -> None:
@@ -113,7 +118,7 @@ def test_a_streamed_call_is_cut_while_its_headers_trickle(
     assert isinstance(error, outbound.ReadTimeoutError)
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx"])
+@pytest.mark.parametrize("kind", SYNC_KINDS)
 def test_a_streamed_body_is_read_under_the_read_timeout_alone(
     upstream: Upstream, make_registry: RegistryFactory, kind: str
 ) -> None:

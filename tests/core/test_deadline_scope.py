@@ -25,6 +25,7 @@ from outbound import Registry
 from outbound._config import DEADLINE_HEADERS, DeadlineConfig
 from outbound._deadline import current_deadline, format_budget, parse_budget, time_left
 from tests.conftest import RegistryFactory
+from tests.core.conftest import ASYNC_KINDS, HTTPX_LIBRARIES, SYNC_KINDS, client_of
 from tests.upstream import Upstream
 
 GRPC, REQUEST, ENVOY = DEADLINE_HEADERS
@@ -413,7 +414,7 @@ def test_any_float_formats_to_a_value_that_parses(name: str, seconds: float) -> 
 def _service(upstream: Upstream, kind: str) -> dict[str, Any]:
     return {
         "base_url": upstream.url,
-        "client": "requests" if kind == "requests" else "httpx",
+        "client": client_of(kind),
         "retry": {"total": 0},
         "timeout": {"connect": 2, "read": 5, "total": 10},
     }
@@ -422,7 +423,7 @@ def _service(upstream: Upstream, kind: str) -> dict[str, Any]:
 def _get(registry: Registry, kind: str, path: str) -> Any:
     if kind == "requests":
         return registry.session("api").get(path)
-    if kind == "httpx":
+    if kind in HTTPX_LIBRARIES:
         return registry.client("api").get(path)
 
     async def call() -> Any:
@@ -431,7 +432,7 @@ def _get(registry: Registry, kind: str, path: str) -> Any:
     return asyncio.run(call())  # the loop's main task runs in a copy of this context: it has the deadline
 
 
-KINDS = pytest.mark.parametrize("kind", ["requests", "httpx", "async"])
+KINDS = pytest.mark.parametrize("kind", [*SYNC_KINDS, *ASYNC_KINDS])
 
 
 @KINDS

@@ -176,16 +176,18 @@ def test_timeouts_are_504_and_other_failures_502(
     }
 
 
-def test_a_write_timeout_is_504(blackhole: dict[str, str], make_registry: RegistryFactory) -> None:
-    registry = make_registry(sink={"base_url": blackhole["silent"], "client": "httpx", "timeout": {"write": 0.2}})
+def test_a_write_timeout_is_504(blackhole: dict[str, str], make_registry: RegistryFactory, library: str) -> None:
+    registry = make_registry(sink={"base_url": blackhole["silent"], "client": library, "timeout": {"write": 0.2}})
     answer = outbound.error_answer(raised(lambda: registry.client("sink").post("upload", content=b"x" * 64_000_000)))
     assert answer is not None
     assert (answer.status, answer.reason) == (504, "write_timeout")
 
 
-def test_errors_of_the_async_client_get_the_same_answers(upstream: Upstream, make_registry: RegistryFactory) -> None:
+def test_errors_of_the_async_client_get_the_same_answers(
+    upstream: Upstream, make_registry: RegistryFactory, library: str
+) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "retry": NO_RETRY, "breaker": {"fail_max": 1}}
+        api={"base_url": upstream.url, "client": library, "retry": NO_RETRY, "breaker": {"fail_max": 1}}
     )
 
     async def open_then_call() -> BaseException:

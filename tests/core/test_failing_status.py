@@ -35,6 +35,7 @@ from outbound.health import (
     worst,
 )
 from tests.conftest import FakeClock, RegistryFactory
+from tests.core.conftest import SYNC_KINDS
 from tests.upstream import Upstream
 
 POOL = PoolSnapshot(max_connections=10)
@@ -178,7 +179,7 @@ def call(registry: outbound.Registry, kind: str, path: str) -> None:
         pass
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx"])
+@pytest.mark.parametrize("kind", SYNC_KINDS)
 def test_timeouts_under_a_rate_breaker_short_of_its_minimum_calls(
     upstream: Upstream, make_registry: RegistryFactory, kind: str
 ) -> None:

@@ -51,7 +51,7 @@ TRICKY = [
 # A header value as bytes on the wire: any text, as UTF-8 or (where it fits) Latin-1, without line breaks.
 VALUES = st.one_of(st.sampled_from(TRICKY), st.text(max_size=24)).filter(lambda v: "\r" not in v and "\n" not in v)
 ENCODINGS = st.sampled_from(["utf-8", "latin-1"])
-CLIENTS = ("requests", "httpx", "httpx-async", "aiohttp")
+CLIENTS = ("requests", "httpx", "httpx-async", "aiohttp", "httpx2", "httpx2-async", "httpx2-aiohttp")
 CRLF = b"\r\n"
 
 
@@ -106,6 +106,11 @@ def registries(upstream_server: Upstream) -> Iterator[dict[str, Registry]]:
         "httpx": Registry.from_mapping({"services": {"svc": {**base, "client": "httpx"}}}),
         "httpx-async": Registry.from_mapping({"services": {"svc": {**base, "client": "httpx"}}}),
         "aiohttp": Registry.from_mapping({"services": {"svc": {**base, "client": "httpx", "transport": "aiohttp"}}}),
+        "httpx2": Registry.from_mapping({"services": {"svc": {**base, "client": "httpx2"}}}),
+        "httpx2-async": Registry.from_mapping({"services": {"svc": {**base, "client": "httpx2"}}}),
+        "httpx2-aiohttp": Registry.from_mapping(
+            {"services": {"svc": {**base, "client": "httpx2", "transport": "aiohttp"}}}
+        ),
     }
     yield made
     for registry in made.values():
@@ -121,7 +126,7 @@ def _get(registry: Registry, client: str) -> Callable[[str], tuple[int, str]]:
             return response.status_code, response.text
 
         return get
-    if client == "httpx":
+    if client in ("httpx", "httpx2"):
 
         def get_httpx(path: str) -> tuple[int, str]:
             response = registry.client("svc").get(path, follow_redirects=True)

@@ -12,13 +12,16 @@ import pytest
 import outbound
 from outbound import HealthConfig
 from tests.conftest import RegistryFactory, open_breaker
+from tests.core.conftest import SYNC_KINDS
 from tests.upstream import Upstream
 
 
-def test_report_shape_is_json_ready_and_redacted(upstream: Upstream, make_registry: RegistryFactory) -> None:
+def test_report_shape_is_json_ready_and_redacted(
+    upstream: Upstream, make_registry: RegistryFactory, library: str
+) -> None:
     registry = make_registry(
         billing={"base_url": upstream.url.replace("http://", "http://user:pw@") + "api/", "critical": True},
-        search={"base_url": upstream.url, "client": "httpx"},
+        search={"base_url": upstream.url, "client": library},
     )
     registry.session("billing").get("ok")
     report = json.loads(json.dumps(registry.health()))
@@ -113,7 +116,7 @@ def test_half_open_is_degraded(upstream: Upstream) -> None:
         assert registry.health()["services"]["api"]["status"] == "ok"
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx"])
+@pytest.mark.parametrize("kind", SYNC_KINDS)
 def test_saturated_pool_is_degraded(upstream: Upstream, make_registry: RegistryFactory, kind: str) -> None:
     registry = make_registry(api={"base_url": upstream.url, "client": kind, "pool": {"max_connections": 1}})
     get = registry.session("api").get if kind == "requests" else registry.client("api").get
@@ -130,8 +133,8 @@ def test_saturated_pool_is_degraded(upstream: Upstream, make_registry: RegistryF
     assert registry.health()["status"] == "ok"
 
 
-def test_health_sends_nothing(upstream: Upstream, make_registry: RegistryFactory) -> None:
-    registry = make_registry(a={"base_url": upstream.url}, b={"base_url": upstream.url, "client": "httpx"})
+def test_health_sends_nothing(upstream: Upstream, make_registry: RegistryFactory, library: str) -> None:
+    registry = make_registry(a={"base_url": upstream.url}, b={"base_url": upstream.url, "client": library})
     for _ in range(3):
         registry.health()
     assert upstream.hits == 0
@@ -162,9 +165,9 @@ def test_without_a_token_only_the_framework_can_authorize() -> None:
     assert outbound.health.bearer_token_matches("Bearer x", None) is False
 
 
-def test_render_status_lists_every_service(upstream: Upstream, make_registry: RegistryFactory) -> None:
+def test_render_status_lists_every_service(upstream: Upstream, make_registry: RegistryFactory, library: str) -> None:
     registry = make_registry(
-        billing={"base_url": upstream.url, "critical": True}, search={"base_url": upstream.url, "client": "httpx"}
+        billing={"base_url": upstream.url, "critical": True}, search={"base_url": upstream.url, "client": library}
     )
     registry.session("billing").get("status/404")
     text = outbound.health.render_status(registry.report())
@@ -183,14 +186,16 @@ def test_render_status_lists_every_service(upstream: Upstream, make_registry: Re
         "ERROR",
     ]
     assert lines[1].split()[:10] == ["billing", "*", "requests", "ok", "closed", "0/20", "1", "0", "0/1", "failed"]
-    assert lines[2].split()[:8] == ["search", "httpx", "ok", "closed", "0/20", "0", "0", "-"]
+    assert lines[2].split()[:8] == ["search", library, "ok", "closed", "0/20", "0", "0", "-"]
     assert lines[-1].startswith("overall: ok")
 
 
-def test_probe_reports_reachability_latency_and_exit_code(upstream: Upstream, make_registry: RegistryFactory) -> None:
+def test_probe_reports_reachability_latency_and_exit_code(
+    upstream: Upstream, make_registry: RegistryFactory, library: str
+) -> None:
     registry = make_registry(
         up={"base_url": upstream.url + "v1/", "probe": "/ok", "critical": True},
-        fails={"base_url": upstream.url, "client": "httpx", "probe": "status/503", "retry": {"total": 0}},
+        fails={"base_url": upstream.url, "client": library, "probe": "status/503", "retry": {"total": 0}},
         quiet={"base_url": upstream.url},
     )
     results = {r.service: r for r in registry.probe()}
@@ -216,12 +221,12 @@ def test_probe_reports_reachability_latency_and_exit_code(upstream: Upstream, ma
 
 
 def test_probe_sends_exactly_one_request_per_service_concurrently_and_changes_nothing(
-    upstream: Upstream, make_registry: RegistryFactory
+    upstream: Upstream, make_registry: RegistryFactory, library: str
 ) -> None:
     slow = {"base_url": upstream.url, "probe": "slow?delay=0.6", "timeout": {"read": 2}}
     registry = make_registry(
         a=slow,
-        b={**slow, "client": "httpx"},
+        b={**slow, "client": library},
         down={"base_url": upstream.url, "probe": "status/503", "breaker": {"fail_max": 1}},
         held={"base_url": upstream.url, "probe": "hold?seconds=5", "timeout": {"connect": 0.2, "read": 0.3}},
     )

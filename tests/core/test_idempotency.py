@@ -13,14 +13,15 @@ import outbound
 from outbound._outcome import Kind, Outcome
 from outbound._policy import Policy
 from tests.conftest import FakeClock, RegistryFactory
+from tests.core.conftest import ASYNC_KINDS, HTTPX_LIBRARIES, SYNC_KINDS, client_of
 from tests.upstream import Upstream
 
-KINDS = pytest.mark.parametrize("kind", ["requests", "httpx", "async"])
+KINDS = pytest.mark.parametrize("kind", [*SYNC_KINDS, *ASYNC_KINDS])
 KEYED = {"total": 2, "backoff_factor": 0, "backoff_jitter": 0, "idempotency_key": {}}
 
 
 def _service(upstream: Upstream, kind: str, **settings: Any) -> dict[str, Any]:
-    return {"base_url": upstream.url, "client": "requests" if kind == "requests" else "httpx", **settings}
+    return {"base_url": upstream.url, "client": client_of(kind), **settings}
 
 
 def _call(registry: outbound.Registry, kind: str, method: str, path: str, **kwargs: Any) -> Any:
@@ -32,7 +33,7 @@ def _call(registry: outbound.Registry, kind: str, method: str, path: str, **kwar
         return registry.session("api").request(method, path, **kwargs)
     if retries is not None:
         kwargs["extensions"] = {"outbound.retries": retries}
-    if kind == "httpx":
+    if kind in HTTPX_LIBRARIES:
         return registry.client("api").request(method, path, **kwargs)
 
     async def call() -> Any:
@@ -113,7 +114,7 @@ def test_one_call_can_turn_retries_off_or_on(upstream: Upstream, make_registry: 
     assert upstream.hits_by_path["/fail-then-ok"] == 2 + 5  # four retries, more than the service's two
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx"])
+@pytest.mark.parametrize("kind", SYNC_KINDS)
 @pytest.mark.parametrize("wrong", ["3", -1, 101, 1.5])
 def test_a_wrong_retries_value_is_refused_with_a_clear_error(
     upstream: Upstream, make_registry: RegistryFactory, kind: str, wrong: Any
@@ -138,7 +139,7 @@ def test_the_policy_retries_a_keyed_method_after_a_read_timeout() -> None:
     assert policy.keyed_methods == {"POST"}
 
 
-@pytest.mark.parametrize("kind", ["requests", "httpx"])
+@pytest.mark.parametrize("kind", SYNC_KINDS)
 def test_the_same_request_object_sent_twice_is_two_calls_with_two_keys(
     upstream: Upstream, make_registry: RegistryFactory, kind: str
 ) -> None:

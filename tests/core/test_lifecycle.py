@@ -16,17 +16,19 @@ from tests.conftest import RegistryFactory
 from tests.upstream import Upstream
 
 
-def both_kinds(upstream: Upstream, make_registry: RegistryFactory, transport: str = "httpcore") -> outbound.Registry:
+def both_kinds(
+    upstream: Upstream, make_registry: RegistryFactory, transport: str = "httpcore", library: str = "httpx"
+) -> outbound.Registry:
     return make_registry(
         sync={"base_url": upstream.url},
-        http={"base_url": upstream.url, "client": "httpx", "transport": transport},
+        http={"base_url": upstream.url, "client": library, "transport": transport},
     )
 
 
 def test_close_leaves_no_live_connection_at_the_server(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    registry = both_kinds(upstream, make_registry, async_transport)
+    registry = both_kinds(upstream, make_registry, async_transport, library)
     registry.session("sync").get("ok")
     registry.client("http").get("ok")
 
@@ -49,9 +51,9 @@ def test_close_leaves_no_live_connection_at_the_server(
 
 
 def test_calls_after_close_raise_a_clear_error(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    registry = both_kinds(upstream, make_registry, async_transport)
+    registry = both_kinds(upstream, make_registry, async_transport, library)
     session, client = registry.session("sync"), registry.client("http")
     with registry:
         pass
@@ -72,9 +74,9 @@ async def _async_get(registry: outbound.Registry) -> int:
 
 
 def test_async_client_works_across_asyncio_run_calls_and_closes_with_each_loop(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    registry = both_kinds(upstream, make_registry, async_transport)
+    registry = both_kinds(upstream, make_registry, async_transport, library)
     seen: list[Any] = []
 
     async def call() -> int:
@@ -93,9 +95,9 @@ def test_async_client_works_across_asyncio_run_calls_and_closes_with_each_loop(
 
 
 def test_async_client_under_asgiref_async_to_sync(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    registry = both_kinds(upstream, make_registry, async_transport)
+    registry = both_kinds(upstream, make_registry, async_transport, library)
     # Flask async views and Django's sync-to-async bridges run each call on a new event loop.
     for _ in range(3):
         assert async_to_sync(_async_get)(registry) == 200
@@ -104,9 +106,9 @@ def test_async_client_under_asgiref_async_to_sync(
 
 
 def test_aclose_awaits_the_running_loops_client(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    registry = both_kinds(upstream, make_registry, async_transport)
+    registry = both_kinds(upstream, make_registry, async_transport, library)
 
     async def scenario() -> None:
         await registry.async_client("http").get("ok")
@@ -155,9 +157,9 @@ def test_forked_child_uses_fresh_connections_and_leaves_the_parents_alone(
 
 
 def test_sync_close_from_inside_the_loop_still_closes_its_client(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    registry = both_kinds(upstream, make_registry, async_transport)
+    registry = both_kinds(upstream, make_registry, async_transport, library)
 
     async def scenario() -> None:
         client = registry.async_client("http")

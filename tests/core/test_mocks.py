@@ -1,4 +1,8 @@
-"""responses and respx still intercept calls made through managed clients, and the policy still runs."""
+"""responses and respx still intercept calls made through managed clients, and the policy still runs.
+
+respx mocks httpx2 too, through httpcore2 (``respx.mock(using="httpcore2")``, the mocker pytest-httpx2 registers;
+its ``httpx2_mock`` fixture is the same router): the routes and their responses are respx's, as for httpx.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,13 @@ import outbound
 from tests.conftest import RegistryFactory
 
 
+def respx_mock(library: str, **options: object) -> respx.MockRouter:
+    """respx's router for ``library``'s clients: it patches httpcore, or httpcore2 for httpx2."""
+    if library == "httpx2":
+        import pytest_httpx2  # noqa: F401 (registers respx's mocker for httpcore2)
+    return respx.mock(using="httpcore2" if library == "httpx2" else "httpcore", **options)  # type: ignore[arg-type]
+
+
 @responses.activate
 def test_responses_intercepts_the_session(make_registry: RegistryFactory) -> None:
     registry = make_registry(billing={"base_url": "https://billing.internal/api/", "breaker": {"fail_max": 2}})
@@ -25,11 +36,13 @@ def test_responses_intercepts_the_session(make_registry: RegistryFactory) -> Non
     assert registry["billing"].policy.breaker.state == "open"  # the policy saw the mocked responses
 
 
-def test_respx_intercepts_sync_and_async_clients(make_registry: RegistryFactory, async_transport: str) -> None:
+def test_respx_intercepts_sync_and_async_clients(
+    make_registry: RegistryFactory, async_transport: str, library: str
+) -> None:
     registry = make_registry(
-        search={"base_url": "https://search.internal/", "client": "httpx", "transport": async_transport}
+        search={"base_url": "https://search.internal/", "client": library, "transport": async_transport}
     )
-    with respx.mock(assert_all_called=True) as router:
+    with respx_mock(library, assert_all_called=True) as router:
         route = router.get("https://search.internal/q").mock(
             side_effect=[httpx.Response(503), httpx.Response(200, json={"hits": 3})]
         )
@@ -60,17 +73,17 @@ def test_a_request_responses_refuses_is_the_mocks_verdict_not_the_upstreams(make
 
 
 def test_a_request_respx_refuses_is_the_mocks_verdict_not_the_upstreams(
-    make_registry: RegistryFactory, async_transport: str
+    make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
     registry = make_registry(
         search={
             "base_url": "https://search.internal/",
-            "client": "httpx",
+            "client": library,
             "transport": async_transport,
             "breaker": {"fail_max": 1},
         }
     )
-    with respx.mock(assert_all_called=False) as router:
+    with respx_mock(library, assert_all_called=False) as router:
         router.get("https://search.internal/q").mock(return_value=httpx.Response(200))
         with pytest.raises(outbound.CallError) as refused:
             registry.client("search").get("other")

@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 import requests
 
 import outbound
 from outbound import Registry
 from tests.conftest import RegistryFactory
-from tests.core.conftest import Send
+from tests.core.conftest import Send, native
 from tests.upstream import Upstream, wait_until
 
 NO_RETRY = {"total": 0}
@@ -101,7 +100,9 @@ def test_the_bulkhead_refuses_calls_past_max_in_flight_without_blaming_the_upstr
         for _ in range(5):
             with pytest.raises(outbound.BulkheadFullError) as caught:
                 send(registry, "api", "GET", "ok")
-            assert isinstance(caught.value, requests.ConnectionError if kind == "requests" else httpx.TransportError)
+            assert isinstance(
+                caught.value, requests.ConnectionError if kind == "requests" else native(kind).TransportError
+            )
             assert "2 calls in flight" in str(caught.value)
         assert [holder.result().status_code for holder in holders] == [200, 200]
     assert upstream.hits_by_path["/ok"] == 0  # nothing was sent
@@ -129,9 +130,10 @@ def test_with_max_wait_callers_queue_for_the_bulkhead_and_all_get_through(
 
 
 def test_the_bulkhead_bounds_hundreds_of_tasks_on_the_async_client(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    service = {"client": "httpx", "transport": async_transport, "bulkhead": {"max_in_flight": 10}, "retry": NO_RETRY}
+    httpx = native(library)
+    service = {"client": library, "transport": async_transport, "bulkhead": {"max_in_flight": 10}, "retry": NO_RETRY}
     registry = make_registry(api={"base_url": upstream.url, **service})
 
     async def main() -> list[Any]:
@@ -151,9 +153,11 @@ def test_the_bulkhead_bounds_hundreds_of_tasks_on_the_async_client(
     assert upstream.hits_by_path["/slow"] == 10
 
 
-def test_async_callers_wait_for_the_bulkhead_too(upstream: Upstream, make_registry: RegistryFactory) -> None:
+def test_async_callers_wait_for_the_bulkhead_too(
+    upstream: Upstream, make_registry: RegistryFactory, library: str
+) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "bulkhead": {"max_in_flight": 3, "max_wait": 5}}
+        api={"base_url": upstream.url, "client": library, "bulkhead": {"max_in_flight": 3, "max_wait": 5}}
     )
 
     async def main() -> list[int]:
@@ -178,7 +182,7 @@ def test_a_429_with_retry_after_pauses_every_caller_of_the_service(
     assert send(registry, "api", "GET", "status/429", params={"retry_after": 1}).status_code == 429
     with pytest.raises(outbound.RateLimitedError, match=r"the upstream asked for a pause; \d\.\ds left") as caught:
         send(registry, "api", "GET", "ok")
-    assert isinstance(caught.value, requests.ConnectionError if kind == "requests" else httpx.TransportError)
+    assert isinstance(caught.value, requests.ConnectionError if kind == "requests" else native(kind).TransportError)
     assert upstream.hits_by_path["/ok"] == 0
     health = registry.health()["services"]["api"]
     assert health["status"] == "degraded"
@@ -211,9 +215,9 @@ def test_the_call_that_got_the_429_retries_after_the_pause_and_succeeds(
 
 
 def test_an_async_caller_is_paused_too(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    service = {"client": "httpx", "transport": async_transport, "retry": NO_RETRY}
+    service = {"client": library, "transport": async_transport, "retry": NO_RETRY}
     registry = make_registry(api={"base_url": upstream.url, **service})
 
     async def main() -> None:
@@ -235,12 +239,12 @@ def test_the_rate_limit_sends_its_rate_and_refuses_the_rest(
     registry = make_registry(
         api={"base_url": upstream.url, "client": kind, "rate_limit": {"rate": "10/minute", "max_wait": 0}}
     )
-    native = requests.ConnectionError if kind == "requests" else httpx.TransportError
+    library_error = requests.ConnectionError if kind == "requests" else native(kind).TransportError
     results: list[Any] = []
     for _ in range(15):
         try:
             results.append(send(registry, "api", "GET", "ok").status_code)
-        except native as error:
+        except library_error as error:
             results.append(error)
     assert results[:10] == [200] * 10
     assert all(isinstance(error, outbound.RateLimitedError) for error in results[10:])
@@ -265,9 +269,9 @@ def test_threads_waiting_for_permits_all_get_through_at_the_rate(
     assert upstream.hits_by_path["/ok"] == 30
 
 
-def test_async_calls_wait_for_permits(upstream: Upstream, make_registry: RegistryFactory) -> None:
+def test_async_calls_wait_for_permits(upstream: Upstream, make_registry: RegistryFactory, library: str) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "rate_limit": {"rate": "5/second", "max_wait": 2}}
+        api={"base_url": upstream.url, "client": library, "rate_limit": {"rate": "5/second", "max_wait": 2}}
     )
 
     async def main() -> list[int]:
@@ -302,9 +306,9 @@ def test_a_connection_busy_for_3x_its_max_age_is_replaced_at_least_3_times(
 
 
 def test_the_async_client_renews_old_connections_too(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
-    service = {"client": "httpx", "transport": async_transport, "pool": {"max_connection_age": 0.2}}
+    service = {"client": library, "transport": async_transport, "pool": {"max_connection_age": 0.2}}
     registry = make_registry(api={"base_url": upstream.url, **service})
 
     async def main() -> int:
@@ -450,8 +454,8 @@ def test_a_shorter_retry_after_never_shortens_the_fleets_pause(
         late.session("api").get("ok")  # a worker that joins adopts the longer pause
 
 
-def test_hedges_do_not_use_up_retry_total(upstream: Upstream, make_registry: RegistryFactory) -> None:
-    service = {"client": "httpx", "hedge": {"delay": 0.05}, "retry": {"total": 0}}
+def test_hedges_do_not_use_up_retry_total(upstream: Upstream, make_registry: RegistryFactory, library: str) -> None:
+    service = {"client": library, "hedge": {"delay": 0.05}, "retry": {"total": 0}}
     registry = make_registry(api={"base_url": upstream.url, **service})
 
     async def main() -> list[str]:

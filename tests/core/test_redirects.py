@@ -11,10 +11,10 @@ import pytest
 
 from outbound import Registry
 from tests.conftest import RegistryFactory
-from tests.core.conftest import with_async_transports
+from tests.core.conftest import ASYNC_KINDS, HTTPX_LIBRARIES, SYNC_KINDS, client_of, is_async, with_async_transports
 from tests.upstream import Upstream
 
-KINDS = ["requests", "httpx", "async"]
+KINDS = [*SYNC_KINDS, *ASYNC_KINDS]
 SECRET_HEADERS = {"Authorization": "Bearer hop-secret", "X-Api-Key": "key-secret", "Proxy-Authorization": "Basic x"}
 
 
@@ -28,7 +28,7 @@ def other_origin() -> Iterator[Upstream]:
 def _get(registry: Registry, kind: str, url: str, *, hand_set: bool = False, **kwargs: Any) -> Any:
     if kind == "requests":
         return registry.session("api").get(url, **kwargs)
-    if kind == "httpx":
+    if kind in HTTPX_LIBRARIES:
         return registry.client("api").get(url, follow_redirects=True, **kwargs)
 
     async def call() -> Any:
@@ -41,7 +41,7 @@ def _get(registry: Registry, kind: str, url: str, *, hand_set: bool = False, **k
 
 
 def _registry(make_registry: RegistryFactory, upstream: Upstream, kind: str, transport: str) -> Registry:
-    client = "requests" if kind == "requests" else "httpx"
+    client = client_of(kind)
     registry = make_registry(
         api={"base_url": upstream.url, "client": client, "transport": transport, "sensitive_headers": ["X-Api-Key"]}
     )
@@ -89,7 +89,7 @@ def test_a_redirect_within_the_origin_keeps_the_credentials(
     assert sent["authorization"] == "Bearer hop-secret"
     if kind == "requests":
         assert "call=c" in sent["cookie"]
-    if kind != "async":
+    if not is_async(kind):
         assert "handset=jar-secret" in sent["cookie"]
 
 
@@ -97,12 +97,12 @@ def test_a_redirect_within_the_origin_keeps_the_credentials(
 def test_a_cookie_set_by_a_redirect_follows_the_same_call_only(
     upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str
 ) -> None:
-    client = "requests" if kind == "requests" else "httpx"
+    client = client_of(kind)
     registry = make_registry(api={"base_url": upstream.url, "client": client, "transport": transport})
     login = "redirect?status=303&to=/cookies&set_cookie=" + quote("session=alice", safe="")
     if kind == "requests":
         response = registry.session("api").post(login)
-    elif kind == "httpx":
+    elif kind in HTTPX_LIBRARIES:
         response = registry.client("api").post(login, follow_redirects=True)
     else:
 
@@ -152,7 +152,7 @@ def test_an_upgrade_to_https_on_the_same_host_keeps_the_credentials(
     # requests' should_strip_auth and httpx's _is_https_redirect both keep Authorization for http:80 -> https:443 on
     # the same host (httpx's test_same_domain_https_redirect_with_auth_header); a managed client follows that rule.
     bundle, secure_url = default_ports
-    client = "requests" if kind == "requests" else "httpx"
+    client = client_of(kind)
     registry = make_registry(
         api={
             "base_url": "http://127.0.0.2/",

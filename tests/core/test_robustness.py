@@ -17,7 +17,7 @@ import outbound
 from outbound._backends import httpx as httpx_backend
 from outbound._backends import requests as requests_backend
 from tests.conftest import FakeClock, RegistryFactory
-from tests.core.conftest import Send
+from tests.core.conftest import Send, native
 from tests.upstream import Upstream
 
 
@@ -94,7 +94,7 @@ def test_an_interrupted_trial_gives_its_slot_back_sync(
             target: Any = requests.adapters.HTTPAdapter
             name = "send"
         else:
-            target, name = httpx.HTTPTransport, "handle_request"
+            target, name = native(kind).HTTPTransport, "handle_request"
 
         def interrupted(*args: Any, **kwargs: Any) -> Any:
             raise KeyboardInterrupt
@@ -108,10 +108,10 @@ def test_an_interrupted_trial_gives_its_slot_back_sync(
 
 
 def test_a_task_cancelled_during_backoff_ends_its_call(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "transport": async_transport, "retry": {"backoff_factor": 5}}
+        api={"base_url": upstream.url, "client": library, "transport": async_transport, "retry": {"backoff_factor": 5}}
     )
 
     async def scenario() -> None:
@@ -160,7 +160,7 @@ def test_call_errors_survive_pickling(
         send(registry, "api", "GET", "x")
     copy = pickle.loads(pickle.dumps(caught.value))  # noqa: S301 (our own bytes, round-tripped)
     assert isinstance(copy, outbound.ConnectError)
-    assert isinstance(copy, requests.ConnectionError if kind == "requests" else httpx.ConnectError)
+    assert isinstance(copy, requests.ConnectionError if kind == "requests" else native(kind).ConnectError)
     assert (str(copy), copy.service) == (str(caught.value), "api")
 
 
@@ -204,10 +204,10 @@ def test_proxy_setting_reaches_both_clients(
     assert send(registry, "api", "GET", "echo").json()["path"] == "http://upstream.invalid/v1/echo"
 
 
-def test_tls_settings_reach_both_clients(make_registry: RegistryFactory) -> None:
+def test_tls_settings_reach_both_clients(make_registry: RegistryFactory, library: str) -> None:
     registry = make_registry(
         plain={"base_url": "https://127.0.0.1:1/", "verify": False},
-        fast={"base_url": "https://127.0.0.1:1/", "client": "httpx", "verify": False},
+        fast={"base_url": "https://127.0.0.1:1/", "client": library, "verify": False},
     )
     assert registry.session("plain").verify is False
     context = registry.client("fast").outbound_transport.inner._pool._ssl_context
@@ -223,10 +223,10 @@ def test_tls_failures_are_not_retried_or_counted_by_either_backend() -> None:
 
 
 def test_close_finishes_every_service_and_idle_loops(
-    upstream: Upstream, make_registry: RegistryFactory, async_transport: str
+    upstream: Upstream, make_registry: RegistryFactory, async_transport: str, library: str
 ) -> None:
     registry = make_registry(
-        a={"base_url": upstream.url, "client": "httpx", "transport": async_transport}, b={"base_url": upstream.url}
+        a={"base_url": upstream.url, "client": library, "transport": async_transport}, b={"base_url": upstream.url}
     )
     idle = asyncio.new_event_loop()  # owns a client but is not running when the registry closes
 

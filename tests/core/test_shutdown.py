@@ -78,10 +78,14 @@ def test_calls_in_flight_when_the_registry_closes_are_not_blamed_on_the_upstream
 
 
 def test_async_calls_in_flight_when_the_registry_closes_are_not_blamed_on_the_upstream(
-    upstream: Upstream, make_registry: RegistryFactory, caplog: pytest.LogCaptureFixture, async_transport: str
+    upstream: Upstream,
+    make_registry: RegistryFactory,
+    caplog: pytest.LogCaptureFixture,
+    async_transport: str,
+    library: str,
 ) -> None:
     registry = make_registry(
-        api={"base_url": upstream.url, "client": "httpx", "transport": async_transport, "breaker": {"fail_max": 2}}
+        api={"base_url": upstream.url, "client": library, "transport": async_transport, "breaker": {"fail_max": 2}}
     )
 
     async def scenario() -> list[Any]:
@@ -107,12 +111,16 @@ def test_no_new_attempt_starts_after_close(upstream: Upstream, make_registry: Re
 
 
 def test_an_async_retry_sleeping_in_backoff_is_refused_soon_after_close(
-    upstream: Upstream, make_registry: RegistryFactory, caplog: pytest.LogCaptureFixture, async_transport: str
+    upstream: Upstream,
+    make_registry: RegistryFactory,
+    caplog: pytest.LogCaptureFixture,
+    async_transport: str,
+    library: str,
 ) -> None:
     registry = make_registry(
         api={
             "base_url": upstream.url,
-            "client": "httpx",
+            "client": library,
             "transport": async_transport,
             "retry": {"backoff_factor": 5, "backoff_jitter": 0},
         }
