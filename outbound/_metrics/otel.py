@@ -37,23 +37,8 @@ from .._events import CallFinished, CallRejected, Observer, RetryDenied, RetrySc
 from .._lifecycle import Daemon, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
-from ._common import (
-    BUDGET_EXHAUSTED,
-    CIRCUIT_STATE,
-    DURATION,
-    DURATION_BUCKETS,
-    POOL_CONNECTIONS,
-    POOL_TIMEOUTS,
-    POOL_WAITING,
-    REJECTED,
-    REQUESTS,
-    RETRIES,
-    SERVICE_STATUS,
-    SHORT_CIRCUITS,
-    Family,
-    call_outcome,
-    method_label,
-)
+from . import _common as families
+from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -254,9 +239,9 @@ class OtelInstruments:
         self.budget_exhausted: Tally[str] = Tally(_service_attributes)
         self.duration = DeferredHistogram(
             meter.create_histogram(
-                DURATION.otel,
-                unit=DURATION.unit,
-                description=DURATION.description,
+                families.DURATION.otel,
+                unit=families.DURATION.unit,
+                description=families.DURATION.description,
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             ),
             self.live,
@@ -264,15 +249,15 @@ class OtelInstruments:
         # Every observable instrument: how it is made and what it reads. The cumulative counters read their
         # tallies; the gauges and up-down counters read the live registries.
         observables: tuple[tuple[Callable[..., object], Family, Callback], ...] = (
-            (meter.create_observable_counter, REQUESTS, self._flush_and_count_requests),
-            (meter.create_observable_counter, RETRIES, self.retries.observe),
-            (meter.create_observable_counter, SHORT_CIRCUITS, self.short_circuits.observe),
-            (meter.create_observable_counter, POOL_TIMEOUTS, self.pool_timeouts.observe),
-            (meter.create_observable_counter, BUDGET_EXHAUSTED, self.budget_exhausted.observe),
-            (meter.create_observable_gauge, CIRCUIT_STATE, self._circuit_states),
-            (meter.create_observable_gauge, SERVICE_STATUS, self._service_statuses),
-            (meter.create_observable_up_down_counter, POOL_CONNECTIONS, self._pool_connections),
-            (meter.create_observable_up_down_counter, POOL_WAITING, self._pool_waiting),
+            (meter.create_observable_counter, families.REQUESTS, self._flush_and_count_requests),
+            (meter.create_observable_counter, families.RETRIES, self.retries.observe),
+            (meter.create_observable_counter, families.SHORT_CIRCUITS, self.short_circuits.observe),
+            (meter.create_observable_counter, families.POOL_TIMEOUTS, self.pool_timeouts.observe),
+            (meter.create_observable_counter, families.BUDGET_EXHAUSTED, self.budget_exhausted.observe),
+            (meter.create_observable_gauge, families.CIRCUIT_STATE, self._circuit_states),
+            (meter.create_observable_gauge, families.SERVICE_STATUS, self._service_statuses),
+            (meter.create_observable_up_down_counter, families.POOL_CONNECTIONS, self._pool_connections),
+            (meter.create_observable_up_down_counter, families.POOL_WAITING, self._pool_waiting),
         )
         for create, family, callback in observables:
             create(family.otel, callbacks=[callback], unit=family.unit, description=family.description)

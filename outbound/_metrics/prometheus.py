@@ -27,24 +27,8 @@ from .._events import BreakerTransition, CallFinished, CallRejected, Observer, R
 from .._lifecycle import Daemon, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
-from ._common import (
-    BUDGET_EXHAUSTED,
-    CIRCUIT_STATE,
-    DURATION,
-    DURATION_BUCKETS,
-    POOL_CONNECTIONS,
-    POOL_TIMEOUTS,
-    POOL_WAITING,
-    REJECTED,
-    REQUESTS,
-    RETRIES,
-    SERVICE_STATUS,
-    SHORT_CIRCUITS,
-    Family,
-    call_outcome,
-    method_label,
-    status_label,
-)
+from . import _common as families
+from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -67,27 +51,27 @@ class PrometheusMetrics:
         def gauge(family: Family, labels: tuple[str, ...], mode: GaugeMode) -> Gauge:
             return Gauge(family.prometheus, family.description, labels, multiprocess_mode=mode, registry=registry)
 
-        self.requests = counter(REQUESTS, ("service", "method", "status", "outcome"))
+        self.requests = counter(families.REQUESTS, ("service", "method", "status", "outcome"))
         self.duration = Histogram(
-            DURATION.prometheus,
-            DURATION.description,
+            families.DURATION.prometheus,
+            families.DURATION.description,
             ("service", "method", "outcome"),
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self.retries = counter(RETRIES, ("service", "reason"))
-        self.short_circuits = counter(SHORT_CIRCUITS, ("service",))
-        self.pool_timeouts = counter(POOL_TIMEOUTS, ("service",))
-        self.budget_exhausted = counter(BUDGET_EXHAUSTED, ("service",))
+        self.retries = counter(families.RETRIES, ("service", "reason"))
+        self.short_circuits = counter(families.SHORT_CIRCUITS, ("service",))
+        self.pool_timeouts = counter(families.POOL_TIMEOUTS, ("service",))
+        self.budget_exhausted = counter(families.BUDGET_EXHAUSTED, ("service",))
         # livemax: each worker has its own breaker, so a state reads 1 while at least one live worker's breaker is in
         # it (open=1: some worker fails fast) and 0 when none is. A sum would count workers, not states; "max" would
         # keep a dead worker's last state until the directory is wiped.
-        self.circuit_state = gauge(CIRCUIT_STATE, ("service", "state"), "livemax")
+        self.circuit_state = gauge(families.CIRCUIT_STATE, ("service", "state"), "livemax")
         # livemax, as the breaker states: a status reads 1 while at least one live worker's report gives it.
-        self.service_status = gauge(SERVICE_STATUS, ("service", "status"), "livemax")
+        self.service_status = gauge(families.SERVICE_STATUS, ("service", "status"), "livemax")
         # livesum: connections (in_use, idle) and waiting calls of the live workers add up to the service's totals.
-        self.pool_connections = gauge(POOL_CONNECTIONS, ("service", "state"), "livesum")
-        self.pool_waiting = gauge(POOL_WAITING, ("service",), "livesum")
+        self.pool_connections = gauge(families.POOL_CONNECTIONS, ("service", "state"), "livesum")
+        self.pool_waiting = gauge(families.POOL_WAITING, ("service",), "livesum")
 
     def set_gauges(self, live: LiveRegistries, names: set[str]) -> None:
         """Write the current pool numbers and breaker states of the services called ``names`` (multiprocess mode)."""
