@@ -297,3 +297,34 @@ def test_a_queued_duration_keeps_the_calls_trace_for_its_exemplar(
         assert [exemplar.trace_id for exemplar in point.exemplars] == [span.get_span_context().trace_id]
     finally:
         tracer_provider.shutdown()
+
+
+def test_both_exporters_describe_each_metric_alike(
+    upstream: Upstream, reader: InMemoryMetricReader, build: Any
+) -> None:
+    """One vocabulary: each metric's meaning is written once (``_metrics/_common``) and both exporters say it."""
+    from prometheus_client import REGISTRY
+
+    name = unique("described")
+    registry = build({name: {"base_url": upstream.url}}, prometheus=True)
+    registry.session(name).get("ok")
+    otel = {metric.name: metric.description for metric in metrics_by_name(reader).values()}
+    prometheus = {
+        family.name: family.documentation for family in REGISTRY.collect() if family.name.startswith("outbound_")
+    }
+    pairs = {
+        "outbound.requests": "outbound_requests",
+        "outbound.request.duration": "outbound_request_duration_seconds",
+        "outbound.retries": "outbound_retries",
+        "outbound.short_circuits": "outbound_short_circuits",
+        "outbound.pool.timeouts": "outbound_pool_timeouts",
+        "outbound.retry_budget.exhausted": "outbound_retry_budget_exhausted",
+        "outbound.circuit.state": "outbound_circuit_state",
+        "outbound.service.status": "outbound_service_status",
+        "outbound.pool.connections": "outbound_pool_connections",
+        "outbound.pool.waiting": "outbound_pool_waiting",
+    }
+    reported = [otel_name for otel_name in pairs if otel_name in otel]  # the SDK reports what has data points
+    assert {"outbound.requests", "outbound.request.duration", "outbound.circuit.state"} <= set(reported)
+    for otel_name in reported:
+        assert otel[otel_name] == prometheus[pairs[otel_name]], otel_name
