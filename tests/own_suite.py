@@ -1,18 +1,25 @@
-"""Run httpx's own client tests against managed clients: ``python3 tests/own_suite.py SOURCE [--library httpx2]``.
+"""Run a library's own client tests against managed clients: ``python3 tests/own_suite.py SOURCE [--suite ...]``.
 
-SOURCE is the ``tests`` folder of httpx's source distribution (``pip download --no-binary :all: --no-deps
-httpx==0.28.1``, unpacked); its tests also need ``chardet`` (``pip install --target DIR chardet`` and
-``PYTHONPATH=DIR``). For ``--library httpx2`` the tests are rewritten to httpx2's names (``httpx`` ->
-``httpx2``, ``httpcore`` -> ``httpcore2``), as httpx2 is httpx's fork with the same API. The suite runs twice in a
-copy of its own (nothing is written here): once as it is (the baseline: a test that fails on the plain library is
-left out) and once with the library's ``Client`` and ``AsyncClient`` replaced by clients of a registry, each built
-from the test's arguments (``Registry(transports=...)`` for a ``transport=``, ``base_url``, ``verify``,
-``proxy``...) with the policy's own features off (no retries, no breaker, no deadline), and each registry closed
-at the end of its test, so what is left is what a managed client does differently. Prints the tests that pass on
-the plain client and fail on the managed one.
+Two suites. ``--suite httpx`` (the default): SOURCE is the ``tests`` folder of httpx's source distribution (``pip
+download --no-binary :all: --no-deps httpx==0.28.1``, unpacked); with ``--library httpx2`` those tests are rewritten to
+httpx2's names (``httpx`` -> ``httpx2``, ``httpcore`` -> ``httpcore2``), as httpx2 is httpx's fork with the same API.
+``--suite httpx2``: SOURCE is the ``tests`` folder of httpx2's own repository (github.com/pydantic/httpx2, holding
+``tests/httpx2/``), run as it is against httpx2. The tests also need their optional dependencies, or those that use
+them fail on the plain client and are left out: ``chardet==5.2.0`` (the encoding the tests expect is the one it
+detects), ``brotli``, ``zstandard`` (httpx) and ``backports.zstd`` (httpx2, Python < 3.14), ``socksio`` (``pip
+install --target DIR ...`` and ``PYTHONPATH=DIR``).
 
-Not part of the test suite (it needs the library's sources, and takes a minute): the results, and the difference
-each failing test meets, are in ``docs/differences.md``.
+The client tests run twice, each in a copy of its own (nothing is written here), with the network tests (marked
+``network``) left out, as they leave the machine: once as they are (the baseline: a test that fails on the plain
+library is left out) and once with the library's ``Client`` and ``AsyncClient`` replaced by clients of a registry,
+each built from the test's arguments (``Registry(transports=...)`` for a ``transport=``, ``base_url``, ``verify``,
+``proxy``, ``limits``... as settings; ``auth``, ``headers``, ``cookies``... set on the client; ``default_encoding``,
+which no setting or public attribute takes, as the constructor stores it) with the policy's own features off (no
+retries, no breaker, no deadline), and each registry closed at the end of its test, so what is left is what a
+managed client does differently. Prints the tests that pass on the plain client and fail on the managed one.
+
+Not part of the test suite (it needs the library's sources, and takes a minute or two): the results, and the
+difference each failing test meets, are in ``docs/differences.md``.
 """
 
 from __future__ import annotations
@@ -24,10 +31,36 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
-# The tests of httpx that use its clients (the rest test models and helpers, which outbound does not touch).
-CLIENT_TESTS = ("client", "test_timeouts.py", "test_asgi.py", "test_wsgi.py", "test_auth.py", "test_api.py")
+# Each suite's tests that use the clients (the rest test models and helpers, which outbound does not touch), and
+# the pytest settings they run under (httpx2's are its repository's). httpx2 added client tests of its own:
+# server-sent events (``client.sse()``).
+SUITES = {
+    "httpx": (
+        ("client", "test_timeouts.py", "test_asgi.py", "test_wsgi.py", "test_auth.py", "test_api.py"),
+        "[pytest]\nfilterwarnings =\n    error\n    ignore::DeprecationWarning\n"
+        "markers =\n    copied_from(source, changes=None): copied\n    network: needs the network\n",
+    ),
+    "httpx2": (
+        tuple(
+            f"httpx2/{name}"
+            for name in (
+                "client",
+                "test_timeouts.py",
+                "test_asgi.py",
+                "test_wsgi.py",
+                "test_auth.py",
+                "test_api.py",
+                "test_sse.py",
+            )
+        ),
+        "[pytest]\naddopts = --import-mode=importlib\nfilterwarnings =\n    error\n"
+        "markers =\n    copied_from(source, changes=None): copied\n    network: needs the network\n"
+        "    benchmark: benchmark\n",
+    ),
+}
 
 PLUGIN = '''
 """Replaces {lib}.Client / AsyncClient by managed clients (tests/own_suite.py)."""
@@ -41,8 +74,7 @@ from outbound._backends._library import LIBRARIES
 
 LIBRARIES["{lib}"].backend("httpx")  # the managed classes subclass the real ones: built before they are replaced
 _REAL = {{"Client": {lib}.Client, "AsyncClient": {lib}.AsyncClient}}
-_BUILT_BY = ("auth", "params", "headers", "cookies", "timeout", "follow_redirects", "max_redirects", "event_hooks",
-             "default_encoding")
+_BUILT_BY = ("auth", "params", "headers", "cookies", "timeout", "follow_redirects", "max_redirects", "event_hooks")
 
 
 def _managed(kind, args, kwargs):
@@ -62,8 +94,13 @@ def _managed(kind, args, kwargs):
     if kwargs.get("proxy") is not None:
         service["proxy"] = str(kwargs["proxy"].url if hasattr(kwargs["proxy"], "url") else kwargs["proxy"])
     limits = kwargs.get("limits")
-    if limits is not None and limits.max_connections is not None:
-        service["pool"] = {{"max_connections": limits.max_connections}}
+    if limits is not None:
+        pool = {{"keepalive_expiry": limits.keepalive_expiry}}
+        size = limits.max_connections
+        if size is not None:
+            keepalive = limits.max_keepalive_connections
+            pool.update(max_connections=size, max_keepalive=size if keepalive is None else min(keepalive, size))
+        service["pool"] = pool
     transports = {{"svc": kwargs["transport"]}} if kwargs.get("transport") is not None else None
     registry = outbound.Registry.from_mapping({{"services": {{"svc": service}}}}, transports=transports)
     client = registry.client("svc") if kind == "Client" else registry.async_client("svc")
@@ -72,6 +109,8 @@ def _managed(kind, args, kwargs):
     for key in _BUILT_BY:
         if key in kwargs and key != "timeout":
             setattr(client, key, kwargs[key])
+    if "default_encoding" in kwargs:
+        client._default_encoding = kwargs["default_encoding"]  # no public setter: what the constructor does
     if kwargs.get("mounts"):
         client._mounts.update({{{lib}._utils.URLPattern(key): value for key, value in kwargs["mounts"].items()}})
         client._mounts = dict(sorted(client._mounts.items()))
@@ -113,30 +152,29 @@ class AsyncClient(metaclass=_Meta):
 '''
 
 
-def prepare(source: Path, library: str, into: Path) -> Path:
-    """A copy of httpx's tests for ``library`` in ``into``; returns the folder to run pytest in."""
+def prepare(source: Path, suite: str, library: str, into: Path) -> Path:
+    """A copy of ``suite``'s tests for ``library`` in ``into``; returns the folder to run pytest in."""
     shutil.copytree(source, into / "tests")
-    if library != "httpx":
+    if library != suite:
         for path in (into / "tests").rglob("*.py"):
             text = path.read_text(encoding="utf-8")
             text = re.sub(r"\bhttpcore\b", "httpcore2", re.sub(r"\bhttpx\b", "httpx2", text))
             path.write_text(text, encoding="utf-8")
-    (into / "pytest.ini").write_text(
-        "[pytest]\nfilterwarnings =\n    error\n    ignore::DeprecationWarning\n"
-        "markers =\n    copied_from(source, changes=None): copied\n    network: needs the network\n",
-        encoding="utf-8",
-    )
+    (into / "pytest.ini").write_text(SUITES[suite][1], encoding="utf-8")
     (into / "outbound_managed.py").write_text(PLUGIN.format(lib=library), encoding="utf-8")
     return into
 
 
-def run(folder: Path, *, managed: bool, report: str) -> dict[str, str]:
+def run(folder: Path, suite: str, *, managed: bool, report: str) -> dict[str, str]:
     """Outcome ("passed", "failed", "skipped") of each test id."""
+    paths = [f"tests/{name}" for name in SUITES[suite][0] if (folder / "tests" / name).exists()]
     command = [
         sys.executable,
         "-m",
         "pytest",
-        *CLIENT_PATHS,
+        *paths,
+        "-m",
+        "not network",
         "-q",
         "-p",
         "no:cacheprovider",
@@ -160,9 +198,6 @@ def run(folder: Path, *, managed: bool, report: str) -> dict[str, str]:
     return outcomes
 
 
-CLIENT_PATHS = tuple(f"tests/{name}" for name in CLIENT_TESTS)
-
-
 def _environment(folder: Path) -> dict[str, str]:
     import os
 
@@ -173,24 +208,32 @@ def _environment(folder: Path) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path, help="the tests folder of httpx's source distribution")
-    parser.add_argument("--library", choices=("httpx", "httpx2"), default="httpx")
+    parser.add_argument("source", type=Path, help="the tests folder of the suite's sources")
+    parser.add_argument("--suite", choices=tuple(SUITES), default="httpx", help="whose tests SOURCE holds")
+    parser.add_argument("--library", choices=("httpx", "httpx2"), help="the library to run them on (the suite's)")
     arguments = parser.parse_args()
+    library = arguments.library or arguments.suite
+    if arguments.suite == "httpx2" and library != "httpx2":
+        parser.error("httpx2's tests run on httpx2 only")
     with tempfile.TemporaryDirectory() as plain_dir, tempfile.TemporaryDirectory() as managed_dir:
         plain = run(
-            prepare(arguments.source, arguments.library, Path(plain_dir)),
+            prepare(arguments.source, arguments.suite, library, Path(plain_dir)),
+            arguments.suite,
             managed=False,
             report=str(Path(plain_dir) / "plain.xml"),
         )
         managed = run(
-            prepare(arguments.source, arguments.library, Path(managed_dir)),
+            prepare(arguments.source, arguments.suite, library, Path(managed_dir)),
+            arguments.suite,
             managed=True,
             report=str(Path(managed_dir) / "managed.xml"),
         )
     baseline = {name for name, outcome in plain.items() if outcome == "passed"}
     failing = sorted(name for name in baseline if managed.get(name) != "passed")
+    left_out = Counter(outcome for outcome in plain.values() if outcome != "passed")
     print(
-        f"\n{arguments.library}: {len(plain)} tests; {len(baseline)} pass on the plain client; "
+        f"\n{arguments.suite}'s tests on {library}: {len(plain)} tests; {len(baseline)} pass on the plain client "
+        f"({left_out['failed']} fail and {left_out['skipped']} are skipped there: left out); "
         f"{len(baseline) - len(failing)} of those pass on the managed one, {len(failing)} fail:"
     )
     for name in failing:
