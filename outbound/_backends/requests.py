@@ -531,7 +531,12 @@ class ServiceSession(requests.Session):
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.adapter = OutboundAdapter(policy)
+        if policy.cache is None:
+            self.adapter = OutboundAdapter(policy)
+        else:
+            from .._cache._requests import CachedAdapter  # above the policy; only for a service with cache/fallback
+
+            self.adapter = CachedAdapter(policy, policy.cache)
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
@@ -546,7 +551,7 @@ class ServiceSession(requests.Session):
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
         # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (The state
         # is read first so the common path builds nothing.)
-        if self._policy.breaker.state != CLOSED:
+        if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
             rejection = self._policy.early_rejection(method if isinstance(method, str) else method.decode())
             if rejection is not None:
                 attributes: dict[str, object] = {"request": None, "response": None}
