@@ -21,6 +21,7 @@ from .._errors import redact_url
 from .._logging import call_logger
 from ._entry import CorruptEntry, Entry
 from ._rfc import decide, initial_age, stored_headers
+from ._switch import CACHING
 
 if TYPE_CHECKING:
     from .._config import ServiceConfig, StateConfig
@@ -158,8 +159,9 @@ class CacheLayer:
         return Found(key, entry, entry.age(self.now()))
 
     def passes_through(self, method: str, headers: Mapping[str, str]) -> bool:
-        """A call the cache leaves alone: another method, or the caller's own conditional or range request."""
-        return method not in CACHED_METHODS or any(name in headers for name in _CONDITIONAL)
+        """A call the cache leaves alone: another method, the caller's own conditional or range request, or every call
+        while tests turned caching off (``outbound.testing.no_cache``; the fallback still answers)."""
+        return not CACHING.enabled or method not in CACHED_METHODS or any(name in headers for name in _CONDITIONAL)
 
     def store(
         self,
@@ -227,15 +229,32 @@ class CacheLayer:
         updates = {name.lower(): value for name, value in response_headers if name.lower() not in ("content-length",)}
         headers = [(name, updates.pop(name.lower(), value)) for name, value in entry.headers]
         headers += [(name, value) for name, value in updates.items() if name not in ("age", "transfer-encoding")]
+        config = self.config
+        freshness = (
+            decide(
+                "GET",
+                "",
+                (),
+                entry.status,
+                headers,
+                ttl=config.ttl,
+                stale_if_error=config.stale_if_error,
+                stale_while_revalidate=config.stale_while_revalidate,
+            )
+            if config is not None
+            else None
+        )
         renewed = Entry(
             status=entry.status,
             headers=tuple(headers),
             body=entry.body,
             stored_at=self.now(),
             initial_age=0.0,
-            lifetime=entry.lifetime,
-            stale_if_error=entry.stale_if_error,
-            stale_while_revalidate=entry.stale_while_revalidate,
+            lifetime=freshness.lifetime if freshness is not None else entry.lifetime,
+            stale_if_error=freshness.stale_if_error if freshness is not None else entry.stale_if_error,
+            stale_while_revalidate=(
+                freshness.stale_while_revalidate if freshness is not None else entry.stale_while_revalidate
+            ),
             vary=entry.vary,
         )
         if self.storage is not None:

@@ -465,3 +465,53 @@ def test_bad_fallback_settings_are_config_errors(fallback: Any, key: str) -> Non
     with pytest.raises(outbound.ConfigError) as caught:
         Registry.from_mapping({"services": {"s": {"base_url": "http://127.0.0.1:1/", "fallback": fallback}}})
     assert (caught.value.service, caught.value.key) == ("s", key)
+
+
+# -- observability and the test kit ------------------------------------------------------------------------------
+
+
+def test_health_and_the_status_page_show_the_cache(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    from outbound._page import render_page
+
+    registry = make(make_registry, upstream, "requests", cache={"ttl": 60})
+    session = registry.session("s")
+    session.get("catalogue")
+    session.get("catalogue")
+    report = registry.health()
+    cache = report["services"]["s"]["cache"]
+    assert (cache["storage"], cache["hits"], cache["misses"], cache["stored"]) == ("memory", 1, 1, 1)
+    plain = make_registry(p={"base_url": upstream.url}).health()
+    assert "cache" not in plain["services"]["p"]  # shown only when configured
+    assert "Cache" in render_page(registry.health())
+
+
+def test_outbound_no_cache_turns_every_cache_off(
+    make_registry: RegistryFactory, upstream: Upstream, outbound_no_cache: None
+) -> None:
+    registry = make(make_registry, upstream, "requests", cache={"ttl": 60})
+    session = registry.session("s")
+    assert [session.get("replica?key=nocache").text for _ in range(2)] == ["1", "2"]
+
+
+def test_no_cache_comes_back_after_the_block(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    from outbound.testing import no_cache
+
+    registry = make(make_registry, upstream, "requests", cache={"ttl": 60})
+    session = registry.session("s")
+    with no_cache():
+        session.get("catalogue")
+    assert cache_of(session.get("catalogue")) is None  # nothing was stored meanwhile
+    assert cache_of(session.get("catalogue")) == "hit"
+
+
+def test_a_stale_entry_is_revalidated_with_its_etag(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send
+) -> None:
+    registry = make(make_registry, upstream, kind, cache={})
+    assert send(registry, "s", "GET", "etag?tag=v1").text == "etag body"
+    later(registry, "s", 5)
+    answer = send(registry, "s", "GET", "etag?tag=v1")
+    assert (answer.status_code, answer.text, cache_of(answer)) == (200, "etag body", "revalidated")
+    assert upstream.recent("/etag")[-1]["headers"]["if-none-match"] == '"v1"'
+    assert cache_of(send(registry, "s", "GET", "etag?tag=v1")) == "hit"  # fresh again, for the 304's max-age=60
+    assert len(upstream.recent("/etag")) == 2
