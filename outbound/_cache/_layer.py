@@ -37,7 +37,7 @@ CACHED_METHODS = frozenset({"GET", "HEAD"})
 CACHE_EXTENSION = "outbound.cache"  # "hit" | "stale" | "revalidated" | "fallback" (absent: from the upstream)
 STALE_EXTENSION = "outbound.stale"  # True when the answer is past its freshness
 # Headers of a caller's own conditional request: the cache then passes the call through untouched.
-_CONDITIONAL = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range")
+_CONDITIONAL = frozenset({"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"})
 _REVALIDATION_QUEUE = 256
 STORAGE_RETRY_SECONDS = 1.0  # after a storage error, the cache is skipped this long (a Redis that is down)
 REDIS_TIMEOUT = 0.25  # seconds per Redis command of the cache at least (a busy Redis is slower than a down one)
@@ -161,7 +161,9 @@ class CacheLayer:
     def passes_through(self, method: str, headers: Mapping[str, str]) -> bool:
         """A call the cache leaves alone: another method, the caller's own conditional or range request, or every call
         while tests turned caching off (``outbound.testing.no_cache``; the fallback still answers)."""
-        return not CACHING.enabled or method not in CACHED_METHODS or any(name in headers for name in _CONDITIONAL)
+        if not CACHING.enabled or method not in CACHED_METHODS:
+            return True
+        return any(name.lower() in _CONDITIONAL for name in headers)  # a call's few headers, not six lookups
 
     def store(
         self,
