@@ -14,7 +14,7 @@ import http.cookiejar
 import re
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -501,6 +501,11 @@ class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
 NO_STORED_COOKIES = _NoStoredCookies()
 
 
+def _plain(kwargs: dict[str, Any]) -> bool:
+    # What session.get(url) and session.head(url) pass and nothing else: such a call's prepared request is known.
+    return kwargs.get("params") is None and kwargs.keys() <= {"params", "allow_redirects"}
+
+
 class ServiceSession(requests.Session):
     """A ``requests.Session`` bound to one service: relative URLs join ``base_url``; calls run the policy.
 
@@ -531,12 +536,16 @@ class ServiceSession(requests.Session):
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
+        # A fresh cache hit of a plain get(url), answered before requests prepares anything (_cache/_requests.py).
+        self._cache_hit: Callable[[str | bytes, str | bytes], requests.Response | None] | None = None
         if policy.cache is None:
             self.adapter = OutboundAdapter(policy)
         else:
-            from .._cache._requests import CachedAdapter  # above the policy; only for a service with cache/fallback
+            from .._cache._requests import CachedAdapter, fast_hit  # only for a service with a cache or fallback
 
             self.adapter = CachedAdapter(policy, policy.cache)
+            if policy.cache.storage is not None:
+                self._cache_hit = fast_hit(self, policy.cache)
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
@@ -549,6 +558,10 @@ class ServiceSession(requests.Session):
         retries=True)`` vouches that the POST is safe to repeat."""
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
+        if self._cache_hit is not None and not args and retries is None and _plain(kwargs):
+            answer = self._cache_hit(method, url)
+            if answer is not None:
+                return answer
         # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (The state
         # is read first so the common path builds nothing.)
         if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it

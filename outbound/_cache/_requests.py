@@ -181,3 +181,44 @@ class CachedAdapter(OutboundAdapter):
                 )
         finally:
             response.close()
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def fast_hit(session: Any, layer: CacheLayer) -> Callable[[str | bytes, str | bytes], requests.Response | None]:
+    """A fresh hit for ``session.get(url)`` with no other argument, answered before requests prepares anything
+    (what the prepared request would be is known: the session's headers, no body, no auth, no cookies); ``None``
+    when it is not that simple, and the call takes the ordinary path (where the adapter asks the cache too)."""
+    from requests.hooks import default_hooks
+
+    from ._switch import CACHING
+
+    def hit(method: str | bytes, url: str | bytes) -> requests.Response | None:
+        name = method.decode() if isinstance(method, bytes) else method
+        name = name.upper()
+        if (
+            name not in ("GET", "HEAD")
+            or not CACHING.enabled
+            or session.auth is not None
+            or session.cookies
+            or any(session.hooks.values())
+        ):
+            return None
+        full = session.join(url)
+        if session.trust_env and session._environment().netrc_auth(full):
+            return None  # credentials from ~/.netrc would go along: the ordinary path decides
+        headers = session.headers
+        found = layer.lookup(name, full, headers)
+        if found is None or not found.fresh or found.entry.status in _REDIRECTS:
+            return None
+        layer.count("hits")
+        prepared = requests.PreparedRequest()
+        prepared.method = name
+        prepared.url = full
+        prepared.headers = CaseInsensitiveDict(headers)
+        prepared.body = None
+        prepared.hooks = default_hooks()
+        return _from_entry(prepared, found.entry, "hit", found.age)
+
+    return hit

@@ -515,3 +515,37 @@ def test_a_stale_entry_is_revalidated_with_its_etag(
     assert upstream.recent("/etag")[-1]["headers"]["if-none-match"] == '"v1"'
     assert cache_of(send(registry, "s", "GET", "etag?tag=v1")) == "hit"  # fresh again, for the 304's max-age=60
     assert len(upstream.recent("/etag")) == 2
+
+
+def test_a_plain_get_hit_skips_request_preparation_but_not_the_rules(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    """session.get(url) answers a fresh hit before requests prepares the call; a session with cookies, auth or
+    hooks, or a stored redirect, takes the ordinary path, whose answer is the same."""
+    registry = make(make_registry, upstream, "requests", cache={"ttl": 60})
+    session = registry.session("s")
+    session.get("replica?key=plain")
+    hit = session.get("replica?key=plain")
+    assert (cache_of(hit), hit.text, hit.request.method, hit.request.url) == (
+        "hit",
+        "1",
+        "GET",
+        upstream.url + "replica?key=plain",
+    )
+    assert hit.request.headers["User-Agent"] == session.headers["User-Agent"]
+    session.headers["Accept-Language"] = "fr"
+    assert cache_of(session.get("replica?key=plain")) == "hit"  # no Vary: the same answer
+    vary = raw("Cache-Control: max-age=60", "Vary: Accept-Language")
+    session.get(vary)
+    session.headers["Accept-Language"] = "de"
+    assert cache_of(session.get(vary)) is None  # Vary holds on the fast path too
+    session.cookies.set("who", "alice")
+    try:
+        assert cache_of(session.get("replica?key=plain")) == "hit"  # the ordinary path (cookies are not keyed)
+    finally:
+        session.cookies.clear()
+    redirect = "redirect?to=/replica%3Fkey%3Dtarget&status=301"
+    first = session.get(redirect)
+    again = session.get(redirect)
+    assert (first.url, again.url) == (upstream.url + "replica?key=target", upstream.url + "replica?key=target")
+    assert len(again.history) == 1 and cache_of(again.history[0]) == "hit"  # the stored 301 is still followed
