@@ -549,3 +549,38 @@ def test_a_plain_get_hit_skips_request_preparation_but_not_the_rules(
     again = session.get(redirect)
     assert (first.url, again.url) == (upstream.url + "replica?key=target", upstream.url + "replica?key=target")
     assert len(again.history) == 1 and cache_of(again.history[0]) == "hit"  # the stored 301 is still followed
+
+
+def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send
+) -> None:
+    registry = make(make_registry, upstream, kind, cache={"ttl": 1, "stale_while_revalidate": 600})
+    assert send(registry, "s", "GET", "replica?key=bg").text == "1"
+    later(registry, "s", 5)
+    stale = [send(registry, "s", "GET", "replica?key=bg") for _ in range(10)]
+    assert {cache_of(answer) for answer in stale} <= {"stale", "hit"} and cache_of(stale[0]) == "stale"
+    assert stale[0].text == "1" and stale_of(stale[0]) is True
+    assert upstream.wait_for(lambda: len(upstream.recent("/replica")) == 2, timeout=5)
+    assert upstream.wait_for(lambda: send(registry, "s", "GET", "replica?key=bg").text == "2", timeout=5)
+    assert len(upstream.recent("/replica")) == 2  # one refresh for ten stale hits
+    assert counts(registry)["revalidations"] == 1
+
+
+def test_stale_while_revalidate_on_the_async_client(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make(make_registry, upstream, "httpx", cache={"ttl": 1, "stale_while_revalidate": 600})
+
+    async def main() -> list[Any]:
+        client = registry.async_client("s")
+        await client.get("replica?key=abg")
+        later(registry, "s", 5)
+        stale = [await client.get("replica?key=abg") for _ in range(5)]
+        for _ in range(100):  # bounded: the refresh task runs on this loop
+            if len(upstream.recent("/replica")) == 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        fresh = await client.get("replica?key=abg")
+        return [cache_of(stale[0]), stale[0].text, fresh.text, cache_of(fresh)]
+
+    assert asyncio.run(main()) == ["stale", "1", "2", "hit"]
+    assert len(upstream.recent("/replica")) == 2
