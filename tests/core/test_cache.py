@@ -587,3 +587,39 @@ def test_stale_while_revalidate_on_the_async_client(make_registry: RegistryFacto
 
     assert asyncio.run(main()) == ["stale", "1", "2", "hit"]
     assert len(upstream.recent("/replica")) == 2
+
+
+def test_the_cache_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("outbound._config._installed", lambda module: module != "hishel")
+    with pytest.raises(outbound.ConfigError, match=r"outbound-http\[cache\]") as caught:
+        Registry.from_mapping({"services": {"s": {"base_url": "http://127.0.0.1:1/", "cache": {}}}})
+    assert (caught.value.service, caught.value.key) == ("s", "cache.storage")
+
+
+def test_a_spent_deadline_is_answered_stale(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send
+) -> None:
+    registry = make(make_registry, upstream, kind, cache={"ttl": 1, "stale_if_error": 60})
+    send(registry, "s", "GET", "catalogue")
+    later(registry, "s", 5)
+    with outbound.deadline(0.001):
+        time.sleep(0.01)
+        answer = send(registry, "s", "GET", "catalogue")
+    assert (answer.status_code, cache_of(answer)) == (200, "stale")
+    with outbound.deadline(0.001):
+        time.sleep(0.01)
+        with pytest.raises(outbound.DeadlineExceededError):
+            send(registry, "s", "GET", "other")
+
+
+def test_a_pause_is_answered_stale(make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send) -> None:
+    registry = make(make_registry, upstream, kind, cache={"ttl": 1, "stale_if_error": 60}, retry={"total": 0})
+    send(registry, "s", "GET", "catalogue")
+    send(registry, "s", "GET", "status/429?retry_after=30")  # the upstream asks for a pause
+    later(registry, "s", 5)
+    before = len(upstream.recent())
+    answer = send(registry, "s", "GET", "catalogue")
+    assert (answer.status_code, cache_of(answer)) == (200, "stale")
+    assert len(upstream.recent()) == before
+    with pytest.raises(outbound.RateLimitedError):
+        send(registry, "s", "GET", "other")
