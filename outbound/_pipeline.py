@@ -6,6 +6,8 @@ the tuples below, not a branch the call takes: the call loop (``_policy.Call``) 
     call stages      admitted once per call, held until it ends:  bulkhead
     attempt stages   admitted for every attempt, in this order:   pause -> rate limit -> breaker -> (p95 latencies)
     send gates       attempt stages asked again as the request is written: the rate limit (its permit), the breaker
+    cache            above all of them, not a stage: the clients put it on top of their transports (``_cache/``),
+                     so it answers fresh hits without a permit and stale ones in place of the stages' refusals
 
 A pause refuses before a permit is spent; the rate limit comes before the breaker so that a refused attempt never
 holds a half-open trial slot in vain. The breaker is always there: every service has one.
