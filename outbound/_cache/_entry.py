@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +58,22 @@ class Entry:
         return packed
 
 
+# What a header a client will send back out may hold: an RFC 9110 token for its name, and for its value any byte
+# (as latin-1) but CR, LF and NUL. An entry with anything else is not ours (a client would choke on it).
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VALUE = re.compile(r"[^\r\n\x00\u0100-\U0010ffff]*\Z")
+MAX_HEADERS = 256
+
+
 def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, list):
+    if not isinstance(value, list) or len(value) > MAX_HEADERS:
         raise CorruptEntry("pairs")
     pairs = []
     for pair in value:
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
             raise CorruptEntry("pair")
+        if not _NAME.match(pair[0]) or not _VALUE.match(pair[1]):
+            raise CorruptEntry("header")
         pairs.append((pair[0], pair[1]))
     return tuple(pairs)
 

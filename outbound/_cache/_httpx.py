@@ -20,7 +20,8 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def _pairs(headers: Any) -> list[tuple[str, str]]:
-    return list(headers.multi_items())
+    # The bytes as received, as latin-1 text (any byte survives), and back to those bytes in ``response``.
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers.raw]
 
 
 @functools.cache
@@ -30,9 +31,9 @@ def transport_classes(httpx: Any) -> tuple[type[Any], type[Any]]:
     def response(
         request: Any, status: int, headers: Any, body: bytes, kind: str, *, stale: bool, age: float | None
     ) -> Any:
-        pairs = list(headers)
+        pairs = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
         if age is not None:
-            pairs.append(("Age", str(int(age))))
+            pairs.append((b"Age", str(int(age)).encode()))
         return httpx.Response(
             status,
             headers=pairs,

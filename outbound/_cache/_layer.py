@@ -153,6 +153,10 @@ class CacheLayer:
             return None
         if entry is None:
             return None
+        if self.config is not None and len(entry.body) > self.config.max_entry_bytes:
+            self.count("storage_errors")
+            self.log_once("foreign", "outbound: service %r: a cache entry larger than allowed was ignored", self.name)
+            return None
         for name, value in entry.vary:
             if name == "*" or (headers.get(name) or "") != value:
                 return None

@@ -6,6 +6,7 @@ import datetime
 import http.client
 import json
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import requests
@@ -90,7 +91,12 @@ class CachedAdapter(OutboundAdapter):
 
         if layer.storage is None or layer.passes_through(method, headers):
             return self._guarded(request, method, url, None, lambda: down(request))
-        found = layer.lookup(method, url, headers)
+        looked_up = LOOKED_UP.get()
+        if looked_up is not None and looked_up[0] is layer and looked_up[1:3] == (method, url):
+            LOOKED_UP.set(None)
+            found = looked_up[3]
+        else:
+            found = layer.lookup(method, url, headers)
         if found is not None:
             if found.fresh:
                 layer.count("hits")
@@ -184,6 +190,12 @@ class CachedAdapter(OutboundAdapter):
 
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# What the fast path found for this call (nothing fresh), handed to the adapter of the same layer, which takes it.
+# (A call that fails before reaching the adapter leaves it: the next call of the same URL then uses that slightly
+# older lookup, which at worst sends it upstream.)
+LOOKED_UP: ContextVar[tuple[CacheLayer, str, str, Found | None] | None] = ContextVar(
+    "outbound_cache_looked_up", default=None
+)
 
 
 def fast_hit(session: Any, layer: CacheLayer) -> Callable[[str | bytes, str | bytes], requests.Response | None]:
@@ -211,6 +223,7 @@ def fast_hit(session: Any, layer: CacheLayer) -> Callable[[str | bytes, str | by
         headers = session.headers
         found = layer.lookup(name, full, headers)
         if found is None or not found.fresh or found.entry.status in _REDIRECTS:
+            LOOKED_UP.set((layer, name, full, found))  # the adapter, later in this call, need not read it again
             return None
         layer.count("hits")
         prepared = requests.PreparedRequest()

@@ -623,3 +623,53 @@ def test_a_pause_is_answered_stale(make_registry: RegistryFactory, upstream: Ups
     assert len(upstream.recent()) == before
     with pytest.raises(outbound.RateLimitedError):
         send(registry, "s", "GET", "other")
+
+
+def test_header_bytes_survive_the_cache(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send
+) -> None:
+    registry = make(make_registry, upstream, kind, cache={"ttl": 60})
+    path = f"raw?status=200&headers={b'Cache-Control: max-age=60'.hex()}0d0a{'X-Name: café'.encode().hex()}"
+    first = send(registry, "s", "GET", path)
+    hit = send(registry, "s", "GET", path)
+    assert cache_of(hit) == "hit"
+    assert hit.headers["X-Name"] == first.headers["X-Name"]
+
+
+def test_a_foreign_entry_with_a_bad_header_is_ignored(redis_url: str, redis_server: Any, upstream: Upstream) -> None:
+    from outbound._cache._entry import Entry
+
+    registry = fleet(redis_url, upstream, ttl=60)
+    try:
+        session = registry.session("s")
+        session.get("catalogue")
+        client = redis_server.client()
+        hostile = Entry(
+            status=200,
+            headers=(("Bad Name\r\nX-Injected", "1"),),
+            body=b"{}",
+            stored_at=time.time(),
+            initial_age=0.0,
+            lifetime=60.0,
+            stale_if_error=0.0,
+            stale_while_revalidate=0.0,
+            vary=(),
+        )
+        for key in client.keys("outbound:cache:s:*"):
+            client.set(key, hostile.pack())
+        answer = session.get("catalogue")
+        assert cache_of(answer) is None
+        assert answer.json() == {"ok": True}
+        assert counts(registry)["storage_errors"] == 1
+    finally:
+        registry.close()
+
+
+def test_the_memory_storage_is_bounded_by_bytes(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make(make_registry, upstream, "requests", cache={"ttl": 60, "max_bytes": 1000})
+    session = registry.session("s")
+    for n in range(20):
+        session.get(f"replica?key=bytes{n}")
+    storage: Any = registry["s"].policy.cache.storage  # type: ignore[union-attr]
+    assert 0 < len(storage) < 20
+    assert storage._bytes <= 1000
