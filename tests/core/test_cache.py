@@ -673,3 +673,18 @@ def test_the_memory_storage_is_bounded_by_bytes(make_registry: RegistryFactory, 
     storage: Any = registry["s"].policy.cache.storage  # type: ignore[union-attr]
     assert 0 < len(storage) < 20
     assert storage._bytes <= 1000
+
+
+def test_redis_storage_defaults_to_the_state_redis(redis_url: str, redis_server: Any, upstream: Upstream) -> None:
+    registry = Registry.from_mapping(
+        {
+            "services": {"s": {"base_url": upstream.url, "cache": {"storage": "redis", "ttl": 60}}},
+            "state": {"backend": "redis", "url": redis_url, "prefix": "fleet7"},
+        }
+    )
+    try:
+        registry.session("s").get("catalogue")
+        assert redis_server.client().keys("fleet7:cache:s:*")
+        assert cache_of(registry.session("s").get("catalogue")) == "hit"
+    finally:
+        registry.close()
