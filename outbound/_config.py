@@ -195,6 +195,19 @@ class HedgeConfig:
     """Methods hedged (idempotent ones only)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SdkConfig:
+    """For a vendor SDK (openai, anthropic, stripe...) given the service's client: one retry layer, fast refusals."""
+
+    answer_refusals: bool = True
+    """Answer a refusal (open breaker, bulkhead, rate limit, pause, deadline) or an unusable client (registry closed,
+    another event loop) with an HTTP response the SDKs do not retry, instead of an exception they retry."""
+    final_responses: bool = True
+    """Mark a retryable status that outbound already retried so the SDK does not retry it again."""
+    timeout_max: float | None = None
+    """The longest per-call timeout an SDK may ask for (its read and total); ``None``: what it asks stands."""
+
+
 TransportKind = Literal["httpcore", "aiohttp"]
 DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
 
@@ -245,6 +258,8 @@ class ServiceConfig:
     """Pause the service while the upstream asks (429/503 with ``Retry-After``); ``None``: never."""
     hedge: HedgeConfig | None = None
     """Hedged attempts for slow answers; ``None``: off."""
+    sdk: SdkConfig | None = None
+    """How the service's client serves a vendor SDK (``_sdk.py``); ``None``: as any caller."""
     deadline_header: str | None = None
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
     transport: TransportKind = "httpcore"
@@ -746,6 +761,19 @@ def _parse_pause(reader: _Reader) -> PauseConfig | None:
     )
 
 
+def _parse_sdk(reader: _Reader) -> SdkConfig | None:
+    sub = _optional_sub(reader, "sdk", SdkConfig)
+    if sub is None:
+        return None
+    defaults = SdkConfig()
+    sdk = SdkConfig(
+        answer_refusals=sub.boolean("answer_refusals", defaults.answer_refusals),
+        final_responses=sub.boolean("final_responses", defaults.final_responses),
+        timeout_max=sub.seconds("timeout_max", None, allow_none=True, allow_zero=False),
+    )
+    return sdk if sdk != SdkConfig(answer_refusals=False, final_responses=False) else None  # all off: absent
+
+
 def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
     sub = _optional_sub(reader, "hedge", HedgeConfig)
     if sub is None:
@@ -1022,6 +1050,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         rate_limit=_parse_rate_limit(reader),
         pause=_parse_pause(reader),
         hedge=_parse_hedge(reader),
+        sdk=_parse_sdk(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
         transport=transport,
         auth=auth,

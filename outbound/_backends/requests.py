@@ -38,7 +38,7 @@ from .._call import Call
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import drive
-from .._errors import RegistryClosedError
+from .._errors import OutboundError, RegistryClosedError
 from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Policy
@@ -508,6 +508,8 @@ class ServiceSession(requests.Session):
     cut to ``timeout.total``); ``timeout=None`` means the service's settings.
     """
 
+    adapter_class: type[OutboundAdapter] = OutboundAdapter  # the SDK layer's subclass for an `sdk` service
+
     def __init__(self, policy: Policy) -> None:
         super().__init__()
         config = policy.config
@@ -531,10 +533,24 @@ class ServiceSession(requests.Session):
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.adapter = OutboundAdapter(policy)
+        self.adapter = self.adapter_class(policy)
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        """Refuses any adapter but outbound's: mounted on this shared session it would replace the service's
+        policy (breaker, retries, timeouts, stats) for every caller in the process, silently. Configure retries
+        with the service's ``retry`` settings instead (hvac's and others' documented ``HTTPAdapter(max_retries=...)``
+        recipe)."""
+        if getattr(self, "adapter", None) is not None and not isinstance(adapter, OutboundAdapter):
+            raise OutboundError(
+                f"session {self.service_name!r} is shared by the whole process and managed by outbound: mounting "
+                f"{type(adapter).__name__} on {prefix!r} would remove its breaker, retries and timeouts for every "
+                f"caller. Set retries in OUTBOUND['services'][{self.service_name!r}]['retry'] instead, or use a "
+                "requests.Session of your own"
+            )
+        super().mount(prefix, adapter)
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, retries: bool | int | None = None, **kwargs: Any
