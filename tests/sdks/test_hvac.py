@@ -1,0 +1,71 @@
+"""hvac (2.x) given a managed session (``hvac.Client(url, session=registry.session("vault"))``), against a local stub
+of Vault's API: the basics, a refusal raised at once, and ``session.mount()`` refused rather than silently replacing
+the policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+import outbound
+from tests.conftest import RegistryFactory
+from tests.sdks.conftest import service
+from tests.sdks.stub import Stub, serve
+
+hvac = pytest.importorskip("hvac")
+
+HEALTH = {"initialized": True, "sealed": False, "standby": False, "version": "1.15.0"}
+SECRET = {"data": {"data": {"password": "s3cret"}, "metadata": {"version": 1}}}
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    routes = {("GET", "/v1/sys/health"): HEALTH, ("GET", "/v1/secret/data/app"): SECRET}
+    with serve(routes) as running:
+        yield running
+
+
+def _vault(registry: outbound.Registry, stub: Stub) -> Any:
+    return hvac.Client(url=stub.url, token="t", session=registry.session("vault"))
+
+
+def test_a_secret_goes_through_the_managed_session(make_registry: RegistryFactory, stub: Stub) -> None:
+    registry = make_registry(vault=service(stub.url, "requests", sdk=None))
+    client = _vault(registry, stub)
+    secret = client.secrets.kv.v2.read_secret_version(path="app", raise_on_deleted_version=True)
+    assert secret["data"]["data"]["password"] == "s3cret"
+    assert client.sys.read_health_status(method="GET")["sealed"] is False
+    assert registry["vault"].policy.stats.snapshot().requests == 2
+
+
+def test_a_refusal_is_raised_at_once_as_outbounds_error(make_registry: RegistryFactory, stub: Stub) -> None:
+    """hvac has no retries of its own: the refusal reaches the caller as it is (no sdk section needed)."""
+    registry = make_registry(vault=service(stub.url, "requests", sdk=None))
+    registry.isolate("vault")
+    with pytest.raises(outbound.CircuitOpenError) as caught:
+        _vault(registry, stub).secrets.kv.v2.read_secret_version(path="app", raise_on_deleted_version=True)
+    assert isinstance(caught.value, requests.ConnectionError)
+    assert stub.count("/v1/secret/data/app") == 0
+
+
+def test_mounting_an_adapter_on_the_shared_session_is_refused(make_registry: RegistryFactory, stub: Stub) -> None:
+    """hvac's documented retry recipe would replace outbound's adapter for the whole process: refused, loudly."""
+    registry = make_registry(vault=service(stub.url, "requests", sdk=None))
+    session = registry.session("vault")
+    adapter = requests.adapters.HTTPAdapter(max_retries=3)
+    with pytest.raises(outbound.OutboundError, match="would remove its breaker, retries and timeouts"):
+        session.mount("http://", adapter)
+    assert session.get_adapter(f"{stub.url}/v1/sys/health") is session.adapter  # the policy is still there
+    _vault(registry, stub).sys.read_health_status(method="GET")
+    assert registry["vault"].policy.stats.snapshot().requests == 1
+
+
+def test_a_plain_session_still_mounts(stub: Stub) -> None:
+    """The refusal is the managed session's only: requests' own sessions are untouched."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(max_retries=3)
+    session.mount("http://", adapter)
+    assert session.get_adapter(stub.url) is adapter
