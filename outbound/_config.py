@@ -244,6 +244,8 @@ class ServiceConfig:
     """Read proxies (and, for requests, CA bundles) from the environment, as both libraries do by default."""
     http2: bool = False
     """HTTP/2 (httpx and httpx2 only)."""
+    follow_redirects: bool = False
+    """Whether the httpx clients follow redirects (a requests session always does, unless a call says otherwise)."""
     critical: bool = False
     """Whether an open breaker takes the whole health report down."""
     probe: str | None = None
@@ -997,6 +999,13 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         reader.fail("is only supported with client 'httpx' or 'httpx2'", key="http2", code="unsupported")
     elif http2 and not _installed("h2"):
         reader.fail("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
+    follow_redirects = reader.boolean("follow_redirects", False)
+    if client == "requests" and reader.mapping.get("follow_redirects") is False:
+        reader.fail(
+            "a requests session follows redirects; pass allow_redirects=False to the calls that must not",
+            key="follow_redirects",
+            code="unsupported",
+        )
     transport = reader.choice("transport", "httpcore", ("httpcore", "aiohttp"))
     if transport == "aiohttp":
         if client not in HTTPX_CLIENTS:
@@ -1043,6 +1052,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         proxy=_parse_proxy(reader, transport),
         trust_env=reader.boolean("trust_env", True),
         http2=http2,
+        follow_redirects=follow_redirects or client == "requests",
         critical=reader.boolean("critical", False),
         probe=probe,
         shared=reader.boolean("shared", True),

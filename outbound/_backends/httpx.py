@@ -162,6 +162,8 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
         "base_url": config.base_url,
         "headers": dict(config.headers),
         "timeout": configured_timeout(config),
+        # httpx follows none by default; the redirects a shared client follows drop credentials across origins.
+        "follow_redirects": config.follow_redirects,
         # httpx reads no environment proxy for a client given a transport; the clients mount managed transports for
         # them (environment_proxies). The service's own `proxy` wins over the environment.
         "trust_env": config.trust_env,

@@ -181,3 +181,31 @@ def test_the_per_loop_pattern_works(make_registry: RegistryFactory, stub: Stub) 
 
     for _ in range(2):  # two loops, as two async_to_sync requests would be
         assert asyncio.run(per_request()).data[0].id == "gpt-test"
+
+
+def test_a_redirect_is_followed_when_the_service_says_so(
+    make_registry: RegistryFactory, stub: Stub, client_kind: str
+) -> None:
+    stub.routes[("GET", "/v2/models")] = MODELS
+    stub.redirect["/v1/models"] = f"{stub.url}/v2/models"
+    registry = make_registry(ai=service(stub.url, client_kind, follow_redirects=True))
+    assert _openai(registry, stub).models.list().data[0].id == "gpt-test"
+    assert stub.count("/v2/models") == 1
+    assert stub.hits[-1].headers["authorization"] == "Bearer sk-test"  # same origin: the key follows
+
+
+def test_without_follow_redirects_a_307_is_the_sdks_status_error(make_registry: RegistryFactory, stub: Stub) -> None:
+    stub.redirect["/v1/models"] = f"{stub.url}/v2/models"
+    registry = make_registry(ai=service(stub.url, "httpx2"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        _openai(registry, stub).models.list()
+    assert caught.value.status_code == 307
+
+
+def test_a_redirect_to_another_origin_drops_the_api_key(make_registry: RegistryFactory, stub: Stub) -> None:
+    with serve({("GET", "/v1/models"): MODELS}) as other:
+        stub.redirect["/v1/models"] = f"{other.url}/v1/models"
+        registry = make_registry(ai=service(stub.url, "httpx2", follow_redirects=True))
+        assert _openai(registry, stub).models.list().data[0].id == "gpt-test"
+        assert other.count("/v1/models") == 1
+        assert "authorization" not in other.hits[0].headers
