@@ -3,6 +3,7 @@ local stub of its API: the basics, a refusal that fails fast with the truth, one
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,3 +101,49 @@ def test_stripes_timeout_is_capped(make_registry: RegistryFactory, stub: Stub) -
     adapter.attempt = spy  # type: ignore[method-assign]
     _stripe(registry, stub).v1.customers.retrieve("cus_1")  # stripe asks for 80 s
     assert seen == [5.0]
+
+
+class ManagedHTTPXClient(stripe.HTTPXClient):
+    """The docs' recipe for stripe's ``*_async`` methods: stripe's HTTPXClient on a service's managed clients (the
+    sync one, and the running event loop's async one)."""
+
+    def __init__(self, registry: outbound.Registry, service: str, **kwargs: Any) -> None:
+        self._registry, self._service = registry, service
+        super().__init__(allow_sync_methods=False, **kwargs)
+
+    # stripe sets both in __init__ (its own clients): ignored, the managed ones are read on every call instead.
+    _client = property(lambda self: self._registry.client(self._service), lambda self, value: None)
+    _client_async = property(lambda self: self._registry.async_client(self._service), lambda self, value: None)
+
+
+def _stripe_httpx(registry: outbound.Registry, stub: Stub) -> Any:
+    return stripe.StripeClient(
+        "sk_test_1",
+        http_client=ManagedHTTPXClient(registry, "stripe"),
+        base_addresses={"api": stub.url},
+        max_network_retries=2,
+    )
+
+
+def test_async_methods_go_through_the_managed_async_client(make_registry: RegistryFactory, stub: Stub) -> None:
+    registry = make_registry(stripe=service(stub.url, "httpx"))
+    client = _stripe_httpx(registry, stub)
+
+    async def both() -> tuple[Any, Any]:
+        return await client.v1.customers.retrieve_async("cus_1"), client.v1.customers.retrieve("cus_1")
+
+    for _ in range(2):  # two event loops: each gets its own managed AsyncClient
+        async_customer, sync_customer = asyncio.run(both())
+        assert async_customer.email == sync_customer.email == "a@example.com"
+    assert stub.count("/v1/customers/cus_1") == 4
+    assert registry["stripe"].policy.stats.snapshot().requests == 4
+
+
+def test_an_async_refusal_is_answered_at_once(make_registry: RegistryFactory, stub: Stub) -> None:
+    registry = make_registry(stripe=service(stub.url, "httpx"))
+    registry.isolate("stripe")
+    client = _stripe_httpx(registry, stub)
+    with pytest.raises(stripe.APIError) as caught:
+        asyncio.run(client.v1.customers.retrieve_async("cus_1"))
+    assert caught.value.headers["x-outbound-refusal"] == "circuit_open"
+    assert _refused(registry) == 1
