@@ -206,6 +206,8 @@ class SdkConfig:
     """Mark a retryable status that outbound already retried so the SDK does not retry it again."""
     timeout_max: float | None = None
     """The longest per-call timeout an SDK may ask for (its read and total); ``None``: what it asks stands."""
+    expected: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    """Per path (below ``base_url``, a prefix): statuses that are its answer, neither failures nor retried."""
 
 
 TransportKind = Literal["httpcore", "aiohttp"]
@@ -772,8 +774,26 @@ def _parse_sdk(reader: _Reader) -> SdkConfig | None:
         answer_refusals=sub.boolean("answer_refusals", defaults.answer_refusals),
         final_responses=sub.boolean("final_responses", defaults.final_responses),
         timeout_max=sub.seconds("timeout_max", None, allow_none=True, allow_zero=False),
+        expected=_parse_expected(sub),
     )
     return sdk if sdk != SdkConfig(answer_refusals=False, final_responses=False) else None  # all off: absent
+
+
+def _parse_expected(reader: _Reader) -> Mapping[str, frozenset[int]]:
+    raw = reader.mapping.get("expected", {})
+    if not isinstance(raw, Mapping):
+        reader.fail(f"must be a mapping of paths to lists of statuses, got {_shown(raw)}", key="expected")
+        return {}
+    paths = _Reader(raw, reader.service, reader.path("expected") or "expected", tuple(map(str, raw)), reader.errors)
+    expected = {}
+    for path in raw:
+        if not isinstance(path, str) or not path.strip("/") or any(ord(char) < 0x21 for char in path):
+            paths.fail("must be a path below base_url, like 'v1/sys/health'", key=str(path), code="url")
+            continue
+        statuses = paths.statuses(path, frozenset())
+        if statuses:
+            expected[path.lstrip("/")] = statuses
+    return expected
 
 
 def _parse_hedge(reader: _Reader) -> HedgeConfig | None:

@@ -25,6 +25,10 @@ one attempt) is marked the same way, so the SDK does not retry what outbound gav
 upstream at most ``retry.total + 1`` times. A request that is itself an SDK's retry (``x-stainless-retry-count``
 above 0) which outbound retried too is logged on ``outbound.call`` at INFO: both layers retried.
 
+``expected``: statuses that are a path's answer (Vault answers ``/sys/health`` with 429 when standby and 503 when
+sealed, on purpose): on that path they are neither breaker failures nor retried, and their ``Retry-After`` pauses
+nothing.
+
 ``timeout_max``: a per-call timeout the SDK asks for (stripe's 80 s, hvac's 30 s, openai's ``timeout=``) replaces the
 service's read and extends its total, as any caller's does; this caps it.
 """
@@ -35,8 +39,9 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
-from ._config import SdkConfig
+from ._config import SdkConfig, ServiceConfig
 from ._errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -47,8 +52,9 @@ from ._errors import (
     RegistryClosedError,
     RejectedError,
 )
+from ._outcome import Kind, Outcome
 
-__all__ = ["ANSWERED", "EXTENSION", "Answer", "answer", "both_retried", "cap", "sdk_error"]
+__all__ = ["ANSWERED", "EXTENSION", "Answer", "answer", "both_retried", "cap", "expected_paths", "judged", "sdk_error"]
 
 call_logger = logging.getLogger("outbound.call")
 
@@ -131,6 +137,32 @@ def both_retried(service: str, method: str, sdk_retry: str | None, attempts: int
             attempts,
             sdk_retry,
         )
+
+
+Expected = tuple[tuple[str, frozenset[int]], ...]
+
+
+def expected_paths(config: ServiceConfig) -> Expected:
+    """``sdk.expected`` as (URL path prefix, statuses), longest prefix first."""
+    sdk = config.sdk
+    if sdk is None or not sdk.expected:
+        return ()
+    base = urlsplit(config.base_url).path or "/"
+    found = [(base + path, statuses) for path, statuses in sdk.expected.items()]
+    return tuple(sorted(found, key=lambda item: len(item[0]), reverse=True))
+
+
+def judged(expected: Expected, path: str, outcome: Outcome) -> Outcome:
+    """``outcome`` marked ``expected`` when its status is the answer of the path (``sdk.expected``)."""
+    if outcome.kind is not Kind.RESPONSE:
+        return outcome
+    for prefix, statuses in expected:
+        if path.startswith(prefix):
+            if outcome.status in statuses:
+                # Without Retry-After: an expected answer does not pause the service either.
+                return Outcome(Kind.RESPONSE, status=outcome.status, expected=True)
+            return outcome
+    return outcome
 
 
 def sdk_error(error: BaseException) -> OutboundError | None:

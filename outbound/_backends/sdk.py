@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from .. import _sdk
 from .._call import Call
 from .._config import SdkConfig
+from .._hedge import Hedge
+from .._outcome import Outcome
 from .._policy import Policy
 from ._library import library_of
 
@@ -62,11 +64,18 @@ class SdkOutboundTransport(OutboundTransport):
         sdk = policy.config.sdk
         assert sdk is not None  # built for `sdk` services only
         self._sdk = sdk
+        self._expected = _sdk.expected_paths(policy.config)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self._sdk.timeout_max is not None:
             _cap_timeouts(request, self._sdk)
         return super().handle_request(request)
+
+    def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
+        response, outcome = super().attempt(call, request)
+        if self._expected:
+            outcome = _sdk.judged(self._expected, request.url.path, outcome)
+        return response, outcome
 
     def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         _finish(self._policy, call, request, response)
@@ -81,11 +90,20 @@ class SdkAsyncOutboundTransport(AsyncOutboundTransport):
         sdk = policy.config.sdk
         assert sdk is not None
         self._sdk = sdk
+        self._expected = _sdk.expected_paths(policy.config)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._sdk.timeout_max is not None:
             _cap_timeouts(request, self._sdk)
         return await super().handle_async_request(request)
+
+    async def attempt(
+        self, call: Call, request: httpx.Request, hedge: Hedge | None = None
+    ) -> tuple[httpx.Response | None, Outcome]:
+        response, outcome = await super().attempt(call, request, hedge)
+        if self._expected:
+            outcome = _sdk.judged(self._expected, request.url.path, outcome)
+        return response, outcome
 
     def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         _finish(self._policy, call, request, response)

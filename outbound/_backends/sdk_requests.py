@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -15,6 +16,7 @@ from requests.structures import CaseInsensitiveDict
 from .. import _sdk
 from .._call import Call
 from .._config import SdkConfig
+from .._outcome import Outcome
 from .._policy import Policy
 from .requests import OutboundAdapter, ServiceSession
 
@@ -36,6 +38,7 @@ class SdkAdapter(OutboundAdapter):
         sdk = policy.config.sdk
         assert sdk is not None  # built for `sdk` services only
         self._sdk = sdk
+        self._expected = _sdk.expected_paths(policy.config)
 
     def send(
         self,
@@ -49,6 +52,12 @@ class SdkAdapter(OutboundAdapter):
         if self._sdk.timeout_max is not None:
             timeout = _capped(timeout, self._sdk)
         return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+
+    def attempt(self, call: Call, send: Any) -> tuple[requests.Response | None, Outcome]:
+        response, outcome = super().attempt(call, send)
+        if self._expected:
+            outcome = _sdk.judged(self._expected, urlsplit(send.request.url or "").path, outcome)
+        return response, outcome
 
     def deliver(self, call: Call, send: Any, response: requests.Response) -> requests.Response:
         attempts = call.attempts

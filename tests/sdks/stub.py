@@ -4,7 +4,9 @@ need are statuses (the shared ``upstream`` fixture covers resets and trickles)."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,8 +34,10 @@ class Stub:
     fail_with: int | None = None
     fail_headers: dict[str, str] = field(default_factory=dict)
     redirect: dict[str, str] = field(default_factory=dict)
+    status: dict[str, int] = field(default_factory=dict)  # a path's status, with its route's body
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    connections: set[socket.socket] = field(default_factory=set)
 
     def count(self, path: str) -> int:
         with self.lock:
@@ -43,6 +47,16 @@ class Stub:
 def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with stub.lock:
+                stub.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with stub.lock:
+                stub.connections.discard(self.connection)
+            super().finish()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -65,7 +79,8 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"content-type": "application/json"}, b'{"error": {"message": "no route"}}')
                 return
             found = route(self.command, path, body) if callable(route) else route
-            self._send(200, {"content-type": "application/json"}, json.dumps(found).encode())
+            status = stub.status.get(path, 200)
+            self._send(status, {"content-type": "application/json"}, json.dumps(found).encode())
 
         def _send(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
             self.send_response(status)
@@ -85,7 +100,9 @@ def serve(routes: dict[tuple[str, str], Body]) -> Iterator[Stub]:
     """Serve ``routes`` on a free port of 127.0.0.1 for the block."""
     stub = Stub(routes=routes)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    server.daemon_threads = True
+    # Handler threads are joined when the stub stops (server_close), so none outlives the test: the suite has tests
+    # that count threads.
+    server.daemon_threads = False
     stub.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -93,5 +110,10 @@ def serve(routes: dict[tuple[str, str], Body]) -> Iterator[Stub]:
         yield stub
     finally:
         server.shutdown()
-        server.server_close()
         thread.join(timeout=5)
+        with stub.lock:
+            open_connections = list(stub.connections)
+        for connection in open_connections:  # kept alive by a client's pool: end them, their threads then end
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        server.server_close()  # joins the handler threads

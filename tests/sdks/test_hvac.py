@@ -69,3 +69,38 @@ def test_a_plain_session_still_mounts(stub: Stub) -> None:
     adapter = requests.adapters.HTTPAdapter(max_retries=3)
     session.mount("http://", adapter)
     assert session.get_adapter(stub.url) is adapter
+
+
+SEALED = {"v1/sys/health": [429, 472, 473, 501, 503]}  # the docs' recipe: Vault's health answers, by status
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_vaults_health_answers_are_expected_not_failures(
+    make_registry: RegistryFactory, stub: Stub, status: int
+) -> None:
+    """Standby (429) and sealed (503) are answers on /sys/health: not retried, not counted, the breaker stays closed
+    and the unseal that follows is admitted."""
+    settings = service(
+        stub.url, "requests", breaker={"fail_max": 3}, sdk={"answer_refusals": False, "expected": SEALED}
+    )
+    registry = make_registry(vault=settings)
+    stub.status["/v1/sys/health"] = status
+    client = _vault(registry, stub)
+    for _ in range(5):
+        client.sys.read_health_status(method="GET")
+    assert stub.count("/v1/sys/health") == 5
+    assert registry["vault"].policy.breaker.state == "closed"
+    assert registry["vault"].policy.stats.snapshot().errors == 0
+    stub.status["/v1/secret/data/app"] = 503  # the same status elsewhere is still a failure, retried
+    with pytest.raises(hvac.exceptions.VaultDown):
+        client.secrets.kv.v2.read_secret_version(path="app", raise_on_deleted_version=True)
+    assert stub.count("/v1/secret/data/app") == 3
+
+
+def test_without_the_recipe_a_sealed_vault_opens_the_breaker(make_registry: RegistryFactory, stub: Stub) -> None:
+    registry = make_registry(vault=service(stub.url, "requests", breaker={"fail_max": 3}, sdk=None))
+    stub.status["/v1/sys/health"] = 503
+    client = _vault(registry, stub)
+    client.sys.read_health_status(method="GET")
+    assert stub.count("/v1/sys/health") == 3  # retried
+    assert registry["vault"].policy.breaker.state == "open"

@@ -209,3 +209,33 @@ def test_a_redirect_to_another_origin_drops_the_api_key(make_registry: RegistryF
         assert _openai(registry, stub).models.list().data[0].id == "gpt-test"
         assert other.count("/v1/models") == 1
         assert "authorization" not in other.hits[0].headers
+
+
+def test_an_expected_status_is_neither_retried_nor_a_failure(
+    make_registry: RegistryFactory, stub: Stub, client_kind: str
+) -> None:
+    expected = {"expected": {"v1/models": [503]}}
+    registry = make_registry(ai=service(stub.url, client_kind, breaker={"fail_max": 2}, sdk=expected))
+    stub.fail_with = 503
+    client = _openai(registry, stub, max_retries=0)
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            client.models.list()
+    assert stub.count("/v1/models") == 3  # once per call: not retried
+    assert registry["ai"].policy.breaker.state == "closed"
+
+
+def test_an_expected_status_through_the_async_client(make_registry: RegistryFactory, stub: Stub) -> None:
+    registry = make_registry(ai=service(stub.url, "httpx2", sdk={"expected": {"v1/models": [503]}}))
+    stub.fail_with = 503
+
+    async def call() -> None:
+        client = openai.AsyncOpenAI(
+            api_key="sk-test", base_url=f"{stub.url}/v1", http_client=registry.async_client("ai"), max_retries=0
+        )
+        with pytest.raises(openai.InternalServerError):
+            await client.models.list()
+
+    asyncio.run(call())
+    assert stub.count("/v1/models") == 1
+    assert registry["ai"].policy.stats.snapshot().errors == 0

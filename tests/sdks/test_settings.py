@@ -63,3 +63,29 @@ def test_follow_redirects_must_be_a_bool() -> None:
     with pytest.raises(outbound.ConfigError) as caught:
         parse(client="httpx", follow_redirects="yes")
     assert caught.value.key == "follow_redirects"
+
+
+def test_expected_paths_and_statuses() -> None:
+    sdk = parse(sdk={"expected": {"/v1/sys/health": [429, 503]}}).sdk
+    assert sdk is not None
+    assert sdk.expected == {"v1/sys/health": frozenset({429, 503})}
+    # expected alone keeps the section even with both switches off
+    alone = parse(sdk={"answer_refusals": False, "final_responses": False, "expected": {"v1/x": [503]}}).sdk
+    assert alone is not None
+    assert alone.expected == {"v1/x": frozenset({503})}
+
+
+@pytest.mark.parametrize(
+    ("expected", "key", "code"),
+    [
+        ([503], "sdk.expected", "type"),
+        ({"v1/health": [99]}, "sdk.expected.v1/health", "range"),
+        ({"v1/health": "503"}, "sdk.expected.v1/health", "type"),
+        ({"/": [503]}, "sdk.expected./", "url"),
+        ({"v1 /health": [503]}, "sdk.expected.v1 /health", "url"),
+    ],
+)
+def test_expected_mistakes_name_the_key(expected: Any, key: str, code: str) -> None:
+    with pytest.raises(outbound.ConfigError) as caught:
+        parse(sdk={"expected": expected})
+    assert (caught.value.service, caught.value.key, caught.value.code) == ("ai", key, code)
