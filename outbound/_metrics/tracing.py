@@ -24,6 +24,7 @@ string, fragment or credentials, as outbound's own messages show it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span, SpanKind, get_current_span
@@ -89,42 +90,25 @@ class SpanObserver(Observer):
 
     def retry_scheduled(self, event: RetryScheduled) -> None:
         _add_event(
-            "outbound.retry",
-            "outbound.retry",
-            service=event.service,
-            reason=event.reason,
-            attempt=event.attempt,
-            delay=event.delay,
+            "outbound.retry", event.service, {"reason": event.reason, "attempt": event.attempt, "delay": event.delay}
         )
 
     def retry_denied(self, event: RetryDenied) -> None:
-        _add_event("outbound.retry_denied", "outbound.retry", service=event.service, denied_by=event.reason)
+        _add_event("outbound.retry_denied", event.service, {"denied_by": event.reason}, prefix="outbound.retry")
 
     def call_rejected(self, event: CallRejected) -> None:
-        span = _add_event(
-            "outbound.rejected",
-            "outbound.rejected",
-            service=event.service,
-            reason=event.reason,
-            retry_in=event.retry_in,
-        )
+        span = _add_event("outbound.rejected", event.service, {"reason": event.reason, "retry_in": event.retry_in})
         if span is not None and _is_client(span):  # refused inside an instrumented send: that span is this call's
             state = self._breakers[event.service].effective_state()
             span.set_attributes({SERVICE: event.service, BREAKER_STATE: state})
 
     def breaker_transition(self, event: BreakerTransition) -> None:
-        _add_event(
-            "outbound.breaker",
-            "outbound.breaker",
-            service=event.service,
-            previous_state=event.old,
-            state=event.new,
-            reason=event.reason,
-        )
+        facts = {"previous_state": event.old, "state": event.new, "reason": event.reason}
+        _add_event("outbound.breaker", event.service, facts)
 
 
-def _add_event(name: str, prefix: str, *, service: str, **facts: AttributeValue | None) -> Span | None:
-    """Add event ``name`` to the current span when it records, each fact an attribute ``{prefix}.{fact}``
+def _add_event(name: str, service: str, facts: Mapping[str, AttributeValue | None], *, prefix: str = "") -> Span | None:
+    """Add event ``name`` to the current span when it records, each fact an attribute ``{prefix or name}.{fact}``
     (``outbound.retry.reason``; a fact that is ``None`` is left out); the span, or ``None`` when it does not record."""
     span = get_current_span()
     if not span.is_recording():
@@ -132,6 +116,6 @@ def _add_event(name: str, prefix: str, *, service: str, **facts: AttributeValue 
     attributes: dict[str, AttributeValue] = {SERVICE: service}
     for fact, value in facts.items():
         if value is not None:
-            attributes[f"{prefix}.{fact}"] = value
+            attributes[f"{prefix or name}.{fact}"] = value
     span.add_event(name, attributes)
     return span
