@@ -501,6 +501,12 @@ class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
 NO_STORED_COOKIES = _NoStoredCookies()
 
 
+def _captures_http(prefix: str) -> bool:
+    # requests picks the longest mounted prefix that a URL starts with (case-insensitively).
+    lowered = prefix.lower()
+    return any(scheme.startswith(lowered) or lowered.startswith(scheme) for scheme in ("http://", "https://"))
+
+
 class ServiceSession(requests.Session):
     """A ``requests.Session`` bound to one service: relative URLs join ``base_url``; calls run the policy.
 
@@ -539,11 +545,15 @@ class ServiceSession(requests.Session):
         self.mount("https://", self.adapter)
 
     def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
-        """Refuses any adapter but outbound's: mounted on this shared session it would replace the service's
-        policy (breaker, retries, timeouts, stats) for every caller in the process, silently. Configure retries
-        with the service's ``retry`` settings instead (hvac's and others' documented ``HTTPAdapter(max_retries=...)``
-        recipe)."""
-        if getattr(self, "adapter", None) is not None and not isinstance(adapter, OutboundAdapter):
+        """Refuses any adapter but outbound's for ``http://`` and ``https://`` URLs: mounted on this shared session it
+        would replace the service's policy (breaker, retries, timeouts, stats) for every caller in the process,
+        silently. Configure retries with the service's ``retry`` settings instead (hvac's and others' documented
+        ``HTTPAdapter(max_retries=...)`` recipe). Other schemes (a test's ``mock://``) mount as on any session."""
+        if (
+            getattr(self, "adapter", None) is not None
+            and not isinstance(adapter, OutboundAdapter)
+            and _captures_http(prefix.decode() if isinstance(prefix, bytes) else prefix)
+        ):
             raise OutboundError(
                 f"session {self.service_name!r} is shared by the whole process and managed by outbound: mounting "
                 f"{type(adapter).__name__} on {prefix!r} would remove its breaker, retries and timeouts for every "

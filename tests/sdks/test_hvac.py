@@ -63,6 +63,22 @@ def test_mounting_an_adapter_on_the_shared_session_is_refused(make_registry: Reg
     assert registry["vault"].policy.stats.snapshot().requests == 1
 
 
+@pytest.mark.parametrize("prefix", ["https://", "http://127.0.0.1", "HTTP://", "http", b"https://"])
+def test_every_prefix_that_captures_http_urls_is_refused(make_registry: RegistryFactory, prefix: str | bytes) -> None:
+    session = make_registry(vault=service("http://127.0.0.1:9/", "requests", sdk=None)).session("vault")
+    with pytest.raises(outbound.OutboundError):
+        session.mount(prefix, requests.adapters.HTTPAdapter())
+
+
+def test_another_scheme_mounts_as_on_any_session(make_registry: RegistryFactory, stub: Stub) -> None:
+    """A test's mock:// adapter (requests-mock's) takes nothing from outbound's: it mounts."""
+    session = make_registry(vault=service(stub.url, "requests", sdk=None)).session("vault")
+    adapter = requests.adapters.HTTPAdapter()
+    session.mount("mock://", adapter)
+    assert session.get_adapter("mock://anything") is adapter
+    assert session.get_adapter(stub.url) is session.adapter
+
+
 def test_a_plain_session_still_mounts(stub: Stub) -> None:
     """The refusal is the managed session's only: requests' own sessions are untouched."""
     session = requests.Session()

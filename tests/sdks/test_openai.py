@@ -239,3 +239,19 @@ def test_an_expected_status_through_the_async_client(make_registry: RegistryFact
     asyncio.run(call())
     assert stub.count("/v1/models") == 1
     assert registry["ai"].policy.stats.snapshot().errors == 0
+
+
+def test_one_retry_layer_through_the_async_client(make_registry: RegistryFactory, stub: Stub) -> None:
+    registry = make_registry(ai=service(stub.url, "httpx2"))
+    stub.fail_with = 503
+
+    async def call() -> None:
+        client = openai.AsyncOpenAI(
+            api_key="sk-test", base_url=f"{stub.url}/v1", http_client=registry.async_client("ai"), max_retries=2
+        )
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.models.list()
+        assert caught.value.response.headers["x-should-retry"] == "false"
+
+    asyncio.run(call())
+    assert stub.count("/v1/models") == 3
