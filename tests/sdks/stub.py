@@ -8,6 +8,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ class Stub:
     fail_headers: dict[str, str] = field(default_factory=dict)
     redirect: dict[str, str] = field(default_factory=dict)
     status: dict[str, int] = field(default_factory=dict)  # a path's status, with its route's body
+    # A path answered with server-sent events: these chunks, ``stream_gap`` seconds apart (a token stream).
+    streams: dict[str, list[bytes]] = field(default_factory=dict)
+    stream_gap: float = 0.0
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: set[socket.socket] = field(default_factory=set)
@@ -74,6 +78,9 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 payload = json.dumps({"error": {"message": "stub failure", "type": "stub"}}).encode()
                 self._send(stub.fail_with, {"content-type": "application/json", **stub.fail_headers}, payload)
                 return
+            if path in stub.streams:
+                self._stream(stub.streams[path])
+                return
             route = stub.routes.get((self.command, path))
             if route is None:
                 self._send(404, {"content-type": "application/json"}, b'{"error": {"message": "no route"}}')
@@ -81,6 +88,17 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             found = route(self.command, path, body) if callable(route) else route
             status = stub.status.get(path, 200)
             self._send(status, {"content-type": "application/json"}, json.dumps(found).encode())
+
+        def _stream(self, chunks: list[bytes]) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for chunk in chunks:
+                time.sleep(stub.stream_gap)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
 
         def _send(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
             self.send_response(status)

@@ -7,6 +7,7 @@ openai 3 accepts an ``httpx2.Client`` and a legacy ``httpx.Client``: both servic
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -255,3 +256,44 @@ def test_one_retry_layer_through_the_async_client(make_registry: RegistryFactory
 
     asyncio.run(call())
     assert stub.count("/v1/models") == 3
+
+
+def _sse(*pieces: str) -> list[bytes]:
+    events = []
+    for piece in pieces:
+        chunk = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-test",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+        }
+        events.append(f"data: {json.dumps(chunk)}\n\n".encode())
+    return [*events, b"data: [DONE]\n\n"]
+
+
+@pytest.mark.parametrize(("read", "whole"), [(1.0, True), (0.1, False)])
+def test_a_streams_gaps_are_bounded_by_the_read_timeout(
+    make_registry: RegistryFactory, stub: Stub, read: float, whole: bool
+) -> None:
+    """The docs' advice for streams: `timeout.total` covers the call up to the response headers, `timeout.read` each
+    gap between chunks. Five chunks 0.2 s apart (about 1 s in all, twice the total): a 1 s read lets the whole stream
+    through, a 0.1 s one cuts it at the first gap."""
+    stub.streams[PATH] = _sse("he", "ll", "o ", "wor", "ld")
+    stub.stream_gap = 0.2
+    registry = make_registry(ai=service(stub.url, "httpx2", timeout={"read": read, "total": 0.5}))
+    client = _openai(registry, stub, max_retries=0)
+    pieces: list[str] = []
+
+    def read_all() -> None:
+        messages = [{"role": "user", "content": "hi"}]
+        stream = client.chat.completions.create(model="gpt-test", messages=messages, stream=True)
+        pieces.extend(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    if whole:
+        read_all()
+        assert "".join(pieces) == "hello world"
+    else:
+        with pytest.raises((openai.APITimeoutError, outbound.ReadTimeoutError)):
+            read_all()
+        assert "".join(pieces) != "hello world"
