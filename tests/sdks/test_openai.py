@@ -272,16 +272,16 @@ def _sse(*pieces: str) -> list[bytes]:
     return [*events, b"data: [DONE]\n\n"]
 
 
-@pytest.mark.parametrize(("read", "whole"), [(1.0, True), (0.1, False)])
+@pytest.mark.parametrize(("read", "whole"), [(2.0, True), (0.1, False)])
 def test_a_streams_gaps_are_bounded_by_the_read_timeout(
     make_registry: RegistryFactory, stub: Stub, read: float, whole: bool
 ) -> None:
     """The docs' advice for streams: `timeout.total` covers the call up to the response headers, `timeout.read` each
-    gap between chunks. Five chunks 0.2 s apart (about 1 s in all, twice the total): a 1 s read lets the whole stream
-    through, a 0.1 s one cuts it at the first gap."""
+    gap between chunks. Five chunks 0.3 s apart (1.5 s in all, longer than the total): a 2 s read lets the whole
+    stream through, a 0.1 s one cuts it at the first gap."""
     stub.streams[PATH] = _sse("he", "ll", "o ", "wor", "ld")
-    stub.stream_gap = 0.2
-    registry = make_registry(ai=service(stub.url, "httpx2", timeout={"read": read, "total": 0.5}))
+    stub.stream_gap = 0.3
+    registry = make_registry(ai=service(stub.url, "httpx2", timeout={"read": read, "total": 1.0}))
     client = _openai(registry, stub, max_retries=0)
     pieces: list[str] = []
 
