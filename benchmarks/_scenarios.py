@@ -22,6 +22,7 @@ import pybreaker
 import requests
 import requests.adapters
 
+import benchmarks._sdks as _sdks
 import outbound
 from benchmarks import _brownout, _deadline, _fleet, _healthy, _hedging, _imports, _metrics, _policy, _speed, _stages
 from benchmarks._harness import (
@@ -721,6 +722,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _stages.MEASUREMENT: _stages.stages,
     _healthy.MEASUREMENT: _healthy.healthy,
     _imports.MEASUREMENT: _imports.imports,
+    _sdks.MEASUREMENT: _sdks.sdks,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1d", "1e", "1f"),
@@ -741,4 +743,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _stages.MEASUREMENT: _stages.ROW_KEYS,
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
     _imports.MEASUREMENT: _imports.ROW_KEYS,
+    _sdks.MEASUREMENT: _sdks.ROW_KEYS,
 }

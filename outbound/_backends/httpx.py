@@ -162,6 +162,8 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
         "base_url": config.base_url,
         "headers": dict(config.headers),
         "timeout": configured_timeout(config),
+        # httpx follows none by default; the redirects a shared client follows drop credentials across origins.
+        "follow_redirects": config.follow_redirects,
         # httpx reads no environment proxy for a client given a transport; the clients mount managed transports for
         # them (environment_proxies). The service's own `proxy` wins over the environment.
         "trust_env": config.trust_env,
@@ -597,13 +599,15 @@ class ServiceClient(_ManagedRedirects, httpx.Client):
     ``registry.close()`` does.
     """
 
+    transport_class: type[OutboundTransport] = OutboundTransport  # the SDK layer's subclass for an `sdk` service
+
     def __init__(self, policy: Policy, *, transport: InnerTransport | None = None) -> None:
         config = policy.config
         self.service_name = config.name
         self._policy = policy
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.outbound_transport = OutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = _proxy_mounts(policy, transport, OutboundTransport)
+        self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
+        mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
 
@@ -651,14 +655,16 @@ class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
     event loop ends or the registry closes.
     """
 
+    transport_class: type[AsyncOutboundTransport] = AsyncOutboundTransport
+
     def __init__(self, policy: Policy, *, loop: object, transport: InnerTransport | None = None) -> None:
         config = policy.config
         self.service_name = config.name
         self._policy = policy
         self._loop = loop  # the asyncio loop (or trio run) this client belongs to
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.outbound_transport = AsyncOutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = _proxy_mounts(policy, transport, AsyncOutboundTransport)
+        self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
+        mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
 

@@ -38,7 +38,7 @@ from .._call import Call
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import drive
-from .._errors import RegistryClosedError
+from .._errors import OutboundError, RegistryClosedError
 from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Policy
@@ -501,12 +501,20 @@ class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
 NO_STORED_COOKIES = _NoStoredCookies()
 
 
+def _captures_http(prefix: str) -> bool:
+    # requests picks the longest mounted prefix that a URL starts with (case-insensitively).
+    lowered = prefix.lower()
+    return any(scheme.startswith(lowered) or lowered.startswith(scheme) for scheme in ("http://", "https://"))
+
+
 class ServiceSession(requests.Session):
     """A ``requests.Session`` bound to one service: relative URLs join ``base_url``; calls run the policy.
 
     Use it exactly like any session. Per-request ``timeout=`` overrides the service's connect/read timeouts (still
     cut to ``timeout.total``); ``timeout=None`` means the service's settings.
     """
+
+    adapter_class: type[OutboundAdapter] = OutboundAdapter  # the SDK layer's subclass for an `sdk` service
 
     def __init__(self, policy: Policy) -> None:
         super().__init__()
@@ -531,10 +539,28 @@ class ServiceSession(requests.Session):
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.adapter = OutboundAdapter(policy)
+        self.adapter = self.adapter_class(policy)
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        """Refuses any adapter but outbound's for ``http://`` and ``https://`` URLs: mounted on this shared session it
+        would replace the service's policy (breaker, retries, timeouts, stats) for every caller in the process,
+        silently. Configure retries with the service's ``retry`` settings instead (hvac's and others' documented
+        ``HTTPAdapter(max_retries=...)`` recipe). Other schemes (a test's ``mock://``) mount as on any session."""
+        if (
+            getattr(self, "adapter", None) is not None
+            and not isinstance(adapter, OutboundAdapter)
+            and _captures_http(prefix.decode() if isinstance(prefix, bytes) else prefix)
+        ):
+            raise OutboundError(
+                f"session {self.service_name!r} is shared by the whole process and managed by outbound: mounting "
+                f"{type(adapter).__name__} on {prefix!r} would remove its breaker, retries and timeouts for every "
+                f"caller. Set retries in OUTBOUND['services'][{self.service_name!r}]['retry'] instead, or use a "
+                "requests.Session of your own"
+            )
+        super().mount(prefix, adapter)
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, retries: bool | int | None = None, **kwargs: Any
