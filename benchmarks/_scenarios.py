@@ -22,6 +22,7 @@ import pybreaker
 import requests
 import requests.adapters
 
+import benchmarks._sdks as _sdks
 import outbound
 from benchmarks import (
     _brownout,
@@ -733,6 +734,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _stages.MEASUREMENT: _stages.stages,
     _healthy.MEASUREMENT: _healthy.healthy,
     _imports.MEASUREMENT: _imports.imports,
+    _sdks.MEASUREMENT: _sdks.sdks,
     _cache.MEASUREMENT: _cache.cache,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
@@ -754,5 +756,6 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _stages.MEASUREMENT: _stages.ROW_KEYS,
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
     _imports.MEASUREMENT: _imports.ROW_KEYS,
+    _sdks.MEASUREMENT: _sdks.ROW_KEYS,
     _cache.MEASUREMENT: _cache.ROW_KEYS,
 }

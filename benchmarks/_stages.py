@@ -53,6 +53,11 @@ CASES: tuple[StageCase, ...] = (
     StageCase(
         key="16b", name="metrics written out as off", off={}, top={"metrics": {"prometheus": False, "otel": False}}
     ),
+    StageCase(
+        key="16c",
+        name="the SDK layer written out as off",
+        off={"sdk": {"answer_refusals": False, "final_responses": False}},
+    ),
     StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
 )
 ROW_KEYS = tuple(case.key for case in CASES)

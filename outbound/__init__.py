@@ -27,6 +27,7 @@ from ._config import (
     PoolConfig,
     RateLimitConfig,
     RetryConfig,
+    SdkConfig,
     ServiceConfig,
     StateConfig,
     Timeouts,
@@ -69,6 +70,7 @@ from ._events import (
     RetryScheduled,
 )
 from ._registry import Registry
+from ._sdk import sdk_error
 from ._service import Service
 
 if typing.TYPE_CHECKING:
@@ -116,6 +118,7 @@ __all__ = [
     "RetryConfig",
     "RetryDenied",
     "RetryScheduled",
+    "SdkConfig",
     "Service",
     "ServiceAsyncClient",
     "ServiceClient",
@@ -133,6 +136,7 @@ __all__ = [
     "deadline",
     "error_answer",
     "parse_config",
+    "sdk_error",
     "setting_warnings",
     "time_left",
 ]

@@ -196,6 +196,21 @@ class HedgeConfig:
     """Methods hedged (idempotent ones only)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SdkConfig:
+    """For a vendor SDK (openai, anthropic, stripe...) given the service's client: one retry layer, fast refusals."""
+
+    answer_refusals: bool = True
+    """Answer a refusal (open breaker, bulkhead, rate limit, pause, deadline) or an unusable client (registry closed,
+    another event loop) with an HTTP response the SDKs do not retry, instead of an exception they retry."""
+    final_responses: bool = True
+    """Mark a retryable status that outbound already retried so the SDK does not retry it again."""
+    timeout_max: float | None = None
+    """The longest per-call timeout an SDK may ask for (its read and total); ``None``: what it asks stands."""
+    expected: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    """Per path (below ``base_url``, a prefix): statuses that are its answer, neither failures nor retried."""
+
+
 TransportKind = Literal["httpcore", "aiohttp"]
 DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
 
@@ -232,6 +247,8 @@ class ServiceConfig:
     """Read proxies (and, for requests, CA bundles) from the environment, as both libraries do by default."""
     http2: bool = False
     """HTTP/2 (httpx and httpx2 only)."""
+    follow_redirects: bool = False
+    """Whether the httpx clients follow redirects (a requests session always does, unless a call says otherwise)."""
     critical: bool = False
     """Whether an open breaker takes the whole health report down."""
     probe: str | None = None
@@ -246,6 +263,8 @@ class ServiceConfig:
     """Pause the service while the upstream asks (429/503 with ``Retry-After``); ``None``: never."""
     hedge: HedgeConfig | None = None
     """Hedged attempts for slow answers; ``None``: off."""
+    sdk: SdkConfig | None = None
+    """How the service's client serves a vendor SDK (``_sdk.py``); ``None``: as any caller."""
     deadline_header: str | None = None
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
     cache: CacheConfig | None = None
@@ -752,6 +771,37 @@ def _parse_pause(reader: _Reader) -> PauseConfig | None:
     )
 
 
+def _parse_sdk(reader: _Reader) -> SdkConfig | None:
+    sub = _optional_sub(reader, "sdk", SdkConfig)
+    if sub is None:
+        return None
+    defaults = SdkConfig()
+    sdk = SdkConfig(
+        answer_refusals=sub.boolean("answer_refusals", defaults.answer_refusals),
+        final_responses=sub.boolean("final_responses", defaults.final_responses),
+        timeout_max=sub.seconds("timeout_max", None, allow_none=True, allow_zero=False),
+        expected=_parse_expected(sub),
+    )
+    return sdk if sdk != SdkConfig(answer_refusals=False, final_responses=False) else None  # all off: absent
+
+
+def _parse_expected(reader: _Reader) -> Mapping[str, frozenset[int]]:
+    raw = reader.mapping.get("expected", {})
+    if not isinstance(raw, Mapping):
+        reader.fail(f"must be a mapping of paths to lists of statuses, got {_shown(raw)}", key="expected")
+        return {}
+    paths = _Reader(raw, reader.service, reader.path("expected") or "expected", tuple(map(str, raw)), reader.errors)
+    expected = {}
+    for path in raw:
+        if not isinstance(path, str) or not path.strip("/") or any(ord(char) < 0x21 for char in path):
+            paths.fail("must be a path below base_url, like 'v1/sys/health'", key=str(path), code="url")
+            continue
+        statuses = paths.statuses(path, frozenset())
+        if statuses:
+            expected[path.lstrip("/")] = statuses
+    return expected
+
+
 def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
     sub = _optional_sub(reader, "hedge", HedgeConfig)
     if sub is None:
@@ -975,6 +1025,13 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         reader.fail("is only supported with client 'httpx' or 'httpx2'", key="http2", code="unsupported")
     elif http2 and not _installed("h2"):
         reader.fail("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
+    follow_redirects = reader.boolean("follow_redirects", False)
+    if client == "requests" and reader.mapping.get("follow_redirects") is False:
+        reader.fail(
+            "a requests session follows redirects; pass allow_redirects=False to the calls that must not",
+            key="follow_redirects",
+            code="unsupported",
+        )
     transport = reader.choice("transport", "httpcore", ("httpcore", "aiohttp"))
     if transport == "aiohttp":
         if client not in HTTPX_CLIENTS:
@@ -1021,6 +1078,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         proxy=_parse_proxy(reader, transport),
         trust_env=reader.boolean("trust_env", True),
         http2=http2,
+        follow_redirects=follow_redirects or client == "requests",
         critical=reader.boolean("critical", False),
         probe=probe,
         shared=reader.boolean("shared", True),
@@ -1028,6 +1086,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         rate_limit=_parse_rate_limit(reader),
         pause=_parse_pause(reader),
         hedge=_parse_hedge(reader),
+        sdk=_parse_sdk(reader),
         cache=parse_cache(reader),
         fallback=parse_fallback(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,

@@ -52,7 +52,8 @@ class Outcome:
     """One attempt's result. ``error`` is the backend's exception, ``status``/``retry_after`` the response's.
 
     ``deadline`` marks a timeout caused by the call's total deadline rather than a per-phase limit; ``refusal`` is
-    the stage's answer to an attempt refused at the connection (``Kind.REFUSED``).
+    the stage's answer to an attempt refused at the connection (``Kind.REFUSED``); ``expected`` marks a status that
+    is this path's answer (``sdk.expected``: Vault's 429 and 503 on ``/sys/health``), neither a failure nor retried.
     """
 
     kind: Kind
@@ -61,6 +62,7 @@ class Outcome:
     error: Exception | None = None
     deadline: bool = False
     refusal: Rejection | None = None
+    expected: bool = False
 
 
 _RESPONSES: dict[int, Outcome] = {}

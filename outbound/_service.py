@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Protocol
 
 from ._config import HTTPX_CLIENTS, DeadlineConfig, ServiceConfig, StateConfig
@@ -109,7 +110,12 @@ class Service:
                 if self._session is None:
                     from ._backends.requests import ServiceSession
 
-                    self._session = ServiceSession(self.policy)
+                    cls = ServiceSession
+                    if self.config.sdk is not None:  # a vendor SDK's session (_sdk.py)
+                        from ._backends.sdk_requests import SdkServiceSession
+
+                        cls = SdkServiceSession
+                    self._session = cls(self.policy)
                     self._clients.append(self._session)
                 session = self._session
         return session
@@ -247,11 +253,17 @@ class Service:
                 f"service {self.name!r} uses client 'requests': call session({self.name!r}) instead of {accessor}()"
             )
 
-    def _backend(self) -> ModuleType:
+    def _backend(self) -> ModuleType | SimpleNamespace:
         # The httpx backend for this service's library (httpx2's is the same code, loaded for httpx2).
         from ._backends._library import LIBRARIES
 
-        return LIBRARIES[self.config.client].backend("httpx")
+        library = LIBRARIES[self.config.client]
+        if self.config.sdk is not None:  # a vendor SDK's clients (_sdk.py): subclasses, for these services only
+            return SimpleNamespace(
+                ServiceClient=library.backend("sdk").SdkServiceClient,
+                ServiceAsyncClient=library.backend("sdk").SdkServiceAsyncClient,
+            )
+        return library.backend("httpx")
 
     def _check_open(self) -> None:
         if self._closed:

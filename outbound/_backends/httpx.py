@@ -162,6 +162,8 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
         "base_url": config.base_url,
         "headers": dict(config.headers),
         "timeout": configured_timeout(config),
+        # httpx follows none by default; the redirects a shared client follows drop credentials across origins.
+        "follow_redirects": config.follow_redirects,
         # httpx reads no environment proxy for a client given a transport; the clients mount managed transports for
         # them (environment_proxies). The service's own `proxy` wins over the environment.
         "trust_env": config.trust_env,
@@ -360,9 +362,30 @@ def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport 
     return inner
 
 
-class OutboundTransport(httpx.BaseTransport):
+class _Exchange:
+    """What the sync and async transports share as the driver's exchange (``_driver.Exchange``): delivering a response
+    with its body under the call's errors, the call's exceptions, and the pool's numbers."""
+
+    inner: Any
+    _managed_stream: type[_ManagedByteStream | _ManagedAsyncByteStream]
+
+    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
+            response.stream = self._managed_stream(response.stream, call)  # type: ignore[arg-type]
+        return response
+
+    rejected = staticmethod(_rejected)
+    failed = staticmethod(_failed)
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        return pool_numbers(self.inner)
+
+
+class OutboundTransport(_Exchange, httpx.BaseTransport):
     """Wraps ``httpx.HTTPTransport`` (or the transport given for tests); runs the service's policy around each
     attempt."""
+
+    _managed_stream = _ManagedByteStream
 
     def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
@@ -406,17 +429,6 @@ class OutboundTransport(httpx.BaseTransport):
     def discard(self, response: httpx.Response) -> None:
         response.close()
 
-    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
-            response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
-        return response
-
-    rejected = staticmethod(_rejected)
-    failed = staticmethod(_failed)
-
-    def pool_numbers(self) -> tuple[int, int, int]:
-        return pool_numbers(self.inner)
-
     def close(self) -> None:
         self.inner.close()
 
@@ -427,9 +439,11 @@ class OutboundTransport(httpx.BaseTransport):
         self.inner = _make_inner(self._policy.config, self._proxy, self._given, httpx.HTTPTransport)
 
 
-class AsyncOutboundTransport(httpx.AsyncBaseTransport):
+class AsyncOutboundTransport(_Exchange, httpx.AsyncBaseTransport):
     """Wraps ``httpx.AsyncHTTPTransport`` (or the transport given for tests); runs the service's policy around each
     attempt."""
+
+    _managed_stream = _ManagedAsyncByteStream
 
     def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
@@ -479,17 +493,6 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
 
     async def discard(self, response: httpx.Response) -> None:
         await response.aclose()
-
-    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        if not request.extensions.get(PRELOAD):
-            response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
-        return response
-
-    rejected = staticmethod(_rejected)
-    failed = staticmethod(_failed)
-
-    def pool_numbers(self) -> tuple[int, int, int]:
-        return pool_numbers(self.inner)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -607,13 +610,15 @@ class ServiceClient(_ManagedRedirects, httpx.Client):
     ``registry.close()`` does.
     """
 
+    transport_class: type[OutboundTransport] = OutboundTransport  # the SDK layer's subclass for an `sdk` service
+
     def __init__(self, policy: Policy, *, transport: InnerTransport | None = None) -> None:
         config = policy.config
         self.service_name = config.name
         self._policy = policy
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.outbound_transport = OutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = _proxy_mounts(policy, transport, OutboundTransport)
+        self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
+        mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         top, mounts = _cached(policy, self.outbound_transport, mounts, 0)
         super().__init__(transport=top, mounts=mounts, **client_options(config))
@@ -662,14 +667,16 @@ class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
     event loop ends or the registry closes.
     """
 
+    transport_class: type[AsyncOutboundTransport] = AsyncOutboundTransport
+
     def __init__(self, policy: Policy, *, loop: object, transport: InnerTransport | None = None) -> None:
         config = policy.config
         self.service_name = config.name
         self._policy = policy
         self._loop = loop  # the asyncio loop (or trio run) this client belongs to
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.outbound_transport = AsyncOutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = _proxy_mounts(policy, transport, AsyncOutboundTransport)
+        self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
+        mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         top, mounts = _cached(policy, self.outbound_transport, mounts, 1)
         super().__init__(transport=top, mounts=mounts, **client_options(config))

@@ -38,7 +38,7 @@ from .._call import Call
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import drive
-from .._errors import RegistryClosedError
+from .._errors import OutboundError, RegistryClosedError
 from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Policy
@@ -501,6 +501,12 @@ class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
 NO_STORED_COOKIES = _NoStoredCookies()
 
 
+def _captures_http(prefix: str) -> bool:
+    # requests picks the longest mounted prefix that a URL starts with (case-insensitively).
+    lowered = prefix.lower()
+    return any(scheme.startswith(lowered) or lowered.startswith(scheme) for scheme in ("http://", "https://"))
+
+
 def _plain(kwargs: dict[str, Any]) -> bool:
     # What session.get(url) and session.head(url) pass and nothing else: such a call's prepared request is known.
     return kwargs.get("params") is None and kwargs.keys() <= {"params", "allow_redirects"}
@@ -512,6 +518,8 @@ class ServiceSession(requests.Session):
     Use it exactly like any session. Per-request ``timeout=`` overrides the service's connect/read timeouts (still
     cut to ``timeout.total``); ``timeout=None`` means the service's settings.
     """
+
+    adapter_class: type[OutboundAdapter] = OutboundAdapter  # the SDK layer's subclass for an `sdk` service
 
     def __init__(self, policy: Policy) -> None:
         super().__init__()
@@ -539,16 +547,34 @@ class ServiceSession(requests.Session):
         # A fresh cache hit of a plain get(url), answered before requests prepares anything (_cache/_requests.py).
         self._cache_hit: Callable[[str | bytes, str | bytes], requests.Response | None] | None = None
         if policy.cache is None:
-            self.adapter = OutboundAdapter(policy)
+            self.adapter = self.adapter_class(policy)
         else:
-            from .._cache._requests import CachedAdapter, fast_hit  # only for a service with a cache or fallback
+            from .._cache._requests import cached_adapter_class, fast_hit  # only for a service with a cache/fallback
 
-            self.adapter = CachedAdapter(policy, policy.cache)
+            self.adapter = cached_adapter_class(self.adapter_class)(policy, policy.cache)
             if policy.cache.storage is not None:
                 self._cache_hit = fast_hit(self, policy.cache)
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        """Refuses any adapter but outbound's for ``http://`` and ``https://`` URLs: mounted on this shared session it
+        would replace the service's policy (breaker, retries, timeouts, stats) for every caller in the process,
+        silently. Configure retries with the service's ``retry`` settings instead (hvac's and others' documented
+        ``HTTPAdapter(max_retries=...)`` recipe). Other schemes (a test's ``mock://``) mount as on any session."""
+        if (
+            getattr(self, "adapter", None) is not None
+            and not isinstance(adapter, OutboundAdapter)
+            and _captures_http(prefix.decode() if isinstance(prefix, bytes) else prefix)
+        ):
+            raise OutboundError(
+                f"session {self.service_name!r} is shared by the whole process and managed by outbound: mounting "
+                f"{type(adapter).__name__} on {prefix!r} would remove its breaker, retries and timeouts for every "
+                f"caller. Set retries in OUTBOUND['services'][{self.service_name!r}]['retry'] instead, or use a "
+                "requests.Session of your own"
+            )
+        super().mount(prefix, adapter)
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, retries: bool | int | None = None, **kwargs: Any

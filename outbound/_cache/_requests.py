@@ -87,7 +87,8 @@ class CachedAdapter(OutboundAdapter):
         url = request.url or ""
 
         def down(sent: requests.PreparedRequest) -> requests.Response:
-            return OutboundAdapter.send(self, sent, stream, timeout, verify, cert, proxies)
+            # The adapter below this layer: OutboundAdapter's, or an SDK service's subclass of it.
+            return super(CachedAdapter, self).send(sent, stream, timeout, verify, cert, proxies)
 
         if layer.storage is None or layer.passes_through(method, headers):
             return self._guarded(request, method, url, None, lambda: down(request))
@@ -187,6 +188,19 @@ class CachedAdapter(OutboundAdapter):
                 )
         finally:
             response.close()
+
+
+_ADAPTER_CLASSES: dict[type[OutboundAdapter], type[CachedAdapter]] = {}  # an SDK adapter class -> its cached subclass
+
+
+def cached_adapter_class(base: type[OutboundAdapter]) -> type[CachedAdapter]:
+    """``CachedAdapter`` on top of ``base`` (the session's ``adapter_class``: an SDK service has its own)."""
+    if base is OutboundAdapter:
+        return CachedAdapter
+    made = _ADAPTER_CLASSES.get(base)
+    if made is None:
+        made = _ADAPTER_CLASSES[base] = type(f"Cached{base.__name__}", (CachedAdapter, base), {})
+    return made
 
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

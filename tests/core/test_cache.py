@@ -688,3 +688,16 @@ def test_redis_storage_defaults_to_the_state_redis(redis_url: str, redis_server:
         assert cache_of(registry.session("s").get("catalogue")) == "hit"
     finally:
         registry.close()
+
+
+def test_the_cache_sits_on_an_sdk_services_layer(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send
+) -> None:
+    """An ``sdk`` service answers refusals as 503 responses the SDK does not retry: the cache replaces them too."""
+    registry = make(make_registry, upstream, kind, sdk={}, cache={"ttl": 1, "stale_if_error": 60})
+    send(registry, "s", "GET", "catalogue")
+    open_breaker(registry, "s")
+    later(registry, "s", 5)
+    answer = send(registry, "s", "GET", "catalogue")
+    assert (answer.status_code, cache_of(answer)) == (200, "stale")
+    assert send(registry, "s", "GET", "other").status_code == 503  # the SDK layer's answer, as without a cache

@@ -80,6 +80,7 @@ ON = (
     StageCase(key="cache", name="a cache", off={"cache": {"ttl": 1}}),
     StageCase(key="fallback", name="a fallback", off={"fallback": {"status": 200}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
+    StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
 )
 
 
