@@ -183,6 +183,7 @@ def _fleet_revalidations(up: UpstreamProcess) -> int:
                     "cache": {"storage": "redis", "url": redis.url, "ttl": 0.5, "stale_while_revalidate": 600},
                 }
             },
+            "state": {"timeout": 2.0},  # the cache's Redis commands may wait this long on a loaded machine
         }
         primer = outbound.Registry.from_mapping(settings)
         try:

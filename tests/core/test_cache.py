@@ -317,7 +317,9 @@ def fleet(redis_url: str, upstream: Upstream, kind: str = "requests", **cache: A
                     "breaker": {"fail_max": 2},
                     "cache": {"storage": "redis", "url": redis_url, **cache},
                 }
-            }
+            },
+            # A Redis command may take this long on a loaded machine before the cache gives up on it.
+            "state": {"timeout": 2.0},
         }
     )
 
