@@ -8,6 +8,7 @@ fallback. Expiry is shown by moving the layer's own clock (``layer.now``), never
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -703,3 +704,46 @@ def test_the_cache_sits_on_an_sdk_services_layer(
     answer = send(registry, "s", "GET", "catalogue")
     assert (answer.status_code, cache_of(answer)) == (200, "stale")
     assert send(registry, "s", "GET", "other").status_code == 503  # the SDK layer's answer, as without a cache
+
+
+def test_an_entry_round_trips_and_anything_else_is_corrupt() -> None:
+    import msgpack
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from outbound._cache._entry import CorruptEntry, Entry, unpack
+
+    entry = Entry(
+        status=200,
+        headers=(("Content-Type", "text/plain"), ("X-Name", "caf\xe9")),
+        body=b"body",
+        stored_at=time.time(),
+        initial_age=3.0,
+        lifetime=60.0,
+        stale_if_error=10.0,
+        stale_while_revalidate=5.0,
+        vary=(("accept", "text/html"),),
+    )
+    assert unpack(entry.pack()) == entry
+
+    values = st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**63 - 1)
+        | st.floats()
+        | st.text(max_size=8)
+        | st.binary(max_size=8),
+        lambda inner: st.lists(inner, max_size=10),
+        max_leaves=30,
+    )
+
+    shaped = st.lists(values, min_size=9, max_size=9).map(lambda fields: [1, *fields])  # our shape, hostile fields
+    packed = st.one_of(values, shaped).map(lambda value: msgpack.packb(value, use_bin_type=True))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.one_of(st.binary(max_size=64), packed))
+    def hostile(data: bytes) -> None:
+        with contextlib.suppress(CorruptEntry):
+            unpack(data)
+
+    hostile()
