@@ -440,10 +440,16 @@ class OutboundTransport(httpx.BaseTransport):
         self._egress = _egress_of(policy.config)
         self._max_body = policy.config.egress.max_response_bytes if policy.config.egress is not None else None
         self.inner: httpx.BaseTransport = _make_inner(policy.config, proxy, inner, httpx.HTTPTransport)
+        if self._egress is not None:
+            self.handle_request = self._checked_handle_request  # type: ignore[method-assign]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._egress is not None:
-            _check_egress(self._policy, self._egress, request)
+        return drive(_start(self._policy, request, self._configured), self, request)
+
+    def _checked_handle_request(self, request: httpx.Request) -> httpx.Response:
+        # A service with egress: every request and redirect hop (httpx sends each through here) is checked first.
+        assert self._egress is not None
+        _check_egress(self._policy, self._egress, request)
         return drive(_start(self._policy, request, self._configured), self, request)
 
     # -- the Exchange the driver runs -----------------------------------------------------------------------------
@@ -514,10 +520,15 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
         self._egress = _egress_of(policy.config)
         self._max_body = policy.config.egress.max_response_bytes if policy.config.egress is not None else None
         self.inner: httpx.AsyncBaseTransport = _make_inner(policy.config, proxy, inner, httpx.AsyncHTTPTransport)
+        if self._egress is not None:
+            self.handle_async_request = self._checked_handle_async_request  # type: ignore[method-assign]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._egress is not None:
-            _check_egress(self._policy, self._egress, request)
+        return await adrive(_start(self._policy, request, self._configured), self, request)
+
+    async def _checked_handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert self._egress is not None
+        _check_egress(self._policy, self._egress, request)
         return await adrive(_start(self._policy, request, self._configured), self, request)
 
     async def attempt(

@@ -640,6 +640,8 @@ class ServiceSession(requests.Session):
         self._egress = self.adapter.egress
         if config.egress is not None:
             self.max_redirects = config.egress.max_redirects
+            # Every request and redirect hop goes through Session.send: checked there, only for this service.
+            self.send = self._checked_send  # type: ignore[method-assign]
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
@@ -680,14 +682,14 @@ class ServiceSession(requests.Session):
             return text
         return self.base_url + text.lstrip("/")
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        """``Session.send``, with the service's egress rules checked on every request and redirect hop first."""
-        if self._egress is not None:
-            rejection = self._egress.check_url(request.url or "")
-            if rejection is not None:
-                self._policy.rejected(request.method or "GET", rejection)
-                attributes: dict[str, object] = {"request": request, "response": None}
-                raise _errors.rejected(None, self.service_name, rejection, _NATIVE_REJECTIONS, attributes)
+    def _checked_send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """``Session.send`` for a service with ``egress``: the rules checked on every request and redirect hop."""
+        assert self._egress is not None
+        rejection = self._egress.check_url(request.url or "")
+        if rejection is not None:
+            self._policy.rejected(request.method or "GET", rejection)
+            attributes: dict[str, object] = {"request": request, "response": None}
+            raise _errors.rejected(None, self.service_name, rejection, _NATIVE_REJECTIONS, attributes)
         return super().send(request, **kwargs)
 
     def close(self) -> None:
