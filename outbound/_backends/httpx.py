@@ -210,21 +210,21 @@ def _check_egress(policy: Policy, egress: Egress, request: httpx.Request) -> Non
         raise _errors.rejected(None, policy.name, rejection, _NATIVE_REJECTIONS, {"_request": request})
 
 
-def _limited(chunks: Iterator[bytes], limit: int, response: httpx.Response) -> Iterator[bytes]:
+def _limited(chunks: Iterator[bytes], limit: int, request: httpx.Request) -> Iterator[bytes]:
     read = 0
     for chunk in chunks:
         read += len(chunk)
         if read > limit:
-            raise ResponseTooLarge(body_too_large(limit), request=response.request)
+            raise ResponseTooLarge(body_too_large(limit), request=request)
         yield chunk
 
 
-async def _alimited(chunks: AsyncIterator[bytes], limit: int, response: httpx.Response) -> AsyncIterator[bytes]:
+async def _alimited(chunks: AsyncIterator[bytes], limit: int, request: httpx.Request) -> AsyncIterator[bytes]:
     read = 0
     async for chunk in chunks:
         read += len(chunk)
         if read > limit:
-            raise ResponseTooLarge(body_too_large(limit), request=response.request)
+            raise ResponseTooLarge(body_too_large(limit), request=request)
         yield chunk
 
 
@@ -344,20 +344,18 @@ def _close_inherited_sockets(transport: Any) -> None:
 class _ManagedByteStream(httpx.SyncByteStream):
     """Gives errors raised while the caller reads the body outbound's identity too."""
 
-    def __init__(
-        self, stream: httpx.SyncByteStream, call: Call, limit: int | None = None, response: Any = None
-    ) -> None:
+    def __init__(self, stream: httpx.SyncByteStream, call: Call, limit: int | None = None, request: Any = None) -> None:
         self._stream = stream
         self._call = call
         self._limit = limit  # egress.max_response_bytes
-        self._response = response
+        self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             if self._limit is None:
                 yield from self._stream
             else:
-                yield from _limited(iter(self._stream), self._limit, self._response)
+                yield from _limited(iter(self._stream), self._limit, self._request)
         except httpx.TransportError as error:
             raise _failed(self._call, None, Outcome(_classify(error), error=error)) from error  # type: ignore[arg-type]
 
@@ -367,18 +365,18 @@ class _ManagedByteStream(httpx.SyncByteStream):
 
 class _ManagedAsyncByteStream(httpx.AsyncByteStream):
     def __init__(
-        self, stream: httpx.AsyncByteStream, call: Call, limit: int | None = None, response: Any = None
+        self, stream: httpx.AsyncByteStream, call: Call, limit: int | None = None, request: Any = None
     ) -> None:
         self._stream = stream
         self._call = call
         self._limit = limit
-        self._response = response
+        self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             chunks: AsyncIterator[bytes] = aiter(self._stream)
             if self._limit is not None:
-                chunks = _alimited(chunks, self._limit, self._response)
+                chunks = _alimited(chunks, self._limit, self._request)
             async for chunk in chunks:
                 yield chunk
         except httpx.TransportError as error:
@@ -468,7 +466,7 @@ class OutboundTransport(httpx.BaseTransport):
                 stream = response.stream
                 try:
                     chunks: Iterator[bytes] = iter(stream)  # type: ignore[arg-type]
-                    body = b"".join(chunks if limit is None else _limited(chunks, limit, response))
+                    body = b"".join(chunks if limit is None else _limited(chunks, limit, request))
                 finally:
                     stream.close()  # type: ignore[union-attr]
                 # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
@@ -490,7 +488,7 @@ class OutboundTransport(httpx.BaseTransport):
 
     def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
-            response.stream = _ManagedByteStream(response.stream, call, self._max_body, response)  # type: ignore[arg-type]
+            response.stream = _ManagedByteStream(response.stream, call, self._max_body, request)  # type: ignore[arg-type]
         return response
 
     rejected = staticmethod(_rejected)
@@ -547,7 +545,7 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
                 try:
                     chunks: AsyncIterator[bytes] = aiter(stream)  # type: ignore[arg-type]
                     if limit is not None:
-                        chunks = _alimited(chunks, limit, response)
+                        chunks = _alimited(chunks, limit, request)
                     body = b"".join([chunk async for chunk in chunks])
                 finally:
                     await stream.aclose()  # type: ignore[union-attr]
@@ -580,7 +578,7 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
 
     def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         if not request.extensions.get(PRELOAD):
-            response.stream = _ManagedAsyncByteStream(response.stream, call, self._max_body, response)  # type: ignore[arg-type]
+            response.stream = _ManagedAsyncByteStream(response.stream, call, self._max_body, request)  # type: ignore[arg-type]
         return response
 
     rejected = staticmethod(_rejected)

@@ -11,8 +11,10 @@ control (``socket.getaddrinfo`` patched in this process): ``internal.test`` reso
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -75,6 +77,16 @@ def _get(registry: Registry, kind: str, url: str, **kwargs: Any) -> Any:
 
     async def call() -> Any:
         return await registry.async_client("hooks").get(url, follow_redirects=True, **kwargs)
+
+    return asyncio.run(call())
+
+
+def _get_from(registry: Registry, kind: str, name: str, url: str) -> Any:
+    if not is_async(kind):
+        return registry.client(name).get(url)
+
+    async def call() -> Any:
+        return await registry.async_client(name).get(url)
 
     return asyncio.run(call())
 
@@ -368,12 +380,70 @@ def test_public_addresses_are_allowed(address: str) -> None:
     assert address_problem(ipaddress.ip_address(address)) is None
 
 
+@pytest.mark.parametrize(("kind", "transport"), KIND_PARAMS)
 def test_egress_with_a_proxy_checks_the_url_and_lets_the_proxy_resolve(
-    upstream: Upstream, make_registry: RegistryFactory, proxy: Any
+    upstream: Upstream, make_registry: RegistryFactory, resolver: Resolver, proxy: Any, kind: str, transport: str
 ) -> None:
-    registry = make_registry(
-        hooks={"client": "requests", "proxy": proxy.url, "egress": {"allow_ports": None}, "retry": {"total": 0}}
-    )
-    error = _refused(lambda: registry.session("hooks").get(f"{upstream.url}ok"))
-    assert isinstance(error, outbound.EgressDeniedError)  # a literal loopback address in the URL
+    service = {
+        "client": client_of(kind),
+        "transport": transport,
+        "proxy": proxy.url,  # on 127.0.0.1: the connection to the proxy itself is not an egress
+        "egress": {"allow_ports": None},
+        "retry": {"total": 0},
+    }
+    registry = make_registry(hooks=service, open={**service, "egress": {"allow_ports": None, "deny_hosts": []}})
+    error = _refused(lambda: _get(registry, kind, f"{upstream.url}ok"))
+    assert isinstance(error, outbound.EgressDeniedError)  # a literal loopback address in the URL: checked here
+    error = _refused(lambda: _get(registry, kind, f"http://localhost:{upstream.port}/ok"))
+    assert isinstance(error, outbound.EgressDeniedError)  # deny_hosts' defaults hold behind a proxy too
     assert upstream.requests_log == []
+    assert proxy.requests == 0
+    # Without them, a name is the proxy's to resolve (docs/egress.md, "Behind a proxy"): this one is the upstream's.
+    opened = registry.session("open") if kind == "requests" else None
+    url = f"http://localhost:{upstream.port}/ok"
+    response = opened.get(url) if opened is not None else _get_from(registry, kind, "open", url)
+    assert response.status_code == 200
+    assert proxy.requests == 1
+
+
+@pytest.fixture
+def unannounced_body() -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every request with a 200-byte body and no Content-Length (read to the
+    close): the size is known only once the body has been read."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2.0)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 200)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize(("kind", "transport"), KIND_PARAMS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_response_bytes_stops_a_body_without_content_length(
+    make_registry: RegistryFactory, unannounced_body: str, kind: str, transport: str, stream: bool
+) -> None:
+    registry = _registry(make_registry, kind, transport, max_response_bytes=150, **OPEN_LOOPBACK)
+    error = _refused(lambda: _read(registry, kind, unannounced_body, stream))
+    assert isinstance(error, outbound.CallError), f"{type(error).__name__}: {error}"
+    assert "max_response_bytes" in str(error)
+    roomy = _registry(make_registry, kind, transport, max_response_bytes=200, **OPEN_LOOPBACK)
+    assert _read(roomy, kind, unannounced_body, stream) == b"x" * 200
