@@ -33,6 +33,7 @@ import re
 import socket
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import idna
 
@@ -155,6 +156,8 @@ class Egress:
         default = _SCHEMES.get(scheme.lower())
         if default is None:
             return _refusal("egress", f"scheme {scheme!r} is not http or https")
+        if not scheme:
+            return _refusal("egress", "the URL has no scheme (a relative URL, or a file path)")
         if not host:
             return _refusal("egress", "the URL has no host")
         if port is None:
@@ -171,8 +174,6 @@ class Egress:
 
     def check_url(self, url: str) -> Rejection | None:
         """``check`` for a URL string (parsed as urllib does; the address check catches what parsers disagree on)."""
-        from urllib.parse import urlsplit
-
         try:
             parts = urlsplit(url)
             port = parts.port

@@ -434,11 +434,11 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
 
     @staticmethod
     def _read_body(response: requests.Response, limit: int | None) -> None:
-        if limit is not None:
-            _read_at_most(response, limit)
-            return
         try:
-            response.content  # noqa: B018 (the property read is the point)
+            if limit is None:
+                response.content  # noqa: B018 (the property read is the point)
+            else:
+                _read_at_most(response, limit)
         except requests.exceptions.ContentDecodingError:
             if not response.is_redirect:
                 raise
@@ -531,7 +531,8 @@ def _read_at_most(response: requests.Response, limit: int) -> None:
     _refuse_announced(response, limit)
     chunks: list[bytes] = []
     read = 0
-    for chunk in response.raw.stream(65536, decode_content=True):
+    # Through iter_content, as response.content reads: requests' own errors for a body that breaks.
+    for chunk in response.iter_content(65536):
         read += len(chunk)
         if read > limit:
             response.close()

@@ -447,3 +447,23 @@ def test_max_response_bytes_stops_a_body_without_content_length(
     assert "max_response_bytes" in str(error)
     roomy = _registry(make_registry, kind, transport, max_response_bytes=200, **OPEN_LOOPBACK)
     assert _read(roomy, kind, unannounced_body, stream) == b"x" * 200
+
+
+@pytest.mark.parametrize(("kind", "transport"), KIND_PARAMS)
+def test_a_bounded_body_keeps_the_failures_of_an_unbounded_one(
+    upstream: Upstream, make_registry: RegistryFactory, kind: str, transport: str
+) -> None:
+    # The body is read through the limit: a read that stalls is still a read timeout, and (requests) a redirect whose
+    # body cannot be decoded is still followed, as requests follows it.
+    service = {
+        "client": client_of(kind),
+        "transport": transport,
+        "egress": OPEN_LOOPBACK,
+        "timeout": {"connect": 1.0, "read": 0.2, "total": 3.0},
+        "retry": {"total": 0},
+    }
+    registry = make_registry(hooks=service)
+    error = _refused(lambda: _get(registry, kind, f"{upstream.url}trickle-body?interval=0.5&bytes=5"))
+    assert isinstance(error, outbound.ReadTimeoutError), f"{type(error).__name__}: {error}"
+    if kind == "requests":
+        assert _get(registry, kind, f"{upstream.url}redirect-bad-gzip?to=/ok").status_code == 200
