@@ -147,7 +147,6 @@ class _EgressConnectionMixin:
         raise failure
 
 
-@functools.cache
 def _guarded_pool_class(pool_class: type[HTTPConnectionPool], egress: Egress) -> type[HTTPConnectionPool]:
     connection_class = pool_class.ConnectionCls
     guarded = type(connection_class.__name__, (_EgressConnectionMixin, connection_class), {"egress": egress})
@@ -155,7 +154,8 @@ def _guarded_pool_class(pool_class: type[HTTPConnectionPool], egress: Egress) ->
 
 
 def _guard_pools(manager: PoolManager, egress: Egress) -> None:
-    # The direct pools only: through a proxy, the proxy resolves the names (docs/egress.md).
+    # The direct pools only: through a proxy, the proxy resolves the names (docs/egress.md). The classes are made
+    # per manager (not cached module-wide): they hold the service's rules, and go with its adapter.
     manager.pool_classes_by_scheme = {
         scheme: _guarded_pool_class(pool_class, egress) for scheme, pool_class in manager.pool_classes_by_scheme.items()
     }
