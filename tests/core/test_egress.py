@@ -467,3 +467,21 @@ def test_a_bounded_body_keeps_the_failures_of_an_unbounded_one(
     assert isinstance(error, outbound.ReadTimeoutError), f"{type(error).__name__}: {error}"
     if kind == "requests":
         assert _get(registry, kind, f"{upstream.url}redirect-bad-gzip?to=/ok").status_code == 200
+
+
+def test_egress_null_is_the_same_service_as_no_egress() -> None:
+    # The only way to write egress off: nothing of it is built (no check on send, no guarded connections).
+    off = outbound.parse_config({"services": {"s": {"base_url": "http://api.example/", "egress": None}}})
+    absent = outbound.parse_config({"services": {"s": {"base_url": "http://api.example/"}}})
+    assert off == absent
+    registry = Registry(off)
+    try:
+        session = registry.session("s")
+        assert "send" not in vars(session)
+        assert session.adapter.egress is None
+        assert all(
+            not hasattr(cls.ConnectionCls, "egress")
+            for cls in session.adapter.poolmanager.pool_classes_by_scheme.values()
+        )
+    finally:
+        registry.close()
