@@ -485,3 +485,42 @@ def test_egress_null_is_the_same_service_as_no_egress() -> None:
         )
     finally:
         registry.close()
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """An HTTPS upstream on 127.0.0.1 whose certificate names ``pinned.test`` only; the CA bundle that trusts it."""
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("pinned.test").configure_cert(server_context)
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    with Upstream("127.0.0.1", 0, tls=server_context) as secure:
+        yield str(bundle), secure.port
+
+
+@pytest.mark.parametrize(("kind", "transport"), KIND_PARAMS)
+def test_tls_checks_the_name_while_the_connection_goes_to_the_checked_address(
+    make_registry: RegistryFactory, resolver: Resolver, tls_upstream: tuple[str, int], kind: str, transport: str
+) -> None:
+    bundle, port = tls_upstream
+    registry = make_registry(
+        hooks={
+            "client": client_of(kind),
+            "transport": transport,
+            "verify": bundle,
+            "egress": OPEN_LOOPBACK,
+            "retry": {"total": 0},
+        }
+    )
+    # The certificate names pinned.test: verified against the name (SNI too), though the socket went to 127.0.0.1.
+    assert _get(registry, kind, f"https://pinned.test:{port}/ok").status_code == 200
+    assert resolver.asked["pinned.test"] >= 1
+    # By its address the same server fails verification: the name, not the address, is what TLS checks.
+    error = _refused(lambda: _get(registry, kind, f"https://127.0.0.1:{port}/ok"))
+    assert isinstance(error, outbound.CallError)
+    assert not isinstance(error, outbound.EgressDeniedError)
