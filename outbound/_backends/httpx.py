@@ -425,9 +425,31 @@ def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport 
     return inner
 
 
-class OutboundTransport(httpx.BaseTransport):
+class _Exchange:
+    """What the sync and async transports share as the driver's exchange (``_driver.Exchange``): delivering a response
+    with its body under the call's errors, the call's exceptions, and the pool's numbers."""
+
+    inner: Any
+    _managed_stream: type[_ManagedByteStream | _ManagedAsyncByteStream]
+    _max_body: int | None  # egress.max_response_bytes
+
+    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
+            response.stream = self._managed_stream(response.stream, call, self._max_body, request)  # type: ignore[arg-type]
+        return response
+
+    rejected = staticmethod(_rejected)
+    failed = staticmethod(_failed)
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        return pool_numbers(self.inner)
+
+
+class OutboundTransport(_Exchange, httpx.BaseTransport):
     """Wraps ``httpx.HTTPTransport`` (or the transport given for tests); runs the service's policy around each
     attempt."""
+
+    _managed_stream = _ManagedByteStream
 
     def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
@@ -486,17 +508,6 @@ class OutboundTransport(httpx.BaseTransport):
     def discard(self, response: httpx.Response) -> None:
         response.close()
 
-    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
-            response.stream = _ManagedByteStream(response.stream, call, self._max_body, request)  # type: ignore[arg-type]
-        return response
-
-    rejected = staticmethod(_rejected)
-    failed = staticmethod(_failed)
-
-    def pool_numbers(self) -> tuple[int, int, int]:
-        return pool_numbers(self.inner)
-
     def close(self) -> None:
         self.inner.close()
 
@@ -507,9 +518,11 @@ class OutboundTransport(httpx.BaseTransport):
         self.inner = _make_inner(self._policy.config, self._proxy, self._given, httpx.HTTPTransport)
 
 
-class AsyncOutboundTransport(httpx.AsyncBaseTransport):
+class AsyncOutboundTransport(_Exchange, httpx.AsyncBaseTransport):
     """Wraps ``httpx.AsyncHTTPTransport`` (or the transport given for tests); runs the service's policy around each
     attempt."""
+
+    _managed_stream = _ManagedAsyncByteStream
 
     def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
@@ -575,17 +588,6 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
 
     async def discard(self, response: httpx.Response) -> None:
         await response.aclose()
-
-    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        if not request.extensions.get(PRELOAD):
-            response.stream = _ManagedAsyncByteStream(response.stream, call, self._max_body, request)  # type: ignore[arg-type]
-        return response
-
-    rejected = staticmethod(_rejected)
-    failed = staticmethod(_failed)
-
-    def pool_numbers(self) -> tuple[int, int, int]:
-        return pool_numbers(self.inner)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -34,7 +34,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 from opentelemetry.util.types import AttributeValue
 
 from .._events import CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
-from .._lifecycle import Daemon, on_fork
+from .._lifecycle import Daemon, hold_across_fork, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
@@ -142,12 +142,7 @@ class DeferredHistogram:
         self._with_context = "context" in inspect.signature(histogram.record).parameters
         self._daemon = Daemon("outbound-otel-durations", self._run)
         self._reset()
-        on_fork(
-            self,
-            before=DeferredHistogram._before_fork,
-            parent=DeferredHistogram._after_fork_in_parent,
-            child=DeferredHistogram._reset,
-        )
+        hold_across_fork(self, "_flushing", child=DeferredHistogram._reset)
 
     def _reset(self) -> None:
         self._pending: deque[tuple[float, Attributes, Context]] = deque()
@@ -189,12 +184,6 @@ class DeferredHistogram:
                     logger.exception("outbound could not record a duration through OpenTelemetry")
                 if index % YIELD_EVERY == YIELD_EVERY - 1:
                     time.sleep(0)  # a caller whose response has arrived gets the GIL without waiting for the batch
-
-    def _before_fork(self) -> None:
-        self._flushing.acquire()
-
-    def _after_fork_in_parent(self) -> None:
-        self._flushing.release()
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self._interval):

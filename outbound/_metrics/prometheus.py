@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import values as prometheus_values
 
 from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
-from .._lifecycle import Daemon, on_fork
+from .._lifecycle import Daemon, hold_across_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
@@ -120,12 +120,7 @@ class GaugeRefresher:
         self._interval = interval
         self._daemon = Daemon("outbound-prometheus-gauges", self._run)
         self._reset()
-        on_fork(
-            self,
-            before=GaugeRefresher._before_fork,
-            parent=GaugeRefresher._after_fork_in_parent,
-            child=GaugeRefresher._reset,
-        )
+        hold_across_fork(self, "_writing", child=GaugeRefresher._reset)
 
     def _reset(self) -> None:
         # Held while the gauges are written, and taken before a fork: a child must not inherit prometheus_client's
@@ -164,12 +159,6 @@ class GaugeRefresher:
             level = logging.DEBUG if self._failed else logging.ERROR
             logger.log(level, "outbound could not write its Prometheus gauges", exc_info=True)
             self._failed = True
-
-    def _before_fork(self) -> None:
-        self._writing.acquire()  # wait for a write in progress to end, and hold off the next until the fork is done
-
-    def _after_fork_in_parent(self) -> None:
-        self._writing.release()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread and wait for it (tests; it also ends by itself once no registry is open)."""
