@@ -153,11 +153,11 @@ class Egress:
 
     def check(self, scheme: str, host: str | None, port: int | None) -> Rejection | None:
         """The refusal of a request to ``scheme://host:port`` (``port`` ``None``: the scheme's), or ``None``."""
+        if not scheme:
+            return _refusal("egress", "the URL has no scheme (a relative URL, or a file path)")
         default = _SCHEMES.get(scheme.lower())
         if default is None:
             return _refusal("egress", f"scheme {scheme!r} is not http or https")
-        if not scheme:
-            return _refusal("egress", "the URL has no scheme (a relative URL, or a file path)")
         if not host:
             return _refusal("egress", "the URL has no host")
         if port is None:

@@ -317,6 +317,8 @@ def test_host_patterns_and_ports() -> None:
         ("https://bad.example.com/", "egress.deny_hosts"),
         ("https://api.example.com:8443/", "egress.allow_ports"),
         ("ftp://api.example.com/", "scheme"),
+        ("/etc/passwd", "no scheme"),
+        ("http:///path", "no host"),
     ]:
         refusal = guard.check_url(url)
         assert refusal is not None, url
