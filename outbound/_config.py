@@ -351,6 +351,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?\Z")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?\Z")
 _METHOD = re.compile(r"[A-Za-z]+\Z")
+_ABSOLUTE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 T = TypeVar("T")
 
@@ -1105,6 +1106,9 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
     probe = reader.optional_string("probe")
     if probe is not None and any(ord(char) < 0x21 for char in probe):
         reader.fail("must not contain spaces or control characters", key="probe", code="url")
+        probe = None
+    elif probe is not None and not base_url and not _ABSOLUTE_URL.match(probe):
+        reader.fail("is a path below base_url, which this service has not: give an absolute URL", key="probe")
         probe = None
     return ServiceConfig(
         name=name,

@@ -526,3 +526,11 @@ def test_tls_checks_the_name_while_the_connection_goes_to_the_checked_address(
     error = _refused(lambda: _get(registry, kind, f"https://127.0.0.1:{port}/ok"))
     assert isinstance(error, outbound.CallError)
     assert not isinstance(error, outbound.EgressDeniedError)
+
+
+def test_a_probe_path_needs_a_base_url() -> None:
+    with pytest.raises(outbound.ConfigError) as caught:
+        outbound.parse_config({"services": {"hooks": {"egress": {}, "probe": "health"}}})
+    assert caught.value.key == "probe"
+    config = outbound.parse_config({"services": {"hooks": {"egress": {}, "probe": "https://example.com/health"}}})
+    assert config.services["hooks"].probe == "https://example.com/health"
