@@ -534,3 +534,31 @@ def test_a_probe_path_needs_a_base_url() -> None:
     assert caught.value.key == "probe"
     config = outbound.parse_config({"services": {"hooks": {"egress": {}, "probe": "https://example.com/health"}}})
     assert config.services["hooks"].probe == "https://example.com/health"
+
+
+@pytest.fixture
+def second_loopback() -> Iterator[Upstream]:
+    """An upstream on 127.0.0.2: a host the tests may allow while 127.0.0.1 stays refused."""
+    with Upstream("127.0.0.2", 0) as server:
+        yield server
+
+
+@pytest.mark.parametrize(("kind", "transport"), KIND_PARAMS)
+def test_a_redirect_to_a_name_that_resolves_inside_is_refused_at_the_connection(
+    upstream: Upstream,
+    second_loopback: Upstream,
+    make_registry: RegistryFactory,
+    resolver: Resolver,
+    kind: str,
+    transport: str,
+) -> None:
+    # The first hop (127.0.0.2) is allowed; its redirect names internal.test, which resolves to 127.0.0.1: nothing in
+    # the URL gives it away, the address check at the connection refuses it.
+    registry = _registry(make_registry, kind, transport, allow_cidrs=["127.0.0.2/32"], allow_ports=None)
+    location = quote(f"http://internal.test:{upstream.port}/echo", safe="")
+    error = _refused(lambda: _get(registry, kind, f"{second_loopback.url}redirect?to={location}"))
+    assert isinstance(error, outbound.EgressDeniedError), f"{type(error).__name__}: {error}"
+    assert "internal.test" in str(error)
+    assert len(second_loopback.recent("/redirect")) == 1
+    assert upstream.requests_log == []
+    assert resolver.asked["internal.test"] == 1
