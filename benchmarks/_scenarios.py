@@ -24,7 +24,19 @@ import requests.adapters
 
 import benchmarks._sdks as _sdks
 import outbound
-from benchmarks import _brownout, _deadline, _fleet, _healthy, _hedging, _imports, _metrics, _policy, _speed, _stages
+from benchmarks import (
+    _brownout,
+    _deadline,
+    _egress,
+    _fleet,
+    _healthy,
+    _hedging,
+    _imports,
+    _metrics,
+    _policy,
+    _speed,
+    _stages,
+)
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -723,6 +735,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _healthy.MEASUREMENT: _healthy.healthy,
     _imports.MEASUREMENT: _imports.imports,
     _sdks.MEASUREMENT: _sdks.sdks,
+    _egress.MEASUREMENT: _egress.egress,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1d", "1e", "1f"),
@@ -744,4 +757,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
     _imports.MEASUREMENT: _imports.ROW_KEYS,
     _sdks.MEASUREMENT: _sdks.ROW_KEYS,
+    _egress.MEASUREMENT: _egress.ROW_KEYS,
 }
