@@ -28,6 +28,7 @@ from benchmarks import (
     _brownout,
     _cache,
     _deadline,
+    _egress,
     _fleet,
     _healthy,
     _hedging,
@@ -735,6 +736,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _healthy.MEASUREMENT: _healthy.healthy,
     _imports.MEASUREMENT: _imports.imports,
     _sdks.MEASUREMENT: _sdks.sdks,
+    _egress.MEASUREMENT: _egress.egress,
     _cache.MEASUREMENT: _cache.cache,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
@@ -757,5 +759,6 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
     _imports.MEASUREMENT: _imports.ROW_KEYS,
     _sdks.MEASUREMENT: _sdks.ROW_KEYS,
+    _egress.MEASUREMENT: _egress.ROW_KEYS,
     _cache.MEASUREMENT: _cache.ROW_KEYS,
 }

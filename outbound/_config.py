@@ -211,6 +211,22 @@ class SdkConfig:
     """Per path (below ``base_url``, a prefix): statuses that are its answer, neither failures nor retried."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressConfig:
+    allow_hosts: tuple[str, ...] = ()
+    """Host patterns calls may go to (``"api.example.com"``, ``"*.example.com"``); empty: any host."""
+    deny_hosts: tuple[str, ...] = ("localhost", "*.localhost", "metadata.google.internal")
+    """Host patterns calls never go to (checked before ``allow_hosts``)."""
+    allow_cidrs: tuple[str, ...] = ()
+    """Address ranges allowed although not globally routable (``"10.20.0.0/16"``); none by default."""
+    allow_ports: frozenset[int] | None = frozenset({80, 443})
+    """Ports calls may go to; ``None``: any."""
+    max_redirects: int = 5
+    """Redirects a call follows at most (each hop is checked again)."""
+    max_response_bytes: int | None = 10 * 1024 * 1024
+    """The largest response body a call reads; ``None``: no limit."""
+
+
 TransportKind = Literal["httpcore", "aiohttp"]
 DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
 
@@ -271,6 +287,8 @@ class ServiceConfig:
     """An HTTP cache above the policy (GET and HEAD); ``None``: off."""
     fallback: FallbackConfig | None = None
     """The answer of a call that failed, after the cache; ``None``: none."""
+    egress: EgressConfig | None = None
+    """Rules for a service that calls URLs its users give (SSRF guard); ``None``: off."""
     transport: TransportKind = "httpcore"
     """The async client's transport (httpx and httpx2 services): httpcore (the library's own) or aiohttp."""
     auth: tuple[str, str] | None = None
@@ -358,6 +376,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?\Z")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?\Z")
 _METHOD = re.compile(r"[A-Za-z]+\Z")
+_ABSOLUTE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 T = TypeVar("T")
 
@@ -826,6 +845,88 @@ def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
     return HedgeConfig(delay=delay, max=sub.integer("max", defaults.max, minimum=1, maximum=10), methods=methods)
 
 
+def _parse_egress(reader: _Reader) -> EgressConfig | None:
+    sub = _optional_sub(reader, "egress", EgressConfig)
+    if sub is None:
+        return None
+    defaults = EgressConfig()
+    return EgressConfig(
+        allow_hosts=sub.read(
+            "allow_hosts", defaults.allow_hosts, lambda value: _host_patterns(sub, "allow_hosts", value)
+        ),
+        deny_hosts=sub.read("deny_hosts", defaults.deny_hosts, lambda value: _host_patterns(sub, "deny_hosts", value)),
+        allow_cidrs=sub.read("allow_cidrs", defaults.allow_cidrs, lambda value: _cidrs(sub, value)),
+        allow_ports=sub.read("allow_ports", defaults.allow_ports, lambda value: _ports(sub, value)),
+        max_redirects=sub.integer("max_redirects", defaults.max_redirects, minimum=0, maximum=MAX_RETRIES),
+        max_response_bytes=sub.read(
+            "max_response_bytes",
+            defaults.max_response_bytes,
+            lambda value: None if value is None else _byte_count(sub, value),
+        ),
+    )
+
+
+def _string_list(reader: _Reader, key: str, value: Any, what: str) -> list[str]:
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+        reader.fail(f"must be a list of {what}, got {_shown(value)}", key=key)
+        raise _Skip
+    for item in value:
+        if not isinstance(item, str) or not item:
+            reader.fail(f"must contain {what}, got {_shown(item)}", key=key)
+            raise _Skip
+    return list(value)
+
+
+def _host_patterns(reader: _Reader, key: str, value: Any) -> tuple[str, ...]:
+    from ._egress import normalize_host  # imported by services that set egress only
+
+    patterns = []
+    for pattern in _string_list(reader, key, value, "host patterns like 'api.example.com' or '*.example.com'"):
+        name = pattern[2:] if pattern.startswith("*.") else pattern
+        try:
+            normalized = normalize_host(name)
+        except ValueError:
+            normalized = ""
+        if not normalized or not all(_HOST_LABEL.match(label) for label in normalized.split(".")):
+            reader.fail(
+                f"must contain host names, optionally starting with '*.', got {_shown(pattern)}", key=key, code="url"
+            )
+            raise _Skip
+        patterns.append(f"*.{normalized}" if pattern.startswith("*.") else normalized)
+    return tuple(patterns)
+
+
+def _cidrs(reader: _Reader, value: Any) -> tuple[str, ...]:
+    networks = []
+    for cidr in _string_list(reader, "allow_cidrs", value, "address ranges like '10.0.0.0/8'"):
+        try:
+            networks.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError:
+            reader.fail(f"must contain address ranges like '10.0.0.0/8', got {_shown(cidr)}", key="allow_cidrs")
+            raise _Skip from None
+    return tuple(networks)
+
+
+def _ports(reader: _Reader, value: Any) -> frozenset[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+        reader.fail(f"must be a list of ports or null (any port), got {_shown(value)}", key="allow_ports")
+        raise _Skip
+    for port in value:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            reader.fail(f"must contain ports (1-65535), got {_shown(port)}", key="allow_ports", code="range")
+            raise _Skip
+    return frozenset(value)
+
+
+def _byte_count(reader: _Reader, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        reader.fail(f"must be a positive number of bytes or null, got {_shown(value)}", key="max_response_bytes")
+        raise _Skip
+    return value
+
+
 def url_problem(value: str, schemes: tuple[str, ...]) -> tuple[str, ConfigErrorCode] | None:
     """Why ``value`` is not a URL both requests and httpx can call (a message and a code), or ``None``."""
     if any(ord(char) < 0x21 or ord(char) == 0x7F for char in value):
@@ -863,7 +964,10 @@ def _parse_base_url(reader: _Reader) -> tuple[str, tuple[str, str] | None]:
     fallback = "http://invalid.invalid/"
     if value is None:
         reader.fail(
-            "is required: the upstream's root URL, e.g. 'https://api.example.com/v1/'", key="base_url", code="missing"
+            "is required: the upstream's root URL, e.g. 'https://api.example.com/v1/' (a service that calls URLs its "
+            "users give has no base_url: give it egress rules instead, egress: {})",
+            key="base_url",
+            code="missing",
         )
         return fallback, None
     if not isinstance(value, str):
@@ -1057,10 +1161,17 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         )
         deadline_header = None
     verify, cert = _parse_tls(reader)
-    base_url, auth = _parse_base_url(reader)
+    egress = _parse_egress(reader)
+    if egress is not None and "base_url" not in reader.mapping:
+        base_url, auth = "", None  # absolute URLs only: the ones its users give
+    else:
+        base_url, auth = _parse_base_url(reader)
     probe = reader.optional_string("probe")
     if probe is not None and any(ord(char) < 0x21 for char in probe):
         reader.fail("must not contain spaces or control characters", key="probe", code="url")
+        probe = None
+    elif probe is not None and not base_url and not _ABSOLUTE_URL.match(probe):
+        reader.fail("is a path below base_url, which this service has not: give an absolute URL", key="probe")
         probe = None
     return ServiceConfig(
         name=name,
@@ -1090,6 +1201,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         cache=parse_cache(reader),
         fallback=parse_fallback(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
+        egress=egress,
         transport=transport,
         auth=auth,
     )

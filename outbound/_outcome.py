@@ -99,6 +99,7 @@ class Reason(str, enum.Enum):
     BULKHEAD_FULL = "bulkhead_full"
     RATE_LIMITED = "rate_limited"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    EGRESS_DENIED = "egress_denied"
     CLOSED = "closed"
 
     def __str__(self) -> str:
@@ -115,6 +116,7 @@ _REASON_TEXT = {
     Reason.BULKHEAD_FULL: "too many calls in flight (bulkhead full)",
     Reason.RATE_LIMITED: "rate limited",
     Reason.DEADLINE_EXCEEDED: "too little time left before the deadline",
+    Reason.EGRESS_DENIED: "egress denied",
     Reason.CLOSED: "the outbound registry was closed",
 }
 

@@ -747,3 +747,14 @@ def test_an_entry_round_trips_and_anything_else_is_corrupt() -> None:
             unpack(data)
 
     hostile()
+
+
+def test_egress_still_refuses_with_a_cache(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send
+) -> None:
+    registry = make(make_registry, upstream, kind, egress={}, cache={"ttl": 60})
+    for _ in range(2):
+        with pytest.raises(outbound.EgressDeniedError):
+            send(registry, "s", "GET", "catalogue")  # a loopback upstream: refused, never stored
+    assert upstream.requests_log == []
+    assert counts(registry)["stored"] == 0
