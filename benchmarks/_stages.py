@@ -58,6 +58,7 @@ CASES: tuple[StageCase, ...] = (
         name="the SDK layer written out as off",
         off={"sdk": {"answer_refusals": False, "final_responses": False}},
     ),
+    StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ._cache._settings import CacheConfig, FallbackConfig, parse_cache, parse_fallback
 from ._errors import ConfigError, ConfigErrorCode
 
 ClientKind = Literal["requests", "httpx", "httpx2"]
@@ -282,6 +283,10 @@ class ServiceConfig:
     """How the service's client serves a vendor SDK (``_sdk.py``); ``None``: as any caller."""
     deadline_header: str | None = None
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
+    cache: CacheConfig | None = None
+    """An HTTP cache above the policy (GET and HEAD); ``None``: off."""
+    fallback: FallbackConfig | None = None
+    """The answer of a call that failed, after the cache; ``None``: none."""
     egress: EgressConfig | None = None
     """Rules for a service that calls URLs its users give (SSRF guard); ``None``: off."""
     transport: TransportKind = "httpcore"
@@ -359,6 +364,7 @@ EXTRAS = {
     "ratelimit": ("limits", "outbound-http[ratelimit]"),
     "aiohttp": ("httpx_aiohttp", "outbound-http[aiohttp]"),
     "httpx2": ("httpx2", "outbound-http[httpx2]"),
+    "cache": ("hishel", "outbound-http[cache]"),
 }
 # What an extra needs for an httpx2 service instead (httpx-aiohttp's transport for httpx2).
 _HTTPX2_MODULES = {"aiohttp": "httpx_aiohttp.httpx2"}
@@ -1192,6 +1198,8 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         pause=_parse_pause(reader),
         hedge=_parse_hedge(reader),
         sdk=_parse_sdk(reader),
+        cache=parse_cache(reader),
+        fallback=parse_fallback(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
         egress=egress,
         transport=transport,

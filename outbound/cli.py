@@ -238,6 +238,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         bulkhead=BulkheadSnapshot(**data["bulkhead"]) if "bulkhead" in data else None,
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
         paused_for=data.get("paused_for"),
+        cache=data.get("cache"),
     )
 
 

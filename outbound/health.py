@@ -274,6 +274,8 @@ class ServiceHealth:
     rate_limit: RateLimitSnapshot | None = None
     paused_for: float | None = None
     """Seconds left of a pause the upstream asked for (a 429 or 503 with ``Retry-After``); ``None``: not paused."""
+    cache: Mapping[str, Any] | None = None
+    """The cache's storage and counts (hits, misses, stale, ...) when the service has a cache or a fallback."""
 
     def as_dict(self) -> dict[str, Any]:
         health: dict[str, Any] = {
@@ -291,6 +293,8 @@ class ServiceHealth:
             health["rate_limit"] = self.rate_limit.as_dict()
         if self.paused_for is not None:
             health["paused_for"] = round(self.paused_for, 3)
+        if self.cache is not None:
+            health["cache"] = dict(self.cache)
         health["stats"] = self.stats.as_dict()
         health["last_error"] = self.last_error.as_dict() if self.last_error else None
         return health
