@@ -138,21 +138,21 @@ class SdkServiceClient(ServiceClient):
         super().__init__(policy, transport=transport)
         sdk = policy.config.sdk
         assert sdk is not None
-        self._answers = sdk.answer_refusals
+        self._sdk_config = sdk
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         try:
             return super().request(method, url, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not _sdk.answers(error, self._sdk_config):
                 raise
             return _answer(error, self.service_name, _request_of(error))
 
     def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         try:
             return super().send(request, stream=stream, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not _sdk.answers(error, self._sdk_config):
                 raise
             return _answer(error, self.service_name, request)
 
@@ -166,20 +166,20 @@ class SdkServiceAsyncClient(ServiceAsyncClient):
         super().__init__(policy, loop=loop, transport=transport)
         sdk = policy.config.sdk
         assert sdk is not None
-        self._answers = sdk.answer_refusals
+        self._sdk_config = sdk
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         try:
             return await super().request(method, url, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not _sdk.answers(error, self._sdk_config):
                 raise
             return _answer(error, self.service_name, _request_of(error))
 
     async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         try:
             return await super().send(request, stream=stream, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not _sdk.answers(error, self._sdk_config):
                 raise
             return _answer(error, self.service_name, request)

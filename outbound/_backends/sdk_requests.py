@@ -79,13 +79,13 @@ class SdkServiceSession(ServiceSession):
         super().__init__(policy)
         sdk = policy.config.sdk
         assert sdk is not None
-        self._answers = sdk.answer_refusals
+        self._sdk_config = sdk
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         try:
             return super().request(method, url, *args, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not _sdk.answers(error, self._sdk_config):
                 raise
             return _answer(error, self.service_name, getattr(error, "request", None), self.join(url))
 
