@@ -35,7 +35,8 @@ on ``outbound.call`` at INFO: both layers retried.
 
 ``expected``: statuses that are a path's answer (Vault answers ``/sys/health`` with 429 when standby and 503 when
 sealed, on purpose): on that path they are neither breaker failures nor retried, and their ``Retry-After`` pauses
-nothing.
+nothing; with ``final_responses`` they are marked so the SDK does not retry them either. An ``outbound.expect``
+scope (``_expect.py``) does the same for the calls made inside it, and sets their retries.
 
 ``timeout_max``: a per-call timeout the SDK asks for (stripe's 80 s, hvac's 30 s, openai's ``timeout=``) replaces the
 service's read and extends its total, as any caller's does; this caps it.
@@ -67,7 +68,9 @@ from ._errors import (
     TransportFailure,
     WriteTimeoutError,
 )
+from ._expect import Expectation
 from ._outcome import Kind, Outcome
+from ._retry import retries_for
 
 __all__ = [
     "ANSWERABLE",
@@ -80,7 +83,9 @@ __all__ = [
     "both_retried",
     "cap",
     "expected_paths",
+    "expects",
     "judged",
+    "retries_of",
     "sdk_error",
 ]
 
@@ -132,11 +137,22 @@ class Answer:
         self.body = body
 
 
-def answers(error: Exception, config: SdkConfig) -> bool:
-    """Whether a service with these settings answers ``error`` (one of ``ANSWERABLE``) rather than raising it."""
+def answers(error: Exception, config: SdkConfig, retries: int) -> bool:
+    """Whether a service with these settings answers ``error`` (one of ``ANSWERABLE``) rather than raising it.
+
+    ``retries`` are outbound's for the call (``retries_of``): a failure of a call outbound was not to retry at all
+    is raised, so the SDK's retries are the one layer."""
     if isinstance(error, FAILURES):
-        return config.final_responses
+        return config.final_responses and retries > 0
     return config.answer_refusals
+
+
+def retries_of(config: ServiceConfig, scope: Expectation | None) -> int:
+    """Outbound's retries for a call: an ``outbound.expect`` scope's, or the service's ``retry.total``."""
+    total = config.retry.total
+    if scope is None or scope.retries is None:
+        return total
+    return retries_for(scope.retries, total)
 
 
 def answer(error: Exception, service: str) -> Answer:
@@ -203,17 +219,22 @@ def expected_paths(config: ServiceConfig) -> Expected:
     return tuple(sorted(found, key=lambda item: len(item[0]), reverse=True))
 
 
-def judged(expected: Expected, path: str, outcome: Outcome) -> Outcome:
-    """``outcome`` marked ``expected`` when its status is the answer of the path (``sdk.expected``)."""
-    if outcome.kind is not Kind.RESPONSE:
-        return outcome
+def expects(expected: Expected, scope: Expectation | None, path: str, status: int | None) -> bool:
+    """Whether ``status`` is an answer of ``path`` (``sdk.expected``) or of the call (an ``outbound.expect`` scope)."""
+    if scope is not None and status in scope.statuses:
+        return True
     for prefix, statuses in expected:
         if path.startswith(prefix):
-            if outcome.status in statuses:
-                # Without Retry-After: an expected answer does not pause the service either.
-                return Outcome(Kind.RESPONSE, status=outcome.status, expected=True)
-            return outcome
-    return outcome
+            return status in statuses
+    return False
+
+
+def judged(expected: Expected, scope: Expectation | None, path: str, outcome: Outcome) -> Outcome:
+    """``outcome`` marked ``expected`` when its status is an answer (``expects``)."""
+    if outcome.kind is not Kind.RESPONSE or not expects(expected, scope, path, outcome.status):
+        return outcome
+    # Without Retry-After: an expected answer does not pause the service either.
+    return Outcome(Kind.RESPONSE, status=outcome.status, expected=True)
 
 
 def sdk_error(error: BaseException) -> OutboundError | None:

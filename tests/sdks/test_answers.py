@@ -76,11 +76,12 @@ def test_which_switch_answers_what() -> None:
     refusals_only = outbound.SdkConfig(final_responses=False)
     failures_only = outbound.SdkConfig(answer_refusals=False)
     for error in (_error(outbound.CircuitOpenError), _error(outbound.PoolTimeoutError)):
-        assert answers(error, refusals_only)
-        assert not answers(error, failures_only)
+        assert answers(error, refusals_only, 2)
+        assert not answers(error, failures_only, 2)
     for error in (_error(outbound.ConnectError), _error(outbound.ReadTimeoutError)):
-        assert answers(error, failures_only)
-        assert not answers(error, refusals_only)
+        assert answers(error, failures_only, 2)
+        assert not answers(error, refusals_only, 2)
+        assert not answers(error, failures_only, 0)  # a call outbound was not to retry: the SDK's layer
 
 
 def test_retry_after_is_whole_seconds_rounded_up_and_only_when_known() -> None:

@@ -8,6 +8,7 @@ the request arrives, by the stub.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -246,3 +247,31 @@ def _wait(condition: Callable[[], bool]) -> bool:
             return True
         done.wait(0.05)
     return condition()
+
+
+def test_the_async_client_answers_a_refused_port_too(make_registry: RegistryFactory, refused_url: str) -> None:
+    openai = pytest.importorskip("openai")
+    registry = make_registry(sdk=service(refused_url, "httpx2"))
+
+    async def call() -> None:
+        client = openai.AsyncOpenAI(
+            api_key="sk-test", base_url=f"{refused_url}/v1", http_client=registry.async_client("sdk"), max_retries=2
+        )
+        await client.models.list()
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        asyncio.run(call())
+    assert caught.value.response.headers["x-outbound-failure"] == "connect_error"
+    assert isinstance(outbound.sdk_error(caught.value), outbound.ConnectError)
+    assert _attempts(registry) == (1, FAST_RETRY["total"] + 1)
+
+
+def test_a_service_that_never_retries_leaves_failures_to_the_sdk(
+    make_registry: RegistryFactory, refused_url: str
+) -> None:
+    """``retry.total: 0``: outbound makes one attempt, so the SDK's retries are the one layer: raised, not answered."""
+    openai = pytest.importorskip("openai")
+    registry = make_registry(sdk=service(refused_url, "httpx2", retry={**FAST_RETRY, "total": 0}))
+    with pytest.raises(openai.APIConnectionError):
+        _openai(registry, refused_url, 1).models.list()
+    assert _attempts(registry) == (2, 2)
