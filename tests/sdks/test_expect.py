@@ -3,6 +3,7 @@ honoured by the clients of services with an ``sdk`` section."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -146,3 +147,20 @@ def test_scopes_nest_and_end() -> None:
         assert outer is not None
         assert outer.statuses == frozenset({503})
     assert current("ai") is None
+
+
+def test_the_async_client_honours_the_scope(make_registry: RegistryFactory, stub: Stub) -> None:
+    registry = make_registry(ai=service(stub.url, "httpx2"))
+    stub.fail_with = 503
+
+    async def call() -> None:
+        client = openai.AsyncOpenAI(
+            api_key="sk-test", base_url=f"{stub.url}/v1", http_client=registry.async_client("ai"), max_retries=2
+        )
+        with outbound.expect(statuses=[503]):
+            await client.models.list()
+
+    with pytest.raises(openai.InternalServerError):
+        asyncio.run(call())
+    assert stub.count("/v1/models") == 1
+    assert _counts(registry) == (1, 0, 0)
