@@ -71,6 +71,7 @@ from ._events import (
     RetryDenied,
     RetryScheduled,
 )
+from ._expect import expect
 from ._registry import Registry
 from ._sdk import sdk_error
 from ._service import Service
@@ -139,6 +140,7 @@ __all__ = [
     "config_errors",
     "deadline",
     "error_answer",
+    "expect",
     "parse_config",
     "sdk_error",
     "setting_warnings",

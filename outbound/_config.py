@@ -201,10 +201,12 @@ class SdkConfig:
     """For a vendor SDK (openai, anthropic, stripe...) given the service's client: one retry layer, fast refusals."""
 
     answer_refusals: bool = True
-    """Answer a refusal (open breaker, bulkhead, rate limit, pause, deadline) or an unusable client (registry closed,
-    another event loop) with an HTTP response the SDKs do not retry, instead of an exception they retry."""
+    """Answer a refusal (open breaker, bulkhead, rate limit, pause, deadline, pool timeout) or an unusable client
+    (registry closed, another event loop) with an HTTP response the SDKs do not retry, instead of an exception they
+    retry."""
     final_responses: bool = True
-    """Mark a retryable status that outbound already retried so the SDK does not retry it again."""
+    """Mark a retryable status that outbound already retried so the SDK does not retry it again, and answer a
+    transport failure outbound gave up on (connect error, timeout, broken connection) the same way."""
     timeout_max: float | None = None
     """The longest per-call timeout an SDK may ask for (its read and total); ``None``: what it asks stands."""
     expected: Mapping[str, frozenset[int]] = field(default_factory=dict)
