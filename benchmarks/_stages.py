@@ -53,6 +53,7 @@ CASES: tuple[StageCase, ...] = (
     StageCase(
         key="16b", name="metrics written out as off", off={}, top={"metrics": {"prometheus": False, "otel": False}}
     ),
+    StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

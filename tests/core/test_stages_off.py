@@ -78,6 +78,7 @@ ON = (
     StageCase(key="bulkhead", name="a bulkhead", off={"bulkhead": {"max_in_flight": 5}}),
     StageCase(key="hedge", name="hedging", off={"hedge": {"delay": "p95"}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
+    StageCase(key="history", name="a service history", off={}, top={"health": {"history": True}}),
 )
 
 
