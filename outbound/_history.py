@@ -10,9 +10,11 @@ Buckets are numbered from the epoch (bucket ``b`` covers ``[b * interval, (b + 1
 time), so that the buckets of every process of a fleet line up and merge by number (``HistoryRecord.merge``). A
 bucket's slot in the ring is reused when a later bucket needs it: no thread, no timer, O(1) per call.
 
-Memory per service: counters and histograms live in flat ``array``s of fixed size, allocated once, so the bound is
-known before any call: ``buckets * (4 counters * 8 + SLOTS * 4 + 3 percentiles * 8)`` bytes, ~42 KB for the default
-90 buckets, and at most ``MAX_MARKS`` marks (``History.memory()``; under 64 KB in all).
+Memory per service: counters, histograms and percentiles live in lists and ``array``s of fixed size, allocated once,
+so the bound is known before any call: ``buckets * (4 counters * 8 + SLOTS * 4 + 5 * 8)`` bytes, ~43 KB for the default
+90 buckets, and at most ``MAX_MARKS`` marks (``History.memory()``: under 64 KB in all, a full history measured). A
+fleet member also keeps what it last published of the buckets that are over (``export``), so as not to read them
+again every ``sync_interval``.
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ if TYPE_CHECKING:
 # A bucket's latency histogram: two of the stats' buckets (steps of 10 %) per slot, steps of 21 %: half the memory,
 # percentiles still within a fifth of the true ones, which is what a sparkline can show.
 SLOTS = (len(LATENCY_BUCKETS_MS) + 1) // 2
-_SLOT_BOUNDS_MS = tuple(LATENCY_BUCKETS_MS[min(2 * slot + 1, len(LATENCY_BUCKETS_MS) - 1)] for slot in range(SLOTS))
+_SLOT_BOUNDS_MS = tuple(
+    round(LATENCY_BUCKETS_MS[min(2 * slot + 1, len(LATENCY_BUCKETS_MS) - 1)], 3) for slot in range(SLOTS)
+)
 _FIELDS = 4  # calls, errors, refused, retries
 _CALLS, _ERRORS, _REFUSED, _RETRIES = range(_FIELDS)
 _NO_BUCKET = -(2**62)
 MAX_MARKS = 32  # the breaker's transitions and the pauses kept: a flapping breaker's last few, within the memory bound
+# Bytes of JSON, at most, of a bucket (its number and four counters), of each latency slot in it, and of a mark.
+_BUCKET_BYTES, _SLOT_BYTES, _MARK_BYTES = 80, 24, 160
 _NOT_CALLS = frozenset({Kind.CANCELLED, Kind.CLOSED})  # as ``Stats``: no verdict on the upstream
 
 
@@ -76,16 +82,21 @@ class History(Observer):
             self._ids = [_NO_BUCKET] * self.size
             self._counts = array("q", bytes(8 * _FIELDS * self.size))
             self._latency = array("I", bytes(4 * SLOTS * self.size))
-            # Percentiles of buckets that are over (they no longer change): read once, not on every report. NaN is
-            # "no calls"; _cached[i] the bucket whose percentiles slot i holds.
+            # Percentiles of buckets that are over (they no longer change): read once, not on every report, into one
+            # column per percentile (values are shared slot bounds: a column holds references, no floats of its
+            # own); _cached[i] is the bucket whose percentiles ring slot i holds, _settled the newest bucket when
+            # they were last brought up to date.
             self._cached = array("q", [_NO_BUCKET]) * self.size
-            self._percentiles = array("d", bytes(8 * len(PERCENTILES) * self.size))
+            self._quantiles: list[list[float | None]] = [[None] * self.size for _ in PERCENTILES]
+            self._settled = _NO_BUCKET
             self._marks: deque[HistoryMark] = deque(maxlen=MAX_MARKS)
+            # What export() read of buckets that are over, by bucket (a fleet publishes every sync_interval).
+            self._exported: dict[int, tuple[tuple[int, ...], Mapping[int, int]]] = {}
 
     def memory(self) -> int:
         """Bytes this history holds (its arrays and lists; the bound of the module's docstring)."""
         with self._lock:
-            parts: list[object] = [self._ids, self._counts, self._latency, self._cached, self._percentiles, self._marks]
+            parts: list[object] = [self._ids, self._counts, self._latency, self._cached, *self._quantiles, self._marks]
             for mark in self._marks:
                 parts.extend(part for part in (mark, mark.at, mark.text, mark.state, mark.until) if part is not None)
         return sum(sys.getsizeof(part) for part in parts)
@@ -161,54 +172,64 @@ class History(Observer):
     # -- read by reports and the fleet ----------------------------------------------------------------------------
 
     def snapshot(self) -> HistorySnapshot:
-        """The window ending with the bucket now counting, oldest bucket first (O(buckets) but for the current
-        bucket's percentiles, read from its histogram)."""
+        """The window ending with the bucket now counting, oldest bucket first. Each bucket's percentiles are read
+        from its histogram once, when it is over; the series are sliced out of the arrays whole (a report of fifty
+        services reads fifty of these)."""
         self._mark_pause()
         newest = int(self._clock() // self.interval)
-        oldest = newest - self.size + 1
-        series: list[list[Any]] = [[] for _ in range(_FIELDS + len(PERCENTILES))]
-        counts, latency, ids, cached, known = self._counts, self._latency, self._ids, self._cached, self._percentiles
-        width = len(PERCENTILES)
+        size = self.size
+        oldest = newest - size + 1
+        first = oldest % size  # the ring index of the oldest bucket
+        latency, quantiles = self._latency, self._quantiles
         with self._lock:
-            for bucket in range(oldest, newest + 1):
-                index = bucket % self.size
-                if ids[index] != bucket:
-                    for values in series[:_FIELDS]:
-                        values.append(0)
-                    for values in series[_FIELDS:]:
-                        values.append(None)
-                    continue
-                start = index * _FIELDS
-                for position in range(_FIELDS):
-                    series[position].append(counts[start + position])
-                if cached[index] == bucket:
-                    percentiles = tuple(
-                        None if math.isnan(value) else value for value in known[index * width : (index + 1) * width]
-                    )
-                else:
-                    percentiles = _percentiles(latency[index * SLOTS : (index + 1) * SLOTS])
-                    if bucket != newest:
+            if self._settled != newest:
+                cached = self._cached
+                for index, bucket in enumerate(self._ids):
+                    if oldest <= bucket < newest and cached[index] != bucket:
                         cached[index] = bucket
-                        known[index * width : (index + 1) * width] = array(
-                            "d", (math.nan if value is None else value for value in percentiles)
-                        )
-                for position, value in enumerate(percentiles):
-                    series[_FIELDS + position].append(value)
+                        for column, value in zip(
+                            quantiles, _percentiles(latency[index * SLOTS : (index + 1) * SLOTS]), strict=True
+                        ):
+                            column[index] = value
+                self._settled = newest
+            index = newest % size
+            ids = self._ids[first:] + self._ids[:first]
+            current = _percentiles(latency[index * SLOTS : (index + 1) * SLOTS]) if ids[-1] == newest else None
+            columns: list[list[Any]] = [self._counts[position::_FIELDS].tolist() for position in range(_FIELDS)]
+            columns += [column[first:] + column[:first] for column in quantiles]
             marks = tuple(mark for mark in self._marks if _last_moment(mark) >= oldest * self.interval)
-        return _snapshot(self.interval, newest, series, marks)
+        for position in range(_FIELDS):
+            columns[position] = columns[position][first:] + columns[position][:first]
+        for expected, bucket in enumerate(ids, oldest):
+            if bucket != expected:  # never counted, or an older bucket's slot: nothing in this window
+                for position, column in enumerate(columns):
+                    column[expected - oldest] = 0 if position < _FIELDS else None
+        for position, value in enumerate(current or (None,) * len(PERCENTILES)):
+            columns[_FIELDS + position][-1] = value
+        return _snapshot(self.interval, newest, columns, marks)
 
     def export(self) -> HistoryRecord:
         """This process's buckets of the window and its marks, for the fleet."""
         newest = int(self._clock() // self.interval)
         oldest = newest - self.size + 1
-        buckets: dict[int, tuple[tuple[int, ...], dict[int, int]]] = {}
+        buckets: dict[int, tuple[tuple[int, ...], Mapping[int, int]]] = {}
+        exported = self._exported
         with self._lock:
             for index, bucket in enumerate(self._ids):
                 if bucket < oldest or bucket > newest:
                     continue
-                start = index * SLOTS
-                histogram = {slot: count for slot, count in enumerate(self._latency[start : start + SLOTS]) if count}
-                buckets[bucket] = (tuple(self._counts[index * _FIELDS : (index + 1) * _FIELDS]), histogram)
+                # Calls count in the bucket of now: a bucket that is over no longer changes, and is read once.
+                known = exported.get(bucket)
+                if known is None or bucket == newest:
+                    start = index * SLOTS
+                    latency = self._latency[start : start + SLOTS]
+                    counts = tuple(self._counts[index * _FIELDS : (index + 1) * _FIELDS])
+                    known = (counts, {slot: count for slot, count in enumerate(latency) if count})
+                    if bucket != newest:
+                        exported[bucket] = known
+                buckets[bucket] = known
+            for bucket in [bucket for bucket in exported if bucket < oldest]:
+                del exported[bucket]
             marks = tuple(mark for mark in self._marks if _last_moment(mark) >= oldest * self.interval)
         return HistoryRecord(interval=self.interval, buckets=buckets, marks=marks)
 
@@ -224,8 +245,7 @@ def _percentiles(histogram: Iterable[int]) -> tuple[float | None, ...]:
     if not total:
         return (None,) * len(PERCENTILES)
     return tuple(
-        round(_SLOT_BOUNDS_MS[bisect.bisect_left(cumulative, max(1, math.ceil(fraction * total)))], 3)
-        for fraction in PERCENTILES
+        _SLOT_BOUNDS_MS[bisect.bisect_left(cumulative, max(1, math.ceil(fraction * total)))] for fraction in PERCENTILES
     )
 
 
@@ -253,15 +273,25 @@ class HistoryRecord:
     buckets: Mapping[int, tuple[tuple[int, ...], Mapping[int, int]]] = field(default_factory=dict)
     marks: tuple[HistoryMark, ...] = ()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "interval": self.interval,
-            "buckets": [
-                [bucket, list(counts), {str(slot): count for slot, count in histogram.items()}]
-                for bucket, (counts, histogram) in self.buckets.items()
-            ],
-            "marks": [mark.as_dict() for mark in self.marks],
-        }
+    def as_dict(self, *, budget: int | None = None) -> dict[str, Any]:
+        """The JSON-ready record; with ``budget``, cut to about that many bytes of JSON, its oldest buckets first
+        (a fleet record has a size limit, and a history must not crowd the stats out of it)."""
+        buckets = [
+            [bucket, list(counts), {str(slot): count for slot, count in histogram.items()}]
+            for bucket, (counts, histogram) in sorted(self.buckets.items())
+        ]
+        marks = [mark.as_dict() for mark in self.marks]
+        if budget is not None:
+            # An estimate, not a second encoding: a bucket's number, counters and slots, a mark's times and text.
+            size = sum(_MARK_BYTES + len(mark.get("text", "")) for mark in marks)
+            sizes = [_BUCKET_BYTES + _SLOT_BYTES * len(histogram) for _, _, histogram in buckets]
+            size += sum(sizes)
+            cut = 0
+            while cut < len(buckets) and size > budget:
+                size -= sizes[cut]
+                cut += 1
+            buckets = buckets[cut:]
+        return {"interval": self.interval, "buckets": buckets, "marks": marks}
 
     @classmethod
     def from_dict(cls, data: Any, *, interval: float, size: int) -> HistoryRecord:
