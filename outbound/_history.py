@@ -284,7 +284,7 @@ class HistoryRecord:
         if budget is not None:
             # An estimate, not a second encoding: a bucket's number, counters and slots, a mark's times and text.
             size = sum(_MARK_BYTES + len(mark.get("text", "")) for mark in marks)
-            sizes = [_BUCKET_BYTES + _SLOT_BYTES * len(histogram) for _, _, histogram in buckets]
+            sizes = [_BUCKET_BYTES + _SLOT_BYTES * len(histogram) for _, (_, histogram) in sorted(self.buckets.items())]
             size += sum(sizes)
             cut = 0
             while cut < len(buckets) and size > budget:

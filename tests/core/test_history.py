@@ -206,3 +206,17 @@ def test_a_record_survives_its_round_trip_and_records_merge_by_bucket() -> None:
 def test_a_hostile_record_is_refused(hostile: Any) -> None:
     with pytest.raises(INVALID):
         HistoryRecord.from_dict(hostile, interval=10.0, size=6)
+
+
+def test_a_published_history_is_cut_to_its_budget_oldest_buckets_first() -> None:
+    clock = WallClock()
+    history = History(HistoryConfig(interval=10.0, buckets=6), clock=clock)
+    for _ in range(6):
+        clock.now += 10.0
+        history.call_finished(finished(0.010))
+    record = history.export()
+    whole = record.as_dict()
+    cut = record.as_dict(budget=250)
+    assert len(whole["buckets"]) == 6
+    assert 0 < len(cut["buckets"]) < 6
+    assert cut["buckets"] == whole["buckets"][-len(cut["buckets"]) :]  # the newest kept
