@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
 
+RECENT_SECONDS = 10.0  # the complete buckets a line's "now" is read over
 WIDTH, HEIGHT = 300, 36  # the viewBox: scaled to the card's width, the strokes kept thin (non-scaling-stroke)
 _STATE_CLASSES = {"open": "bad", "isolated": "bad", "half-open": "warn", "closed": "ok"}
 
@@ -38,10 +39,23 @@ def trends(history: Any, breaker_state: Any = None) -> str:
     ]
     p95 = values["p95_ms"]
     window = _duration(interval * count)
+    # "Now" is the complete buckets of the last RECENT_SECONDS (the current one is still counting, and one short
+    # bucket alone would flicker between nothing and a burst).
+    recent = (
+        slice(-1 - max(1, min(count - 1, math.ceil(RECENT_SECONDS / interval))), -1) if count > 1 else slice(-1, None)
+    )
+    calls, failed = sum(values["calls"][recent]), sum(values["errors"][recent])
+    seconds = interval * len(values["calls"][recent])
+    latest = [value for value in p95[recent] if value is not None]
+    now = {
+        "requests": calls / seconds,
+        "errors": 100.0 * failed / calls if calls else None,
+        "p95": max(latest) if latest else None,
+    }
     lines = [
-        _line("requests", "Requests/s", rates, None, lambda v: f"{v:,.1f}/s", window, start, end, marks),
-        _line("errors", "Errors", errors, 100.0, lambda v: f"{v:.0f}%", window, start, end, marks),
-        _line("p95", "p95", p95, None, lambda v: f"{v:,.1f} ms", window, start, end, marks),
+        _line("requests", "Requests/s", rates, None, lambda v: f"{v:,.1f}/s", now, window, start, end, marks),
+        _line("errors", "Errors", errors, 100.0, lambda v: f"{v:.0f}%", now, window, start, end, marks),
+        _line("p95", "p95", p95, None, lambda v: f"{v:,.1f} ms", now, window, start, end, marks),
     ]
     return (
         '<section class="trends">\n'
@@ -80,6 +94,7 @@ def _line(
     values: Sequence[float | None],
     top: float | None,
     shown: Callable[[float], str],
+    latest: Mapping[str, float | None],
     window: str,
     start: datetime,
     end: datetime,
@@ -88,7 +103,7 @@ def _line(
     known = [value for value in values if value is not None]
     peak = max(known, default=0.0)
     scale = top if top is not None else (peak or 1.0)
-    now = next((value for value in reversed(values) if value is not None), None)
+    now = latest[name]
     now_text = shown(now) if now is not None else "no calls"
     words = (
         f"{label} over the last {window}: now {now_text}, peak {shown(peak)}"
@@ -96,23 +111,24 @@ def _line(
         else f"{label}: no calls in {window}"
     )
     step = WIDTH / max(len(values) - 1, 1)
-    path, area, drawing = [], [], False
-    for index, value in enumerate(values):
+    path, area = [], []
+    run = 0  # points in the line being drawn: a lone one (calls in one bucket between empty ones) is a dash
+    for index, value in enumerate([*values, None]):
         if value is None:
-            if drawing:
+            if run == 1:
+                path.append(f"m{-step / 2:.1f},0h{step:.1f}")
+            if run:
                 area.append(f"L{index * step - step:.1f},{HEIGHT}")
-            drawing = False
+            run = 0
             continue
         x, y = index * step, HEIGHT - 2 - (HEIGHT - 4) * min(value / scale, 1.0)
-        if not drawing:
+        if not run:
             path.append(f"M{x:.1f},{y:.1f}")
             area.append(f"M{x:.1f},{HEIGHT}L{x:.1f},{y:.1f}")
         else:
             path.append(f"L{x:.1f},{y:.1f}")
             area.append(f"L{x:.1f},{y:.1f}")
-        drawing = True
-    if drawing:
-        area.append(f"L{(len(values) - 1) * step:.1f},{HEIGHT}")
+        run += 1
     return (
         f'<div class="trend" data-series="{name}">\n'
         f'<p class="trend-label"><span>{html.escape(label)}</span> <strong data-now>{html.escape(now_text)}</strong>'

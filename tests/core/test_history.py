@@ -220,3 +220,43 @@ def test_a_published_history_is_cut_to_its_budget_oldest_buckets_first() -> None
     assert len(whole["buckets"]) == 6
     assert 0 < len(cut["buckets"]) < 6
     assert cut["buckets"] == whole["buckets"][-len(cut["buckets"]) :]  # the newest kept
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        None,
+        "x",
+        {"interval": 0, "end": "2026-01-01T00:00:00+00:00", "calls": [1], "errors": [0], "p95_ms": [1.0]},
+        {"interval": 1.0, "end": "never", "calls": [1], "errors": [0], "p95_ms": [1.0]},
+        {"interval": 1.0, "end": "2026-01-01T00:00:00+00:00", "calls": [1, 2], "errors": [0], "p95_ms": [1.0]},
+        {"interval": 1.0, "end": "2026-01-01T00:00:00+00:00", "calls": [], "errors": [], "p95_ms": []},
+    ],
+)
+def test_the_page_leaves_out_a_history_it_cannot_read(history: Any) -> None:
+    from outbound._page import render_page
+
+    page = render_page({"status": "ok", "services": {"api": {"status": "ok", "history": history}}})
+    assert "<svg" not in page
+    assert "History" not in page  # nor listed as an unknown key
+
+
+def test_the_page_escapes_what_a_mark_says() -> None:
+    from outbound._page import render_page
+
+    clock = WallClock()
+    history = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
+    history.call_finished(finished(0.01, error="<script>alert(1)</script>"))
+    history.breaker_transition(BreakerTransition("s", "closed", "open", "<img src=x onerror=alert(1)>", 1.0))
+    page = render_page(
+        {
+            "status": "ok",
+            "services": {
+                "api": {"status": "down", "breaker": {"state": "open"}, "history": history.snapshot().as_dict()}
+            },
+        }
+    )
+    assert "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert 'data-mark="open"' in page
+    assert "Breaker open since" in page
