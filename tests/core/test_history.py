@@ -260,3 +260,19 @@ def test_the_page_escapes_what_a_mark_says() -> None:
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert 'data-mark="open"' in page
     assert "Breaker open since" in page
+
+
+def test_a_pause_the_upstream_asked_for_is_a_mark(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make_registry(health=HISTORY, api={"base_url": upstream.url, "retry": None})
+    session = registry.session("api")
+    session.get("status/503", params={"retry_after": "5"})
+    with pytest.raises(outbound.RateLimitedError):
+        session.get("ok")
+    marks = registry.report(history=True).as_dict()["services"]["api"]["history"]["marks"]
+    assert [mark["kind"] for mark in marks] == ["pause"]
+    started, until = (datetime.fromisoformat(marks[0][key]) for key in ("at", "until"))
+    assert 3.0 <= (until - started).total_seconds() <= 5.0
+    # A second refusal during the same pause is not a second mark.
+    with pytest.raises(outbound.RateLimitedError):
+        session.get("ok")
+    assert len(registry.report(history=True).as_dict()["services"]["api"]["history"]["marks"]) == 1
