@@ -77,7 +77,7 @@ def _read(history: Any) -> tuple[float, datetime, dict[str, list[Any]], list[Map
     values: dict[str, list[Any]] = {}
     for name in ("calls", "errors", "p95_ms"):
         found = history.get(name)
-        if not isinstance(found, list) or not found:
+        if not isinstance(found, list | tuple) or not found:
             return None
         values[name] = [value if _is_number(value) else None for value in found]
     if len({len(found) for found in values.values()}) != 1:

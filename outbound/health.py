@@ -322,7 +322,7 @@ class HistorySnapshot:
     def as_dict(self) -> dict[str, Any]:
         history: dict[str, Any] = {"interval": self.interval, "end": self.end.isoformat()}
         for name in _HISTORY_SERIES:
-            history[name] = list(getattr(self, name))
+            history[name] = getattr(self, name)  # a tuple: JSON writes it as the array it is, without a copy
         history["marks"] = [mark.as_dict() for mark in self.marks]
         return history
 
