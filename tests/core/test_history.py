@@ -276,3 +276,23 @@ def test_a_pause_the_upstream_asked_for_is_a_mark(make_registry: RegistryFactory
     with pytest.raises(outbound.RateLimitedError):
         session.get("ok")
     assert len(registry.report(history=True).as_dict()["services"]["api"]["history"]["marks"]) == 1
+
+
+@pytest.mark.parametrize("client", ["httpx", "async"])
+def test_httpx_clients_feed_the_history_too(make_registry: RegistryFactory, upstream: Upstream, client: str) -> None:
+    import asyncio
+
+    registry = make_registry(health=HISTORY, api={"base_url": upstream.url, "client": "httpx", "retry": None})
+    if client == "httpx":
+        registry.client("api").get("ok")
+        registry.client("api").get("status/503")
+    else:
+
+        async def calls() -> None:
+            await registry.async_client("api").get("ok")
+            await registry.async_client("api").get("status/503")
+
+        asyncio.run(calls())
+    history = registry.report(history=True).as_dict()["services"]["api"]["history"]
+    assert sum(history["calls"]) == 2
+    assert sum(history["errors"]) == 1
