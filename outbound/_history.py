@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryScheduled
 from ._outcome import Kind, Reason
-from ._parse import bad, whole
+from ._parse import MAX_NAME, bad, moment, text, whole
 from ._stats import LATENCY_BUCKETS_MS, PERCENTILES
 from .health import HistoryMark, HistorySnapshot
 
@@ -324,16 +324,14 @@ class HistoryRecord:
             if not isinstance(item, list) or len(item) != 3:
                 bad("a history bucket is not [number, counts, histogram]")
             bucket, counts, histogram = item
-            if isinstance(bucket, bool) or not isinstance(bucket, int):
-                bad("a history bucket's number is not an integer")
+            bucket = whole(bucket)
             if not isinstance(counts, list) or len(counts) != _FIELDS:
                 bad("a history bucket's counts are not a list of four")
             if not isinstance(histogram, Mapping) or len(histogram) > SLOTS:
                 bad("a history bucket's histogram is not a JSON object of slots")
             slots = {_slot(slot): whole(count) for slot, count in histogram.items()}
             buckets[bucket] = (tuple(whole(count) for count in counts), slots)
-        marks = tuple(HistoryMark.from_dict(mark) for mark in raw_marks)
-        return cls(interval=interval, buckets=buckets, marks=marks)
+        return cls(interval=interval, buckets=buckets, marks=tuple(_mark(mark) for mark in raw_marks))
 
     @classmethod
     def merge(cls, records: Iterable[HistoryRecord], *, interval: float) -> HistoryRecord:
@@ -376,6 +374,21 @@ class HistoryRecord:
         return _snapshot(
             self.interval, newest, series, (mark for mark in self.marks if _last_moment(mark) >= oldest_moment)
         )
+
+
+def _mark(raw: Any) -> HistoryMark:
+    # A mark read back: its times with their UTC offset (a naive one could not be ordered with the others), its
+    # words cut to a length a page shows.
+    if not isinstance(raw, Mapping) or raw.get("kind") not in ("breaker", "pause"):
+        bad("a history mark is not a breaker transition or a pause")
+    until = raw.get("until")
+    return HistoryMark(
+        at=moment(raw.get("at")),
+        kind=raw["kind"],
+        state=text(raw.get("state", ""), MAX_NAME),
+        text=text(raw.get("text", "")),
+        until=moment(until) if until is not None else None,
+    )
 
 
 def _slot(slot: Any) -> int:
