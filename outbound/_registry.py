@@ -176,14 +176,14 @@ class Registry:
             state_backend=backend,
         )
 
-    def health(self, *, details: bool = True, service: str | None = None) -> dict[str, Any]:
+    def health(self, *, details: bool = True, service: str | None = None, history: bool = False) -> dict[str, Any]:
         """``report()`` as the JSON-ready dict ``/health/outbound`` serves; ``details=False`` gives
-        ``{"status": ...}`` only.
+        ``{"status": ...}`` only, ``history=True`` each service's recent history too (``?history=1``).
 
         Raises:
             ServiceLookupError: ``service`` is not configured.
         """
-        return self.report(service=service).as_dict(details=details)
+        return self.report(service=service, history=history and details).as_dict(details=details)
 
     def add_observer(self, observer: Observer) -> None:
         """Deliver every service's events (``outbound.Observer``) to ``observer`` from now on."""

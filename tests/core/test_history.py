@@ -113,6 +113,7 @@ def test_a_registry_keeps_a_history_of_real_calls(make_registry: RegistryFactory
     assert "3 consecutive failures" in history["marks"][0]["text"]
     # Off by default in a report, so probes stay small.
     assert "history" not in registry.health()["services"]["api"]
+    assert registry.health(history=True)["services"]["api"]["history"] == history
 
 
 def test_without_the_setting_nothing_is_kept(make_registry: RegistryFactory, upstream: Upstream) -> None:
