@@ -241,7 +241,7 @@ def _card(index: int, name: str, service: Mapping[str, Any]) -> str:
         f"{_paused(service.get('paused_for'))}"
         "</dl>\n"
         f"{_pool(service.get('pool') or {})}"
-        f"{_trends.trends(service.get('history'), (service.get('breaker') or {}).get('state'))}"
+        f"{_trends.trends(service.get('history'), (service.get('breaker') or {}).get('state'), status)}"
         f'<div class="tables">{_counters(stats)}{_latency(stats.get("latency_ms") or {})}</div>\n'
         f"{_last_error(service.get('last_error'), (service.get('breaker') or {}).get('opened_by'))}"
         f"{''.join(_extras(_label(key), value) for key, value in extras.items())}"

@@ -19,13 +19,16 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeGuard
 
+from . import health
+
 RECENT_SECONDS = 10.0  # the complete buckets a line's "now" is read over
 WIDTH, HEIGHT = 300, 36  # the viewBox: scaled to the card's width, the strokes kept thin (non-scaling-stroke)
 _STATE_CLASSES = {"open": "bad", "isolated": "bad", "half-open": "warn", "closed": "ok"}
 
 
-def trends(history: Any, breaker_state: Any = None) -> str:
-    """The trends section of a card, or ``""`` when ``history`` is not a history this page can read."""
+def trends(history: Any, breaker_state: Any = None, status: Any = None) -> str:
+    """The trends section of a card, or ``""`` when ``history`` is not a history this page can read; ``status``
+    the service's, for the start of a failure that the buckets show (``failing``)."""
     series = _read(history)
     if series is None:
         return ""
@@ -60,6 +63,7 @@ def trends(history: Any, breaker_state: Any = None) -> str:
     return (
         '<section class="trends">\n'
         f'<h3>Last {window} <span class="muted">({_number(interval)} s buckets)</span></h3>\n'
+        f"{_failing_since(values, status, start, interval)}"
         f"{_since(marks, breaker_state, start)}"
         f"{''.join(lines)}"
         f"{_mark_list(marks)}"
@@ -168,6 +172,25 @@ def _mark_shapes(marks: Sequence[Mapping[str, Any]], start: datetime, end: datet
                 f'x2="{x(at):.1f}" y1="0" y2="{HEIGHT}" vector-effect="non-scaling-stroke"/>'
             )
     return "".join(shapes)
+
+
+def _failing_since(values: Mapping[str, list[Any]], status: Any, start: datetime, interval: float) -> str:
+    # A failing service: the first bucket of the run of buckets, up to now, whose calls failed at the failing rate
+    # (buckets without calls do not end the run). What the status is judged on is the last minute; this is when it
+    # began, as far as the window shows.
+    if status != "failing":
+        return ""
+    first = None
+    for index in range(len(values["calls"]) - 1, -1, -1):
+        calls, errors = values["calls"][index], values["errors"][index]
+        if not calls:
+            continue
+        if errors < health.FAILING_ERROR_RATE * calls:
+            break
+        first = index
+    if first is None:
+        return ""
+    return f'<p class="since">Failing since {_clock(start + timedelta(seconds=interval * first))}</p>\n'
 
 
 def _since(marks: Sequence[Mapping[str, Any]], state: Any, start: datetime) -> str:

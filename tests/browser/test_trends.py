@@ -107,6 +107,7 @@ def test_a_scripted_incident_reads_on_the_page(browser: Browser, upstream: Upstr
             errors = int(_now(page, "errors").removesuffix("%"))
             assert 50 <= errors <= 67, errors  # 12 of 18, or of 24 with the healthy calls still in the last 10 s
             assert _marks(page, "open") == 0
+            expect(card.get_by_text(re.compile(r"^Failing since \d\d:\d\d:\d\d$"))).to_be_visible()
             page.screenshot(path=str(tmp_path / "2-failing.png"), full_page=True)
 
             # Open: three failures in a row; calls are refused.
