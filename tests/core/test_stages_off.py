@@ -81,6 +81,7 @@ ON = (
     StageCase(key="fallback", name="a fallback", off={"fallback": {"status": 200}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
+    StageCase(key="history", name="a service history", off={}, top={"health": {"history": True}}),
 )
 
 
