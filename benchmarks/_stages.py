@@ -53,6 +53,12 @@ CASES: tuple[StageCase, ...] = (
     StageCase(
         key="16b", name="metrics written out as off", off={}, top={"metrics": {"prometheus": False, "otel": False}}
     ),
+    StageCase(
+        key="16f",
+        name="chaos configured but disabled (and not allowed)",
+        off={"chaos": {"enabled": False, "faults": [{"kind": "status", "rate": 0.1}]}},
+        top={"chaos": {"allow": False}},
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

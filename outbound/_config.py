@@ -195,6 +195,38 @@ class HedgeConfig:
     """Methods hedged (idempotent ones only)."""
 
 
+FaultKind = Literal["connect_error", "read_timeout", "reset", "status", "latency", "trickle"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("connect_error", "read_timeout", "reset", "status", "latency", "trickle")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultConfig:
+    kind: FaultKind
+    """What goes wrong: ``connect_error``, ``read_timeout``, ``reset``, ``status``, ``latency`` or ``trickle``."""
+    rate: float = 0.05
+    """The share of attempts this fault hits (0 to 1; the faults of a service add up to 1 at most)."""
+    status: int = 503
+    """The status a ``status`` fault answers with."""
+    retry_after: float | None = None
+    """The ``Retry-After`` seconds a ``status`` fault sends; ``None``: no header."""
+    seconds: float = 0.5
+    """How long a ``latency`` delays the answer, a ``trickle`` spreads the body, a ``read_timeout`` waits."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChaosConfig:
+    enabled: bool = False
+    """Inject the faults now (only where the process allows it: ``OUTBOUND_CHAOS=1`` or ``chaos.allow``)."""
+    faults: tuple[FaultConfig, ...] = ()
+    """The faults injected below the policy, each at its own rate."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChaosSwitch:
+    allow: bool = False
+    """Allow fault injection in this process (as ``OUTBOUND_CHAOS=1`` does): without it nothing is ever injected."""
+
+
 TransportKind = Literal["httpcore", "aiohttp"]
 DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
 
@@ -249,6 +281,10 @@ class ServiceConfig:
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
     transport: TransportKind = "httpcore"
     """The async client's transport (httpx and httpx2 services): httpcore (the library's own) or aiohttp."""
+    chaos: ChaosConfig | None = None
+    """Fault injection for game days and tests (``None``: none)."""
+    chaos_allowed: bool = False
+    """Whether the process allows fault injection (the allow switch): not a key users write."""
     auth: tuple[str, str] | None = None
     """Basic credentials taken from ``base_url`` (``https://user:pass@host/``): not a key users write."""
 
@@ -305,6 +341,7 @@ class OutboundConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     state: StateConfig = field(default_factory=StateConfig)
     deadline: DeadlineConfig = field(default_factory=DeadlineConfig)
+    chaos: ChaosSwitch = field(default_factory=ChaosSwitch)
 
 
 def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -312,8 +349,8 @@ def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)
 
 
-DERIVED_SERVICE_FIELDS = ("name", "auth")
-TOP_LEVEL_KEYS = ("defaults", "services", "health", "metrics", "state", "deadline")
+DERIVED_SERVICE_FIELDS = ("name", "auth", "chaos_allowed")
+TOP_LEVEL_KEYS = ("defaults", "services", "health", "metrics", "state", "deadline", "chaos")
 # Optional dependencies: the import that must work, and the extra that brings it.
 EXTRAS = {
     "prometheus": ("prometheus_client", "outbound-http[prometheus]"),
@@ -1024,8 +1061,54 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         hedge=_parse_hedge(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
         transport=transport,
+        chaos=_parse_chaos(reader),
         auth=auth,
     )
+
+
+def _parse_chaos(reader: _Reader) -> ChaosConfig | None:
+    sub = _optional_sub(reader, "chaos", ChaosConfig)
+    if sub is None:
+        return None
+    raw = sub.mapping.get("faults", [])
+    faults: list[FaultConfig] = []
+    if isinstance(raw, str | bytes | Mapping) or not isinstance(raw, list | tuple):
+        sub.fail(f"must be a list of faults like {{'kind': 'status', 'rate': 0.05}}, got {_shown(raw)}", key="faults")
+        raw = []
+    for index, item in enumerate(raw):
+        try:
+            fault = _Reader(item, reader.service, f"{sub.prefix}.faults[{index}]", keys_of(FaultConfig), reader.errors)
+        except _Skip:
+            continue
+        if "kind" not in fault.mapping:
+            fault.fail(f"is required: one of {', '.join(FAULT_KINDS)}", key="kind", code="missing")
+            continue
+        kind = fault.choice("kind", "", FAULT_KINDS)
+        if not kind:
+            continue
+        status = fault.integer("status", 503, minimum=100, maximum=599)
+        faults.append(
+            FaultConfig(
+                kind=kind,
+                rate=fault.fraction("rate", 0.05),
+                status=status,
+                retry_after=fault.seconds("retry_after", None, allow_none=True),
+                seconds=fault.required_seconds("seconds", 0.5),
+            )
+        )
+    if sum(fault.rate for fault in faults) > 1.0 + 1e-9:
+        sub.fail("the faults' rates add up to more than 1", key="faults", code="range")
+    return ChaosConfig(enabled=sub.boolean("enabled", False), faults=tuple(faults))
+
+
+def _parse_chaos_switch(raw: Any, errors: list[ConfigError]) -> ChaosSwitch:
+    reader = _Reader(raw, None, "chaos", keys_of(ChaosSwitch), errors)
+    return ChaosSwitch(allow=reader.boolean("allow", False))
+
+
+def chaos_allowed(switch: ChaosSwitch) -> bool:
+    """Whether this process allows fault injection: ``chaos.allow``, or the environment's ``OUTBOUND_CHAOS=1``."""
+    return switch.allow or os.environ.get("OUTBOUND_CHAOS", "") == "1"
 
 
 def _parse_health(raw: Any, errors: list[ConfigError]) -> HealthConfig:
@@ -1159,13 +1242,23 @@ def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
     metrics = _section(_parse_metrics, top.mapping.get("metrics", {}), errors, MetricsConfig)
     state = _section(_parse_state, top.mapping.get("state", {}), errors, StateConfig)
     deadline = _section(_parse_deadline, top.mapping.get("deadline", {}), errors, DeadlineConfig)
+    switch = _section(_parse_chaos_switch, top.mapping.get("chaos", {}), errors, ChaosSwitch)
+    allowed = chaos_allowed(switch)
     for name, service in parsed.items():
+        if service.chaos is not None:
+            if service.chaos.enabled and not allowed:
+                message = (
+                    "fault injection is enabled but this process does not allow it: set OUTBOUND_CHAOS=1 in its "
+                    "environment or the top-level chaos: {'allow': true} (never in production)"
+                )
+                errors.append(ConfigError(message, service=name, key="chaos.enabled", code="unsupported"))
+            parsed[name] = service = dataclasses.replace(service, chaos_allowed=allowed)
         if service.rate_limit is not None and service.rate_limit.scope == "fleet" and state.backend != "redis":
             message = "a fleet-wide rate limit needs a shared state backend (state.backend: 'redis')"
             errors.append(ConfigError(message, service=name, key="rate_limit.scope", code="unsupported"))
     if errors:
         return None
-    return OutboundConfig(services=parsed, health=health, metrics=metrics, state=state, deadline=deadline)
+    return OutboundConfig(services=parsed, health=health, metrics=metrics, state=state, deadline=deadline, chaos=switch)
 
 
 S = TypeVar("S")

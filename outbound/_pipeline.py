@@ -27,6 +27,7 @@ from ._state import LOCAL, ServiceLink
 
 if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
+    from ._chaos import Chaos
     from ._pause import Pause
     from ._ratelimit import RateLimit
 
@@ -42,6 +43,7 @@ class Pipeline:
     pause: Pause | None
     rate_limit: RateLimit | None
     latencies: AnsweredLatencies | None
+    chaos: Chaos | None  # not a stage: the fault layer below the policy, in the backend's transport
     call_stages: tuple[Stage, ...]
     attempt_stages: tuple[Stage, ...]
     send_gates: tuple[tuple[int, SendGate], ...]
@@ -72,6 +74,11 @@ def compose(
         from ._ratelimit import RateLimit  # the `limits` extra: imported only by services that set a rate limit
 
         rate_limit = RateLimit(config.name, config.rate_limit, state=state)
+    chaos = None
+    if config.chaos is not None and config.chaos_allowed:
+        from ._chaos import Chaos
+
+        chaos = Chaos(config.name, config.chaos)
     if config.hedge is not None and config.hedge.delay == "p95":
         latencies = AnsweredLatencies()
     attempt: list[Any] = [stage for stage in (pause, rate_limit) if stage is not None]
@@ -86,6 +93,7 @@ def compose(
         pause=pause,
         rate_limit=rate_limit,
         latencies=latencies,
+        chaos=chaos,
         call_stages=(bulkhead,) if bulkhead is not None else (),
         attempt_stages=tuple(attempt),
         send_gates=gates,

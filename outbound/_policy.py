@@ -58,6 +58,7 @@ class Policy:
         self.pause = pipeline.pause
         self.rate_limit = pipeline.rate_limit
         self.latencies = pipeline.latencies
+        self.chaos = pipeline.chaos
         self.call_stages = pipeline.call_stages
         self.stages = pipeline.attempt_stages
         self.send_gates = pipeline.send_gates
@@ -138,6 +139,8 @@ class Policy:
             stage.reset_after_fork()
         if self.budget is not None:
             self.budget.reset_after_fork()
+        if self.chaos is not None:
+            self.chaos.reset_after_fork()
         self.closing = threading.Event()
         if self.closed:
             self.closing.set()

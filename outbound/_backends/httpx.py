@@ -344,7 +344,8 @@ def _failed_attempt(call: Call, policy: Policy, error: Exception) -> Outcome:
     return Outcome(kind, error=error, deadline=kind in _TIMEOUTS and deadline is not None and deadline.passed())
 
 
-def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
+def _make_inner(policy: Policy, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
+    config = policy.config
     if given is None and cls is httpx.AsyncHTTPTransport and config.transport == "aiohttp":
         # The optional extra's import, for the services that use it.
         inner: Any = LIBRARY.backend("aiohttp").aiohttp_transport(config, proxy)
@@ -357,6 +358,10 @@ def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport 
             else given
         )
     bound_to_deadlines(inner, max_age=config.pool.max_connection_age)
+    if policy.chaos is not None:  # the fault layer, below the policy (``_chaos.py``)
+        from ._chaos import chaos_transport
+
+        return chaos_transport(httpx, inner, policy.chaos)
     return inner
 
 
@@ -370,7 +375,7 @@ class OutboundTransport(httpx.BaseTransport):
         self._given = inner
         self._configured = configured_timeout(policy.config).as_dict()
         self._header = policy.config.deadline_header
-        self.inner: httpx.BaseTransport = _make_inner(policy.config, proxy, inner, httpx.HTTPTransport)
+        self.inner: httpx.BaseTransport = _make_inner(policy, proxy, inner, httpx.HTTPTransport)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return drive(_start(self._policy, request, self._configured), self, request)
@@ -424,7 +429,7 @@ class OutboundTransport(httpx.BaseTransport):
         if self._given is not None and not callable(self._given):
             return  # a transport the caller made is the caller's to look after
         _close_inherited_sockets(self.inner)
-        self.inner = _make_inner(self._policy.config, self._proxy, self._given, httpx.HTTPTransport)
+        self.inner = _make_inner(self._policy, self._proxy, self._given, httpx.HTTPTransport)
 
 
 class AsyncOutboundTransport(httpx.AsyncBaseTransport):
@@ -435,7 +440,7 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
         self._policy = policy
         self._configured = configured_timeout(policy.config).as_dict()
         self._header = policy.config.deadline_header
-        self.inner: httpx.AsyncBaseTransport = _make_inner(policy.config, proxy, inner, httpx.AsyncHTTPTransport)
+        self.inner: httpx.AsyncBaseTransport = _make_inner(policy, proxy, inner, httpx.AsyncHTTPTransport)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return await adrive(_start(self._policy, request, self._configured), self, request)

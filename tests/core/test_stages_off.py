@@ -78,6 +78,12 @@ ON = (
     StageCase(key="bulkhead", name="a bulkhead", off={"bulkhead": {"max_in_flight": 5}}),
     StageCase(key="hedge", name="hedging", off={"hedge": {"delay": "p95"}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
+    StageCase(
+        key="chaos",
+        name="chaos allowed (its layer is built, ready for a game day)",
+        off={"chaos": {"enabled": False}},
+        top={"chaos": {"allow": True}},
+    ),
 )
 
 
