@@ -8,7 +8,10 @@ The plugin is registered through the ``pytest11`` entry point and does nothing u
 - the ini option ``outbound_reset = true`` does that reset before every test, without naming the fixture;
 - the ``outbound_no_waits`` fixture (or ``outbound_no_waits = true`` for every test) makes every retry backoff and
   ``Retry-After`` wait zero, so a test of the retry path takes milliseconds; the decisions (what is retried, how
-  often, the budget) are unchanged. Outside pytest, ``set_waits(False)`` / ``no_waits()`` do the same.
+  often, the budget) are unchanged. Outside pytest, ``set_waits(False)`` / ``no_waits()`` do the same;
+- the ``outbound_chaos`` fixture injects faults into a service of the active registry for the rest of the test
+  (``outbound_chaos("billing", kind="read_timeout", rate=1.0)``), below its policy, as a game day would: the app's
+  degraded paths are tested without a mock server. Outside pytest, ``with chaos(registry, "billing", ...)``.
 
 A test that needs another registry than the one found here overrides ``outbound_registry`` in its conftest.py.
 """
@@ -16,15 +19,18 @@ A test that needs another registry than the one found here overrides ``outbound_
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import _retry
 from ._registry import Registry
 
-__all__ = ["active_registry", "no_waits", "set_waits"]
+if TYPE_CHECKING:
+    from ._chaos import Chaos
+
+__all__ = ["active_registry", "chaos", "no_waits", "set_waits"]
 
 
 def set_waits(enabled: bool) -> None:
@@ -41,6 +47,41 @@ def no_waits() -> Iterator[None]:
         yield
     finally:
         _retry.WAITS.enabled = before
+
+
+@contextlib.contextmanager
+def chaos(
+    registry: Registry,
+    service: str,
+    kind: str = "status",
+    rate: float = 1.0,
+    *,
+    status: int = 503,
+    retry_after: float | None = None,
+    seconds: float = 0.5,
+) -> Iterator[Chaos]:
+    """Inject one kind of fault into ``service``'s calls inside the ``with`` block (see ``chaos.faults`` in the
+    configuration reference for the kinds and their arguments); yields the service's ``Chaos``, whose
+    ``state().injected`` counts what was injected. Works whether or not the settings allow chaos: a test is the
+    allow switch.
+
+    Raises:
+        ConfigError: an unknown kind, a rate outside [0, 1], a status outside 100-599.
+    """
+    from ._backends._chaos import install
+    from ._chaos import fault
+
+    injected = fault(kind, rate, status=status, retry_after=retry_after, seconds=seconds)
+    target = registry[service]
+    uninstall = install(target)
+    layer = target.policy.chaos
+    assert layer is not None
+    layer.override([injected], None, source="test")
+    try:
+        yield layer
+    finally:
+        layer.restore()
+        uninstall()
 
 
 def active_registry(request: pytest.FixtureRequest | None = None) -> Registry | None:
@@ -104,6 +145,27 @@ def outbound_no_waits() -> Iterator[None]:
     """Retries wait for nothing during the test."""
     with no_waits():
         yield
+
+
+ChaosSwitch = Callable[..., "Chaos"]
+
+
+@pytest.fixture
+def outbound_chaos(request: pytest.FixtureRequest) -> Iterator[ChaosSwitch]:
+    """``outbound_chaos(service, kind="status", rate=1.0, *, status=503, retry_after=None, seconds=0.5,
+    registry=None)`` injects that fault into the service's calls until the test ends (the active registry's service
+    unless ``registry`` is given); returns the service's ``Chaos`` (``.state().injected`` counts the faults)."""
+    with contextlib.ExitStack() as stack:
+
+        def switch(service: str, kind: str = "status", rate: float = 1.0, **options: Any) -> Chaos:
+            registry = options.pop("registry", None) or active_registry(request)
+            if registry is None:
+                raise pytest.UsageError(
+                    "outbound_chaos found no outbound registry: pass registry=..., or see outbound_registry"
+                )
+            return stack.enter_context(chaos(registry, service, kind, rate, **options))
+
+        yield switch
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
@@ -303,3 +304,33 @@ def _layers(httpx: Any) -> tuple[type, type]:
 
 
 _TRICKLE = FaultConfig(kind="trickle")
+
+
+def install(service: Any) -> Any:
+    """Give a built service a fault layer it was not built with (the test fixture, on a process that does not allow
+    chaos in its settings); returns the function that takes it out again. The requests backend asks for the layer
+    on every attempt; the httpx clients made so far get it wrapped around their inner transports, later ones get it
+    when they are built."""
+    from .._chaos import Chaos
+    from .._config import ChaosConfig
+
+    policy = service.policy
+    if policy.chaos is not None:
+        return lambda: None
+    policy.chaos = chaos = Chaos(service.name, ChaosConfig())
+    wrapped: list[Any] = []
+    for client in [*service._clients, *list(service._async_clients.values())]:
+        for transport in (getattr(client, "outbound_transport", None), *getattr(client, "_managed_mounts", ())):
+            inner = getattr(transport, "inner", None)
+            if inner is None:
+                continue
+            httpx = sys.modules[type(client).__module__].httpx  # the backend module's library: httpx or httpx2
+            transport.inner = chaos_transport(httpx, inner, chaos)
+            wrapped.append(transport)
+
+    def uninstall() -> None:
+        policy.chaos = None
+        for transport in wrapped:
+            transport.inner = transport.inner.inner
+
+    return uninstall

@@ -248,3 +248,40 @@ def test_chaos_in_defaults_applies_to_every_service(upstream: Upstream, build: A
 
 def test_async_transports_are_the_ones_tested() -> None:
     assert tuple(kind.split("-")[1] for kind in KINDS if kind.startswith("async")) == ASYNC_TRANSPORTS
+
+
+# -- the pytest fixture ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_fixture_injects_into_a_service_built_without_chaos(
+    upstream: Upstream, build: Any, kind: str, outbound_chaos: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OUTBOUND_CHAOS", raising=False)
+    mapping = settings(upstream, kind, [])
+    del mapping["chaos"], mapping["services"]["api"]["chaos"]
+    registry = build(mapping)
+    assert call(registry, kind).status_code == 200  # a client built before the fixture gets the layer too
+    layer = outbound_chaos("api", kind="read_timeout", rate=1.0, seconds=0.01, registry=registry)
+    assert isinstance(call(registry, kind), outbound.ReadTimeoutError)
+    assert layer.state().injected == {"read_timeout": 1}
+    assert len(upstream.recent("/ok")) == 1
+
+
+def test_the_context_manager_takes_the_layer_out_again(upstream: Upstream, build: Any) -> None:
+    from outbound.testing import chaos
+
+    registry = build({"services": {"api": {"base_url": upstream.url, "client": "httpx"}}})
+    client = registry.client("api")
+    before = client.outbound_transport.inner
+    with chaos(registry, "api", "status", status=500):
+        assert client.get("ok").status_code == 500
+    assert client.outbound_transport.inner is before
+    assert registry["api"].policy.chaos is None
+    assert client.get("ok").status_code == 200
+
+
+def test_the_fixture_refuses_a_bad_fault(build: Any, outbound_chaos: Any) -> None:
+    registry = build({"services": {"api": {"base_url": "http://x.invalid/"}}})
+    with pytest.raises(ConfigError, match="rate"):
+        outbound_chaos("api", kind="status", rate=2.0, registry=registry)
