@@ -154,6 +154,8 @@ class BreakerConfig:
     """Seconds from which a call counts as slow (mode ``rate``); ``None``: slowness is not judged."""
     slow_call_rate: float = 1.0
     """The share of slow calls in the window that opens the breaker (mode ``rate``)."""
+    enforce: bool = True
+    """Refuse calls (``true``), or only count what it would have refused (``false``: observe-only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +164,8 @@ class BulkheadConfig:
     """Calls in flight at once, across threads and tasks."""
     max_wait: float = 0.0
     """Seconds a call waits for room before ``BulkheadFullError`` (0: fail fast)."""
+    enforce: bool = True
+    """Refuse calls (``true``), or only count what it would have refused (``false``: observe-only)."""
 
 
 RateScope = Literal["process", "fleet"]
@@ -175,6 +179,8 @@ class RateLimitConfig:
     """Seconds a call waits for a permit (never past its deadline) before ``RateLimitedError``."""
     scope: RateScope = "process"
     """The limit holds for this process, or for the whole fleet (through ``state``'s Redis)."""
+    enforce: bool = True
+    """Refuse calls (``true``), or only count what it would have refused (``false``: observe-only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,6 +287,8 @@ class ServiceConfig:
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
     transport: TransportKind = "httpcore"
     """The async client's transport (httpx and httpx2 services): httpcore (the library's own) or aiohttp."""
+    enforce: bool = True
+    """The default of ``enforce`` for the service's breaker, bulkhead and rate limit (``false``: observe-only)."""
     chaos: ChaosConfig | None = None
     """Fault injection for game days and tests (``None``: none)."""
     chaos_allowed: bool = False
@@ -701,6 +709,7 @@ def _parse_breaker(reader: _Reader) -> BreakerConfig:
             "half_open_max_calls", defaults.half_open_max_calls, minimum=1, maximum=MAX_COUNT
         ),
         failure_statuses=sub.statuses("failure_statuses", defaults.failure_statuses),
+        enforce=sub.boolean("enforce", _enforce(reader)),
     )
 
 
@@ -739,6 +748,7 @@ def _parse_bulkhead(reader: _Reader) -> BulkheadConfig | None:
     return BulkheadConfig(
         max_in_flight=sub.integer("max_in_flight", 1, minimum=1, maximum=MAX_COUNT),
         max_wait=sub.required_seconds("max_wait", 0.0),
+        enforce=sub.boolean("enforce", _enforce(reader)),
     )
 
 
@@ -766,7 +776,18 @@ def _parse_rate_limit(reader: _Reader) -> RateLimitConfig | None:
             sub.fail(f"must be one limit like '100/second' or '10 per minute', got {_shown(rate)}", key="rate")
             rate = "1/second"
     scope = sub.choice("scope", "process", ("process", "fleet"))
-    return RateLimitConfig(rate=rate, max_wait=sub.required_seconds("max_wait", 0.5), scope=scope)
+    return RateLimitConfig(
+        rate=rate,
+        max_wait=sub.required_seconds("max_wait", 0.5),
+        scope=scope,
+        enforce=sub.boolean("enforce", _enforce(reader)),
+    )
+
+
+def _enforce(reader: _Reader) -> bool:
+    """The service's ``enforce`` (the sections' default); a mistake in it is reported where it is read."""
+    value = reader.mapping.get("enforce", True)
+    return value if isinstance(value, bool) else True
 
 
 def _parse_pause(reader: _Reader) -> PauseConfig | None:
@@ -1061,6 +1082,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         hedge=_parse_hedge(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
         transport=transport,
+        enforce=reader.boolean("enforce", True),
         chaos=_parse_chaos(reader),
         auth=auth,
     )

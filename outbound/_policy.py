@@ -59,6 +59,7 @@ class Policy:
         self.rate_limit = pipeline.rate_limit
         self.latencies = pipeline.latencies
         self.chaos = pipeline.chaos
+        self.would_reject = pipeline.would_reject
         self.call_stages = pipeline.call_stages
         self.stages = pipeline.attempt_stages
         self.send_gates = pipeline.send_gates
@@ -130,6 +131,8 @@ class Policy:
             self.pause.reset()
         if self.rate_limit is not None:
             self.rate_limit.reset()
+        if self.would_reject is not None:
+            self.would_reject.clear()
         self.stats.clear()
 
     def reset_after_fork(self) -> None:

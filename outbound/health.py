@@ -271,6 +271,13 @@ class ServiceHealth:
     rate_limit: RateLimitSnapshot | None = None
     paused_for: float | None = None
     """Seconds left of a pause the upstream asked for (a 429 or 503 with ``Retry-After``); ``None``: not paused."""
+    observing: tuple[str, ...] = ()
+    """The protections that observe only (``enforce: false``): they decide and count, and refuse nothing."""
+    would_reject: Mapping[str, int] | None = None
+    """What the observing protections would have refused (or delayed) so far, by ``protection:reason``."""
+    chaos: Mapping[str, Any] | None = None
+    """The fault injection in force (``active``, ``source``, ``faults``, ``ends_in``, ``injected``); ``None``: no
+    fault layer."""
 
     def as_dict(self) -> dict[str, Any]:
         health: dict[str, Any] = {
@@ -288,6 +295,11 @@ class ServiceHealth:
             health["rate_limit"] = self.rate_limit.as_dict()
         if self.paused_for is not None:
             health["paused_for"] = round(self.paused_for, 3)
+        if self.observing:
+            health["observing"] = list(self.observing)
+            health["would_reject"] = dict(self.would_reject or {})
+        if self.chaos is not None:
+            health["chaos"] = dict(self.chaos)
         health["stats"] = self.stats.as_dict()
         health["last_error"] = self.last_error.as_dict() if self.last_error else None
         return health

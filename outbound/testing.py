@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from . import _retry
+from . import _chaos, _retry
 from ._registry import Registry
-
-if TYPE_CHECKING:
-    from ._chaos import Chaos
 
 __all__ = ["active_registry", "chaos", "no_waits", "set_waits"]
 
@@ -59,7 +56,7 @@ def chaos(
     status: int = 503,
     retry_after: float | None = None,
     seconds: float = 0.5,
-) -> Iterator[Chaos]:
+) -> Iterator[_chaos.Chaos]:
     """Inject one kind of fault into ``service``'s calls inside the ``with`` block (see ``chaos.faults`` in the
     configuration reference for the kinds and their arguments); yields the service's ``Chaos``, whose
     ``state().injected`` counts what was injected. Works whether or not the settings allow chaos: a test is the
@@ -69,9 +66,8 @@ def chaos(
         ConfigError: an unknown kind, a rate outside [0, 1], a status outside 100-599.
     """
     from ._backends._chaos import install
-    from ._chaos import fault
 
-    injected = fault(kind, rate, status=status, retry_after=retry_after, seconds=seconds)
+    injected = _chaos.fault(kind, rate, status=status, retry_after=retry_after, seconds=seconds)
     target = registry[service]
     uninstall = install(target)
     layer = target.policy.chaos
@@ -147,7 +143,7 @@ def outbound_no_waits() -> Iterator[None]:
         yield
 
 
-ChaosSwitch = Callable[..., "Chaos"]
+ChaosSwitch = Callable[..., _chaos.Chaos]
 
 
 @pytest.fixture
@@ -157,7 +153,7 @@ def outbound_chaos(request: pytest.FixtureRequest) -> Iterator[ChaosSwitch]:
     unless ``registry`` is given); returns the service's ``Chaos`` (``.state().injected`` counts the faults)."""
     with contextlib.ExitStack() as stack:
 
-        def switch(service: str, kind: str = "status", rate: float = 1.0, **options: Any) -> Chaos:
+        def switch(service: str, kind: str = "status", rate: float = 1.0, **options: Any) -> _chaos.Chaos:
             registry = options.pop("registry", None) or active_registry(request)
             if registry is None:
                 raise pytest.UsageError(
