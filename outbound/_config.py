@@ -1267,14 +1267,14 @@ def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
     switch = _section(_parse_chaos_switch, top.mapping.get("chaos", {}), errors, ChaosSwitch)
     allowed = chaos_allowed(switch)
     for name, service in parsed.items():
-        if service.chaos is not None:
-            if service.chaos.enabled and not allowed:
-                message = (
-                    "fault injection is enabled but this process does not allow it: set OUTBOUND_CHAOS=1 in its "
-                    "environment or the top-level chaos: {'allow': true} (never in production)"
-                )
-                errors.append(ConfigError(message, service=name, key="chaos.enabled", code="unsupported"))
-            parsed[name] = service = dataclasses.replace(service, chaos_allowed=allowed)
+        if service.chaos is not None and service.chaos.enabled and not allowed:
+            message = (
+                "fault injection is enabled but this process does not allow it: set OUTBOUND_CHAOS=1 in its "
+                "environment or the top-level chaos: {'allow': true} (never in production)"
+            )
+            errors.append(ConfigError(message, service=name, key="chaos.enabled", code="unsupported"))
+        if allowed:
+            parsed[name] = service = dataclasses.replace(service, chaos_allowed=True)
         if service.rate_limit is not None and service.rate_limit.scope == "fleet" and state.backend != "redis":
             message = "a fleet-wide rate limit needs a shared state backend (state.backend: 'redis')"
             errors.append(ConfigError(message, service=name, key="rate_limit.scope", code="unsupported"))

@@ -47,6 +47,9 @@ class WouldReject:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
         self.protections: list[str] = []
+        # Switched on at run time by the fleet (``outbound enforce NAME``): the observed protections enforce again,
+        # without a restart.
+        self.enforcing = False
 
     def add(self, protection: str, answer: Rejection | Wait) -> None:
         key = f"{protection}:{answer.reason.value}" if isinstance(answer, Rejection) else f"{protection}:wait"
@@ -88,7 +91,7 @@ class Observed:
 
     def admit(self, call: CallView) -> Any:
         answer = self.stage.admit(call)
-        if isinstance(answer, Rejection | Wait):
+        if isinstance(answer, Rejection | Wait) and not self.counts.enforcing:
             self._give_up_waiting(call)
             self.counts.add(self.protection, answer)
             return OBSERVED
@@ -120,6 +123,8 @@ class ObservedGate(Observed):
         if permit is OBSERVED:
             return None
         answer = self.stage.at_send(call, permit)  # type: ignore[attr-defined]
+        if answer is not None and self.counts.enforcing:
+            return answer  # type: ignore[no-any-return]
         if answer is not None:
             call.waits.stop(self.stage)
             self.counts.add(self.protection, answer)
@@ -137,11 +142,13 @@ def observed_breaker(breaker_class: type, counts: WouldReject) -> type:
 
     class ObservedBreaker(breaker_class):  # type: ignore[misc]
         def refusal(self) -> Rejection | None:
+            if counts.enforcing:
+                return super().refusal()  # type: ignore[no-any-return]
             return None  # the attempt stages' walk asks admit(), which counts the would-reject
 
         def admit(self, call: object = None) -> Any:
             answer = super().admit(call)
-            if isinstance(answer, Rejection):
+            if isinstance(answer, Rejection) and not counts.enforcing:
                 counts.add("breaker", answer)
                 return OBSERVED
             return answer
@@ -150,9 +157,10 @@ def observed_breaker(breaker_class: type, counts: WouldReject) -> type:
             if permit is OBSERVED:
                 return None
             answer = super().at_send(call, permit)
-            if answer is not None:
+            if answer is not None and not counts.enforcing:
                 counts.add("breaker", answer)
-            return None
+                return None
+            return answer  # type: ignore[no-any-return]
 
         def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
             if permit is not OBSERVED:  # an enforcing breaker would never have seen the call

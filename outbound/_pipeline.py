@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._breaker import Breaker
-from ._config import ServiceConfig, StateConfig
+from ._config import ChaosConfig, ServiceConfig, StateConfig
 from ._events import BreakerTransition
 from ._hedge import AnsweredLatencies
 from ._retry import RetryBudget
@@ -90,10 +90,12 @@ def compose(
 
         rate_limit = RateLimit(config.name, config.rate_limit, state=state)
     chaos = None
-    if config.chaos is not None and config.chaos_allowed:
+    # A fault layer where the process allows chaos and something may switch it on: the settings, the test fixture
+    # (which adds its own otherwise), or a fleet's game day.
+    if config.chaos_allowed and (config.chaos is not None or (state is not None and state.backend == "redis")):
         from ._chaos import Chaos
 
-        chaos = Chaos(config.name, config.chaos)
+        chaos = Chaos(config.name, config.chaos or ChaosConfig())
     if config.hedge is not None and config.hedge.delay == "p95":
         latencies = AnsweredLatencies()
     call_stage: Any = bulkhead

@@ -177,7 +177,8 @@ class Service:
             opened_by = breaker.opened_by
         bulkhead = policy.bulkhead.snapshot() if policy.bulkhead is not None else None
         paused_for = policy.pause.paused_for() if policy.pause is not None else None
-        observing = tuple(policy.would_reject.protections) if policy.would_reject is not None else ()
+        counts = policy.would_reject
+        observing = tuple(counts.protections) if counts is not None and not counts.enforcing else ()
         judged = CLOSED if "breaker" in observing else state  # an observing breaker refuses nothing
         return ServiceHealth(
             name=self.name,
