@@ -17,6 +17,7 @@ its own error.
                                                   outbound.W010  rate window shorter than 2x an attempt
                                                   outbound.W011  minimum_calls more than the window holds
                                                   outbound.W012  a call can outlast gunicorn's worker timeout
+                                                  outbound.W013  fault injection configured or allowed with DEBUG = False
                                                                  (only while gunicorn loads the project)
 """
 
@@ -73,7 +74,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     config = outbound.parse_config(mapping)
     return [
         checks.Warning(warning.message, hint=warning.hint, id=f"outbound.{warning.code}")
-        for warning in outbound.setting_warnings(config)
+        for warning in outbound.setting_warnings(config, production=not settings.DEBUG)
     ]
 
 
