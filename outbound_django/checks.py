@@ -17,8 +17,8 @@ its own error.
                                                   outbound.W010  rate window shorter than 2x an attempt
                                                   outbound.W011  minimum_calls more than the window holds
                                                   outbound.W012  a call can outlast gunicorn's worker timeout
-                                                  outbound.W013  fault injection configured or allowed with DEBUG = False
                                                                  (only while gunicorn loads the project)
+                                                  outbound.W013  fault injection with DEBUG = False
 """
 
 from __future__ import annotations
