@@ -397,6 +397,20 @@ def render_status(report: HealthReport) -> str:
             details.append(_wrapped(f"{name}: last error {_error_text(last)}"))
         if opened_by is not None:
             details.append(_wrapped(f"{name}: breaker opened by {_error_text(opened_by)}"))
+        if service.observing:
+            would = sum((service.would_reject or {}).values())
+            details.append(
+                _wrapped(
+                    f"{name}: observe-only ({', '.join(service.observing)}): would have refused {would} "
+                    f"call{'' if would == 1 else 's'} so far; nothing was refused (outbound enforce {name})"
+                )
+            )
+        chaos = service.chaos
+        if chaos is not None and chaos.get("active"):
+            kinds = ", ".join(f"{f['kind']} at {f['rate']:g}" for f in chaos.get("faults", ()))
+            ends = chaos.get("ends_in")
+            until = f", ends in {ends:.0f}s" if isinstance(ends, int | float) else ""
+            details.append(_wrapped(f"{name}: FAULT INJECTION ON ({chaos.get('source')}: {kinds}{until})"))
     lines = _table(rows)
     if details:
         lines += ["", *details]

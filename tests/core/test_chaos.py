@@ -285,3 +285,23 @@ def test_the_fixture_refuses_a_bad_fault(build: Any, outbound_chaos: Any) -> Non
     registry = build({"services": {"api": {"base_url": "http://x.invalid/"}}})
     with pytest.raises(ConfigError, match="rate"):
         outbound_chaos("api", kind="status", rate=2.0, registry=registry)
+
+
+def test_the_status_page_shows_a_banner(upstream: Upstream, build: Any) -> None:
+    from outbound._page import render_page
+
+    registry = build(settings(upstream, "requests", [{"kind": "status", "rate": 0.5}], breaker={"enforce": False}))
+    page = render_page(registry.report().as_dict())
+    assert "Fault injection is on</strong> for api (settings: status at 0.5)" in page
+    assert "Observe-only</strong>: api&#x27;s breaker refuse nothing" in page or "Observe-only</strong>: api" in page
+    plain = build({"services": {"api": {"base_url": upstream.url}}})
+    assert "banner" not in render_page(plain.report().as_dict())
+
+
+def test_outbound_status_says_so(upstream: Upstream, build: Any) -> None:
+    from outbound import cli
+
+    registry = build(settings(upstream, "requests", [{"kind": "status", "rate": 0.5}], breaker={"enforce": False}))
+    text = " ".join(cli.status(registry).text.split())
+    assert "api: FAULT INJECTION ON (settings: status at 0.5)" in text
+    assert "api: observe-only (breaker): would have refused 0 calls so far" in text
