@@ -23,7 +23,19 @@ import requests
 import requests.adapters
 
 import outbound
-from benchmarks import _brownout, _deadline, _fleet, _healthy, _hedging, _imports, _metrics, _policy, _speed, _stages
+from benchmarks import (
+    _brownout,
+    _chaos,
+    _deadline,
+    _fleet,
+    _healthy,
+    _hedging,
+    _imports,
+    _metrics,
+    _policy,
+    _speed,
+    _stages,
+)
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -721,6 +733,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _stages.MEASUREMENT: _stages.stages,
     _healthy.MEASUREMENT: _healthy.healthy,
     _imports.MEASUREMENT: _imports.imports,
+    _chaos.MEASUREMENT: _chaos.chaos,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1d", "1e", "1f"),
@@ -741,4 +754,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _stages.MEASUREMENT: _stages.ROW_KEYS,
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
     _imports.MEASUREMENT: _imports.ROW_KEYS,
+    _chaos.MEASUREMENT: _chaos.ROW_KEYS,
 }

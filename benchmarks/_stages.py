@@ -59,6 +59,11 @@ CASES: tuple[StageCase, ...] = (
         off={"chaos": {"enabled": False, "faults": [{"kind": "status", "rate": 0.1}]}},
         top={"chaos": {"allow": False}},
     ),
+    StageCase(
+        key="16g",
+        name="enforce: true written out (the default)",
+        off={"enforce": True, "breaker": {"enforce": True}, "bulkhead": None, "rate_limit": None},
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

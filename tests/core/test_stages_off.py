@@ -84,6 +84,7 @@ ON = (
         off={"chaos": {"enabled": False}},
         top={"chaos": {"allow": True}},
     ),
+    StageCase(key="observe", name="an observe-only breaker", off={"breaker": {"enforce": False}}),
 )
 
 
