@@ -324,6 +324,9 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         bulkhead=BulkheadSnapshot(**data["bulkhead"]) if "bulkhead" in data else None,
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
         paused_for=data.get("paused_for"),
+        observing=tuple(str(p) for p in data.get("observing") or ()),
+        would_reject={str(k): int(v) for k, v in data["would_reject"].items()} if "would_reject" in data else None,
+        chaos=data["chaos"] if isinstance(data.get("chaos"), dict) else None,
     )
 
 

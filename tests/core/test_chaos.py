@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -305,3 +306,13 @@ def test_outbound_status_says_so(upstream: Upstream, build: Any) -> None:
     text = " ".join(cli.status(registry).text.split())
     assert "api: FAULT INJECTION ON (settings: status at 0.5)" in text
     assert "api: observe-only (breaker): would have refused 0 calls so far" in text
+
+
+def test_a_remote_report_keeps_the_chaos_and_observe_lines(upstream: Upstream, build: Any) -> None:
+    from outbound import cli
+
+    registry = build(settings(upstream, "requests", [{"kind": "status", "rate": 0.5}], breaker={"enforce": False}))
+    parsed = cli._report(json.loads(json.dumps(registry.report().as_dict())))
+    text = " ".join(cli.render_status(parsed).split())
+    assert "api: FAULT INJECTION ON (settings: status at 0.5)" in text
+    assert "api: observe-only (breaker)" in text
