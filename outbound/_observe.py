@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._outcome import Outcome, Rejection, Wait
@@ -39,13 +40,18 @@ class _Observed:
 OBSERVED = _Observed()
 
 
-class WouldReject:
-    """One service's would-reject counts, by protection and reason."""
+HOUR_BUCKETS = 60  # the last hour's would-rejects, a minute a bucket
 
-    def __init__(self, service: str) -> None:
+
+class WouldReject:
+    """One service's would-reject counts, by protection and reason, and in the last hour."""
+
+    def __init__(self, service: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
+        self._clock = clock
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._minutes: list[tuple[int, int]] = [(-1, 0)] * HOUR_BUCKETS  # (minute, count) in a ring
         self.protections: list[str] = []
         # Switched on at run time by the fleet (``outbound enforce NAME``): the observed protections enforce again,
         # without a restart.
@@ -53,8 +59,12 @@ class WouldReject:
 
     def add(self, protection: str, answer: Rejection | Wait) -> None:
         key = f"{protection}:{answer.reason.value}" if isinstance(answer, Rejection) else f"{protection}:wait"
+        minute = int(self._clock() // 60)
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
+            slot = minute % HOUR_BUCKETS
+            held, count = self._minutes[slot]
+            self._minutes[slot] = (minute, count + 1 if held == minute else 1)
         logger.debug(
             "observe-only: the %s of service %r would have %s a call",
             protection,
@@ -68,6 +78,12 @@ class WouldReject:
         with self._lock:
             return dict(self._counts)
 
+    def last_hour(self) -> int:
+        """Would-rejects in the last hour (by whole minutes)."""
+        now = int(self._clock() // 60)
+        with self._lock:
+            return sum(count for minute, count in self._minutes if now - HOUR_BUCKETS < minute <= now)
+
     def total(self) -> int:
         with self._lock:
             return sum(self._counts.values())
@@ -75,6 +91,7 @@ class WouldReject:
     def clear(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._minutes = [(-1, 0)] * HOUR_BUCKETS
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()

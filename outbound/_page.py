@@ -197,7 +197,13 @@ def _banners(services: Mapping[str, Any]) -> str:
             lines.append(
                 f'<p class="notice banner observing"><strong>Observe-only</strong>: {_e(name)}\'s '
                 f"{_e(', '.join(str(p) for p in observing))} refuse nothing; they would have refused "
-                f"{_number(total)} call{'' if total == 1 else 's'} so far.</p>"
+                f"{_number(total)} call{'' if total == 1 else 's'} so far"
+                + (
+                    f" ({_number(service['would_reject_last_hour'])} in the last hour)"
+                    if _is_number(service.get("would_reject_last_hour"))
+                    else ""
+                )
+                + ".</p>"
             )
     return "\n".join(lines) + ("\n" if lines else "")
 

@@ -67,7 +67,7 @@ def compose(
     ):
         from ._observe import WouldReject, observed
 
-        would_reject = WouldReject(config.name)
+        would_reject = WouldReject(config.name, clock)
         observe = observed
     breaker_class: type[Breaker] = Breaker
     if would_reject is not None and not config.breaker.enforce:

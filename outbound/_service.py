@@ -204,7 +204,8 @@ class Service:
             rate_limit=policy.rate_limit.snapshot() if policy.rate_limit is not None else None,
             paused_for=paused_for,
             observing=observing,
-            would_reject=policy.would_reject.counts() if policy.would_reject is not None else None,
+            would_reject=counts.counts() if counts is not None else None,
+            would_reject_last_hour=counts.last_hour() if counts is not None else None,
             chaos=policy.chaos.state().as_dict() if policy.chaos is not None else None,
         )
 

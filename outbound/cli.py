@@ -326,6 +326,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         paused_for=data.get("paused_for"),
         observing=tuple(str(p) for p in data.get("observing") or ()),
         would_reject={str(k): int(v) for k, v in data["would_reject"].items()} if "would_reject" in data else None,
+        would_reject_last_hour=data.get("would_reject_last_hour"),
         chaos=data["chaos"] if isinstance(data.get("chaos"), dict) else None,
     )
 
@@ -402,10 +403,13 @@ def render_status(report: HealthReport) -> str:
             details.append(_wrapped(f"{name}: breaker opened by {_error_text(opened_by)}"))
         if service.observing:
             would = sum((service.would_reject or {}).values())
+            hour = service.would_reject_last_hour
             details.append(
                 _wrapped(
                     f"{name}: observe-only ({', '.join(service.observing)}): would have refused {would} "
-                    f"call{'' if would == 1 else 's'} so far; nothing was refused (outbound enforce {name})"
+                    f"call{'' if would == 1 else 's'} so far"
+                    + (f" ({hour} in the last hour)" if hour is not None else "")
+                    + f"; nothing was refused (outbound enforce {name})"
                 )
             )
         chaos = service.chaos

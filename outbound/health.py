@@ -275,6 +275,8 @@ class ServiceHealth:
     """The protections that observe only (``enforce: false``): they decide and count, and refuse nothing."""
     would_reject: Mapping[str, int] | None = None
     """What the observing protections would have refused (or delayed) so far, by ``protection:reason``."""
+    would_reject_last_hour: int | None = None
+    """How many of those came in the last hour."""
     chaos: Mapping[str, Any] | None = None
     """The fault injection in force (``active``, ``source``, ``faults``, ``ends_in``, ``injected``); ``None``: no
     fault layer."""
@@ -298,6 +300,7 @@ class ServiceHealth:
         if self.observing:
             health["observing"] = list(self.observing)
             health["would_reject"] = dict(self.would_reject or {})
+            health["would_reject_last_hour"] = self.would_reject_last_hour
         if self.chaos is not None:
             health["chaos"] = dict(self.chaos)
         health["stats"] = self.stats.as_dict()

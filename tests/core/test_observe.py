@@ -157,3 +157,20 @@ def test_a_bad_enforce_names_service_and_key(settings: dict[str, Any], key: str)
     with pytest.raises(ConfigError) as caught:
         Registry.from_mapping({"services": {"api": {"base_url": "http://x.invalid/", **settings}}})
     assert any(error.service == "api" and error.key == key for error in caught.value.errors)
+
+
+def test_the_last_hour_is_counted_by_minutes() -> None:
+    from outbound._observe import WouldReject
+    from outbound._outcome import Reason, Rejection
+
+    now = [0.0]
+    counts = WouldReject("s", clock=lambda: now[0])
+    refusal = Rejection(Reason.CIRCUIT_OPEN, 1.0, "open")
+    for minute in range(90):
+        now[0] = minute * 60.0
+        counts.add("breaker", refusal)
+        counts.add("breaker", refusal)
+    assert counts.total() == 180
+    assert counts.last_hour() == 120  # minutes 30..89
+    now[0] = 200 * 60.0
+    assert counts.last_hour() == 0
