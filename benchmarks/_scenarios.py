@@ -22,11 +22,14 @@ import pybreaker
 import requests
 import requests.adapters
 
+import benchmarks._sdks as _sdks
 import outbound
 from benchmarks import (
     _brownout,
+    _cache,
     _chaos,
     _deadline,
+    _egress,
     _fleet,
     _healthy,
     _hedging,
@@ -733,6 +736,9 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _stages.MEASUREMENT: _stages.stages,
     _healthy.MEASUREMENT: _healthy.healthy,
     _imports.MEASUREMENT: _imports.imports,
+    _sdks.MEASUREMENT: _sdks.sdks,
+    _egress.MEASUREMENT: _egress.egress,
+    _cache.MEASUREMENT: _cache.cache,
     _chaos.MEASUREMENT: _chaos.chaos,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
@@ -754,5 +760,8 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _stages.MEASUREMENT: _stages.ROW_KEYS,
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
     _imports.MEASUREMENT: _imports.ROW_KEYS,
+    _sdks.MEASUREMENT: _sdks.ROW_KEYS,
+    _egress.MEASUREMENT: _egress.ROW_KEYS,
+    _cache.MEASUREMENT: _cache.ROW_KEYS,
     _chaos.MEASUREMENT: _chaos.ROW_KEYS,
 }

@@ -54,6 +54,12 @@ CASES: tuple[StageCase, ...] = (
         key="16b", name="metrics written out as off", off={}, top={"metrics": {"prometheus": False, "otel": False}}
     ),
     StageCase(
+        key="16c",
+        name="the SDK layer written out as off",
+        off={"sdk": {"answer_refusals": False, "final_responses": False}},
+    ),
+    StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
+    StageCase(
         key="16f",
         name="chaos configured but disabled (and not allowed)",
         off={"chaos": {"enabled": False, "faults": [{"kind": "status", "rate": 0.1}]}},

@@ -18,6 +18,7 @@ from ._config import (
     BudgetConfig,
     BulkheadConfig,
     DeadlineConfig,
+    EgressConfig,
     HealthConfig,
     HedgeConfig,
     IdempotencyConfig,
@@ -27,6 +28,7 @@ from ._config import (
     PoolConfig,
     RateLimitConfig,
     RetryConfig,
+    SdkConfig,
     ServiceConfig,
     StateConfig,
     Timeouts,
@@ -45,6 +47,7 @@ from ._errors import (
     ConnectError,
     ConnectTimeoutError,
     DeadlineExceededError,
+    EgressDeniedError,
     EventLoopMismatchError,
     OutboundError,
     PoolTimeoutError,
@@ -68,7 +71,9 @@ from ._events import (
     RetryDenied,
     RetryScheduled,
 )
+from ._expect import expect
 from ._registry import Registry
+from ._sdk import sdk_error
 from ._service import Service
 
 if typing.TYPE_CHECKING:
@@ -94,6 +99,8 @@ __all__ = [
     "ConnectTimeoutError",
     "DeadlineConfig",
     "DeadlineExceededError",
+    "EgressConfig",
+    "EgressDeniedError",
     "ErrorAnswer",
     "EventLoopMismatchError",
     "HealthConfig",
@@ -116,6 +123,7 @@ __all__ = [
     "RetryConfig",
     "RetryDenied",
     "RetryScheduled",
+    "SdkConfig",
     "Service",
     "ServiceAsyncClient",
     "ServiceClient",
@@ -132,7 +140,9 @@ __all__ = [
     "config_errors",
     "deadline",
     "error_answer",
+    "expect",
     "parse_config",
+    "sdk_error",
     "setting_warnings",
     "time_left",
 ]

@@ -6,6 +6,8 @@ the tuples below, not a branch the call takes: the call loop (``_policy.Call``) 
     call stages      admitted once per call, held until it ends:  bulkhead
     attempt stages   admitted for every attempt, in this order:   pause -> rate limit -> breaker -> (p95 latencies)
     send gates       attempt stages asked again as the request is written: the rate limit (its permit), the breaker
+    cache            above all of them, not a stage: the clients put it on top of their transports (``_cache/``),
+                     so it answers fresh hits without a permit and stale ones in place of the stages' refusals
 
 A pause refuses before a permit is spent; the rate limit comes before the breaker so that a refused attempt never
 holds a half-open trial slot in vain. The breaker is always there: every service has one.
@@ -27,6 +29,7 @@ from ._state import LOCAL, ServiceLink
 
 if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
+    from ._cache._layer import CacheLayer
     from ._chaos import Chaos
     from ._observe import WouldReject
     from ._pause import Pause
@@ -44,6 +47,7 @@ class Pipeline:
     pause: Pause | None
     rate_limit: RateLimit | None
     latencies: AnsweredLatencies | None
+    cache: CacheLayer | None  # above the policy: the clients put it on top of their transports (``_cache/``)
     would_reject: WouldReject | None  # the observe-only protections' counts (``enforce: false``)
     chaos: Chaos | None  # not a stage: the fault layer below the policy, in the backend's transport
     call_stages: tuple[Stage, ...]
@@ -98,6 +102,11 @@ def compose(
         chaos = Chaos(config.name, config.chaos or ChaosConfig())
     if config.hedge is not None and config.hedge.delay == "p95":
         latencies = AnsweredLatencies()
+    cache = None
+    if config.cache is not None or config.fallback is not None:
+        from ._cache._layer import CacheLayer
+
+        cache = CacheLayer(config, config.cache, config.fallback, state)
     call_stage: Any = bulkhead
     if observe is not None and would_reject is not None and bulkhead is not None and not bulkhead.config.enforce:
         call_stage = observe(bulkhead, "bulkhead", would_reject)
@@ -116,6 +125,7 @@ def compose(
         pause=pause,
         rate_limit=rate_limit,
         latencies=latencies,
+        cache=cache,
         would_reject=would_reject,
         chaos=chaos,
         call_stages=(call_stage,) if call_stage is not None else (),

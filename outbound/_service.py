@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Protocol
 
 from ._breaker import CLOSED
@@ -110,7 +111,12 @@ class Service:
                 if self._session is None:
                     from ._backends.requests import ServiceSession
 
-                    self._session = ServiceSession(self.policy)
+                    cls = ServiceSession
+                    if self.config.sdk is not None:  # a vendor SDK's session (_sdk.py)
+                        from ._backends.sdk_requests import SdkServiceSession
+
+                        cls = SdkServiceSession
+                    self._session = cls(self.policy)
                     self._clients.append(self._session)
                 session = self._session
         return session
@@ -207,6 +213,7 @@ class Service:
             would_reject=counts.counts() if counts is not None else None,
             would_reject_last_hour=counts.last_hour() if counts is not None else None,
             chaos=policy.chaos.state().as_dict() if policy.chaos is not None else None,
+            cache=policy.cache.snapshot() if policy.cache is not None else None,
         )
 
     def reset(self) -> None:
@@ -254,11 +261,17 @@ class Service:
                 f"service {self.name!r} uses client 'requests': call session({self.name!r}) instead of {accessor}()"
             )
 
-    def _backend(self) -> ModuleType:
+    def _backend(self) -> ModuleType | SimpleNamespace:
         # The httpx backend for this service's library (httpx2's is the same code, loaded for httpx2).
         from ._backends._library import LIBRARIES
 
-        return LIBRARIES[self.config.client].backend("httpx")
+        library = LIBRARIES[self.config.client]
+        if self.config.sdk is not None:  # a vendor SDK's clients (_sdk.py): subclasses, for these services only
+            return SimpleNamespace(
+                ServiceClient=library.backend("sdk").SdkServiceClient,
+                ServiceAsyncClient=library.backend("sdk").SdkServiceAsyncClient,
+            )
+        return library.backend("httpx")
 
     def _check_open(self) -> None:
         if self._closed:

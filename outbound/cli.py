@@ -328,6 +328,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         would_reject={str(k): int(v) for k, v in data["would_reject"].items()} if "would_reject" in data else None,
         would_reject_last_hour=data.get("would_reject_last_hour"),
         chaos=data["chaos"] if isinstance(data.get("chaos"), dict) else None,
+        cache=data.get("cache"),
     )
 
 

@@ -18,12 +18,14 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 __all__ = [
+    "COUNTERS",
     "FAILING_ERROR_RATE",
     "FAILING_MINIMUM_CALLS",
     "RECENT_SECONDS",
     "STATUSES",
     "BreakerSnapshot",
     "BulkheadSnapshot",
+    "CallCounts",
     "HealthReport",
     "LastError",
     "LatencySnapshot",
@@ -123,10 +125,11 @@ class RecentCalls:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StatsSnapshot:
+class CallCounts:
     """Counters since start (or the last reset): calls, calls that ended in an error, extra attempts, calls refused
     by the breaker, calls that found no free connection; ``rejected`` counts other refusals by reason; ``recent``
-    the calls of the last minute, which the ``failing`` status is judged on."""
+    the calls of the last minute, which the ``failing`` status is judged on. What every stats shape holds: the
+    report's ``StatsSnapshot`` and the record a fleet shares (``_stats.StatsRecord``)."""
 
     requests: int = 0
     errors: int = 0
@@ -135,16 +138,20 @@ class StatsSnapshot:
     pool_timeouts: int = 0
     rejected: Mapping[str, int] = field(default_factory=dict)
     recent: RecentCalls = field(default_factory=RecentCalls)
+
+
+# The plain counters of ``CallCounts``, in the order reports show them.
+COUNTERS: tuple[str, ...] = ("requests", "errors", "retries", "short_circuited", "pool_timeouts")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsSnapshot(CallCounts):
+    """A service's ``CallCounts`` and the latency percentiles of its recent calls, as a report shows them."""
+
     latency_ms: LatencySnapshot = field(default_factory=LatencySnapshot)
 
     def as_dict(self) -> dict[str, Any]:
-        counters: dict[str, Any] = {
-            "requests": self.requests,
-            "errors": self.errors,
-            "retries": self.retries,
-            "short_circuited": self.short_circuited,
-            "pool_timeouts": self.pool_timeouts,
-        }
+        counters: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
         if self.rejected:
             counters["rejected"] = dict(self.rejected)
         counters["recent"] = self.recent.as_dict()
@@ -160,11 +167,7 @@ class StatsSnapshot:
         """
         recent = data.get("recent")
         return cls(
-            requests=data["requests"],
-            errors=data["errors"],
-            retries=data["retries"],
-            short_circuited=data["short_circuited"],
-            pool_timeouts=data["pool_timeouts"],
+            **{name: data[name] for name in COUNTERS},
             rejected=dict(data.get("rejected", {})),
             recent=RecentCalls(seconds=recent["seconds"], calls=recent["calls"], errors=recent["errors"])
             if recent
@@ -280,6 +283,8 @@ class ServiceHealth:
     chaos: Mapping[str, Any] | None = None
     """The fault injection in force (``active``, ``source``, ``faults``, ``ends_in``, ``injected``); ``None``: no
     fault layer."""
+    cache: Mapping[str, Any] | None = None
+    """The cache's storage and counts (hits, misses, stale, ...) when the service has a cache or a fallback."""
 
     def as_dict(self) -> dict[str, Any]:
         health: dict[str, Any] = {
@@ -303,6 +308,8 @@ class ServiceHealth:
             health["would_reject_last_hour"] = self.would_reject_last_hour
         if self.chaos is not None:
             health["chaos"] = dict(self.chaos)
+        if self.cache is not None:
+            health["cache"] = dict(self.cache)
         health["stats"] = self.stats.as_dict()
         health["last_error"] = self.last_error.as_dict() if self.last_error else None
         return health

@@ -11,7 +11,10 @@ The plugin is registered through the ``pytest11`` entry point and does nothing u
   often, the budget) are unchanged. Outside pytest, ``set_waits(False)`` / ``no_waits()`` do the same;
 - the ``outbound_chaos`` fixture injects faults into a service of the active registry for the rest of the test
   (``outbound_chaos("billing", kind="read_timeout", rate=1.0)``), below its policy, as a game day would: the app's
-  degraded paths are tested without a mock server. Outside pytest, ``with chaos(registry, "billing", ...)``.
+  degraded paths are tested without a mock server. Outside pytest, ``with chaos(registry, "billing", ...)``;
+- the ``outbound_no_cache`` fixture (or ``outbound_no_cache = true``) turns every service's ``cache`` off: every
+  call goes to the upstream (or the mock) and nothing is stored; a ``fallback`` still answers. Outside pytest,
+  ``set_cache(False)`` / ``no_cache()``. ``registry.reset(name)`` also empties a service's cache.
 
 A test that needs another registry than the one found here overrides ``outbound_registry`` in its conftest.py.
 """
@@ -25,9 +28,10 @@ from typing import Any
 import pytest
 
 from . import _chaos, _retry
+from ._cache import _switch
 from ._registry import Registry
 
-__all__ = ["active_registry", "chaos", "no_waits", "set_waits"]
+__all__ = ["active_registry", "chaos", "no_cache", "no_waits", "set_cache", "set_waits"]
 
 
 def set_waits(enabled: bool) -> None:
@@ -80,6 +84,22 @@ def chaos(
         uninstall()
 
 
+def set_cache(enabled: bool) -> None:
+    """Turn every service's cache on or off for the whole process (off: calls go upstream, nothing is stored)."""
+    _switch.CACHING.enabled = enabled
+
+
+@contextlib.contextmanager
+def no_cache() -> Iterator[None]:
+    """No service's cache answers or stores inside the ``with`` block; the previous setting comes back after it."""
+    before = _switch.CACHING.enabled
+    _switch.CACHING.enabled = False
+    try:
+        yield
+    finally:
+        _switch.CACHING.enabled = before
+
+
 def active_registry(request: pytest.FixtureRequest | None = None) -> Registry | None:
     """The registry the app under test uses: the Flask app's (its ``app`` fixture, or the pushed app context), else
     Django's when ``outbound_django`` is installed; ``None`` when there is none."""
@@ -120,6 +140,7 @@ def _django_registry() -> Registry | None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("outbound_reset", "reset the active outbound registry before every test", type="bool", default=False)
     parser.addini("outbound_no_waits", "make every outbound retry wait zero seconds", type="bool", default=False)
+    parser.addini("outbound_no_cache", "turn every outbound service's cache off", type="bool", default=False)
 
 
 @pytest.fixture
@@ -164,6 +185,13 @@ def outbound_chaos(request: pytest.FixtureRequest) -> Iterator[ChaosSwitch]:
         yield switch
 
 
+@pytest.fixture
+def outbound_no_cache() -> Iterator[None]:
+    """Every service's cache is off during the test."""
+    with no_cache():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _outbound_ini_options(request: pytest.FixtureRequest) -> Iterator[None]:
     # Inert unless the ini options ask for something: one config lookup per test.
@@ -171,8 +199,9 @@ def _outbound_ini_options(request: pytest.FixtureRequest) -> Iterator[None]:
         registry = active_registry(request)
         if registry is not None:
             registry.reset()
-    if request.config.getini("outbound_no_waits"):
-        with no_waits():
-            yield
-    else:
+    with contextlib.ExitStack() as stack:
+        if request.config.getini("outbound_no_waits"):
+            stack.enter_context(no_waits())
+        if request.config.getini("outbound_no_cache"):
+            stack.enter_context(no_cache())
         yield

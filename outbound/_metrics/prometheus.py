@@ -25,11 +25,11 @@ from prometheus_client import values as prometheus_values
 
 from .._config import FAULT_KINDS
 from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
-from .._lifecycle import Daemon, on_fork
+from .._lifecycle import Daemon, hold_across_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
-from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
+from ._common import CACHE_RESULTS, DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ class PrometheusMetrics:
         # livesum, read from the live services (not events): the counts of the live workers add up.
         self.would_reject = gauge(families.WOULD_REJECT, ("service", "protection"), "livesum")
         self.injected_faults = gauge(families.INJECTED_FAULTS, ("service", "kind", "injected"), "livesum")
+        # livesum: the workers' caches answer calls each (a gauge: a reset of the service starts it again).
+        self.cache_answers = gauge(families.CACHE_ANSWERS, ("service", "result"), "livesum")
 
     def set_gauges(self, live: LiveRegistries, names: set[str]) -> None:
         """Write the current pool numbers and breaker states of the services called ``names`` (multiprocess mode)."""
@@ -95,6 +97,10 @@ class PrometheusMetrics:
             injected = live.injected(name)
             for kind in FAULT_KINDS if injected is not None else ():
                 self.injected_faults.labels(name, kind, "true").set(injected.get(kind, 0))  # type: ignore[union-attr]
+            cache = live.cache_counts(name)
+            if cache is not None:
+                for key, result in CACHE_RESULTS.items():
+                    self.cache_answers.labels(name, result).set(cache.get(key, 0))
 
     def read_gauges_when_scraped(self, live: LiveRegistries, name: str) -> None:
         """Make the gauges of service ``name`` read ``live`` at every scrape (single-process mode)."""
@@ -109,10 +115,17 @@ class PrometheusMetrics:
             self.would_reject.labels(name, protection).set_function(_would_reject_reader(live, name, protection))
         for kind in FAULT_KINDS if live.injected(name) is not None else ():
             self.injected_faults.labels(name, kind, "true").set_function(_injected_reader(live, name, kind))
+        if live.cache_counts(name) is not None:
+            for key, result in CACHE_RESULTS.items():
+                self.cache_answers.labels(name, result).set_function(_cache_reader(live, name, key))
 
 
 def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], float]:
     return lambda: float(live.pool(name)[index])
+
+
+def _cache_reader(live: LiveRegistries, name: str, key: str) -> Callable[[], float]:
+    return lambda: float((live.cache_counts(name) or {}).get(key, 0))
 
 
 def _state_reader(live: LiveRegistries, name: str, state: str) -> Callable[[], float]:
@@ -141,12 +154,7 @@ class GaugeRefresher:
         self._interval = interval
         self._daemon = Daemon("outbound-prometheus-gauges", self._run)
         self._reset()
-        on_fork(
-            self,
-            before=GaugeRefresher._before_fork,
-            parent=GaugeRefresher._after_fork_in_parent,
-            child=GaugeRefresher._reset,
-        )
+        hold_across_fork(self, "_writing", child=GaugeRefresher._reset)
 
     def _reset(self) -> None:
         # Held while the gauges are written, and taken before a fork: a child must not inherit prometheus_client's
@@ -185,12 +193,6 @@ class GaugeRefresher:
             level = logging.DEBUG if self._failed else logging.ERROR
             logger.log(level, "outbound could not write its Prometheus gauges", exc_info=True)
             self._failed = True
-
-    def _before_fork(self) -> None:
-        self._writing.acquire()  # wait for a write in progress to end, and hold off the next until the fork is done
-
-    def _after_fork_in_parent(self) -> None:
-        self._writing.release()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread and wait for it (tests; it also ends by itself once no registry is open)."""

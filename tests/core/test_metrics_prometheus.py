@@ -90,6 +90,7 @@ def test_families_names_types_and_labels() -> None:
         "outbound_pool_waiting": "gauge",
         "outbound_would_reject": "gauge",
         "outbound_injected_faults": "gauge",
+        "outbound_cache_answers": "gauge",
     }
     metrics = PrometheusMetrics(CollectorRegistry())
     assert metrics.would_reject._labelnames == ("service", "protection")
@@ -366,3 +367,16 @@ def test_would_reject_and_injected_faults_are_read_from_the_services(
     plain = unique("plain")
     build({plain: {"base_url": upstream.url}})
     assert REGISTRY.get_sample_value("outbound_would_reject", {"service": plain, "protection": "breaker"}) is None
+
+
+def test_cache_answers_by_result(upstream: Upstream, build: Build) -> None:
+    name = unique("cache")
+    registry = build({name: {"base_url": upstream.url, "cache": {"ttl": 60}}})
+    plain = unique("plain")
+    build({plain: {"base_url": upstream.url}}).session(plain).get("ok")
+    for _ in range(3):
+        registry.session(name).get("catalogue")
+    assert value("outbound_cache_answers", service=name, result="hit") == 2
+    assert value("outbound_cache_answers", service=name, result="miss") == 1
+    assert value("outbound_cache_answers", service=name, result="stored") == 1
+    assert REGISTRY.get_sample_value("outbound_cache_answers", {"service": plain, "result": "hit"}) is None
