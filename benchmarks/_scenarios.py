@@ -22,7 +22,6 @@ import pybreaker
 import requests
 import requests.adapters
 
-import benchmarks._sdks as _sdks
 import outbound
 from benchmarks import (
     _brownout,
@@ -36,8 +35,10 @@ from benchmarks import (
     _imports,
     _metrics,
     _policy,
+    _sdks,
     _speed,
     _stages,
+    _trends,
 )
 from benchmarks._harness import (
     ROOT,
@@ -739,6 +740,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _sdks.MEASUREMENT: _sdks.sdks,
     _egress.MEASUREMENT: _egress.egress,
     _cache.MEASUREMENT: _cache.cache,
+    _trends.MEASUREMENT: _trends.trends,
     _chaos.MEASUREMENT: _chaos.chaos,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
@@ -763,5 +765,6 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _sdks.MEASUREMENT: _sdks.ROW_KEYS,
     _egress.MEASUREMENT: _egress.ROW_KEYS,
     _cache.MEASUREMENT: _cache.ROW_KEYS,
+    _trends.MEASUREMENT: _trends.ROW_KEYS,
     _chaos.MEASUREMENT: _chaos.ROW_KEYS,
 }

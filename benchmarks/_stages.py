@@ -59,6 +59,7 @@ CASES: tuple[StageCase, ...] = (
         off={"sdk": {"answer_refusals": False, "final_responses": False}},
     ),
     StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
+    StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
     StageCase(
         key="16f",
         name="chaos configured but disabled (and not allowed)",

@@ -342,11 +342,21 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryConfig:
+    interval: float = 10.0
+    """Seconds per bucket of a service's history (the trends of the status page, ``?history=1``)."""
+    buckets: int = 90
+    """Buckets kept: ``interval * buckets`` seconds of history (15 minutes by default)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthConfig:
     show_details: ShowDetails = "when_authorized"
     """Who sees the full report at ``/health/outbound``."""
     token: str | None = None
     """A bearer token that authorizes the full report."""
+    history: HistoryConfig | None = None
+    """Keep each service's recent history in buckets (``true``, or a mapping); ``None``: kept by nobody."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1317,7 +1327,27 @@ def chaos_allowed(switch: ChaosSwitch) -> bool:
 def _parse_health(raw: Any, errors: list[ConfigError]) -> HealthConfig:
     reader = _Reader(raw, None, "health", keys_of(HealthConfig), errors)
     show_details = reader.choice("show_details", "when_authorized", ("never", "when_authorized", "always"))
-    return HealthConfig(show_details=show_details, token=reader.optional_string("token"))
+    return HealthConfig(
+        show_details=show_details, token=reader.optional_string("token"), history=_parse_history(reader)
+    )
+
+
+def _parse_history(reader: _Reader) -> HistoryConfig | None:
+    # ``true`` keeps the default history, ``false`` or null none; a mapping sets its interval and length.
+    raw = reader.mapping.get("history")
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return HistoryConfig()
+    try:
+        sub = reader.sub("history", keys_of(HistoryConfig), accepted="true, false, null or a mapping")
+    except _Skip:
+        return None
+    defaults = HistoryConfig()
+    return HistoryConfig(
+        interval=sub.required_seconds("interval", defaults.interval, allow_zero=False),
+        buckets=sub.integer("buckets", defaults.buckets, minimum=2, maximum=360),
+    )
 
 
 def _installed(module: str) -> bool:

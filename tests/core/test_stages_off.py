@@ -88,6 +88,7 @@ ON = (
     ),
     StageCase(key="observe", name="an observe-only breaker", off={"breaker": {"enforce": False}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
+    StageCase(key="history", name="a service history", off={}, top={"health": {"history": True}}),
 )
 
 
