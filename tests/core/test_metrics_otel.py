@@ -323,6 +323,8 @@ def test_both_exporters_describe_each_metric_alike(
         "outbound.service.status": "outbound_service_status",
         "outbound.pool.connections": "outbound_pool_connections",
         "outbound.pool.waiting": "outbound_pool_waiting",
+        "outbound.would_reject": "outbound_would_reject",
+        "outbound.injected_faults": "outbound_injected_faults",
         "outbound.cache.answers": "outbound_cache_answers",
     }
     reported = [otel_name for otel_name in pairs if otel_name in otel]  # the SDK reports what has data points
