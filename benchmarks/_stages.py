@@ -53,6 +53,12 @@ CASES: tuple[StageCase, ...] = (
     StageCase(
         key="16b", name="metrics written out as off", off={}, top={"metrics": {"prometheus": False, "otel": False}}
     ),
+    StageCase(
+        key="16d",
+        name="fleet topology settings written out, memory backend",
+        off={},
+        top={"state": {"backend": "memory", "cluster": False, "url": "redis+sentinel://127.0.0.1:26379/primary/0"}},
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

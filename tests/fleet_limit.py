@@ -3,7 +3,7 @@
 Each worker calls ``GET /limited`` every ``interval`` seconds for ``seconds`` (refused calls are not sent); the
 upstream records when each request arrived, and ``busiest`` finds the most requests in any window of the limit's
 length: what the fleet's limit must bound, measured at the upstream. ``broken=True`` runs a deliberately wrong
-lease (it lives a whole window, and the window does not count that), to show the check can fail.
+lease window (half the limit's length: the leases of two windows in one), to show the check can fail.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if sys.argv[4] == "broken":
     original = lease.LeasedPermits.__init__
     def init(self, state, service, amount, window, margin):
         original(self, state, service, amount, window, margin)
-        self.lease, self.span_ms, self.most = 1.0, int(window * 1000), 1000
+        self.span_ms = int(window * 500)
     lease.LeasedPermits.__init__ = init
 registry = outbound.Registry.from_mapping(settings)
 session = registry.session("api")

@@ -156,8 +156,9 @@ class MemoryState:
 
 
 def key_prefix(config: StateConfig) -> str:
-    """The start of every Redis key the fleet writes."""
-    return config.prefix
+    """The start of every Redis key the fleet writes: on a cluster, a hash tag (``{outbound}:breaker:api``), so
+    every key of the fleet lives in one slot and every script's keys are on one node."""
+    return f"{{{config.prefix}}}" if config.cluster else config.prefix
 
 
 def state_backend(config: StateConfig) -> StateBackend:

@@ -28,6 +28,7 @@ import redis
 
 from .._config import StateConfig
 from . import key_prefix
+from ._client import REDIS_ERRORS, connect
 
 # The share of the window a lease lives (bounded in seconds): what the fleet may lose to leases held and not spent.
 LEASE_SHARE = 0.02
@@ -124,7 +125,7 @@ class LeasedPermits:
         self._seq += 1
         try:
             granted, leased_at, wait_ms = self._run(back, at)
-        except (redis.RedisError, OSError) as error:
+        except REDIS_ERRORS as error:
             raise FleetUnreachable(f"{type(error).__name__}: {error}") from error
         if granted <= 0:
             self._room_at = started + wait_ms / 1000
@@ -135,9 +136,7 @@ class LeasedPermits:
 
     def _run(self, back: int, at: int) -> tuple[int, int, int]:
         if self._client is None:
-            self._client = redis.Redis.from_url(
-                self._state.url, socket_timeout=self._state.timeout, socket_connect_timeout=self._state.timeout
-            )
+            self._client = connect(self._state)
             self._script = self._client.register_script(_LEASE)
         member = f"{self._id}:{self._seq}"
         answer = self._script(  # type: ignore[misc, operator]

@@ -86,7 +86,8 @@ from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
 from ..health import LastError, StateBackendHealth
-from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink
+from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink, key_prefix
+from ._client import REDIS_ERRORS, connect, redact
 from ._records import (
     BreakerRecord,
     Complaints,
@@ -124,6 +125,9 @@ _HELD = {
     ISOLATED: "isolated by an operator",
     CLOSED: "the isolation ended",
 }
+
+# What ends the listener's connection: Redis failing, or a reply redis-py cannot read.
+_LISTENER_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
 # Keys of a type the scripts did not write (a stray SET, a corrupt key) are read as absent, reported with a marker
@@ -467,7 +471,7 @@ class RedisState:
         self.config = config
         self._services: dict[str, Service] = {}
         self._closed = False
-        self._keys = _Keys(config.prefix)
+        self._keys = _Keys(key_prefix(config))
         self._live_ms = int(config.sync_interval * 1000 * _LIVE_INTERVALS)
         # Redis-clock times (ms): of the decision behind each breaker's local state, and of the last reset applied.
         self._decided: dict[str, int] = {}
@@ -528,7 +532,7 @@ class RedisState:
             # start (one round trip, once per process, bounded by state.timeout).
             try:
                 self._adopt_fleet()
-            except redis.RedisError as error:
+            except REDIS_ERRORS as error:
                 self._unreachable(error)
             for daemon in self._daemons:
                 daemon.ensure()
@@ -541,7 +545,7 @@ class RedisState:
         for daemon in self._daemons:
             daemon.stop(timeout=2 * self.config.timeout + 1.0)
         if self._client is not None and self._reachable and self._pid == os.getpid():
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 pipeline = self._client.pipeline(transaction=False)
                 pipeline.zrem(self._keys.workers, self.worker)
                 pipeline.delete(self._keys.stats(self.worker))
@@ -576,7 +580,7 @@ class RedisState:
         self.ensure_running()
         try:
             self._apply_op(op)
-        except (redis.RedisError, OSError) as error:
+        except REDIS_ERRORS as error:
             self._unreachable(error)
 
     def claim_trial(self, service: str, seconds: float, allowed: int) -> bool:
@@ -588,7 +592,7 @@ class RedisState:
             return True
         try:
             number = self._script("trial", _TRIAL)(keys=[self._keys.trial(service)], args=[int(seconds * 1000)])
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self._unreachable(error)
             return True
         return int(number) <= allowed
@@ -608,7 +612,7 @@ class RedisState:
             return  # shared: false, a process-local service
         try:
             self._set_and_publish(service, state, seconds, reason, reset=reset)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self._unreachable(error)
             self._remember(service, reason, reset=reset)
 
@@ -645,7 +649,7 @@ class RedisState:
             else:
                 workers = int(count)
                 published = [self._merged(merged_raw, int(merged_ttl))]
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self._unreachable(error)
             return None
         services = {
@@ -759,7 +763,7 @@ class RedisState:
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + interval
                     self._sync()
-            except (redis.RedisError, OSError) as error:
+            except REDIS_ERRORS as error:
                 if stop.is_set():
                     return
                 self._unreachable(error)
@@ -1042,14 +1046,14 @@ class RedisState:
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None:
                         self._on_message(message.get("data"))
-            except (redis.RedisError, OSError, ValueError) as error:
+            except _LISTENER_ERRORS as error:
                 if stop.is_set():
                     return  # close() closed the connection under the listener: the expected way out
                 self._unreachable(error)
                 stop.wait(self.config.sync_interval)
             finally:
                 if pubsub is not None:
-                    with contextlib.suppress(redis.RedisError, OSError, ValueError):
+                    with contextlib.suppress(*_LISTENER_ERRORS):
                         pubsub.close()
 
     def _on_message(self, data: Any) -> None:
@@ -1084,11 +1088,7 @@ class RedisState:
     def _client_(self) -> redis.Redis:
         client = self._client
         if client is None:
-            client = self._client = redis.Redis.from_url(
-                self.config.url,
-                socket_timeout=self.config.timeout,
-                socket_connect_timeout=self.config.timeout,
-            )
+            client = self._client = connect(self.config)
         return client
 
     def _script(self, name: str, source: str) -> Any:
@@ -1123,8 +1123,9 @@ class RedisState:
         if self._reachable:
             self._reachable = False
             logger.warning(
-                "the fleet's state backend (Redis) is unreachable (%s); this process goes on with its own breakers "
-                "and stats, and re-syncs when it answers again",
+                "the fleet's state backend (Redis at state.url %s) is unreachable (%s); this process goes on with "
+                "its own breakers and stats, and re-syncs when it answers again",
+                redact(self.config.url),
                 self._last_error,
             )
 

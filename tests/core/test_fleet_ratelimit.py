@@ -66,7 +66,7 @@ def test_four_workers_at_twice_the_limit_never_exceed_it_at_the_upstream(upstrea
     assert sent >= RATE * 3 * 0.7, sent  # and the fleet still gets most of what it may send
 
 
-def test_the_window_check_fails_for_a_lease_the_window_does_not_account_for(upstream: Upstream, redis_url: str) -> None:
+def test_the_window_check_fails_for_a_lease_window_shorter_than_the_limits(upstream: Upstream, redis_url: str) -> None:
     worst, _ = _worst_window(upstream, redis_url, broken=True)
     assert worst > RATE * 1.03, worst
 

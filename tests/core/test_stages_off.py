@@ -78,6 +78,12 @@ ON = (
     StageCase(key="bulkhead", name="a bulkhead", off={"bulkhead": {"max_in_flight": 5}}),
     StageCase(key="hedge", name="hedging", off={"hedge": {"delay": "p95"}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
+    StageCase(
+        key="fleet-limit",
+        name="a fleet rate limit (leased permits)",
+        off={"rate_limit": {"rate": "5/second", "scope": "fleet"}},
+        top={"state": {"backend": "redis", "url": "redis://127.0.0.1:1/0"}},
+    ),
 )
 
 
