@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,14 @@ from tests.redis_topologies import Cluster, SentinelGroup, free_ports
 from tests.upstream import Upstream, wait_until
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("cluster")) as running:
-        yield running
+@pytest.fixture
+def cluster(redis_cluster: Cluster) -> Cluster:
+    return redis_cluster
 
 
-@pytest.fixture(scope="module")
-def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
-    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as running:
-        yield running
+@pytest.fixture
+def sentinels(redis_sentinels: SentinelGroup) -> SentinelGroup:
+    return redis_sentinels
 
 
 def _mapping(upstream: Upstream, state: dict[str, Any], **service: Any) -> dict[str, Any]:
