@@ -165,10 +165,7 @@ class SentinelGroup(_Processes):
                 )
             replica = redis.Redis(port=self.replica, socket_timeout=1)
             _wait(lambda: replica.info("replication")["master_link_status"] == "up", "the replica")
-            for port in self.sentinels:
-                sentinel = redis.Redis(port=port, socket_timeout=1)
-                _wait(lambda sentinel=sentinel: sentinel.sentinel_master(self.SERVICE)["num-other-sentinels"] == 2,
-                      "the sentinels")  # fmt: skip
+            self._wait_ready(self.replica)
         except BaseException:
             self.stop()
             raise
@@ -176,3 +173,24 @@ class SentinelGroup(_Processes):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _wait_ready(self, replica: int) -> None:
+        # Every Sentinel knows the others and sees the replica up (they learn of replicas from the primary's INFO,
+        # every few seconds): only then can they fail over.
+        def ready(port: int) -> bool:
+            sentinel = redis.Redis(port=port, socket_timeout=1)
+            master = sentinel.sentinel_master(self.SERVICE)
+            replicas = sentinel.sentinel_slaves(self.SERVICE)
+            return bool(
+                master["num-other-sentinels"] == 2
+                and any(r["port"] == replica and r["flags"] == "slave" and r["master-link-status"] == "ok"
+                        for r in replicas)
+            )  # fmt: skip
+
+        for port in self.sentinels:
+            _wait(lambda port=port: ready(port), "the sentinels", timeout=30)
+
+    def revive(self, port: int) -> None:
+        """Start a killed primary again, as a replica of the current one, and wait until a failover is possible."""
+        self.start(port, "--replicaof", "127.0.0.1", str(self.primary_port()))
+        self._wait_ready(port)

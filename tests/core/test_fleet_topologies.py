@@ -4,9 +4,14 @@ behind 3 Sentinels, real servers on 127.0.0.1 (``tests/redis_topologies.py``), s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ from redis.cluster import RedisCluster
 import outbound
 from outbound import Registry
 from outbound import _state as state_package
+from tests.fleet_limit import ROOT
 from tests.redis_topologies import Cluster, SentinelGroup, free_ports
 from tests.upstream import Upstream, wait_until
 
@@ -151,6 +157,7 @@ def test_a_fleet_behind_sentinel_follows_a_primary_failover(
         primary = redis.Redis(port=old, socket_timeout=2)
         assert primary.wait(1, 2000) == 1  # the replica has it before the primary dies
         sentinels.kill(old)
+        request_revive(sentinels, old)
         refused = failed = 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and sentinels_primary(sentinels) in (old, None):
@@ -177,6 +184,21 @@ def test_a_fleet_behind_sentinel_follows_a_primary_failover(
         assert worker.health()["services"]["api"]["breaker"]["state"] == "isolated"
         worker.reset("api")  # and decisions written after the failover reach the new primary
         assert worker.session("api").get("ok").status_code == 200
+
+
+_KILLED: list[tuple[SentinelGroup, int]] = []
+
+
+@pytest.fixture(autouse=True)
+def _revive_killed_primaries() -> Iterator[None]:
+    yield
+    while _KILLED:
+        group, port = _KILLED.pop()
+        group.revive(port)  # the next test that kills a primary finds a replica to promote
+
+
+def request_revive(group: SentinelGroup, port: int) -> None:
+    _KILLED.append((group, port))
 
 
 def sentinels_primary(group: SentinelGroup) -> int | None:
@@ -216,3 +238,78 @@ def test_sentinel_and_cluster_urls_are_accepted_and_redacted() -> None:
     assert redact("rediss://app:s3cret@h:6380/0?ssl_keyfile=k.pem&password=x") == "rediss://app:***@h:6380/0"
     assert redact("redis://:s3cret@h:6379/0") == "redis://***@h:6379/0"
     assert redact("redis+sentinel://a:1,b:2/primary/0") == "redis+sentinel://a:1,b:2/primary/0"
+
+
+FAILOVER_WORKER = """
+import json, sys, time, outbound
+settings, seconds = json.loads(sys.argv[1]), float(sys.argv[2])
+registry = outbound.Registry.from_mapping(settings)
+session = registry.session("api")
+session.get("ok")
+print("ready", flush=True)
+sys.stdin.readline()
+outcomes, end = [], time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        session.get("ok")
+        outcome = "ok"
+    except outbound.CircuitOpenError:
+        outcome = "refused"
+    except Exception as error:
+        outcome = "failed: " + type(error).__name__
+    outcomes.append((time.monotonic(), outcome))
+    time.sleep(0.02)
+print(json.dumps({"outcomes": outcomes, "backend": registry.health()["state_backend"]["status"]}), flush=True)
+registry.close()
+"""
+
+
+def test_four_worker_processes_keep_their_answers_through_a_primary_failover(
+    sentinels: SentinelGroup, upstream: Upstream
+) -> None:
+    """Item 4: the primary killed while 4 worker processes call every 20 ms: no call fails because of Redis, and a
+    decision made after the failover reaches every worker within sync_interval."""
+    settings = _mapping(upstream, {"url": sentinels.url, "prefix": f"f-{uuid.uuid4().hex[:6]}", "timeout": 0.2})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", FAILOVER_WORKER, json.dumps(settings), "14"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        time.sleep(1.0)
+        old = sentinels.primary_port()
+        sentinels.kill(old)
+        request_revive(sentinels, old)
+        assert wait_until(lambda: sentinels_primary(sentinels) not in (old, None), timeout=30), "no failover"
+        with Registry.from_mapping(settings) as operator:
+            assert wait_until(lambda: operator.health()["state_backend"]["status"] == "ok", timeout=5)
+            operator.isolate("api", 600)
+            isolated_at = time.monotonic()
+        results = [json.loads(worker.communicate(timeout=40)[0].strip().splitlines()[-1]) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=5)
+    for result in results:
+        outcomes = result["outcomes"]
+        assert not [outcome for _, outcome in outcomes if outcome.startswith("failed")]  # 0 failed because of Redis
+        late = [outcome for at, outcome in outcomes if at > isolated_at + 1.0]  # sync_interval 0.2 s, and margin
+        assert late, "the worker stopped before the isolation"
+        assert set(late) == {"refused"}, late  # the decision made after the failover reached every worker
+        assert result["backend"] == "ok"
