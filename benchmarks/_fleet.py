@@ -127,13 +127,18 @@ def fleet(up: UpstreamProcess, s: Settings) -> list[Row]:
     ]
 
 
-def _dead_upstream(up: UpstreamProcess, redis_url: str | None) -> float:
+def _dead_upstream(up: UpstreamProcess, redis_url: str | None, *, cluster: bool = False) -> float:
     """Upstream requests to the failing path from the moment the workers start until every one refuses."""
     settings: dict[str, Any] = {
         "services": {"api": {"base_url": up.url, "retry": None, "breaker": {"fail_max": FAIL_MAX, "reset_timeout": 60}}}
     }
     if redis_url is not None:
-        settings["state"] = {"backend": "redis", "url": redis_url, "prefix": f"bench-{uuid.uuid4().hex[:8]}"}
+        settings["state"] = {
+            "backend": "redis",
+            "url": redis_url,
+            "cluster": cluster,
+            "prefix": f"bench-{uuid.uuid4().hex[:8]}",
+        }
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [
         subprocess.Popen(

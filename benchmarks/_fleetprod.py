@@ -8,6 +8,8 @@
 10g/10h: one registry with 5 services, its published stats copied under 1,000 made-up worker ids (a fleet of 1,000
      live workers as Redis holds it): ``registry.health()``'s time (median of 50) and the bytes Redis sent for one
      (targets <= 5 ms, <= 20 KB).
+10j: row 10c on a 3-node Redis Cluster the run starts (``tests/redis_topologies.py``): W = 4 worker processes,
+     ``fail_max`` 5, a dead upstream: the requests it receives until every worker refuses (target <= fail_max + W).
 10i: Redis commands per second caused by one idle worker (5 services, nothing called), counted by Redis itself
      (``INFO commandstats``: every command a script runs counts), over 61 syncs at sync_interval 0.1 s, scaled to
      the default sync_interval of 1 s (target <= 2).
@@ -16,8 +18,10 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -25,11 +29,12 @@ import redis
 import outbound
 from benchmarks._harness import Row, Target, UpstreamProcess, interleave, ratios
 from tests.fleet_limit import busiest, run_workers
+from tests.redis_topologies import Cluster
 
 if TYPE_CHECKING:
     from benchmarks._scenarios import Settings
 
-ROW_KEYS = ("10e", "10f", "10g", "10h", "10i")
+ROW_KEYS = ("10e", "10f", "10g", "10h", "10i", "10j")
 LIMIT = 100
 WORKERS = 4
 SIMULATED = 1000
@@ -63,6 +68,14 @@ def production(up: UpstreamProcess, s: Settings, redis_url: str) -> list[Row]:
     windows = [_worst_window(up, redis_url, 3.0 if s.rounds > 2 else 1.5) for _ in range(rounds)]
     millis, kilobytes = _large_fleet_health(up, redis_url, 50 if s.rounds > 2 else 10)
     idle = [_idle_commands(up, redis_url) for _ in range(max(1, s.rounds // 4))]
+    from benchmarks._fleet import FAIL_MAX, WORKERS, _dead_upstream
+
+    up.set_mode("failing", status=503)
+    try:
+        with tempfile.TemporaryDirectory(prefix="outbound-bench-cluster") as directory, Cluster(Path(directory)) as c:
+            on_cluster = [_dead_upstream(up, c.url, cluster=True) for _ in range(max(2, s.rounds // 2))]
+    finally:
+        up.reset()
     return [
         Row(
             "10e",
@@ -107,6 +120,16 @@ def production(up: UpstreamProcess, s: Settings, redis_url: str) -> list[Row]:
             Target("<=", 2.0, "<= 2"),
             "INFO commandstats (commands inside scripts included), 61 syncs at 0.1 s scaled to 1 s",
             digits=2,
+        ),
+        Row(
+            "10j",
+            f"dead upstream, {WORKERS} worker processes, fail_max {FAIL_MAX}, on a 3-node Redis Cluster: upstream "
+            "requests until every worker refuses",
+            "req",
+            on_cluster,
+            Target("<=", FAIL_MAX + WORKERS, f"<= fail_max + W = {FAIL_MAX + WORKERS}"),
+            "state.cluster: true, every key under the hash tag {prefix}; as 10c otherwise",
+            digits=1,
         ),
     ]
 
