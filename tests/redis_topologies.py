@@ -7,6 +7,7 @@ stopped at the end. Nothing here touches the machine's shared Redis.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
@@ -94,11 +95,12 @@ class _Processes:
 
 
 class Cluster(_Processes):
-    """Three masters, no replicas: ``cluster.url`` names the first node."""
+    """Three masters (and ``replicas`` replicas of each): ``cluster.url`` names the first node."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, replicas: int = 0) -> None:
         super().__init__(directory)
-        self.ports = free_ports(3, bus=True)
+        self.replicas = replicas
+        self.ports = free_ports(3 * (1 + replicas), bus=True)
 
     @property
     def url(self) -> str:
@@ -113,7 +115,15 @@ class Cluster(_Processes):
                 _wait(redis.Redis(port=port, socket_timeout=1).ping, f"cluster node {port}")
             nodes = [f"127.0.0.1:{port}" for port in self.ports]
             subprocess.run(
-                [_binary("redis-cli"), "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                [
+                    _binary("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *nodes,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
                 check=True,
                 capture_output=True,
                 timeout=60,
@@ -130,6 +140,19 @@ class Cluster(_Processes):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def master_of(self, key: str) -> int | None:
+        """The port of the master serving ``key``'s slot, as a live node sees it (``None``: none yet)."""
+        for port in self.ports:
+            if port not in self.processes:
+                continue
+            with contextlib.suppress(redis.RedisError, OSError):
+                node = redis.Redis(port=port, socket_timeout=1)
+                slot = int(node.execute_command("CLUSTER", "KEYSLOT", key))
+                for start, end, master, *_ in node.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        return int(master[1])
+        return None
 
 
 class SentinelGroup(_Processes):
