@@ -95,7 +95,7 @@ class _Processes:
 
 
 class Cluster(_Processes):
-    """Three masters (and ``replicas`` replicas of each): ``cluster.url`` names the first node."""
+    """Three masters (and ``replicas`` replicas of each): ``cluster.url`` names every node."""
 
     def __init__(self, directory: Path, *, replicas: int = 0) -> None:
         super().__init__(directory)
@@ -104,6 +104,11 @@ class Cluster(_Processes):
 
     @property
     def url(self) -> str:
+        return "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
+
+    @property
+    def first_url(self) -> str:
+        """The first node alone (redis-py's own ``RedisCluster.from_url`` takes one)."""
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def __enter__(self) -> Cluster:

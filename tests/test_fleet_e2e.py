@@ -54,7 +54,7 @@ def _redis(topology: str, request: pytest.FixtureRequest) -> dict[str, str]:
         return {"OUTBOUND_E2E_REDIS": group.url}
     if topology == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
-        RedisCluster.from_url(cluster.url).flushall(target_nodes=RedisCluster.PRIMARIES)
+        RedisCluster.from_url(cluster.first_url).flushall(target_nodes=RedisCluster.PRIMARIES)
         return {"OUTBOUND_E2E_REDIS": cluster.url, "OUTBOUND_E2E_REDIS_CLUSTER": "1"}
     return {"OUTBOUND_E2E_REDIS": request.getfixturevalue("redis_url")}
 

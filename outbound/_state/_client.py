@@ -6,8 +6,9 @@
 - ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]`` (``rediss+sentinel://`` for TLS to
   the primary): the primary the Sentinels name (redis-py's ``Sentinel.master_for``); after a failover the next
   command that fails asks the Sentinels again, so the new primary is followed without a restart.
-- ``state.cluster: true`` with a ``redis://`` URL naming any node: redis-py's ``RedisCluster``; every key of the
-  fleet carries the hash tag ``{prefix}`` (``key_prefix``), so each script's keys live in one slot.
+- ``state.cluster: true`` with a ``redis://`` URL naming any node, or several (``redis://A:6379,B:6379/0``, so that a
+  process starting while one is down still finds the cluster): redis-py's ``RedisCluster``; every key of the fleet
+  carries the hash tag ``{prefix}`` (``key_prefix``), so each script's keys live in one slot.
 
 A client that cannot be built (no reachable cluster node) raises ``redis.ConnectionError`` like any unreachable
 Redis: the fleet goes on with process-local state and says so once. ``redact`` is the URL as messages show it.
@@ -19,7 +20,7 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
@@ -41,11 +42,22 @@ def connect(config: StateConfig) -> redis.Redis:
     if urlsplit(config.url).scheme in SENTINEL_SCHEMES:
         return _sentinel(config.url, options)
     if config.cluster:
+        # Several nodes may be named (``redis://A:6379,B:6379/0``): the client starts from any that answers.
+        parts = urlsplit(config.url)
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        first, *others = hosts.split(",")
+        url = parts._replace(netloc=f"{userinfo}@{first}" if userinfo else first).geturl()
+        nodes = [_node(host) for host in others]
         try:
-            return cast("redis.Redis", RedisCluster.from_url(config.url, **options))
+            return cast("redis.Redis", RedisCluster.from_url(url, startup_nodes=nodes, **options))
         except RedisClusterException as error:
             raise redis.ConnectionError(f"no node of the cluster answers ({error})") from error
     return redis.Redis.from_url(config.url, **options)
+
+
+def _node(address: str) -> ClusterNode:
+    host, _, port = address.rpartition(":")
+    return ClusterNode(host.strip("[]"), int(port or 6379))  # type: ignore[no-untyped-call]
 
 
 def _sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
