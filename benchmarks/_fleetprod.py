@@ -10,6 +10,9 @@
      (targets <= 5 ms, <= 20 KB).
 10j: row 10c on a 3-node Redis Cluster the run starts (``tests/redis_topologies.py``): W = 4 worker processes,
      ``fail_max`` 5, a dead upstream: the requests it receives until every worker refuses (target <= fail_max + W).
+10k: a primary behind 3 Sentinels killed while W = 4 worker processes call every 20 ms
+     (``tests/fleet_failover.py``): calls failed because of Redis, plus workers that missed the isolation an operator
+     decided after the failover (target 0).
 10i: Redis commands per second caused by one idle worker (5 services, nothing called), counted by Redis itself
      (``INFO commandstats``: every command a script runs counts), over 61 syncs at sync_interval 0.1 s, scaled to
      the default sync_interval of 1 s (target <= 2).
@@ -28,13 +31,14 @@ import redis
 
 import outbound
 from benchmarks._harness import Row, Target, UpstreamProcess, interleave, ratios
+from tests.fleet_failover import through_a_failover
 from tests.fleet_limit import busiest, run_workers
-from tests.redis_topologies import Cluster
+from tests.redis_topologies import Cluster, SentinelGroup
 
 if TYPE_CHECKING:
     from benchmarks._scenarios import Settings
 
-ROW_KEYS = ("10e", "10f", "10g", "10h", "10i", "10j")
+ROW_KEYS = ("10e", "10f", "10g", "10h", "10i", "10j", "10k")
 LIMIT = 100
 WORKERS = 4
 SIMULATED = 1000
@@ -76,6 +80,7 @@ def production(up: UpstreamProcess, s: Settings, redis_url: str) -> list[Row]:
             on_cluster = [_dead_upstream(up, c.url, cluster=True) for _ in range(max(2, s.rounds // 2))]
     finally:
         up.reset()
+    failover = _sentinel_failover(up)
     return [
         Row(
             "10e",
@@ -130,6 +135,17 @@ def production(up: UpstreamProcess, s: Settings, redis_url: str) -> list[Row]:
             Target("<=", FAIL_MAX + WORKERS, f"<= fail_max + W = {FAIL_MAX + WORKERS}"),
             "state.cluster: true, every key under the hash tag {prefix}; as 10c otherwise",
             digits=1,
+        ),
+        Row(
+            "10k",
+            f"primary killed under load (Sentinel), {WORKERS} worker processes: calls failed because of Redis + "
+            "workers that missed a decision made after the failover",
+            "n",
+            [float(failover[0] + failover[1])],
+            Target("<=", 0, "0 / 0"),
+            f"failed {failover[0]}, decisions missed {failover[1]}; one primary, one replica, three Sentinels "
+            "(down-after-milliseconds 1000)",
+            digits=0,
         ),
     ]
 
@@ -211,3 +227,31 @@ def _idle_commands(up: UpstreamProcess, redis_url: str) -> float:
     finally:
         registry.close()
         client.close()
+
+
+def _sentinel_failover(up: UpstreamProcess) -> tuple[int, int]:
+    with (
+        tempfile.TemporaryDirectory(prefix="outbound-bench-sentinel") as directory,
+        SentinelGroup(Path(directory)) as group,
+    ):
+        settings = {
+            "services": {"api": {"base_url": up.url, "retry": None}},
+            "state": {"backend": "redis", "url": group.url, "prefix": f"bench-{uuid.uuid4().hex[:8]}", "timeout": 0.2,
+                      "sync_interval": 0.2},
+        }  # fmt: skip
+
+        def fail_over() -> None:
+            old = group.primary_port()
+            group.kill(old)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if group.primary_port() != old:
+                        return
+                except (redis.RedisError, OSError, TypeError):
+                    pass
+                time.sleep(0.1)
+            raise RuntimeError("the Sentinels did not fail over within 30 s")
+
+        failed, missed, _ = through_a_failover(settings, fail_over)
+        return failed, missed

@@ -31,7 +31,7 @@ from . import key_prefix
 from ._client import REDIS_ERRORS, connect
 
 # The share of the window a lease lives (bounded in seconds): what the fleet may lose to leases held and not spent.
-LEASE_SHARE = 0.02
+LEASE_SHARE = 0.05
 LEASE_SECONDS = (0.005, 2.0)
 MAX_BATCH = 1000
 
