@@ -773,12 +773,13 @@ class RedisState:
                 logger.exception("outbound fleet sync failed")
 
     def _apply_op(self, op: Op) -> None:
+        if isinstance(op, Merge):
+            self._merge_queued = False  # first: a merge that fails or is skipped may be asked for again
+            if self._reachable:
+                self._merge(wait=False)
+            return
         if not self._reachable:
             self._remember_op(op)  # the process runs on its own state; what it decided goes to the fleet later
-            return
-        if isinstance(op, Merge):
-            self._merge_queued = False
-            self._merge(wait=False)
             return
         service, keys = op.service, self._keys
         config = self._services[service].config.breaker

@@ -167,3 +167,12 @@ def test_an_idle_worker_still_catches_a_decision_whose_message_it_missed(worker:
     assert wait_until(lambda: worker["s4"].policy.breaker.state == "isolated", timeout=3)
     with pytest.raises(outbound.CircuitOpenError):
         worker.session("s4").get("ok")
+
+
+def test_a_merge_asked_for_while_cut_off_can_be_asked_for_again(worker: Registry) -> None:
+    state = worker._state  # type: ignore[attr-defined]
+    state._merge_queued = True
+    state._reachable = False  # as when Redis went away between the report that asked and the fleet thread
+    state._apply_op(fleet_redis.Merge())
+    assert state._merge_queued is False  # the next report that finds the record stale asks again
+    state._reachable = True
