@@ -119,6 +119,8 @@ class Policy:
         """Refuse every new attempt from now on and wake calls waiting to retry."""
         self.closed = True
         self.closing.set()
+        if self.rate_limit is not None:
+            self.rate_limit.close()  # a fleet limit's connection to Redis
 
     def reset(self) -> None:
         """Close the breaker, clear its counts, the retry budget, a pause, the rate limit's permits and the stats."""

@@ -149,6 +149,11 @@ class RateLimit:
         with self._lock:
             self._local_limiter.clear(self.item, self.service)
 
+    def close(self) -> None:
+        """Close a fleet limit's connection to Redis (nothing to close for a process limit)."""
+        if self._fleet is not None:
+            self._fleet.close()
+
     def reset_after_fork(self) -> None:
         # The parent's hits are not this process's, and a parent thread may have held a lock of the storage.
         self._lock = threading.Lock()

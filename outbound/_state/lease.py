@@ -146,6 +146,7 @@ class LeasedPermits:
         return granted, now, wait
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None

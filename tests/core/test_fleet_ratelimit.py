@@ -12,7 +12,7 @@ import redis
 import outbound
 from outbound import Registry
 from tests.fleet_limit import busiest, run_workers
-from tests.upstream import Upstream
+from tests.upstream import Upstream, wait_until
 
 RATE = 100
 WORKERS = 4
@@ -96,3 +96,12 @@ def test_a_wrong_key_type_is_replaced_not_fatal(
     with Registry.from_mapping(settings) as registry:
         assert registry.session("api").get("ok").status_code == 200
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_close_leaves_no_connection_to_redis(upstream: Upstream, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    before = len(client.client_list())
+    with Registry.from_mapping(_settings(upstream, redis_url, "5/second")) as registry:
+        registry.session("api").get("ok")
+        assert len(client.client_list()) > before  # the lease's connection (and the fleet's)
+    assert wait_until(lambda: len(client.client_list()) == before, timeout=5)
