@@ -63,6 +63,7 @@ class _QuietMemoryStorage(MemoryStorage):
     def __init__(self) -> None:
         super().__init__()
         self.timer.cancel()
+        self.timer.join(timeout=1.0)  # a cancelled timer ends at once: leave no thread behind
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # the private hook every hit calls (name-mangled)
         pass
@@ -74,8 +75,10 @@ class _QuietMemoryStorage(MemoryStorage):
 
 
 def _memory_storage() -> MemoryStorage:
-    if hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry") and hasattr(MemoryStorage(), "events"):
-        return _QuietMemoryStorage()
+    if hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry"):
+        quiet = _QuietMemoryStorage()  # no probe instance: each would start a timer thread of its own
+        if hasattr(quiet, "events"):
+            return quiet
     return MemoryStorage()  # a limits release that changed its internals: correct, only slower  # pragma: no cover
 
 
