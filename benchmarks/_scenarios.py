@@ -23,7 +23,22 @@ import requests
 import requests.adapters
 
 import outbound
-from benchmarks import _brownout, _deadline, _fleet, _healthy, _hedging, _imports, _metrics, _policy, _speed, _stages
+from benchmarks import (
+    _brownout,
+    _cache,
+    _deadline,
+    _egress,
+    _fleet,
+    _healthy,
+    _hedging,
+    _imports,
+    _metrics,
+    _policy,
+    _sdks,
+    _speed,
+    _stages,
+    _trends,
+)
 from benchmarks._harness import (
     ROOT,
     Row,
@@ -721,6 +736,10 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _stages.MEASUREMENT: _stages.stages,
     _healthy.MEASUREMENT: _healthy.healthy,
     _imports.MEASUREMENT: _imports.imports,
+    _sdks.MEASUREMENT: _sdks.sdks,
+    _egress.MEASUREMENT: _egress.egress,
+    _cache.MEASUREMENT: _cache.cache,
+    _trends.MEASUREMENT: _trends.trends,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1d", "1e", "1f"),
@@ -741,4 +760,8 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _stages.MEASUREMENT: _stages.ROW_KEYS,
     _healthy.MEASUREMENT: _healthy.ROW_KEYS,
     _imports.MEASUREMENT: _imports.ROW_KEYS,
+    _sdks.MEASUREMENT: _sdks.ROW_KEYS,
+    _egress.MEASUREMENT: _egress.ROW_KEYS,
+    _cache.MEASUREMENT: _cache.ROW_KEYS,
+    _trends.MEASUREMENT: _trends.ROW_KEYS,
 }

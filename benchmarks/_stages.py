@@ -54,6 +54,13 @@ CASES: tuple[StageCase, ...] = (
         key="16b", name="metrics written out as off", off={}, top={"metrics": {"prometheus": False, "otel": False}}
     ),
     StageCase(
+        key="16c",
+        name="the SDK layer written out as off",
+        off={"sdk": {"answer_refusals": False, "final_responses": False}},
+    ),
+    StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
+    StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
+    StageCase(
         key="16d",
         name="fleet topology settings written out, memory backend",
         off={},

@@ -18,8 +18,10 @@ from ._config import (
     BudgetConfig,
     BulkheadConfig,
     DeadlineConfig,
+    EgressConfig,
     HealthConfig,
     HedgeConfig,
+    HistoryConfig,
     IdempotencyConfig,
     MetricsConfig,
     OutboundConfig,
@@ -27,6 +29,7 @@ from ._config import (
     PoolConfig,
     RateLimitConfig,
     RetryConfig,
+    SdkConfig,
     ServiceConfig,
     StateConfig,
     Timeouts,
@@ -45,6 +48,7 @@ from ._errors import (
     ConnectError,
     ConnectTimeoutError,
     DeadlineExceededError,
+    EgressDeniedError,
     EventLoopMismatchError,
     OutboundError,
     PoolTimeoutError,
@@ -68,7 +72,9 @@ from ._events import (
     RetryDenied,
     RetryScheduled,
 )
+from ._expect import expect
 from ._registry import Registry
+from ._sdk import sdk_error
 from ._service import Service
 
 if typing.TYPE_CHECKING:
@@ -94,10 +100,13 @@ __all__ = [
     "ConnectTimeoutError",
     "DeadlineConfig",
     "DeadlineExceededError",
+    "EgressConfig",
+    "EgressDeniedError",
     "ErrorAnswer",
     "EventLoopMismatchError",
     "HealthConfig",
     "HedgeConfig",
+    "HistoryConfig",
     "IdempotencyConfig",
     "MetricsConfig",
     "Observer",
@@ -116,6 +125,7 @@ __all__ = [
     "RetryConfig",
     "RetryDenied",
     "RetryScheduled",
+    "SdkConfig",
     "Service",
     "ServiceAsyncClient",
     "ServiceClient",
@@ -132,7 +142,9 @@ __all__ = [
     "config_errors",
     "deadline",
     "error_answer",
+    "expect",
     "parse_config",
+    "sdk_error",
     "setting_warnings",
     "time_left",
 ]

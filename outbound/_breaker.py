@@ -261,7 +261,7 @@ class Breaker:
     def is_failure(self, outcome: Outcome) -> bool:
         """Whether ``outcome`` counts against the upstream."""
         if outcome.kind is Kind.RESPONSE:
-            return outcome.status in self.config.failure_statuses
+            return outcome.status in self.config.failure_statuses and not outcome.expected
         return outcome.kind in UPSTREAM_FAILURES
 
     def record(self, permit: int | None, outcome: Outcome, seconds: float) -> None:

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ._cache._settings import CacheConfig, FallbackConfig, parse_cache, parse_fallback
 from ._errors import ConfigError, ConfigErrorCode
 
 ClientKind = Literal["requests", "httpx", "httpx2"]
@@ -195,6 +196,39 @@ class HedgeConfig:
     """Methods hedged (idempotent ones only)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SdkConfig:
+    """For a vendor SDK (openai, anthropic, stripe...) given the service's client: one retry layer, fast refusals."""
+
+    answer_refusals: bool = True
+    """Answer a refusal (open breaker, bulkhead, rate limit, pause, deadline, pool timeout) or an unusable client
+    (registry closed, another event loop) with an HTTP response the SDKs do not retry, instead of an exception they
+    retry."""
+    final_responses: bool = True
+    """Mark a retryable status that outbound already retried so the SDK does not retry it again, and answer a
+    transport failure outbound gave up on (connect error, timeout, broken connection) the same way."""
+    timeout_max: float | None = None
+    """The longest per-call timeout an SDK may ask for (its read and total); ``None``: what it asks stands."""
+    expected: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    """Per path (below ``base_url``, a prefix): statuses that are its answer, neither failures nor retried."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressConfig:
+    allow_hosts: tuple[str, ...] = ()
+    """Host patterns calls may go to (``"api.example.com"``, ``"*.example.com"``); empty: any host."""
+    deny_hosts: tuple[str, ...] = ("localhost", "*.localhost", "metadata.google.internal")
+    """Host patterns calls never go to (checked before ``allow_hosts``)."""
+    allow_cidrs: tuple[str, ...] = ()
+    """Address ranges allowed although not globally routable (``"10.20.0.0/16"``); none by default."""
+    allow_ports: frozenset[int] | None = frozenset({80, 443})
+    """Ports calls may go to; ``None``: any."""
+    max_redirects: int = 5
+    """Redirects a call follows at most (each hop is checked again)."""
+    max_response_bytes: int | None = 10 * 1024 * 1024
+    """The largest response body a call reads; ``None``: no limit."""
+
+
 TransportKind = Literal["httpcore", "aiohttp"]
 DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
 
@@ -231,6 +265,8 @@ class ServiceConfig:
     """Read proxies (and, for requests, CA bundles) from the environment, as both libraries do by default."""
     http2: bool = False
     """HTTP/2 (httpx and httpx2 only)."""
+    follow_redirects: bool = False
+    """Whether the httpx clients follow redirects (a requests session always does, unless a call says otherwise)."""
     critical: bool = False
     """Whether an open breaker takes the whole health report down."""
     probe: str | None = None
@@ -245,12 +281,28 @@ class ServiceConfig:
     """Pause the service while the upstream asks (429/503 with ``Retry-After``); ``None``: never."""
     hedge: HedgeConfig | None = None
     """Hedged attempts for slow answers; ``None``: off."""
+    sdk: SdkConfig | None = None
+    """How the service's client serves a vendor SDK (``_sdk.py``); ``None``: as any caller."""
     deadline_header: str | None = None
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
+    cache: CacheConfig | None = None
+    """An HTTP cache above the policy (GET and HEAD); ``None``: off."""
+    fallback: FallbackConfig | None = None
+    """The answer of a call that failed, after the cache; ``None``: none."""
+    egress: EgressConfig | None = None
+    """Rules for a service that calls URLs its users give (SSRF guard); ``None``: off."""
     transport: TransportKind = "httpcore"
     """The async client's transport (httpx and httpx2 services): httpcore (the library's own) or aiohttp."""
     auth: tuple[str, str] | None = None
     """Basic credentials taken from ``base_url`` (``https://user:pass@host/``): not a key users write."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryConfig:
+    interval: float = 10.0
+    """Seconds per bucket of a service's history (the trends of the status page, ``?history=1``)."""
+    buckets: int = 90
+    """Buckets kept: ``interval * buckets`` seconds of history (15 minutes by default)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,6 +311,8 @@ class HealthConfig:
     """Who sees the full report at ``/health/outbound``."""
     token: str | None = None
     """A bearer token that authorizes the full report."""
+    history: HistoryConfig | None = None
+    """Keep each service's recent history in buckets (``true``, or a mapping); ``None``: kept by nobody."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,6 +379,7 @@ EXTRAS = {
     "ratelimit": ("limits", "outbound-http[ratelimit]"),
     "aiohttp": ("httpx_aiohttp", "outbound-http[aiohttp]"),
     "httpx2": ("httpx2", "outbound-http[httpx2]"),
+    "cache": ("hishel", "outbound-http[cache]"),
 }
 # What an extra needs for an httpx2 service instead (httpx-aiohttp's transport for httpx2).
 _HTTPX2_MODULES = {"aiohttp": "httpx_aiohttp.httpx2"}
@@ -336,6 +391,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?\Z")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?\Z")
 _METHOD = re.compile(r"[A-Za-z]+\Z")
+_ABSOLUTE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 T = TypeVar("T")
 
@@ -749,6 +805,37 @@ def _parse_pause(reader: _Reader) -> PauseConfig | None:
     )
 
 
+def _parse_sdk(reader: _Reader) -> SdkConfig | None:
+    sub = _optional_sub(reader, "sdk", SdkConfig)
+    if sub is None:
+        return None
+    defaults = SdkConfig()
+    sdk = SdkConfig(
+        answer_refusals=sub.boolean("answer_refusals", defaults.answer_refusals),
+        final_responses=sub.boolean("final_responses", defaults.final_responses),
+        timeout_max=sub.seconds("timeout_max", None, allow_none=True, allow_zero=False),
+        expected=_parse_expected(sub),
+    )
+    return sdk if sdk != SdkConfig(answer_refusals=False, final_responses=False) else None  # all off: absent
+
+
+def _parse_expected(reader: _Reader) -> Mapping[str, frozenset[int]]:
+    raw = reader.mapping.get("expected", {})
+    if not isinstance(raw, Mapping):
+        reader.fail(f"must be a mapping of paths to lists of statuses, got {_shown(raw)}", key="expected")
+        return {}
+    paths = _Reader(raw, reader.service, reader.path("expected") or "expected", tuple(map(str, raw)), reader.errors)
+    expected = {}
+    for path in raw:
+        if not isinstance(path, str) or not path.strip("/") or any(ord(char) < 0x21 for char in path):
+            paths.fail("must be a path below base_url, like 'v1/sys/health'", key=str(path), code="url")
+            continue
+        statuses = paths.statuses(path, frozenset())
+        if statuses:
+            expected[path.lstrip("/")] = statuses
+    return expected
+
+
 def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
     sub = _optional_sub(reader, "hedge", HedgeConfig)
     if sub is None:
@@ -771,6 +858,88 @@ def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
             code="unsupported",
         )
     return HedgeConfig(delay=delay, max=sub.integer("max", defaults.max, minimum=1, maximum=10), methods=methods)
+
+
+def _parse_egress(reader: _Reader) -> EgressConfig | None:
+    sub = _optional_sub(reader, "egress", EgressConfig)
+    if sub is None:
+        return None
+    defaults = EgressConfig()
+    return EgressConfig(
+        allow_hosts=sub.read(
+            "allow_hosts", defaults.allow_hosts, lambda value: _host_patterns(sub, "allow_hosts", value)
+        ),
+        deny_hosts=sub.read("deny_hosts", defaults.deny_hosts, lambda value: _host_patterns(sub, "deny_hosts", value)),
+        allow_cidrs=sub.read("allow_cidrs", defaults.allow_cidrs, lambda value: _cidrs(sub, value)),
+        allow_ports=sub.read("allow_ports", defaults.allow_ports, lambda value: _ports(sub, value)),
+        max_redirects=sub.integer("max_redirects", defaults.max_redirects, minimum=0, maximum=MAX_RETRIES),
+        max_response_bytes=sub.read(
+            "max_response_bytes",
+            defaults.max_response_bytes,
+            lambda value: None if value is None else _byte_count(sub, value),
+        ),
+    )
+
+
+def _string_list(reader: _Reader, key: str, value: Any, what: str) -> list[str]:
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+        reader.fail(f"must be a list of {what}, got {_shown(value)}", key=key)
+        raise _Skip
+    for item in value:
+        if not isinstance(item, str) or not item:
+            reader.fail(f"must contain {what}, got {_shown(item)}", key=key)
+            raise _Skip
+    return list(value)
+
+
+def _host_patterns(reader: _Reader, key: str, value: Any) -> tuple[str, ...]:
+    from ._egress import normalize_host  # imported by services that set egress only
+
+    patterns = []
+    for pattern in _string_list(reader, key, value, "host patterns like 'api.example.com' or '*.example.com'"):
+        name = pattern[2:] if pattern.startswith("*.") else pattern
+        try:
+            normalized = normalize_host(name)
+        except ValueError:
+            normalized = ""
+        if not normalized or not all(_HOST_LABEL.match(label) for label in normalized.split(".")):
+            reader.fail(
+                f"must contain host names, optionally starting with '*.', got {_shown(pattern)}", key=key, code="url"
+            )
+            raise _Skip
+        patterns.append(f"*.{normalized}" if pattern.startswith("*.") else normalized)
+    return tuple(patterns)
+
+
+def _cidrs(reader: _Reader, value: Any) -> tuple[str, ...]:
+    networks = []
+    for cidr in _string_list(reader, "allow_cidrs", value, "address ranges like '10.0.0.0/8'"):
+        try:
+            networks.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError:
+            reader.fail(f"must contain address ranges like '10.0.0.0/8', got {_shown(cidr)}", key="allow_cidrs")
+            raise _Skip from None
+    return tuple(networks)
+
+
+def _ports(reader: _Reader, value: Any) -> frozenset[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+        reader.fail(f"must be a list of ports or null (any port), got {_shown(value)}", key="allow_ports")
+        raise _Skip
+    for port in value:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            reader.fail(f"must contain ports (1-65535), got {_shown(port)}", key="allow_ports", code="range")
+            raise _Skip
+    return frozenset(value)
+
+
+def _byte_count(reader: _Reader, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        reader.fail(f"must be a positive number of bytes or null, got {_shown(value)}", key="max_response_bytes")
+        raise _Skip
+    return value
 
 
 def url_problem(value: str, schemes: tuple[str, ...]) -> tuple[str, ConfigErrorCode] | None:
@@ -810,7 +979,10 @@ def _parse_base_url(reader: _Reader) -> tuple[str, tuple[str, str] | None]:
     fallback = "http://invalid.invalid/"
     if value is None:
         reader.fail(
-            "is required: the upstream's root URL, e.g. 'https://api.example.com/v1/'", key="base_url", code="missing"
+            "is required: the upstream's root URL, e.g. 'https://api.example.com/v1/' (a service that calls URLs its "
+            "users give has no base_url: give it egress rules instead, egress: {})",
+            key="base_url",
+            code="missing",
         )
         return fallback, None
     if not isinstance(value, str):
@@ -972,6 +1144,13 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         reader.fail("is only supported with client 'httpx' or 'httpx2'", key="http2", code="unsupported")
     elif http2 and not _installed("h2"):
         reader.fail("needs the h2 package: pip install 'outbound-http[http2]'", key="http2", code="unsupported")
+    follow_redirects = reader.boolean("follow_redirects", False)
+    if client == "requests" and reader.mapping.get("follow_redirects") is False:
+        reader.fail(
+            "a requests session follows redirects; pass allow_redirects=False to the calls that must not",
+            key="follow_redirects",
+            code="unsupported",
+        )
     transport = reader.choice("transport", "httpcore", ("httpcore", "aiohttp"))
     if transport == "aiohttp":
         if client not in HTTPX_CLIENTS:
@@ -997,10 +1176,17 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         )
         deadline_header = None
     verify, cert = _parse_tls(reader)
-    base_url, auth = _parse_base_url(reader)
+    egress = _parse_egress(reader)
+    if egress is not None and "base_url" not in reader.mapping:
+        base_url, auth = "", None  # absolute URLs only: the ones its users give
+    else:
+        base_url, auth = _parse_base_url(reader)
     probe = reader.optional_string("probe")
     if probe is not None and any(ord(char) < 0x21 for char in probe):
         reader.fail("must not contain spaces or control characters", key="probe", code="url")
+        probe = None
+    elif probe is not None and not base_url and not _ABSOLUTE_URL.match(probe):
+        reader.fail("is a path below base_url, which this service has not: give an absolute URL", key="probe")
         probe = None
     return ServiceConfig(
         name=name,
@@ -1018,6 +1204,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         proxy=_parse_proxy(reader, transport),
         trust_env=reader.boolean("trust_env", True),
         http2=http2,
+        follow_redirects=follow_redirects or client == "requests",
         critical=reader.boolean("critical", False),
         probe=probe,
         shared=reader.boolean("shared", True),
@@ -1025,7 +1212,11 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         rate_limit=_parse_rate_limit(reader),
         pause=_parse_pause(reader),
         hedge=_parse_hedge(reader),
+        sdk=_parse_sdk(reader),
+        cache=parse_cache(reader),
+        fallback=parse_fallback(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
+        egress=egress,
         transport=transport,
         auth=auth,
     )
@@ -1034,7 +1225,27 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
 def _parse_health(raw: Any, errors: list[ConfigError]) -> HealthConfig:
     reader = _Reader(raw, None, "health", keys_of(HealthConfig), errors)
     show_details = reader.choice("show_details", "when_authorized", ("never", "when_authorized", "always"))
-    return HealthConfig(show_details=show_details, token=reader.optional_string("token"))
+    return HealthConfig(
+        show_details=show_details, token=reader.optional_string("token"), history=_parse_history(reader)
+    )
+
+
+def _parse_history(reader: _Reader) -> HistoryConfig | None:
+    # ``true`` keeps the default history, ``false`` or null none; a mapping sets its interval and length.
+    raw = reader.mapping.get("history")
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return HistoryConfig()
+    try:
+        sub = reader.sub("history", keys_of(HistoryConfig), accepted="true, false, null or a mapping")
+    except _Skip:
+        return None
+    defaults = HistoryConfig()
+    return HistoryConfig(
+        interval=sub.required_seconds("interval", defaults.interval, allow_zero=False),
+        buckets=sub.integer("buckets", defaults.buckets, minimum=2, maximum=360),
+    )
 
 
 def _installed(module: str) -> bool:

@@ -89,18 +89,33 @@ def drive(call: Call, exchange: Exchange[Request, Response], request: Request) -
                     continue
                 raise exchange.rejected(call, request, refusal)  # type: ignore[arg-type]
             response, outcome = exchange.attempt(call, request)
-            decision = call.record(outcome)
-            if not decision.retry:
-                if response is None:
-                    raise _ended_without_answer(exchange, call, request, outcome)
-                return exchange.deliver(call, request, response)
+            delay = _retry_delay(call, exchange, request, response, outcome)
+            if delay is None:
+                return exchange.deliver(call, request, response)  # type: ignore[arg-type]
             if response is not None:
                 exchange.discard(response)
-            if decision.delay > 0:
-                closing.wait(decision.delay)  # close() sets it: the retry is then refused at admit()
+            if delay > 0:
+                closing.wait(delay)  # close() sets it: the retry is then refused at admit()
         except BaseException:
             call.abandon()  # interrupted (or our own bug): free what the call holds, end it; no-op if it ended
             raise
+
+
+def _retry_delay(
+    call: Call,
+    exchange: Exchange[Any, Any] | AsyncExchange[Any, Any],
+    request: Any,
+    response: Any,
+    outcome: Outcome,
+) -> float | None:
+    """Record the attempt's ``outcome``: the seconds to wait before the call's next attempt, or ``None`` when the call
+    ends with ``response`` (never ``None`` then: a call that ends without one raises here, see below)."""
+    decision = call.record(outcome)
+    if decision.retry:
+        return decision.delay
+    if response is None:
+        raise _ended_without_answer(exchange, call, request, outcome)
+    return None
 
 
 def _ended_without_answer(
@@ -146,15 +161,13 @@ async def adrive(call: Call, exchange: AsyncExchange[AsyncRequest, Response], re
                 # the branch above), mypy would solve _hedged's ``Response`` as ``Response | None`` and reject it.
                 raced = await _hedged(call, exchange, request, delay)
                 response, outcome = raced
-            decision = call.record(outcome)
-            if not decision.retry:
-                if response is None:
-                    raise _ended_without_answer(exchange, call, request, outcome)
-                return exchange.deliver(call, request, response)
+            retry_in = _retry_delay(call, exchange, request, response, outcome)
+            if retry_in is None:
+                return exchange.deliver(call, request, response)  # type: ignore[arg-type]
             if response is not None:
                 await exchange.discard(response)
-            if decision.delay > 0:
-                await _sleep_until_closed(call, decision.delay)
+            if retry_in > 0:
+                await _sleep_until_closed(call, retry_in)
         except BaseException:  # cancellation among them: never a verdict on the upstream
             call.abandon()
             raise

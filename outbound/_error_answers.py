@@ -8,6 +8,7 @@ The recipe the Django middleware (``outbound_django.middleware.UpstreamErrorMidd
     BulkheadFullError                               503     upstream_unavailable   bulkhead_full       Retry-After
     RateLimitedError (rate limit, upstream pause)   503     upstream_unavailable   rate_limited        Retry-After
     PoolTimeoutError                                503     upstream_unavailable   pool_timeout
+    EgressDeniedError                               403     upstream_forbidden     egress_denied
     DeadlineExceededError                           504     upstream_timeout       deadline_exceeded
     ConnectTimeoutError                             504     upstream_timeout       connect_timeout
     ReadTimeoutError (the total deadline included)  504     upstream_timeout       read_timeout
@@ -16,7 +17,9 @@ The recipe the Django middleware (``outbound_django.middleware.UpstreamErrorMidd
     ReadError                                       502     upstream_error         read_error
 
 503 says *we* cannot serve this now (the breaker, our own limits or the upstream's pause) and, when the refusal
-knows when that ends, ``Retry-After`` says when to come back. A deadline that ran out is a timeout like the others
+knows when that ends, ``Retry-After`` says when to come back. An egress denial is the caller's doing, not a moment
+of trouble: the URL it gave (a webhook target, an avatar) is one this app will not fetch, whenever asked (403, no
+``Retry-After``). A deadline that ran out is a timeout like the others
 (504), not an overload: nothing says a retry would fare better. Errors that say nothing about the upstream's
 availability (a plain ``CallError``: TLS, proxy, a request no mock matched) get no answer: they are bugs or
 configuration mistakes, and the framework's own 500 with a traceback serves them better.
@@ -41,6 +44,7 @@ from ._errors import (
     ConnectError,
     ConnectTimeoutError,
     DeadlineExceededError,
+    EgressDeniedError,
     PoolTimeoutError,
     RateLimitedError,
     ReadError,
@@ -53,7 +57,7 @@ from ._outcome import Kind, Reason
 
 __all__ = ["ErrorAnswer", "error_answer"]
 
-ErrorCode = Literal["upstream_unavailable", "upstream_timeout", "upstream_error"]
+ErrorCode = Literal["upstream_unavailable", "upstream_timeout", "upstream_error", "upstream_forbidden"]
 
 CONTENT_TYPE = "application/json"
 
@@ -70,6 +74,7 @@ _ANSWERS: dict[type[CallError], tuple[int, ErrorCode, str]] = {
     BulkheadFullError: (503, "upstream_unavailable", Reason.BULKHEAD_FULL.value),
     RateLimitedError: (503, "upstream_unavailable", Reason.RATE_LIMITED.value),
     DeadlineExceededError: (504, "upstream_timeout", Reason.DEADLINE_EXCEEDED.value),
+    EgressDeniedError: (403, "upstream_forbidden", Reason.EGRESS_DENIED.value),
     RejectedError: (503, "upstream_unavailable", "rejected"),
     PoolTimeoutError: (503, "upstream_unavailable", _kind(Kind.POOL_TIMEOUT)),
     ConnectTimeoutError: (504, "upstream_timeout", _kind(Kind.CONNECT_TIMEOUT)),
@@ -86,13 +91,14 @@ class ErrorAnswer:
     """The HTTP answer for a failed upstream call (see the module for the table).
 
     Attributes:
-        status: 502, 503 or 504.
-        error: ``"upstream_unavailable"`` (503), ``"upstream_timeout"`` (504) or ``"upstream_error"`` (502).
+        status: 502, 503, 504, or 403 for an egress denial.
+        error: ``"upstream_unavailable"`` (503), ``"upstream_timeout"`` (504), ``"upstream_error"`` (502) or
+            ``"upstream_forbidden"`` (403: the service's egress rules refuse the URL).
         service: the name of the service the call was made to, as the settings spell it.
         reason: what happened: ``circuit_open``, ``bulkhead_full``, ``rate_limited``, ``pool_timeout``,
-            ``deadline_exceeded``, ``connect_timeout``, ``read_timeout``, ``write_timeout``, ``connect_error`` or
-            ``read_error`` (``rejected`` or ``transport_failure`` for a kind of refusal or failure this version
-            does not know).
+            ``deadline_exceeded``, ``egress_denied``, ``connect_timeout``, ``read_timeout``, ``write_timeout``,
+            ``connect_error`` or ``read_error`` (``rejected`` or ``transport_failure`` for a kind of refusal or
+            failure this version does not know).
         retry_in: whole seconds (rounded up) until a call is likely to be admitted, or ``None`` when that is
             unknown; the ``Retry-After`` header carries the same number.
     """

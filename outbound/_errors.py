@@ -15,7 +15,8 @@ the identity of the client library the caller chose, so existing ``except`` clau
         │   ├── CircuitOpenError                        the breaker is open (or isolated, or its trial is taken)
         │   ├── BulkheadFullError                       too many calls in flight to this service
         │   ├── RateLimitedError                        the client-side rate limit, or the upstream's 429 pause
-        │   └── DeadlineExceededError                   too little of the call's deadline was left to start
+        │   ├── DeadlineExceededError                   too little of the call's deadline was left to start
+        │   └── EgressDeniedError                       the service's egress rules refuse the URL or its address
         ├── PoolTimeoutError                            no pooled connection freed in time (we are saturated)
         └── TransportFailure                            the upstream could not be reached or did not answer
             ├── ConnectError                            nothing was sent
@@ -142,6 +143,12 @@ class DeadlineExceededError(RejectedError):
     scope) was left: the call was not started, because it could not finish in time."""
 
 
+class EgressDeniedError(RejectedError):
+    """The service's ``egress`` rules refuse the call's URL (its scheme, port or host) or an address its host
+    resolves to (loopback, private, link-local, metadata...); nothing was sent. The message names the rule and the
+    host, never the URL's credentials, path or query."""
+
+
 class PoolTimeoutError(CallError):
     """Every pooled connection stayed busy for ``timeout.pool`` seconds.
 
@@ -179,6 +186,7 @@ REJECTED_ERRORS: Mapping[Reason, type[OutboundError]] = {
     Reason.BULKHEAD_FULL: BulkheadFullError,
     Reason.RATE_LIMITED: RateLimitedError,
     Reason.DEADLINE_EXCEEDED: DeadlineExceededError,
+    Reason.EGRESS_DENIED: EgressDeniedError,
     Reason.CLOSED: RegistryClosedError,
 }
 

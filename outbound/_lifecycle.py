@@ -8,6 +8,9 @@ such state says what to do about it here, once:
   ``parent`` around a fork in the parent — for as long as ``owner`` lives. One ``os.register_at_fork`` hook serves
   the whole library and holds owners weakly: ``register_at_fork`` can never forget a callback, so registering one per
   registry would keep every discarded registry's hook (and whatever it refers to) for the life of the process.
+- ``hold_across_fork(owner, lock, child=...)``: the common case of ``on_fork`` — the parent takes ``owner``'s lock
+  (the attribute named ``lock``) just before a fork and gives it back after, so no thread is in the middle of what
+  it guards when the child is made; the child then runs ``child(owner)`` (which makes a new lock).
 - ``Daemon``: a background thread started when first needed (``ensure``), stopped by ``stop()``, which may end by
   itself when idle (``exit_if``: decided under its lock, so work added meanwhile either finds it running or starts a
   new one), and which after a fork is not running in the child until the child needs it.
@@ -41,6 +44,17 @@ def on_fork(
     with _hooks_lock:
         _hooks[:] = [hook for hook in _hooks if hook[0]() is not None]  # forget the owners that are gone
         _hooks.append((weakref.ref(owner), before, parent, child))
+
+
+def hold_across_fork(owner: T, lock: str, *, child: Callable[[T], None]) -> None:
+    """``on_fork`` with ``owner``'s lock (its attribute named ``lock``, a new one after each ``child``) taken in the
+    parent around the fork: a write in progress ends first, and the next waits until the fork is done."""
+    on_fork(
+        owner,
+        before=lambda held: getattr(held, lock).acquire(),
+        parent=lambda held: getattr(held, lock).release(),
+        child=child,
+    )
 
 
 def _live() -> list[tuple[Any, Hook | None, Hook | None, Hook]]:

@@ -52,7 +52,8 @@ class Outcome:
     """One attempt's result. ``error`` is the backend's exception, ``status``/``retry_after`` the response's.
 
     ``deadline`` marks a timeout caused by the call's total deadline rather than a per-phase limit; ``refusal`` is
-    the stage's answer to an attempt refused at the connection (``Kind.REFUSED``).
+    the stage's answer to an attempt refused at the connection (``Kind.REFUSED``); ``expected`` marks a status that
+    is this path's answer (``sdk.expected``: Vault's 429 and 503 on ``/sys/health``), neither a failure nor retried.
     """
 
     kind: Kind
@@ -61,6 +62,7 @@ class Outcome:
     error: Exception | None = None
     deadline: bool = False
     refusal: Rejection | None = None
+    expected: bool = False
 
 
 _RESPONSES: dict[int, Outcome] = {}
@@ -97,6 +99,7 @@ class Reason(str, enum.Enum):
     BULKHEAD_FULL = "bulkhead_full"
     RATE_LIMITED = "rate_limited"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    EGRESS_DENIED = "egress_denied"
     CLOSED = "closed"
 
     def __str__(self) -> str:
@@ -113,6 +116,7 @@ _REASON_TEXT = {
     Reason.BULKHEAD_FULL: "too many calls in flight (bulkhead full)",
     Reason.RATE_LIMITED: "rate limited",
     Reason.DEADLINE_EXCEEDED: "too little time left before the deadline",
+    Reason.EGRESS_DENIED: "egress denied",
     Reason.CLOSED: "the outbound registry was closed",
 }
 

@@ -195,7 +195,7 @@ class RetryRule:
         can send again; ``idempotent``: a method the settings retry), at ``now`` on the deadline's clock."""
         kind = outcome.kind
         if kind is Kind.RESPONSE:
-            if not (idempotent and outcome.status in self._config.status_forcelist):
+            if not (idempotent and outcome.status in self._config.status_forcelist) or outcome.expected:
                 return DONE
         elif kind not in NOTHING_SENT and not (idempotent and kind in UPSTREAM_FAILURES):
             return DONE  # (the upstream never saw a request that failed to connect: safe for every method)

@@ -19,14 +19,14 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from ._events import CallRejected, Observer, RetryScheduled
 from ._outcome import Kind
 from ._parse import MAX_NAME, MAX_REASONS, bad, digits, error, whole
-from .health import RECENT_SECONDS, LastError, LatencySnapshot, RecentCalls, StatsSnapshot
+from .health import COUNTERS, RECENT_SECONDS, CallCounts, LastError, LatencySnapshot, RecentCalls, StatsSnapshot
 
 # An interrupted call and one cut short by our own shutdown say nothing about the upstream.
 _NOT_ERRORS = frozenset({Kind.CANCELLED, Kind.CLOSED})
@@ -77,16 +77,9 @@ def latency_from_histogram(counts: Mapping[int, int]) -> LatencySnapshot:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StatsRecord:
+class StatsRecord(CallCounts):
     """One process's stats of one service as a fleet shares them (see the module's docstring)."""
 
-    requests: int = 0
-    errors: int = 0
-    retries: int = 0
-    short_circuited: int = 0
-    pool_timeouts: int = 0
-    rejected: Mapping[str, int] = field(default_factory=dict)
-    recent: RecentCalls = field(default_factory=RecentCalls)
     latency: Mapping[int, int] = field(default_factory=dict)  # calls per LATENCY_BUCKETS_MS index
     last_error: LastError | None = None
 
@@ -162,12 +155,6 @@ class StatsRecord:
             recent=self.recent,
             latency_ms=latency_from_histogram(self.latency),
         )
-
-
-# The counters every stats shape shares, as StatsSnapshot names them (a test keeps the shapes in step).
-COUNTERS: tuple[str, ...] = tuple(
-    f.name for f in fields(StatsSnapshot) if f.name not in ("rejected", "recent", "latency_ms")
-)
 
 
 def _reason(reason: Any) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,24 +38,15 @@ class SendRefused(Exception):
         self.rejection = rejection
 
 
+@dataclass(slots=True)
 class Attempt:
     """The attempt running in this thread or task. ``call`` is set until its send gates have been asked."""
 
-    __slots__ = ("call", "permits", "pool_wait", "real_deadline", "watch")
-
-    def __init__(
-        self,
-        call: Call | None,
-        permits: list[Any],
-        real_deadline: float | None,
-        pool_wait: float | None = None,
-        watch: Watch | None = None,
-    ) -> None:
-        self.call = call
-        self.permits = permits
-        self.real_deadline = real_deadline
-        self.pool_wait = pool_wait
-        self.watch = watch
+    call: Call | None
+    permits: list[Any]
+    real_deadline: float | None
+    pool_wait: float | None = None
+    watch: Watch | None = None
 
 
 ATTEMPT: ContextVar[Attempt | None] = ContextVar("outbound_attempt", default=None)

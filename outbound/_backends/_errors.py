@@ -74,8 +74,9 @@ def failed(
     if outcome.kind is Kind.CLOSED:
         return RegistryClosedError(f"the outbound registry was closed while calling service {call.service!r}")
     message = error_message(call, outcome)
-    if outcome.kind is Kind.MOCK_REFUSED:
-        message += f": {redact_text(str(original))}"  # the mock's verdict is the useful part of the message
+    if outcome.kind is Kind.MOCK_REFUSED or getattr(original, "outbound_detail", False):
+        # The mock's verdict, or the limit a body broke (egress.max_response_bytes): the useful part of the message.
+        message += f": {redact_text(str(original))}"
     merged = dict(attributes)
     merged.update((key, value) for key, value in vars(original).items() if key in attributes)
     return backend_error(

@@ -9,11 +9,18 @@ send gates are asked (``_attempt.py``). Written against httpcore, and loaded aga
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from ._attempt import ATTEMPT, apass_gates, cut, pass_gates
 from ._library import library_of
+
+if TYPE_CHECKING:
+    from .._config import EgressConfig
+    from .._egress import Egress
 
 LIBRARY = library_of(__name__)
 if TYPE_CHECKING:  # type-checked against httpcore: httpcore2 has the same API
@@ -21,7 +28,16 @@ if TYPE_CHECKING:  # type-checked against httpcore: httpcore2 has the same API
 else:
     httpcore = LIBRARY.httpcore()
 
-__all__ = ["AsyncDeadlineBackend", "AsyncDeadlineStream", "DeadlineBackend", "DeadlineStream", "bound_to_deadlines"]
+__all__ = [
+    "AsyncDeadlineBackend",
+    "AsyncDeadlineStream",
+    "AsyncEgressBackend",
+    "DeadlineBackend",
+    "DeadlineStream",
+    "EgressBackend",
+    "bound_to_deadlines",
+    "guard_connections",
+]
 
 
 def _aged(info: str, expires: float | None) -> bool:
@@ -166,3 +182,97 @@ def bound_to_deadlines(transport: Any, *, max_age: float | None = None) -> None:
         return  # not an httpcore pool (a test's transport), or bound already
     is_async = isinstance(backend, httpcore.AsyncNetworkBackend)
     pool._network_backend = AsyncDeadlineBackend(backend, max_age) if is_async else DeadlineBackend(backend, max_age)
+
+
+class EgressBackend(httpcore.NetworkBackend):
+    """Wraps httpcore's network backend for a service with ``egress``: a host is resolved once, every address is
+    checked (``_egress.py``) and the connection is made to a checked address. httpcore starts TLS with the origin's
+    host name (or the ``sni_hostname`` extension), so the certificate is still checked against the name."""
+
+    def __init__(self, backend: httpcore.NetworkBackend, egress: Egress) -> None:
+        self.backend = backend
+        self.egress = egress
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            answers = self.egress.resolve(host, port)
+        except socket.gaierror as error:
+            raise httpcore.ConnectError(str(error)) from error
+        failure: Exception | None = None
+        for answer in answers:
+            try:
+                return self.backend.connect_tcp(answer[4][0], port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+                failure = error
+        assert failure is not None
+        raise failure
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return self.backend.connect_unix_socket(path, timeout, socket_options)
+
+    def sleep(self, seconds: float) -> None:
+        self.backend.sleep(seconds)
+
+
+class AsyncEgressBackend(httpcore.AsyncNetworkBackend):
+    """``EgressBackend`` for asyncio and trio: the name is resolved in a worker thread (anyio's ``getaddrinfo``)."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend, egress: Egress) -> None:
+        self.backend = backend
+        self.egress = egress
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            with anyio.fail_after(timeout):
+                answers = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError as error:
+            raise httpcore.ConnectTimeout(f"resolving {host!r} timed out") from error
+        except socket.gaierror as error:
+            raise httpcore.ConnectError(str(error)) from error
+        checked = self.egress.addresses(host, answers)
+        failure: Exception | None = None
+        for answer in checked:
+            try:
+                return await self.backend.connect_tcp(answer[4][0], port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+                failure = error
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self.backend.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.backend.sleep(seconds)
+
+
+def guard_connections(transport: Any, config: EgressConfig) -> None:
+    """Make an httpx transport's pool connect through the egress backend (before ``bound_to_deadlines``, which
+    wraps it in turn). A transport that is not an httpcore pool (aiohttp's) checks addresses itself."""
+    from .._egress import Egress
+
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if pool is None or backend is None:
+        return
+    egress = Egress(config)
+    is_async = isinstance(backend, httpcore.AsyncNetworkBackend)
+    pool._network_backend = AsyncEgressBackend(backend, egress) if is_async else EgressBackend(backend, egress)

@@ -42,8 +42,10 @@ import base64
 import collections
 import contextlib
 import io
+import ipaddress
 import math
 import re
+import socket
 import sys
 import time
 import weakref
@@ -56,6 +58,7 @@ import yarl
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .._config import ServiceConfig
+from .._egress import Egress, EgressRefused
 from .._errors import ConfigError, redact_url
 from ._attempt import ATTEMPT, DEADLINE_MESSAGE, apass_gates
 from ._library import library_of
@@ -229,6 +232,27 @@ class _Connector(aiohttp.TCPConnector):
             connection.close()  # too old: closed, and its place taken by a new one
 
 
+class _EgressResolver(aiohttp.ThreadedResolver):
+    """aiohttp's resolver, every answer checked against the service's egress rules (``_egress.py``): aiohttp then
+    connects to the addresses it returns, and keeps the host name for TLS. (aiohttp does not ask a resolver about a
+    literal address: the transport checks those in the URL, before the call.)"""
+
+    def __init__(self, egress: Egress) -> None:
+        super().__init__()
+        self._egress = egress
+
+    async def resolve(self, host: str, port: int = 0, family: Any = socket.AF_INET) -> Any:
+        answers = await super().resolve(host, port, family)
+        for answer in answers:
+            address = ipaddress.ip_address(answer["host"].split("%", 1)[0])
+            rejection = self._egress.check_address(host, address)
+            if rejection is not None:
+                raise EgressRefused(rejection)
+        if not answers:
+            raise OSError(f"{host!r} resolves to no address")
+        return answers
+
+
 # aiohttp's exceptions as httpx's (the class httpx gives the same failure through httpcore). Order matters:
 # subclasses before their bases.
 _NATIVE: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
@@ -351,6 +375,7 @@ class ManagedAiohttpTransport(AiohttpTransport):
             keepalive_timeout=pool.keepalive_expiry,
             ssl=self.ssl_context,
             timeout_ceil_threshold=math.inf,  # aiohttp rounds longer timeouts up to the next second
+            **self._resolver(),
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -362,6 +387,14 @@ class ManagedAiohttpTransport(AiohttpTransport):
         if hasattr(session, "_retry_connection"):  # private: aiohttp's silent resend on a dropped connection
             session._retry_connection = False
         return session
+
+    def _resolver(self) -> dict[str, Any]:
+        # With egress (and no proxy, which resolves names itself): every address checked, connected to as checked.
+        if self._config.egress is None or self._proxy_url is not None:
+            return {}
+        from .._egress import Egress
+
+        return {"resolver": _EgressResolver(Egress(self._config.egress))}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if _intercepted():

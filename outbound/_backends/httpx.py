@@ -26,6 +26,7 @@ from .._call import Call
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import adrive, drive
+from .._egress import body_too_large
 from .._errors import EventLoopMismatchError, RegistryClosedError
 from .._hedge import Hedge
 from .._loops import current_loop
@@ -42,10 +43,12 @@ LIBRARY = library_of(__name__)
 if TYPE_CHECKING:  # type-checked against httpx: httpx2 has the same API
     import httpx
 
-    from ._httpcore import bound_to_deadlines
+    from .._egress import Egress
+    from ._httpcore import bound_to_deadlines, guard_connections
 else:
     httpx = LIBRARY.httpx()
     bound_to_deadlines = LIBRARY.backend("_httpcore").bound_to_deadlines
+    guard_connections = LIBRARY.backend("_httpcore").guard_connections
 
 # A transport for a service, or a callable making one (per client: each event loop gets its own async client).
 InnerTransport = httpx.BaseTransport | httpx.AsyncBaseTransport | Callable[[], Any]
@@ -162,11 +165,14 @@ def client_options(config: ServiceConfig) -> dict[str, Any]:
         "base_url": config.base_url,
         "headers": dict(config.headers),
         "timeout": configured_timeout(config),
+        # httpx follows none by default; the redirects a shared client follows drop credentials across origins.
+        "follow_redirects": config.follow_redirects,
         # httpx reads no environment proxy for a client given a transport; the clients mount managed transports for
         # them (environment_proxies). The service's own `proxy` wins over the environment.
         "trust_env": config.trust_env,
         # One client serves every request: never store one caller's response cookies for the next (see requests).
         "cookies": http.cookiejar.CookieJar(policy=NO_STORED_COOKIES),
+        **({"max_redirects": config.egress.max_redirects} if config.egress is not None else {}),
     }
 
 
@@ -179,7 +185,54 @@ _NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
     "bulkhead_full": httpx.TransportError,
     "rate_limited": httpx.TransportError,
     "deadline_exceeded": httpx.TimeoutException,
+    "egress_denied": httpx.TransportError,
 }
+
+
+class ResponseTooLarge(httpx.TransportError):
+    """The response body is over the service's ``egress.max_response_bytes`` (raised as an ``outbound.CallError``)."""
+
+    outbound_detail = True  # its message goes into the CallError's
+
+
+def _egress_of(config: ServiceConfig) -> Egress | None:
+    if config.egress is None:
+        return None
+    from .._egress import Egress  # imported by services that set egress only
+
+    return Egress(config.egress)
+
+
+def _check_egress(policy: Policy, egress: Egress, request: httpx.Request) -> None:
+    # Every request and every redirect hop (httpx sends each through the transport), before anything is sent.
+    url = request.url
+    rejection = egress.check(url.scheme, url.raw_host.decode("ascii", "replace"), url.port)
+    if rejection is not None:
+        policy.rejected(request.method, rejection)
+        raise _errors.rejected(None, policy.name, rejection, _NATIVE_REJECTIONS, {"_request": request})
+
+
+def _limited(chunks: Iterator[bytes], limit: int, request: httpx.Request) -> Iterator[bytes]:
+    read = 0
+    for chunk in chunks:
+        read += len(chunk)
+        if read > limit:
+            raise ResponseTooLarge(body_too_large(limit), request=request)
+        yield chunk
+
+
+async def _alimited(chunks: AsyncIterator[bytes], limit: int, request: httpx.Request) -> AsyncIterator[bytes]:
+    read = 0
+    async for chunk in chunks:
+        read += len(chunk)
+        if read > limit:
+            raise ResponseTooLarge(body_too_large(limit), request=request)
+        yield chunk
+
+
+def _announced_too_large(response: httpx.Response, limit: int) -> bool:
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) > limit
 
 
 def environment_proxies(config: ServiceConfig) -> dict[str, str | None]:
@@ -293,13 +346,18 @@ def _close_inherited_sockets(transport: Any) -> None:
 class _ManagedByteStream(httpx.SyncByteStream):
     """Gives errors raised while the caller reads the body outbound's identity too."""
 
-    def __init__(self, stream: httpx.SyncByteStream, call: Call) -> None:
+    def __init__(self, stream: httpx.SyncByteStream, call: Call, limit: int | None = None, request: Any = None) -> None:
         self._stream = stream
         self._call = call
+        self._limit = limit  # egress.max_response_bytes
+        self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._stream
+            if self._limit is None:
+                yield from self._stream
+            else:
+                yield from _limited(iter(self._stream), self._limit, self._request)
         except httpx.TransportError as error:
             raise _failed(self._call, None, Outcome(_classify(error), error=error)) from error  # type: ignore[arg-type]
 
@@ -308,13 +366,20 @@ class _ManagedByteStream(httpx.SyncByteStream):
 
 
 class _ManagedAsyncByteStream(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.AsyncByteStream, call: Call) -> None:
+    def __init__(
+        self, stream: httpx.AsyncByteStream, call: Call, limit: int | None = None, request: Any = None
+    ) -> None:
         self._stream = stream
         self._call = call
+        self._limit = limit
+        self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._stream:
+            chunks: AsyncIterator[bytes] = aiter(self._stream)
+            if self._limit is not None:
+                chunks = _alimited(chunks, self._limit, self._request)
+            async for chunk in chunks:
                 yield chunk
         except httpx.TransportError as error:
             raise _failed(self._call, None, Outcome(_classify(error), error=error)) from error  # type: ignore[arg-type]
@@ -356,13 +421,37 @@ def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport 
             if callable(given) and not isinstance(given, httpx.BaseTransport | httpx.AsyncBaseTransport)
             else given
         )
+    if config.egress is not None and proxy is None and given is None:
+        guard_connections(inner, config.egress)  # with a proxy, the proxy resolves the names (docs/egress.md)
     bound_to_deadlines(inner, max_age=config.pool.max_connection_age)
     return inner
 
 
-class OutboundTransport(httpx.BaseTransport):
+class _Exchange:
+    """What the sync and async transports share as the driver's exchange (``_driver.Exchange``): delivering a response
+    with its body under the call's errors, the call's exceptions, and the pool's numbers."""
+
+    inner: Any
+    _managed_stream: type[_ManagedByteStream | _ManagedAsyncByteStream]
+    _max_body: int | None  # egress.max_response_bytes
+
+    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
+            response.stream = self._managed_stream(response.stream, call, self._max_body, request)  # type: ignore[arg-type]
+        return response
+
+    rejected = staticmethod(_rejected)
+    failed = staticmethod(_failed)
+
+    def pool_numbers(self) -> tuple[int, int, int]:
+        return pool_numbers(self.inner)
+
+
+class OutboundTransport(_Exchange, httpx.BaseTransport):
     """Wraps ``httpx.HTTPTransport`` (or the transport given for tests); runs the service's policy around each
     attempt."""
+
+    _managed_stream = _ManagedByteStream
 
     def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
@@ -370,9 +459,19 @@ class OutboundTransport(httpx.BaseTransport):
         self._given = inner
         self._configured = configured_timeout(policy.config).as_dict()
         self._header = policy.config.deadline_header
+        self._egress = _egress_of(policy.config)
+        self._max_body = policy.config.egress.max_response_bytes if policy.config.egress is not None else None
         self.inner: httpx.BaseTransport = _make_inner(policy.config, proxy, inner, httpx.HTTPTransport)
+        if self._egress is not None:
+            self.handle_request = self._checked_handle_request  # type: ignore[method-assign]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return drive(_start(self._policy, request, self._configured), self, request)
+
+    def _checked_handle_request(self, request: httpx.Request) -> httpx.Response:
+        # A service with egress: every request and redirect hop (httpx sends each through here) is checked first.
+        assert self._egress is not None
+        _check_egress(self._policy, self._egress, request)
         return drive(_start(self._policy, request, self._configured), self, request)
 
     # -- the Exchange the driver runs -----------------------------------------------------------------------------
@@ -383,10 +482,15 @@ class OutboundTransport(httpx.BaseTransport):
         token = begin(call)
         try:
             response = self.inner.handle_request(request)
+            limit = self._max_body
+            if limit is not None and _announced_too_large(response, limit):
+                response.close()
+                raise ResponseTooLarge(body_too_large(limit), request=request)
             if request.extensions.get(PRELOAD):
                 stream = response.stream
                 try:
-                    body = b"".join(stream)  # type: ignore[arg-type]
+                    chunks: Iterator[bytes] = iter(stream)  # type: ignore[arg-type]
+                    body = b"".join(chunks if limit is None else _limited(chunks, limit, request))
                 finally:
                     stream.close()  # type: ignore[union-attr]
                 # The raw (still encoded) body, so the client decodes it exactly once, as it would have.
@@ -406,17 +510,6 @@ class OutboundTransport(httpx.BaseTransport):
     def discard(self, response: httpx.Response) -> None:
         response.close()
 
-    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        if not request.extensions.get(PRELOAD):  # a body in memory cannot fail while it is read
-            response.stream = _ManagedByteStream(response.stream, call)  # type: ignore[arg-type]
-        return response
-
-    rejected = staticmethod(_rejected)
-    failed = staticmethod(_failed)
-
-    def pool_numbers(self) -> tuple[int, int, int]:
-        return pool_numbers(self.inner)
-
     def close(self) -> None:
         self.inner.close()
 
@@ -427,17 +520,28 @@ class OutboundTransport(httpx.BaseTransport):
         self.inner = _make_inner(self._policy.config, self._proxy, self._given, httpx.HTTPTransport)
 
 
-class AsyncOutboundTransport(httpx.AsyncBaseTransport):
+class AsyncOutboundTransport(_Exchange, httpx.AsyncBaseTransport):
     """Wraps ``httpx.AsyncHTTPTransport`` (or the transport given for tests); runs the service's policy around each
     attempt."""
+
+    _managed_stream = _ManagedAsyncByteStream
 
     def __init__(self, policy: Policy, *, proxy: str | None = None, inner: InnerTransport | None = None) -> None:
         self._policy = policy
         self._configured = configured_timeout(policy.config).as_dict()
         self._header = policy.config.deadline_header
+        self._egress = _egress_of(policy.config)
+        self._max_body = policy.config.egress.max_response_bytes if policy.config.egress is not None else None
         self.inner: httpx.AsyncBaseTransport = _make_inner(policy.config, proxy, inner, httpx.AsyncHTTPTransport)
+        if self._egress is not None:
+            self.handle_async_request = self._checked_handle_async_request  # type: ignore[method-assign]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await adrive(_start(self._policy, request, self._configured), self, request)
+
+    async def _checked_handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert self._egress is not None
+        _check_egress(self._policy, self._egress, request)
         return await adrive(_start(self._policy, request, self._configured), self, request)
 
     async def attempt(
@@ -447,10 +551,17 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
         token = begin(call, hedge.permits if hedge is not None else None)
         try:
             response = await self.inner.handle_async_request(request)
+            limit = self._max_body
+            if limit is not None and _announced_too_large(response, limit):
+                await response.aclose()
+                raise ResponseTooLarge(body_too_large(limit), request=request)
             if request.extensions.get(PRELOAD):
                 stream = response.stream
                 try:
-                    body = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
+                    chunks: AsyncIterator[bytes] = aiter(stream)  # type: ignore[arg-type]
+                    if limit is not None:
+                        chunks = _alimited(chunks, limit, request)
+                    body = b"".join([chunk async for chunk in chunks])
                 finally:
                     await stream.aclose()  # type: ignore[union-attr]
                 response.stream = httpx.ByteStream(body)  # raw, as in the sync transport
@@ -479,17 +590,6 @@ class AsyncOutboundTransport(httpx.AsyncBaseTransport):
 
     async def discard(self, response: httpx.Response) -> None:
         await response.aclose()
-
-    def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        if not request.extensions.get(PRELOAD):
-            response.stream = _ManagedAsyncByteStream(response.stream, call)  # type: ignore[arg-type]
-        return response
-
-    rejected = staticmethod(_rejected)
-    failed = staticmethod(_failed)
-
-    def pool_numbers(self) -> tuple[int, int, int]:
-        return pool_numbers(self.inner)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -589,6 +689,17 @@ class _ManagedRedirects:
         return redirect
 
 
+def _cached(policy: Policy, top: Any, mounts: dict[str, Any], flavour: int) -> tuple[Any, dict[str, Any]]:
+    # A service with a cache or a fallback: its layer goes on top of every managed transport (``_cache/_httpx.py``).
+    if policy.cache is None:
+        return top, mounts
+    from .._cache._httpx import transport_classes
+
+    layer = transport_classes(httpx)[flavour]
+    wrapped = {pattern: None if mount is None else layer(policy.cache, mount) for pattern, mount in mounts.items()}
+    return layer(policy.cache, top), wrapped
+
+
 class ServiceClient(_ManagedRedirects, httpx.Client):
     """An ``httpx.Client`` bound to one service (``base_url``, headers, timeouts); calls run the policy.
 
@@ -596,18 +707,21 @@ class ServiceClient(_ManagedRedirects, httpx.Client):
     ``registry.close()`` does.
     """
 
+    transport_class: type[OutboundTransport] = OutboundTransport  # the SDK layer's subclass for an `sdk` service
+
     def __init__(self, policy: Policy, *, transport: InnerTransport | None = None) -> None:
         config = policy.config
         self.service_name = config.name
         self._policy = policy
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.outbound_transport = OutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = _proxy_mounts(policy, transport, OutboundTransport)
+        self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
+        mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
-        super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
+        top, mounts = _cached(policy, self.outbound_transport, mounts, 0)
+        super().__init__(transport=top, mounts=mounts, **client_options(config))
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        if self._policy.breaker.state != CLOSED:
+        if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
             _reject_before_building(self, method, url, kwargs)
         return super().request(method, url, **kwargs)
 
@@ -650,19 +764,22 @@ class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
     event loop ends or the registry closes.
     """
 
+    transport_class: type[AsyncOutboundTransport] = AsyncOutboundTransport
+
     def __init__(self, policy: Policy, *, loop: object, transport: InnerTransport | None = None) -> None:
         config = policy.config
         self.service_name = config.name
         self._policy = policy
         self._loop = loop  # the asyncio loop (or trio run) this client belongs to
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.outbound_transport = AsyncOutboundTransport(policy, proxy=config.proxy, inner=transport)
-        mounts = _proxy_mounts(policy, transport, AsyncOutboundTransport)
+        self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
+        mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
-        super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
+        top, mounts = _cached(policy, self.outbound_transport, mounts, 1)
+        super().__init__(transport=top, mounts=mounts, **client_options(config))
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        if self._policy.breaker.state != CLOSED:
+        if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
             _reject_before_building(self, method, url, kwargs)
         return await super().request(method, url, **kwargs)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import http.cookiejar
 import re
+import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -26,6 +27,7 @@ from urllib3.exceptions import (
     ConnectTimeoutError,
     EmptyPoolError,
     MaxRetryError,
+    NameResolutionError,
     NewConnectionError,
     ProtocolError,
 )
@@ -38,7 +40,8 @@ from .._call import Call
 from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import drive
-from .._errors import RegistryClosedError
+from .._egress import body_too_large
+from .._errors import OutboundError, RegistryClosedError
 from .._logging import redact_text
 from .._outcome import Kind, Outcome, Rejection, response_outcome
 from .._policy import Policy
@@ -51,6 +54,8 @@ from ._origins import credentials_follow, url_origin
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
+
+    from .._egress import Egress
 
 # A URL with a scheme (RFC 3986 section 3.1); "login?next=https://x" is still relative.
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -112,6 +117,47 @@ def _manage_pools(manager: PoolManager, max_age: float | None) -> None:
     manager.pool_classes_by_scheme = {
         scheme: _managed_pool_class(pool_class, max_age)
         for scheme, pool_class in manager.pool_classes_by_scheme.items()
+    }
+
+
+class _EgressConnectionMixin:
+    """A urllib3 connection that resolves its host once, checks every address against the service's egress rules
+    and connects to a checked address (``_egress.py``); ``host`` stays the TLS server name and the ``Host``."""
+
+    egress: Egress  # set on each service's connection classes (see _guard_pools)
+    _dns_host: str
+
+    def _new_conn(self) -> Any:
+        new_conn = super()._new_conn  # type: ignore[misc]  # the connection class comes second in the MRO
+        host = self._dns_host
+        try:
+            answers = self.egress.resolve(host, self.port)  # type: ignore[attr-defined]
+        except socket.gaierror as error:
+            raise NameResolutionError(host, self, error) from error  # type: ignore[arg-type]
+        failure: Exception | None = None
+        for answer in answers:
+            self._dns_host = answer[4][0]  # the checked address: urllib3 resolves nothing more
+            try:
+                return new_conn()
+            except (NewConnectionError, ConnectTimeoutError) as error:
+                failure = error
+            finally:
+                self._dns_host = host
+        assert failure is not None
+        raise failure
+
+
+def _guarded_pool_class(pool_class: type[HTTPConnectionPool], egress: Egress) -> type[HTTPConnectionPool]:
+    connection_class = pool_class.ConnectionCls
+    guarded = type(connection_class.__name__, (_EgressConnectionMixin, connection_class), {"egress": egress})
+    return type(pool_class.__name__, (pool_class,), {"ConnectionCls": guarded})
+
+
+def _guard_pools(manager: PoolManager, egress: Egress) -> None:
+    # The direct pools only: through a proxy, the proxy resolves the names (docs/egress.md). The classes are made
+    # per manager (not cached module-wide): they hold the service's rules, and go with its adapter.
+    manager.pool_classes_by_scheme = {
+        scheme: _guarded_pool_class(pool_class, egress) for scheme, pool_class in manager.pool_classes_by_scheme.items()
     }
 
 
@@ -235,7 +281,14 @@ _NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
     "bulkhead_full": requests.ConnectionError,
     "rate_limited": requests.ConnectionError,
     "deadline_exceeded": requests.Timeout,
+    "egress_denied": requests.ConnectionError,
 }
+
+
+class ResponseTooLarge(requests.exceptions.RequestException):
+    """The response body is over the service's ``egress.max_response_bytes`` (raised as an ``outbound.CallError``)."""
+
+    outbound_detail = True  # its message goes into the CallError's
 
 
 class OutboundAdapter(requests.adapters.HTTPAdapter):
@@ -252,6 +305,13 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         self._configured_timeout = Urllib3Timeout(connect=timeouts.connect, read=timeouts.read)
         context = policy.config.ssl_context
         self._ssl_context: ssl.SSLContext | None = context() if callable(context) else context
+        self.egress: Egress | None = None
+        self._max_body: int | None = None
+        if policy.config.egress is not None:
+            from .._egress import Egress
+
+            self.egress = Egress(policy.config.egress)
+            self._max_body = policy.config.egress.max_response_bytes
         super().__init__(
             pool_connections=self._pool_sizes[0], pool_maxsize=self._pool_sizes[1], max_retries=0, pool_block=True
         )
@@ -259,6 +319,8 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
         _manage_pools(self.poolmanager, self._config.pool.max_connection_age)
+        if self.egress is not None:
+            _guard_pools(self.poolmanager, self.egress)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
         manager = cast(PoolManager, super().proxy_manager_for(proxy, **proxy_kwargs))
@@ -337,7 +399,10 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                 proxies=send.proxies,
             )
             if not send.stream:
-                self._read_body(response)  # inside the policy: a failure mid-body is classified, counted, retried
+                # Inside the policy: a failure mid-body is classified, counted, retried.
+                self._read_body(response, self._max_body)
+            elif self._max_body is not None:
+                _refuse_announced(response, self._max_body)
             if watch is not None and watch.fired:
                 # The watchdog cut the connection: what was read may be incomplete.
                 response.close()
@@ -368,9 +433,12 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                 WATCHDOG.forget(watch)
 
     @staticmethod
-    def _read_body(response: requests.Response) -> None:
+    def _read_body(response: requests.Response, limit: int | None) -> None:
         try:
-            response.content  # noqa: B018 (the property read is the point)
+            if limit is None:
+                response.content  # noqa: B018 (the property read is the point)
+            else:
+                _read_at_most(response, limit)
         except requests.exceptions.ContentDecodingError:
             if not response.is_redirect:
                 raise
@@ -392,6 +460,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
             # The body is read by the caller, later: its errors keep outbound's identity too.
             response.__class__ = _ManagedResponse
             response._outbound_call = call  # type: ignore[attr-defined]
+            response._outbound_limit = self._max_body  # type: ignore[attr-defined]
         return response
 
     def rejected(self, call: Call, send: _Send, rejection: Rejection) -> Exception:
@@ -449,17 +518,54 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         return [self.poolmanager, *self.proxy_manager.values()]
 
 
+def _refuse_announced(response: requests.Response, limit: int) -> None:
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        response.close()
+        raise ResponseTooLarge(body_too_large(limit), response=response)
+
+
+def _read_at_most(response: requests.Response, limit: int) -> None:
+    # The body, up to ``limit`` bytes: a larger one is refused as soon as it is known to be (a Content-Length that
+    # says so, or the first chunk past the limit), and its connection closed rather than read to its end.
+    _refuse_announced(response, limit)
+    chunks: list[bytes] = []
+    read = 0
+    # Through iter_content, as response.content reads: requests' own errors for a body that breaks.
+    for chunk in response.iter_content(65536):
+        read += len(chunk)
+        if read > limit:
+            response.close()
+            raise ResponseTooLarge(body_too_large(limit), response=response)
+        chunks.append(chunk)
+    response._content = b"".join(chunks)
+    response._content_consumed = True  # type: ignore[attr-defined]
+
+
 class _ManagedResponse(requests.Response):
     """A streamed response (``stream=True``) whose body errors are outbound's, as the httpx clients' are."""
 
     _outbound_call: Call
+    _outbound_limit: int | None = None  # egress.max_response_bytes
 
     def iter_content(self, chunk_size: int | None = 1, decode_unicode: bool = False) -> Iterator[Any]:
         return self._managed(super().iter_content(chunk_size, decode_unicode))
 
+    def _limited(self, chunks: Iterator[Any], limit: int) -> Iterator[Any]:
+        read = 0
+        for chunk in chunks:
+            read += len(chunk)
+            if read > limit:
+                self.close()
+                raise ResponseTooLarge(body_too_large(limit), response=self)
+            yield chunk
+
     def _managed(self, chunks: Iterator[Any]) -> Iterator[Any]:
         try:
-            yield from chunks
+            if self._outbound_limit is None:
+                yield from chunks
+            else:
+                yield from self._limited(chunks, self._outbound_limit)
         except requests.RequestException as error:
             outcome = Outcome(_classify(error), error=error)
             attributes: dict[str, object] = {"request": self.request, "response": self}
@@ -501,12 +607,25 @@ class _NoStoredCookies(http.cookiejar.DefaultCookiePolicy):
 NO_STORED_COOKIES = _NoStoredCookies()
 
 
+def _captures_http(prefix: str) -> bool:
+    # requests picks the longest mounted prefix that a URL starts with (case-insensitively).
+    lowered = prefix.lower()
+    return any(scheme.startswith(lowered) or lowered.startswith(scheme) for scheme in ("http://", "https://"))
+
+
+def _plain(kwargs: dict[str, Any]) -> bool:
+    # What session.get(url) and session.head(url) pass and nothing else: such a call's prepared request is known.
+    return kwargs.get("params") is None and kwargs.keys() <= {"params", "allow_redirects"}
+
+
 class ServiceSession(requests.Session):
     """A ``requests.Session`` bound to one service: relative URLs join ``base_url``; calls run the policy.
 
     Use it exactly like any session. Per-request ``timeout=`` overrides the service's connect/read timeouts (still
     cut to ``timeout.total``); ``timeout=None`` means the service's settings.
     """
+
+    adapter_class: type[OutboundAdapter] = OutboundAdapter  # the SDK layer's subclass for an `sdk` service
 
     def __init__(self, policy: Policy) -> None:
         super().__init__()
@@ -531,10 +650,42 @@ class ServiceSession(requests.Session):
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.adapter = OutboundAdapter(policy)
+        # A fresh cache hit of a plain get(url), answered before requests prepares anything (_cache/_requests.py).
+        self._cache_hit: Callable[[str | bytes, str | bytes], requests.Response | None] | None = None
+        if policy.cache is None:
+            self.adapter = self.adapter_class(policy)
+        else:
+            from .._cache._requests import cached_adapter_class, fast_hit  # only for a service with a cache/fallback
+
+            self.adapter = cached_adapter_class(self.adapter_class)(policy, policy.cache)
+            if policy.cache.storage is not None and config.egress is None:  # egress checks every Session.send
+                self._cache_hit = fast_hit(self, policy.cache)
+        self._egress = self.adapter.egress
+        if config.egress is not None:
+            self.max_redirects = config.egress.max_redirects
+            # Every request and redirect hop goes through Session.send: checked there, only for this service.
+            self.send = self._checked_send  # type: ignore[method-assign]
         # Every scheme goes through the managed adapter, including absolute URLs and redirects.
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        """Refuses any adapter but outbound's for ``http://`` and ``https://`` URLs: mounted on this shared session it
+        would replace the service's policy (breaker, retries, timeouts, stats) for every caller in the process,
+        silently. Configure retries with the service's ``retry`` settings instead (hvac's and others' documented
+        ``HTTPAdapter(max_retries=...)`` recipe). Other schemes (a test's ``mock://``) mount as on any session."""
+        if (
+            getattr(self, "adapter", None) is not None
+            and not isinstance(adapter, OutboundAdapter)
+            and _captures_http(prefix.decode() if isinstance(prefix, bytes) else prefix)
+        ):
+            raise OutboundError(
+                f"session {self.service_name!r} is shared by the whole process and managed by outbound: mounting "
+                f"{type(adapter).__name__} on {prefix!r} would remove its breaker, retries and timeouts for every "
+                f"caller. Set retries in OUTBOUND['services'][{self.service_name!r}]['retry'] instead, or use a "
+                "requests.Session of your own"
+            )
+        super().mount(prefix, adapter)
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, retries: bool | int | None = None, **kwargs: Any
@@ -544,9 +695,13 @@ class ServiceSession(requests.Session):
         retries=True)`` vouches that the POST is safe to repeat."""
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
+        if self._cache_hit is not None and not args and retries is None and _plain(kwargs):
+            answer = self._cache_hit(method, url)
+            if answer is not None:
+                return answer
         # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (The state
         # is read first so the common path builds nothing.)
-        if self._policy.breaker.state != CLOSED:
+        if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
             rejection = self._policy.early_rejection(method if isinstance(method, str) else method.decode())
             if rejection is not None:
                 attributes: dict[str, object] = {"request": None, "response": None}
@@ -571,6 +726,16 @@ class ServiceSession(requests.Session):
         if _ABSOLUTE.match(text):
             return text
         return self.base_url + text.lstrip("/")
+
+    def _checked_send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """``Session.send`` for a service with ``egress``: the rules checked on every request and redirect hop."""
+        assert self._egress is not None
+        rejection = self._egress.check_url(request.url or "")
+        if rejection is not None:
+            self._policy.rejected(request.method or "GET", rejection)
+            attributes: dict[str, object] = {"request": request, "response": None}
+            raise _errors.rejected(None, self.service_name, rejection, _NATIVE_REJECTIONS, attributes)
+        return super().send(request, **kwargs)
 
     def close(self) -> None:
         """Does nothing: the registry owns this session and closes it (``registry.close()``); a ``with`` block

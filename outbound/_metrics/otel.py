@@ -34,11 +34,11 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 from opentelemetry.util.types import AttributeValue
 
 from .._events import CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
-from .._lifecycle import Daemon, on_fork
+from .._lifecycle import Daemon, hold_across_fork, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
-from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label
+from ._common import CACHE_RESULTS, DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -142,12 +142,7 @@ class DeferredHistogram:
         self._with_context = "context" in inspect.signature(histogram.record).parameters
         self._daemon = Daemon("outbound-otel-durations", self._run)
         self._reset()
-        on_fork(
-            self,
-            before=DeferredHistogram._before_fork,
-            parent=DeferredHistogram._after_fork_in_parent,
-            child=DeferredHistogram._reset,
-        )
+        hold_across_fork(self, "_flushing", child=DeferredHistogram._reset)
 
     def _reset(self) -> None:
         self._pending: deque[tuple[float, Attributes, Context]] = deque()
@@ -189,12 +184,6 @@ class DeferredHistogram:
                     logger.exception("outbound could not record a duration through OpenTelemetry")
                 if index % YIELD_EVERY == YIELD_EVERY - 1:
                     time.sleep(0)  # a caller whose response has arrived gets the GIL without waiting for the batch
-
-    def _before_fork(self) -> None:
-        self._flushing.acquire()
-
-    def _after_fork_in_parent(self) -> None:
-        self._flushing.release()
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self._interval):
@@ -258,6 +247,7 @@ class OtelInstruments:
             (meter.create_observable_gauge, families.SERVICE_STATUS, self._service_statuses),
             (meter.create_observable_up_down_counter, families.POOL_CONNECTIONS, self._pool_connections),
             (meter.create_observable_up_down_counter, families.POOL_WAITING, self._pool_waiting),
+            (meter.create_observable_counter, families.CACHE_ANSWERS, self._cache_answers),
         )
         for create, family, callback in observables:
             create(family.otel, callbacks=[callback], unit=family.unit, description=family.description)
@@ -298,6 +288,13 @@ class OtelInstruments:
     def _pool_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
         for name in self._names():
             yield Observation(self.live.pool(name)[2], {SERVICE: name})
+
+    def _cache_answers(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name in self._names():
+            counts = self.live.cache_counts(name)
+            if counts is not None:
+                for key, result in CACHE_RESULTS.items():
+                    yield Observation(counts.get(key, 0), {SERVICE: name, "outbound.cache.result": result})
 
 
 def _instruments() -> OtelInstruments:

@@ -24,11 +24,11 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import values as prometheus_values
 
 from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
-from .._lifecycle import Daemon, on_fork
+from .._lifecycle import Daemon, hold_across_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
-from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
+from ._common import CACHE_RESULTS, DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ class PrometheusMetrics:
         # livesum: connections (in_use, idle) and waiting calls of the live workers add up to the service's totals.
         self.pool_connections = gauge(families.POOL_CONNECTIONS, ("service", "state"), "livesum")
         self.pool_waiting = gauge(families.POOL_WAITING, ("service",), "livesum")
+        # livesum: the workers' caches answer calls each (a gauge: a reset of the service starts it again).
+        self.cache_answers = gauge(families.CACHE_ANSWERS, ("service", "result"), "livesum")
 
     def set_gauges(self, live: LiveRegistries, names: set[str]) -> None:
         """Write the current pool numbers and breaker states of the services called ``names`` (multiprocess mode)."""
@@ -86,6 +88,10 @@ class PrometheusMetrics:
             statuses = live.statuses(name)
             for status in STATUSES:
                 self.service_status.labels(name, status).set(1 if status in statuses else 0)
+            cache = live.cache_counts(name)
+            if cache is not None:
+                for key, result in CACHE_RESULTS.items():
+                    self.cache_answers.labels(name, result).set(cache.get(key, 0))
 
     def read_gauges_when_scraped(self, live: LiveRegistries, name: str) -> None:
         """Make the gauges of service ``name`` read ``live`` at every scrape (single-process mode)."""
@@ -96,10 +102,17 @@ class PrometheusMetrics:
             self.circuit_state.labels(name, state).set_function(_state_reader(live, name, state))
         for status in STATUSES:
             self.service_status.labels(name, status).set_function(_status_reader(live, name, status))
+        if live.cache_counts(name) is not None:
+            for key, result in CACHE_RESULTS.items():
+                self.cache_answers.labels(name, result).set_function(_cache_reader(live, name, key))
 
 
 def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], float]:
     return lambda: float(live.pool(name)[index])
+
+
+def _cache_reader(live: LiveRegistries, name: str, key: str) -> Callable[[], float]:
+    return lambda: float((live.cache_counts(name) or {}).get(key, 0))
 
 
 def _state_reader(live: LiveRegistries, name: str, state: str) -> Callable[[], float]:
@@ -120,12 +133,7 @@ class GaugeRefresher:
         self._interval = interval
         self._daemon = Daemon("outbound-prometheus-gauges", self._run)
         self._reset()
-        on_fork(
-            self,
-            before=GaugeRefresher._before_fork,
-            parent=GaugeRefresher._after_fork_in_parent,
-            child=GaugeRefresher._reset,
-        )
+        hold_across_fork(self, "_writing", child=GaugeRefresher._reset)
 
     def _reset(self) -> None:
         # Held while the gauges are written, and taken before a fork: a child must not inherit prometheus_client's
@@ -164,12 +172,6 @@ class GaugeRefresher:
             level = logging.DEBUG if self._failed else logging.ERROR
             logger.log(level, "outbound could not write its Prometheus gauges", exc_info=True)
             self._failed = True
-
-    def _before_fork(self) -> None:
-        self._writing.acquire()  # wait for a write in progress to end, and hold off the next until the fork is done
-
-    def _after_fork_in_parent(self) -> None:
-        self._writing.release()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread and wait for it (tests; it also ends by itself once no registry is open)."""

@@ -24,6 +24,7 @@ string, fragment or credentials, as outbound's own messages show it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from opentelemetry.trace import Span, SpanKind, get_current_span
@@ -88,48 +89,33 @@ class SpanObserver(Observer):
         span.set_attributes(attributes)
 
     def retry_scheduled(self, event: RetryScheduled) -> None:
-        span = get_current_span()
-        if span.is_recording():
-            span.add_event(
-                "outbound.retry",
-                {
-                    SERVICE: event.service,
-                    "outbound.retry.reason": event.reason,
-                    "outbound.retry.attempt": event.attempt,
-                    "outbound.retry.delay": event.delay,
-                },
-            )
+        _add_event(
+            "outbound.retry", event.service, {"reason": event.reason, "attempt": event.attempt, "delay": event.delay}
+        )
 
     def retry_denied(self, event: RetryDenied) -> None:
-        span = get_current_span()
-        if span.is_recording():
-            span.add_event("outbound.retry_denied", {SERVICE: event.service, "outbound.retry.denied_by": event.reason})
+        _add_event("outbound.retry_denied", event.service, {"denied_by": event.reason}, prefix="outbound.retry")
 
     def call_rejected(self, event: CallRejected) -> None:
-        span = get_current_span()
-        if not span.is_recording():
-            return
-        span.add_event(
-            "outbound.rejected",
-            {
-                SERVICE: event.service,
-                "outbound.rejected.reason": event.reason,
-                "outbound.rejected.retry_in": event.retry_in,
-            },
-        )
-        if _is_client(span):  # refused inside an instrumented send: that span is this call's
+        span = _add_event("outbound.rejected", event.service, {"reason": event.reason, "retry_in": event.retry_in})
+        if span is not None and _is_client(span):  # refused inside an instrumented send: that span is this call's
             state = self._breakers[event.service].effective_state()
             span.set_attributes({SERVICE: event.service, BREAKER_STATE: state})
 
     def breaker_transition(self, event: BreakerTransition) -> None:
-        span = get_current_span()
-        if span.is_recording():
-            span.add_event(
-                "outbound.breaker",
-                {
-                    SERVICE: event.service,
-                    "outbound.breaker.previous_state": event.old,
-                    BREAKER_STATE: event.new,
-                    "outbound.breaker.reason": event.reason,
-                },
-            )
+        facts = {"previous_state": event.old, "state": event.new, "reason": event.reason}
+        _add_event("outbound.breaker", event.service, facts)
+
+
+def _add_event(name: str, service: str, facts: Mapping[str, AttributeValue | None], *, prefix: str = "") -> Span | None:
+    """Add event ``name`` to the current span when it records, each fact an attribute ``{prefix or name}.{fact}``
+    (``outbound.retry.reason``; a fact that is ``None`` is left out); the span, or ``None`` when it does not record."""
+    span = get_current_span()
+    if not span.is_recording():
+        return None
+    attributes: dict[str, AttributeValue] = {SERVICE: service}
+    for fact, value in facts.items():
+        if value is not None:
+            attributes[f"{prefix or name}.{fact}"] = value
+    span.add_event(name, attributes)
+    return span

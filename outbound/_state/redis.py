@@ -85,7 +85,7 @@ from .._config import ServiceConfig, StateConfig
 from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
-from ..health import LastError, StateBackendHealth
+from ..health import HistorySnapshot, LastError, StateBackendHealth
 from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink, key_prefix
 from ._client import REDIS_ERRORS, connect, redact
 from ._records import (
@@ -673,14 +673,14 @@ class RedisState:
             worker = read_worker(raw_worker, self._complain)
             if worker is not None and worker != self.worker and raw:
                 workers.add(worker)
-                published.append(read_stats(raw, self._services, self._complain))
+                published.append(read_stats(raw, self._services, self._complain, self._histories))
         return published, workers
 
     def _merged(self, raw: Any, ttl_ms: int) -> dict[str, PublishedStats]:
         """The fleet's merged stats as a report uses them: the record read (``raw``), merged again here when there
         is none, its merge queued when it is older than a sync interval; and this process's own stats of a service
         reset since it was merged."""
-        merged = read_stats(raw, self._services, self._complain) if raw else None
+        merged = read_stats(raw, self._services, self._complain, self._histories) if raw else None
         if merged is None:
             merged = self._merge(wait=True)
         elif self._live_ms - ttl_ms > self.config.sync_interval * 1000:
@@ -707,12 +707,19 @@ class RedisState:
         published, _ = self._published_of(members, stats)
         published.append(self._local_stats())
         merged: dict[str, PublishedStats] = {}
+        histories = self._histories
         for name, raw_epoch in zip(names, epochs, strict=True):
             epoch = read_number(raw_epoch, f"the reset epoch of {name!r}", self._complain) or 0
-            records = (entry.record for worker in published if (entry := worker.get(name)) and entry.epoch >= epoch)
-            merged[name] = PublishedStats(StatsRecord.merge(records), epoch)
-        record = {name: {**entry.record.as_dict(), "epoch": entry.epoch} for name, entry in merged.items()}
-        client.set(keys.merged, json.dumps(record), px=self._live_ms)
+            entries = [entry for worker in published if (entry := worker.get(name)) is not None]
+            record = StatsRecord.merge(entry.record for entry in entries if entry.epoch >= epoch)
+            history = None
+            if name in histories:  # every process's buckets, whatever the epoch (as _history does)
+                from .._history import HistoryRecord
+
+                kept = [entry.history for entry in entries if entry.history is not None]
+                history = HistoryRecord.merge(kept, interval=histories[name][0])
+            merged[name] = PublishedStats(record, epoch, history)
+        client.set(keys.merged, json.dumps(self._encoded(merged)), px=self._live_ms)
         return merged
 
     def _fleet_service(
@@ -742,7 +749,23 @@ class RedisState:
         breaker = FleetBreaker(
             state=state, failures=failures, retry_in=retry_in, opened_at=opened_at, opened_by=opened_by
         )
-        return FleetService(breaker=breaker, stats=merged.snapshot(), last_error=merged.last_error)
+        return FleetService(
+            breaker=breaker,
+            stats=merged.snapshot(),
+            last_error=merged.last_error,
+            history=self._history(name, published),
+        )
+
+    def _history(self, name: str, published: list[dict[str, PublishedStats]]) -> HistorySnapshot | None:
+        # Every live process's buckets, summed by number: history survives a reset (it is what happened), so no
+        # epoch is asked of it.
+        shape = self._histories.get(name)
+        if shape is None:
+            return None
+        from .._history import HistoryRecord
+
+        records = [entry.history for worker in published if (entry := worker.get(name)) and entry.history is not None]
+        return HistoryRecord.merge(records, interval=shape[0]).snapshot(size=shape[1], now=time.time())
 
     # -- the fleet threads -------------------------------------------------------------------------------------------
 
@@ -1102,11 +1125,31 @@ class RedisState:
         stats: dict[str, PublishedStats] = {}
         for name, service in self._services.items():
             epoch = self._epochs.get(name, 0)  # read before the stats: a reset clears them before it moves the epoch
-            stats[name] = PublishedStats(service.policy.stats.export(), epoch)
+            history = service.history.export() if service.history is not None else None
+            stats[name] = PublishedStats(service.policy.stats.export(), epoch, history)
         return stats
 
     def _published_stats(self) -> dict[str, Any]:
-        return {name: {**entry.record.as_dict(), "epoch": entry.epoch} for name, entry in self._local_stats().items()}
+        return self._encoded(self._local_stats())
+
+    def _encoded(self, entries: dict[str, PublishedStats]) -> dict[str, Any]:
+        """Stats as a worker publishes them (and as the merged record holds them)."""
+        published: dict[str, Any] = {}
+        for name, entry in entries.items():
+            published[name] = {**entry.record.as_dict(), "epoch": entry.epoch}
+            if entry.history is not None:
+                # Its share of a record's bytes: a long history is cut (oldest buckets first), never the stats.
+                published[name]["history"] = entry.history.as_dict(budget=MAX_RECORD_BYTES // (2 * len(self._services)))
+        return published
+
+    @property
+    def _histories(self) -> dict[str, tuple[float, int]]:
+        # The (interval, buckets) of the services that keep a history: what their published histories must match.
+        return {
+            name: (service.history.interval, service.history.size)
+            for name, service in self._services.items()
+            if service.history is not None
+        }
 
     def _remember(self, service: str, reason: str, *, reset: bool = False) -> None:
         with self._alone_lock:

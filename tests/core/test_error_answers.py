@@ -131,6 +131,25 @@ def test_saturation_is_503_without_retry_after(
     assert all(a is not None and "Retry-After" not in a.headers for a in answers)
 
 
+def test_an_egress_denial_is_403_without_retry_after(
+    upstream: Upstream, make_registry: RegistryFactory, send: Send, kind: str
+) -> None:
+    # The URL the caller gave is one the app will not fetch (loopback, by the egress defaults): no retry can help.
+    registry = make_registry(hooks={"client": kind, "egress": {"allow_ports": None}})
+    error = raised(lambda: send(registry, "hooks", "GET", upstream.url + "ok"))
+    assert isinstance(error, outbound.EgressDeniedError)
+    answer = outbound.error_answer(error)
+    assert answer is not None
+    assert (answer.status, answer.error, answer.reason, answer.retry_in) == (
+        403,
+        "upstream_forbidden",
+        "egress_denied",
+        None,
+    )
+    assert "Retry-After" not in answer.headers
+    assert upstream.hits_by_path["/ok"] == 0
+
+
 def test_a_deadline_that_ran_out_is_504(
     upstream: Upstream, make_registry: RegistryFactory, send: Send, kind: str
 ) -> None:
