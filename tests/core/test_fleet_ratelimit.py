@@ -63,7 +63,7 @@ def _worst_window(upstream: Upstream, redis_url: str, *, broken: bool) -> tuple[
 def test_four_workers_at_twice_the_limit_never_exceed_it_at_the_upstream(upstream: Upstream, redis_url: str) -> None:
     worst, sent = _worst_window(upstream, redis_url, broken=False)
     assert worst <= RATE * 1.03, worst
-    assert sent >= RATE * 3 * 0.7, sent  # and the fleet still gets most of what it may send
+    assert sent >= RATE * 3 * 0.5, sent  # and the fleet still gets much of what it may send (about 0.93 unloaded)
 
 
 def test_the_window_check_fails_for_a_lease_window_shorter_than_the_limits(upstream: Upstream, redis_url: str) -> None:

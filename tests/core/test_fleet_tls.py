@@ -97,7 +97,14 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
 
 def _mapping(upstream: Upstream, url: str, **service: Any) -> dict[str, Any]:
     api = {"base_url": upstream.url, "retry": None, "breaker": {"fail_max": 3, "reset_timeout": 30}, **service}
-    state = {"backend": "redis", "url": url, "prefix": f"t-{uuid.uuid4().hex[:6]}", "sync_interval": 0.2}
+    # A TLS handshake takes longer than the default 50 ms on a loaded machine: give each command a second.
+    state = {
+        "backend": "redis",
+        "url": url,
+        "prefix": f"t-{uuid.uuid4().hex[:6]}",
+        "sync_interval": 0.2,
+        "timeout": 1.0,
+    }
     return {"services": {"api": api}, "state": state}
 
 
