@@ -9,6 +9,8 @@
      an opening reaches every worker at once (target <= fail_max + W: the failures, and at most one call in flight
      per worker when the breaker opens).
 
+10e-10i: the fleet in production (issue 26): ``_fleetprod.py``.
+
 A redis-server of the run's own (tests/redis_server.py) on a free port; never the machine's shared one.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import outbound
+from benchmarks import _fleetprod
 from benchmarks._harness import ROOT, Row, Target, UpstreamProcess, alternate, die_with_parent, interleave, ratios
 from tests.redis_server import RedisServer
 
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from benchmarks._scenarios import Settings
 
 MEASUREMENT = 10
-ROW_KEYS = ("10a", "10b", "10c")
+ROW_KEYS = ("10a", "10b", "10c", *_fleetprod.ROW_KEYS)
 WORKERS = 4
 FAIL_MAX = 5
 CALL_INTERVAL = 0.02
@@ -89,6 +92,7 @@ def fleet(up: UpstreamProcess, s: Settings) -> list[Row]:
             )
         finally:
             up.reset()
+        production = _fleetprod.production(up, s, redis.url)
     return [
         Row(
             "10a",
@@ -119,16 +123,22 @@ def fleet(up: UpstreamProcess, s: Settings) -> list[Row]:
             f"{CALL_INTERVAL * 1000:.0f} ms",
             digits=1,
         ),
+        *production,
     ]
 
 
-def _dead_upstream(up: UpstreamProcess, redis_url: str | None) -> float:
+def _dead_upstream(up: UpstreamProcess, redis_url: str | None, *, cluster: bool = False) -> float:
     """Upstream requests to the failing path from the moment the workers start until every one refuses."""
     settings: dict[str, Any] = {
         "services": {"api": {"base_url": up.url, "retry": None, "breaker": {"fail_max": FAIL_MAX, "reset_timeout": 60}}}
     }
     if redis_url is not None:
-        settings["state"] = {"backend": "redis", "url": redis_url, "prefix": f"bench-{uuid.uuid4().hex[:8]}"}
+        settings["state"] = {
+            "backend": "redis",
+            "url": redis_url,
+            "cluster": cluster,
+            "prefix": f"bench-{uuid.uuid4().hex[:8]}",
+        }
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [
         subprocess.Popen(

@@ -6,7 +6,7 @@
 11b: a process-scope rate limit of 200/second, 16 threads calling as fast as they can for 5 s (each may wait up to
      1 s for a permit): the permits granted in those 5 s against the 1,000 the limit allows, as a deviation in
      percent (target <= 2 %).
-11c: sequential GETs with a fleet-scope rate limit (one Redis script per call, against a redis-server the run starts)
+11c: sequential GETs with a fleet-scope rate limit (permits leased in batches, against a redis-server the run starts)
      against the same service without a limit: what a fleet limit costs a call (reported; it is for upstreams slow or
      expensive enough that this does not matter).
 11d: sequential GETs with a bulkhead (``max_in_flight`` 100) against none (reported).
@@ -89,11 +89,11 @@ def policy(up: UpstreamProcess, s: Settings) -> list[Row]:
         ),
         Row(
             "11c",
-            "sequential GETs, requests: fleet rate limit (one Redis script per call) / no limit",
+            "sequential GETs, requests: fleet rate limit (leased permits, as 10e) / no limit",
             "x",
             ratios(*fleet_runs),
             None,
-            overhead_detail(fleet_runs) + "; the added time is one round trip to a Redis on the same machine",
+            overhead_detail(fleet_runs) + "; one Redis script per lease of up to 1,000 permits",
         ),
         Row(
             "11d",

@@ -58,8 +58,13 @@ CASES: tuple[StageCase, ...] = (
         name="the SDK layer written out as off",
         off={"sdk": {"answer_refusals": False, "final_responses": False}},
     ),
+    StageCase(
+        key="16d",
+        name="fleet topology settings written out, memory backend",
+        off={},
+        top={"state": {"backend": "memory", "cluster": False, "url": "redis+sentinel://127.0.0.1:26379/primary/0"}},
+    ),
     StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
-    StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
     StageCase(
         key="16f",
         name="chaos configured but disabled (and not allowed)",
@@ -71,6 +76,7 @@ CASES: tuple[StageCase, ...] = (
         name="enforce: true written out (the default)",
         off={"enforce": True, "breaker": {"enforce": True}, "bulkhead": None, "rate_limit": None},
     ),
+    StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

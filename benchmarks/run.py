@@ -106,7 +106,10 @@ NOTES = """
   (`fail_max` 5, no retries, `reset_timeout` 60 s) calling a path of the upstream every 20 ms; the upstream answers
   503 to everything; the figure is the requests it received on that path from the moment the workers start until
   every worker has refused five calls in a row. A fresh key prefix per round, so no round inherits another's
-  breaker.
+  breaker. 10e-10k (`benchmarks/_fleetprod.py`) are the fleet in production: a leased fleet rate limit against no
+  limit, and its busiest second at the upstream with four workers offering twice it; `health()` time and bytes with
+  1,000 simulated workers; an idle worker's Redis commands (Redis's own counters); row 10c on a 3-node Cluster the
+  run starts; and a Sentinel primary killed under four workers.
 """
 
 

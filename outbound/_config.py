@@ -375,7 +375,10 @@ class StateConfig:
     backend: StateBackend = "memory"
     """Where breakers, trials and stats live: this process alone, or a Redis shared by the fleet."""
     url: str = "redis://127.0.0.1:6379/0"
-    """The Redis to share state through (redis-py URL: ``redis://``, ``rediss://``, ``unix://``)."""
+    """The Redis to share state through (redis-py URL: ``redis://``, ``rediss://``, ``unix://``; or
+    ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]`` for a primary behind Sentinel)."""
+    cluster: bool = False
+    """``url`` names a node of a Redis Cluster: keys share one hash tag (``{prefix}``), so every script runs there."""
     prefix: str = "outbound"
     """The start of every Redis key this registry writes."""
     sync_interval: float = 1.0
@@ -1382,9 +1385,17 @@ def _parse_state(raw: Any, errors: list[ConfigError]) -> StateConfig:
     defaults = StateConfig()
     backend = reader.choice("backend", "memory", ("memory", "redis"))
     url = reader.mapping.get("url", defaults.url)
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        reader.fail(f"must be a redis://, rediss:// or unix:// URL, got {_shown(url)}", key="url", code="url")
+    schemes = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+    if not isinstance(url, str) or urlsplit(url).scheme not in schemes:
+        shown = _shown(url) if not isinstance(url, str) else f"{urlsplit(url).scheme or 'no scheme'!r}"
+        reader.fail(
+            f"must be a redis://, rediss://, unix:// or redis+sentinel:// URL, got {shown}", key="url", code="url"
+        )
         url = defaults.url
+    cluster = reader.boolean("cluster", defaults.cluster)
+    if cluster and urlsplit(url).scheme not in ("redis", "rediss"):
+        reader.fail("needs a redis:// or rediss:// url naming a node of the cluster", key="cluster")
+        cluster = False
     prefix = reader.mapping.get("prefix", defaults.prefix)
     if not isinstance(prefix, str) or not prefix or any(ord(char) < 0x21 for char in prefix):
         reader.fail(f"must be a non-empty string without spaces, got {_shown(prefix)}", key="prefix")
@@ -1394,6 +1405,7 @@ def _parse_state(raw: Any, errors: list[ConfigError]) -> StateConfig:
     return StateConfig(
         backend=backend,
         url=url,
+        cluster=cluster,
         prefix=prefix,
         sync_interval=reader.required_seconds("sync_interval", defaults.sync_interval, allow_zero=False),
         timeout=reader.required_seconds("timeout", defaults.timeout, allow_zero=False),

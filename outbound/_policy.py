@@ -124,6 +124,8 @@ class Policy:
         self.closing.set()
         if self.cache is not None:
             self.cache.close()
+        if self.rate_limit is not None:
+            self.rate_limit.close()  # a fleet limit's connection to Redis
 
     def reset(self) -> None:
         """Close the breaker, clear its counts, the retry budget, a pause, the rate limit's permits and the stats."""

@@ -16,8 +16,9 @@ not counted against ``max_wait`` (the call has its permit); only a deadline it w
   our own lock (the storage's thread-safety fix is unreleased in limits 5.8). That storage starts a timer thread on
   each hit to expire old entries — about 0.4 ms per call at low rates — so ``_QuietMemoryStorage`` turns the timer
   off and keeps only the newest N entries itself (a moving window never looks further back).
-- ``scope: "fleet"``: limits' sliding-window counter on the fleet's Redis: one script per attempt (its cost is in
-  the benchmarks), on Redis's clock. When Redis fails, the limit holds per process until it answers again (one
+- ``scope: "fleet"``: permits leased from the fleet's Redis in batches (``_state/lease.py``): a call spends one of
+  this process's lease, and only a lease spent or expired costs a round trip; never more than the limit across the
+  fleet in any window, on Redis's clock. When Redis fails, the limit holds per process until it answers again (one
   WARNING), so a call is never refused because Redis is away.
 
 limits reads ``time.time()``: a wall-clock step changes when the next permit comes by as much (never more permits
@@ -34,9 +35,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from limits import RateLimitItem, parse
-from limits.errors import StorageError
-from limits.storage import MemoryStorage, Storage
-from limits.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from ._config import RateLimitConfig, StateConfig
 from ._outcome import Outcome, Reason, Rejection, Wait
@@ -44,6 +44,7 @@ from .health import RateLimitSnapshot
 
 if TYPE_CHECKING:
     from ._stage import CallView
+    from ._state.lease import LeasedPermits
 
 logger = logging.getLogger("outbound.fleet")
 
@@ -62,6 +63,7 @@ class _QuietMemoryStorage(MemoryStorage):
     def __init__(self) -> None:
         super().__init__()
         self.timer.cancel()
+        self.timer.join(timeout=1.0)  # a cancelled timer ends at once: leave no thread behind
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # the private hook every hit calls (name-mangled)
         pass
@@ -73,8 +75,10 @@ class _QuietMemoryStorage(MemoryStorage):
 
 
 def _memory_storage() -> MemoryStorage:
-    if hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry") and hasattr(MemoryStorage(), "events"):
-        return _QuietMemoryStorage()
+    if hasattr(MemoryStorage, "_MemoryStorage__schedule_expiry"):
+        quiet = _QuietMemoryStorage()  # no probe instance: each would start a timer thread of its own
+        if hasattr(quiet, "events"):
+            return quiet
     return MemoryStorage()  # a limits release that changed its internals: correct, only slower  # pragma: no cover
 
 
@@ -98,11 +102,16 @@ class RateLimit:
         self._key = self.item.key_for(service)
         window = float(self.item.get_expiry())
         self._sent = _SendWindow(self.item.amount, window * (1 + SEND_MARGIN[0]) + SEND_MARGIN[1], time.monotonic)
-        self._fleet: RateLimiter | None = None
+        self._fleet: LeasedPermits | None = None
         self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
         self._redis_ok = True
+        self._fleet_error: type[Exception] = Exception
         if config.scope == "fleet" and state is not None:
-            self._fleet = SlidingWindowCounterRateLimiter(_redis_storage(state))
+            from ._state.lease import FleetUnreachable, LeasedPermits  # only a fleet limit imports redis
+
+            margin = window * SEND_MARGIN[0] + SEND_MARGIN[1]
+            self._fleet = LeasedPermits(state, service, self.item.amount, window, margin)
+            self._fleet_error = FleetUnreachable
 
     # -- the stage ---------------------------------------------------------------------------------------------
 
@@ -143,20 +152,27 @@ class RateLimit:
         with self._lock:
             self._local_limiter.clear(self.item, self.service)
 
+    def close(self) -> None:
+        """Close a fleet limit's connection to Redis (nothing to close for a process limit)."""
+        if self._fleet is not None:
+            self._fleet.close()
+
     def reset_after_fork(self) -> None:
         # The parent's hits are not this process's, and a parent thread may have held a lock of the storage.
         self._lock = threading.Lock()
         self._sent = _SendWindow(self._sent.amount, self._sent.seconds, time.monotonic)
         self._local = _memory_storage()
         self._local_limiter = MovingWindowRateLimiter(self._local)
+        if self._fleet is not None:
+            self._fleet.reset_after_fork()
 
     # -- permits ----------------------------------------------------------------------------------------------
 
     def _hit(self) -> bool:
         if self._fleet is not None and time.monotonic() >= self._fleet_down_until:
             try:
-                taken = self._fleet.hit(self.item, self.service)
-            except StorageError as error:
+                taken = self._fleet.take()
+            except self._fleet_error as error:
                 self._redis_failed(error)
             else:
                 self._redis_answered()
@@ -170,26 +186,20 @@ class RateLimit:
     def _next_permit_in(self) -> float:
         """Seconds until the window has room again."""
         if self._fleet is not None and time.monotonic() >= self._fleet_down_until:
-            try:
-                reset = self._fleet.get_window_stats(self.item, self.service).reset_time
-            except StorageError as error:
-                self._redis_failed(error)
-            else:
-                return float(reset) - self._wall()
+            return self._fleet.next_in()
         with self._lock:
             reset = self._local_limiter.get_window_stats(self.item, self.service).reset_time
         return float(reset) - self._wall()
 
-    def _redis_failed(self, error: StorageError) -> None:
+    def _redis_failed(self, error: Exception) -> None:
         # Look again only every few seconds: each try while Redis is away costs up to state.timeout.
         self._fleet_down_until = time.monotonic() + _RETRY_REDIS_AFTER
         if self._redis_ok:
             self._redis_ok = False
             logger.warning(
-                "%s: the fleet's rate limit cannot reach Redis (%s: %s); the limit holds per process until it answers",
+                "%s: the fleet's rate limit cannot reach Redis (%s); the limit holds per process until it answers",
                 self.service,
-                type(error.storage_error).__name__,
-                error.storage_error,
+                error,
             )
 
     def _redis_answered(self) -> None:
@@ -218,18 +228,3 @@ class _SendWindow:
                 return sent[0] + self.seconds - now
             sent.append(now)
             return 0.0
-
-
-def _redis_storage(state: StateConfig) -> Storage:
-    from limits.storage import RedisStorage
-
-    url = state.url
-    if url.startswith("unix://"):
-        url = "redis+unix://" + url.removeprefix("unix://")  # limits' spelling of a socket path
-    return RedisStorage(
-        url,
-        key_prefix=f"{state.prefix}:ratelimit",
-        wrap_exceptions=True,
-        socket_timeout=state.timeout,
-        socket_connect_timeout=state.timeout,
-    )

@@ -11,6 +11,7 @@ import pytest
 
 from outbound import Registry
 from tests.redis_server import RedisServer
+from tests.redis_topologies import Cluster, SentinelGroup
 from tests.upstream import Upstream, UpstreamProcess, wait_until
 
 pytest_plugins = ["pytester"]  # tests/test_testing_kit.py runs small pytest sessions of its own
@@ -59,6 +60,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """A redis-server of the test session's own (never the machine's shared one)."""
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-node Redis Cluster of the session's own (``tests/redis_topologies.py``)."""
+    with Cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A primary, a replica and 3 Sentinels of the session's own; a test may kill the primary (they fail over)."""
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
 
 
 @pytest.fixture

@@ -41,9 +41,15 @@ PROGRAMS = (
         install="redis-server",
         installed=lambda: shutil.which("redis-server") is not None,
         needed_by=(
+            "tests/core/test_cache.py",
+            "tests/core/test_chaos_fleet.py",
             "tests/core/test_cli.py",
             "tests/core/test_fleet.py",
             "tests/core/test_fleet_hostile.py",
+            "tests/core/test_fleet_ratelimit.py",
+            "tests/core/test_fleet_scale.py",
+            "tests/core/test_fleet_topologies.py",
+            "tests/core/test_history_fleet.py",
             "tests/core/test_policy_live.py",
             "tests/django/test_command.py",
             "tests/example/test_scenario.py",
@@ -57,6 +63,13 @@ PROGRAMS = (
         install="chromium",
         installed=lambda: CHROMIUM.exists(),
         needed_by=("tests/browser",),
+    ),
+    Program(
+        name="tmux",
+        why="the terminal view's tests (status --watch) draw it in a real terminal",
+        install="tmux",
+        installed=lambda: shutil.which("tmux") is not None,
+        needed_by=("tests/django/test_watch.py", "tests/flask/test_watch.py"),
     ),
 )
 

@@ -1,4 +1,5 @@
-"""Fleet mode end to end: gunicorn with four preloaded workers (Django and Flask) sharing one Redis.
+"""Fleet mode end to end: gunicorn with four preloaded workers (Django and Flask) sharing one Redis, and once on
+each other topology: a primary behind Sentinel, a 3-node Cluster.
 
 The upstream starts failing; the fleet opens the breaker after ``fail_max`` failures in all (not per worker), every
 worker refuses from then on, every worker's ``/health/outbound`` reports the same open breaker and four workers,
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
+from redis.cluster import RedisCluster
 
 from tests.flask.e2e_app import HEALTH_TOKEN
 from tests.flask.test_e2e import Gunicorn
@@ -40,16 +43,33 @@ FRAMEWORKS = {
 }
 
 
-@pytest.fixture(params=list(FRAMEWORKS))
-def fleet_server(request: pytest.FixtureRequest, upstream: Upstream, redis_url: str) -> Iterator[dict[str, Any]]:
-    app, service, path, extra = FRAMEWORKS[request.param]
+# Each framework on one Redis, and once on each other topology (issue 26): behind Sentinel, on a Cluster.
+RUNS = [("flask", "single"), ("django", "single"), ("flask", "sentinel"), ("django", "cluster")]
+
+
+def _redis(topology: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    if topology == "sentinel":
+        group = request.getfixturevalue("redis_sentinels")
+        redis.Redis(port=group.primary_port(), socket_timeout=2).flushdb()
+        return {"OUTBOUND_E2E_REDIS": group.url}
+    if topology == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        RedisCluster.from_url(cluster.first_url).flushall(target_nodes=RedisCluster.PRIMARIES)
+        return {"OUTBOUND_E2E_REDIS": cluster.url, "OUTBOUND_E2E_REDIS_CLUSTER": "1"}
+    return {"OUTBOUND_E2E_REDIS": request.getfixturevalue("redis_url")}
+
+
+@pytest.fixture(params=RUNS, ids=lambda run: "-".join(run))
+def fleet_server(request: pytest.FixtureRequest, upstream: Upstream) -> Iterator[dict[str, Any]]:
+    framework, topology = request.param
+    app, service, path, extra = FRAMEWORKS[framework]
     with tempfile.TemporaryDirectory(prefix="ob") as home:
         env = {
             **os.environ,
             **extra,
             "PYTHONPATH": str(ROOT),
             "OUTBOUND_E2E_UPSTREAM": upstream.url,
-            "OUTBOUND_E2E_REDIS": redis_url,
+            **_redis(topology, request),
             "HOME": home,  # gunicorn >= 24 opens a control socket under $HOME: keep it private to this run
         }
         args = [sys.executable, "-m", "gunicorn", "--preload", f"--workers={WORKERS}", "--bind=127.0.0.1:0"]
@@ -62,7 +82,7 @@ def fleet_server(request: pytest.FixtureRequest, upstream: Upstream, redis_url: 
                 "gunicorn": gunicorn,
                 "service": service,
                 "path": path,
-                "framework": request.param,
+                "framework": framework,
                 "env": env,
             }
         finally:

@@ -5,7 +5,7 @@ service gets one ``ServiceLink`` from the backend when it is built (``StateBacke
 its pause as they are made: through it they tell the fleet of the rare events (a failure, a transition, a pause the
 upstream asked for) and ask for the rare decisions (the fleet's half-open trial). A process alone, and a service with
 ``shared: false``, get ``LOCAL``, which shares nothing. Health reports ask the backend for the fleet's view. Nothing
-outside ``_state/redis.py`` imports redis.
+outside ``_state/redis.py`` and ``_state/lease.py`` (the fleet's rate limit) imports redis.
 """
 
 from __future__ import annotations
@@ -155,6 +155,12 @@ class MemoryState:
 
     def close(self) -> None:
         pass
+
+
+def key_prefix(config: StateConfig) -> str:
+    """The start of every Redis key the fleet writes: on a cluster, a hash tag (``{outbound}:breaker:api``), so
+    every key of the fleet lives in one slot and every script's keys are on one node."""
+    return f"{{{config.prefix}}}" if config.cluster else config.prefix
 
 
 def state_backend(config: StateConfig) -> StateBackend:

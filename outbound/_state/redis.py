@@ -11,14 +11,18 @@ only local memory. Redis is touched on the rare paths:
   and published the same way;
 - the half-open trial: at most ``half_open_max_calls`` trial calls per trial period for the whole fleet (a counter
   that expires with the period), asked synchronously, once per trial, bounded by ``state.timeout``;
-- every ``sync_interval`` each process publishes its stats under a key that expires, heartbeats into the set of live
-  workers, and re-reads the fleet's breaker states and reset epochs (pub/sub delivers at most once: this catches what
-  it missed);
+- every ``sync_interval`` each process keeps its stats alive under a key that expires (rewritten when they changed,
+  its expiry extended when they did not) and reads the fleet's *version*, a counter every decision bumps; when it
+  moved, it re-reads the fleet's breaker states and reset epochs (pub/sub delivers at most once: this catches what
+  it missed). An idle worker costs Redis one or two commands per sync; every ``_THOROUGH_EVERY`` syncs it writes
+  and reads everything once more;
 - a pause the upstream asked for (429 or 503 with ``Retry-After``) is written with its expiry and published, off
   the calling thread; a process joining later adopts it on its first read;
 - operator actions (``isolate``, ``reset``) write and publish synchronously; a reset also starts a new *reset
   epoch*: every process clears its stats of the service, and stats published before the epoch are not counted;
-- health reports read the fleet's breakers and every live worker's stats in one script.
+- health reports read the fleet's breakers and, in a fleet of at most ``SMALL_FLEET`` workers, every live worker's
+  stats, in one script; a larger fleet's reports read the merged record instead (O(services) bytes, whatever the
+  number of workers), which one process rewrites when a report finds it older than ``sync_interval``.
 
 Every decision about a breaker is stamped with its time on Redis's clock (``{p}:decided``), and a decision that is
 older than the fleet's latest one is refused by the script that would write it: the latest decision wins, wherever
@@ -44,13 +48,17 @@ Keys (``{p}`` the prefix, ``{s}`` a service, ``{w}`` a worker: ``host:pid:random
     {p}:decided       hash: service -> time (ms) of the fleet's latest breaker decision
     {p}:resets        hash: service -> time (ms) of its latest reset (the reset epoch)
     {p}:ratelimit:... the fleet's rate limit windows (the ``limits`` library's keys, ``scope: "fleet"``)
-    {p}:workers       sorted set of live workers, scored by their last heartbeat (ms)
-    {p}:stats:{w}     one worker's stats (JSON), rewritten every ``sync_interval``, expire after three of them
+    {p}:workers       sorted set of the workers that joined (the roster), scored by their last full heartbeat (ms); a
+                      member whose stats expired is dead and is removed by the next read of the roster
+    {p}:stats:{w}     one worker's stats (JSON): a worker is live while they are; expire three ``sync_interval``s
+                      after they were last written or extended
+    {p}:version       a counter every decision (an opening, a transition, a pause, a reset) increments
+    {p}:merged        the fleet's stats merged (JSON, as one worker's), for the reports of a large fleet
+    {p}:merging       which worker merges them this interval (a lock that expires with it)
     {p}:events        the pub/sub channel of transitions
 
-``workers`` expires three ``sync_interval``s after the last heartbeat of any worker, ``decided`` and ``resets`` a day
-after it. No key is written for a service with ``shared: false``. A single Redis (or a primary): scripts touch
-several keys.
+``workers``, ``decided``, ``resets`` and ``version`` expire a day after the last full heartbeat or decision. No key
+is written for a service with ``shared: false``. A single Redis (or a primary): scripts touch several keys.
 """
 
 from __future__ import annotations
@@ -78,7 +86,8 @@ from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
 from ..health import HistorySnapshot, LastError, StateBackendHealth
-from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink
+from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink, key_prefix
+from ._client import REDIS_ERRORS, connect, redact
 from ._records import (
     BreakerRecord,
     Complaints,
@@ -105,12 +114,20 @@ _LIVE_INTERVALS = 3
 _MEMORY_MS = 86_400_000
 # The most live workers a health report reads the stats of (a bound on one script's work, whatever is in Redis).
 MAX_WORKERS = 10_000
+# A fleet of at most this many workers is reported from every worker's stats (at most ~12 KB); a larger one from the
+# merged record one process writes per sync interval, so a report costs O(services), not O(workers).
+SMALL_FLEET = 8
+# An idle worker re-reads every breaker only when the fleet's version moved, and besides every this many syncs.
+_THOROUGH_EVERY = 60
 # The reason a pushed state carries when this process holds it without the words of the decision behind it.
 _HELD = {
     OPEN: "opened while the fleet was unreachable",
     ISOLATED: "isolated by an operator",
     CLOSED: "the isolation ended",
 }
+
+# What ends the listener's connection: Redis failing, or a reply redis-py cannot read.
+_LISTENER_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError)
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
 # Keys of a type the scripts did not write (a stray SET, a corrupt key) are read as absent, reported with a marker
@@ -144,9 +161,14 @@ local function counter(key)
   if t == 'none' then return end
   if t ~= 'string' or not string.match(redis.call('GET', key), '^%d+$') then redis.call('DEL', key) end
 end
+local function bump(key, ms)
+  counter(key)
+  redis.call('INCR', key)
+  redis.call('PEXPIRE', key, ms)
+end
 """
 
-# KEYS: fails, breaker, trial, decided. ARGV: fail_max, window_ms, open_ms, worker, reason, cause, service,
+# KEYS: fails, breaker, trial, decided, version. ARGV: fail_max, window_ms, open_ms, worker, reason, cause, service,
 # memory_ms.
 # Returns {until, now}: `until` of the opening when this failure opened the fleet's breaker (the caller publishes
 # it), else 0.
@@ -167,12 +189,13 @@ if n >= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[2]) == 0 then
   writable(KEYS[4], 'hash')
   redis.call('HSET', KEYS[4], ARGV[7], now)
   redis.call('PEXPIRE', KEYS[4], ARGV[8])
+  bump(KEYS[5], ARGV[8])
   return {untl, now}
 end
 return {0, now}
 """.replace("GRACE", str(_BREAKER_GRACE_MS))
 )
-# KEYS: breaker, fails, trial, decided, pause, resets. ARGV: state, open_ms (negative: no end), worker, reason,
+# KEYS: breaker, fails, trial, decided, pause, resets, version. ARGV: state, open_ms (negative: no end), worker, reason,
 # cause, service, at (the decision's time; negative: now), reset (1: an operator's reset), memory_ms.
 # Returns {until (-1: none; -2: refused, a later decision stands), at}. The fleet's latest decision is the latest of
 # its recorded time, the opening in the breaker hash and the last reset: any one of them may have expired.
@@ -196,6 +219,7 @@ end
 redis.call('HSET', KEYS[4], ARGV[6], at)
 redis.call('PEXPIRE', KEYS[4], ARGV[9])
 redis.call('DEL', KEYS[3])
+bump(KEYS[7], ARGV[9])
 if ARGV[1] == 'closed' then
   redis.call('DEL', KEYS[1], KEYS[2])
   if ARGV[8] == '1' then
@@ -227,72 +251,136 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 )
-# KEYS: pause. ARGV: worker, pause_ms. A pause only ever gets longer: a shorter Retry-After from another worker must
-# not cut one the upstream asked for earlier. Returns 1 when it was set.
-_PAUSE = """
+# KEYS: pause, version. ARGV: worker, pause_ms, memory_ms. A pause only ever gets longer: a shorter Retry-After from
+# another worker must not cut one the upstream asked for earlier. Returns 1 when it was set.
+_PAUSE = (
+    _HELPERS
+    + """
 if redis.call('PTTL', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+bump(KEYS[2], ARGV[3])
 return 1
 """
-# KEYS: workers, stats:{w}, decided, resets. ARGV: worker, live_ms, stats JSON, memory_ms.
+)
+# Reads that cost one command per key whatever a key holds (the idle budget counts every command a script runs):
+# a key of a type the scripts did not write comes back as the marker '!wrongtype', which the readers reject.
+_CHEAP = """
+local function string_or_mark(v)
+  if v == false then return '' end
+  if type(v) ~= 'string' then return '!wrongtype' end
+  return v
+end
+local function text_at(key) return string_or_mark(redis.pcall('GET', key)) end
+local function hash_at(key)
+  local v = redis.pcall('HGETALL', key)
+  if v['err'] then return {'!wrongtype'} end
+  return v
+end
+local function fields_at(key, names)
+  local out = {}
+  if #names == 0 then return out end
+  local v = redis.pcall('HMGET', key, unpack(names))
+  for i = 1, #names do
+    if v['err'] then out[i] = '!wrongtype' else out[i] = string_or_mark(v[i]) end
+  end
+  return out
+end
+-- Every worker on the roster with its stats (at most `most` of them); a worker whose stats expired is dead: it
+-- leaves the roster (its id still comes back, with empty stats, so a bad id is reported).
+local function roster(key, prefix, most, longest)
+  local members = redis.pcall('ZRANGE', key, 0, most - 1)
+  if members['err'] then return {'!wrongtype'}, {''} end
+  local stats = {}
+  for i, w in ipairs(members) do
+    local v = redis.pcall('GET', prefix .. w)
+    if v == false then
+      redis.call('ZREM', key, w)
+      v = ''
+    elseif type(v) ~= 'string' then
+      v = '!wrongtype'
+    elseif #v > longest then
+      v = '!too long'
+    end
+    stats[i] = v
+  end
+  return members, stats
+end
+"""
+# KEYS: workers, stats:{w}, decided, resets, version. ARGV: worker, live_ms, stats JSON, memory_ms.
+# The full heartbeat, when this worker's stats changed (or now and then): it joins the roster and rewrites its stats,
+# which expire after `live_ms` (a worker is live while its stats are). Returns {now, the fleet's version}.
 _HEARTBEAT = (
     _HELPERS
+    + _CHEAP
     + _NOW
     + """
 writable(KEYS[1], 'zset')
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 redis.call('SET', KEYS[2], ARGV[3], 'PX', tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[4]))
 redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[4]))
-return now
+return {now, text_at(KEYS[5])}
 """
 )
-# KEYS: workers, resets, then a breaker hash and a failure counter per service. ARGV: live_ms, stats key prefix,
-# the most workers to read, the longest stats record to return, then the services' names.
-_VIEW = (
-    _HELPERS
+# KEYS: workers, resets. ARGV: stats key prefix, the most workers to read, the longest stats record to return, then
+# the services' names. Every live worker's stats and each service's reset epoch, for the process that merges them.
+_ROSTER = (
+    _CHEAP
     + _NOW
     + """
-local live = {}
-local t = kind(KEYS[1])
-if t == 'zset' then
-  live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
-elseif t ~= 'none' then
-  live = {'!' .. t}
+local members, stats = roster(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+local names = {}
+for i = 4, #ARGV do names[#names + 1] = ARGV[i] end
+return {now, members, stats, fields_at(KEYS[2], names)}
+"""
+)
+# KEYS: workers, resets, merged, then a breaker hash and a failure counter per service. ARGV: stats key prefix, the
+# most workers to read, the longest stats record to return, the largest fleet read worker by worker, then the
+# services' names. A small fleet's report reads every worker's stats; a larger one's reads the merged record one
+# process writes per sync interval (its PTTL says how old it is): O(services), whatever the number of workers.
+_VIEW = (
+    _HELPERS
+    + _CHEAP
+    + _NOW
+    + """
+local count = redis.pcall('ZCARD', KEYS[1])
+if type(count) ~= 'number' then count = 0 end
+local members, stats, merged, merged_ttl = {}, {}, '', -2
+if count <= tonumber(ARGV[4]) then
+  members, stats = roster(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+else
+  merged = text_at(KEYS[3])
+  if #merged > tonumber(ARGV[3]) then merged = '!too long' end
+  merged_ttl = redis.call('PTTL', KEYS[3])
 end
-local stats = {}
-for i, w in ipairs(live) do
-  local v = text_of(ARGV[2] .. w)
-  if #v > tonumber(ARGV[4]) then v = '!too long' end
-  stats[i] = v
-end
-local breakers, fails, epochs = {}, {}, {}
-for i = 3, #KEYS, 2 do
+local breakers, fails, names = {}, {}, {}
+for i = 4, #KEYS, 2 do
   local n = #breakers + 1
   breakers[n] = hash_of(KEYS[i])
   fails[n] = text_of(KEYS[i + 1])
-  epochs[n] = field(KEYS[2], ARGV[4 + n])
+  names[n] = ARGV[4 + n]
 end
-return {now, live, stats, breakers, fails, epochs}
+local epochs = {}
+if #names > 0 then epochs = fields_at(KEYS[2], names) end
+return {now, count, members, stats, merged, merged_ttl, breakers, fails, epochs}
 """
 )
-# KEYS: a breaker hash per service, a pause key per service, decided, resets. ARGV: the services' names.
-# Returns the breakers, the pauses' PTTLs, and each service's latest decision and reset epoch.
+# KEYS: a breaker hash per service, a pause key per service, decided, resets, version. ARGV: the services' names.
+# Returns the breakers, the pauses' PTTLs, each service's latest decision and reset epoch, and the fleet's version
+# (bumped by every decision: a worker that saw it unchanged has nothing to re-read).
 _BREAKERS = (
-    _HELPERS
+    _CHEAP
     + _NOW
     + """
 local n = #ARGV
-local breakers, pauses, decided, epochs = {}, {}, {}, {}
+local breakers, pauses = {}, {}
 for i = 1, n do
-  breakers[i] = hash_of(KEYS[i])
+  breakers[i] = hash_at(KEYS[i])
   pauses[i] = redis.call('PTTL', KEYS[n + i])
-  decided[i] = field(KEYS[2 * n + 1], ARGV[i])
-  epochs[i] = field(KEYS[2 * n + 2], ARGV[i])
 end
-return {now, breakers, pauses, decided, epochs}
+local decided, epochs = fields_at(KEYS[2 * n + 1], ARGV), fields_at(KEYS[2 * n + 2], ARGV)
+return {now, breakers, pauses, decided, epochs, text_at(KEYS[2 * n + 3])}
 """
 )
 
@@ -365,7 +453,13 @@ class Paused(NamedTuple):
     seconds: float
 
 
-Op = Fail | Recovered | Transition | Paused
+class Merge(NamedTuple):
+    """A report found the fleet's merged stats older than a sync interval: merge them again (``RedisState._merge``)."""
+
+    service: str = ""
+
+
+Op = Fail | Recovered | Transition | Paused | Merge
 
 
 class RedisState:
@@ -377,7 +471,7 @@ class RedisState:
         self.config = config
         self._services: dict[str, Service] = {}
         self._closed = False
-        self._keys = _Keys(config.prefix)
+        self._keys = _Keys(key_prefix(config))
         self._live_ms = int(config.sync_interval * 1000 * _LIVE_INTERVALS)
         # Redis-clock times (ms): of the decision behind each breaker's local state, and of the last reset applied.
         self._decided: dict[str, int] = {}
@@ -406,6 +500,14 @@ class RedisState:
         self._resync_due = False  # cut off since the last sync: reconcile before following the fleet again
         self._last_error: str | None = None
         self._fleet_seen: dict[str, tuple[str, int | None]] = {}
+        # The idle path (see _sync): the stats last written, the fleet's version last read, syncs since the start and
+        # since the last full heartbeat; whether a merge of the fleet's stats is queued.
+        self._last_published: str | None = None
+        self._stats_gone = False
+        self._version: bytes | None = None
+        self._syncs = 0
+        self._quiet = 0
+        self._merge_queued = False
         # Decisions this process made while cut off, per service: (monotonic time, reason); and the services an
         # operator reset meanwhile. They go to the fleet when Redis answers again.
         self._alone_lock = threading.Lock()
@@ -430,7 +532,7 @@ class RedisState:
             # start (one round trip, once per process, bounded by state.timeout).
             try:
                 self._adopt_fleet()
-            except redis.RedisError as error:
+            except REDIS_ERRORS as error:
                 self._unreachable(error)
             for daemon in self._daemons:
                 daemon.ensure()
@@ -443,7 +545,7 @@ class RedisState:
         for daemon in self._daemons:
             daemon.stop(timeout=2 * self.config.timeout + 1.0)
         if self._client is not None and self._reachable and self._pid == os.getpid():
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 pipeline = self._client.pipeline(transaction=False)
                 pipeline.zrem(self._keys.workers, self.worker)
                 pipeline.delete(self._keys.stats(self.worker))
@@ -478,7 +580,7 @@ class RedisState:
         self.ensure_running()
         try:
             self._apply_op(op)
-        except (redis.RedisError, OSError) as error:
+        except REDIS_ERRORS as error:
             self._unreachable(error)
 
     def claim_trial(self, service: str, seconds: float, allowed: int) -> bool:
@@ -490,7 +592,7 @@ class RedisState:
             return True
         try:
             number = self._script("trial", _TRIAL)(keys=[self._keys.trial(service)], args=[int(seconds * 1000)])
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self._unreachable(error)
             return True
         return int(number) <= allowed
@@ -510,7 +612,7 @@ class RedisState:
             return  # shared: false, a process-local service
         try:
             self._set_and_publish(service, state, seconds, reason, reset=reset)
-        except redis.RedisError as error:
+        except REDIS_ERRORS as error:
             self._unreachable(error)
             self._remember(service, reason, reset=reset)
 
@@ -522,29 +624,34 @@ class RedisState:
         )
 
     def view(self) -> FleetView | None:
-        """The fleet's breakers and summed stats (one script), or ``None`` when Redis does not answer."""
+        """The fleet's breakers and summed stats (one script), or ``None`` when Redis does not answer.
+
+        A small fleet (``SMALL_FLEET`` workers) is summed here from every worker's stats; a larger one is read from
+        the merged record (O(services) bytes), which one process rewrites at most once per ``sync_interval``: a
+        report finding it older asks this process's fleet thread to merge again and answers with what it has."""
         if self._closed or not self._services:
             return None
         names = list(self._services)
-        keys = [self._keys.workers, self._keys.resets]
+        keys = [self._keys.workers, self._keys.resets, self._keys.merged]
         for name in names:
             keys += [self._keys.breaker(name), self._keys.fails(name)]
-        args = [self._live_ms, self._keys.stats(""), MAX_WORKERS, MAX_RECORD_BYTES, *names]
+        args = [self._keys.stats(""), MAX_WORKERS, MAX_RECORD_BYTES, SMALL_FLEET, *names]
         try:
-            now, live, stats, breakers, fails, epochs = self._script("view", _VIEW)(keys=keys, args=args)
-        except redis.RedisError as error:
+            now, count, members, stats, merged_raw, merged_ttl, breakers, fails, epochs = self._script("view", _VIEW)(
+                keys=keys, args=args
+            )
+            self._reachable_again()
+            now, complain = int(now), self._complain
+            if int(count) <= SMALL_FLEET:
+                published, others = self._published_of(members, stats)
+                published.append(self._local_stats())  # this process's own, fresher than what it last published
+                workers = len(others) + (1 if self._following else 0)  # a shell's `outbound status` only reads
+            else:
+                workers = int(count)
+                published = [self._merged(merged_raw, int(merged_ttl))]
+        except REDIS_ERRORS as error:
             self._unreachable(error)
             return None
-        self._reachable_again()
-        now, complain = int(now), self._complain
-        published: list[dict[str, PublishedStats]] = []
-        workers: set[str] = set()
-        for raw_worker, raw in zip(live, stats, strict=True):
-            worker = read_worker(raw_worker, complain)
-            if worker is not None and worker != self.worker:
-                workers.add(worker)
-                published.append(read_stats(raw, self._services, complain, self._histories))
-        published.append(self._local_stats())  # this process's own, fresher than what it last published
         services = {
             name: self._fleet_service(
                 name,
@@ -556,10 +663,64 @@ class RedisState:
             )
             for name, fields, count, epoch in zip(names, breakers, fails, epochs, strict=True)
         }
-        # This process counts once it follows the fleet; a shell's `outbound status` only reads it.
-        if self._following:
-            workers.add(self.worker)
-        return FleetView(workers=len(workers), services=services)
+        return FleetView(workers=workers, services=services)
+
+    def _published_of(self, members: list[Any], stats: list[Any]) -> tuple[list[dict[str, PublishedStats]], set[str]]:
+        """The other live workers' stats, and their ids (a worker whose stats expired is not live)."""
+        published: list[dict[str, PublishedStats]] = []
+        workers: set[str] = set()
+        for raw_worker, raw in zip(members, stats, strict=True):
+            worker = read_worker(raw_worker, self._complain)
+            if worker is not None and worker != self.worker and raw:
+                workers.add(worker)
+                published.append(read_stats(raw, self._services, self._complain, self._histories))
+        return published, workers
+
+    def _merged(self, raw: Any, ttl_ms: int) -> dict[str, PublishedStats]:
+        """The fleet's merged stats as a report uses them: the record read (``raw``), merged again here when there
+        is none, its merge queued when it is older than a sync interval; and this process's own stats of a service
+        reset since it was merged."""
+        merged = read_stats(raw, self._services, self._complain, self._histories) if raw else None
+        if merged is None:
+            merged = self._merge(wait=True)
+        elif self._live_ms - ttl_ms > self.config.sync_interval * 1000:
+            if self._following and not self._merge_queued:
+                self._merge_queued = True
+                self._ops.put(Merge())
+            elif not self._following:
+                merged = self._merge(wait=True)  # a shell's `outbound status`: no fleet thread to ask
+        local = self._local_stats()
+        stale = {name: entry for name, entry in local.items() if name not in merged or merged[name].epoch < entry.epoch}
+        return {**merged, **stale}
+
+    def _merge(self, *, wait: bool) -> dict[str, PublishedStats]:
+        """Sum every live worker's stats (this process's own fresh ones) into ``{p}:merged``, for the reports of a
+        large fleet; unless ``wait`` is false and another process merges this interval already. O(workers), once per
+        interval for the whole fleet. Returns what it merged (empty when it left the merge to another process)."""
+        client, keys = self._client_(), self._keys
+        if not wait and not client.set(keys.merging, self.worker, nx=True, px=int(self.config.sync_interval * 1000)):
+            return {}
+        names = list(self._services)
+        _, members, stats, epochs = self._script("roster", _ROSTER)(
+            keys=[keys.workers, keys.resets], args=[keys.stats(""), MAX_WORKERS, MAX_RECORD_BYTES, *names]
+        )
+        published, _ = self._published_of(members, stats)
+        published.append(self._local_stats())
+        merged: dict[str, PublishedStats] = {}
+        histories = self._histories
+        for name, raw_epoch in zip(names, epochs, strict=True):
+            epoch = read_number(raw_epoch, f"the reset epoch of {name!r}", self._complain) or 0
+            entries = [entry for worker in published if (entry := worker.get(name)) is not None]
+            record = StatsRecord.merge(entry.record for entry in entries if entry.epoch >= epoch)
+            history = None
+            if name in histories:  # every process's buckets, whatever the epoch (as _history does)
+                from .._history import HistoryRecord
+
+                kept = [entry.history for entry in entries if entry.history is not None]
+                history = HistoryRecord.merge(kept, interval=histories[name][0])
+            merged[name] = PublishedStats(record, epoch, history)
+        client.set(keys.merged, json.dumps(self._encoded(merged)), px=self._live_ms)
+        return merged
 
     def _fleet_service(
         self,
@@ -625,7 +786,7 @@ class RedisState:
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + interval
                     self._sync()
-            except (redis.RedisError, OSError) as error:
+            except REDIS_ERRORS as error:
                 if stop.is_set():
                     return
                 self._unreachable(error)
@@ -635,6 +796,11 @@ class RedisState:
                 logger.exception("outbound fleet sync failed")
 
     def _apply_op(self, op: Op) -> None:
+        if isinstance(op, Merge):
+            self._merge_queued = False  # first: a merge that fails or is skipped may be asked for again
+            if self._reachable:
+                self._merge(wait=False)
+            return
         if not self._reachable:
             self._remember_op(op)  # the process runs on its own state; what it decided goes to the fleet later
             return
@@ -645,7 +811,7 @@ class RedisState:
             reason = f"{config.fail_max} failures across the fleet"
             args = [config.fail_max, window_ms, open_ms, self.worker, reason, _cause_json(op.cause), service]
             until, at = self._script("fail", _FAIL)(
-                keys=[keys.fails(service), keys.breaker(service), keys.trial(service), keys.decided],
+                keys=[keys.fails(service), keys.breaker(service), keys.trial(service), keys.decided, keys.version],
                 args=[*args, _MEMORY_MS],
             )
             if int(until):
@@ -657,7 +823,7 @@ class RedisState:
             self._client_().delete(keys.fails(service))
         elif isinstance(op, Paused):
             if self._script("pause", _PAUSE)(
-                keys=[keys.pause(service)], args=[self.worker, max(1, int(op.seconds * 1000))]
+                keys=[keys.pause(service), keys.version], args=[self.worker, max(1, int(op.seconds * 1000)), _MEMORY_MS]
             ):
                 message = {"worker": self.worker, "service": service, "pause": op.seconds}
                 self._client_().publish(keys.events, json.dumps(message))
@@ -690,6 +856,7 @@ class RedisState:
                 keys.decided,
                 keys.pause(service),
                 keys.resets,
+                keys.version,
             ],
             args=[state, open_ms, self.worker, reason, _cause_json(cause), service, at, int(reset), _MEMORY_MS],
         )
@@ -732,29 +899,50 @@ class RedisState:
         self._fleet_seen[service] = (state, until)
 
     def _sync(self) -> None:
-        """Heartbeat and publish this process's stats; re-read the fleet's breakers (catching missed messages), or
-        after a time cut off, reconcile what this process decided alone with what the fleet decided."""
+        """Heartbeat and publish this process's stats; re-read the fleet's breakers when the fleet's version moved
+        (catching missed messages), or after a time cut off, reconcile what this process decided alone with what the
+        fleet decided.
+
+        An idle worker (stats unchanged since its last write, the fleet's version unchanged) costs Redis one or two
+        commands per sync: ``GET`` of the version, and every other sync a ``PEXPIRE`` that keeps its stats (its
+        liveness) from expiring. Every ``_THOROUGH_EVERY`` syncs it writes and reads everything once more."""
         client = self._client_()
         if not self._reachable:
             client.ping()  # raises while Redis is still away
             self._reachable_again()
         keys = self._keys
-        self._script("heartbeat", _HEARTBEAT)(
-            keys=[keys.workers, keys.stats(self.worker), keys.decided, keys.resets],
-            args=[self.worker, self._live_ms, json.dumps(self._published_stats()), _MEMORY_MS],
-        )
+        self._syncs += 1
+        published = json.dumps(self._published_stats())
+        thorough = self._resync_due or self._syncs % _THOROUGH_EVERY == 1
+        if thorough or self._stats_gone or published != self._last_published:
+            _, version = self._script("heartbeat", _HEARTBEAT)(
+                keys=[keys.workers, keys.stats(self.worker), keys.decided, keys.resets, keys.version],
+                args=[self.worker, self._live_ms, published, _MEMORY_MS],
+            )
+            self._last_published, self._stats_gone, self._quiet = published, False, 0
+        else:
+            self._quiet += 1
+            refresh = self._quiet % 2 == 0  # stats live three intervals: a refresh every second one keeps them
+            pipeline = client.pipeline(transaction=False)
+            if refresh:
+                pipeline.pexpire(keys.stats(self.worker), self._live_ms)
+            pipeline.get(keys.version)
+            answers = pipeline.execute()
+            if refresh and not answers[0]:
+                self._stats_gone = True  # expired (a long stall, a Redis restarted empty): the next sync rejoins
+            version = answers[-1]
         if self._resync_due:
             self._resync_due = False
             self._reconcile()
-        else:
+        elif thorough or _version(version) != self._version:
             self._adopt_fleet()
 
     def _read_fleet(self) -> tuple[int, dict[str, _FleetState]]:
         names = list(self._services)
         keys = self._keys
         script_keys = [keys.breaker(name) for name in names] + [keys.pause(name) for name in names]
-        now, breakers, pauses, decided, epochs = self._script("breakers", _BREAKERS)(
-            keys=[*script_keys, keys.decided, keys.resets], args=names
+        now, breakers, pauses, decided, epochs, version = self._script("breakers", _BREAKERS)(
+            keys=[*script_keys, keys.decided, keys.resets, keys.version], args=names
         )
         complain = self._complain
         found = {
@@ -766,6 +954,7 @@ class RedisState:
             )
             for name, fields, pause, when, epoch in zip(names, breakers, pauses, decided, epochs, strict=True)
         }
+        self._version = _version(version)
         return int(now), found
 
     def _adopt_fleet(self) -> None:
@@ -881,14 +1070,14 @@ class RedisState:
                     message = pubsub.get_message(timeout=0.2)
                     if message is not None:
                         self._on_message(message.get("data"))
-            except (redis.RedisError, OSError, ValueError) as error:
+            except _LISTENER_ERRORS as error:
                 if stop.is_set():
                     return  # close() closed the connection under the listener: the expected way out
                 self._unreachable(error)
                 stop.wait(self.config.sync_interval)
             finally:
                 if pubsub is not None:
-                    with contextlib.suppress(redis.RedisError, OSError, ValueError):
+                    with contextlib.suppress(*_LISTENER_ERRORS):
                         pubsub.close()
 
     def _on_message(self, data: Any) -> None:
@@ -923,11 +1112,7 @@ class RedisState:
     def _client_(self) -> redis.Redis:
         client = self._client
         if client is None:
-            client = self._client = redis.Redis.from_url(
-                self.config.url,
-                socket_timeout=self.config.timeout,
-                socket_connect_timeout=self.config.timeout,
-            )
+            client = self._client = connect(self.config)
         return client
 
     def _script(self, name: str, source: str) -> Any:
@@ -945,8 +1130,12 @@ class RedisState:
         return stats
 
     def _published_stats(self) -> dict[str, Any]:
+        return self._encoded(self._local_stats())
+
+    def _encoded(self, entries: dict[str, PublishedStats]) -> dict[str, Any]:
+        """Stats as a worker publishes them (and as the merged record holds them)."""
         published: dict[str, Any] = {}
-        for name, entry in self._local_stats().items():
+        for name, entry in entries.items():
             published[name] = {**entry.record.as_dict(), "epoch": entry.epoch}
             if entry.history is not None:
                 # Its share of a record's bytes: a long history is cut (oldest buckets first), never the stats.
@@ -978,8 +1167,9 @@ class RedisState:
         if self._reachable:
             self._reachable = False
             logger.warning(
-                "the fleet's state backend (Redis) is unreachable (%s); this process goes on with its own breakers "
-                "and stats, and re-syncs when it answers again",
+                "the fleet's state backend (Redis at state.url %s) is unreachable (%s); this process goes on with "
+                "its own breakers and stats, and re-syncs when it answers again",
+                redact(self.config.url),
                 self._last_error,
             )
 
@@ -996,6 +1186,9 @@ class _Keys:
         self.events = f"{prefix}:events"
         self.decided = f"{prefix}:decided"
         self.resets = f"{prefix}:resets"
+        self.version = f"{prefix}:version"
+        self.merged = f"{prefix}:merged"
+        self.merging = f"{prefix}:merging"
 
     def breaker(self, service: str) -> str:
         return f"{self.prefix}:breaker:{service}"
@@ -1011,6 +1204,11 @@ class _Keys:
 
     def stats(self, worker: str) -> str:
         return f"{self.prefix}:stats:{worker}"
+
+
+def _version(raw: Any) -> bytes:
+    """The fleet's version as read (absent: empty); only ever compared with the previous one read."""
+    return raw if isinstance(raw, bytes) else b""
 
 
 def _holds(breaker: Breaker) -> bool:

@@ -294,6 +294,7 @@ def test_corrupt_breaker_records_are_skipped_and_far_ends_are_bounded(worker: Re
     far = int(time.time() * 1000) + 10**14  # three thousand years ahead: a valid time, an absurd wait
     client.delete(key)
     client.hset(key, mapping={"state": "open", "until": far, "opened": far - 10**14})
+    client.incr(f"{PREFIX}:version")  # as every write of a decision does: the workers have something to re-read
     breaker = _reports_sanely(worker)["services"]["api"]["breaker"]
     assert breaker["state"] == "open"
     assert breaker["retry_in"] <= RESET_TIMEOUT  # an opening never outlasts reset_timeout
@@ -306,6 +307,7 @@ def test_corrupt_breaker_records_are_skipped_and_far_ends_are_bounded(worker: Re
 
 def test_a_pause_key_with_an_absurd_ttl_pauses_no_longer_than_the_cap(worker: Registry, redis_url: str) -> None:
     _store(redis_url).set(f"{PREFIX}:pause:api", "x", px=10**12)  # thirty years
+    _store(redis_url).incr(f"{PREFIX}:version")  # as every write of a pause does
     assert wait_until(lambda: worker["api"].policy.pause.paused_for() is not None)  # type: ignore[union-attr]
     assert 0 < (worker["api"].policy.pause.paused_for() or 0) <= CAP  # type: ignore[union-attr]
     _reports_sanely(worker)

@@ -89,6 +89,12 @@ ON = (
     StageCase(key="observe", name="an observe-only breaker", off={"breaker": {"enforce": False}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
     StageCase(key="history", name="a service history", off={}, top={"health": {"history": True}}),
+    StageCase(
+        key="fleet-limit",
+        name="a fleet rate limit (leased permits)",
+        off={"rate_limit": {"rate": "5/second", "scope": "fleet"}},
+        top={"state": {"backend": "redis", "url": "redis://127.0.0.1:1/0"}},
+    ),
 )
 
 

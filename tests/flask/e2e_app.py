@@ -38,7 +38,8 @@ def create_app() -> Flask:
         "health": {"token": HEALTH_TOKEN},
     }
     if os.environ.get(REDIS_ENV):  # fleet mode (tests/test_fleet_e2e.py)
-        app.config["OUTBOUND"]["state"] = {"backend": "redis", "url": os.environ[REDIS_ENV], "sync_interval": 0.2}
+        state = {"backend": "redis", "url": os.environ[REDIS_ENV], "sync_interval": 0.2}
+        app.config["OUTBOUND"]["state"] = {**state, "cluster": os.environ.get(f"{REDIS_ENV}_CLUSTER") == "1"}
         app.config["OUTBOUND"]["services"]["backend"]["breaker"] = {"fail_max": 5, "reset_timeout": 60.0}
     ext.init_app(app)
 

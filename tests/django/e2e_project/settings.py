@@ -30,7 +30,12 @@ OUTBOUND = {
     "health": {"show_details": "always"},
 }
 if os.environ.get("OUTBOUND_E2E_REDIS"):  # fleet mode (tests/test_fleet_e2e.py)
-    OUTBOUND["state"] = {"backend": "redis", "url": os.environ["OUTBOUND_E2E_REDIS"], "sync_interval": 0.2}
+    OUTBOUND["state"] = {
+        "backend": "redis",
+        "url": os.environ["OUTBOUND_E2E_REDIS"],
+        "cluster": os.environ.get("OUTBOUND_E2E_REDIS_CLUSTER") == "1",
+        "sync_interval": 0.2,
+    }
     OUTBOUND["services"]["orders"]["breaker"] = {"fail_max": 5, "reset_timeout": 60.0}
 
 # Errors and outbound's breaker messages go to stderr, which the tests show when they fail.

@@ -1,0 +1,93 @@
+"""How the fleet reaches its Redis: one ``state.url``, whichever topology is behind it.
+
+- ``redis://`` / ``rediss://`` / ``unix://``: one Redis, or a managed primary behind one address (redis-py's
+  ``Redis.from_url``). TLS and an ACL user are the URL's: ``rediss://USER:PASSWORD@HOST:PORT/0?ssl_ca_certs=CA.pem``
+  ``&ssl_certfile=CLIENT.pem&ssl_keyfile=CLIENT.key`` (redis-py passes the query's ``ssl_*`` on to its TLS socket).
+- ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]`` (``rediss+sentinel://`` for TLS to
+  the primary): the primary the Sentinels name (redis-py's ``Sentinel.master_for``); after a failover the next
+  command that fails asks the Sentinels again, so the new primary is followed without a restart.
+- ``state.cluster: true`` with a ``redis://`` URL naming any node, or several (``redis://A:6379,B:6379/0``, so that a
+  process starting while one is down still finds the cluster): redis-py's ``RedisCluster``; every key of the fleet
+  carries the hash tag ``{prefix}`` (``key_prefix``), so each script's keys live in one slot.
+
+A client that cannot be built (no reachable cluster node) raises ``redis.ConnectionError`` like any unreachable
+Redis: the fleet goes on with process-local state and says so once. ``redact`` is the URL as messages show it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.sentinel import Sentinel
+
+from .._config import StateConfig
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+# What Redis failing looks like, whichever client: a cluster's client raises errors outside RedisError too (keys in
+# several slots, no node for a slot).
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException, OSError)
+
+
+def connect(config: StateConfig) -> redis.Redis:
+    """A client of the fleet's Redis (connections open lazily, except a cluster's first look at its nodes).
+
+    Raises:
+        redis.ConnectionError: a cluster none of whose nodes answers.
+    """
+    options: dict[str, Any] = {"socket_timeout": config.timeout, "socket_connect_timeout": config.timeout}
+    if urlsplit(config.url).scheme in SENTINEL_SCHEMES:
+        return _sentinel(config.url, options)
+    if config.cluster:
+        # Several nodes may be named (``redis://A:6379,B:6379/0``): the client starts from any that answers.
+        parts = urlsplit(config.url)
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        first, *others = hosts.split(",")
+        url = parts._replace(netloc=f"{userinfo}@{first}" if userinfo else first).geturl()
+        nodes = [_node(host) for host in others]
+        try:
+            return cast("redis.Redis", RedisCluster.from_url(url, startup_nodes=nodes, **options))
+        except RedisClusterException as error:
+            raise redis.ConnectionError(f"no node of the cluster answers ({error})") from error
+    return redis.Redis.from_url(config.url, **options)
+
+
+def _node(address: str) -> ClusterNode:
+    host, _, port = address.rpartition(":")
+    return ClusterNode(host.strip("[]"), int(port or 6379))  # type: ignore[no-untyped-call]
+
+
+def _sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    hosts = []
+    for address in netloc.split(","):
+        host, _, port = address.rpartition(":")
+        hosts.append((host.strip("[]") or "127.0.0.1", int(port or 26379)))
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not path:
+        raise redis.ConnectionError("the redis+sentinel:// URL names no service (…/SERVICE_NAME[/DB])")
+    service, db = unquote(path[0]), int(path[1]) if len(path) > 1 else 0
+    primary: dict[str, Any] = {**options, "db": db}
+    if parts.username:
+        primary["username"] = unquote(parts.username)
+    if parts.password:
+        primary["password"] = unquote(parts.password)
+    if parts.scheme == "rediss+sentinel":
+        primary["ssl"] = True
+    sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(service, **primary)  # type: ignore[no-untyped-call]
+    return client
+
+
+def redact(url: str) -> str:
+    """``url`` without its password and query (which may hold secrets), for messages and health."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user = netloc.rpartition("@")[0].partition(":")[0]
+        netloc = f"{user}:***@{netloc.rpartition('@')[2]}" if user else f"***@{netloc.rpartition('@')[2]}"
+    return f"{parts.scheme}://{netloc}{parts.path}"

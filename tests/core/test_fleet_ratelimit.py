@@ -1,0 +1,107 @@
+"""The fleet rate limit leases permits in batches (issue 26, item 5): no Redis round trip per call, and never above
+the limit at the upstream, with worker processes offering twice the limit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+import outbound
+from outbound import Registry
+from tests.fleet_limit import busiest, run_workers
+from tests.upstream import Upstream, wait_until
+
+RATE = 100
+WORKERS = 4
+
+
+def _settings(upstream: Upstream, redis_url: str, rate: str, *, max_wait: float = 0) -> dict[str, object]:
+    return {
+        "services": {
+            "api": {
+                "base_url": upstream.url,
+                "retry": None,
+                "rate_limit": {"rate": rate, "scope": "fleet", "max_wait": max_wait},
+            }
+        },
+        "state": {"backend": "redis", "url": redis_url, "prefix": f"limit-{uuid.uuid4().hex[:6]}"},
+    }
+
+
+def _lease_scripts(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_sequential_calls_lease_permits_in_batches(upstream: Upstream, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    settings = _settings(upstream, redis_url, "1000000/minute")  # a lease lives 2 s (5 % of the window, at most 2 s)
+    settings["state"]["sync_interval"] = 60  # type: ignore[index]  # no fleet sync during the count
+    with Registry.from_mapping(settings) as registry:
+        session = registry.session("api")
+        session.get("ok")
+        before = _lease_scripts(client)
+        for _ in range(400):
+            assert session.get("ok").status_code == 200
+        scripts = _lease_scripts(client) - before
+    # The batch doubles while leases are spent before they expire: 1, 2, 4 ... 256, 512 (one per call before).
+    assert scripts <= 12, scripts
+
+
+def _worst_window(upstream: Upstream, redis_url: str, *, broken: bool) -> tuple[int, int]:
+    settings = _settings(upstream, redis_url, f"{RATE}/second")
+    start = time.monotonic()
+    # Each worker offers RATE / 2 calls a second: twice the limit together.
+    results = run_workers(settings, workers=WORKERS, seconds=3.0, interval=WORKERS / (2 * RATE), broken=broken)
+    arrivals = upstream.arrived("/limited", since=start)
+    assert sum(result["sent"] for result in results) == len(arrivals)
+    return busiest(arrivals, 1.0), len(arrivals)
+
+
+def test_four_workers_at_twice_the_limit_never_exceed_it_at_the_upstream(upstream: Upstream, redis_url: str) -> None:
+    worst, sent = _worst_window(upstream, redis_url, broken=False)
+    assert worst <= RATE * 1.03, worst
+    assert sent >= RATE * 3 * 0.5, sent  # and the fleet still gets much of what it may send (about 0.93 unloaded)
+
+
+def test_the_window_check_fails_for_a_lease_window_shorter_than_the_limits(upstream: Upstream, redis_url: str) -> None:
+    worst, _ = _worst_window(upstream, redis_url, broken=True)
+    assert worst > RATE * 1.03, worst
+
+
+def test_a_small_limit_is_exact_across_workers(upstream: Upstream, redis_url: str) -> None:
+    settings = _settings(upstream, redis_url, "10/minute")
+    with Registry.from_mapping(settings) as a, Registry.from_mapping(settings) as b:
+        sent, waits = 0, []
+        for _ in range(8):
+            for worker in (a, b):
+                try:
+                    worker.session("api").get("ok")
+                    sent += 1
+                except outbound.RateLimitedError as refused:
+                    waits.append(refused.retry_in)
+        assert sent == 10
+        # The window, the send margin and a lease's life (5 % of it, at most 2 s): when the first lease leaves it.
+        assert all(55 < wait <= 64 for wait in waits), waits
+
+
+def test_a_wrong_key_type_is_replaced_not_fatal(
+    upstream: Upstream, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(upstream, redis_url, "5/second")
+    prefix = settings["state"]["prefix"]  # type: ignore[index]
+    redis.Redis.from_url(redis_url).set(f"{prefix}:ratelimit:api", "junk")
+    with Registry.from_mapping(settings) as registry:
+        assert registry.session("api").get("ok").status_code == 200
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_close_leaves_no_connection_to_redis(upstream: Upstream, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    before = len(client.client_list())
+    with Registry.from_mapping(_settings(upstream, redis_url, "5/second")) as registry:
+        registry.session("api").get("ok")
+        assert len(client.client_list()) > before  # the lease's connection (and the fleet's)
+    assert wait_until(lambda: len(client.client_list()) == before, timeout=5)

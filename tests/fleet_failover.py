@@ -1,0 +1,99 @@
+"""W worker processes calling through a Redis failover, for the tests and benchmark row 10k (issue 26, item 4).
+
+Each worker calls ``GET /ok`` every 20 ms for ``seconds``, recording each outcome (``ok``, ``refused`` by the
+breaker, or ``failed: <error>``) with its ``time.monotonic()`` (the machine's, shared by the processes). The
+caller's ``fail_over()`` kills a node and waits until the topology recovered; then an operator isolates the service.
+Counted: calls that failed (Redis failing must never fail a call), and workers that did not refuse every call from
+a second after the isolation (a decision lost or late). ``broken=True`` runs workers that never apply the fleet's
+decisions, to show the check can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from outbound import Registry
+from tests.fleet_limit import ROOT
+from tests.upstream import wait_until
+
+WORKERS = 4
+SECONDS = 14.0
+
+FAILOVER_WORKER = """
+import json, sys, time, outbound
+settings, seconds = json.loads(sys.argv[1]), float(sys.argv[2])
+if sys.argv[3] == "broken":  # a worker that never applies what the fleet decides: the check must see it
+    import outbound._state.redis as fleet
+    fleet.RedisState._apply_remote = lambda *args, **kwargs: None
+registry = outbound.Registry.from_mapping(settings)
+session = registry.session("api")
+session.get("ok")
+print("ready", flush=True)
+sys.stdin.readline()
+outcomes, end = [], time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        session.get("ok")
+        outcome = "ok"
+    except outbound.CircuitOpenError:
+        outcome = "refused"
+    except Exception as error:
+        outcome = "failed: " + type(error).__name__
+    outcomes.append((time.monotonic(), outcome))
+    time.sleep(0.02)
+print(json.dumps({"outcomes": outcomes, "backend": registry.health()["state_backend"]["status"]}), flush=True)
+registry.close()
+"""
+
+
+def through_a_failover(
+    settings: dict[str, Any], fail_over: Callable[[], None], *, seconds: float = SECONDS, broken: bool = False
+) -> tuple[int, int, list[str]]:
+    """Calls failed, workers that missed the decision made after the failover, each worker's backend status at the
+    end (``settings``: a service ``api`` and a fleet state)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", FAILOVER_WORKER, json.dumps(settings), str(seconds), "broken" if broken else "ok"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(WORKERS)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        time.sleep(1.0)
+        fail_over()
+        with Registry.from_mapping(settings) as operator:
+            assert wait_until(lambda: operator.health()["state_backend"]["status"] == "ok", timeout=5)
+            operator.isolate("api", 600)
+            isolated_at = time.monotonic()
+        results = [json.loads(worker.communicate(timeout=40)[0].strip().splitlines()[-1]) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=5)
+    failed = missed = 0
+    for result in results:
+        outcomes = result["outcomes"]
+        failed += sum(1 for _, outcome in outcomes if outcome.startswith("failed"))
+        late = {outcome for at, outcome in outcomes if at > isolated_at + 1.0}  # sync_interval 0.2 s, and margin
+        missed += late != {"refused"}
+    return failed, missed, [result["backend"] for result in results]

@@ -1,0 +1,224 @@
+"""Real Redis topologies on 127.0.0.1 for the fleet tests: a 3-node Cluster, and a primary + replica + 3 Sentinels.
+
+Started as ``tests/redis_server.py`` starts one Redis: the ``redis-server`` binary on free ports (a cluster node's
+bus port is its port + 10,000, so ports are taken below 55,000 with both free), each in a directory of its own,
+stopped at the end. Nothing here touches the machine's shared Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, *, bus: bool = False) -> list[int]:
+    """``count`` free ports below 45,000 (with port + 10,000 free too when ``bus``)."""
+    found: list[int] = []
+    for _ in range(2000):
+        port = random.randint(20_000, 44_999)
+        if port not in found and _free(port) and (not bus or _free(port + 10_000)):
+            found.append(port)
+            if len(found) == count:
+                return found
+    raise RuntimeError("no free ports")
+
+
+def _binary(name: str = "redis-server") -> str:
+    binary = shutil.which(name)
+    if binary is None:
+        raise RuntimeError(f"{name} is not installed: apt-get install -y redis-server redis-tools")
+    return binary
+
+
+def _wait(check: object, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not come up within {timeout:g} s")
+
+
+class _Processes:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, port: int, *extra: str, sentinel: bool = False) -> None:
+        home = self.directory / str(port)
+        home.mkdir(exist_ok=True)
+        args = [_binary()]
+        if sentinel:
+            config = home / "sentinel.conf"
+            config.write_text("\n".join(extra) + "\n")
+            args += [str(config), "--sentinel"]
+            extra = ()
+        args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(home), "--logfile", str(home / "log")]
+        if not sentinel:
+            args += ["--save", "", "--appendonly", "no"]
+        self.processes[port] = subprocess.Popen([*args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill(self, port: int) -> None:
+        process = self.processes.pop(port, None)
+        if process is not None:
+            process.kill()
+            process.wait(timeout=10)
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            process = self.processes.pop(port)
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+class Cluster(_Processes):
+    """Three masters (and ``replicas`` replicas of each): ``cluster.url`` names every node."""
+
+    def __init__(self, directory: Path, *, replicas: int = 0) -> None:
+        super().__init__(directory)
+        self.replicas = replicas
+        self.ports = free_ports(3 * (1 + replicas), bus=True)
+
+    @property
+    def url(self) -> str:
+        return "redis://" + ",".join(f"127.0.0.1:{port}" for port in self.ports) + "/0"
+
+    @property
+    def first_url(self) -> str:
+        """The first node alone (redis-py's own ``RedisCluster.from_url`` takes one)."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def __enter__(self) -> Cluster:
+        try:
+            for port in self.ports:
+                self.start(port, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                           "--cluster-config-file", f"nodes-{port}.conf")  # fmt: skip
+            for port in self.ports:
+                _wait(redis.Redis(port=port, socket_timeout=1).ping, f"cluster node {port}")
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            subprocess.run(
+                [
+                    _binary("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *nodes,
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            for port in self.ports:
+                _wait(
+                    lambda port=port: redis.Redis(port=port, socket_timeout=1).cluster("info")["cluster_state"] == "ok",
+                    "the cluster",
+                )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def master_of(self, key: str) -> int | None:
+        """The port of the master serving ``key``'s slot, as a live node sees it (``None``: none yet)."""
+        for port in self.ports:
+            if port not in self.processes:
+                continue
+            with contextlib.suppress(redis.RedisError, OSError):
+                node = redis.Redis(port=port, socket_timeout=1)
+                slot = int(node.execute_command("CLUSTER", "KEYSLOT", key))
+                for start, end, master, *_ in node.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        return int(master[1])
+        return None
+
+
+class SentinelGroup(_Processes):
+    """A primary, one replica and three Sentinels watching them as ``SERVICE``."""
+
+    SERVICE = "fleet"
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.primary, self.replica, *self.sentinels = free_ports(5)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def primary_port(self) -> int:
+        answer = redis.Redis(port=self.sentinels[0], socket_timeout=1).sentinel_get_master_addr_by_name(self.SERVICE)
+        return int(answer[1])
+
+    def __enter__(self) -> SentinelGroup:
+        try:
+            self.start(self.primary)
+            self.start(self.replica, "--replicaof", "127.0.0.1", str(self.primary))
+            for port in self.sentinels:
+                self.start(
+                    port,
+                    f"port {port}",
+                    f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary} 2",
+                    f"sentinel down-after-milliseconds {self.SERVICE} 1000",
+                    f"sentinel failover-timeout {self.SERVICE} 5000",
+                    sentinel=True,
+                )
+            replica = redis.Redis(port=self.replica, socket_timeout=1)
+            _wait(lambda: replica.info("replication")["master_link_status"] == "up", "the replica")
+            self._wait_ready(self.replica)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, replica: int) -> None:
+        # Every Sentinel knows the others and sees the replica up (they learn of replicas from the primary's INFO,
+        # every few seconds): only then can they fail over.
+        def ready(port: int) -> bool:
+            sentinel = redis.Redis(port=port, socket_timeout=1)
+            master = sentinel.sentinel_master(self.SERVICE)
+            replicas = sentinel.sentinel_slaves(self.SERVICE)
+            return bool(
+                master["num-other-sentinels"] == 2
+                and any(r["port"] == replica and r["flags"] == "slave" and r["master-link-status"] == "ok"
+                        for r in replicas)
+            )  # fmt: skip
+
+        for port in self.sentinels:
+            _wait(lambda port=port: ready(port), "the sentinels", timeout=30)
+
+    def revive(self, port: int) -> None:
+        """Start a killed primary again, as a replica of the current one, and wait until a failover is possible."""
+        self.start(port, "--replicaof", "127.0.0.1", str(self.primary_port()))
+        self._wait_ready(port)
