@@ -58,6 +58,12 @@ def _wait(check: object, what: str, timeout: float = 15.0) -> None:
     raise RuntimeError(f"{what} did not come up within {timeout:g} s")
 
 
+def _replica_synced(port: int) -> bool:
+    """Whether the node on ``port`` is a master, or a replica whose link to its master is up."""
+    info = redis.Redis(port=port, socket_timeout=1).info("replication")
+    return info.get("role") == "master" or info.get("master_link_status") == "up"
+
+
 class _Processes:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -138,6 +144,10 @@ class Cluster(_Processes):
                     lambda port=port: redis.Redis(port=port, socket_timeout=1).cluster("info")["cluster_state"] == "ok",
                     "the cluster",
                 )
+            # A replica takes over only once it has synced with its master (a replica whose link never came up has
+            # data of unknown age and refuses to be elected): on a loaded machine the first sync can take seconds.
+            for port in self.ports:
+                _wait(lambda port=port: _replica_synced(port), f"cluster node {port}'s replication", timeout=30.0)
         except BaseException:
             self.stop()
             raise
