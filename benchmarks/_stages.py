@@ -58,6 +58,16 @@ CASES: tuple[StageCase, ...] = (
         name="the SDK layer written out as off",
         off={"sdk": {"answer_refusals": False, "final_responses": False}},
     ),
+    StageCase(
+        key="16i",
+        name="one endpoint, balance and outlier written out",
+        off={
+            "base_url": None,
+            "endpoints": [BASE_URL],
+            "balance": "round_robin",
+            "outlier": {"consecutive_failures": 3, "base_ejection": 10},
+        },
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

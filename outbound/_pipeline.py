@@ -27,6 +27,7 @@ from ._state import LOCAL, ServiceLink
 
 if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
+    from ._endpoints import Endpoints
     from ._pause import Pause
     from ._ratelimit import RateLimit
 
@@ -45,6 +46,7 @@ class Pipeline:
     call_stages: tuple[Stage, ...]
     attempt_stages: tuple[Stage, ...]
     send_gates: tuple[tuple[int, SendGate], ...]
+    endpoints: Endpoints | None = None  # a service with several endpoints (``_endpoints.py``)
 
 
 def compose(
@@ -75,7 +77,15 @@ def compose(
     if config.hedge is not None and config.hedge.delay == "p95":
         latencies = AnsweredLatencies()
     attempt: list[Any] = [stage for stage in (pause, rate_limit) if stage is not None]
-    attempt.append(breaker)
+    endpoints = None
+    if config.endpoints:
+        from ._endpoints import Endpoints, ServiceBreaker
+        from ._state.ejections import store_for
+
+        endpoints = Endpoints(config, clock=clock, breaker=breaker, store=store_for(link, config))
+        attempt += [endpoints, ServiceBreaker(breaker, endpoints)]
+    else:
+        attempt.append(breaker)
     if latencies is not None:
         attempt.append(latencies)
     gates = tuple((index, stage) for index, stage in enumerate(attempt) if hasattr(stage, "at_send"))
@@ -89,4 +99,5 @@ def compose(
         call_stages=(bulkhead,) if bulkhead is not None else (),
         attempt_stages=tuple(attempt),
         send_gates=gates,
+        endpoints=endpoints,
     )

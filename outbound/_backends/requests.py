@@ -386,6 +386,9 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
             watch = WATCHDOG.watch(deadline.real_at)
         token = begin(call, pool_wait=pool, watch=watch)
         response: requests.Response | None = None
+        endpoints = self._policy.endpoints
+        if endpoints is not None:  # several endpoints: this attempt goes to the one it was admitted to
+            send.request.url = endpoints.url_for(call.permits[self._policy.endpoint_index], send.request.url or "")
         if send.deadline_header is not None and deadline is not None:
             # The time left now, for this attempt.
             send.request.headers[send.deadline_header] = format_budget(send.deadline_header, deadline.left())

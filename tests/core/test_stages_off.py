@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import outbound
-from benchmarks._stages import CASES, StageCase, absent, configured_off
+from benchmarks._stages import BASE_URL, CASES, StageCase, absent, configured_off
 
 CLIENTS = ("requests", "httpx", "async")
 
@@ -79,6 +79,9 @@ ON = (
     StageCase(key="hedge", name="hedging", off={"hedge": {"delay": "p95"}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
+    StageCase(
+        key="endpoints", name="two endpoints", off={"base_url": None, "endpoints": [BASE_URL, "http://b.invalid/"]}
+    ),
 )
 
 

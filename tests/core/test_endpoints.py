@@ -1,0 +1,347 @@
+"""One service, several endpoints (issue 31): routing per attempt, retries elsewhere, outlier ejection, trials, the
+service's breaker, and ejections shared through Redis — against several real upstreams on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import outbound
+from outbound import ConfigError, Registry, parse_config
+from outbound._endpoints import Endpoints
+from tests.upstream import Upstream
+
+from .conftest import Send
+
+
+@pytest.fixture
+def ups() -> Iterator[list[Upstream]]:
+    """Three upstreams of one's own (a test may stop one: a dead replica)."""
+    servers = [Upstream().start() for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def settings(servers: list[Upstream], **service: Any) -> dict[str, Any]:
+    return {"endpoints": [server.url + "v1/" for server in servers], **service}
+
+
+def endpoints_of(registry: Registry, name: str = "s") -> Endpoints:
+    found = registry._open(name).policy.endpoints
+    assert found is not None
+    return found
+
+
+def state_of(registry: Registry, index: int) -> dict[str, Any]:
+    return endpoints_of(registry).snapshot()[index]
+
+
+# -- settings ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], "non-empty list"),
+        ("http://a/", "non-empty list"),
+        (["http://a:1/", "http://a:1"], "twice"),
+        (["http://a/", "https://b/"], "mixes schemes"),
+        (["ftp://a/"], "must use http or https"),
+        ([{"url": "http://a/", "weight": 0}], "from 1 to 1000"),
+        ([{"url": "http://a/", "zone": "x"}], "{url, weight, priority}"),
+        (["http://a/?x=1"], "query string"),
+    ],
+)
+def test_bad_endpoints_are_a_config_error_naming_service_and_key(value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"services": {"s": {"endpoints": value}}})
+    assert raised.value.service == "s"
+    assert (raised.value.key or "").startswith("endpoints")
+    assert message in str(raised.value)
+
+
+def test_endpoints_with_base_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"services\.s\.endpoints.*base_url"):
+        parse_config({"services": {"s": {"base_url": "http://a/", "endpoints": ["http://b/", "http://c/"]}}})
+
+
+def test_outlier_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"outlier\.max_ejection"):
+        parse_config(
+            {"services": {"s": {"base_url": "http://a/", "outlier": {"base_ejection": 10, "max_ejection": 5}}}}
+        )
+    with pytest.raises(ConfigError, match=r"services\.s\.balance"):
+        parse_config({"services": {"s": {"base_url": "http://a/", "balance": "random"}}})
+
+
+def test_one_endpoint_is_base_url() -> None:
+    config = parse_config({"services": {"s": {"endpoints": [{"url": "http://a:8000/v1", "weight": 3}]}}})
+    service = config.services["s"]
+    assert service.base_url == "http://a:8000/v1/"
+    assert service.endpoints == ()  # nothing to balance: the service a base_url builds
+
+
+# -- routing -----------------------------------------------------------------------------------------------------------
+
+
+def test_calls_are_spread_over_every_endpoint_with_its_own_host(
+    kind: str, send: Send, ups: list[Upstream], make_registry: Any
+) -> None:
+    registry = make_registry(s=settings(ups, client=kind, balance="round_robin"))
+    for _ in range(30):
+        assert send(registry, "s", "GET", "ok").status_code == 200
+    assert [server.hits for server in ups] == [10, 10, 10]
+    for server in ups:
+        (last,) = server.recent()[-1:]
+        assert last["path"] == "/v1/ok"
+        assert last["headers"]["host"] == f"127.0.0.1:{server.port}"
+
+
+def test_weights_share_the_traffic(ups: list[Upstream], make_registry: Any) -> None:
+    endpoints = [{"url": ups[0].url, "weight": 3}, {"url": ups[1].url, "weight": 1}]
+    registry = make_registry(s={"endpoints": endpoints, "client": "httpx", "balance": "round_robin"})
+    client = registry.client("s")
+    for _ in range(40):
+        client.get("ok").raise_for_status()
+    assert (ups[0].hits, ups[1].hits) == (30, 10)
+
+
+def test_p2c_uses_every_endpoint(ups: list[Upstream], make_registry: Any) -> None:
+    registry = make_registry(s=settings(ups, client="httpx"))
+    client = registry.client("s")
+    for _ in range(60):
+        client.get("ok").raise_for_status()
+    assert all(server.hits >= 5 for server in ups), [server.hits for server in ups]
+
+
+def test_a_retry_goes_to_another_endpoint(kind: str, send: Send, ups: list[Upstream], make_registry: Any) -> None:
+    ups[0].set_mode("failing", status=503)
+    registry = make_registry(
+        s=settings(ups[:2], client=kind, retry={"total": 1, "backoff_factor": 0}, pause=None, balance="round_robin")
+    )
+    for _ in range(10):
+        assert send(registry, "s", "GET", "work").status_code == 200
+    # Each call's first attempt alternates; one that met the 503 was retried on the other endpoint, never twice on it.
+    assert ups[0].hits <= 5
+    assert ups[1].hits == 10
+
+
+def test_lower_priority_first_and_the_next_when_it_is_ejected(ups: list[Upstream], make_registry: Any) -> None:
+    endpoints = [{"url": ups[0].url, "priority": 0}, {"url": ups[1].url, "priority": 1}]
+    registry = make_registry(
+        s={"endpoints": endpoints, "client": "httpx", "outlier": {"consecutive_failures": 2, "base_ejection": 60}}
+    )
+    client = registry.client("s")
+    for _ in range(10):
+        client.get("ok").raise_for_status()
+    assert (ups[0].hits, ups[1].hits) == (10, 0)
+    ups[0].stop()
+    for _ in range(10):
+        assert client.get("ok").status_code == 200  # the failed attempts are retried on the fallback
+    assert state_of(registry, 0)["state"] == "ejected"
+    assert ups[1].hits == 10
+
+
+# -- ejection, trial, breaker ------------------------------------------------------------------------------------------
+
+
+def test_a_dead_endpoint_is_ejected_and_the_breaker_stays_closed(
+    kind: str, send: Send, ups: list[Upstream], make_registry: Any
+) -> None:
+    registry = make_registry(
+        s=settings(
+            ups,
+            client=kind,
+            outlier={"consecutive_failures": 3, "base_ejection": 60},
+            breaker={"fail_max": 2},
+        )
+    )
+    ups[1].stop()
+    for _ in range(60):
+        assert send(registry, "s", "GET", "ok").status_code == 200  # each failed attempt was retried elsewhere
+    dead = state_of(registry, 1)
+    assert dead["state"] == "ejected"
+    assert dead["errors"] == 3  # then nothing more went there
+    assert dead["ejected_for"] > 50
+    assert registry._open("s").policy.breaker.state == "closed"
+
+
+def test_max_ejected_percent_keeps_endpoints_in_and_the_breaker_opens_when_none_is_usable(
+    ups: list[Upstream], make_registry: Any
+) -> None:
+    registry = make_registry(
+        s=settings(
+            ups[:2],
+            client="httpx",
+            retry={"total": 0},
+            outlier={"consecutive_failures": 2, "base_ejection": 60, "max_ejected_percent": 50},
+            breaker={"fail_max": 3},
+        )
+    )
+    client = registry.client("s")
+    for server in ups[:2]:
+        server.stop()
+    opened = False
+    for _ in range(20):
+        try:
+            client.get("ok")
+        except outbound.CircuitOpenError:
+            opened = True
+            break
+        except outbound.CallError:
+            pass
+    states = [row["state"] for row in endpoints_of(registry).snapshot()]
+    assert sorted(states) == ["ejected", "healthy"]  # 50% of 2: one ejected at most
+    assert opened  # no endpoint usable: the service's breaker took the failures and opened
+
+
+def test_an_ejected_endpoint_comes_back_through_a_trial(ups: list[Upstream], make_registry: Any) -> None:
+    registry = make_registry(
+        s=settings(ups[:2], client="httpx", outlier={"consecutive_failures": 1, "base_ejection": 0.3})
+    )
+    client = registry.client("s")
+    ups[0].set_mode("failing", status=500)
+    for _ in range(10):
+        client.get("work")
+    assert state_of(registry, 0)["state"] == "ejected"
+    ups[0].set_mode("healthy")
+    time.sleep(0.35)
+    assert state_of(registry, 0)["state"] == "healthy"  # its ejection has ended: the next call to it is a trial
+    before = ups[0].hits
+    for _ in range(20):
+        client.get("work").raise_for_status()
+    assert ups[0].hits > before  # the trial succeeded: back in the rotation
+    assert state_of(registry, 0)["ejected_for"] is None
+
+
+def test_a_failed_trial_ejects_again_for_longer(ups: list[Upstream], make_registry: Any) -> None:
+    registry = make_registry(
+        s=settings(ups[:2], client="httpx", outlier={"consecutive_failures": 1, "base_ejection": 0.2})
+    )
+    client = registry.client("s")
+    ups[0].set_mode("failing", status=500)
+    for _ in range(4):
+        client.get("work")
+    assert state_of(registry, 0)["ejections"] == 1
+    time.sleep(0.25)
+    for _ in range(6):
+        client.get("work")
+    row = state_of(registry, 0)
+    assert row["ejections"] == 2
+    assert row["ejected_for"] > 0.2  # 2 x base_ejection
+
+
+# -- async -------------------------------------------------------------------------------------------------------------
+
+
+def test_async_calls_are_routed_and_a_dead_endpoint_ejected(
+    async_transport: str, ups: list[Upstream], make_registry: Any
+) -> None:
+    registry = make_registry(
+        s=settings(
+            ups, client="httpx", transport=async_transport, outlier={"consecutive_failures": 2, "base_ejection": 60}
+        )
+    )
+    ups[2].stop()
+
+    async def main() -> list[int]:
+        client = registry.async_client("s")
+        return [(await client.get("ok")).status_code for _ in range(40)]
+
+    assert asyncio.run(main()) == [200] * 40
+    assert ups[0].hits
+    assert ups[1].hits
+    assert ups[0].recent()[-1]["headers"]["host"] == f"127.0.0.1:{ups[0].port}"
+    assert state_of(registry, 2)["state"] == "ejected"
+
+
+def test_a_hedge_goes_to_another_endpoint(ups: list[Upstream], make_registry: Any) -> None:
+    registry = make_registry(
+        s=settings(ups[:2], client="httpx", balance="round_robin", hedge={"delay": 0.05, "max": 1})
+    )
+
+    async def main() -> list[int]:
+        client = registry.async_client("s")
+        # The first endpoint holds the call: its hedge must go to the second one, which answers.
+        return [(await client.get(f"slow?delay={0.5 if i % 2 == 0 else 0}")).status_code for i in range(4)]
+
+    assert asyncio.run(main()) == [200] * 4
+    assert ups[1].hits >= 3  # its own two calls and the hedges of the slow ones
+
+
+# -- the fleet ---------------------------------------------------------------------------------------------------------
+
+
+def fleet_registry(redis_url: str, servers: list[Upstream], **service: Any) -> Registry:
+    return Registry.from_mapping(
+        {
+            "state": {"backend": "redis", "url": redis_url},
+            "services": {"s": settings(servers, client="httpx", **service)},
+        }
+    )
+
+
+def test_one_workers_ejection_holds_for_the_fleet(redis_url: str, ups: list[Upstream]) -> None:
+    outlier = {"consecutive_failures": 4, "base_ejection": 60}
+    workers = [fleet_registry(redis_url, ups, outlier=outlier, balance="round_robin") for _ in range(3)]
+    try:
+        ups[0].stop()
+        for _ in range(30):
+            for worker in workers:
+                assert worker.client("s").get("ok").status_code == 200
+        errors = [state_of(worker, 0)["errors"] for worker in workers]
+        # The fleet counted the failures: 4 ejected it, and each other worker failed there once more at most.
+        assert sum(errors) <= 4 + len(workers) - 1, errors
+        assert all(state_of(worker, 0)["state"] == "ejected" for worker in workers)
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def test_without_the_fleet_each_worker_counts_alone(ups: list[Upstream], make_registry: Any) -> None:
+    # The check above can fail: the same traffic without Redis costs consecutive_failures per worker.
+    workers = [
+        make_registry(
+            s=settings(
+                ups, client="httpx", outlier={"consecutive_failures": 4, "base_ejection": 60}, balance="round_robin"
+            )
+        )
+        for _ in range(3)
+    ]
+    ups[0].stop()
+    for _ in range(30):
+        for worker in workers:
+            worker.client("s").get("ok")
+    assert sum(state_of(worker, 0)["errors"] for worker in workers) == 12
+
+
+def test_a_bad_record_in_redis_is_ignored(redis_url: str, ups: list[Upstream]) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    url = ups[0].url + "v1/"
+    client.hset("outbound:ejections:s", mapping={f"u:{url}": "garbage", f"f:{url}": "x", f"n:{url}": "-"})
+    worker = fleet_registry(redis_url, ups, outlier={"consecutive_failures": 2, "base_ejection": 60})
+    try:
+        ups[0].stop()
+        for _ in range(20):
+            assert worker.client("s").get("ok").status_code == 200
+        assert state_of(worker, 0)["state"] == "ejected"
+    finally:
+        worker.close()
+
+
+def test_redis_down_each_worker_decides_alone(ups: list[Upstream]) -> None:
+    worker = fleet_registry("redis://127.0.0.1:1/0", ups, outlier={"consecutive_failures": 2, "base_ejection": 60})
+    try:
+        ups[0].stop()
+        for _ in range(20):
+            assert worker.client("s").get("ok").status_code == 200
+        assert state_of(worker, 0)["state"] == "ejected"
+    finally:
+        worker.close()
