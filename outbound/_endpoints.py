@@ -235,6 +235,10 @@ class Endpoints:
             )
         return rows
 
+    def report(self) -> dict[str, dict[str, Any]]:
+        """``snapshot()`` keyed by URL, as the health report shows it."""
+        return {row.pop("url"): row for row in self.snapshot()}
+
     # -- internals (the lock held) -----------------------------------------------------------------------------------
 
     def _available(self, endpoint: Endpoint, now: float) -> bool:

@@ -205,6 +205,7 @@ class Service:
             bulkhead=bulkhead,
             rate_limit=policy.rate_limit.snapshot() if policy.rate_limit is not None else None,
             paused_for=paused_for,
+            endpoints=policy.endpoints.report() if policy.endpoints is not None else None,
         )
 
     def reset(self) -> None:

@@ -299,7 +299,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         self._config = policy.config
         # One pool per host; a service normally talks to one host, redirects may add a few. Blocking pools bound
         # the connections; the wait is bounded by timeout.pool (see _ManagedPoolMixin).
-        self._pool_sizes = (4, policy.config.pool.max_connections)
+        self._pool_sizes = (max(4, len(policy.config.endpoints) + 2), policy.config.pool.max_connections)
         # The service's own timeouts, validated once rather than on every call (urllib3 clones it per request).
         timeouts = policy.config.timeout
         self._configured_timeout = Urllib3Timeout(connect=timeouts.connect, read=timeouts.read)

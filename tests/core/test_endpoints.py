@@ -4,6 +4,7 @@ service's breaker, and ejections shared through Redis — against several real u
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -345,3 +346,33 @@ def test_redis_down_each_worker_decides_alone(ups: list[Upstream]) -> None:
         assert state_of(worker, 0)["state"] == "ejected"
     finally:
         worker.close()
+
+
+# -- reports -----------------------------------------------------------------------------------------------------------
+
+
+def test_health_json_status_and_page_show_each_endpoint(ups: list[Upstream], make_registry: Any) -> None:
+    from outbound._page import render_page
+    from outbound.cli import _report, render_status
+
+    registry = make_registry(s=settings(ups, client="httpx", outlier={"consecutive_failures": 1, "base_ejection": 60}))
+    ups[1].stop()
+    for _ in range(20):
+        registry.client("s").get("ok").raise_for_status()
+    report = registry.health()["services"]["s"]
+    dead, alive = ups[1].url + "v1/", ups[0].url + "v1/"
+    assert report["endpoints"][dead]["state"] == "ejected"
+    assert report["endpoints"][dead]["ejected_for"] > 50
+    assert report["endpoints"][alive]["state"] == "healthy"
+    assert report["endpoints"][alive]["errors"] == 0
+    assert report["endpoints"][alive]["in_flight"] == 0
+    text = render_status(_report(registry.health()))
+    assert f"s:endpoint{dead}ejectedfor" in re.sub(r"\s+", "", text)  # the line may be wrapped
+    page = render_page(registry.health())
+    assert dead in page
+    assert "ejected" in page
+
+
+def test_a_plain_service_reports_no_endpoints(upstream: Upstream, make_registry: Any) -> None:
+    registry = make_registry(s={"base_url": upstream.url, "client": "httpx"})
+    assert "endpoints" not in registry.health()["services"]["s"]
