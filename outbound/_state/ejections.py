@@ -75,6 +75,8 @@ class EjectionStore:
     def failure(self, endpoints: Endpoints, endpoint: Endpoint, *, trial: bool) -> float | None:
         """Count a failure of ``endpoint`` in the fleet: seconds left of its ejection (0.0: not ejected), or
         ``None`` when Redis did not answer, or answered something that is not an ejection (decide here)."""
+        if not getattr(self._state, "_reachable", True):
+            return None  # known to be cut off (the fleet's thread says when it answers again): no wait on each failure
         threshold, base, longest = self._args
         urls = [e.url for e in endpoints.endpoints]
         args = [endpoint.url, threshold, base, longest, endpoints.max_ejected, "1" if trial else "0", *urls]

@@ -376,3 +376,68 @@ def test_health_json_status_and_page_show_each_endpoint(ups: list[Upstream], mak
 def test_a_plain_service_reports_no_endpoints(upstream: Upstream, make_registry: Any) -> None:
     registry = make_registry(s={"base_url": upstream.url, "client": "httpx"})
     assert "endpoints" not in registry.health()["services"]["s"]
+
+
+# -- the chooser (the stage alone, on a clock of the test's own) -------------------------------------------------------
+
+
+class _View:
+    """What a stage reads of a call (``_stage.CallView``)."""
+
+    def __init__(self, attempts: int = 0) -> None:
+        self.method = "GET"
+        self.attempts = attempts
+
+
+def _stage(outlier: dict[str, Any] | None = None, **service: Any) -> tuple[Endpoints, list[float]]:
+    from outbound._breaker import Breaker
+    from outbound._config import parse_config
+
+    now = [100.0]
+    urls = ["http://a.invalid/", "http://b.invalid/", "http://c.invalid/"]
+    config = parse_config({"services": {"s": {"endpoints": urls, "outlier": outlier or {}, **service}}}).services["s"]
+    breaker = Breaker("s", config.breaker, clock=lambda: now[0])
+    return Endpoints(config, clock=lambda: now[0], breaker=breaker), now
+
+
+def test_p2c_prefers_the_less_busy_endpoint() -> None:
+    stage, _ = _stage()
+    busy = stage.endpoints[0]
+    busy.in_flight = 50
+    picks = [stage.admit(_View()) for _ in range(60)]
+    assert picks.count(busy) < 10  # only when both draws were the busy one: (1/3)^2 of the time
+
+
+def test_an_ended_ejection_admits_one_trial_at_a_time() -> None:
+    from outbound._outcome import Kind, Outcome
+
+    stage, now = _stage({"consecutive_failures": 1, "base_ejection": 10}, balance="round_robin")
+    first = stage.endpoints[0]
+    stage.record(first, Outcome(Kind.CONNECT_ERROR), 0.0)
+    assert stage.snapshot()[0]["state"] == "ejected"
+    now[0] += 10.5
+    picks = [stage.admit(_View()) for _ in range(9)]
+    assert picks.count(first) == 1  # its trial is in flight: nothing else goes there meanwhile
+    assert stage.snapshot()[0]["state"] == "trial"
+    stage.record(first, Outcome(Kind.RESPONSE, status=200), 0.0)
+    assert stage.snapshot()[0]["state"] == "healthy"
+    for pick in picks:
+        if pick is not first:
+            stage.release(pick)
+    assert [stage.admit(_View()) for _ in range(3)].count(first) == 1  # back in the rotation
+
+
+def test_a_4xx_is_no_failure_of_the_endpoint() -> None:
+    from outbound._outcome import Kind, Outcome
+
+    stage, _ = _stage({"consecutive_failures": 1})
+    stage.record(stage.endpoints[0], Outcome(Kind.RESPONSE, status=404), 0.0)
+    assert stage.snapshot()[0]["state"] == "healthy"
+    assert stage.snapshot()[0]["errors"] == 0
+
+
+def test_after_a_fork_nothing_is_in_flight() -> None:
+    stage, _ = _stage()
+    stage.admit(_View())
+    stage.reset_after_fork()
+    assert [row["in_flight"] for row in stage.snapshot()] == [0, 0, 0]
