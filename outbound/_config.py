@@ -248,6 +248,23 @@ class OutlierConfig:
     """The share of endpoints that may be ejected at once (at least one may be)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryConfig:
+    dns: str
+    """The name whose A/AAAA records are the endpoints (a Kubernetes headless service: ``catalog.ns.svc``)."""
+    port: int | None = None
+    """The endpoints' port; ``None``: the scheme's (80, 443)."""
+    scheme: Literal["http", "https"] = "https"
+    """The endpoints' scheme; with ``https`` each is verified against ``dns``."""
+    path: str = "/"
+    """The root path of every endpoint, like ``base_url``'s."""
+    refresh: float = 30.0
+    """Seconds between lookups at most (a record's shorter TTL wins, 1 s at least)."""
+    nameserver: str | None = None
+    """``"host"`` or ``"host:port"`` of the DNS server to ask (Consul's ``"127.0.0.1:8600"``); ``None``: the
+    system's."""
+
+
 BalanceKind = Literal["p2c", "round_robin"]
 TransportKind = Literal["httpcore", "aiohttp"]
 DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
@@ -307,6 +324,8 @@ class ServiceConfig:
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
     egress: EgressConfig | None = None
     """Rules for a service that calls URLs its users give (SSRF guard); ``None``: off."""
+    discovery: DiscoveryConfig | None = None
+    """Endpoints from a DNS name's A/AAAA records, in place of ``base_url`` (``_discovery.py``); ``None``: off."""
     endpoints: tuple[EndpointConfig, ...] = ()
     """Several addresses of one upstream, in place of ``base_url`` (``_endpoints.py``); empty: ``base_url`` alone."""
     balance: BalanceKind = "p2c"
@@ -388,6 +407,7 @@ EXTRAS = {
     "ratelimit": ("limits", "outbound-http[ratelimit]"),
     "aiohttp": ("httpx_aiohttp", "outbound-http[aiohttp]"),
     "httpx2": ("httpx2", "outbound-http[httpx2]"),
+    "dns": ("dns.resolver", "outbound-http[dns]"),
 }
 # What an extra needs for an httpx2 service instead (httpx-aiohttp's transport for httpx2).
 _HTTPX2_MODULES = {"aiohttp": "httpx_aiohttp.httpx2"}
@@ -917,6 +937,40 @@ def _parse_endpoints(reader: _Reader) -> tuple[EndpointConfig, ...]:
     return tuple(found)
 
 
+def _parse_discovery(reader: _Reader) -> DiscoveryConfig | None:
+    sub = _optional_sub(reader, "discovery", DiscoveryConfig)
+    if sub is None:
+        return None
+    for other in ("base_url", "endpoints"):
+        if reader.mapping.get(other) is not None:
+            reader.fail(f"is given with {other}: give one of them", key="discovery")
+            return None
+    name = sub.mapping.get("dns")
+    if not isinstance(name, str) or url_problem(f"http://{name}/", ("http",)) is not None or "/" in name:
+        sub.fail(f"must be a DNS name, got {_shown(name)}", key="dns", code="missing" if name is None else "url")
+        return None
+    port = sub.mapping.get("port")
+    if port is not None:
+        port = sub.integer("port", 443, minimum=1, maximum=65535)
+    path = sub.mapping.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/") or any(ord(char) < 0x21 for char in path) or "?" in path:
+        sub.fail(f"must be a path starting with '/', got {_shown(path)}", key="path", code="url")
+        path = "/"
+    _require_extra(reader, "discovery", "dns")
+    nameserver = sub.optional_string("nameserver")
+    if nameserver is not None and nameserver.count(":") == 1 and not nameserver.partition(":")[2].isdigit():
+        sub.fail(f"must be 'host' or 'host:port', got {_shown(nameserver)}", key="nameserver", code="url")
+        nameserver = None
+    return DiscoveryConfig(
+        dns=name.rstrip("."),
+        port=port,
+        scheme=sub.choice("scheme", "https", ("http", "https")),
+        path=path if path.endswith("/") else path + "/",
+        refresh=sub.required_seconds("refresh", 30.0, allow_zero=False),
+        nameserver=nameserver,
+    )
+
+
 def _parse_outlier(reader: _Reader) -> OutlierConfig:
     try:
         sub = reader.sub("outlier", keys_of(OutlierConfig))
@@ -1256,8 +1310,12 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
     verify, cert = _parse_tls(reader)
     egress = _parse_egress(reader)
     endpoints = _parse_endpoints(reader) if reader.mapping.get("endpoints") is not None else ()
+    discovery = _parse_discovery(reader) if reader.mapping.get("discovery") is not None else None
     if endpoints:
         base_url, auth = endpoints[0].url, None  # the URLs a call builds; each attempt goes to its endpoint
+    elif discovery is not None:
+        port = f":{discovery.port}" if discovery.port is not None else ""
+        base_url, auth = f"{discovery.scheme}://{discovery.dns}{port}{discovery.path}", None
     elif egress is not None and "base_url" not in reader.mapping:
         base_url, auth = "", None  # absolute URLs only: the ones its users give
     else:
@@ -1297,6 +1355,7 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         deadline_header=deadline_header.lower() if deadline_header else None,
         egress=egress,
         endpoints=endpoints if len(endpoints) > 1 else (),
+        discovery=discovery,
         balance=reader.choice("balance", "p2c", ("p2c", "round_robin")),
         outlier=_parse_outlier(reader),
         transport=transport,

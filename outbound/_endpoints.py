@@ -24,10 +24,12 @@ in a row): one bad replica never opens it. ``ServiceBreaker`` wraps it in the at
 from __future__ import annotations
 
 import contextvars
+import math
 import random as _random
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ._outcome import NO_VERDICT, Outcome, Reason, Rejection
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     import httpx
 
     from ._breaker import Breaker
-    from ._config import ServiceConfig
+    from ._config import EndpointConfig, ServiceConfig
     from ._stage import CallView
     from ._state.ejections import EjectionStore
 
@@ -58,6 +60,7 @@ class Endpoint:
         "errors",
         "failures",
         "in_flight",
+        "name",
         "priority",
         "shared_failures",
         "trial",
@@ -65,8 +68,9 @@ class Endpoint:
         "weight",
     )
 
-    def __init__(self, url: str, weight: int, priority: int) -> None:
+    def __init__(self, url: str, weight: int, priority: int, name: str | None = None) -> None:
         self.url = url
+        self.name = name  # discovered: the DNS name, sent as Host and checked against the certificate
         self.weight = weight
         self.priority = priority
         self.in_flight = 0
@@ -98,14 +102,28 @@ class Endpoints:
         self.endpoints = tuple(Endpoint(e.url, e.weight, e.priority) for e in config.endpoints)
         # Longest root first, so that a URL is matched to the most specific endpoint it was built against.
         self._roots = sorted(self.endpoints, key=lambda e: len(e.url), reverse=True)
+        self._base = config.base_url  # the root calls build their URLs against (the first endpoint, or discovery's)
+        # Discovery (``_discovery.py``): when to look the name up again, and what does it.
+        self.refresh_due = math.inf
+        self.refresher: Callable[[], None] | None = None
         self._clock = clock
         self._breaker = breaker
         self._store = store
         self._random = random
         self._lock = threading.Lock()
-        count = len(self.endpoints)
+        self.max_ejected = self._max_ejected(len(self.endpoints))
+
+    def _max_ejected(self, count: int) -> int:
         percent = self.outlier.max_ejected_percent
-        self.max_ejected = 0 if percent == 0 else max(1, count * percent // 100)
+        return 0 if percent == 0 else max(1, count * percent // 100)
+
+    def replace(self, configs: list[EndpointConfig], *, name: str | None = None) -> None:
+        """A new set of endpoints (discovery's): those still in it keep their state."""
+        with self._lock:
+            old = {e.url: e for e in self.endpoints}
+            self.endpoints = tuple(old.get(c.url) or Endpoint(c.url, c.weight, c.priority, name) for c in configs)
+            self._roots = sorted(self.endpoints, key=lambda e: len(e.url), reverse=True)
+            self.max_ejected = self._max_ejected(len(self.endpoints))
 
     # -- the stage ---------------------------------------------------------------------------------------------------
 
@@ -116,6 +134,9 @@ class Endpoints:
             if mark is not None and mark[0] == id(call):
                 tried = mark[1]
         now = self._clock()
+        if now >= self.refresh_due and self.refresher is not None:
+            self.refresh_due = math.inf  # the refresher sets the next one
+            self.refresher()
         with self._lock:
             chosen = self._choose(now, tried)
             if chosen is None:
@@ -185,8 +206,23 @@ class Endpoints:
 
     # -- routing -----------------------------------------------------------------------------------------------------
 
+    @property
+    def host_header(self) -> str:
+        """The ``Host`` of the URLs calls build (a discovered endpoint's requests carry it)."""
+        return urlsplit(self._base).netloc
+
+    def tls_name(self, host: str | None) -> str | None:
+        """The DNS name of a discovered endpoint whose address is ``host`` (a TLS server name), or ``None``."""
+        for endpoint in self.endpoints:
+            if endpoint.name is not None and urlsplit(endpoint.url).hostname == host:
+                return endpoint.name
+        return None
+
     def url_for(self, endpoint: Endpoint, url: str) -> str:
         """``url`` (built against any endpoint's root) moved to ``endpoint``'s root; another URL unchanged."""
+        base = self._base
+        if url.startswith(base) and endpoint.url != base:
+            return endpoint.url + url[len(base) :]
         for root in self._roots:
             if url.startswith(root.url):
                 return endpoint.url + url[len(root.url) :] if root is not endpoint else url
@@ -338,15 +374,15 @@ class ServiceBreaker:
         self.breaker.reset_after_fork()  # it stands in the attempt stages in place of the breaker
 
 
-def route_url(endpoints: Endpoints, permits: list[Any], index: int, url: str) -> str:
-    """The URL of the attempt admitted with ``permits`` (``index``: the endpoints stage's among them)."""
-    return endpoints.url_for(permits[index], url)
-
-
 def route_httpx(endpoints: Endpoints, permits: list[Any], index: int, request: httpx.Request) -> None:
     """Send the httpx ``request`` to the endpoint its attempt was admitted to (URL and ``Host``)."""
+    endpoint: Endpoint = permits[index]
     url = str(request.url)
-    moved = endpoints.url_for(permits[index], url)
+    moved = endpoints.url_for(endpoint, url)
     if moved != url:
         request.url = type(request.url)(moved)  # httpx's URL, or httpx2's
-        request.headers["Host"] = request.url.netloc.decode("ascii")
+        if endpoint.name is None:
+            request.headers["Host"] = request.url.netloc.decode("ascii")
+        else:  # an address of a DNS name: the name is the Host, and the TLS server name checked
+            request.headers["Host"] = endpoints.host_header
+            request.extensions["sni_hostname"] = endpoint.name

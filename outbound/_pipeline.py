@@ -78,11 +78,15 @@ def compose(
         latencies = AnsweredLatencies()
     attempt: list[Any] = [stage for stage in (pause, rate_limit) if stage is not None]
     endpoints = None
-    if config.endpoints:
+    if config.endpoints or config.discovery is not None:
         from ._endpoints import Endpoints, ServiceBreaker
         from ._state.ejections import store_for
 
         endpoints = Endpoints(config, clock=clock, breaker=breaker, store=store_for(link, config))
+        if config.discovery is not None:
+            from ._discovery import Discovery
+
+            Discovery(config, endpoints, clock).start()  # a name that does not resolve: a ConfigError, now
         attempt += [endpoints, ServiceBreaker(breaker, endpoints)]
     else:
         attempt.append(breaker)

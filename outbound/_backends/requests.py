@@ -331,6 +331,14 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
     ) -> Any:
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        endpoints = self._policy.endpoints
+        name = endpoints.tls_name(host_params.get("host")) if endpoints is not None else None
+        if name is not None and host_params.get("scheme") == "https":
+            # A discovered address: the certificate is checked against the DNS name, which is also the SNI.
+            named: dict[str, Any] = {"server_hostname": name, "assert_hostname": name}
+            if self._ssl_context is not None:
+                return host_params, {"ssl_context": self._ssl_context, **named}
+            return host_params, {**pool_kwargs, **named}
         if self._ssl_context is not None:
             # The service's context decides verification and client certificates. requests' own keys would make
             # urllib3 load the default CA bundle into it (its documented way to use a custom context).
@@ -388,7 +396,10 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         response: requests.Response | None = None
         endpoints = self._policy.endpoints
         if endpoints is not None:  # several endpoints: this attempt goes to the one it was admitted to
-            send.request.url = endpoints.url_for(call.permits[self._policy.endpoint_index], send.request.url or "")
+            endpoint = call.permits[self._policy.endpoint_index]
+            send.request.url = endpoints.url_for(endpoint, send.request.url or "")
+            if endpoint.name is not None:  # an address of a DNS name: the name is the Host (and the TLS name)
+                send.request.headers["Host"] = endpoints.host_header
         if send.deadline_header is not None and deadline is not None:
             # The time left now, for this attempt.
             send.request.headers[send.deadline_header] = format_budget(send.deadline_header, deadline.left())
