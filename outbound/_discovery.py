@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ._config import EndpointConfig
 from ._errors import ConfigError
+from ._lifecycle import on_fork
 
 if TYPE_CHECKING:
     from ._config import DiscoveryConfig, ServiceConfig
@@ -77,6 +78,14 @@ class Discovery:
         self._clock = clock
         self._running = threading.Lock()
         self._warned = False
+        on_fork(self, child=Discovery._after_fork)
+
+    def _after_fork(self) -> None:
+        # A lookup thread of the parent's does not exist here, and may have held the lock: a new one, and a lookup on
+        # the child's first call.
+        self._running = threading.Lock()
+        if self._endpoints.refresher is not None:
+            self._endpoints.refresh_due = self._clock()
 
     def start(self) -> None:
         """The first lookup, as the registry is built: a ``ConfigError`` when the name gives no address."""

@@ -234,3 +234,32 @@ def test_a_dns_server_that_does_not_answer_at_start_is_a_config_error(dns_server
     dns_server.muted = True
     with pytest.raises(ConfigError, match=r"services\.s\.discovery\.dns.*did not resolve"):
         Registry.from_mapping({"services": {"s": {"discovery": discovery(dns_server, 8000)}}})
+
+
+def test_a_forked_child_looks_the_name_up_again(
+    dns_server: DnsServer, replicas: list[Upstream], make_registry: Any
+) -> None:
+    import os
+
+    dns_server.records[NAME] = ["127.0.0.1"]
+    registry = make_registry(s={"discovery": discovery(dns_server, replicas[0].port), "client": "httpx"})
+    registry.client("s").get("ok").raise_for_status()
+    dns_server.records[NAME] = ["127.0.0.2"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first call starts a lookup, which finds the new address
+        try:
+            endpoints = registry._open("s").policy.endpoints
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and "127.0.0.2" not in endpoints.endpoints[0].url:
+                registry.client("s").get("ok")
+                time.sleep(0.05)
+            os.write(write, f"{len(endpoints.endpoints)} {endpoints.endpoints[0].url}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 200).decode()
+    os.close(read)
+    assert status == 0
+    assert answer == f"1 http://127.0.0.2:{replicas[0].port}/v1/"
