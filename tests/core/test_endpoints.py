@@ -14,7 +14,7 @@ import pytest
 import outbound
 from outbound import ConfigError, Registry, parse_config
 from outbound._endpoints import Endpoints
-from tests.upstream import Upstream
+from tests.upstream import Upstream, wait_until
 
 from .conftest import Send
 
@@ -441,3 +441,68 @@ def test_after_a_fork_nothing_is_in_flight() -> None:
     stage.admit(_View())
     stage.reset_after_fork()
     assert [row["in_flight"] for row in stage.snapshot()] == [0, 0, 0]
+
+
+def test_prometheus_gauges_per_endpoint(ups: list[Upstream]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from outbound._metrics._live import LiveRegistries
+    from outbound._metrics.prometheus import GaugeRefresher, PrometheusMetrics, PrometheusObserver
+
+    collector = CollectorRegistry()
+    metrics, live = PrometheusMetrics(collector), LiveRegistries()
+    outlier = {"consecutive_failures": 1, "base_ejection": 60}
+    for multiprocess in (False, True):
+        registry = Registry.from_mapping({"services": {"s": settings(ups, client="httpx", outlier=outlier)}})
+        try:
+            refresher = GaugeRefresher(metrics, live, interval=0.01)
+            observer = PrometheusObserver(
+                registry, metrics=metrics, live=live, refresher=refresher, multiprocess=multiprocess
+            )
+            registry.add_observer(observer)
+            if not multiprocess:
+                ups[1].stop()
+            for _ in range(10):
+                registry.client("s").get("ok").raise_for_status()
+
+            def sample(name: str, index: int) -> float | None:
+                return collector.get_sample_value(name, {"service": "s", "endpoint": ups[index].url + "v1/"})
+
+            assert wait_until(lambda: sample("outbound_endpoint_ejected", 1) == 1, timeout=5)
+            assert sample("outbound_endpoint_ejected", 0) == 0
+            assert sample("outbound_endpoint_in_flight", 0) == 0
+        finally:
+            registry.close()
+
+
+def test_otel_gauges_per_endpoint(ups: list[Upstream]) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from outbound._metrics import otel
+
+    reader = InMemoryMetricReader()
+    otel.use_meter_provider(MeterProvider(metric_readers=[reader]))
+    outlier = {"consecutive_failures": 1, "base_ejection": 60}
+    registry = Registry.from_mapping(
+        {"services": {"s": settings(ups, client="httpx", outlier=outlier)}, "metrics": {"otel": True}}
+    )
+    try:
+        ups[2].stop()
+        for _ in range(10):
+            registry.client("s").get("ok").raise_for_status()
+        data = reader.get_metrics_data()
+        points = {
+            (metric.name, point.attributes["server.address"]): point.value
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name.startswith("outbound.endpoint.")
+            for point in metric.data.data_points
+        }
+        assert points[("outbound.endpoint.ejected", ups[2].url + "v1/")] == 1
+        assert points[("outbound.endpoint.ejected", ups[0].url + "v1/")] == 0
+        assert points[("outbound.endpoint.in_flight", ups[0].url + "v1/")] == 0
+    finally:
+        registry.close()
+        otel.use_meter_provider(None)

@@ -323,6 +323,8 @@ def test_both_exporters_describe_each_metric_alike(
         "outbound.service.status": "outbound_service_status",
         "outbound.pool.connections": "outbound_pool_connections",
         "outbound.pool.waiting": "outbound_pool_waiting",
+        "outbound.endpoint.ejected": "outbound_endpoint_ejected",
+        "outbound.endpoint.in_flight": "outbound_endpoint_in_flight",
     }
     reported = [otel_name for otel_name in pairs if otel_name in otel]  # the SDK reports what has data points
     assert {"outbound.requests", "outbound.request.duration", "outbound.circuit.state"} <= set(reported)

@@ -88,6 +88,8 @@ def test_families_names_types_and_labels() -> None:
         "outbound_service_status": "gauge",
         "outbound_pool_connections": "gauge",
         "outbound_pool_waiting": "gauge",
+        "outbound_endpoint_ejected": "gauge",
+        "outbound_endpoint_in_flight": "gauge",
     }
     metrics = PrometheusMetrics(CollectorRegistry())
     assert metrics.requests._labelnames == ("service", "method", "status", "outcome")
