@@ -506,3 +506,24 @@ def test_otel_gauges_per_endpoint(ups: list[Upstream]) -> None:
     finally:
         registry.close()
         otel.use_meter_provider(None)
+
+
+def test_a_retry_avoids_the_endpoint_that_failed_even_when_the_balance_prefers_it(
+    kind: str, send: Send, ups: list[Upstream], make_registry: Any
+) -> None:
+    ups[0].set_mode("failing", status=503)
+    endpoints = [{"url": ups[0].url, "weight": 1000}, {"url": ups[1].url, "weight": 1}]
+    registry = make_registry(
+        s={
+            "endpoints": endpoints,
+            "client": kind,
+            "balance": "round_robin",
+            "retry": {"total": 1, "backoff_factor": 0},
+            "pause": None,
+            "outlier": {"consecutive_failures": 100},
+        }
+    )
+    for _ in range(10):
+        assert send(registry, "s", "GET", "work").status_code == 200  # the retry went to the other endpoint
+    assert ups[0].hits == 10
+    assert ups[1].hits == 10
