@@ -530,3 +530,22 @@ def test_a_retry_avoids_the_endpoint_that_failed_even_when_the_balance_prefers_i
         assert send(registry, "s", "GET", "work").status_code == 200  # the retry went to the other endpoint
     assert ups[0].hits == 10
     assert ups[1].hits == 10
+
+
+def test_a_failure_rate_breaker_ignores_one_dead_endpoint(ups: list[Upstream], make_registry: Any) -> None:
+    # Without endpoints a third of the attempts failing would open this breaker; with them, one bad endpoint is the
+    # endpoints' business while others are usable.
+    registry = make_registry(
+        s=settings(
+            ups,
+            client="httpx",
+            outlier={"consecutive_failures": 8, "base_ejection": 60},
+            breaker={"mode": "rate", "failure_rate": 0.2, "minimum_calls": 5},
+            balance="round_robin",
+        )
+    )
+    ups[2].stop()
+    for _ in range(30):
+        assert registry.client("s").get("ok").status_code == 200
+    assert state_of(registry, 2)["errors"] == 8
+    assert registry._open("s").policy.breaker.state == "closed"
