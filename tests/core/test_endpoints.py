@@ -549,3 +549,14 @@ def test_a_failure_rate_breaker_ignores_one_dead_endpoint(ups: list[Upstream], m
         assert registry.client("s").get("ok").status_code == 200
     assert state_of(registry, 2)["errors"] == 8
     assert registry._open("s").policy.breaker.state == "closed"
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx", "async"])
+def test_one_endpoint_builds_the_service_base_url_builds(client: str) -> None:
+    from tests.core.test_stages_off import service_shape
+
+    one = {"services": {"s": {"endpoints": ["http://stages.invalid/"]}}}
+    base = {"services": {"s": {"base_url": "http://stages.invalid/"}}}
+    two = {"services": {"s": {"endpoints": ["http://stages.invalid/", "http://other.invalid/"]}}}
+    assert service_shape(one, client) == service_shape(base, client)
+    assert service_shape(two, client) != service_shape(base, client)  # the comparison sees the endpoints stage
