@@ -560,3 +560,37 @@ def test_one_endpoint_builds_the_service_base_url_builds(client: str) -> None:
     two = {"services": {"s": {"endpoints": ["http://stages.invalid/", "http://other.invalid/"]}}}
     assert service_shape(one, client) == service_shape(base, client)
     assert service_shape(two, client) != service_shape(base, client)  # the comparison sees the endpoints stage
+
+
+def test_a_fleet_ejection_ends_and_the_endpoint_comes_back_through_trials(redis_url: str, ups: list[Upstream]) -> None:
+    outlier = {"consecutive_failures": 2, "base_ejection": 1.0}
+    workers = [fleet_registry(redis_url, ups, outlier=outlier, balance="round_robin") for _ in range(2)]
+    port = ups[0].port
+    ups[0].stop()
+    revived = None
+
+    def states() -> list[str]:
+        return [state_of(worker, 0)["state"] for worker in workers]
+
+    try:
+        for _ in range(30):  # bounded: each worker learns of the ejection at its next failure there
+            for worker in workers:
+                assert worker.client("s").get("ok").status_code == 200
+            if states() == ["ejected", "ejected"]:
+                break
+        assert states() == ["ejected", "ejected"]
+        assert sum(state_of(worker, 0)["errors"] for worker in workers) <= 2 + 1
+        revived = Upstream("127.0.0.1", port).start()
+        time.sleep(1.1)
+        for _ in range(30):
+            for worker in workers:
+                assert worker.client("s").get("ok").status_code == 200
+            if states() == ["healthy", "healthy"] and revived.hits >= 2:
+                break
+        assert states() == ["healthy", "healthy"]
+        assert revived.hits >= 2  # a trial from each worker (then its share)
+    finally:
+        for worker in workers:
+            worker.close()
+        if revived is not None:
+            revived.stop()
