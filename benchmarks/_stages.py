@@ -65,6 +65,8 @@ CASES: tuple[StageCase, ...] = (
         name="endpoints' balance and outlier written out, one base_url",
         off={"balance": "round_robin", "outlier": {"consecutive_failures": 3, "base_ejection": 10}},
     ),
+    StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
+    StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

@@ -21,6 +21,7 @@ from ._config import (
     EgressConfig,
     HealthConfig,
     HedgeConfig,
+    HistoryConfig,
     IdempotencyConfig,
     MetricsConfig,
     OutboundConfig,
@@ -71,6 +72,7 @@ from ._events import (
     RetryDenied,
     RetryScheduled,
 )
+from ._expect import expect
 from ._registry import Registry
 from ._sdk import sdk_error
 from ._service import Service
@@ -104,6 +106,7 @@ __all__ = [
     "EventLoopMismatchError",
     "HealthConfig",
     "HedgeConfig",
+    "HistoryConfig",
     "IdempotencyConfig",
     "MetricsConfig",
     "Observer",
@@ -139,6 +142,7 @@ __all__ = [
     "config_errors",
     "deadline",
     "error_answer",
+    "expect",
     "parse_config",
     "sdk_error",
     "setting_warnings",

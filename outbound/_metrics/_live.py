@@ -68,3 +68,16 @@ class LiveRegistries:
                 ejected, in_flight = found.get(row["url"], (0, 0))
                 found[row["url"]] = (max(ejected, int(row["state"] == "ejected")), in_flight + row["in_flight"])
         return found
+
+    def cache_counts(self, name: str) -> dict[str, int] | None:
+        """The cache counts of the live services called ``name`` summed, or ``None`` when none has a cache."""
+        total: dict[str, int] | None = None
+        for service in self.services():
+            layer = service.policy.cache if service.name == name else None
+            if layer is not None:
+                counts = layer.snapshot()
+                total = total or {}
+                for key, value in counts.items():
+                    if isinstance(value, int):
+                        total[key] = total.get(key, 0) + value
+        return total

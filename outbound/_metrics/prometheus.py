@@ -28,7 +28,7 @@ from .._lifecycle import Daemon, hold_across_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
-from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
+from ._common import CACHE_RESULTS, DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class PrometheusMetrics:
         # Per endpoint of a service with several: ejected in at least one live worker (livemax); in flight, summed.
         self.endpoint_ejected = gauge(families.ENDPOINT_EJECTED, ("service", "endpoint"), "livemax")
         self.endpoint_in_flight = gauge(families.ENDPOINT_IN_FLIGHT, ("service", "endpoint"), "livesum")
+        # livesum: the workers' caches answer calls each (a gauge: a reset of the service starts it again).
+        self.cache_answers = gauge(families.CACHE_ANSWERS, ("service", "result"), "livesum")
 
     def set_gauges(self, live: LiveRegistries, names: set[str]) -> None:
         """Write the current pool numbers and breaker states of the services called ``names`` (multiprocess mode)."""
@@ -92,6 +94,10 @@ class PrometheusMetrics:
             for url, (ejected, in_flight) in live.endpoints(name).items():
                 self.endpoint_ejected.labels(name, url).set(ejected)
                 self.endpoint_in_flight.labels(name, url).set(in_flight)
+            cache = live.cache_counts(name)
+            if cache is not None:
+                for key, result in CACHE_RESULTS.items():
+                    self.cache_answers.labels(name, result).set(cache.get(key, 0))
 
     def read_gauges_when_scraped(self, live: LiveRegistries, name: str) -> None:
         """Make the gauges of service ``name`` read ``live`` at every scrape (single-process mode)."""
@@ -106,6 +112,9 @@ class PrometheusMetrics:
         for url in live.endpoints(name):
             self.endpoint_ejected.labels(name, url).set_function(_endpoint_reader(live, name, url, 0))
             self.endpoint_in_flight.labels(name, url).set_function(_endpoint_reader(live, name, url, 1))
+        if live.cache_counts(name) is not None:
+            for key, result in CACHE_RESULTS.items():
+                self.cache_answers.labels(name, result).set_function(_cache_reader(live, name, key))
 
 
 def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], float]:
@@ -114,6 +123,10 @@ def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], fl
 
 def _endpoint_reader(live: LiveRegistries, name: str, url: str, index: int) -> Callable[[], float]:
     return lambda: float(live.endpoints(name).get(url, (0, 0))[index])
+
+
+def _cache_reader(live: LiveRegistries, name: str, key: str) -> Callable[[], float]:
+    return lambda: float((live.cache_counts(name) or {}).get(key, 0))
 
 
 def _state_reader(live: LiveRegistries, name: str, state: str) -> Callable[[], float]:

@@ -203,15 +203,17 @@ def test_max_ejected_percent_keeps_endpoints_in_and_the_breaker_opens_when_none_
 
 def test_an_ejected_endpoint_comes_back_through_a_trial(ups: list[Upstream], make_registry: Any) -> None:
     registry = make_registry(
-        s=settings(ups[:2], client="httpx", outlier={"consecutive_failures": 1, "base_ejection": 0.3})
+        s=settings(
+            ups[:2], client="httpx", balance="round_robin", outlier={"consecutive_failures": 1, "base_ejection": 1.0}
+        )
     )
     client = registry.client("s")
     ups[0].set_mode("failing", status=500)
-    for _ in range(10):
+    for _ in range(4):
         client.get("work")
     assert state_of(registry, 0)["state"] == "ejected"
     ups[0].set_mode("healthy")
-    time.sleep(0.35)
+    time.sleep(state_of(registry, 0)["ejected_for"] + 0.05)
     assert state_of(registry, 0)["state"] == "healthy"  # its ejection has ended: the next call to it is a trial
     before = ups[0].hits
     for _ in range(20):
@@ -222,19 +224,21 @@ def test_an_ejected_endpoint_comes_back_through_a_trial(ups: list[Upstream], mak
 
 def test_a_failed_trial_ejects_again_for_longer(ups: list[Upstream], make_registry: Any) -> None:
     registry = make_registry(
-        s=settings(ups[:2], client="httpx", outlier={"consecutive_failures": 1, "base_ejection": 0.2})
+        s=settings(
+            ups[:2], client="httpx", balance="round_robin", outlier={"consecutive_failures": 1, "base_ejection": 1.0}
+        )
     )
     client = registry.client("s")
     ups[0].set_mode("failing", status=500)
     for _ in range(4):
         client.get("work")
     assert state_of(registry, 0)["ejections"] == 1
-    time.sleep(0.25)
-    for _ in range(6):
+    time.sleep(state_of(registry, 0)["ejected_for"] + 0.05)
+    for _ in range(4):  # one of them is its trial, which fails
         client.get("work")
     row = state_of(registry, 0)
     assert row["ejections"] == 2
-    assert row["ejected_for"] > 0.2  # 2 x base_ejection
+    assert row["ejected_for"] > 1.0  # 2 x base_ejection, from the failed trial
 
 
 # -- async -------------------------------------------------------------------------------------------------------------
@@ -330,7 +334,9 @@ def test_a_bad_record_in_redis_is_ignored(redis_url: str, ups: list[Upstream]) -
     client = redis.Redis.from_url(redis_url)
     url = ups[0].url + "v1/"
     client.hset("outbound:ejections:s", mapping={f"u:{url}": "garbage", f"f:{url}": "x", f"n:{url}": "-"})
-    worker = fleet_registry(redis_url, ups, outlier={"consecutive_failures": 2, "base_ejection": 60})
+    worker = fleet_registry(
+        redis_url, ups, outlier={"consecutive_failures": 2, "base_ejection": 60}, balance="round_robin"
+    )
     try:
         ups[0].stop()
         for _ in range(20):
@@ -341,7 +347,9 @@ def test_a_bad_record_in_redis_is_ignored(redis_url: str, ups: list[Upstream]) -
 
 
 def test_redis_down_each_worker_decides_alone(ups: list[Upstream]) -> None:
-    worker = fleet_registry("redis://127.0.0.1:1/0", ups, outlier={"consecutive_failures": 2, "base_ejection": 60})
+    worker = fleet_registry(
+        "redis://127.0.0.1:1/0", ups, outlier={"consecutive_failures": 2, "base_ejection": 60}, balance="round_robin"
+    )
     try:
         ups[0].stop()
         for _ in range(20):
@@ -358,7 +366,8 @@ def test_health_json_status_and_page_show_each_endpoint(ups: list[Upstream], mak
     from outbound._page import render_page
     from outbound.cli import _report, render_status
 
-    registry = make_registry(s=settings(ups, client="httpx", outlier={"consecutive_failures": 1, "base_ejection": 60}))
+    outlier = {"consecutive_failures": 1, "base_ejection": 60}
+    registry = make_registry(s=settings(ups, client="httpx", outlier=outlier, balance="round_robin"))
     ups[1].stop()
     for _ in range(20):
         registry.client("s").get("ok").raise_for_status()
@@ -456,7 +465,9 @@ def test_prometheus_gauges_per_endpoint(ups: list[Upstream]) -> None:
     metrics, live = PrometheusMetrics(collector), LiveRegistries()
     outlier = {"consecutive_failures": 1, "base_ejection": 60}
     for multiprocess in (False, True):
-        registry = Registry.from_mapping({"services": {"s": settings(ups, client="httpx", outlier=outlier)}})
+        registry = Registry.from_mapping(
+            {"services": {"s": settings(ups, client="httpx", outlier=outlier, balance="round_robin")}}
+        )
         try:
             refresher = GaugeRefresher(metrics, live, interval=0.01)
             observer = PrometheusObserver(
@@ -488,7 +499,10 @@ def test_otel_gauges_per_endpoint(ups: list[Upstream]) -> None:
     otel.use_meter_provider(MeterProvider(metric_readers=[reader]))
     outlier = {"consecutive_failures": 1, "base_ejection": 60}
     registry = Registry.from_mapping(
-        {"services": {"s": settings(ups, client="httpx", outlier=outlier)}, "metrics": {"otel": True}}
+        {
+            "services": {"s": settings(ups, client="httpx", outlier=outlier, balance="round_robin")},
+            "metrics": {"otel": True},
+        }
     )
     try:
         ups[2].stop()
