@@ -108,7 +108,7 @@ def endpoints(up: UpstreamProcess, s: Settings) -> list[Row]:
 
     quick = s == QUICK
     timing = (
-        {"later": 2.0, "window": 0.5, "restart": 2.6, "ejection": 3.0, "stop": 8.0}
+        {"later": 1.0, "window": 0.3, "restart": 1.4, "ejection": 1.6, "stop": 5.0}
         if quick
         else {"later": 10.0, "window": 2.0, "restart": 12.5, "ejection": 15.0, "stop": 25.0}
     )
