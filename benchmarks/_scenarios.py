@@ -26,6 +26,7 @@ import outbound
 from benchmarks import (
     _brownout,
     _cache,
+    _chaos,
     _deadline,
     _egress,
     _endpoints,
@@ -742,6 +743,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _endpoints.MEASUREMENT: _endpoints.endpoints,
     _cache.MEASUREMENT: _cache.cache,
     _trends.MEASUREMENT: _trends.trends,
+    _chaos.MEASUREMENT: _chaos.chaos,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1d", "1e", "1f"),
@@ -767,4 +769,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _endpoints.MEASUREMENT: _endpoints.ROW_KEYS,
     _cache.MEASUREMENT: _cache.ROW_KEYS,
     _trends.MEASUREMENT: _trends.ROW_KEYS,
+    _chaos.MEASUREMENT: _chaos.ROW_KEYS,
 }

@@ -67,6 +67,17 @@ CASES: tuple[StageCase, ...] = (
     ),
     StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
     StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
+    StageCase(
+        key="16f",
+        name="chaos configured but disabled (and not allowed)",
+        off={"chaos": {"enabled": False, "faults": [{"kind": "status", "rate": 0.1}]}},
+        top={"chaos": {"allow": False}},
+    ),
+    StageCase(
+        key="16g",
+        name="enforce: true written out (the default)",
+        off={"enforce": True, "breaker": {"enforce": True}, "bulkhead": None, "rate_limit": None},
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

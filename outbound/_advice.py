@@ -36,8 +36,10 @@ class SettingWarning(NamedTuple):
     code: str
 
 
-def setting_warnings(config: OutboundConfig) -> list[SettingWarning]:
-    """Every warning for valid settings ``config``, service by service, then the health settings.
+def setting_warnings(config: OutboundConfig, *, production: bool = False) -> list[SettingWarning]:
+    """Every warning for valid settings ``config``, service by service, then the health settings; with
+    ``production`` (Django's ``DEBUG = False``, a Flask app not in debug mode), also fault injection configured or
+    allowed (``W013``).
 
     Called while gunicorn loads the app (Django's ``ready()``, Flask's ``init_app``), it also compares each
     service's longest call with gunicorn's worker timeout (``W012``).
@@ -49,7 +51,26 @@ def setting_warnings(config: OutboundConfig) -> list[SettingWarning]:
         if worker_timeout is not None:
             warnings.extend(_worker_timeout(service, worker_timeout))
     warnings.extend(_health(config.health))
+    if production:
+        warnings.extend(_chaos(config))
     return warnings
+
+
+def _chaos(config: OutboundConfig) -> list[SettingWarning]:
+    configured = [name for name, service in config.services.items() if service.chaos is not None]
+    allowed = any(service.chaos_allowed for service in config.services.values()) or config.chaos.allow
+    if not configured and not allowed:
+        return []
+    where = f"services {', '.join(configured)} configure chaos" if configured else "no service configures chaos"
+    return [
+        SettingWarning(
+            f"OUTBOUND: fault injection in a production settings module (DEBUG off): {where}, and this process "
+            f"{'allows' if allowed else 'does not allow'} it (OUTBOUND_CHAOS=1 or chaos.allow).",
+            hint="Keep chaos sections and the allow switch in staging and test settings; a game day in production "
+            "should be a decision, not a copied setting.",
+            code="W013",
+        )
+    ]
 
 
 def _where(service: ServiceConfig, key: str) -> str:

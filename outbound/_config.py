@@ -155,6 +155,8 @@ class BreakerConfig:
     """Seconds from which a call counts as slow (mode ``rate``); ``None``: slowness is not judged."""
     slow_call_rate: float = 1.0
     """The share of slow calls in the window that opens the breaker (mode ``rate``)."""
+    enforce: bool = True
+    """Refuse calls (``true``), or only count what it would have refused (``false``: observe-only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +165,8 @@ class BulkheadConfig:
     """Calls in flight at once, across threads and tasks."""
     max_wait: float = 0.0
     """Seconds a call waits for room before ``BulkheadFullError`` (0: fail fast)."""
+    enforce: bool = True
+    """Refuse calls (``true``), or only count what it would have refused (``false``: observe-only)."""
 
 
 RateScope = Literal["process", "fleet"]
@@ -176,6 +180,8 @@ class RateLimitConfig:
     """Seconds a call waits for a permit (never past its deadline) before ``RateLimitedError``."""
     scope: RateScope = "process"
     """The limit holds for this process, or for the whole fleet (through ``state``'s Redis)."""
+    enforce: bool = True
+    """Refuse calls (``true``), or only count what it would have refused (``false``: observe-only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +200,38 @@ class HedgeConfig:
     """Extra attempts at most."""
     methods: frozenset[str] = frozenset({"GET", "HEAD"})
     """Methods hedged (idempotent ones only)."""
+
+
+FaultKind = Literal["connect_error", "read_timeout", "reset", "status", "latency", "trickle"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("connect_error", "read_timeout", "reset", "status", "latency", "trickle")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultConfig:
+    kind: FaultKind
+    """What goes wrong: ``connect_error``, ``read_timeout``, ``reset``, ``status``, ``latency`` or ``trickle``."""
+    rate: float = 0.05
+    """The share of attempts this fault hits (0 to 1; the faults of a service add up to 1 at most)."""
+    status: int = 503
+    """The status a ``status`` fault answers with."""
+    retry_after: float | None = None
+    """The ``Retry-After`` seconds a ``status`` fault sends; ``None``: no header."""
+    seconds: float = 0.5
+    """How long a ``latency`` delays the answer, a ``trickle`` spreads the body, a ``read_timeout`` waits."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChaosConfig:
+    enabled: bool = False
+    """Inject the faults now (only where the process allows it: ``OUTBOUND_CHAOS=1`` or ``chaos.allow``)."""
+    faults: tuple[FaultConfig, ...] = ()
+    """The faults injected below the policy, each at its own rate."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChaosSwitch:
+    allow: bool = False
+    """Allow fault injection in this process (as ``OUTBOUND_CHAOS=1`` does): without it nothing is ever injected."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,6 +379,12 @@ class ServiceConfig:
     """When an endpoint is ejected, and for how long."""
     transport: TransportKind = "httpcore"
     """The async client's transport (httpx and httpx2 services): httpcore (the library's own) or aiohttp."""
+    enforce: bool = True
+    """The default of ``enforce`` for the service's breaker, bulkhead and rate limit (``false``: observe-only)."""
+    chaos: ChaosConfig | None = None
+    """Fault injection for game days and tests (``None``: none)."""
+    chaos_allowed: bool = False
+    """Whether the process allows fault injection (the allow switch): not a key users write."""
     auth: tuple[str, str] | None = None
     """Basic credentials taken from ``base_url`` (``https://user:pass@host/``): not a key users write."""
 
@@ -407,6 +451,7 @@ class OutboundConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     state: StateConfig = field(default_factory=StateConfig)
     deadline: DeadlineConfig = field(default_factory=DeadlineConfig)
+    chaos: ChaosSwitch = field(default_factory=ChaosSwitch)
 
 
 def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -414,8 +459,8 @@ def keys_of(cls: type, *, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)
 
 
-DERIVED_SERVICE_FIELDS = ("name", "auth")
-TOP_LEVEL_KEYS = ("defaults", "services", "health", "metrics", "state", "deadline")
+DERIVED_SERVICE_FIELDS = ("name", "auth", "chaos_allowed")
+TOP_LEVEL_KEYS = ("defaults", "services", "health", "metrics", "state", "deadline", "chaos")
 # Optional dependencies: the import that must work, and the extra that brings it.
 EXTRAS = {
     "prometheus": ("prometheus_client", "outbound-http[prometheus]"),
@@ -769,6 +814,7 @@ def _parse_breaker(reader: _Reader) -> BreakerConfig:
             "half_open_max_calls", defaults.half_open_max_calls, minimum=1, maximum=MAX_COUNT
         ),
         failure_statuses=sub.statuses("failure_statuses", defaults.failure_statuses),
+        enforce=sub.boolean("enforce", _enforce(reader)),
     )
 
 
@@ -807,6 +853,7 @@ def _parse_bulkhead(reader: _Reader) -> BulkheadConfig | None:
     return BulkheadConfig(
         max_in_flight=sub.integer("max_in_flight", 1, minimum=1, maximum=MAX_COUNT),
         max_wait=sub.required_seconds("max_wait", 0.0),
+        enforce=sub.boolean("enforce", _enforce(reader)),
     )
 
 
@@ -834,7 +881,18 @@ def _parse_rate_limit(reader: _Reader) -> RateLimitConfig | None:
             sub.fail(f"must be one limit like '100/second' or '10 per minute', got {_shown(rate)}", key="rate")
             rate = "1/second"
     scope = sub.choice("scope", "process", ("process", "fleet"))
-    return RateLimitConfig(rate=rate, max_wait=sub.required_seconds("max_wait", 0.5), scope=scope)
+    return RateLimitConfig(
+        rate=rate,
+        max_wait=sub.required_seconds("max_wait", 0.5),
+        scope=scope,
+        enforce=sub.boolean("enforce", _enforce(reader)),
+    )
+
+
+def _enforce(reader: _Reader) -> bool:
+    """The service's ``enforce`` (the sections' default); a mistake in it is reported where it is read."""
+    value = reader.mapping.get("enforce", True)
+    return value if isinstance(value, bool) else True
 
 
 def _parse_pause(reader: _Reader) -> PauseConfig | None:
@@ -1379,8 +1437,55 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         balance=reader.choice("balance", "p2c", ("p2c", "round_robin")),
         outlier=_parse_outlier(reader),
         transport=transport,
+        enforce=reader.boolean("enforce", True),
+        chaos=_parse_chaos(reader),
         auth=auth,
     )
+
+
+def _parse_chaos(reader: _Reader) -> ChaosConfig | None:
+    sub = _optional_sub(reader, "chaos", ChaosConfig)
+    if sub is None:
+        return None
+    raw = sub.mapping.get("faults", [])
+    faults: list[FaultConfig] = []
+    if isinstance(raw, str | bytes | Mapping) or not isinstance(raw, list | tuple):
+        sub.fail(f"must be a list of faults like {{'kind': 'status', 'rate': 0.05}}, got {_shown(raw)}", key="faults")
+        raw = []
+    for index, item in enumerate(raw):
+        try:
+            fault = _Reader(item, reader.service, f"{sub.prefix}.faults[{index}]", keys_of(FaultConfig), reader.errors)
+        except _Skip:
+            continue
+        if "kind" not in fault.mapping:
+            fault.fail(f"is required: one of {', '.join(FAULT_KINDS)}", key="kind", code="missing")
+            continue
+        kind = fault.choice("kind", "", FAULT_KINDS)
+        if not kind:
+            continue
+        status = fault.integer("status", 503, minimum=100, maximum=599)
+        faults.append(
+            FaultConfig(
+                kind=kind,
+                rate=fault.fraction("rate", 0.05),
+                status=status,
+                retry_after=fault.seconds("retry_after", None, allow_none=True),
+                seconds=fault.required_seconds("seconds", 0.5),
+            )
+        )
+    if sum(fault.rate for fault in faults) > 1.0 + 1e-9:
+        sub.fail("the faults' rates add up to more than 1", key="faults", code="range")
+    return ChaosConfig(enabled=sub.boolean("enabled", False), faults=tuple(faults))
+
+
+def _parse_chaos_switch(raw: Any, errors: list[ConfigError]) -> ChaosSwitch:
+    reader = _Reader(raw, None, "chaos", keys_of(ChaosSwitch), errors)
+    return ChaosSwitch(allow=reader.boolean("allow", False))
+
+
+def chaos_allowed(switch: ChaosSwitch) -> bool:
+    """Whether this process allows fault injection: ``chaos.allow``, or the environment's ``OUTBOUND_CHAOS=1``."""
+    return switch.allow or os.environ.get("OUTBOUND_CHAOS", "") == "1"
 
 
 def _parse_health(raw: Any, errors: list[ConfigError]) -> HealthConfig:
@@ -1534,13 +1639,23 @@ def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
     metrics = _section(_parse_metrics, top.mapping.get("metrics", {}), errors, MetricsConfig)
     state = _section(_parse_state, top.mapping.get("state", {}), errors, StateConfig)
     deadline = _section(_parse_deadline, top.mapping.get("deadline", {}), errors, DeadlineConfig)
+    switch = _section(_parse_chaos_switch, top.mapping.get("chaos", {}), errors, ChaosSwitch)
+    allowed = chaos_allowed(switch)
     for name, service in parsed.items():
+        if service.chaos is not None and service.chaos.enabled and not allowed:
+            message = (
+                "fault injection is enabled but this process does not allow it: set OUTBOUND_CHAOS=1 in its "
+                "environment or the top-level chaos: {'allow': true} (never in production)"
+            )
+            errors.append(ConfigError(message, service=name, key="chaos.enabled", code="unsupported"))
+        if allowed:
+            parsed[name] = service = dataclasses.replace(service, chaos_allowed=True)
         if service.rate_limit is not None and service.rate_limit.scope == "fleet" and state.backend != "redis":
             message = "a fleet-wide rate limit needs a shared state backend (state.backend: 'redis')"
             errors.append(ConfigError(message, service=name, key="rate_limit.scope", code="unsupported"))
     if errors:
         return None
-    return OutboundConfig(services=parsed, health=health, metrics=metrics, state=state, deadline=deadline)
+    return OutboundConfig(services=parsed, health=health, metrics=metrics, state=state, deadline=deadline, chaos=switch)
 
 
 S = TypeVar("S")

@@ -155,7 +155,11 @@ def render_page(
     ]
     if isinstance(services, Mapping):
         meta.extend(_fleet(report))
-        content = _services(services) + _extras("Report", {k: v for k, v in report.items() if k not in _REPORT_KEYS})
+        content = (
+            _banners(services)
+            + _services(services)
+            + _extras("Report", {k: v for k, v in report.items() if k not in _REPORT_KEYS})
+        )
     else:
         content = _details_hidden(sign_in, token)
     return Template(_template_text()).substitute(
@@ -165,6 +169,43 @@ def render_page(
         meta=" · ".join(meta),
         content=content,
     )
+
+
+def _banners(services: Mapping[str, Any]) -> str:
+    """A banner above the cards for each service injecting faults, and one for each that only observes: what the
+    page shows is then not what the upstream did, or not what the settings would have done."""
+    lines = []
+    for name, service in services.items():
+        chaos = service.get("chaos")
+        if isinstance(chaos, Mapping) and chaos.get("active"):
+            kinds = ", ".join(
+                f"{_e(f.get('kind'))} at {_number(f.get('rate'))}"
+                for f in chaos.get("faults") or ()
+                if isinstance(f, Mapping)
+            )
+            ends = chaos.get("ends_in")
+            until = f", ends in {math.ceil(float(ends))} s" if _is_number(ends) else ""
+            lines.append(
+                f'<p class="notice banner chaos"><strong>Fault injection is on</strong> for {_e(name)} '
+                f"({_e(chaos.get('source'))}: {kinds}{until}): some of its failures are injected, not the "
+                "upstream's.</p>"
+            )
+        observing = service.get("observing")
+        if observing:
+            would = service.get("would_reject") or {}
+            total = sum(v for v in would.values() if _is_number(v)) if isinstance(would, Mapping) else 0
+            lines.append(
+                f'<p class="notice banner observing"><strong>Observe-only</strong>: {_e(name)}\'s '
+                f"{_e(', '.join(str(p) for p in observing))} refuse nothing; they would have refused "
+                f"{_number(total)} call{'' if total == 1 else 's'} so far"
+                + (
+                    f" ({_number(service['would_reject_last_hour'])} in the last hour)"
+                    if _is_number(service.get("would_reject_last_hour"))
+                    else ""
+                )
+                + ".</p>"
+            )
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _details_hidden(sign_in: str | None, token: bool) -> str:

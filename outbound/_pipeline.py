@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._breaker import Breaker
-from ._config import ServiceConfig, StateConfig
+from ._config import ChaosConfig, ServiceConfig, StateConfig
 from ._events import BreakerTransition
 from ._hedge import AnsweredLatencies
 from ._retry import RetryBudget
@@ -30,7 +30,9 @@ from ._state import LOCAL, ServiceLink
 if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
     from ._cache._layer import CacheLayer
+    from ._chaos import Chaos
     from ._endpoints import Endpoints
+    from ._observe import WouldReject
     from ._pause import Pause
     from ._ratelimit import RateLimit
 
@@ -47,6 +49,8 @@ class Pipeline:
     rate_limit: RateLimit | None
     latencies: AnsweredLatencies | None
     cache: CacheLayer | None  # above the policy: the clients put it on top of their transports (``_cache/``)
+    would_reject: WouldReject | None  # the observe-only protections' counts (``enforce: false``)
+    chaos: Chaos | None  # not a stage: the fault layer below the policy, in the backend's transport
     call_stages: tuple[Stage, ...]
     attempt_stages: tuple[Stage, ...]
     send_gates: tuple[tuple[int, SendGate], ...]
@@ -63,7 +67,20 @@ def compose(
 ) -> Pipeline:
     """Build ``config``'s stages (each module imported only when its setting is on); ``link`` is the service's to
     the state its fleet shares, handed to the stages that tell the fleet what they decide."""
-    breaker = Breaker(config.name, config.breaker, clock=clock, notify=notify, shared=link)
+    would_reject = observe = None
+    if not config.breaker.enforce or any(
+        section is not None and not section.enforce for section in (config.bulkhead, config.rate_limit)
+    ):
+        from ._observe import WouldReject, observed
+
+        would_reject = WouldReject(config.name, clock)
+        observe = observed
+    breaker_class: type[Breaker] = Breaker
+    if would_reject is not None and not config.breaker.enforce:
+        from ._observe import observed_breaker
+
+        breaker_class = observed_breaker(Breaker, would_reject)
+    breaker = breaker_class(config.name, config.breaker, clock=clock, notify=notify, shared=link)
     budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
     bulkhead = pause = rate_limit = latencies = None
     if config.bulkhead is not None:
@@ -78,6 +95,13 @@ def compose(
         from ._ratelimit import RateLimit  # the `limits` extra: imported only by services that set a rate limit
 
         rate_limit = RateLimit(config.name, config.rate_limit, state=state)
+    chaos = None
+    # A fault layer where the process allows chaos and something may switch it on: the settings, the test fixture
+    # (which adds its own otherwise), or a fleet's game day.
+    if config.chaos_allowed and (config.chaos is not None or (state is not None and state.backend == "redis")):
+        from ._chaos import Chaos
+
+        chaos = Chaos(config.name, config.chaos or ChaosConfig())
     if config.hedge is not None and config.hedge.delay == "p95":
         latencies = AnsweredLatencies()
     cache = None
@@ -85,7 +109,13 @@ def compose(
         from ._cache._layer import CacheLayer
 
         cache = CacheLayer(config, config.cache, config.fallback, state)
-    attempt: list[Any] = [stage for stage in (pause, rate_limit) if stage is not None]
+    call_stage: Any = bulkhead
+    if observe is not None and would_reject is not None and bulkhead is not None and not bulkhead.config.enforce:
+        call_stage = observe(bulkhead, "bulkhead", would_reject)
+    limit: Any = rate_limit
+    if observe is not None and would_reject is not None and rate_limit is not None and not rate_limit.config.enforce:
+        limit = observe(rate_limit, "rate_limit", would_reject)
+    attempt: list[Any] = [stage for stage in (pause, limit) if stage is not None]
     endpoints = None
     if config.endpoints or config.discovery is not None:
         from ._endpoints import Endpoints, ServiceBreaker
@@ -110,7 +140,9 @@ def compose(
         rate_limit=rate_limit,
         latencies=latencies,
         cache=cache,
-        call_stages=(bulkhead,) if bulkhead is not None else (),
+        would_reject=would_reject,
+        chaos=chaos,
+        call_stages=(call_stage,) if call_stage is not None else (),
         attempt_stages=tuple(attempt),
         send_gates=gates,
         endpoints=endpoints,

@@ -58,6 +58,8 @@ class Policy:
         self.pause = pipeline.pause
         self.rate_limit = pipeline.rate_limit
         self.latencies = pipeline.latencies
+        self.chaos = pipeline.chaos
+        self.would_reject = pipeline.would_reject
         self.cache = pipeline.cache  # the cache and fallback layer, above this policy (None: neither is set)
         self.call_stages = pipeline.call_stages
         self.stages = pipeline.attempt_stages
@@ -136,6 +138,8 @@ class Policy:
             self.pause.reset()
         if self.rate_limit is not None:
             self.rate_limit.reset()
+        if self.would_reject is not None:
+            self.would_reject.clear()
         if self.cache is not None:
             self.cache.clear()
         self.stats.clear()
@@ -147,6 +151,8 @@ class Policy:
             stage.reset_after_fork()
         if self.budget is not None:
             self.budget.reset_after_fork()
+        if self.chaos is not None:
+            self.chaos.reset_after_fork()
         if self.cache is not None:
             self.cache.reset_after_fork()
         self.closing = threading.Event()

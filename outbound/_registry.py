@@ -15,7 +15,7 @@ from ._lifecycle import on_fork
 from ._logging import install_secrets_filter
 from ._metrics import metric_observers
 from ._service import Service
-from ._state import state_backend
+from ._state import state_backend, switches
 from .health import HealthReport, ProbeResult, build_report, worst
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Registry:
                 service.history = History(config.health.history, pause=service.policy.pause)
                 service.policy.add_observer(service.history)
         self._state.attach(self._services)
+        self._switches = switches(config.state, self._services)
         for observer in metric_observers(config.metrics, self):
             self.add_observer(observer)
         install_secrets_filter(frozenset().union(*(s.sensitive_headers for s in config.services.values())))
@@ -238,6 +239,8 @@ class Registry:
         """
         self._closed = True
         self._state.close()
+        if self._switches is not None:
+            self._switches.close()
         errors: list[Exception] = []
         for service in self._services.values():
             try:
@@ -251,6 +254,8 @@ class Registry:
         """``close()`` for async code: the running loop's async clients are awaited."""
         self._closed = True
         self._state.close()
+        if self._switches is not None:
+            self._switches.close()
         errors: list[Exception] = []
         for service in self._services.values():
             try:
@@ -276,6 +281,8 @@ class Registry:
             raise RegistryClosedError(f"the outbound registry was closed; cannot use service {name!r}")
         if self._state.scope == "fleet":
             self._state.ensure_running()  # a fleet's threads start on first use in each process (after a fork too)
+            if self._switches is not None:
+                self._switches.ensure()
         return self[name]
 
     def _after_fork_in_child(self) -> None:

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Protocol
 
+from ._breaker import CLOSED
 from ._config import HTTPX_CLIENTS, DeadlineConfig, ServiceConfig, StateConfig
 from ._errors import RegistryClosedError, ServiceLookupError, redact_url
 from ._events import Observer
@@ -186,9 +187,12 @@ class Service:
             opened_by = breaker.opened_by
         bulkhead = policy.bulkhead.snapshot() if policy.bulkhead is not None else None
         paused_for = policy.pause.paused_for() if policy.pause is not None else None
+        counts = policy.would_reject
+        observing = tuple(counts.protections) if counts is not None and not counts.enforcing else ()
+        judged = CLOSED if "breaker" in observing else state  # an observing breaker refuses nothing
         return ServiceHealth(
             name=self.name,
-            status=service_status(state, pool, bulkhead=bulkhead, paused=paused_for is not None, recent=stats.recent),
+            status=service_status(judged, pool, bulkhead=bulkhead, paused=paused_for is not None, recent=stats.recent),
             client=self.config.client,
             base_url=self._display_url,
             critical=self.config.critical,
@@ -210,6 +214,10 @@ class Service:
             rate_limit=policy.rate_limit.snapshot() if policy.rate_limit is not None else None,
             paused_for=paused_for,
             endpoints=policy.endpoints.report() if policy.endpoints is not None else None,
+            observing=observing,
+            would_reject=counts.counts() if counts is not None else None,
+            would_reject_last_hour=counts.last_hour() if counts is not None else None,
+            chaos=policy.chaos.state().as_dict() if policy.chaos is not None else None,
             cache=policy.cache.snapshot() if policy.cache is not None else None,
             history=self._history(fleet) if history else None,
         )

@@ -39,9 +39,13 @@ from .health import (
 __all__ = [
     "CONFIG_ERROR_EXIT_CODE",
     "FLEET_UNREACHABLE_EXIT_CODE",
+    "MAX_GAME_DAY",
     "REMOTE_TIMEOUT",
     "STATUS_EXIT_CODES",
     "Output",
+    "chaos",
+    "duration",
+    "enforce",
     "isolate",
     "probe",
     "probe_exit_code",
@@ -178,6 +182,88 @@ def isolate(registry: Registry, name: str, seconds: float | None) -> Output:
     return Output(f"{name}: isolated {until}; calls fail fast in every process sharing this state")
 
 
+MAX_GAME_DAY = 86_400.0  # a fleet's game day ends within a day, whatever the operator typed
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m`` or ``2h`` (raises ``ValueError``)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    text = text.strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale is not None else text
+    seconds = float(number) * (scale or 1.0)
+    if not 0 < seconds <= MAX_GAME_DAY:
+        raise ValueError(f"must be between 0 and {MAX_GAME_DAY:g} seconds (24h), got {text!r}")
+    return seconds
+
+
+def chaos(
+    registry: Registry,
+    name: str | None,
+    *,
+    kind: str = "status",
+    rate: float = 0.05,
+    seconds: float = 600.0,
+    status: int = 503,
+    retry_after: float | None = None,
+    fault_seconds: float = 0.5,
+    off: bool = False,
+) -> Output:
+    """Start (or, with ``off``, end) a game day: inject one fault into ``name``'s calls in every process sharing the
+    state that allows chaos, for ``seconds``; Redis's clock ends it even if nobody runs ``--off``. Exit 2 for a bad
+    fault or without a fleet, 3 when the fleet's state backend does not answer (nothing changed)."""
+    from ._chaos import fault
+    from ._errors import ConfigError
+    from ._state.switches import FleetSwitches
+
+    if name is not None and name not in registry:
+        return _error(f"unknown outbound service {name!r}")
+    refusal = _needs_fleet(registry, "chaos") or _needs_reachable_fleet(registry, name, "chaos")
+    if refusal is not None:
+        return refusal
+    switches = FleetSwitches(registry.config.state)
+    try:
+        if off:
+            switches.clear_chaos(name, [service.name for service in registry])
+            return Output(f"{name or 'every service'}: fault injection ended in every process sharing this state")
+        if name is None:
+            return _error("`outbound chaos` needs a service NAME (or --off to end every game day)")
+        try:
+            injected = fault(kind, rate, status=status, retry_after=retry_after, seconds=fault_seconds)
+        except ConfigError as error:
+            return _error(str(error).replace("chaos.faults[0].", "--").replace("service 's': ", ""))
+        switches.set_chaos(name, [injected], seconds)
+    finally:
+        switches.close()
+    return Output(
+        _wrap(
+            f"{name}: injecting {kind} faults into {rate:g} of its calls for {seconds:g}s, in every process sharing "
+            "this state that allows chaos (OUTBOUND_CHAOS=1 or chaos.allow); it ends by itself (or: outbound chaos "
+            "--off)"
+        )
+    )
+
+
+def enforce(registry: Registry, name: str, *, off: bool = False) -> Output:
+    """Make ``name``'s observe-only protections (``enforce: false``) enforce in every process, without a restart;
+    ``off``: back to what the settings say."""
+    from ._state.switches import FleetSwitches
+
+    if name not in registry:
+        return _error(f"unknown outbound service {name!r}")
+    refusal = _needs_fleet(registry, "enforce") or _needs_reachable_fleet(registry, name, "enforce")
+    if refusal is not None:
+        return refusal
+    switches = FleetSwitches(registry.config.state)
+    try:
+        switches.set_enforce(name, not off)
+    finally:
+        switches.close()
+    if off:
+        return Output(f"{name}: its protections follow the settings again (enforce: false observes) in every process")
+    return Output(f"{name}: its observe-only protections now enforce in every process sharing this state")
+
+
 def reset(registry: Registry, name: str | None = None) -> Output:
     """Close the breaker(s) and clear the counts for the fleet (``Registry.reset``); exit 3, changing nothing, when
     the fleet's state backend does not answer."""
@@ -281,6 +367,10 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
         paused_for=data.get("paused_for"),
         endpoints=data.get("endpoints"),
+        observing=tuple(str(p) for p in data.get("observing") or ()),
+        would_reject={str(k): int(v) for k, v in data["would_reject"].items()} if "would_reject" in data else None,
+        would_reject_last_hour=data.get("would_reject_last_hour"),
+        chaos=data["chaos"] if isinstance(data.get("chaos"), dict) else None,
         cache=data.get("cache"),
         history=HistorySnapshot.from_dict(data["history"]) if data.get("history") else None,
     )
@@ -365,6 +455,23 @@ def render_status(report: HealthReport) -> str:
                     f"{endpoint.get('errors')}/{endpoint.get('calls')} failed"
                 )
             )
+        if service.observing:
+            would = sum((service.would_reject or {}).values())
+            hour = service.would_reject_last_hour
+            details.append(
+                _wrapped(
+                    f"{name}: observe-only ({', '.join(service.observing)}): would have refused {would} "
+                    f"call{'' if would == 1 else 's'} so far"
+                    + (f" ({hour} in the last hour)" if hour is not None else "")
+                    + f"; nothing was refused (outbound enforce {name})"
+                )
+            )
+        chaos = service.chaos
+        if chaos is not None and chaos.get("active"):
+            kinds = ", ".join(f"{f['kind']} at {f['rate']:g}" for f in chaos.get("faults", ()))
+            ends = chaos.get("ends_in")
+            until = f", ends in {ends:.0f}s" if isinstance(ends, int | float) else ""
+            details.append(_wrapped(f"{name}: FAULT INJECTION ON ({chaos.get('source')}: {kinds}{until})"))
     lines = _table(rows)
     if details:
         lines += ["", *details]

@@ -361,6 +361,15 @@ class ServiceHealth:
     endpoints: Mapping[str, Mapping[str, Any]] | None = None
     """Per endpoint URL of a service with several (``_endpoints.py``): state, in flight, calls, errors, failures in
     a row, ejections and ``ejected_for`` (seconds left of its ejection); ``None``: one ``base_url``. This process's."""
+    observing: tuple[str, ...] = ()
+    """The protections that observe only (``enforce: false``): they decide and count, and refuse nothing."""
+    would_reject: Mapping[str, int] | None = None
+    """What the observing protections would have refused (or delayed) so far, by ``protection:reason``."""
+    would_reject_last_hour: int | None = None
+    """How many of those came in the last hour."""
+    chaos: Mapping[str, Any] | None = None
+    """The fault injection in force (``active``, ``source``, ``faults``, ``ends_in``, ``injected``); ``None``: no
+    fault layer."""
     cache: Mapping[str, Any] | None = None
     """The cache's storage and counts (hits, misses, stale, ...) when the service has a cache or a fallback."""
     history: HistorySnapshot | None = None
@@ -384,6 +393,12 @@ class ServiceHealth:
             health["paused_for"] = round(self.paused_for, 3)
         if self.endpoints is not None:
             health["endpoints"] = {url: dict(row) for url, row in self.endpoints.items()}
+        if self.observing:
+            health["observing"] = list(self.observing)
+            health["would_reject"] = dict(self.would_reject or {})
+            health["would_reject_last_hour"] = self.would_reject_last_hour
+        if self.chaos is not None:
+            health["chaos"] = dict(self.chaos)
         if self.cache is not None:
             health["cache"] = dict(self.cache)
         health["stats"] = self.stats.as_dict()

@@ -9,6 +9,9 @@ The plugin is registered through the ``pytest11`` entry point and does nothing u
 - the ``outbound_no_waits`` fixture (or ``outbound_no_waits = true`` for every test) makes every retry backoff and
   ``Retry-After`` wait zero, so a test of the retry path takes milliseconds; the decisions (what is retried, how
   often, the budget) are unchanged. Outside pytest, ``set_waits(False)`` / ``no_waits()`` do the same;
+- the ``outbound_chaos`` fixture injects faults into a service of the active registry for the rest of the test
+  (``outbound_chaos("billing", kind="read_timeout", rate=1.0)``), below its policy, as a game day would: the app's
+  degraded paths are tested without a mock server. Outside pytest, ``with chaos(registry, "billing", ...)``;
 - the ``outbound_no_cache`` fixture (or ``outbound_no_cache = true``) turns every service's ``cache`` off: every
   call goes to the upstream (or the mock) and nothing is stored; a ``fallback`` still answers. Outside pytest,
   ``set_cache(False)`` / ``no_cache()``. ``registry.reset(name)`` also empties a service's cache.
@@ -19,16 +22,16 @@ A test that needs another registry than the one found here overrides ``outbound_
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from . import _retry
+from . import _chaos, _retry
 from ._cache import _switch
 from ._registry import Registry
 
-__all__ = ["active_registry", "no_cache", "no_waits", "set_cache", "set_waits"]
+__all__ = ["active_registry", "chaos", "no_cache", "no_waits", "set_cache", "set_waits"]
 
 
 def set_waits(enabled: bool) -> None:
@@ -45,6 +48,40 @@ def no_waits() -> Iterator[None]:
         yield
     finally:
         _retry.WAITS.enabled = before
+
+
+@contextlib.contextmanager
+def chaos(
+    registry: Registry,
+    service: str,
+    kind: str = "status",
+    rate: float = 1.0,
+    *,
+    status: int = 503,
+    retry_after: float | None = None,
+    seconds: float = 0.5,
+) -> Iterator[_chaos.Chaos]:
+    """Inject one kind of fault into ``service``'s calls inside the ``with`` block (see ``chaos.faults`` in the
+    configuration reference for the kinds and their arguments); yields the service's ``Chaos``, whose
+    ``state().injected`` counts what was injected. Works whether or not the settings allow chaos: a test is the
+    allow switch.
+
+    Raises:
+        ConfigError: an unknown kind, a rate outside [0, 1], a status outside 100-599.
+    """
+    from ._backends._chaos import install
+
+    injected = _chaos.fault(kind, rate, status=status, retry_after=retry_after, seconds=seconds)
+    target = registry[service]
+    uninstall = install(target)
+    layer = target.policy.chaos
+    assert layer is not None
+    layer.override([injected], None, source="test")
+    try:
+        yield layer
+    finally:
+        layer.restore()
+        uninstall()
 
 
 def set_cache(enabled: bool) -> None:
@@ -125,6 +162,27 @@ def outbound_no_waits() -> Iterator[None]:
     """Retries wait for nothing during the test."""
     with no_waits():
         yield
+
+
+ChaosSwitch = Callable[..., _chaos.Chaos]
+
+
+@pytest.fixture
+def outbound_chaos(request: pytest.FixtureRequest) -> Iterator[ChaosSwitch]:
+    """``outbound_chaos(service, kind="status", rate=1.0, *, status=503, retry_after=None, seconds=0.5,
+    registry=None)`` injects that fault into the service's calls until the test ends (the active registry's service
+    unless ``registry`` is given); returns the service's ``Chaos`` (``.state().injected`` counts the faults)."""
+    with contextlib.ExitStack() as stack:
+
+        def switch(service: str, kind: str = "status", rate: float = 1.0, **options: Any) -> _chaos.Chaos:
+            registry = options.pop("registry", None) or active_registry(request)
+            if registry is None:
+                raise pytest.UsageError(
+                    "outbound_chaos found no outbound registry: pass registry=..., or see outbound_registry"
+                )
+            return stack.enter_context(chaos(registry, service, kind, rate, **options))
+
+        yield switch
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ its own error.
                                                   outbound.W011  minimum_calls more than the window holds
                                                   outbound.W012  a call can outlast gunicorn's worker timeout
                                                                  (only while gunicorn loads the project)
+                                                  outbound.W013  fault injection with DEBUG = False
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     config = outbound.parse_config(mapping)
     return [
         checks.Warning(warning.message, hint=warning.hint, id=f"outbound.{warning.code}")
-        for warning in outbound.setting_warnings(config)
+        for warning in outbound.setting_warnings(config, production=not settings.DEBUG)
     ]
 
 

@@ -98,6 +98,62 @@ def reset_command(name: str | None) -> None:
     _finish(core_cli.reset(registry, name))
 
 
+@outbound_cli.command("chaos")
+@click.argument("name", required=False)
+@click.option("--kind", default="status", show_default=True, help="connect_error, read_timeout, reset, status, ...")
+@click.option("--rate", type=float, default=0.05, show_default=True, help="The share of calls that meet the fault.")
+@click.option("--for", "duration", default="10m", show_default=True, help="How long: 90s, 10m, 2h (at most 24h).")
+@click.option("--status", type=int, default=503, show_default=True, help="The status of a status fault.")
+@click.option("--retry-after", type=float, default=None, help="The Retry-After of a status fault, in seconds.")
+@click.option("--seconds", type=float, default=0.5, show_default=True, help="A latency's, trickle's or timeout's.")
+@click.option("--off", is_flag=True, help="End the game day now (of NAME, or of every service).")
+def chaos_command(
+    name: str | None,
+    kind: str,
+    rate: float,
+    duration: str,
+    status: int,
+    retry_after: float | None,
+    seconds: float,
+    off: bool,
+) -> None:
+    """Game day: inject a fault into NAME's calls in every process that allows chaos, ending by itself.
+
+    Needs a shared state backend (state.backend: redis); a process injects only if it allows chaos
+    (OUTBOUND_CHAOS=1 or chaos.allow). Exits 2 on a bad fault or without a shared backend.
+    """
+    registry = _load_registry()
+    if name is not None:
+        _check_service(registry, name, param="NAME")
+    try:
+        length = core_cli.duration(duration)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--for") from None
+    _finish(
+        core_cli.chaos(
+            registry,
+            name,
+            kind=kind,
+            rate=rate,
+            seconds=length,
+            status=status,
+            retry_after=retry_after,
+            fault_seconds=seconds,
+            off=off,
+        )
+    )
+
+
+@outbound_cli.command("enforce")
+@click.argument("name")
+@click.option("--off", is_flag=True, help="Back to the settings: observe-only protections observe again.")
+def enforce_command(name: str, off: bool) -> None:
+    """Make NAME's observe-only protections (enforce: false) enforce in every process, without a restart."""
+    registry = _load_registry()
+    _check_service(registry, name, param="NAME")
+    _finish(core_cli.enforce(registry, name, off=off))
+
+
 def _finish(output: core_cli.Output) -> NoReturn:
     click.echo(output.text, err=output.error)
     click.get_current_context().exit(output.code)

@@ -86,7 +86,7 @@ class Outbound:
             )
             mapping = {}
         registry = Registry.from_mapping(mapping)
-        for warning in setting_warnings(registry.config):
+        for warning in setting_warnings(registry.config, production=not app.debug):
             # Django reports these as system checks; Flask has none, so they are logged once, at startup.
             logger.warning("%s %s (outbound.%s)", warning.message, warning.hint, warning.code)
         try:

@@ -331,6 +331,7 @@ def settings_keys() -> list[str]:
         ("metrics", _config.MetricsConfig),
         ("state", _config.StateConfig),
         ("deadline", _config.DeadlineConfig),
+        ("chaos", _config.ChaosSwitch),
     ):
         keys += walk(cls, f"{section_name}.")
     return keys

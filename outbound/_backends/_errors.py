@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .._call import Call
+from .._chaos import INJECTED_TEXT
 from .._errors import (
     REJECTED_ERRORS,
     CallError,
@@ -100,4 +101,6 @@ def error_message(call: Call, outcome: Outcome) -> str:
         message += f" (timeout.total of {f'{total:g}s' if total is not None else 'none'} for the whole call)"
     if call.attempts > 1:
         message += f" (after {call.attempts} attempts)"
+    if call._policy.chaos is not None and INJECTED_TEXT in str(outcome.error):  # a service without chaos never looks
+        message += f" ({INJECTED_TEXT})"
     return message

@@ -410,7 +410,8 @@ def _failed_attempt(call: Call, policy: Policy, error: Exception) -> Outcome:
     return Outcome(kind, error=error, deadline=kind in _TIMEOUTS and deadline is not None and deadline.passed())
 
 
-def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
+def _make_inner(policy: Policy, proxy: str | None, given: InnerTransport | None, cls: type[Any]) -> Any:
+    config = policy.config
     if given is None and cls is httpx.AsyncHTTPTransport and config.transport == "aiohttp":
         # The optional extra's import, for the services that use it.
         inner: Any = LIBRARY.backend("aiohttp").aiohttp_transport(config, proxy)
@@ -425,6 +426,10 @@ def _make_inner(config: ServiceConfig, proxy: str | None, given: InnerTransport 
     if config.egress is not None and proxy is None and given is None:
         guard_connections(inner, config.egress)  # with a proxy, the proxy resolves the names (docs/egress.md)
     bound_to_deadlines(inner, max_age=config.pool.max_connection_age)
+    if policy.chaos is not None:  # the fault layer, below the policy (``_chaos.py``)
+        from ._chaos import chaos_transport
+
+        return chaos_transport(httpx, inner, policy.chaos)
     return inner
 
 
@@ -462,7 +467,7 @@ class OutboundTransport(_Exchange, httpx.BaseTransport):
         self._header = policy.config.deadline_header
         self._egress = _egress_of(policy.config)
         self._max_body = policy.config.egress.max_response_bytes if policy.config.egress is not None else None
-        self.inner: httpx.BaseTransport = _make_inner(policy.config, proxy, inner, httpx.HTTPTransport)
+        self.inner: httpx.BaseTransport = _make_inner(policy, proxy, inner, httpx.HTTPTransport)
         if self._egress is not None:
             self.handle_request = self._checked_handle_request  # type: ignore[method-assign]
 
@@ -520,7 +525,7 @@ class OutboundTransport(_Exchange, httpx.BaseTransport):
         if self._given is not None and not callable(self._given):
             return  # a transport the caller made is the caller's to look after
         _close_inherited_sockets(self.inner)
-        self.inner = _make_inner(self._policy.config, self._proxy, self._given, httpx.HTTPTransport)
+        self.inner = _make_inner(self._policy, self._proxy, self._given, httpx.HTTPTransport)
 
 
 class AsyncOutboundTransport(_Exchange, httpx.AsyncBaseTransport):
@@ -535,7 +540,7 @@ class AsyncOutboundTransport(_Exchange, httpx.AsyncBaseTransport):
         self._header = policy.config.deadline_header
         self._egress = _egress_of(policy.config)
         self._max_body = policy.config.egress.max_response_bytes if policy.config.egress is not None else None
-        self.inner: httpx.AsyncBaseTransport = _make_inner(policy.config, proxy, inner, httpx.AsyncHTTPTransport)
+        self.inner: httpx.AsyncBaseTransport = _make_inner(policy, proxy, inner, httpx.AsyncHTTPTransport)
         if self._egress is not None:
             self.handle_async_request = self._checked_handle_async_request  # type: ignore[method-assign]
 

@@ -377,7 +377,12 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         if self._policy.closed:
             # An attempt admitted just before close() must not open a pool (and a socket) after it.
             raise RegistryClosedError(f"the outbound registry was closed; service {self._config.name!r} is unusable")
-        return super().get_connection_with_tls_context(request, *args, **kwargs)
+        pool = super().get_connection_with_tls_context(request, *args, **kwargs)
+        if self._policy.chaos is not None:  # the fault layer, below the policy (``_chaos.py``)
+            from ._chaos import ChaosPool
+
+            return ChaosPool(pool, self._policy.chaos)
+        return pool
 
     # -- the Exchange the driver runs -----------------------------------------------------------------------------
 

@@ -84,6 +84,18 @@ ENDPOINT_IN_FLIGHT = Family(
     "{attempt}",
     "Attempts in flight to the endpoint of a service with several.",
 )
+WOULD_REJECT = Family(
+    "outbound_would_reject",
+    "outbound.would_reject",
+    "{call}",
+    "Calls an observe-only protection (enforce: false) would have refused or delayed, since the process started.",
+)
+INJECTED_FAULTS = Family(
+    "outbound_injected_faults",
+    "outbound.injected_faults",
+    "{fault}",
+    "Faults injected by chaos (injected=true: not the upstream's), by kind, since the process started.",
+)
 CACHE_ANSWERS = Family(
     "outbound_cache_answers",
     "outbound.cache.answers",

@@ -54,6 +54,30 @@ class LiveRegistries:
         breaker whose trial is due is ``half-open``)."""
         return {service.policy.breaker.effective_state() for service in self.services() if service.name == name}
 
+    def would_reject(self, name: str) -> dict[str, int]:
+        """Would-rejects of the live services called ``name``, by protection (observe-only ones only)."""
+        counts: dict[str, int] = {}
+        for service in self.services():
+            tally = service.policy.would_reject
+            if service.name == name and tally is not None:
+                for protection in tally.protections:
+                    counts.setdefault(protection, 0)
+                for key, count in tally.counts().items():
+                    protection = key.split(":", 1)[0]
+                    counts[protection] = counts.get(protection, 0) + count
+        return counts
+
+    def injected(self, name: str) -> dict[str, int] | None:
+        """Faults injected into the live services called ``name``, by kind; ``None``: none has a fault layer."""
+        counts: dict[str, int] | None = None
+        for service in self.services():
+            chaos = service.policy.chaos
+            if service.name == name and chaos is not None:
+                counts = counts or {}
+                for kind, count in chaos.state().injected.items():
+                    counts[kind] = counts.get(kind, 0) + count
+        return counts
+
     def statuses(self, name: str) -> set[str]:
         """The health statuses of the live services called ``name``, as this process's report gives them (without a
         fleet's numbers: a gauge never waits for Redis)."""

@@ -249,6 +249,8 @@ class OtelInstruments:
             (meter.create_observable_up_down_counter, families.POOL_WAITING, self._pool_waiting),
             (meter.create_observable_gauge, families.ENDPOINT_EJECTED, self._endpoint_ejected),
             (meter.create_observable_up_down_counter, families.ENDPOINT_IN_FLIGHT, self._endpoint_in_flight),
+            (meter.create_observable_counter, families.WOULD_REJECT, self._would_reject),
+            (meter.create_observable_counter, families.INJECTED_FAULTS, self._injected_faults),
             (meter.create_observable_counter, families.CACHE_ANSWERS, self._cache_answers),
         )
         for create, family, callback in observables:
@@ -286,6 +288,16 @@ class OtelInstruments:
             in_use, idle, _ = self.live.pool(name)
             yield Observation(in_use, {SERVICE: name, "http.connection.state": "active"})
             yield Observation(idle, {SERVICE: name, "http.connection.state": "idle"})
+
+    def _would_reject(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name in self._names():
+            for protection, count in self.live.would_reject(name).items():
+                yield Observation(count, {SERVICE: name, "outbound.protection": protection})
+
+    def _injected_faults(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name in self._names():
+            for kind, count in (self.live.injected(name) or {}).items():
+                yield Observation(count, {SERVICE: name, "outbound.fault": kind, "outbound.injected": True})
 
     def _pool_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
         for name in self._names():

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import values as prometheus_values
 
+from .._config import FAULT_KINDS
 from .._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryDenied, RetryScheduled
 from .._lifecycle import Daemon, hold_across_fork
 from .._outcome import Kind
@@ -75,6 +76,9 @@ class PrometheusMetrics:
         # Per endpoint of a service with several: ejected in at least one live worker (livemax); in flight, summed.
         self.endpoint_ejected = gauge(families.ENDPOINT_EJECTED, ("service", "endpoint"), "livemax")
         self.endpoint_in_flight = gauge(families.ENDPOINT_IN_FLIGHT, ("service", "endpoint"), "livesum")
+        # livesum, read from the live services (not events): the counts of the live workers add up.
+        self.would_reject = gauge(families.WOULD_REJECT, ("service", "protection"), "livesum")
+        self.injected_faults = gauge(families.INJECTED_FAULTS, ("service", "kind", "injected"), "livesum")
         # livesum: the workers' caches answer calls each (a gauge: a reset of the service starts it again).
         self.cache_answers = gauge(families.CACHE_ANSWERS, ("service", "result"), "livesum")
 
@@ -94,6 +98,11 @@ class PrometheusMetrics:
             for url, (ejected, in_flight) in live.endpoints(name).items():
                 self.endpoint_ejected.labels(name, url).set(ejected)
                 self.endpoint_in_flight.labels(name, url).set(in_flight)
+            for protection, count in live.would_reject(name).items():
+                self.would_reject.labels(name, protection).set(count)
+            injected = live.injected(name)
+            for kind in FAULT_KINDS if injected is not None else ():
+                self.injected_faults.labels(name, kind, "true").set(injected.get(kind, 0))  # type: ignore[union-attr]
             cache = live.cache_counts(name)
             if cache is not None:
                 for key, result in CACHE_RESULTS.items():
@@ -112,6 +121,10 @@ class PrometheusMetrics:
         for url in live.endpoints(name):
             self.endpoint_ejected.labels(name, url).set_function(_endpoint_reader(live, name, url, 0))
             self.endpoint_in_flight.labels(name, url).set_function(_endpoint_reader(live, name, url, 1))
+        for protection in live.would_reject(name):
+            self.would_reject.labels(name, protection).set_function(_would_reject_reader(live, name, protection))
+        for kind in FAULT_KINDS if live.injected(name) is not None else ():
+            self.injected_faults.labels(name, kind, "true").set_function(_injected_reader(live, name, kind))
         if live.cache_counts(name) is not None:
             for key, result in CACHE_RESULTS.items():
                 self.cache_answers.labels(name, result).set_function(_cache_reader(live, name, key))
@@ -131,6 +144,14 @@ def _cache_reader(live: LiveRegistries, name: str, key: str) -> Callable[[], flo
 
 def _state_reader(live: LiveRegistries, name: str, state: str) -> Callable[[], float]:
     return lambda: 1.0 if state in live.states(name) else 0.0
+
+
+def _would_reject_reader(live: LiveRegistries, name: str, protection: str) -> Callable[[], float]:
+    return lambda: float(live.would_reject(name).get(protection, 0))
+
+
+def _injected_reader(live: LiveRegistries, name: str, kind: str) -> Callable[[], float]:
+    return lambda: float((live.injected(name) or {}).get(kind, 0))
 
 
 def _status_reader(live: LiveRegistries, name: str, status: str) -> Callable[[], float]:

@@ -20,6 +20,7 @@ from ..health import HistorySnapshot, LastError, StateBackendHealth, StatsSnapsh
 
 if TYPE_CHECKING:
     from .._service import Service
+    from .switches import FleetSwitches
 
 
 class ServiceLink(Protocol):
@@ -163,3 +164,15 @@ def state_backend(config: StateConfig) -> StateBackend:
 
         return RedisState(config)
     return MemoryState()
+
+
+def switches(config: StateConfig, services: Mapping[str, Service]) -> FleetSwitches | None:
+    """The fleet's game-day switches for ``services`` (``_state/switches.py``), or ``None`` when there is no fleet
+    or nothing to switch (no fault layer, no observe-only protection)."""
+    if config.backend != "redis" or not any(
+        service.policy.chaos is not None or service.policy.would_reject is not None for service in services.values()
+    ):
+        return None
+    from .switches import FleetSwitches
+
+    return FleetSwitches(config, services)

@@ -1015,7 +1015,8 @@ class _Keys:
 
 def _holds(breaker: Breaker) -> bool:
     """Whether the breaker refuses calls now by a decision (an opening with time left, an isolation)."""
-    return breaker.state in (OPEN, ISOLATED) and breaker.refusal() is not None
+    # Breaker.refusal itself: an observe-only breaker answers "go on" to its callers, but still holds its decision.
+    return breaker.state in (OPEN, ISOLATED) and Breaker.refusal(breaker) is not None
 
 
 def _cause_json(cause: LastError | None) -> str:

@@ -49,6 +49,8 @@ def _key_paths(cls: type, prefix: str = "") -> dict[str, Any]:
             continue
         path = f"{prefix}{field.name}"
         paths[path] = hints[field.name]
+        if typing.get_origin(hints[field.name]) is tuple:
+            continue  # a list of sections (chaos.faults): its entries are not dotted keys
         for arg in (hints[field.name], *typing.get_args(hints[field.name])):
             if dataclasses.is_dataclass(arg) and isinstance(arg, type):
                 paths.update(_key_paths(arg, prefix=f"{path}."))
@@ -89,6 +91,8 @@ def _plausible(hint: Any, path: str = "") -> st.SearchStrategy[Any]:
             options.append(st.lists(st.sampled_from(["GET", "post", "Put", "X-Api-Key"]), max_size=3))
         elif origin in (dict, collections.abc.Mapping):
             options.append(PLAUSIBLE_HEADERS)
+        elif origin is tuple and dataclasses.is_dataclass(typing.get_args(arg)[0]):
+            options.append(st.lists(_plausible(typing.get_args(arg)[0], path), max_size=2))  # chaos.faults
         elif dataclasses.is_dataclass(arg) and isinstance(arg, type):
             # The section's required keys (those without a default), each plausible in turn.
             hints = typing.get_type_hints(arg)

@@ -90,9 +90,13 @@ def test_families_names_types_and_labels() -> None:
         "outbound_pool_waiting": "gauge",
         "outbound_endpoint_ejected": "gauge",
         "outbound_endpoint_in_flight": "gauge",
+        "outbound_would_reject": "gauge",
+        "outbound_injected_faults": "gauge",
         "outbound_cache_answers": "gauge",
     }
     metrics = PrometheusMetrics(CollectorRegistry())
+    assert metrics.would_reject._labelnames == ("service", "protection")
+    assert metrics.injected_faults._labelnames == ("service", "kind", "injected")
     assert metrics.requests._labelnames == ("service", "method", "status", "outcome")
     assert metrics.duration._labelnames == ("service", "method", "outcome")
     assert metrics.service_status._labelnames == ("service", "status")
@@ -346,6 +350,25 @@ def test_refresher_writes_the_gauges_and_stops_when_the_registry_closes(
     finally:
         registry.close()
         refresher.stop(timeout=5)
+
+
+def test_would_reject_and_injected_faults_are_read_from_the_services(
+    upstream: Upstream, build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTBOUND_CHAOS", "1")
+    name = unique("observed")
+    chaos = {"enabled": True, "faults": [{"kind": "status", "rate": 1.0, "status": 503}]}
+    registry = build(
+        {name: {"base_url": upstream.url, "retry": None, "breaker": {"fail_max": 2, "enforce": False}, "chaos": chaos}}
+    )
+    for _ in range(5):
+        assert registry.session(name).get("ok").status_code == 503
+    assert value("outbound_would_reject", service=name, protection="breaker") == 3
+    assert value("outbound_injected_faults", service=name, kind="status", injected="true") == 5
+    assert value("outbound_injected_faults", service=name, kind="reset", injected="true") == 0
+    plain = unique("plain")
+    build({plain: {"base_url": upstream.url}})
+    assert REGISTRY.get_sample_value("outbound_would_reject", {"service": plain, "protection": "breaker"}) is None
 
 
 def test_cache_answers_by_result(upstream: Upstream, build: Build) -> None:

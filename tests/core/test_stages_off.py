@@ -80,6 +80,13 @@ ON = (
     StageCase(key="cache", name="a cache", off={"cache": {"ttl": 1}}),
     StageCase(key="fallback", name="a fallback", off={"fallback": {"status": 200}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
+    StageCase(
+        key="chaos",
+        name="chaos allowed (its layer is built, ready for a game day)",
+        off={"chaos": {"enabled": False}},
+        top={"chaos": {"allow": True}},
+    ),
+    StageCase(key="observe", name="an observe-only breaker", off={"breaker": {"enforce": False}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
     StageCase(
         key="endpoints", name="two endpoints", off={"base_url": None, "endpoints": [BASE_URL, "http://b.invalid/"]}

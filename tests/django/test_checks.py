@@ -185,7 +185,7 @@ def test_ids_are_unique_and_documented() -> None:
     found = re.findall(r'id="(outbound\.[EW]\d{3})"', django_source) + list(checks.CONFIG_ERROR_IDS.values())
     found += ["outbound." + code for code in re.findall(r'code="(W\d{3})"', core_source)]
     assert len(found) == len(set(found)), "each id is used in exactly one place"
-    warnings = [f"outbound.W{n:03}" for n in range(1, 13)]
+    warnings = [f"outbound.W{n:03}" for n in range(1, 14)]
     assert sorted(found) == [f"outbound.E00{n}" for n in range(1, 8)] + warnings
     for check_id in found:
         assert check_id in (checks.__doc__ or ""), f"{check_id} missing from the checks module docstring"
@@ -237,3 +237,16 @@ def test_outbound_command_exits_2_on_bad_settings() -> None:
     assert result.returncode == outbound.health.CONFIG_ERROR_EXIT_CODE == 2
     assert "Traceback" not in result.stderr
     assert "CommandError: OUTBOUND[services.billing.base_url]" in result.stderr
+
+
+def test_chaos_in_a_production_settings_module_warns(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OUTBOUND_CHAOS", raising=False)
+    settings.DEBUG = False
+    [message] = run_checks(settings, one_service(chaos={"faults": [{"kind": "status"}]}))
+    assert message.id == "outbound.W013"
+    assert "billing" in message.msg
+    assert "does not allow" in message.msg
+    [message] = run_checks(settings, {"chaos": {"allow": True}, "services": {}})
+    assert message.id == "outbound.W013"
+    settings.DEBUG = True
+    assert run_checks(settings, one_service(chaos={"faults": [{"kind": "status"}]})) == []

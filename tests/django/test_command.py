@@ -7,6 +7,7 @@ from io import StringIO
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -200,3 +201,25 @@ def test_isolate_and_reset_with_a_shared_backend(settings: Any, redis_url: str, 
         assert other_process.report().services["billing"].breaker.state == "isolated"
         call_command("outbound", "reset", stdout=out)
         assert other_process.report().services["billing"].breaker.state == "closed"
+
+
+def test_chaos_and_enforce_commands(settings: Any, redis_url: str, upstream: Upstream) -> None:
+    settings.OUTBOUND = {
+        "services": {"billing": service(upstream)},
+        "state": {"backend": "redis", "url": redis_url, "prefix": "dj"},
+    }
+    out = StringIO()
+    call_command("outbound", "chaos", "billing", "--rate", "0.1", "--kind", "status", "--for", "10m", stdout=out)
+    assert "injecting status faults into 0.1 of its calls for 600s" in " ".join(out.getvalue().split())
+    client = redis.Redis.from_url(redis_url)
+    assert 590_000 < client.pttl("dj:chaos:billing") <= 600_000
+    call_command("outbound", "chaos", "--off", stdout=out)
+    assert client.exists("dj:chaos:billing") == 0
+    call_command("outbound", "enforce", "billing", stdout=out)
+    assert client.get("dj:enforce:billing") == b"1"
+    with pytest.raises(CommandError) as caught:
+        call_command("outbound", "chaos", "billing", "--for", "forever")
+    assert caught.value.returncode == 2
+    with pytest.raises(CommandError) as caught:
+        call_command("outbound", "chaos", "billing", "--kind", "explode")
+    assert caught.value.returncode == 2

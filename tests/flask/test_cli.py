@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import redis
 from click.testing import CliRunner
 from flask import Flask
 from flask.cli import FlaskGroup
@@ -291,3 +292,21 @@ def test_isolate_and_reset_commands(make_app: AppFactory, upstream: Upstream, re
     assert invoke(fleet, "reset").exit_code == 0
     assert fleet.extensions["outbound"].report().services["billing"].breaker.state == "closed"
     assert invoke(fleet, "isolate", "nope").exit_code == 2
+
+
+def test_chaos_and_enforce_commands(make_app: AppFactory, upstream: Upstream, redis_url: str) -> None:
+    local = make_app(services(upstream, billing={}))
+    assert invoke(local, "chaos", "billing").exit_code == 2
+    fleet = make_app(
+        {**services(upstream, billing={}), "state": {"backend": "redis", "url": redis_url, "prefix": "fl"}}
+    )
+    result = invoke(fleet, "chaos", "billing", "--rate", "0.1", "--kind", "status", "--for", "10m")
+    assert result.exit_code == 0, result.output
+    client = redis.Redis.from_url(redis_url)
+    assert 590_000 < client.pttl("fl:chaos:billing") <= 600_000
+    assert invoke(fleet, "chaos", "--off").exit_code == 0
+    assert client.exists("fl:chaos:billing") == 0
+    assert invoke(fleet, "enforce", "billing").exit_code == 0
+    assert client.get("fl:enforce:billing") == b"1"
+    assert invoke(fleet, "chaos", "billing", "--for", "forever").exit_code == 2
+    assert invoke(fleet, "chaos", "nope").exit_code == 2

@@ -309,3 +309,13 @@ def test_the_factory_can_run_again_and_building_does_no_network_io(
     finally:
         first.extensions["outbound"].close()
         second.extensions["outbound"].close()
+
+
+def test_chaos_outside_debug_mode_is_logged_at_startup(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OUTBOUND_CHAOS", raising=False)
+    services = {"api": {"base_url": "http://127.0.0.1:1/", "chaos": {"faults": [{"kind": "reset"}]}}}
+    with caplog.at_level(logging.WARNING, logger="outbound_flask"):
+        make_app({"services": services})
+    assert "(outbound.W013)" in caplog.text

@@ -30,7 +30,9 @@ class Command(BaseCommand):
     requires_system_checks = ()
 
     def add_arguments(self, parser: CommandParser) -> None:
-        actions = parser.add_subparsers(dest="action", required=True, metavar="{status,probe,isolate,reset}")
+        actions = parser.add_subparsers(
+            dest="action", required=True, metavar="{status,probe,isolate,reset,chaos,enforce}"
+        )
         status = actions.add_parser("status", help="health of every service (the fleet's with a shared backend)")
         status.add_argument("--url", help="read a running server's /health/outbound at this URL instead")
         status.add_argument("--token", help="the health.token to send with --url, for the full report")
@@ -48,7 +50,21 @@ class Command(BaseCommand):
         isolate.add_argument("--for", dest="seconds", type=float, metavar="SECONDS", help="only for this long")
         reset = actions.add_parser("reset", help="close the breaker(s) and clear the counts in every process (fleet)")
         reset.add_argument("name", metavar="NAME", nargs="?", help="only this service (default: every service)")
-        for sub in (status, probe, isolate, reset):
+        chaos = actions.add_parser("chaos", help="game day: inject a fault in every process that allows chaos")
+        chaos.add_argument("name", metavar="NAME", nargs="?", help="the service")
+        chaos.add_argument(
+            "--kind", default="status", help="connect_error, read_timeout, reset, status, latency, trickle"
+        )
+        chaos.add_argument("--rate", type=float, default=0.05, help="the share of calls that meet it (default 0.05)")
+        chaos.add_argument("--for", dest="duration", default="10m", help="how long: 90s, 10m, 2h (default 10m)")
+        chaos.add_argument("--status", type=int, default=503, help="a status fault's status (default 503)")
+        chaos.add_argument("--retry-after", type=float, default=None, help="a status fault's Retry-After")
+        chaos.add_argument("--seconds", type=float, default=0.5, help="a latency's, trickle's or timeout's seconds")
+        chaos.add_argument("--off", action="store_true", help="end the game day now (of NAME, or of every service)")
+        enforce = actions.add_parser("enforce", help="observe-only protections enforce in every process (fleet)")
+        enforce.add_argument("name", metavar="NAME", help="the service")
+        enforce.add_argument("--off", action="store_true", help="back to the settings")
+        for sub in (status, probe, isolate, reset, chaos, enforce):
             _accept_common_options(parser, sub)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -82,6 +98,24 @@ class Command(BaseCommand):
             output = core_cli.probe(registry, service=name, as_json=options["json"])
         elif action == "isolate":
             output = core_cli.isolate(registry, options["name"], options.get("seconds"))
+        elif action == "chaos":
+            try:
+                seconds = core_cli.duration(options["duration"])
+            except ValueError as error:
+                raise CommandError(f"--for {error}", returncode=core_cli.CONFIG_ERROR_EXIT_CODE) from error
+            output = core_cli.chaos(
+                registry,
+                name,
+                kind=options["kind"],
+                rate=options["rate"],
+                seconds=seconds,
+                status=options["status"],
+                retry_after=options["retry_after"],
+                fault_seconds=options["seconds"],
+                off=options["off"],
+            )
+        elif action == "enforce":
+            output = core_cli.enforce(registry, options["name"], off=options["off"])
         else:
             output = core_cli.reset(registry, name)
         self._finish(output)
