@@ -77,6 +77,13 @@ CASES: tuple[StageCase, ...] = (
         off={"enforce": True, "breaker": {"enforce": True}, "bulkhead": None, "rate_limit": None},
     ),
     StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
+    StageCase(
+        key="16i",
+        # balance and outlier without endpoints (one endpoint is base_url itself: tests/core/test_endpoints.py; it is
+        # not written here, as row 17's app merges these settings into services of its own base_url)
+        name="endpoints' balance and outlier written out, one base_url",
+        off={"balance": "round_robin", "outlier": {"consecutive_failures": 3, "base_ejection": 10}},
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

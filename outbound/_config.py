@@ -267,6 +267,46 @@ class EgressConfig:
     """The largest response body a call reads; ``None``: no limit."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConfig:
+    url: str
+    """One address of the upstream, a root URL like ``base_url`` (same scheme as the others)."""
+    weight: int = 1
+    """Its share of the traffic against the other endpoints of its priority."""
+    priority: int = 0
+    """Lower first: a higher priority gets calls only while no endpoint of a lower one is available."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierConfig:
+    consecutive_failures: int = 5
+    """Failures in a row (as the breaker counts them) that eject an endpoint."""
+    base_ejection: float = 30.0
+    """Seconds of the first ejection; each further ejection of the same endpoint lasts one more of these."""
+    max_ejection: float = 300.0
+    """The longest ejection, in seconds."""
+    max_ejected_percent: int = 50
+    """The share of endpoints that may be ejected at once (at least one may be)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryConfig:
+    dns: str
+    """The name whose A/AAAA records are the endpoints (a Kubernetes headless service: ``catalog.ns.svc``)."""
+    port: int | None = None
+    """The endpoints' port; ``None``: the scheme's (80, 443)."""
+    scheme: Literal["http", "https"] = "https"
+    """The endpoints' scheme; with ``https`` each is verified against ``dns``."""
+    path: str = "/"
+    """The root path of every endpoint, like ``base_url``'s."""
+    refresh: float = 30.0
+    """Seconds between lookups at most (a record's shorter TTL wins, 1 s at least)."""
+    nameserver: str | None = None
+    """``"host"`` or ``"host:port"`` of the DNS server to ask (Consul's ``"127.0.0.1:8600"``); ``None``: the
+    system's."""
+
+
+BalanceKind = Literal["p2c", "round_robin"]
 TransportKind = Literal["httpcore", "aiohttp"]
 DEADLINE_HEADERS = ("grpc-timeout", "x-request-timeout", "x-envoy-expected-rq-timeout-ms")
 
@@ -329,6 +369,14 @@ class ServiceConfig:
     """The answer of a call that failed, after the cache; ``None``: none."""
     egress: EgressConfig | None = None
     """Rules for a service that calls URLs its users give (SSRF guard); ``None``: off."""
+    discovery: DiscoveryConfig | None = None
+    """Endpoints from a DNS name's A/AAAA records, in place of ``base_url`` (``_discovery.py``); ``None``: off."""
+    endpoints: tuple[EndpointConfig, ...] = ()
+    """Several addresses of one upstream, in place of ``base_url`` (``_endpoints.py``); empty: ``base_url`` alone."""
+    balance: BalanceKind = "p2c"
+    """How a call picks among the endpoints: the less busy of two (``p2c``) or ``round_robin``."""
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    """When an endpoint is ejected, and for how long."""
     transport: TransportKind = "httpcore"
     """The async client's transport (httpx and httpx2 services): httpcore (the library's own) or aiohttp."""
     enforce: bool = True
@@ -424,6 +472,7 @@ EXTRAS = {
     "ratelimit": ("limits", "outbound-http[ratelimit]"),
     "aiohttp": ("httpx_aiohttp", "outbound-http[aiohttp]"),
     "httpx2": ("httpx2", "outbound-http[httpx2]"),
+    "dns": ("dns.resolver", "outbound-http[dns]"),
     "cache": ("hishel", "outbound-http[cache]"),
 }
 # What an extra needs for an httpx2 service instead (httpx-aiohttp's transport for httpx2).
@@ -918,6 +967,110 @@ def _parse_hedge(reader: _Reader) -> HedgeConfig | None:
     return HedgeConfig(delay=delay, max=sub.integer("max", defaults.max, minimum=1, maximum=10), methods=methods)
 
 
+def _parse_endpoints(reader: _Reader) -> tuple[EndpointConfig, ...]:
+    """``endpoints``: URL strings or ``{url, weight, priority}``; a ConfigError for an empty list, a duplicate, a
+    scheme that differs from the others' or ``base_url`` given too."""
+    raw = reader.mapping.get("endpoints")
+    if reader.mapping.get("base_url") is not None:
+        reader.fail("is given with base_url: give one of them (endpoints replaces base_url)", key="endpoints")
+        return ()
+    if isinstance(raw, str | bytes | Mapping) or not isinstance(raw, list | tuple) or not raw:
+        reader.fail(
+            f"must be a non-empty list of URLs or {{url, weight, priority}}, got {_shown(raw)}", key="endpoints"
+        )
+        return ()
+    found: list[EndpointConfig] = []
+    for index, item in enumerate(raw):
+        key = f"endpoints[{index}]"
+        entry: Any = {"url": item} if isinstance(item, str) else item
+        if not isinstance(entry, Mapping) or set(entry) - {"url", "weight", "priority"} or "url" not in entry:
+            reader.fail(f"must be a URL or {{url, weight, priority}}, got {_shown(item)}", key=key)
+            return ()
+        url, weight, priority = entry["url"], entry.get("weight", 1), entry.get("priority", 0)
+        problem: tuple[str, ConfigErrorCode] | None = ("must be a string", "type")
+        if isinstance(url, str):
+            problem = url_problem(url, ("http", "https"))
+        if problem is None and (urlsplit(url).query or urlsplit(url).fragment or urlsplit(url).username):
+            problem = ("must not contain credentials, a query string or a fragment", "url")
+        if problem is not None:
+            reader.fail(problem[0], key=f"{key}.url", code=problem[1])
+            return ()
+        for name, value, minimum in (("weight", weight, 1), ("priority", priority, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 1000:
+                reader.fail(
+                    f"must be an integer from {minimum} to 1000, got {_shown(value)}", key=f"{key}.{name}", code="range"
+                )
+                return ()
+        url = url if url.endswith("/") else url + "/"
+        if any(other.url == url for other in found):
+            reader.fail(f"lists {url!r} twice", key="endpoints", code="unsupported")
+            return ()
+        if found and urlsplit(url).scheme != urlsplit(found[0].url).scheme:
+            reader.fail(
+                f"mixes schemes ({urlsplit(found[0].url).scheme} and {urlsplit(url).scheme}): one upstream, one scheme",
+                key="endpoints",
+                code="unsupported",
+            )
+            return ()
+        found.append(EndpointConfig(url=url, weight=weight, priority=priority))
+    return tuple(found)
+
+
+def _parse_discovery(reader: _Reader) -> DiscoveryConfig | None:
+    sub = _optional_sub(reader, "discovery", DiscoveryConfig)
+    if sub is None:
+        return None
+    for other in ("base_url", "endpoints"):
+        if reader.mapping.get(other) is not None:
+            reader.fail(f"is given with {other}: give one of them", key="discovery")
+            return None
+    name = sub.mapping.get("dns")
+    if not isinstance(name, str) or url_problem(f"http://{name}/", ("http",)) is not None or "/" in name:
+        sub.fail(f"must be a DNS name, got {_shown(name)}", key="dns", code="missing" if name is None else "url")
+        return None
+    port = sub.mapping.get("port")
+    if port is not None:
+        port = sub.integer("port", 443, minimum=1, maximum=65535)
+    path = sub.mapping.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/") or any(ord(char) < 0x21 for char in path) or "?" in path:
+        sub.fail(f"must be a path starting with '/', got {_shown(path)}", key="path", code="url")
+        path = "/"
+    _require_extra(reader, "discovery", "dns")
+    nameserver = sub.optional_string("nameserver")
+    if nameserver is not None and nameserver.count(":") == 1 and not nameserver.partition(":")[2].isdigit():
+        sub.fail(f"must be 'host' or 'host:port', got {_shown(nameserver)}", key="nameserver", code="url")
+        nameserver = None
+    return DiscoveryConfig(
+        dns=name.rstrip("."),
+        port=port,
+        scheme=sub.choice("scheme", "https", ("http", "https")),
+        path=path if path.endswith("/") else path + "/",
+        refresh=sub.required_seconds("refresh", 30.0, allow_zero=False),
+        nameserver=nameserver,
+    )
+
+
+def _parse_outlier(reader: _Reader) -> OutlierConfig:
+    try:
+        sub = reader.sub("outlier", keys_of(OutlierConfig))
+    except _Skip:
+        return OutlierConfig()
+    defaults = OutlierConfig()
+    base = sub.required_seconds("base_ejection", defaults.base_ejection, allow_zero=False)
+    longest = sub.required_seconds("max_ejection", defaults.max_ejection, allow_zero=False)
+    if longest < base:
+        sub.fail(f"must be at least base_ejection ({base:g}), got {longest:g}", key="max_ejection", code="range")
+        longest = base
+    return OutlierConfig(
+        consecutive_failures=sub.integer(
+            "consecutive_failures", defaults.consecutive_failures, minimum=1, maximum=1000
+        ),
+        base_ejection=base,
+        max_ejection=longest,
+        max_ejected_percent=sub.integer("max_ejected_percent", defaults.max_ejected_percent, minimum=0, maximum=100),
+    )
+
+
 def _parse_egress(reader: _Reader) -> EgressConfig | None:
     sub = _optional_sub(reader, "egress", EgressConfig)
     if sub is None:
@@ -1235,7 +1388,14 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         deadline_header = None
     verify, cert = _parse_tls(reader)
     egress = _parse_egress(reader)
-    if egress is not None and "base_url" not in reader.mapping:
+    endpoints = _parse_endpoints(reader) if reader.mapping.get("endpoints") is not None else ()
+    discovery = _parse_discovery(reader) if reader.mapping.get("discovery") is not None else None
+    if endpoints:
+        base_url, auth = endpoints[0].url, None  # the URLs a call builds; each attempt goes to its endpoint
+    elif discovery is not None:
+        port = f":{discovery.port}" if discovery.port is not None else ""
+        base_url, auth = f"{discovery.scheme}://{discovery.dns}{port}{discovery.path}", None
+    elif egress is not None and "base_url" not in reader.mapping:
         base_url, auth = "", None  # absolute URLs only: the ones its users give
     else:
         base_url, auth = _parse_base_url(reader)
@@ -1275,6 +1435,10 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         fallback=parse_fallback(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
         egress=egress,
+        endpoints=endpoints if len(endpoints) > 1 else (),
+        discovery=discovery,
+        balance=reader.choice("balance", "p2c", ("p2c", "round_robin")),
+        outlier=_parse_outlier(reader),
         transport=transport,
         enforce=reader.boolean("enforce", True),
         chaos=_parse_chaos(reader),

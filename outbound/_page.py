@@ -471,6 +471,8 @@ def _time(iso: str) -> str:
 
 
 def _label(key: str) -> str:
+    if "://" in str(key):
+        return str(key)  # a URL (an endpoint's) as it is
     return str(key).replace("_", " ").capitalize()
 
 

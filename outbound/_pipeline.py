@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
     from ._cache._layer import CacheLayer
     from ._chaos import Chaos
+    from ._endpoints import Endpoints
     from ._observe import WouldReject
     from ._pause import Pause
     from ._ratelimit import RateLimit
@@ -53,6 +54,7 @@ class Pipeline:
     call_stages: tuple[Stage, ...]
     attempt_stages: tuple[Stage, ...]
     send_gates: tuple[tuple[int, SendGate], ...]
+    endpoints: Endpoints | None = None  # a service with several endpoints (``_endpoints.py``)
 
 
 def compose(
@@ -114,7 +116,19 @@ def compose(
     if observe is not None and would_reject is not None and rate_limit is not None and not rate_limit.config.enforce:
         limit = observe(rate_limit, "rate_limit", would_reject)
     attempt: list[Any] = [stage for stage in (pause, limit) if stage is not None]
-    attempt.append(breaker)
+    endpoints = None
+    if config.endpoints or config.discovery is not None:
+        from ._endpoints import Endpoints, ServiceBreaker
+        from ._state.ejections import store_for
+
+        endpoints = Endpoints(config, clock=clock, breaker=breaker, store=store_for(link, config))
+        if config.discovery is not None:
+            from ._discovery import Discovery
+
+            Discovery(config, endpoints, clock).start()  # a name that does not resolve: a ConfigError, now
+        attempt += [endpoints, ServiceBreaker(breaker, endpoints)]
+    else:
+        attempt.append(breaker)
     if latencies is not None:
         attempt.append(latencies)
     gates = tuple((index, stage) for index, stage in enumerate(attempt) if hasattr(stage, "at_send"))
@@ -131,4 +145,5 @@ def compose(
         call_stages=(call_stage,) if call_stage is not None else (),
         attempt_stages=tuple(attempt),
         send_gates=gates,
+        endpoints=endpoints,
     )

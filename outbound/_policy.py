@@ -64,6 +64,8 @@ class Policy:
         self.call_stages = pipeline.call_stages
         self.stages = pipeline.attempt_stages
         self.send_gates = pipeline.send_gates
+        self.endpoints = pipeline.endpoints  # None: one base_url
+        self.endpoint_index = self.stages.index(self.endpoints) if self.endpoints is not None else -1
         self.retry = RetryRule(
             config.retry,
             random=random,
@@ -130,6 +132,8 @@ class Policy:
     def reset(self) -> None:
         """Close the breaker, clear its counts, the retry budget, a pause, the rate limit's permits and the stats."""
         self.breaker.reset()
+        if self.endpoints is not None:
+            self.endpoints.reset()
         if self.budget is not None:
             self.budget.clear()
         if self.pause is not None:

@@ -213,6 +213,7 @@ class Service:
             bulkhead=bulkhead,
             rate_limit=policy.rate_limit.snapshot() if policy.rate_limit is not None else None,
             paused_for=paused_for,
+            endpoints=policy.endpoints.report() if policy.endpoints is not None else None,
             observing=observing,
             would_reject=counts.counts() if counts is not None else None,
             would_reject_last_hour=counts.last_hour() if counts is not None else None,

@@ -366,6 +366,7 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         bulkhead=BulkheadSnapshot(**data["bulkhead"]) if "bulkhead" in data else None,
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
         paused_for=data.get("paused_for"),
+        endpoints=data.get("endpoints"),
         observing=tuple(str(p) for p in data.get("observing") or ()),
         would_reject={str(k): int(v) for k, v in data["would_reject"].items()} if "would_reject" in data else None,
         would_reject_last_hour=data.get("would_reject_last_hour"),
@@ -445,6 +446,15 @@ def render_status(report: HealthReport) -> str:
             details.append(_wrapped(f"{name}: last error {_error_text(last)}"))
         if opened_by is not None:
             details.append(_wrapped(f"{name}: breaker opened by {_error_text(opened_by)}"))
+        for url, endpoint in (service.endpoints or {}).items():
+            left = endpoint.get("ejected_for")
+            state = f"ejected for {left:.0f}s" if isinstance(left, int | float) else endpoint.get("state")
+            details.append(
+                _wrapped(
+                    f"{name}: endpoint {url} {state}, {endpoint.get('in_flight')} in flight, "
+                    f"{endpoint.get('errors')}/{endpoint.get('calls')} failed"
+                )
+            )
         if service.observing:
             would = sum((service.would_reject or {}).values())
             hour = service.would_reject_last_hour

@@ -358,6 +358,9 @@ class ServiceHealth:
     rate_limit: RateLimitSnapshot | None = None
     paused_for: float | None = None
     """Seconds left of a pause the upstream asked for (a 429 or 503 with ``Retry-After``); ``None``: not paused."""
+    endpoints: Mapping[str, Mapping[str, Any]] | None = None
+    """Per endpoint URL of a service with several (``_endpoints.py``): state, in flight, calls, errors, failures in
+    a row, ejections and ``ejected_for`` (seconds left of its ejection); ``None``: one ``base_url``. This process's."""
     observing: tuple[str, ...] = ()
     """The protections that observe only (``enforce: false``): they decide and count, and refuse nothing."""
     would_reject: Mapping[str, int] | None = None
@@ -388,6 +391,8 @@ class ServiceHealth:
             health["rate_limit"] = self.rate_limit.as_dict()
         if self.paused_for is not None:
             health["paused_for"] = round(self.paused_for, 3)
+        if self.endpoints is not None:
+            health["endpoints"] = {url: dict(row) for url, row in self.endpoints.items()}
         if self.observing:
             health["observing"] = list(self.observing)
             health["would_reject"] = dict(self.would_reject or {})

@@ -27,6 +27,7 @@ from .._config import CREDENTIAL_HEADERS, ServiceConfig
 from .._deadline import format_budget
 from .._driver import adrive, drive
 from .._egress import body_too_large
+from .._endpoints import route_httpx
 from .._errors import EventLoopMismatchError, RegistryClosedError
 from .._hedge import Hedge
 from .._loops import current_loop
@@ -484,6 +485,8 @@ class OutboundTransport(_Exchange, httpx.BaseTransport):
     def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
         """One attempt: the response (``None`` if it failed) and its classified outcome."""
         _cut_timeouts(call, request, self._header)
+        if self._policy.endpoints is not None:  # several endpoints: this attempt goes to the one it was admitted to
+            route_httpx(self._policy.endpoints, call.permits, self._policy.endpoint_index, request)
         token = begin(call)
         try:
             response = self.inner.handle_request(request)
@@ -553,6 +556,9 @@ class AsyncOutboundTransport(_Exchange, httpx.AsyncBaseTransport):
         self, call: Call, request: httpx.Request, hedge: Hedge | None = None
     ) -> tuple[httpx.Response | None, Outcome]:
         _cut_timeouts(call, request, self._header)
+        if self._policy.endpoints is not None:  # several endpoints: this attempt (or hedge) goes to its own
+            permits = hedge.permits if hedge is not None else call.permits
+            route_httpx(self._policy.endpoints, permits, self._policy.endpoint_index, request)
         token = begin(call, hedge.permits if hedge is not None else None)
         try:
             response = await self.inner.handle_async_request(request)

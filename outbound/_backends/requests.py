@@ -299,7 +299,7 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         self._config = policy.config
         # One pool per host; a service normally talks to one host, redirects may add a few. Blocking pools bound
         # the connections; the wait is bounded by timeout.pool (see _ManagedPoolMixin).
-        self._pool_sizes = (4, policy.config.pool.max_connections)
+        self._pool_sizes = (max(4, len(policy.config.endpoints) + 2), policy.config.pool.max_connections)
         # The service's own timeouts, validated once rather than on every call (urllib3 clones it per request).
         timeouts = policy.config.timeout
         self._configured_timeout = Urllib3Timeout(connect=timeouts.connect, read=timeouts.read)
@@ -331,6 +331,14 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
     ) -> Any:
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        endpoints = self._policy.endpoints
+        name = endpoints.tls_name(host_params.get("host")) if endpoints is not None else None
+        if name is not None and host_params.get("scheme") == "https":
+            # A discovered address: the certificate is checked against the DNS name, which is also the SNI.
+            named: dict[str, Any] = {"server_hostname": name, "assert_hostname": name}
+            if self._ssl_context is not None:
+                return host_params, {"ssl_context": self._ssl_context, **named}
+            return host_params, {**pool_kwargs, **named}
         if self._ssl_context is not None:
             # The service's context decides verification and client certificates. requests' own keys would make
             # urllib3 load the default CA bundle into it (its documented way to use a custom context).
@@ -391,6 +399,12 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
             watch = WATCHDOG.watch(deadline.real_at)
         token = begin(call, pool_wait=pool, watch=watch)
         response: requests.Response | None = None
+        endpoints = self._policy.endpoints
+        if endpoints is not None:  # several endpoints: this attempt goes to the one it was admitted to
+            endpoint = call.permits[self._policy.endpoint_index]
+            send.request.url = endpoints.url_for(endpoint, send.request.url or "")
+            if endpoint.name is not None:  # an address of a DNS name: the name is the Host (and the TLS name)
+                send.request.headers["Host"] = endpoints.host_header
         if send.deadline_header is not None and deadline is not None:
             # The time left now, for this attempt.
             send.request.headers[send.deadline_header] = format_budget(send.deadline_header, deadline.left())

@@ -72,6 +72,18 @@ POOL_CONNECTIONS = Family(
 POOL_WAITING = Family(
     "outbound_pool_waiting", "outbound.pool.waiting", "{call}", "Calls waiting for a free connection."
 )
+ENDPOINT_EJECTED = Family(
+    "outbound_endpoint_ejected",
+    "outbound.endpoint.ejected",
+    "1",
+    "1 while the endpoint of a service with several is ejected (outlier detection), 0 otherwise.",
+)
+ENDPOINT_IN_FLIGHT = Family(
+    "outbound_endpoint_in_flight",
+    "outbound.endpoint.in_flight",
+    "{attempt}",
+    "Attempts in flight to the endpoint of a service with several.",
+)
 WOULD_REJECT = Family(
     "outbound_would_reject",
     "outbound.would_reject",

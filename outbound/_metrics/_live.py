@@ -83,6 +83,16 @@ class LiveRegistries:
         fleet's numbers: a gauge never waits for Redis)."""
         return {service.health().status for service in self.services() if service.name == name}
 
+    def endpoints(self, name: str) -> dict[str, tuple[int, int]]:
+        """Per endpoint URL of the live services called ``name`` that have several: (ejected: 1 or 0, in flight)."""
+        found: dict[str, tuple[int, int]] = {}
+        for service in self.services():
+            endpoints = service.policy.endpoints if service.name == name else None
+            for row in endpoints.snapshot() if endpoints is not None else ():
+                ejected, in_flight = found.get(row["url"], (0, 0))
+                found[row["url"]] = (max(ejected, int(row["state"] == "ejected")), in_flight + row["in_flight"])
+        return found
+
     def cache_counts(self, name: str) -> dict[str, int] | None:
         """The cache counts of the live services called ``name`` summed, or ``None`` when none has a cache."""
         total: dict[str, int] | None = None

@@ -247,6 +247,8 @@ class OtelInstruments:
             (meter.create_observable_gauge, families.SERVICE_STATUS, self._service_statuses),
             (meter.create_observable_up_down_counter, families.POOL_CONNECTIONS, self._pool_connections),
             (meter.create_observable_up_down_counter, families.POOL_WAITING, self._pool_waiting),
+            (meter.create_observable_gauge, families.ENDPOINT_EJECTED, self._endpoint_ejected),
+            (meter.create_observable_up_down_counter, families.ENDPOINT_IN_FLIGHT, self._endpoint_in_flight),
             (meter.create_observable_counter, families.WOULD_REJECT, self._would_reject),
             (meter.create_observable_counter, families.INJECTED_FAULTS, self._injected_faults),
             (meter.create_observable_counter, families.CACHE_ANSWERS, self._cache_answers),
@@ -300,6 +302,16 @@ class OtelInstruments:
     def _pool_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
         for name in self._names():
             yield Observation(self.live.pool(name)[2], {SERVICE: name})
+
+    def _endpoint_ejected(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name in self._names():
+            for url, (ejected, _) in self.live.endpoints(name).items():
+                yield Observation(ejected, {SERVICE: name, "server.address": url})
+
+    def _endpoint_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name in self._names():
+            for url, (_, in_flight) in self.live.endpoints(name).items():
+                yield Observation(in_flight, {SERVICE: name, "server.address": url})
 
     def _cache_answers(self, options: CallbackOptions) -> Iterable[Observation]:
         for name in self._names():

@@ -73,6 +73,9 @@ class PrometheusMetrics:
         # livesum: connections (in_use, idle) and waiting calls of the live workers add up to the service's totals.
         self.pool_connections = gauge(families.POOL_CONNECTIONS, ("service", "state"), "livesum")
         self.pool_waiting = gauge(families.POOL_WAITING, ("service",), "livesum")
+        # Per endpoint of a service with several: ejected in at least one live worker (livemax); in flight, summed.
+        self.endpoint_ejected = gauge(families.ENDPOINT_EJECTED, ("service", "endpoint"), "livemax")
+        self.endpoint_in_flight = gauge(families.ENDPOINT_IN_FLIGHT, ("service", "endpoint"), "livesum")
         # livesum, read from the live services (not events): the counts of the live workers add up.
         self.would_reject = gauge(families.WOULD_REJECT, ("service", "protection"), "livesum")
         self.injected_faults = gauge(families.INJECTED_FAULTS, ("service", "kind", "injected"), "livesum")
@@ -92,6 +95,9 @@ class PrometheusMetrics:
             statuses = live.statuses(name)
             for status in STATUSES:
                 self.service_status.labels(name, status).set(1 if status in statuses else 0)
+            for url, (ejected, in_flight) in live.endpoints(name).items():
+                self.endpoint_ejected.labels(name, url).set(ejected)
+                self.endpoint_in_flight.labels(name, url).set(in_flight)
             for protection, count in live.would_reject(name).items():
                 self.would_reject.labels(name, protection).set(count)
             injected = live.injected(name)
@@ -111,6 +117,10 @@ class PrometheusMetrics:
             self.circuit_state.labels(name, state).set_function(_state_reader(live, name, state))
         for status in STATUSES:
             self.service_status.labels(name, status).set_function(_status_reader(live, name, status))
+        # The endpoints known now (a discovered address that appears later shows in the health report).
+        for url in live.endpoints(name):
+            self.endpoint_ejected.labels(name, url).set_function(_endpoint_reader(live, name, url, 0))
+            self.endpoint_in_flight.labels(name, url).set_function(_endpoint_reader(live, name, url, 1))
         for protection in live.would_reject(name):
             self.would_reject.labels(name, protection).set_function(_would_reject_reader(live, name, protection))
         for kind in FAULT_KINDS if live.injected(name) is not None else ():
@@ -122,6 +132,10 @@ class PrometheusMetrics:
 
 def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], float]:
     return lambda: float(live.pool(name)[index])
+
+
+def _endpoint_reader(live: LiveRegistries, name: str, url: str, index: int) -> Callable[[], float]:
+    return lambda: float(live.endpoints(name).get(url, (0, 0))[index])
 
 
 def _cache_reader(live: LiveRegistries, name: str, key: str) -> Callable[[], float]:

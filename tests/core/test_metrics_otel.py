@@ -323,6 +323,8 @@ def test_both_exporters_describe_each_metric_alike(
         "outbound.service.status": "outbound_service_status",
         "outbound.pool.connections": "outbound_pool_connections",
         "outbound.pool.waiting": "outbound_pool_waiting",
+        "outbound.endpoint.ejected": "outbound_endpoint_ejected",
+        "outbound.endpoint.in_flight": "outbound_endpoint_in_flight",
         "outbound.would_reject": "outbound_would_reject",
         "outbound.injected_faults": "outbound_injected_faults",
         "outbound.cache.answers": "outbound_cache_answers",

@@ -88,6 +88,8 @@ def test_families_names_types_and_labels() -> None:
         "outbound_service_status": "gauge",
         "outbound_pool_connections": "gauge",
         "outbound_pool_waiting": "gauge",
+        "outbound_endpoint_ejected": "gauge",
+        "outbound_endpoint_in_flight": "gauge",
         "outbound_would_reject": "gauge",
         "outbound_injected_faults": "gauge",
         "outbound_cache_answers": "gauge",

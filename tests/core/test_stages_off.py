@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import outbound
-from benchmarks._stages import CASES, StageCase, absent, configured_off
+from benchmarks._stages import BASE_URL, CASES, StageCase, absent, configured_off
 
 CLIENTS = ("requests", "httpx", "async")
 
@@ -88,6 +88,9 @@ ON = (
     ),
     StageCase(key="observe", name="an observe-only breaker", off={"breaker": {"enforce": False}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
+    StageCase(
+        key="endpoints", name="two endpoints", off={"base_url": None, "endpoints": [BASE_URL, "http://b.invalid/"]}
+    ),
     StageCase(key="history", name="a service history", off={}, top={"health": {"history": True}}),
     StageCase(
         key="fleet-limit",
