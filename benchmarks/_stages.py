@@ -58,6 +58,12 @@ CASES: tuple[StageCase, ...] = (
         name="the SDK layer written out as off",
         off={"sdk": {"answer_refusals": False, "final_responses": False}},
     ),
+    StageCase(key="16j", name="the adaptive concurrency limit written out as off", off={"concurrency": None}),
+    StageCase(key="16k", name="client-side throttling written out as off", off={"throttle": None}),
+    StageCase(key="16l", name="retry tokens written out as off", off={"retry": {"tokens": None}}),
+    StageCase(
+        key="16m", name="the breaker's growing open period written out as off", off={"breaker": {"backoff": None}}
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

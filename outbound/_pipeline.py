@@ -4,7 +4,8 @@ This is the one place that decides what runs on a service's calls. A feature who
 the tuples below, not a branch the call takes: the call loop (``_policy.Call``) walks the tuples and nothing else.
 
     call stages      admitted once per call, held until it ends:  bulkhead
-    attempt stages   admitted for every attempt, in this order:   pause -> rate limit -> breaker -> (p95 latencies)
+    attempt stages   admitted for every attempt, in this order:   pause -> throttle -> concurrency -> rate limit
+                                                                  -> breaker -> (p95 latencies) -> (retry tokens)
     send gates       attempt stages asked again as the request is written: the rate limit (its permit), the breaker
 
 A pause refuses before a permit is spent; the rate limit comes before the breaker so that a refused attempt never
@@ -21,7 +22,7 @@ from ._breaker import Breaker
 from ._config import ServiceConfig, StateConfig
 from ._events import BreakerTransition
 from ._hedge import AnsweredLatencies
-from ._retry import RetryBudget
+from ._retry import Budget, RetryBudget
 from ._stage import SendGate, Stage
 from ._state import LOCAL, ServiceLink
 
@@ -37,7 +38,7 @@ class Pipeline:
     what calls walk. ``send_gates`` pairs each gate with the index of its permit among the attempt stages'."""
 
     breaker: Breaker
-    budget: RetryBudget | None
+    budget: Budget | None
     bulkhead: Bulkhead | None
     pause: Pause | None
     rate_limit: RateLimit | None
@@ -58,8 +59,10 @@ def compose(
     """Build ``config``'s stages (each module imported only when its setting is on); ``link`` is the service's to
     the state its fleet shares, handed to the stages that tell the fleet what they decide."""
     breaker = Breaker(config.name, config.breaker, clock=clock, notify=notify, shared=link)
-    budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
+    budget: Budget | None = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
     bulkhead = pause = rate_limit = latencies = None
+    adaptive: list[Any] = []  # throttle, concurrency limit (_throttle.py, _adaptive.py): before the rate limit
+    tokens = None
     if config.bulkhead is not None:
         from ._bulkhead import Bulkhead
 
@@ -74,10 +77,26 @@ def compose(
         rate_limit = RateLimit(config.name, config.rate_limit, state=state)
     if config.hedge is not None and config.hedge.delay == "p95":
         latencies = AnsweredLatencies()
-    attempt: list[Any] = [stage for stage in (pause, rate_limit) if stage is not None]
+    if config.throttle is not None:
+        from ._throttle import Throttle
+
+        adaptive.append(Throttle(config.throttle, config.breaker.failure_statuses, clock=clock))
+    if config.concurrency is not None:
+        from ._adaptive import ConcurrencyLimit
+
+        adaptive.append(ConcurrencyLimit(config.concurrency, clock=clock))
+    if config.retry.tokens is not None:
+        from ._tokens import Budgets, RetryTokens
+
+        failing = config.retry.status_forcelist | config.breaker.failure_statuses
+        tokens = RetryTokens(config.retry.tokens, failing)
+        budget = tokens if budget is None else Budgets(tokens, budget)
+    attempt: list[Any] = [stage for stage in (pause, *adaptive, rate_limit) if stage is not None]
     attempt.append(breaker)
     if latencies is not None:
         attempt.append(latencies)
+    if tokens is not None:
+        attempt.append(tokens)
     gates = tuple((index, stage) for index, stage in enumerate(attempt) if hasattr(stage, "at_send"))
     return Pipeline(
         breaker=breaker,

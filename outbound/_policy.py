@@ -129,6 +129,10 @@ class Policy:
             self.pause.reset()
         if self.rate_limit is not None:
             self.rate_limit.reset()
+        for stage in self.stages:
+            clear = getattr(stage, "clear", None)  # what adaptive stages learned (_adaptive.py, _throttle.py)
+            if clear is not None:
+                clear()
         self.stats.clear()
 
     def reset_after_fork(self) -> None:

@@ -79,6 +79,9 @@ ON = (
     StageCase(key="hedge", name="hedging", off={"hedge": {"delay": "p95"}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
+    StageCase(key="concurrency", name="the adaptive concurrency limit", off={"concurrency": {}}),
+    StageCase(key="throttle", name="client-side throttling", off={"throttle": {}}),
+    StageCase(key="tokens", name="retry tokens", off={"retry": {"tokens": {}}}),
 )
 
 
