@@ -17,6 +17,7 @@ import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,10 +45,10 @@ class CapacityServer:
                 parts = urlsplit(self.path)
                 if parts.path == "/_control":  # ?fail=0.9 sets the failing share; answers the counters
                     query = parse_qs(parts.query)
-                    if "fail" in query:
-                        owner.fail_share = float(query["fail"][0])
                     if "reset" in query:
                         owner.reset()
+                    if "fail" in query:
+                        owner.fail_share = float(query["fail"][0])
                     status, body = 200, json.dumps(owner.stats()).encode()
                 else:
                     status = owner._serve()
@@ -111,7 +112,8 @@ class CapacityProcess:
 
     def __init__(self, capacity: int = 8, service: float = 0.02) -> None:
         command = [sys.executable, "-m", "benchmarks._capacity", "--capacity", str(capacity), "--service", str(service)]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        root = Path(__file__).resolve().parents[1]  # so that `-m benchmarks._capacity` is found from anywhere
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root)
         assert self._process.stdout is not None
         self.url = self._process.stdout.readline().strip()
         if not self.url.startswith("http://127.0.0.1:"):

@@ -25,6 +25,7 @@ import requests.adapters
 import benchmarks._sdks as _sdks
 import outbound
 from benchmarks import (
+    _adaptive,
     _brownout,
     _deadline,
     _egress,
@@ -736,6 +737,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _imports.MEASUREMENT: _imports.imports,
     _sdks.MEASUREMENT: _sdks.sdks,
     _egress.MEASUREMENT: _egress.egress,
+    _adaptive.MEASUREMENT: _adaptive.adaptive,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1d", "1e", "1f"),
@@ -758,4 +760,5 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _imports.MEASUREMENT: _imports.ROW_KEYS,
     _sdks.MEASUREMENT: _sdks.ROW_KEYS,
     _egress.MEASUREMENT: _egress.ROW_KEYS,
+    _adaptive.MEASUREMENT: _adaptive.ROW_KEYS,
 }

@@ -66,6 +66,7 @@ class Gradient2(Algorithm):
 
     TOLERANCE = 1.0
     SMOOTHING = 0.2
+    QUEUE = 1.0  # added to the scaled limit: how far past the capacity the limit settles
     LONG_WINDOW = 600
     PROBE_EVERY = 30
     PROBE_WINDOWS = 2
@@ -99,7 +100,7 @@ class Gradient2(Algorithm):
             self._before = limit
             return limit / 2
         gradient = max(0.5, min(1.0, self.TOLERANCE * self.long / rtt))
-        queue = max(1.0, math.sqrt(limit) / 4)
+        queue = self.QUEUE
         new = limit * gradient + queue
         return limit * (1 - self.SMOOTHING) + new * self.SMOOTHING
 
