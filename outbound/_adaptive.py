@@ -56,19 +56,19 @@ class Gradient2(Algorithm):
     """Netflix's Gradient2 update (concurrency-limits ``Gradient2Limit``): the limit is scaled by
     ``tolerance * long / short``, clamped to [0.5, 1], a small queue is added and the result smoothed by 0.2.
 
-    Three choices differ from Netflix's defaults, so that the limit settles near the upstream's capacity rather
-    than half as high again: the tolerance is 1.0 (not 1.5); the long-run latency falls at once to a lower recent
-    one and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up under sustained overload, which
-    lets the limit creep up with it); and every ``PROBE_EVERY`` busy windows the limit is halved for
-    ``PROBE_WINDOWS`` windows (as Netflix's first Gradient limit probes), so that a limit that started above the
-    capacity sees the latency of an upstream that is not queueing, and comes down to it.
+    Four choices differ from Netflix's defaults, so that the limit settles near the upstream's capacity rather
+    than half as high again: the tolerance is 1.0 (not 1.5); the queue added is 0.5 (not 4); the long-run latency
+    falls at once to a lower recent one and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up
+    under sustained overload, which lets the limit creep up with it); and every ``PROBE_EVERY`` busy windows the
+    limit is halved for ``PROBE_WINDOWS`` windows (as Netflix's first Gradient limit probes), so that a limit that
+    started above the capacity sees the latency of an upstream that is not queueing, and comes down to it.
     """
 
     TOLERANCE = 1.0
     SMOOTHING = 0.2
-    QUEUE = 1.0  # added to the scaled limit: how far past the capacity the limit settles
+    QUEUE = 0.5  # added to the scaled limit: how far past the capacity the limit settles
     LONG_WINDOW = 600
-    PROBE_EVERY = 30
+    PROBE_EVERY = 20
     PROBE_WINDOWS = 2
 
     def __init__(self) -> None:
@@ -129,11 +129,11 @@ class Vegas(Algorithm):
 
 class Aimd(Algorithm):
     """Additive increase, multiplicative decrease: +1 per busy window, x0.9 on a drop or on a latency twice the
-    lowest seen. Like gradient2 it halves the limit for two windows every 30 busy ones, to see the latency of an
+    lowest seen. Like gradient2 it halves the limit for two windows every 20 busy ones, to see the latency of an
     upstream that is not queueing."""
 
     BACKOFF = 0.9
-    PROBE_EVERY = 30
+    PROBE_EVERY = 20
     PROBE_WINDOWS = 2
 
     def __init__(self) -> None:

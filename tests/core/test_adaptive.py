@@ -400,3 +400,28 @@ def test_refusals_are_answered_503_with_retry_after() -> None:
         answer = outbound.error_answer(error)
         assert answer is not None
         assert (answer.status, answer.reason) == (503, reason)
+
+
+def test_a_grown_open_period_holds_across_the_fleet(redis_url: str, upstream: Upstream) -> None:
+    """breaker.backoff with a fleet: a worker that sees another's failed trial keeps the grown open period (a remote
+    opening is capped at backoff.max, not at reset_timeout)."""
+    service = {
+        "base_url": upstream.url,
+        "retry": None,
+        "breaker": {"fail_max": 1, "reset_timeout": 0.3, "backoff": {"factor": 10, "max": 30}},
+    }
+    state = {"backend": "redis", "url": redis_url, "prefix": "backoff", "sync_interval": 0.1}
+    workers = [outbound.Registry.from_mapping({"services": {"api": service}, "state": state}) for _ in range(2)]
+    try:
+        breakers = [worker["api"].policy.breaker for worker in workers]
+        for worker in workers:
+            assert worker.session("api").get("ok").status_code == 200
+        assert workers[0].session("api").get("status/503").status_code == 503
+        wait_for(lambda: all(breaker.state == "open" for breaker in breakers))
+        time.sleep((breakers[1].retry_in() or 0) + 0.05)
+        assert workers[1].session("api").get("status/503").status_code == 503  # the trial fails: open for 3 s
+        assert breakers[1].open_seconds() == pytest.approx(3.0)
+        wait_for(lambda: (breakers[0].retry_in() or 0) > 1.0)  # not cut to reset_timeout's 0.3 s
+    finally:
+        for worker in workers:
+            worker.close()
