@@ -425,3 +425,33 @@ def test_a_grown_open_period_holds_across_the_fleet(redis_url: str, upstream: Up
     finally:
         for worker in workers:
             worker.close()
+
+
+def test_the_async_client_meets_the_limit_and_a_reset_forgets_what_was_learned(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    import asyncio
+
+    import httpx
+
+    registry = make_registry(
+        s={"base_url": upstream.url, "client": "httpx", "concurrency": {"initial": 1, "min": 1, "max": 1}}
+    )
+    limit = stage(registry, ConcurrencyLimit)
+
+    async def main() -> list[Any]:
+        client = registry.async_client("s")
+        with outbound.criticality("critical"):
+            return await asyncio.gather(
+                client.get("slow?delay=0.3"), client.get("slow?delay=0.3"), return_exceptions=True
+            )
+
+    outcomes = asyncio.run(main())
+    refused = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    assert len(refused) == 1
+    assert isinstance(refused[0], outbound.ConcurrencyLimitedError)
+    assert isinstance(refused[0], httpx.TransportError)  # what an httpx caller already catches
+    assert limit.in_flight == 0
+    limit.limit = 0.5
+    registry.reset("s")
+    assert limit.limit == 1.0  # back to initial
