@@ -22,11 +22,11 @@ import pybreaker
 import requests
 import requests.adapters
 
-import benchmarks._sdks as _sdks
 import outbound
 from benchmarks import (
     _adaptive,
     _brownout,
+    _cache,
     _deadline,
     _egress,
     _fleet,
@@ -35,8 +35,10 @@ from benchmarks import (
     _imports,
     _metrics,
     _policy,
+    _sdks,
     _speed,
     _stages,
+    _trends,
 )
 from benchmarks._harness import (
     ROOT,
@@ -738,6 +740,8 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _sdks.MEASUREMENT: _sdks.sdks,
     _egress.MEASUREMENT: _egress.egress,
     _adaptive.MEASUREMENT: _adaptive.adaptive,
+    _cache.MEASUREMENT: _cache.cache,
+    _trends.MEASUREMENT: _trends.trends,
 }
 ROW_KEYS: dict[int, tuple[str, ...]] = {
     1: ("1a", "1b", "1c", "1d", "1e", "1f"),
@@ -761,4 +765,6 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _sdks.MEASUREMENT: _sdks.ROW_KEYS,
     _egress.MEASUREMENT: _egress.ROW_KEYS,
     _adaptive.MEASUREMENT: _adaptive.ROW_KEYS,
+    _cache.MEASUREMENT: _cache.ROW_KEYS,
+    _trends.MEASUREMENT: _trends.ROW_KEYS,
 }

@@ -64,6 +64,8 @@ CASES: tuple[StageCase, ...] = (
     StageCase(
         key="16m", name="the breaker's growing open period written out as off", off={"breaker": {"backoff": None}}
     ),
+    StageCase(key="16e", name="the cache and fallback written out as off", off={"cache": None, "fallback": None}),
+    StageCase(key="16h", name="a service history written out as off", off={}, top={"health": {"history": False}}),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

@@ -23,6 +23,7 @@ from ._config import (
     EgressConfig,
     HealthConfig,
     HedgeConfig,
+    HistoryConfig,
     IdempotencyConfig,
     MetricsConfig,
     OutboundConfig,
@@ -78,6 +79,7 @@ from ._events import (
     RetryDenied,
     RetryScheduled,
 )
+from ._expect import expect
 from ._registry import Registry
 from ._sdk import sdk_error
 from ._service import Service
@@ -114,6 +116,7 @@ __all__ = [
     "EventLoopMismatchError",
     "HealthConfig",
     "HedgeConfig",
+    "HistoryConfig",
     "IdempotencyConfig",
     "MetricsConfig",
     "Observer",
@@ -153,6 +156,7 @@ __all__ = [
     "criticality",
     "deadline",
     "error_answer",
+    "expect",
     "parse_config",
     "sdk_error",
     "setting_warnings",

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ._cache._settings import CacheConfig, FallbackConfig, parse_cache, parse_fallback
 from ._errors import ConfigError, ConfigErrorCode
 
 ClientKind = Literal["requests", "httpx", "httpx2"]
@@ -247,10 +248,12 @@ class SdkConfig:
     """For a vendor SDK (openai, anthropic, stripe...) given the service's client: one retry layer, fast refusals."""
 
     answer_refusals: bool = True
-    """Answer a refusal (open breaker, bulkhead, rate limit, pause, deadline) or an unusable client (registry closed,
-    another event loop) with an HTTP response the SDKs do not retry, instead of an exception they retry."""
+    """Answer a refusal (open breaker, bulkhead, rate limit, pause, deadline, pool timeout) or an unusable client
+    (registry closed, another event loop) with an HTTP response the SDKs do not retry, instead of an exception they
+    retry."""
     final_responses: bool = True
-    """Mark a retryable status that outbound already retried so the SDK does not retry it again."""
+    """Mark a retryable status that outbound already retried so the SDK does not retry it again, and answer a
+    transport failure outbound gave up on (connect error, timeout, broken connection) the same way."""
     timeout_max: float | None = None
     """The longest per-call timeout an SDK may ask for (its read and total); ``None``: what it asks stands."""
     expected: Mapping[str, frozenset[int]] = field(default_factory=dict)
@@ -333,6 +336,10 @@ class ServiceConfig:
     """How the service's client serves a vendor SDK (``_sdk.py``); ``None``: as any caller."""
     deadline_header: str | None = None
     """Send the call's remaining time in this header (one of ``DEADLINE_HEADERS``); ``None``: don't."""
+    cache: CacheConfig | None = None
+    """An HTTP cache above the policy (GET and HEAD); ``None``: off."""
+    fallback: FallbackConfig | None = None
+    """The answer of a call that failed, after the cache; ``None``: none."""
     egress: EgressConfig | None = None
     """Rules for a service that calls URLs its users give (SSRF guard); ``None``: off."""
     transport: TransportKind = "httpcore"
@@ -342,11 +349,21 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryConfig:
+    interval: float = 10.0
+    """Seconds per bucket of a service's history (the trends of the status page, ``?history=1``)."""
+    buckets: int = 90
+    """Buckets kept: ``interval * buckets`` seconds of history (15 minutes by default)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthConfig:
     show_details: ShowDetails = "when_authorized"
     """Who sees the full report at ``/health/outbound``."""
     token: str | None = None
     """A bearer token that authorizes the full report."""
+    history: HistoryConfig | None = None
+    """Keep each service's recent history in buckets (``true``, or a mapping); ``None``: kept by nobody."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,6 +427,7 @@ EXTRAS = {
     "ratelimit": ("limits", "outbound-http[ratelimit]"),
     "aiohttp": ("httpx_aiohttp", "outbound-http[aiohttp]"),
     "httpx2": ("httpx2", "outbound-http[httpx2]"),
+    "cache": ("hishel", "outbound-http[cache]"),
 }
 # What an extra needs for an httpx2 service instead (httpx-aiohttp's transport for httpx2).
 _HTTPX2_MODULES = {"aiohttp": "httpx_aiohttp.httpx2"}
@@ -1326,6 +1344,8 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         pause=_parse_pause(reader),
         hedge=_parse_hedge(reader),
         sdk=_parse_sdk(reader),
+        cache=parse_cache(reader),
+        fallback=parse_fallback(reader),
         deadline_header=deadline_header.lower() if deadline_header else None,
         egress=egress,
         transport=transport,
@@ -1336,7 +1356,27 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
 def _parse_health(raw: Any, errors: list[ConfigError]) -> HealthConfig:
     reader = _Reader(raw, None, "health", keys_of(HealthConfig), errors)
     show_details = reader.choice("show_details", "when_authorized", ("never", "when_authorized", "always"))
-    return HealthConfig(show_details=show_details, token=reader.optional_string("token"))
+    return HealthConfig(
+        show_details=show_details, token=reader.optional_string("token"), history=_parse_history(reader)
+    )
+
+
+def _parse_history(reader: _Reader) -> HistoryConfig | None:
+    # ``true`` keeps the default history, ``false`` or null none; a mapping sets its interval and length.
+    raw = reader.mapping.get("history")
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return HistoryConfig()
+    try:
+        sub = reader.sub("history", keys_of(HistoryConfig), accepted="true, false, null or a mapping")
+    except _Skip:
+        return None
+    defaults = HistoryConfig()
+    return HistoryConfig(
+        interval=sub.required_seconds("interval", defaults.interval, allow_zero=False),
+        buckets=sub.integer("buckets", defaults.buckets, minimum=2, maximum=360),
+    )
 
 
 def _installed(module: str) -> bool:

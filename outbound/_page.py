@@ -26,7 +26,7 @@ from importlib import resources
 from string import Template
 from typing import Any, TypeGuard
 
-from . import health  # health imports this module too: its names are read when a page is rendered, not before
+from . import _trends, health  # health imports this module too: its names are read when a page is rendered, not before
 
 REFRESH_SECONDS = 5
 """How often the page fetches itself again."""
@@ -40,7 +40,7 @@ _PAUSE_TONES = {"paused": "warn"}
 
 # What each part of the report shows in a dedicated place; any other key is listed generically.
 _SERVICE_KEYS = frozenset(
-    {"status", "client", "base_url", "critical", "breaker", "pool", "stats", "last_error", "paused_for"}
+    {"status", "client", "base_url", "critical", "breaker", "pool", "stats", "last_error", "paused_for", "history"}
 )
 _BREAKER_KEYS = frozenset(
     {"state", "mode", "failures", "opened_at", "opened_by", "retry_in", "calls", "failure_rate", "slow_call_rate"}
@@ -241,6 +241,7 @@ def _card(index: int, name: str, service: Mapping[str, Any]) -> str:
         f"{_paused(service.get('paused_for'))}"
         "</dl>\n"
         f"{_pool(service.get('pool') or {})}"
+        f"{_trends.trends(service.get('history'), (service.get('breaker') or {}).get('state'), status)}"
         f'<div class="tables">{_counters(stats)}{_latency(stats.get("latency_ms") or {})}</div>\n'
         f"{_last_error(service.get('last_error'), (service.get('breaker') or {}).get('opened_by'))}"
         f"{''.join(_extras(_label(key), value) for key, value in extras.items())}"

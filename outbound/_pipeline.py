@@ -7,6 +7,8 @@ the tuples below, not a branch the call takes: the call loop (``_policy.Call``) 
     attempt stages   admitted for every attempt, in this order:   pause -> throttle -> concurrency -> rate limit
                                                                   -> breaker -> (p95 latencies) -> (retry tokens)
     send gates       attempt stages asked again as the request is written: the rate limit (its permit), the breaker
+    cache            above all of them, not a stage: the clients put it on top of their transports (``_cache/``),
+                     so it answers fresh hits without a permit and stale ones in place of the stages' refusals
 
 A pause refuses before a permit is spent; the rate limit comes before the breaker so that a refused attempt never
 holds a half-open trial slot in vain. The breaker is always there: every service has one.
@@ -28,6 +30,7 @@ from ._state import LOCAL, ServiceLink
 
 if TYPE_CHECKING:
     from ._bulkhead import Bulkhead
+    from ._cache._layer import CacheLayer
     from ._pause import Pause
     from ._ratelimit import RateLimit
 
@@ -43,6 +46,7 @@ class Pipeline:
     pause: Pause | None
     rate_limit: RateLimit | None
     latencies: AnsweredLatencies | None
+    cache: CacheLayer | None  # above the policy: the clients put it on top of their transports (``_cache/``)
     call_stages: tuple[Stage, ...]
     attempt_stages: tuple[Stage, ...]
     send_gates: tuple[tuple[int, SendGate], ...]
@@ -91,6 +95,11 @@ def compose(
         failing = config.retry.status_forcelist | config.breaker.failure_statuses
         tokens = RetryTokens(config.retry.tokens, failing)
         budget = tokens if budget is None else Budgets(tokens, budget)
+    cache = None
+    if config.cache is not None or config.fallback is not None:
+        from ._cache._layer import CacheLayer
+
+        cache = CacheLayer(config, config.cache, config.fallback, state)
     attempt: list[Any] = [stage for stage in (pause, *adaptive, rate_limit) if stage is not None]
     attempt.append(breaker)
     if latencies is not None:
@@ -105,6 +114,7 @@ def compose(
         pause=pause,
         rate_limit=rate_limit,
         latencies=latencies,
+        cache=cache,
         call_stages=(bulkhead,) if bulkhead is not None else (),
         attempt_stages=tuple(attempt),
         send_gates=gates,

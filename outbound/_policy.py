@@ -58,6 +58,7 @@ class Policy:
         self.pause = pipeline.pause
         self.rate_limit = pipeline.rate_limit
         self.latencies = pipeline.latencies
+        self.cache = pipeline.cache  # the cache and fallback layer, above this policy (None: neither is set)
         self.call_stages = pipeline.call_stages
         self.stages = pipeline.attempt_stages
         self.send_gates = pipeline.send_gates
@@ -119,6 +120,8 @@ class Policy:
         """Refuse every new attempt from now on and wake calls waiting to retry."""
         self.closed = True
         self.closing.set()
+        if self.cache is not None:
+            self.cache.close()
 
     def reset(self) -> None:
         """Close the breaker, clear its counts, the retry budget, a pause, the rate limit's permits and the stats."""
@@ -133,6 +136,8 @@ class Policy:
             clear = getattr(stage, "clear", None)  # what adaptive stages learned (_adaptive.py, _throttle.py)
             if clear is not None:
                 clear()
+        if self.cache is not None:
+            self.cache.clear()
         self.stats.clear()
 
     def reset_after_fork(self) -> None:
@@ -142,6 +147,8 @@ class Policy:
             stage.reset_after_fork()
         if self.budget is not None:
             self.budget.reset_after_fork()
+        if self.cache is not None:
+            self.cache.reset_after_fork()
         self.closing = threading.Event()
         if self.closed:
             self.closing.set()

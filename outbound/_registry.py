@@ -61,6 +61,12 @@ class Registry:
             for name, service in config.services.items()
         }
         self._closed = False
+        if config.health.history is not None:
+            from ._history import History  # imported only when a history is kept
+
+            for service in self._services.values():
+                service.history = History(config.health.history, pause=service.policy.pause)
+                service.policy.add_observer(service.history)
         self._state.attach(self._services)
         for observer in metric_observers(config.metrics, self):
             self.add_observer(observer)
@@ -136,7 +142,7 @@ class Registry:
         one) for the running event loop."""
         return self._open(name).async_client()
 
-    def report(self, *, service: str | None = None) -> HealthReport:
+    def report(self, *, service: str | None = None, history: bool = False) -> HealthReport:
         """The typed health snapshot: each service's breaker, pool, stats and last error.
 
         With a fleet (``state.backend: "redis"``) the breakers and stats of shared services are the fleet's: its
@@ -147,13 +153,16 @@ class Registry:
 
         Args:
             service: report on this service alone; the overall status follows the same rules for it alone.
+            history: each service's recent history too, when ``health.history`` keeps one.
 
         Raises:
             ServiceLookupError: ``service`` is not configured.
         """
         services = [self[service]] if service is not None else list(self._services.values())
         fleet = self._state.view() if self._state.scope == "fleet" else None
-        report = build_report(s.health(fleet.services.get(s.name) if fleet else None) for s in services)
+        report = build_report(
+            s.health(fleet.services.get(s.name) if fleet else None, history=history) for s in services
+        )
         backend = self._state.health()
         if backend is None:
             return report
@@ -167,14 +176,14 @@ class Registry:
             state_backend=backend,
         )
 
-    def health(self, *, details: bool = True, service: str | None = None) -> dict[str, Any]:
+    def health(self, *, details: bool = True, service: str | None = None, history: bool = False) -> dict[str, Any]:
         """``report()`` as the JSON-ready dict ``/health/outbound`` serves; ``details=False`` gives
-        ``{"status": ...}`` only.
+        ``{"status": ...}`` only, ``history=True`` each service's recent history too (``?history=1``).
 
         Raises:
             ServiceLookupError: ``service`` is not configured.
         """
-        return self.report(service=service).as_dict(details=details)
+        return self.report(service=service, history=history and details).as_dict(details=details)
 
     def add_observer(self, observer: Observer) -> None:
         """Deliver every service's events (``outbound.Observer``) to ``observer`` from now on."""

@@ -15,6 +15,7 @@ false``. A service with an ``sdk`` section therefore answers, instead of raising
     DeadlineExceededError                   504     deadline_exceeded     InternalServerError / APIError
     RegistryClosedError                     503     registry_closed       InternalServerError / APIError
     EventLoopMismatchError                  500     event_loop_mismatch   InternalServerError / APIError
+    PoolTimeoutError                        503     pool_timeout          InternalServerError / APIError
 
 with ``x-should-retry: false``, ``stripe-should-retry: false``, ``Retry-After`` when the refusal knows when it ends,
 and a JSON body in the shape the SDKs read their messages from (``{"error": {"type", "code", "message"}}``) plus
@@ -24,12 +25,20 @@ an ``outbound`` object (``service``, ``reason``, ``retry_in``). The error itself
 
 ``final_responses``: a response with a status in ``retry.status_forcelist`` that outbound already retried (more than
 one attempt) is marked the same way, so the SDK does not retry what outbound gave up on: one SDK call reaches the
-upstream at most ``retry.total + 1`` times. A request that is itself an SDK's retry (``x-stainless-retry-count``
-above 0) which outbound retried too is logged on ``outbound.call`` at INFO: both layers retried.
+upstream at most ``retry.total + 1`` times. A transport failure the call raises is one outbound gave up on too (its
+retries spent or denied, or not retryable: a read timeout of a POST may have been acted on), so it is answered the
+same way, with ``x-outbound-failure`` naming it instead of ``x-outbound-refusal``:
+
+    ConnectError 502 connect_error, ConnectTimeoutError 504 connect_timeout, ReadTimeoutError 504 read_timeout,
+    WriteTimeoutError 504 write_timeout, ReadError 502 read_error
+
+A request that is itself an SDK's retry (``x-stainless-retry-count`` above 0) which outbound retried too is logged
+on ``outbound.call`` at INFO: both layers retried.
 
 ``expected``: statuses that are a path's answer (Vault answers ``/sys/health`` with 429 when standby and 503 when
 sealed, on purpose): on that path they are neither breaker failures nor retried, and their ``Retry-After`` pauses
-nothing.
+nothing; with ``final_responses`` they are marked so the SDK does not retry them either. An ``outbound.expect``
+scope (``_expect.py``) does the same for the calls made inside it, and sets their retries.
 
 ``timeout_max``: a per-call timeout the SDK asks for (stripe's 80 s, hvac's 30 s, openai's ``timeout=``) replaces the
 service's read and extends its total, as any caller's does; this caps it.
@@ -48,26 +57,55 @@ from ._errors import (
     BulkheadFullError,
     CircuitOpenError,
     ConcurrencyLimitedError,
+    ConnectError,
+    ConnectTimeoutError,
     DeadlineExceededError,
     EventLoopMismatchError,
     OutboundError,
+    PoolTimeoutError,
     RateLimitedError,
+    ReadError,
+    ReadTimeoutError,
     RegistryClosedError,
     RejectedError,
     ThrottledError,
+    TransportFailure,
+    WriteTimeoutError,
 )
+from ._expect import Expectation
 from ._outcome import Kind, Outcome
+from ._retry import retries_for
 
-__all__ = ["ANSWERED", "EXTENSION", "Answer", "answer", "both_retried", "cap", "expected_paths", "judged", "sdk_error"]
+__all__ = [
+    "ANSWERABLE",
+    "ANSWERED",
+    "EXTENSION",
+    "FAILURES",
+    "Answer",
+    "answer",
+    "answers",
+    "both_retried",
+    "cap",
+    "expected_paths",
+    "expects",
+    "judged",
+    "retries_of",
+    "sdk_error",
+]
 
 call_logger = logging.getLogger("outbound.call")
 
 # The errors a service with ``sdk.answer_refusals`` answers instead of raising.
-ANSWERED: tuple[type[Exception], ...] = (RejectedError, RegistryClosedError, EventLoopMismatchError)
+ANSWERED: tuple[type[Exception], ...] = (RejectedError, PoolTimeoutError, RegistryClosedError, EventLoopMismatchError)
+# The failures a service with ``sdk.final_responses`` answers: outbound gave up on them (retries spent or denied).
+FAILURES: tuple[type[Exception], ...] = (TransportFailure,)
+# Every error the client layer may answer (``answers`` says whether this service does).
+ANSWERABLE: tuple[type[Exception], ...] = ANSWERED + FAILURES
 # Where an httpx response carries the error it answers.
 EXTENSION = "outbound.error"
-# The header naming the refusal; the SDKs' exceptions keep the response's headers.
+# The header naming the refusal (or the transport failure); the SDKs' exceptions keep the response's headers.
 REFUSAL_HEADER = "x-outbound-refusal"
+FAILURE_HEADER = "x-outbound-failure"
 # Response headers the SDKs read before retrying: openai and anthropic (Stainless), stripe.
 DO_NOT_RETRY: Mapping[str, str] = {"x-should-retry": "false", "stripe-should-retry": "false"}
 # The SDK retry count Stainless SDKs (openai, anthropic) send with every attempt.
@@ -84,6 +122,13 @@ _STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (RejectedError, 503, "rejected"),
     (RegistryClosedError, 503, "registry_closed"),
     (EventLoopMismatchError, 500, "event_loop_mismatch"),
+    (PoolTimeoutError, 503, "pool_timeout"),
+    (ConnectTimeoutError, 504, "connect_timeout"),
+    (ConnectError, 502, "connect_error"),
+    (ReadTimeoutError, 504, "read_timeout"),
+    (WriteTimeoutError, 504, "write_timeout"),
+    (ReadError, 502, "read_error"),
+    (TransportFailure, 502, "transport_failure"),
 )
 
 
@@ -98,21 +143,43 @@ class Answer:
         self.body = body
 
 
+def answers(error: Exception, config: SdkConfig, retries: int) -> bool:
+    """Whether a service with these settings answers ``error`` (one of ``ANSWERABLE``) rather than raising it.
+
+    ``retries`` are outbound's for the call (``retries_of``): a failure of a call outbound was not to retry at all
+    is raised, so the SDK's retries are the one layer."""
+    if isinstance(error, FAILURES):
+        return config.final_responses and retries > 0
+    return config.answer_refusals
+
+
+def retries_of(config: ServiceConfig, scope: Expectation | None) -> int:
+    """Outbound's retries for a call: an ``outbound.expect`` scope's, or the service's ``retry.total``."""
+    total = config.retry.total
+    if scope is None or scope.retries is None:
+        return total
+    return retries_for(scope.retries, total)
+
+
 def answer(error: Exception, service: str) -> Answer:
-    """The response that answers ``error`` (one of ``ANSWERED``) for ``service``."""
+    """The response that answers ``error`` (one of ``ANSWERABLE``) for ``service``."""
     status, reason = 503, "rejected"
     for cls, found_status, found_reason in _STATUSES:
         if isinstance(error, cls):
             status, reason = found_status, found_reason
             break
     retry_in = _retry_in(getattr(error, "retry_in", 0.0))
-    message = f"outbound refused the call ({reason}): {error}"
+    failure = isinstance(error, FAILURES)
+    if failure:
+        kind, header, message = "outbound_failure", FAILURE_HEADER, f"outbound gave up on the call ({reason}): {error}"
+    else:
+        kind, header, message = "outbound_refusal", REFUSAL_HEADER, f"outbound refused the call ({reason}): {error}"
     body = {
         "type": "error",
-        "error": {"type": "outbound_refusal", "code": reason, "message": message},
+        "error": {"type": kind, "code": reason, "message": message},
         "outbound": {"service": service, "reason": reason, "retry_in": retry_in},
     }
-    headers = {"content-type": "application/json", REFUSAL_HEADER: reason, **DO_NOT_RETRY}
+    headers = {"content-type": "application/json", header: reason, **DO_NOT_RETRY}
     if retry_in is not None:
         headers["retry-after"] = str(retry_in)
     return Answer(status, headers, json.dumps(body).encode())
@@ -158,17 +225,22 @@ def expected_paths(config: ServiceConfig) -> Expected:
     return tuple(sorted(found, key=lambda item: len(item[0]), reverse=True))
 
 
-def judged(expected: Expected, path: str, outcome: Outcome) -> Outcome:
-    """``outcome`` marked ``expected`` when its status is the answer of the path (``sdk.expected``)."""
-    if outcome.kind is not Kind.RESPONSE:
-        return outcome
+def expects(expected: Expected, scope: Expectation | None, path: str, status: int | None) -> bool:
+    """Whether ``status`` is an answer of ``path`` (``sdk.expected``) or of the call (an ``outbound.expect`` scope)."""
+    if scope is not None and status in scope.statuses:
+        return True
     for prefix, statuses in expected:
         if path.startswith(prefix):
-            if outcome.status in statuses:
-                # Without Retry-After: an expected answer does not pause the service either.
-                return Outcome(Kind.RESPONSE, status=outcome.status, expected=True)
-            return outcome
-    return outcome
+            return status in statuses
+    return False
+
+
+def judged(expected: Expected, scope: Expectation | None, path: str, outcome: Outcome) -> Outcome:
+    """``outcome`` marked ``expected`` when its status is an answer (``expects``)."""
+    if outcome.kind is not Kind.RESPONSE or not expects(expected, scope, path, outcome.status):
+        return outcome
+    # Without Retry-After: an expected answer does not pause the service either.
+    return Outcome(Kind.RESPONSE, status=outcome.status, expected=True)
 
 
 def sdk_error(error: BaseException) -> OutboundError | None:

@@ -27,7 +27,7 @@ from ._events import Observer
 from ._loops import current_loop
 from ._policy import Policy
 from ._state import LOCAL, ServiceLink
-from .health import BreakerSnapshot, PoolSnapshot, ServiceHealth, service_status
+from .health import BreakerSnapshot, HistorySnapshot, PoolSnapshot, ServiceHealth, service_status
 
 if TYPE_CHECKING:
     import asyncio
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from ._backends.httpx import InnerTransport, ServiceAsyncClient, ServiceClient
     from ._backends.requests import ServiceSession
+    from ._history import History
     from ._state import FleetService
 
 CLOSE_WAIT_SECONDS = 5.0  # how long close() waits for a client on another thread's event loop
@@ -92,6 +93,8 @@ class Service:
         # Keeps each loop's closer generator alive: the loop itself only holds a weak reference.
         self._closers: dict[object, AsyncGenerator[None, None]] = {}
         self._closed = False
+        # Its recent history, when health.history keeps one (the registry adds it: an observer like the metrics).
+        self.history: History | None = None
 
     def __repr__(self) -> str:
         return f"<Service {self.name!r} {self.config.client} {self._display_url}>"
@@ -164,9 +167,10 @@ class Service:
             in_use, idle, waiting = in_use + busy, idle + free, waiting + queued
         return PoolSnapshot(max_connections=self.config.pool.max_connections, in_use=in_use, idle=idle, waiting=waiting)
 
-    def health(self, fleet: FleetService | None = None) -> ServiceHealth:
+    def health(self, fleet: FleetService | None = None, *, history: bool = False) -> ServiceHealth:
         """This service's part of the health report (no network I/O): this process's view, or the fleet's breaker
-        and summed stats when ``fleet`` is given (its pool, bulkhead, rate window and pause stay this process's)."""
+        and summed stats when ``fleet`` is given (its pool, bulkhead, rate window and pause stay this process's);
+        with ``history``, its recent history too (the fleet's when the fleet shares one), if it keeps one."""
         policy = self.policy
         breaker = policy.breaker
         pool = self.pool()
@@ -205,7 +209,16 @@ class Service:
             bulkhead=bulkhead,
             rate_limit=policy.rate_limit.snapshot() if policy.rate_limit is not None else None,
             paused_for=paused_for,
+            cache=policy.cache.snapshot() if policy.cache is not None else None,
+            history=self._history(fleet) if history else None,
         )
+
+    def _history(self, fleet: FleetService | None) -> HistorySnapshot | None:
+        if self.history is None:
+            return None
+        if fleet is not None and fleet.history is not None:
+            return fleet.history
+        return self.history.snapshot()
 
     def reset(self) -> None:
         """Close the breaker and clear its counts, the retry budget and the stats."""
@@ -240,6 +253,8 @@ class Service:
         """In a forked child: drop inherited connections and locks; the same client objects keep working."""
         self._lock = threading.Lock()
         self.policy.reset_after_fork()
+        if self.history is not None:
+            self.history.reset_after_fork()
         for client in self._clients:
             client.drop_after_fork()
         # The parent's event loops do not run here; their clients cannot be closed or used.

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 from . import health
 from ._errors import redact_url
@@ -23,6 +24,7 @@ from .health import (
     BreakerSnapshot,
     BulkheadSnapshot,
     HealthReport,
+    HistorySnapshot,
     LastError,
     PoolSnapshot,
     ProbeResult,
@@ -49,6 +51,7 @@ __all__ = [
     "reset",
     "status",
     "status_exit_code",
+    "watch_status",
 ]
 
 STATUS_EXIT_CODES: Mapping[Status, int] = {"ok": 0, "degraded": 0, "failing": 0, "down": 1}
@@ -82,13 +85,60 @@ def status(registry: Registry, *, service: str | None = None, as_json: bool = Fa
 
 def remote_status(url: str, *, token: str | None = None, service: str | None = None, as_json: bool = False) -> Output:
     """A running server's report, read from its ``/health/outbound`` (``--url``), with ``--token`` for details."""
+    found = _read_remote(url, token=token, service=service)
+    if isinstance(found, Output):
+        return found
+    data, report = found
+    if as_json:
+        # The server's own JSON, narrowed to what was asked: nothing it reports is lost in a round trip.
+        shown = {
+            **data,
+            "status": report.status,
+            "services": {name: data["services"][name] for name in report.services},
+        }
+        return Output(json.dumps(shown, indent=2), status_exit_code(report))
+    return Output(_with_scope(report, _scope_line(report, source=redact_url(url))), status_exit_code(report))
+
+
+def watch_status(
+    registry: Registry | None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    service: str | None = None,
+    out: TextIO | None = None,
+    frames: int | None = None,
+) -> Output:
+    """``status --watch``: the table and a sparkline per service, redrawn every second until Ctrl-C (exit 0). From
+    ``registry`` (this process, or the fleet's shared state), or from the server at ``url`` (its history asked for
+    with ``?history=1``)."""
+    from . import _watch
+
+    def read() -> HealthReport | str:
+        if url is not None:
+            found = _read_remote(url, token=token, service=service, history=True)
+            return found.text if isinstance(found, Output) else found[1]
+        assert registry is not None  # one of the two is given
+        return registry.report(service=service, history=True)
+
+    def render(report: HealthReport) -> str:
+        return _with_scope(report, _scope_line(report, source=redact_url(url) if url is not None else None))
+
+    return Output("", _watch.watch(read, render, out=out or sys.stdout, frames=frames))
+
+
+def _read_remote(
+    url: str, *, token: str | None, service: str | None, history: bool = False
+) -> tuple[dict[str, Any], HealthReport] | Output:
+    # The server's JSON and its report (narrowed to ``service``), or the Output that says why there is none.
     import httpx  # imported here: the other commands, and importing this module, need no HTTP client
 
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        answer = httpx.get(url, headers=headers, timeout=REMOTE_TIMEOUT, follow_redirects=True)
+        params = {"history": "1"} if history else None
+        answer = httpx.get(url, headers=headers, params=params, timeout=REMOTE_TIMEOUT, follow_redirects=True)
         data = answer.json()
     except (httpx.HTTPError, ValueError) as error:
         return _error(f"could not read {redact_url(url)}: {type(error).__name__}: {error}")
@@ -106,15 +156,7 @@ def remote_status(url: str, *, token: str | None = None, service: str | None = N
             return _error(f"the server has no service {service!r}")
         alone = build_report([report.services[service]])  # the same status rules, for this service alone
         report = dataclasses.replace(report, status=alone.status, services=alone.services)
-    if as_json:
-        # The server's own JSON, narrowed to what was asked: nothing it reports is lost in a round trip.
-        shown = {
-            **data,
-            "status": report.status,
-            "services": {name: data["services"][name] for name in report.services},
-        }
-        return Output(json.dumps(shown, indent=2), status_exit_code(report))
-    return Output(_with_scope(report, _scope_line(report, source=redact_url(url))), status_exit_code(report))
+    return data, report
 
 
 def probe(registry: Registry, *, service: str | None = None, as_json: bool = False) -> Output:
@@ -238,6 +280,8 @@ def _service(name: str, data: dict[str, Any]) -> ServiceHealth:
         bulkhead=BulkheadSnapshot(**data["bulkhead"]) if "bulkhead" in data else None,
         rate_limit=RateLimitSnapshot(**data["rate_limit"]) if "rate_limit" in data else None,
         paused_for=data.get("paused_for"),
+        cache=data.get("cache"),
+        history=HistorySnapshot.from_dict(data["history"]) if data.get("history") else None,
     )
 
 

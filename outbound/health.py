@@ -27,6 +27,8 @@ __all__ = [
     "BulkheadSnapshot",
     "CallCounts",
     "HealthReport",
+    "HistoryMark",
+    "HistorySnapshot",
     "LastError",
     "LatencySnapshot",
     "PoolSnapshot",
@@ -258,6 +260,88 @@ class PoolSnapshot:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryMark:
+    """Something that happened on a service's time axis: a breaker transition (``kind`` ``"breaker"``, ``state`` the
+    state it went to) or a pause the upstream asked for (``kind`` ``"pause"``, ``until`` its end)."""
+
+    at: datetime
+    kind: Literal["breaker", "pause"]
+    state: str = ""
+    text: str = ""
+    until: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        mark: dict[str, Any] = {"at": self.at.isoformat(), "kind": self.kind}
+        if self.kind == "breaker":
+            mark["state"], mark["text"] = self.state, self.text
+        if self.until is not None:
+            mark["until"] = self.until.isoformat()
+        return mark
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HistoryMark:
+        """``as_dict()`` read back; ``KeyError``, ``TypeError`` or ``ValueError`` when it is not one."""
+        kind = data["kind"]
+        if kind not in ("breaker", "pause"):
+            raise ValueError(f"unknown mark kind {kind!r}")
+        until = data.get("until")
+        return cls(
+            at=datetime.fromisoformat(data["at"]),
+            kind=kind,
+            state=str(data.get("state", "")),
+            text=str(data.get("text", "")),
+            until=datetime.fromisoformat(until) if until else None,
+        )
+
+
+# The series of a history, each one value per bucket, oldest first.
+_HISTORY_SERIES: tuple[str, ...] = ("calls", "errors", "refused", "retries", "p50_ms", "p95_ms", "p99_ms")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistorySnapshot:
+    """A service's recent history: one value per ``interval`` seconds in each series, oldest first, the last bucket
+    the one still counting (it ends at ``end``); and the marks of the same window.
+
+    ``calls`` are the calls that finished (as ``RecentCalls`` counts them), ``errors`` those of them that ended in an
+    error, ``refused`` the calls and retries refused before sending, ``retries`` the retries scheduled; ``p50_ms``,
+    ``p95_ms`` and ``p99_ms`` the latency percentiles of the bucket's calls (``None`` without calls).
+    """
+
+    interval: float
+    end: datetime
+    calls: tuple[int, ...]
+    errors: tuple[int, ...]
+    refused: tuple[int, ...]
+    retries: tuple[int, ...]
+    p50_ms: tuple[float | None, ...]
+    p95_ms: tuple[float | None, ...]
+    p99_ms: tuple[float | None, ...]
+    marks: tuple[HistoryMark, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        history: dict[str, Any] = {"interval": self.interval, "end": self.end.isoformat()}
+        for name in _HISTORY_SERIES:
+            history[name] = getattr(self, name)  # a tuple: JSON writes it as the array it is, without a copy
+        history["marks"] = [mark.as_dict() for mark in self.marks]
+        return history
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HistorySnapshot:
+        """``as_dict()`` read back (``outbound status --watch --url``); ``KeyError``, ``TypeError`` or
+        ``ValueError`` when it is not one."""
+        series = {name: tuple(data[name]) for name in _HISTORY_SERIES}
+        if len({len(values) for values in series.values()}) != 1:
+            raise ValueError("the series of a history differ in length")
+        return cls(
+            interval=float(data["interval"]),
+            end=datetime.fromisoformat(data["end"]),
+            marks=tuple(HistoryMark.from_dict(mark) for mark in data.get("marks", ())),
+            **series,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceHealth:
     """One service's part of the report."""
 
@@ -274,6 +358,10 @@ class ServiceHealth:
     rate_limit: RateLimitSnapshot | None = None
     paused_for: float | None = None
     """Seconds left of a pause the upstream asked for (a 429 or 503 with ``Retry-After``); ``None``: not paused."""
+    cache: Mapping[str, Any] | None = None
+    """The cache's storage and counts (hits, misses, stale, ...) when the service has a cache or a fallback."""
+    history: HistorySnapshot | None = None
+    """The service's recent history, when ``health.history`` keeps one and the report was asked for it."""
 
     def as_dict(self) -> dict[str, Any]:
         health: dict[str, Any] = {
@@ -291,8 +379,12 @@ class ServiceHealth:
             health["rate_limit"] = self.rate_limit.as_dict()
         if self.paused_for is not None:
             health["paused_for"] = round(self.paused_for, 3)
+        if self.cache is not None:
+            health["cache"] = dict(self.cache)
         health["stats"] = self.stats.as_dict()
         health["last_error"] = self.last_error.as_dict() if self.last_error else None
+        if self.history is not None:
+            health["history"] = self.history.as_dict()
         return health
 
 

@@ -29,7 +29,7 @@ class Reporting(Protocol):
     @property
     def health_config(self) -> HealthConfig: ...
 
-    def report(self, *, service: str | None = None) -> HealthReport: ...
+    def report(self, *, service: str | None = None, history: bool = False) -> HealthReport: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,7 @@ def respond(
     sign_in: str | None = None,
     accept: str | None = None,
     format: str | None = None,
+    history: str | None = None,
 ) -> HealthResponse:
     """Answer an HTTP request for ``/health/outbound``: the JSON report, or the status page for a browser; HTTP 503
     only when the report is ``down``.
@@ -100,14 +101,21 @@ def respond(
             it prefers ``text/html`` to ``application/json``, as a browser's does; without it, with ``*/*`` and
             everything else the JSON, byte for byte what it was before the page existed. Both say ``Vary: Accept``.
         format: the ``format`` query parameter: ``"json"`` or ``"html"`` overrides ``accept``.
+        history: the ``history`` query parameter: ``"1"`` (or ``"true"``) adds each service's recent history to the
+            JSON, when ``health.history`` keeps one; off by default, so that probes stay small. The page always
+            shows the history it has (as sparklines).
     """
     config = registry.health_config
     details = show_details(config, authorization=authorization)
     if not details and config.show_details == "when_authorized" and authorized is not None:
         details = _ask(authorized)
-    report = registry.report()
+    html = _page.wants_html(accept, format=format)
+    asked = (history or "").strip().lower() in ("1", "true", "yes")
+    # Asked of the registry only when it can be there: a Reporting written before histories takes no such argument.
+    wanted = details and config.history is not None and (html or asked)
+    report = registry.report(history=True) if wanted else registry.report()
     data = report.as_dict(details=details)
-    if _page.wants_html(accept, format=format):
+    if html:
         # The ways to the details that can work here: none under "never" (nor under "always", where none is needed).
         asks = config.show_details == "when_authorized"
         page = _page.render_page(

@@ -8,7 +8,10 @@ The plugin is registered through the ``pytest11`` entry point and does nothing u
 - the ini option ``outbound_reset = true`` does that reset before every test, without naming the fixture;
 - the ``outbound_no_waits`` fixture (or ``outbound_no_waits = true`` for every test) makes every retry backoff and
   ``Retry-After`` wait zero, so a test of the retry path takes milliseconds; the decisions (what is retried, how
-  often, the budget) are unchanged. Outside pytest, ``set_waits(False)`` / ``no_waits()`` do the same.
+  often, the budget) are unchanged. Outside pytest, ``set_waits(False)`` / ``no_waits()`` do the same;
+- the ``outbound_no_cache`` fixture (or ``outbound_no_cache = true``) turns every service's ``cache`` off: every
+  call goes to the upstream (or the mock) and nothing is stored; a ``fallback`` still answers. Outside pytest,
+  ``set_cache(False)`` / ``no_cache()``. ``registry.reset(name)`` also empties a service's cache.
 
 A test that needs another registry than the one found here overrides ``outbound_registry`` in its conftest.py.
 """
@@ -22,9 +25,10 @@ from typing import Any
 import pytest
 
 from . import _retry
+from ._cache import _switch
 from ._registry import Registry
 
-__all__ = ["active_registry", "no_waits", "set_waits"]
+__all__ = ["active_registry", "no_cache", "no_waits", "set_cache", "set_waits"]
 
 
 def set_waits(enabled: bool) -> None:
@@ -41,6 +45,22 @@ def no_waits() -> Iterator[None]:
         yield
     finally:
         _retry.WAITS.enabled = before
+
+
+def set_cache(enabled: bool) -> None:
+    """Turn every service's cache on or off for the whole process (off: calls go upstream, nothing is stored)."""
+    _switch.CACHING.enabled = enabled
+
+
+@contextlib.contextmanager
+def no_cache() -> Iterator[None]:
+    """No service's cache answers or stores inside the ``with`` block; the previous setting comes back after it."""
+    before = _switch.CACHING.enabled
+    _switch.CACHING.enabled = False
+    try:
+        yield
+    finally:
+        _switch.CACHING.enabled = before
 
 
 def active_registry(request: pytest.FixtureRequest | None = None) -> Registry | None:
@@ -83,6 +103,7 @@ def _django_registry() -> Registry | None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("outbound_reset", "reset the active outbound registry before every test", type="bool", default=False)
     parser.addini("outbound_no_waits", "make every outbound retry wait zero seconds", type="bool", default=False)
+    parser.addini("outbound_no_cache", "turn every outbound service's cache off", type="bool", default=False)
 
 
 @pytest.fixture
@@ -106,6 +127,13 @@ def outbound_no_waits() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def outbound_no_cache() -> Iterator[None]:
+    """Every service's cache is off during the test."""
+    with no_cache():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _outbound_ini_options(request: pytest.FixtureRequest) -> Iterator[None]:
     # Inert unless the ini options ask for something: one config lookup per test.
@@ -113,8 +141,9 @@ def _outbound_ini_options(request: pytest.FixtureRequest) -> Iterator[None]:
         registry = active_registry(request)
         if registry is not None:
             registry.reset()
-    if request.config.getini("outbound_no_waits"):
-        with no_waits():
-            yield
-    else:
+    with contextlib.ExitStack() as stack:
+        if request.config.getini("outbound_no_waits"):
+            stack.enter_context(no_waits())
+        if request.config.getini("outbound_no_cache"):
+            stack.enter_context(no_cache())
         yield

@@ -46,6 +46,7 @@ def health(request: HttpRequest) -> HttpResponse:
         sign_in="sign in to this site as a staff user" if hasattr(request, "user") else None,
         accept=request.headers.get("Accept"),
         format=request.GET.get("format"),
+        history=request.GET.get("history"),
     )
     return _answered(HttpResponse(answer.body, status=answer.status, headers=answer.headers))
 

@@ -36,17 +36,22 @@ def outbound_cli() -> None:
 @click.option("--service", metavar="NAME", help="Only this service (its own status decides the exit code).")
 @click.option("--url", help="Read a running server's /health/outbound at this URL instead of the app's registry.")
 @click.option("--token", help="The health.token to send with --url, for the full report.")
-def status_command(as_json: bool, service: str | None, url: str | None, token: str | None) -> None:
+@click.option("--watch", is_flag=True, help="Redraw every second, with a sparkline per service; Ctrl-C quits.")
+def status_command(as_json: bool, service: str | None, url: str | None, token: str | None, watch: bool) -> None:
     """Show each service's breaker, pool and counters: the fleet's with a shared state backend, else this new
     process's own (use --url to read a running server).
 
     Exits 0 when ok or degraded, 1 when down, 2 on a configuration error.
     """
+    if url and watch:
+        _finish(core_cli.watch_status(None, url=url, token=token, service=service))
     if url:
         _finish(core_cli.remote_status(url, token=token, service=service, as_json=as_json))
     registry = _load_registry()
     if service is not None:
         _check_service(registry, service)
+    if watch:
+        _finish(core_cli.watch_status(registry, service=service))
     _finish(core_cli.status(registry, service=service, as_json=as_json))
 
 

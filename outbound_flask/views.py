@@ -40,6 +40,7 @@ def create_blueprint(*, path: str, authorize: Authorize | None = None) -> Bluepr
             sign_in="sign in as this app requires (its authorize check decides)",
             accept=request.headers.get("Accept"),
             format=request.args.get("format"),
+            history=request.args.get("history"),
         )
         # The core's bytes as they are: Flask's JSON provider would sort the keys, and Django's view would not.
         return Response(answer.body, status=answer.status, headers=dict(answer.headers))

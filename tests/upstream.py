@@ -32,6 +32,7 @@ Behaviour by the path's last segment(s), so ``/v1/echo`` echoes too (any other p
                                  relative; default /ok) and, if given, ``Set-Cookie: <set_cookie>; Path=/``
     /redirect-bad-gzip?to=/ok    302 to `to` whose body says Content-Encoding: gzip but is not gzip
     /cookies                     JSON: {"cookie": the Cookie request header or null}
+    /etag?tag=v1                 200 "etag body" with ETag "v1" and max-age=1; 304 (max-age=60) to If-None-Match "v1"
     /raw?status=503&headers=HEX  that status with the header lines HEX decodes to, byte for byte (lines separated by
                                  CRLF; no other CR or LF allowed): any bytes a hostile upstream could put in a header
 
@@ -345,6 +346,11 @@ class Upstream:
             return _send(conn, 302, b"not gzip at all", {"Location": location, "Content-Encoding": "gzip"})
         if route == "/raw":
             return _send_raw(conn, int(query.get("status", "200")), bytes.fromhex(query.get("headers", "")))
+        if route == "/etag":
+            tag = '"' + query.get("tag", "v1") + '"'
+            if headers.get("if-none-match") == tag:
+                return _send(conn, 304, b"", {"ETag": tag, "Cache-Control": "max-age=60"})
+            return _send(conn, 200, b"etag body", {"ETag": tag, "Cache-Control": "max-age=1"})
         if route == "/cookies":
             payload = {"cookie": headers.get("cookie")}
             return _send(conn, 200, json.dumps(payload).encode(), {"Content-Type": "application/json"})

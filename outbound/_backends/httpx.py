@@ -691,6 +691,17 @@ class _ManagedRedirects:
         return redirect
 
 
+def _cached(policy: Policy, top: Any, mounts: dict[str, Any], flavour: int) -> tuple[Any, dict[str, Any]]:
+    # A service with a cache or a fallback: its layer goes on top of every managed transport (``_cache/_httpx.py``).
+    if policy.cache is None:
+        return top, mounts
+    from .._cache._httpx import transport_classes
+
+    layer = transport_classes(httpx)[flavour]
+    wrapped = {pattern: None if mount is None else layer(policy.cache, mount) for pattern, mount in mounts.items()}
+    return layer(policy.cache, top), wrapped
+
+
 class ServiceClient(_ManagedRedirects, httpx.Client):
     """An ``httpx.Client`` bound to one service (``base_url``, headers, timeouts); calls run the policy.
 
@@ -708,10 +719,11 @@ class ServiceClient(_ManagedRedirects, httpx.Client):
         self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
         mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
-        super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
+        top, mounts = _cached(policy, self.outbound_transport, mounts, 0)
+        super().__init__(transport=top, mounts=mounts, **client_options(config))
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        if self._policy.breaker.state != CLOSED:
+        if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
             _reject_before_building(self, method, url, kwargs)
         return super().request(method, url, **kwargs)
 
@@ -765,10 +777,11 @@ class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
         self.outbound_transport = self.transport_class(policy, proxy=config.proxy, inner=transport)
         mounts = _proxy_mounts(policy, transport, self.transport_class)
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
-        super().__init__(transport=self.outbound_transport, mounts=mounts, **client_options(config))
+        top, mounts = _cached(policy, self.outbound_transport, mounts, 1)
+        super().__init__(transport=top, mounts=mounts, **client_options(config))
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        if self._policy.breaker.state != CLOSED:
+        if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
             _reject_before_building(self, method, url, kwargs)
         return await super().request(method, url, **kwargs)
 

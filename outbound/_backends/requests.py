@@ -15,7 +15,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -615,6 +615,11 @@ def _captures_http(prefix: str) -> bool:
     return any(scheme.startswith(lowered) or lowered.startswith(scheme) for scheme in ("http://", "https://"))
 
 
+def _plain(kwargs: dict[str, Any]) -> bool:
+    # What session.get(url) and session.head(url) pass and nothing else: such a call's prepared request is known.
+    return kwargs.get("params") is None and kwargs.keys() <= {"params", "allow_redirects"}
+
+
 class ServiceSession(requests.Session):
     """A ``requests.Session`` bound to one service: relative URLs join ``base_url``; calls run the policy.
 
@@ -647,7 +652,16 @@ class ServiceSession(requests.Session):
             self.proxies = {"http": config.proxy, "https": config.proxy}
         # Headers that never cross to another origin on a redirect (see rebuild_auth).
         self._credential_headers = CREDENTIAL_HEADERS | config.sensitive_headers
-        self.adapter = self.adapter_class(policy)
+        # A fresh cache hit of a plain get(url), answered before requests prepares anything (_cache/_requests.py).
+        self._cache_hit: Callable[[str | bytes, str | bytes], requests.Response | None] | None = None
+        if policy.cache is None:
+            self.adapter = self.adapter_class(policy)
+        else:
+            from .._cache._requests import cached_adapter_class, fast_hit  # only for a service with a cache/fallback
+
+            self.adapter = cached_adapter_class(self.adapter_class)(policy, policy.cache)
+            if policy.cache.storage is not None and config.egress is None:  # egress checks every Session.send
+                self._cache_hit = fast_hit(self, policy.cache)
         self._egress = self.adapter.egress
         if config.egress is not None:
             self.max_redirects = config.egress.max_redirects
@@ -683,9 +697,13 @@ class ServiceSession(requests.Session):
         retries=True)`` vouches that the POST is safe to repeat."""
         if self._closed:
             raise RegistryClosedError(f"the outbound registry was closed; session {self.service_name!r} is unusable")
+        if self._cache_hit is not None and not args and retries is None and _plain(kwargs):
+            answer = self._cache_hit(method, url)
+            if answer is not None:
+                return answer
         # Fail an open breaker before requests prepares anything: the gate is then a few microseconds. (The state
         # is read first so the common path builds nothing.)
-        if self._policy.breaker.state != CLOSED:
+        if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
             rejection = self._policy.early_rejection(method if isinstance(method, str) else method.decode())
             if rejection is not None:
                 attributes: dict[str, object] = {"request": None, "response": None}

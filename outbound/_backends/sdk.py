@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import _sdk
+from .. import _expect, _sdk
 from .._call import Call
 from .._config import SdkConfig
 from .._hedge import Hedge
@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # type-checked against httpx: httpx2 has the same API
     import httpx
 
     from .httpx import (
+        RETRIES,
         AsyncOutboundTransport,
         InnerTransport,
         OutboundTransport,
@@ -35,25 +36,42 @@ else:
     AsyncOutboundTransport = _base.AsyncOutboundTransport
     ServiceClient = _base.ServiceClient
     ServiceAsyncClient = _base.ServiceAsyncClient
+    RETRIES = _base.RETRIES
     InnerTransport = Any
 
 
-def _cap_timeouts(request: httpx.Request, config: SdkConfig) -> None:
-    timeout = request.extensions.get("timeout")
-    if timeout:
-        request.extensions["timeout"] = {phase: _sdk.cap(value, config) for phase, value in timeout.items()}
+def _prepare(request: httpx.Request, config: SdkConfig, service: str) -> None:
+    if config.timeout_max is not None:
+        timeout = request.extensions.get("timeout")
+        if timeout:
+            request.extensions["timeout"] = {phase: _sdk.cap(value, config) for phase, value in timeout.items()}
+    scope = _expect.current(service)
+    if scope is not None and scope.retries is not None and RETRIES not in request.extensions:
+        request.extensions[RETRIES] = scope.retries
 
 
-def _finish(policy: Policy, call: Call, request: httpx.Request, response: httpx.Response) -> None:
+def _judged(expected: _sdk.Expected, service: str, request: httpx.Request, outcome: Outcome) -> Outcome:
+    scope = _expect.current(service)
+    if not expected and scope is None:
+        return outcome
+    return _sdk.judged(expected, scope, request.url.path, outcome)
+
+
+def _finish(
+    policy: Policy, expected: _sdk.Expected, call: Call, request: httpx.Request, response: httpx.Response
+) -> None:
     config = policy.config
     attempts = call.attempts
     if attempts > 1:
         sdk_retry = request.headers.get(_sdk.SDK_RETRY_HEADER)
         if sdk_retry is not None:
             _sdk.both_retried(config.name, request.method, sdk_retry, attempts)
-        final = config.sdk is not None and config.sdk.final_responses
-        if final and response.status_code in config.retry.status_forcelist:
-            response.headers.update(_sdk.DO_NOT_RETRY)
+    if config.sdk is None or not config.sdk.final_responses:
+        return
+    status = response.status_code
+    retried = attempts > 1 and status in config.retry.status_forcelist
+    if retried or _sdk.expects(expected, _expect.current(config.name), request.url.path, status):
+        response.headers.update(_sdk.DO_NOT_RETRY)
 
 
 class SdkOutboundTransport(OutboundTransport):
@@ -67,18 +85,15 @@ class SdkOutboundTransport(OutboundTransport):
         self._expected = _sdk.expected_paths(policy.config)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._sdk.timeout_max is not None:
-            _cap_timeouts(request, self._sdk)
+        _prepare(request, self._sdk, self._policy.config.name)
         return super().handle_request(request)
 
     def attempt(self, call: Call, request: httpx.Request) -> tuple[httpx.Response | None, Outcome]:
         response, outcome = super().attempt(call, request)
-        if self._expected:
-            outcome = _sdk.judged(self._expected, request.url.path, outcome)
-        return response, outcome
+        return response, _judged(self._expected, self._policy.config.name, request, outcome)
 
     def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        _finish(self._policy, call, request, response)
+        _finish(self._policy, self._expected, call, request, response)
         return super().deliver(call, request, response)
 
 
@@ -93,20 +108,17 @@ class SdkAsyncOutboundTransport(AsyncOutboundTransport):
         self._expected = _sdk.expected_paths(policy.config)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._sdk.timeout_max is not None:
-            _cap_timeouts(request, self._sdk)
+        _prepare(request, self._sdk, self._policy.config.name)
         return await super().handle_async_request(request)
 
     async def attempt(
         self, call: Call, request: httpx.Request, hedge: Hedge | None = None
     ) -> tuple[httpx.Response | None, Outcome]:
         response, outcome = await super().attempt(call, request, hedge)
-        if self._expected:
-            outcome = _sdk.judged(self._expected, request.url.path, outcome)
-        return response, outcome
+        return response, _judged(self._expected, self._policy.config.name, request, outcome)
 
     def deliver(self, call: Call, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        _finish(self._policy, call, request, response)
+        _finish(self._policy, self._expected, call, request, response)
         return super().deliver(call, request, response)
 
 
@@ -136,23 +148,28 @@ class SdkServiceClient(ServiceClient):
 
     def __init__(self, policy: Policy, *, transport: InnerTransport | None = None) -> None:
         super().__init__(policy, transport=transport)
+        self._policy_config = policy.config
         sdk = policy.config.sdk
         assert sdk is not None
-        self._answers = sdk.answer_refusals
+        self._sdk_config = sdk
+
+    def _answers(self, error: Exception) -> bool:
+        config = self._policy_config
+        return _sdk.answers(error, self._sdk_config, _sdk.retries_of(config, _expect.current(config.name)))
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         try:
             return super().request(method, url, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not self._answers(error):
                 raise
             return _answer(error, self.service_name, _request_of(error))
 
     def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         try:
             return super().send(request, stream=stream, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not self._answers(error):
                 raise
             return _answer(error, self.service_name, request)
 
@@ -164,22 +181,27 @@ class SdkServiceAsyncClient(ServiceAsyncClient):
 
     def __init__(self, policy: Policy, *, loop: object, transport: InnerTransport | None = None) -> None:
         super().__init__(policy, loop=loop, transport=transport)
+        self._policy_config = policy.config
         sdk = policy.config.sdk
         assert sdk is not None
-        self._answers = sdk.answer_refusals
+        self._sdk_config = sdk
+
+    def _answers(self, error: Exception) -> bool:
+        config = self._policy_config
+        return _sdk.answers(error, self._sdk_config, _sdk.retries_of(config, _expect.current(config.name)))
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         try:
             return await super().request(method, url, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not self._answers(error):
                 raise
             return _answer(error, self.service_name, _request_of(error))
 
     async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         try:
             return await super().send(request, stream=stream, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            if not self._answers(error):
                 raise
             return _answer(error, self.service_name, request)

@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from .. import _sdk
+from .. import _expect, _sdk
 from .._call import Call
 from .._config import SdkConfig
 from .._outcome import Outcome
 from .._policy import Policy
-from .requests import OutboundAdapter, ServiceSession
+from .requests import OutboundAdapter, ServiceSession, _retries, _retries_for
 
 
 def _capped(timeout: Any, config: SdkConfig) -> Any:
@@ -51,20 +51,33 @@ class SdkAdapter(OutboundAdapter):
     ) -> requests.Response:
         if self._sdk.timeout_max is not None:
             timeout = _capped(timeout, self._sdk)
-        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+        scope = _expect.current(self._config.name)
+        token = None
+        if scope is not None and scope.retries is not None and _retries_for(self) is None:
+            token = _retries.set((self, scope.retries))  # as a caller's retries= (the adapter reads it)
+        try:
+            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+        finally:
+            if token is not None:
+                _retries.reset(token)
 
     def attempt(self, call: Call, send: Any) -> tuple[requests.Response | None, Outcome]:
         response, outcome = super().attempt(call, send)
-        if self._expected:
-            outcome = _sdk.judged(self._expected, urlsplit(send.request.url or "").path, outcome)
+        scope = _expect.current(self._config.name)
+        if self._expected or scope is not None:
+            outcome = _sdk.judged(self._expected, scope, urlsplit(send.request.url or "").path, outcome)
         return response, outcome
 
     def deliver(self, call: Call, send: Any, response: requests.Response) -> requests.Response:
         attempts = call.attempts
+        request: requests.PreparedRequest = send.request
         if attempts > 1:
-            request: requests.PreparedRequest = send.request
             _sdk.both_retried(self._config.name, call.method, request.headers.get(_sdk.SDK_RETRY_HEADER), attempts)
-            if self._sdk.final_responses and response.status_code in self._config.retry.status_forcelist:
+        if self._sdk.final_responses:
+            status = response.status_code
+            retried = attempts > 1 and status in self._config.retry.status_forcelist
+            scope = _expect.current(self._config.name)
+            if retried or _sdk.expects(self._expected, scope, urlsplit(request.url or "").path, status):
                 response.headers.update(_sdk.DO_NOT_RETRY)
         return super().deliver(call, send, response)
 
@@ -79,13 +92,14 @@ class SdkServiceSession(ServiceSession):
         super().__init__(policy)
         sdk = policy.config.sdk
         assert sdk is not None
-        self._answers = sdk.answer_refusals
+        self._sdk_config = sdk
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         try:
             return super().request(method, url, *args, **kwargs)
-        except _sdk.ANSWERED as error:
-            if not self._answers:
+        except _sdk.ANSWERABLE as error:
+            config = self.adapter._config
+            if not _sdk.answers(error, self._sdk_config, _sdk.retries_of(config, _expect.current(config.name))):
                 raise
             return _answer(error, self.service_name, getattr(error, "request", None), self.join(url))
 

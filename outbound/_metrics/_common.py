@@ -72,6 +72,23 @@ POOL_CONNECTIONS = Family(
 POOL_WAITING = Family(
     "outbound_pool_waiting", "outbound.pool.waiting", "{call}", "Calls waiting for a free connection."
 )
+CACHE_ANSWERS = Family(
+    "outbound_cache_answers",
+    "outbound.cache.answers",
+    "{response}",
+    "What the cache of a service with one did, by result, since the process started or the service was reset.",
+)
+# The cache's counts (``_cache._layer.CacheCounts``) as the result label names them.
+CACHE_RESULTS = {
+    "hits": "hit",
+    "misses": "miss",
+    "stale": "stale",
+    "stale_while_revalidate": "stale_while_revalidate",
+    "revalidations": "revalidation",
+    "stored": "stored",
+    "fallbacks": "fallback",
+    "storage_errors": "storage_error",
+}
 
 # OpenTelemetry's boundaries for http.client.request.duration (seconds), so outbound's histogram lines up with the
 # instrumentations' per-attempt one.

@@ -58,3 +58,16 @@ class LiveRegistries:
         """The health statuses of the live services called ``name``, as this process's report gives them (without a
         fleet's numbers: a gauge never waits for Redis)."""
         return {service.health().status for service in self.services() if service.name == name}
+
+    def cache_counts(self, name: str) -> dict[str, int] | None:
+        """The cache counts of the live services called ``name`` summed, or ``None`` when none has a cache."""
+        total: dict[str, int] | None = None
+        for service in self.services():
+            layer = service.policy.cache if service.name == name else None
+            if layer is not None:
+                counts = layer.snapshot()
+                total = total or {}
+                for key, value in counts.items():
+                    if isinstance(value, int):
+                        total[key] = total.get(key, 0) + value
+        return total

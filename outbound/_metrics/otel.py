@@ -38,7 +38,7 @@ from .._lifecycle import Daemon, hold_across_fork, on_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
-from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label
+from ._common import CACHE_RESULTS, DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -247,6 +247,7 @@ class OtelInstruments:
             (meter.create_observable_gauge, families.SERVICE_STATUS, self._service_statuses),
             (meter.create_observable_up_down_counter, families.POOL_CONNECTIONS, self._pool_connections),
             (meter.create_observable_up_down_counter, families.POOL_WAITING, self._pool_waiting),
+            (meter.create_observable_counter, families.CACHE_ANSWERS, self._cache_answers),
         )
         for create, family, callback in observables:
             create(family.otel, callbacks=[callback], unit=family.unit, description=family.description)
@@ -287,6 +288,13 @@ class OtelInstruments:
     def _pool_waiting(self, options: CallbackOptions) -> Iterable[Observation]:
         for name in self._names():
             yield Observation(self.live.pool(name)[2], {SERVICE: name})
+
+    def _cache_answers(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name in self._names():
+            counts = self.live.cache_counts(name)
+            if counts is not None:
+                for key, result in CACHE_RESULTS.items():
+                    yield Observation(counts.get(key, 0), {SERVICE: name, "outbound.cache.result": result})
 
 
 def _instruments() -> OtelInstruments:

@@ -28,7 +28,7 @@ from .._lifecycle import Daemon, hold_across_fork
 from .._outcome import Kind
 from ..health import STATUSES
 from . import _common as families
-from ._common import DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
+from ._common import CACHE_RESULTS, DURATION_BUCKETS, REJECTED, Family, call_outcome, method_label, status_label
 from ._live import BREAKER_STATES, LiveRegistries
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ class PrometheusMetrics:
         # livesum: connections (in_use, idle) and waiting calls of the live workers add up to the service's totals.
         self.pool_connections = gauge(families.POOL_CONNECTIONS, ("service", "state"), "livesum")
         self.pool_waiting = gauge(families.POOL_WAITING, ("service",), "livesum")
+        # livesum: the workers' caches answer calls each (a gauge: a reset of the service starts it again).
+        self.cache_answers = gauge(families.CACHE_ANSWERS, ("service", "result"), "livesum")
 
     def set_gauges(self, live: LiveRegistries, names: set[str]) -> None:
         """Write the current pool numbers and breaker states of the services called ``names`` (multiprocess mode)."""
@@ -86,6 +88,10 @@ class PrometheusMetrics:
             statuses = live.statuses(name)
             for status in STATUSES:
                 self.service_status.labels(name, status).set(1 if status in statuses else 0)
+            cache = live.cache_counts(name)
+            if cache is not None:
+                for key, result in CACHE_RESULTS.items():
+                    self.cache_answers.labels(name, result).set(cache.get(key, 0))
 
     def read_gauges_when_scraped(self, live: LiveRegistries, name: str) -> None:
         """Make the gauges of service ``name`` read ``live`` at every scrape (single-process mode)."""
@@ -96,10 +102,17 @@ class PrometheusMetrics:
             self.circuit_state.labels(name, state).set_function(_state_reader(live, name, state))
         for status in STATUSES:
             self.service_status.labels(name, status).set_function(_status_reader(live, name, status))
+        if live.cache_counts(name) is not None:
+            for key, result in CACHE_RESULTS.items():
+                self.cache_answers.labels(name, result).set_function(_cache_reader(live, name, key))
 
 
 def _pool_reader(live: LiveRegistries, name: str, index: int) -> Callable[[], float]:
     return lambda: float(live.pool(name)[index])
+
+
+def _cache_reader(live: LiveRegistries, name: str, key: str) -> Callable[[], float]:
+    return lambda: float((live.cache_counts(name) or {}).get(key, 0))
 
 
 def _state_reader(live: LiveRegistries, name: str, state: str) -> Callable[[], float]:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from .._config import ServiceConfig, StateConfig
-from ..health import LastError, StateBackendHealth, StatsSnapshot
+from ..health import HistorySnapshot, LastError, StateBackendHealth, StatsSnapshot
 
 if TYPE_CHECKING:
     from .._service import Service
@@ -83,6 +83,7 @@ class FleetService:
     breaker: FleetBreaker
     stats: StatsSnapshot
     last_error: LastError | None
+    history: HistorySnapshot | None = None  # merged from every live process's, when health.history keeps one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,12 +15,15 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._breaker import CLOSED, ISOLATED, OPEN
 from .._parse import INVALID, LAST_MS, MAX_COUNT, MAX_NAME, bad, digits, error, json_value, seconds, text, whole
 from .._stats import StatsRecord
 from ..health import LastError
+
+if TYPE_CHECKING:
+    from .._history import HistoryRecord
 
 _WORKER = re.compile(r"\S{1,180}:\d{1,10}:[0-9a-f]{6}")  # host:pid:random, as RedisState names itself
 _STATES = frozenset({OPEN, ISOLATED, CLOSED})
@@ -65,6 +68,7 @@ class PublishedStats(NamedTuple):
 
     record: StatsRecord
     epoch: int
+    history: HistoryRecord | None = None  # its buckets, when health.history keeps one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,8 +128,16 @@ def read_breaker(flat: Any, where: str, complain: Complaints) -> BreakerRecord |
         return None
 
 
-def read_stats(raw: Any, services: Mapping[str, object], complain: Complaints) -> dict[str, PublishedStats]:
-    """A worker's stats record: the valid entries of the ``services`` it names (a bad entry alone is skipped)."""
+def read_stats(
+    raw: Any,
+    services: Mapping[str, object],
+    complain: Complaints,
+    histories: Mapping[str, tuple[float, int]] | None = None,
+) -> dict[str, PublishedStats]:
+    """A worker's stats record: the valid entries of the ``services`` it names (a bad entry alone is skipped).
+
+    ``histories`` gives the ``(interval, buckets)`` of the services that keep a history: their entries' histories
+    are read too, and a bad one is skipped alone (the entry's stats are kept)."""
     if not raw:
         return {}
     try:
@@ -146,7 +158,21 @@ def read_stats(raw: Any, services: Mapping[str, object], complain: Complaints) -
             entries[name] = PublishedStats(StatsRecord.from_dict(entry), millis(entry.get("epoch", 0)))
         except INVALID as problem:
             complain(f"a worker's stats of {name!r}", str(problem))
+            continue
+        shape = (histories or {}).get(name)
+        if shape is not None and entry.get("history") is not None:
+            entries[name] = entries[name]._replace(history=_history(entry["history"], name, shape, complain))
     return entries
+
+
+def _history(raw: Any, name: str, shape: tuple[float, int], complain: Complaints) -> HistoryRecord | None:
+    from .._history import HistoryRecord
+
+    try:
+        return HistoryRecord.from_dict(raw, interval=shape[0], size=shape[1])
+    except INVALID as problem:
+        complain(f"a worker's history of {name!r}", str(problem))
+        return None
 
 
 def millis(value: Any) -> int:

@@ -77,7 +77,7 @@ from .._config import ServiceConfig, StateConfig
 from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
-from ..health import LastError, StateBackendHealth
+from ..health import HistorySnapshot, LastError, StateBackendHealth
 from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink
 from ._records import (
     BreakerRecord,
@@ -543,7 +543,7 @@ class RedisState:
             worker = read_worker(raw_worker, complain)
             if worker is not None and worker != self.worker:
                 workers.add(worker)
-                published.append(read_stats(raw, self._services, complain))
+                published.append(read_stats(raw, self._services, complain, self._histories))
         published.append(self._local_stats())  # this process's own, fresher than what it last published
         services = {
             name: self._fleet_service(
@@ -588,7 +588,23 @@ class RedisState:
         breaker = FleetBreaker(
             state=state, failures=failures, retry_in=retry_in, opened_at=opened_at, opened_by=opened_by
         )
-        return FleetService(breaker=breaker, stats=merged.snapshot(), last_error=merged.last_error)
+        return FleetService(
+            breaker=breaker,
+            stats=merged.snapshot(),
+            last_error=merged.last_error,
+            history=self._history(name, published),
+        )
+
+    def _history(self, name: str, published: list[dict[str, PublishedStats]]) -> HistorySnapshot | None:
+        # Every live process's buckets, summed by number: history survives a reset (it is what happened), so no
+        # epoch is asked of it.
+        shape = self._histories.get(name)
+        if shape is None:
+            return None
+        from .._history import HistoryRecord
+
+        records = [entry.history for worker in published if (entry := worker.get(name)) and entry.history is not None]
+        return HistoryRecord.merge(records, interval=shape[0]).snapshot(size=shape[1], now=time.time())
 
     # -- the fleet threads -------------------------------------------------------------------------------------------
 
@@ -927,11 +943,27 @@ class RedisState:
         stats: dict[str, PublishedStats] = {}
         for name, service in self._services.items():
             epoch = self._epochs.get(name, 0)  # read before the stats: a reset clears them before it moves the epoch
-            stats[name] = PublishedStats(service.policy.stats.export(), epoch)
+            history = service.history.export() if service.history is not None else None
+            stats[name] = PublishedStats(service.policy.stats.export(), epoch, history)
         return stats
 
     def _published_stats(self) -> dict[str, Any]:
-        return {name: {**entry.record.as_dict(), "epoch": entry.epoch} for name, entry in self._local_stats().items()}
+        published: dict[str, Any] = {}
+        for name, entry in self._local_stats().items():
+            published[name] = {**entry.record.as_dict(), "epoch": entry.epoch}
+            if entry.history is not None:
+                # Its share of a record's bytes: a long history is cut (oldest buckets first), never the stats.
+                published[name]["history"] = entry.history.as_dict(budget=MAX_RECORD_BYTES // (2 * len(self._services)))
+        return published
+
+    @property
+    def _histories(self) -> dict[str, tuple[float, int]]:
+        # The (interval, buckets) of the services that keep a history: what their published histories must match.
+        return {
+            name: (service.history.interval, service.history.size)
+            for name, service in self._services.items()
+            if service.history is not None
+        }
 
     def _remember(self, service: str, reason: str, *, reset: bool = False) -> None:
         with self._alone_lock:

@@ -323,8 +323,20 @@ def test_both_exporters_describe_each_metric_alike(
         "outbound.service.status": "outbound_service_status",
         "outbound.pool.connections": "outbound_pool_connections",
         "outbound.pool.waiting": "outbound_pool_waiting",
+        "outbound.cache.answers": "outbound_cache_answers",
     }
     reported = [otel_name for otel_name in pairs if otel_name in otel]  # the SDK reports what has data points
     assert {"outbound.requests", "outbound.request.duration", "outbound.circuit.state"} <= set(reported)
     for otel_name in reported:
         assert otel[otel_name] == prometheus[pairs[otel_name]], otel_name
+
+
+def test_cache_answers_by_result(upstream: Upstream, reader: InMemoryMetricReader, build: Any) -> None:
+    name = unique("cache")
+    registry = build({name: {"base_url": upstream.url, "cache": {"ttl": 60}}})
+    for _ in range(3):
+        registry.session(name).get("catalogue")
+    points = point_values(reader, "outbound.cache.answers", name)
+    assert points[attrs(outbound__cache__result="hit")] == 2
+    assert points[attrs(outbound__cache__result="miss")] == 1
+    assert metrics_by_name(reader)["outbound.cache.answers"].data.is_monotonic

@@ -88,6 +88,7 @@ def test_families_names_types_and_labels() -> None:
         "outbound_service_status": "gauge",
         "outbound_pool_connections": "gauge",
         "outbound_pool_waiting": "gauge",
+        "outbound_cache_answers": "gauge",
     }
     metrics = PrometheusMetrics(CollectorRegistry())
     assert metrics.requests._labelnames == ("service", "method", "status", "outcome")
@@ -343,3 +344,16 @@ def test_refresher_writes_the_gauges_and_stops_when_the_registry_closes(
     finally:
         registry.close()
         refresher.stop(timeout=5)
+
+
+def test_cache_answers_by_result(upstream: Upstream, build: Build) -> None:
+    name = unique("cache")
+    registry = build({name: {"base_url": upstream.url, "cache": {"ttl": 60}}})
+    plain = unique("plain")
+    build({plain: {"base_url": upstream.url}}).session(plain).get("ok")
+    for _ in range(3):
+        registry.session(name).get("catalogue")
+    assert value("outbound_cache_answers", service=name, result="hit") == 2
+    assert value("outbound_cache_answers", service=name, result="miss") == 1
+    assert value("outbound_cache_answers", service=name, result="stored") == 1
+    assert REGISTRY.get_sample_value("outbound_cache_answers", {"service": plain, "result": "hit"}) is None

@@ -77,11 +77,14 @@ def test_a_capability_configured_off_builds_what_its_absence_builds(case: StageC
 ON = (
     StageCase(key="bulkhead", name="a bulkhead", off={"bulkhead": {"max_in_flight": 5}}),
     StageCase(key="hedge", name="hedging", off={"hedge": {"delay": "p95"}}),
+    StageCase(key="cache", name="a cache", off={"cache": {"ttl": 1}}),
+    StageCase(key="fallback", name="a fallback", off={"fallback": {"status": 200}}),
     StageCase(key="prometheus", name="Prometheus metrics", off={}, top={"metrics": {"prometheus": True}}),
     StageCase(key="sdk", name="the SDK layer", off={"sdk": {}}),
     StageCase(key="concurrency", name="the adaptive concurrency limit", off={"concurrency": {}}),
     StageCase(key="throttle", name="client-side throttling", off={"throttle": {}}),
     StageCase(key="tokens", name="retry tokens", off={"retry": {"tokens": {}}}),
+    StageCase(key="history", name="a service history", off={}, top={"health": {"history": True}}),
 )
 
 

@@ -39,6 +39,9 @@ class Stub:
     # A path answered with server-sent events: these chunks, ``stream_gap`` seconds apart (a token stream).
     streams: dict[str, list[bytes]] = field(default_factory=dict)
     stream_gap: float = 0.0
+    # A path that answers nothing for this many seconds (or until the stub stops), then closes: a read timeout.
+    hold: dict[str, float] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: set[socket.socket] = field(default_factory=set)
@@ -71,6 +74,10 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?")[0]
             with stub.lock:
                 stub.hits.append(Hit(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            if path in stub.hold:  # answers nothing, then closes (the client timed out long before)
+                stub.stopping.wait(stub.hold[path])
+                self.close_connection = True
+                return
             if path in stub.redirect:
                 self._send(307, {"location": stub.redirect[path]}, b"")
                 return
@@ -127,6 +134,7 @@ def serve(routes: dict[tuple[str, str], Body]) -> Iterator[Stub]:
     try:
         yield stub
     finally:
+        stub.stopping.set()  # held answers end now
         server.shutdown()
         thread.join(timeout=5)
         with stub.lock:

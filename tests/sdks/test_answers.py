@@ -8,7 +8,7 @@ import json
 import pytest
 
 import outbound
-from outbound._sdk import answer
+from outbound._sdk import answer, answers
 
 
 def _error(cls: type[outbound.OutboundError], retry_in: float = 0.0) -> outbound.OutboundError:
@@ -28,6 +28,7 @@ def _error(cls: type[outbound.OutboundError], retry_in: float = 0.0) -> outbound
         (outbound.RejectedError, 503, "rejected"),
         (outbound.RegistryClosedError, 503, "registry_closed"),
         (outbound.EventLoopMismatchError, 500, "event_loop_mismatch"),
+        (outbound.PoolTimeoutError, 503, "pool_timeout"),
     ],
 )
 def test_each_refusal_has_its_status_and_reason(cls: type[outbound.OutboundError], status: int, reason: str) -> None:
@@ -41,6 +42,46 @@ def test_each_refusal_has_its_status_and_reason(cls: type[outbound.OutboundError
     assert body["error"]["code"] == reason
     assert "refused for a test" in body["error"]["message"]
     assert "retry-after" not in found.headers
+
+
+@pytest.mark.parametrize(
+    ("cls", "status", "reason"),
+    [
+        (outbound.ConnectError, 502, "connect_error"),
+        (outbound.ConnectTimeoutError, 504, "connect_timeout"),
+        (outbound.ReadTimeoutError, 504, "read_timeout"),
+        (outbound.WriteTimeoutError, 504, "write_timeout"),
+        (outbound.ReadError, 502, "read_error"),
+        (outbound.TransportFailure, 502, "transport_failure"),
+    ],
+)
+def test_each_transport_failure_has_its_status_and_reason(
+    cls: type[outbound.OutboundError], status: int, reason: str
+) -> None:
+    found = answer(_error(cls), "ai")
+    assert found.status == status
+    assert found.headers["x-outbound-failure"] == reason
+    assert "x-outbound-refusal" not in found.headers
+    assert found.headers["x-should-retry"] == "false"
+    assert found.headers["stripe-should-retry"] == "false"
+    body = json.loads(found.body)
+    assert body["error"] == {
+        "type": "outbound_failure",
+        "code": reason,
+        "message": f"outbound gave up on the call ({reason}): refused for a test",
+    }
+
+
+def test_which_switch_answers_what() -> None:
+    refusals_only = outbound.SdkConfig(final_responses=False)
+    failures_only = outbound.SdkConfig(answer_refusals=False)
+    for error in (_error(outbound.CircuitOpenError), _error(outbound.PoolTimeoutError)):
+        assert answers(error, refusals_only, 2)
+        assert not answers(error, failures_only, 2)
+    for error in (_error(outbound.ConnectError), _error(outbound.ReadTimeoutError)):
+        assert answers(error, failures_only, 2)
+        assert not answers(error, refusals_only, 2)
+        assert not answers(error, failures_only, 0)  # a call outbound was not to retry: the SDK's layer
 
 
 def test_retry_after_is_whole_seconds_rounded_up_and_only_when_known() -> None:

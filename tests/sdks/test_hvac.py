@@ -4,6 +4,7 @@ the policy."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,7 +98,10 @@ def test_vaults_health_answers_are_expected_not_failures(
     """Standby (429) and sealed (503) are answers on /sys/health: not retried, not counted, the breaker stays closed
     and the unseal that follows is admitted."""
     settings = service(
-        stub.url, "requests", breaker={"fail_max": 3}, sdk={"answer_refusals": False, "expected": SEALED}
+        stub.url,
+        "requests",
+        breaker={"fail_max": 3},
+        sdk={"answer_refusals": False, "final_responses": False, "expected": SEALED},
     )
     registry = make_registry(vault=settings)
     stub.status["/v1/sys/health"] = status
@@ -111,6 +115,22 @@ def test_vaults_health_answers_are_expected_not_failures(
     with pytest.raises(hvac.exceptions.VaultDown):
         client.secrets.kv.v2.read_secret_version(path="app", raise_on_deleted_version=True)
     assert stub.count("/v1/secret/data/app") == 3
+
+
+def test_with_the_recipe_a_refused_port_stays_outbounds_error(make_registry: RegistryFactory) -> None:
+    """hvac has no retries: the recipe turns the answers off, so a connect error is raised as it is, not as the 502
+    hvac would make a ``BadGateway`` of."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    try:
+        sdk = {"answer_refusals": False, "final_responses": False, "expected": SEALED}
+        registry = make_registry(vault=service(url, "requests", sdk=sdk))
+        with pytest.raises(outbound.ConnectError) as caught:
+            hvac.Client(url=url, token="t", session=registry.session("vault")).sys.read_health_status(method="GET")
+        assert isinstance(caught.value, requests.ConnectionError)
+    finally:
+        closed.close()
 
 
 def test_without_the_recipe_a_sealed_vault_opens_the_breaker(make_registry: RegistryFactory, stub: Stub) -> None:

@@ -34,6 +34,9 @@ class Command(BaseCommand):
         status = actions.add_parser("status", help="health of every service (the fleet's with a shared backend)")
         status.add_argument("--url", help="read a running server's /health/outbound at this URL instead")
         status.add_argument("--token", help="the health.token to send with --url, for the full report")
+        status.add_argument(
+            "--watch", action="store_true", help="redraw every second, with a sparkline per service; Ctrl-C quits"
+        )
         probe = actions.add_parser(
             "probe", help="one GET to each service's probe path, all at once, without retries; changes nothing"
         )
@@ -50,6 +53,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
+        if action == "status" and options.get("watch") and options.get("url"):
+            return self._finish(
+                core_cli.watch_status(
+                    None, url=options["url"], token=options.get("token"), service=options.get("service")
+                )
+            )
         if action == "status" and options.get("url"):
             output = core_cli.remote_status(
                 options["url"], token=options.get("token"), service=options.get("service"), as_json=options["json"]
@@ -65,7 +74,9 @@ class Command(BaseCommand):
                 registry[name]  # for the core's message: the configured names and the closest match
             except outbound.ServiceLookupError as error:
                 raise CommandError(str(error), returncode=core_cli.CONFIG_ERROR_EXIT_CODE) from error
-        if action == "status":
+        if action == "status" and options.get("watch"):
+            output = core_cli.watch_status(registry, service=name)
+        elif action == "status":
             output = core_cli.status(registry, service=name, as_json=options["json"])
         elif action == "probe":
             output = core_cli.probe(registry, service=name, as_json=options["json"])

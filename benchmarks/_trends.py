@@ -1,0 +1,174 @@
+"""Row 20 (issue 29, trends during an incident): what a service's history (``health.history``) costs.
+
+20a: the memory one service's history holds at its worst (the default 10 s x 90 buckets, every latency slot of every
+     bucket counted, every bucket's percentiles cached, ``MAX_MARKS`` breaker transitions), by ``History.memory()``
+     (target <= 64 KB); beside it, what recording one call costs with the ring empty and with it full (O(1): the
+     same).
+20b: building ``/health/outbound?history=1`` for 50 services with full histories (15 minutes of 10 s buckets, each
+     with a few latency slots and a mark): ``registry.report(history=True).as_dict()`` and its ``json.dumps``, the
+     median of a round's builds (target <= 5 ms; the dict alone in the details).
+20c: sequential GETs through a requests service with a history / the same service without one, against the upstream
+     process, alternated in short slices as row 1 (target >= 0.99).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import outbound
+from benchmarks._harness import Row, Target, UpstreamProcess, interleave, ratios
+from outbound._config import HistoryConfig
+from outbound._events import BreakerTransition, CallFinished
+from outbound._history import MAX_MARKS, SLOTS, History
+from outbound._outcome import Kind
+
+if TYPE_CHECKING:
+    from benchmarks._scenarios import Settings
+
+MEASUREMENT = 20
+ROW_KEYS = ("20a", "20b", "20c")
+SERVICES = 50
+AT_MOST_64_KB = Target("<=", 64.0, "<= 64 KB")
+AT_MOST_5_MS = Target("<=", 5.0, "<= 5 ms")
+AT_LEAST_99 = Target(">=", 0.99, ">= 0.99")
+
+
+class _Clock:
+    """Wall-clock seconds moved by hand: fifteen minutes of buckets filled in a moment."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _finished(seconds: float) -> CallFinished:
+    return CallFinished("s", "GET", "http://x/", Kind.RESPONSE, 200, 1, seconds, None, None)
+
+
+def full_history(clock: _Clock, *, slots: int = SLOTS, calls: int = 1) -> History:
+    """A default history with every bucket counted (``slots`` latency slots each) and every mark kept."""
+    history = History(HistoryConfig(), clock=clock)
+    for _ in range(history.size):
+        clock.now += history.interval
+        for slot in range(slots):
+            for _ in range(calls):
+                history.call_finished(_finished(0.0005 * 1.21**slot))
+        history.snapshot()  # the percentiles of every bucket that is over, cached as a report reads them
+    for index in range(MAX_MARKS):
+        history.breaker_transition(BreakerTransition("s", "closed", "open", f"{index} consecutive failures", 30.0))
+    return history
+
+
+def _per_call_us(history: History, calls: int) -> float:
+    event = _finished(0.012)
+    started = time.perf_counter()
+    for _ in range(calls):
+        history.call_finished(event)
+    return 1e6 * (time.perf_counter() - started) / calls
+
+
+def trends(up: UpstreamProcess, s: Settings) -> list[Row]:
+    return [_memory(s), _json(s), _call_path(up, s)]
+
+
+def _memory(s: Settings) -> Row:
+    sizes, empty, full = [], [], []
+    calls = max(1000, s.slice_calls)
+    for _ in range(s.rounds):
+        history = full_history(_Clock())
+        sizes.append(history.memory() / 1024)
+        full.append(_per_call_us(history, calls))
+        empty.append(_per_call_us(History(HistoryConfig(), clock=_Clock()), calls))
+    return Row(
+        "20a",
+        "history kept per service, at its worst (10 s x 90 buckets, every latency slot, every mark)",
+        "KB",
+        sizes,
+        AT_MOST_64_KB,
+        f"recording a call: {statistics.median(empty):.2f} us into an empty ring, {statistics.median(full):.2f} us "
+        f"into a full one ({SLOTS} latency slots and 4 counters a bucket, {MAX_MARKS} marks)",
+        digits=1,
+    )
+
+
+def _json(s: Settings) -> Row:
+    services = {f"s{index:02d}": {"base_url": "http://trends.invalid/"} for index in range(SERVICES)}
+    registry = outbound.Registry.from_mapping({"health": {"history": True}, "services": services})
+    clock = _Clock()
+    try:
+        for service in registry:
+            assert service.history is not None
+            service.history._clock = clock  # the benchmark's fifteen minutes pass in a moment
+        for _ in range(90):
+            clock.now += 10.0
+            for service in registry:
+                assert service.history is not None
+                for slot in range(5):  # 20 to 45 ms, a remote upstream: a few slots a bucket, as real traffic fills
+                    service.history.call_finished(_finished(0.020 * 1.21**slot))
+        for service in registry:
+            assert service.history is not None
+            service.history.breaker_transition(BreakerTransition("s", "closed", "open", "5 consecutive failures", 30))
+        json.dumps(registry.report(history=True).as_dict())  # percentiles of the buckets that are over, read once
+        builds, dicts, size = [], [], 0
+        for _ in range(s.rounds):
+            round_builds, round_dicts = [], []
+            for _ in range(max(5, s.slices)):
+                started = time.perf_counter()
+                data = registry.report(history=True).as_dict()
+                built = time.perf_counter()
+                body = json.dumps(data)
+                done = time.perf_counter()
+                round_dicts.append(1e3 * (built - started))
+                round_builds.append(1e3 * (done - started))
+                size = len(body)
+            builds.append(statistics.median(round_builds))
+            dicts.append(statistics.median(round_dicts))
+        started = time.perf_counter()
+        plain = json.dumps(registry.report().as_dict())
+        without = 1e3 * (time.perf_counter() - started)
+    finally:
+        registry.close()
+    return Row(
+        "20b",
+        f"/health/outbound?history=1 for {SERVICES} services with full histories: report, dict and JSON",
+        "ms",
+        builds,
+        AT_MOST_5_MS,
+        f"the dict alone {statistics.median(dicts):.2f} ms; {size / 1024:.0f} KB of JSON; without history "
+        f"{without:.2f} ms and {len(plain) / 1024:.0f} KB",
+        digits=2,
+    )
+
+
+def _call_path(up: UpstreamProcess, s: Settings) -> Row:
+    from benchmarks._scenarios import expect_ok, overhead_detail, service, sliced, warm_up
+
+    on = outbound.Registry.from_mapping({"health": {"history": True}, "services": {"s": service(up.url)}})
+    off = outbound.Registry.from_mapping({"services": {"s": service(up.url)}})
+    try:
+        with_history, without = on.session("s"), off.session("s")
+
+        def call_on() -> None:
+            expect_ok(with_history.get("ok"))
+
+        def call_off() -> None:
+            expect_ok(without.get("ok"))
+
+        warm_up(s.warmup_calls, call_on, call_off)
+        runs = interleave([sliced(s, call_on), sliced(s, call_off)], rounds=s.rounds, slices=s.slices)
+    finally:
+        on.close()
+        off.close()
+    return Row(
+        "20c",
+        "sequential GETs, requests: a service with a history / the same without",
+        "x",
+        ratios(*runs),
+        AT_LEAST_99,
+        overhead_detail(runs).replace("outbound adds", "the history adds"),
+    )
