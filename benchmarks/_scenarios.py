@@ -24,6 +24,7 @@ import requests.adapters
 
 import outbound
 from benchmarks import (
+    _adaptive,
     _brownout,
     _cache,
     _chaos,
@@ -741,6 +742,7 @@ SCENARIOS: dict[int, Callable[[UpstreamProcess, Settings], list[Row]]] = {
     _sdks.MEASUREMENT: _sdks.sdks,
     _egress.MEASUREMENT: _egress.egress,
     _endpoints.MEASUREMENT: _endpoints.endpoints,
+    _adaptive.MEASUREMENT: _adaptive.adaptive,
     _cache.MEASUREMENT: _cache.cache,
     _trends.MEASUREMENT: _trends.trends,
     _chaos.MEASUREMENT: _chaos.chaos,
@@ -767,6 +769,7 @@ ROW_KEYS: dict[int, tuple[str, ...]] = {
     _sdks.MEASUREMENT: _sdks.ROW_KEYS,
     _egress.MEASUREMENT: _egress.ROW_KEYS,
     _endpoints.MEASUREMENT: _endpoints.ROW_KEYS,
+    _adaptive.MEASUREMENT: _adaptive.ROW_KEYS,
     _cache.MEASUREMENT: _cache.ROW_KEYS,
     _trends.MEASUREMENT: _trends.ROW_KEYS,
     _chaos.MEASUREMENT: _chaos.ROW_KEYS,

@@ -84,6 +84,12 @@ CASES: tuple[StageCase, ...] = (
         name="endpoints' balance and outlier written out, one base_url",
         off={"balance": "round_robin", "outlier": {"consecutive_failures": 3, "base_ejection": 10}},
     ),
+    StageCase(key="16j", name="the adaptive concurrency limit written out as off", off={"concurrency": None}),
+    StageCase(key="16k", name="client-side throttling written out as off", off={"throttle": None}),
+    StageCase(key="16l", name="retry tokens written out as off", off={"retry": {"tokens": None}}),
+    StageCase(
+        key="16m", name="the breaker's growing open period written out as off", off={"breaker": {"backoff": None}}
+    ),
 )
 ROW_KEYS = tuple(case.key for case in CASES)
 AT_MOST_1_US = Target("<=", 1.0, "<= 1 us")

@@ -14,9 +14,11 @@ from typing import Any
 
 from ._advice import SettingWarning, setting_warnings
 from ._config import (
+    BreakerBackoffConfig,
     BreakerConfig,
     BudgetConfig,
     BulkheadConfig,
+    ConcurrencyConfig,
     DeadlineConfig,
     EgressConfig,
     HealthConfig,
@@ -32,17 +34,21 @@ from ._config import (
     SdkConfig,
     ServiceConfig,
     StateConfig,
+    ThrottleConfig,
     Timeouts,
+    TokensConfig,
     WindowConfig,
     config_errors,
     parse_config,
 )
+from ._criticality import criticality
 from ._deadline import budget_from, deadline, time_left
 from ._error_answers import ErrorAnswer, error_answer
 from ._errors import (
     BulkheadFullError,
     CallError,
     CircuitOpenError,
+    ConcurrencyLimitedError,
     ConfigError,
     ConfigErrorCode,
     ConnectError,
@@ -58,6 +64,7 @@ from ._errors import (
     RegistryClosedError,
     RejectedError,
     ServiceLookupError,
+    ThrottledError,
     TransportFailure,
     WriteTimeoutError,
 )
@@ -84,6 +91,7 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "AttemptFinished",
     "AttemptSending",
+    "BreakerBackoffConfig",
     "BreakerConfig",
     "BreakerTransition",
     "BudgetConfig",
@@ -94,6 +102,8 @@ __all__ = [
     "CallRejected",
     "CallStarted",
     "CircuitOpenError",
+    "ConcurrencyConfig",
+    "ConcurrencyLimitedError",
     "ConfigError",
     "ConfigErrorCode",
     "ConnectError",
@@ -134,12 +144,16 @@ __all__ = [
     "ServiceSession",
     "SettingWarning",
     "StateConfig",
+    "ThrottleConfig",
+    "ThrottledError",
     "Timeouts",
+    "TokensConfig",
     "TransportFailure",
     "WindowConfig",
     "WriteTimeoutError",
     "budget_from",
     "config_errors",
+    "criticality",
     "deadline",
     "error_answer",
     "expect",

@@ -169,6 +169,7 @@ class Breaker:
         self._period = 0  # the current half-open trial period; a permit from an older one is void
         self._trials = 0  # trial calls in flight in this period
         self._successes = 0  # successful trials in this period
+        self._failed_trials = 0  # failed trials since the breaker last closed (breaker.backoff)
         self._mirror: pybreaker.CircuitBreaker | None = None  # made by the first add_listener
 
     # -- reading -----------------------------------------------------------------------------------------------------
@@ -371,6 +372,7 @@ class Breaker:
             if outcome.kind in NO_VERDICT:
                 return
             if failed:
+                self._failed_trials += 1
                 self._open("a trial call failed", failure_cause(outcome))
                 return
             self._successes += 1
@@ -379,7 +381,17 @@ class Breaker:
 
     def _open(self, reason: str, cause: LastError | None) -> None:
         # The count stays until the breaker closes, so health shows what opened it (as pybreaker's storage did).
-        self._move(OPEN, reason, self.config.reset_timeout, cause=cause)
+        self._move(OPEN, reason, self.open_seconds(), cause=cause)
+
+    def open_seconds(self) -> float:
+        """How long an opening now lasts: ``reset_timeout``, grown by ``breaker.backoff`` after each failed trial
+        since the breaker last closed (Envoy's ejection time), up to its ``max``."""
+        backoff = self.config.backoff
+        seconds = self.config.reset_timeout
+        if backoff is None or not self._failed_trials:
+            return seconds
+        exponent = min(self._failed_trials, 64)  # 2.0 ** 1024 overflows; the cap applies long before
+        return max(seconds, min(backoff.max, seconds * backoff.factor**exponent))
 
     def _move(
         self, state: str, reason: str, open_seconds: float, *, publish: bool = True, cause: LastError | None = None
@@ -406,6 +418,7 @@ class Breaker:
 
     def _close(self, reason: str, *, publish: bool = True) -> None:
         self.rule.reset()
+        self._failed_trials = 0
         old = self.state
         self.state = CLOSED
         self.opened_by = None

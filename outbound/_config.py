@@ -113,6 +113,16 @@ class RetryConfig:
     """The retry budget shared by every thread and task of the service; ``None``: no budget."""
     idempotency_key: IdempotencyConfig | None = None
     """Send one key with every attempt of a call of these methods, and retry them; ``None``: off."""
+    tokens: TokensConfig | None = None
+    """One token pool for retries and hedges (gRPC's retry throttling); ``None``: off."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokensConfig:
+    max: float = 10.0
+    """Tokens in the pool (it starts full); a failed attempt takes one, and retries stop at half."""
+    ratio: float = 0.1
+    """Tokens a successful attempt gives back."""
 
 
 WindowType = Literal["count", "time"]
@@ -157,6 +167,16 @@ class BreakerConfig:
     """The share of slow calls in the window that opens the breaker (mode ``rate``)."""
     enforce: bool = True
     """Refuse calls (``true``), or only count what it would have refused (``false``: observe-only)."""
+    backoff: BreakerBackoffConfig | None = None
+    """Grow the open period after each failed trial; ``None``: every opening lasts ``reset_timeout``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerBackoffConfig:
+    factor: float = 2.0
+    """The open period after the n-th failed trial in a row: ``reset_timeout * factor ** n``."""
+    max: float = 300.0
+    """Cap on the open period, in seconds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +190,33 @@ class BulkheadConfig:
 
 
 RateScope = Literal["process", "fleet"]
+ConcurrencyAlgorithm = Literal["gradient2", "vegas", "aimd"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConcurrencyConfig:
+    limit: Literal["adaptive"] = "adaptive"
+    """How the limit is set: ``"adaptive"``, learned from the latency of the upstream's answers."""
+    algorithm: ConcurrencyAlgorithm = "gradient2"
+    """How the limit follows latency: ``"gradient2"`` (Netflix), ``"vegas"`` or ``"aimd"``."""
+    min: int = 1
+    """The lowest the limit goes."""
+    max: int = 200
+    """The highest the limit goes."""
+    initial: int = 20
+    """The limit before anything is learned."""
+    scope: Literal["process"] = "process"
+    """Where the limit holds: ``"process"`` (a fleet-wide limit is not available yet)."""
+    max_wait: float = 0.0
+    """Seconds a critical call waits for room before ``ConcurrencyLimitedError`` (0: fail fast)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleConfig:
+    k: float = 2.0
+    """Requests may exceed accepted ones by this factor before first attempts are refused (Google SRE's K)."""
+    window: float = 120.0
+    """Seconds of requests and accepts the refusal probability is computed over."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,6 +402,10 @@ class ServiceConfig:
     """A cap on calls in flight; ``None``: no cap (the pool still bounds connections)."""
     rate_limit: RateLimitConfig | None = None
     """A client-side rate limit; ``None``: none."""
+    concurrency: ConcurrencyConfig | None = None
+    """An adaptive limit on attempts in flight; ``None``: off."""
+    throttle: ThrottleConfig | None = None
+    """Client-side adaptive throttling of first attempts; ``None``: off."""
     pause: PauseConfig | None = field(default_factory=PauseConfig)
     """Pause the service while the upstream asks (429/503 with ``Retry-After``); ``None``: never."""
     hedge: HedgeConfig | None = None
@@ -772,7 +823,20 @@ def _parse_retry(reader: _Reader) -> RetryConfig:
         retry_after_max=sub.required_seconds("retry_after_max", defaults.retry_after_max),
         budget=_parse_budget(sub),
         idempotency_key=_parse_idempotency(sub),
+        tokens=_parse_tokens(sub),
     )
+
+
+def _parse_tokens(reader: _Reader) -> TokensConfig | None:
+    sub = _optional_sub(reader, "tokens", TokensConfig)
+    if sub is None:
+        return None
+    defaults = TokensConfig()
+    maximum = sub.fraction("max", defaults.max, maximum=float(MAX_COUNT))
+    if maximum < 1:
+        sub.fail(f"must be >= 1 (a failure costs one token), got {_shown(maximum)}", key="max", code="range")
+        maximum = defaults.max
+    return TokensConfig(max=maximum, ratio=sub.fraction("ratio", defaults.ratio, maximum=maximum))
 
 
 def _optional_sub(reader: _Reader, key: str, cls: type) -> _Reader | None:
@@ -818,7 +882,20 @@ def _parse_breaker(reader: _Reader) -> BreakerConfig:
         ),
         failure_statuses=sub.statuses("failure_statuses", defaults.failure_statuses),
         enforce=sub.boolean("enforce", _enforce(reader)),
+        backoff=_parse_breaker_backoff(sub),
     )
+
+
+def _parse_breaker_backoff(reader: _Reader) -> BreakerBackoffConfig | None:
+    sub = _optional_sub(reader, "backoff", BreakerBackoffConfig)
+    if sub is None:
+        return None
+    defaults = BreakerBackoffConfig()
+    factor = sub.fraction("factor", defaults.factor, maximum=100.0)
+    if factor < 1:
+        sub.fail(f"must be >= 1 (the open period grows), got {_shown(factor)}", key="factor", code="range")
+        factor = defaults.factor
+    return BreakerBackoffConfig(factor=factor, max=sub.required_seconds("max", defaults.max, allow_zero=False))
 
 
 def _rate(reader: _Reader, key: str, default: float) -> float:
@@ -858,6 +935,61 @@ def _parse_bulkhead(reader: _Reader) -> BulkheadConfig | None:
         max_wait=sub.required_seconds("max_wait", 0.0),
         enforce=sub.boolean("enforce", _enforce(reader)),
     )
+
+
+def _parse_concurrency(reader: _Reader) -> ConcurrencyConfig | None:
+    sub = _optional_sub(reader, "concurrency", ConcurrencyConfig)
+    if sub is None:
+        return None
+    defaults = ConcurrencyConfig()
+    sub.choice("limit", defaults.limit, ("adaptive",))
+    minimum = sub.integer("min", defaults.min, minimum=1, maximum=MAX_COUNT)
+    maximum = sub.integer("max", max(defaults.max, minimum), minimum=1, maximum=MAX_COUNT)
+    if minimum > maximum:
+        sub.fail(f"must be <= max ({maximum}), got {minimum}", key="min", code="range")
+        minimum = maximum
+    initial = sub.integer("initial", min(max(defaults.initial, minimum), maximum), minimum=1, maximum=MAX_COUNT)
+    if not minimum <= initial <= maximum:
+        sub.fail(f"must be between min ({minimum}) and max ({maximum}), got {initial}", key="initial", code="range")
+        initial = min(max(initial, minimum), maximum)
+    scope = sub.read("scope", defaults.scope, lambda value: _process_scope(sub, value))
+    return ConcurrencyConfig(
+        algorithm=sub.choice("algorithm", defaults.algorithm, ("gradient2", "vegas", "aimd")),
+        min=minimum,
+        max=maximum,
+        initial=initial,
+        scope=scope,
+        max_wait=sub.required_seconds("max_wait", defaults.max_wait),
+    )
+
+
+def _process_scope(reader: _Reader, value: Any) -> Literal["process"]:
+    if value != "process":
+        reader.fail(
+            f"must be 'process' (a fleet-wide adaptive limit is not available yet), got {_shown(value)}",
+            key="scope",
+            code="unsupported",
+        )
+        raise _Skip
+    return "process"
+
+
+def _parse_throttle(reader: _Reader) -> ThrottleConfig | None:
+    sub = _optional_sub(reader, "throttle", ThrottleConfig)
+    if sub is None:
+        return None
+    defaults = ThrottleConfig()
+    k = sub.fraction("k", defaults.k, maximum=1000.0)
+    if k < 1:
+        sub.fail(
+            f"must be >= 1 (below 1 it refuses calls to a healthy upstream), got {_shown(k)}", key="k", code="range"
+        )
+        k = defaults.k
+    window = sub.required_seconds("window", defaults.window, allow_zero=False)
+    if window < 1 or window > 3600:
+        sub.fail(f"must be from 1 to 3600 seconds, got {_shown(window)}", key="window", code="range")
+        window = defaults.window
+    return ThrottleConfig(k=k, window=window)
 
 
 def _parse_rate_limit(reader: _Reader) -> RateLimitConfig | None:
@@ -1428,6 +1560,8 @@ def _parse_service(name: str, raw: Any, defaults: Mapping[str, Any], errors: lis
         shared=reader.boolean("shared", True),
         bulkhead=_parse_bulkhead(reader),
         rate_limit=_parse_rate_limit(reader),
+        concurrency=_parse_concurrency(reader),
+        throttle=_parse_throttle(reader),
         pause=_parse_pause(reader),
         hedge=_parse_hedge(reader),
         sdk=_parse_sdk(reader),

@@ -7,6 +7,8 @@ The recipe the Django middleware (``outbound_django.middleware.UpstreamErrorMidd
     CircuitOpenError                                503     upstream_unavailable   circuit_open        Retry-After
     BulkheadFullError                               503     upstream_unavailable   bulkhead_full       Retry-After
     RateLimitedError (rate limit, upstream pause)   503     upstream_unavailable   rate_limited        Retry-After
+    ConcurrencyLimitedError                         503     upstream_unavailable   concurrency_limited Retry-After
+    ThrottledError                                  503     upstream_unavailable   throttled           Retry-After
     PoolTimeoutError                                503     upstream_unavailable   pool_timeout
     EgressDeniedError                               403     upstream_forbidden     egress_denied
     DeadlineExceededError                           504     upstream_timeout       deadline_exceeded
@@ -41,6 +43,7 @@ from ._errors import (
     BulkheadFullError,
     CallError,
     CircuitOpenError,
+    ConcurrencyLimitedError,
     ConnectError,
     ConnectTimeoutError,
     DeadlineExceededError,
@@ -50,6 +53,7 @@ from ._errors import (
     ReadError,
     ReadTimeoutError,
     RejectedError,
+    ThrottledError,
     TransportFailure,
     WriteTimeoutError,
 )
@@ -73,6 +77,8 @@ _ANSWERS: dict[type[CallError], tuple[int, ErrorCode, str]] = {
     CircuitOpenError: (503, "upstream_unavailable", Reason.CIRCUIT_OPEN.value),
     BulkheadFullError: (503, "upstream_unavailable", Reason.BULKHEAD_FULL.value),
     RateLimitedError: (503, "upstream_unavailable", Reason.RATE_LIMITED.value),
+    ConcurrencyLimitedError: (503, "upstream_unavailable", Reason.CONCURRENCY_LIMITED.value),
+    ThrottledError: (503, "upstream_unavailable", Reason.THROTTLED.value),
     DeadlineExceededError: (504, "upstream_timeout", Reason.DEADLINE_EXCEEDED.value),
     EgressDeniedError: (403, "upstream_forbidden", Reason.EGRESS_DENIED.value),
     RejectedError: (503, "upstream_unavailable", "rejected"),

@@ -16,7 +16,9 @@ the identity of the client library the caller chose, so existing ``except`` clau
         │   ├── BulkheadFullError                       too many calls in flight to this service
         │   ├── RateLimitedError                        the client-side rate limit, or the upstream's 429 pause
         │   ├── DeadlineExceededError                   too little of the call's deadline was left to start
-        │   └── EgressDeniedError                       the service's egress rules refuse the URL or its address
+        │   ├── EgressDeniedError                       the service's egress rules refuse the URL or its address
+        │   ├── ConcurrencyLimitedError                 the adaptive concurrency limit is reached
+        │   └── ThrottledError                          client-side throttling while the upstream refuses most calls
         ├── PoolTimeoutError                            no pooled connection freed in time (we are saturated)
         └── TransportFailure                            the upstream could not be reached or did not answer
             ├── ConnectError                            nothing was sent
@@ -149,6 +151,17 @@ class EgressDeniedError(RejectedError):
     host, never the URL's credentials, path or query."""
 
 
+class ConcurrencyLimitedError(RejectedError):
+    """As many calls as the service's adaptive ``concurrency`` limit allows were in flight (the limit it learned
+    from the upstream's latency) and none ended within ``max_wait``; nothing was sent. A sheddable call is refused
+    first (``outbound.criticality``). ``retry_in`` is the recent latency: about when a slot frees up."""
+
+
+class ThrottledError(RejectedError):
+    """Client-side adaptive throttling refused the call: the upstream accepted too few of the recent requests
+    (``throttle.k``), so this share of first attempts is refused here rather than sent; nothing was sent."""
+
+
 class PoolTimeoutError(CallError):
     """Every pooled connection stayed busy for ``timeout.pool`` seconds.
 
@@ -187,6 +200,8 @@ REJECTED_ERRORS: Mapping[Reason, type[OutboundError]] = {
     Reason.RATE_LIMITED: RateLimitedError,
     Reason.DEADLINE_EXCEEDED: DeadlineExceededError,
     Reason.EGRESS_DENIED: EgressDeniedError,
+    Reason.CONCURRENCY_LIMITED: ConcurrencyLimitedError,
+    Reason.THROTTLED: ThrottledError,
     Reason.CLOSED: RegistryClosedError,
 }
 

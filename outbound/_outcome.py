@@ -100,6 +100,8 @@ class Reason(str, enum.Enum):
     RATE_LIMITED = "rate_limited"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     EGRESS_DENIED = "egress_denied"
+    CONCURRENCY_LIMITED = "concurrency_limited"
+    THROTTLED = "throttled"
     CLOSED = "closed"
 
     def __str__(self) -> str:
@@ -117,6 +119,8 @@ _REASON_TEXT = {
     Reason.RATE_LIMITED: "rate limited",
     Reason.DEADLINE_EXCEEDED: "too little time left before the deadline",
     Reason.EGRESS_DENIED: "egress denied",
+    Reason.CONCURRENCY_LIMITED: "the adaptive concurrency limit is reached",
+    Reason.THROTTLED: "throttled while the upstream refuses most calls",
     Reason.CLOSED: "the outbound registry was closed",
 }
 

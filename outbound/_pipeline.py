@@ -4,10 +4,16 @@ This is the one place that decides what runs on a service's calls. A feature who
 the tuples below, not a branch the call takes: the call loop (``_policy.Call``) walks the tuples and nothing else.
 
     call stages      admitted once per call, held until it ends:  bulkhead
-    attempt stages   admitted for every attempt, in this order:   pause -> rate limit -> breaker -> (p95 latencies)
+    attempt stages   admitted for every attempt, in this order:   pause -> throttle -> concurrency -> rate limit
+                                                                  -> breaker (or, with several endpoints, the
+                                                                  endpoint choice -> the service's breaker)
+                                                                  -> (p95 latencies) -> (retry tokens)
     send gates       attempt stages asked again as the request is written: the rate limit (its permit), the breaker
     cache            above all of them, not a stage: the clients put it on top of their transports (``_cache/``),
                      so it answers fresh hits without a permit and stale ones in place of the stages' refusals
+    chaos            below all of them, not a stage: a fault layer in the backend's transport (``_chaos.py``)
+
+A protection with ``enforce: false`` is the same stage wrapped to count what it would refuse (``_observe.py``).
 
 A pause refuses before a permit is spent; the rate limit comes before the breaker so that a refused attempt never
 holds a half-open trial slot in vain. The breaker is always there: every service has one.
@@ -23,7 +29,7 @@ from ._breaker import Breaker
 from ._config import ChaosConfig, ServiceConfig, StateConfig
 from ._events import BreakerTransition
 from ._hedge import AnsweredLatencies
-from ._retry import RetryBudget
+from ._retry import Budget, RetryBudget
 from ._stage import SendGate, Stage
 from ._state import LOCAL, ServiceLink
 
@@ -43,7 +49,7 @@ class Pipeline:
     what calls walk. ``send_gates`` pairs each gate with the index of its permit among the attempt stages'."""
 
     breaker: Breaker
-    budget: RetryBudget | None
+    budget: Budget | None
     bulkhead: Bulkhead | None
     pause: Pause | None
     rate_limit: RateLimit | None
@@ -81,8 +87,10 @@ def compose(
 
         breaker_class = observed_breaker(Breaker, would_reject)
     breaker = breaker_class(config.name, config.breaker, clock=clock, notify=notify, shared=link)
-    budget = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
+    budget: Budget | None = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
     bulkhead = pause = rate_limit = latencies = None
+    adaptive: list[Any] = []  # throttle, concurrency limit (_throttle.py, _adaptive.py): before the rate limit
+    tokens = None
     if config.bulkhead is not None:
         from ._bulkhead import Bulkhead
 
@@ -104,6 +112,20 @@ def compose(
         chaos = Chaos(config.name, config.chaos or ChaosConfig())
     if config.hedge is not None and config.hedge.delay == "p95":
         latencies = AnsweredLatencies()
+    if config.throttle is not None:
+        from ._throttle import Throttle
+
+        adaptive.append(Throttle(config.throttle, config.breaker.failure_statuses, clock=clock))
+    if config.concurrency is not None:
+        from ._adaptive import ConcurrencyLimit
+
+        adaptive.append(ConcurrencyLimit(config.concurrency, clock=clock))
+    if config.retry.tokens is not None:
+        from ._tokens import Budgets, RetryTokens
+
+        failing = config.retry.status_forcelist | config.breaker.failure_statuses
+        tokens = RetryTokens(config.retry.tokens, failing)
+        budget = tokens if budget is None else Budgets(tokens, budget)
     cache = None
     if config.cache is not None or config.fallback is not None:
         from ._cache._layer import CacheLayer
@@ -115,7 +137,7 @@ def compose(
     limit: Any = rate_limit
     if observe is not None and would_reject is not None and rate_limit is not None and not rate_limit.config.enforce:
         limit = observe(rate_limit, "rate_limit", would_reject)
-    attempt: list[Any] = [stage for stage in (pause, limit) if stage is not None]
+    attempt: list[Any] = [stage for stage in (pause, *adaptive, limit) if stage is not None]
     endpoints = None
     if config.endpoints or config.discovery is not None:
         from ._endpoints import Endpoints, ServiceBreaker
@@ -131,6 +153,8 @@ def compose(
         attempt.append(breaker)
     if latencies is not None:
         attempt.append(latencies)
+    if tokens is not None:
+        attempt.append(tokens)
     gates = tuple((index, stage) for index, stage in enumerate(attempt) if hasattr(stage, "at_send"))
     return Pipeline(
         breaker=breaker,

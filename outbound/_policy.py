@@ -142,6 +142,10 @@ class Policy:
             self.rate_limit.reset()
         if self.would_reject is not None:
             self.would_reject.clear()
+        for stage in self.stages:
+            clear = getattr(stage, "clear", None)  # what adaptive stages learned (_adaptive.py, _throttle.py)
+            if clear is not None:
+                clear()
         if self.cache is not None:
             self.cache.clear()
         self.stats.clear()

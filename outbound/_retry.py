@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ._config import MAX_RETRIES, BudgetConfig, RetryConfig
 from ._outcome import DONE, NOTHING_SENT, UPSTREAM_FAILURES, Decision, Kind, Outcome
@@ -77,6 +77,19 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate marks "-0000" as naive
         return None
     return max(0.0, when.timestamp() - now())
+
+
+class Budget(Protocol):
+    """What the retry rule and the hedge ask before a retry: the ratio budget below, ``retry.tokens``
+    (``_tokens.py``), or both."""
+
+    def record_request(self) -> None: ...
+
+    def try_spend(self) -> bool: ...
+
+    def clear(self) -> None: ...
+
+    def reset_after_fork(self) -> None: ...
 
 
 class RetryBudget:
@@ -178,7 +191,7 @@ class RetryRule:
         random: Callable[[], float],
         breaker: Breaker,
         pause: Pause | None,
-        budget: RetryBudget | None,
+        budget: Budget | None,
         min_time: float,
     ) -> None:
         self._config = config

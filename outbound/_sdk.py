@@ -10,6 +10,8 @@ false``. A service with an ``sdk`` section therefore answers, instead of raising
     CircuitOpenError                        503     circuit_open          InternalServerError / APIError
     BulkheadFullError                       503     bulkhead_full         InternalServerError / APIError
     RateLimitedError (limit or pause)       429     rate_limited          RateLimitError
+    ConcurrencyLimitedError                 503     concurrency_limited   InternalServerError / APIError
+    ThrottledError                          503     throttled             InternalServerError / APIError
     DeadlineExceededError                   504     deadline_exceeded     InternalServerError / APIError
     RegistryClosedError                     503     registry_closed       InternalServerError / APIError
     EventLoopMismatchError                  500     event_loop_mismatch   InternalServerError / APIError
@@ -54,6 +56,7 @@ from ._config import SdkConfig, ServiceConfig
 from ._errors import (
     BulkheadFullError,
     CircuitOpenError,
+    ConcurrencyLimitedError,
     ConnectError,
     ConnectTimeoutError,
     DeadlineExceededError,
@@ -65,6 +68,7 @@ from ._errors import (
     ReadTimeoutError,
     RegistryClosedError,
     RejectedError,
+    ThrottledError,
     TransportFailure,
     WriteTimeoutError,
 )
@@ -112,6 +116,8 @@ _STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (CircuitOpenError, 503, "circuit_open"),
     (BulkheadFullError, 503, "bulkhead_full"),
     (RateLimitedError, 429, "rate_limited"),
+    (ConcurrencyLimitedError, 503, "concurrency_limited"),
+    (ThrottledError, 503, "throttled"),
     (DeadlineExceededError, 504, "deadline_exceeded"),
     (RejectedError, 503, "rejected"),
     (RegistryClosedError, 503, "registry_closed"),

@@ -11,7 +11,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
+from django.core.signals import request_finished, request_started, setting_changed
 
 import outbound
 
@@ -44,6 +44,9 @@ class OutboundAppConfig(AppConfig):
         global _atexit_registered
         checks.register(check_settings, "outbound")
         setting_changed.connect(_setting_changed, dispatch_uid="outbound_django.setting_changed")
+        # Calls made while serving a request are critical by default (outbound.criticality); others sheddable.
+        request_started.connect(_request_started, dispatch_uid="outbound_django.criticality_started")
+        request_finished.connect(_request_finished, dispatch_uid="outbound_django.criticality_finished")
         if not _atexit_registered:
             atexit.register(conf.close)
             _atexit_registered = True
@@ -64,6 +67,18 @@ class OutboundAppConfig(AppConfig):
             for message in check_settings():
                 if not message.is_silenced():
                     logger.warning("%s %s (%s)", message.msg, message.hint, message.id)
+
+
+def _request_started(**kwargs: Any) -> None:
+    from outbound._criticality import request_started as started
+
+    started()
+
+
+def _request_finished(**kwargs: Any) -> None:
+    from outbound._criticality import request_finished as finished
+
+    finished()
 
 
 def _loaded_by_a_server() -> bool:

@@ -29,6 +29,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import Resolver404, resolve
 
 import outbound
+from outbound._criticality import request_finished, request_started
 from outbound._deadline import view_default
 
 from .conf import get_registry
@@ -74,6 +75,43 @@ class DeadlineMiddleware:
             return await get_response(request)
         async with outbound.deadline(budget):
             return await get_response(request)
+
+
+class CriticalityMiddleware:
+    """Make each request's outbound calls critical by default (``outbound.criticality``; code outside a request is
+    sheddable). Under WSGI the app does this without it (through Django's ``request_started`` signal); under ASGI
+    Django runs that signal's receivers outside the request's context, so add this middleware there::
+
+        MIDDLEWARE = ["outbound_django.middleware.CriticalityMiddleware", ...]
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self._acall(request)
+        token = request_started()
+        try:
+            return self.get_response(request)
+        finally:
+            if token is not None:
+                request_finished(token)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+        token = request_started()
+        try:
+            return await get_response(request)
+        finally:
+            if token is not None:
+                request_finished(token)
 
 
 def _budget(request: HttpRequest) -> float | None:

@@ -23,6 +23,7 @@ from typing import TypeVar
 from flask import Flask, current_app, request
 
 import outbound
+from outbound._criticality import request_finished, request_started
 from outbound._deadline import mark_view_default, view_default
 
 from ._state import registry_for
@@ -58,6 +59,25 @@ def install(app: Flask) -> None:
     """Run each of ``app``'s requests inside ``outbound.deadline`` (what ``Outbound(deadlines=True)`` does)."""
     app.before_request(_start)
     app.teardown_request(_finish)
+
+
+CRITICALITY_KEY = "outbound.criticality"  # the request's default criticality, from the first hook to the last
+
+
+def install_criticality(app: Flask) -> None:
+    """Make the calls of ``app``'s requests critical by default (``outbound.criticality``; others are sheddable)."""
+    app.before_request(_critical)
+    app.teardown_request(_critical_ended)
+
+
+def _critical() -> None:
+    request.environ[CRITICALITY_KEY] = request_started()
+
+
+def _critical_ended(error: BaseException | None) -> None:
+    token = request.environ.pop(CRITICALITY_KEY, None)
+    if token is not None:
+        request_finished(token)
 
 
 def _start() -> None:

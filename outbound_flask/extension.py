@@ -18,6 +18,7 @@ from outbound import Registry, setting_warnings
 from ._state import EXTENSION_KEY, registry_for
 from .cli import outbound_cli
 from .deadlines import install as install_deadlines
+from .deadlines import install_criticality
 from .errors import install as install_error_answers
 from .views import Authorize, create_blueprint
 
@@ -93,6 +94,7 @@ class Outbound:
             if self.health_path is not None:
                 app.register_blueprint(create_blueprint(path=self.health_path, authorize=self.authorize))
             app.cli.add_command(outbound_cli)
+            install_criticality(app)
             if self.deadlines:
                 install_deadlines(app)
             if self.error_answers:

@@ -41,9 +41,11 @@ PROGRAMS = (
         install="redis-server",
         installed=lambda: shutil.which("redis-server") is not None,
         needed_by=(
+            "tests/core/test_adaptive.py",
             "tests/core/test_cache.py",
             "tests/core/test_chaos_fleet.py",
             "tests/core/test_cli.py",
+            "tests/core/test_endpoints.py",
             "tests/core/test_fleet.py",
             "tests/core/test_fleet_hostile.py",
             "tests/core/test_fleet_ratelimit.py",

@@ -187,6 +187,8 @@ _NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
     "rate_limited": httpx.TransportError,
     "deadline_exceeded": httpx.TimeoutException,
     "egress_denied": httpx.TransportError,
+    "concurrency_limited": httpx.TransportError,
+    "throttled": httpx.TransportError,
 }
 
 

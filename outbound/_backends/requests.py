@@ -282,6 +282,8 @@ _NATIVE_REJECTIONS: Mapping[str, type[Exception]] = {
     "rate_limited": requests.ConnectionError,
     "deadline_exceeded": requests.Timeout,
     "egress_denied": requests.ConnectionError,
+    "concurrency_limited": requests.ConnectionError,
+    "throttled": requests.ConnectionError,
 }
 
 

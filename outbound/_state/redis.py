@@ -1052,8 +1052,11 @@ class RedisState:
         own: bool = False,
     ) -> None:
         breaker = self._services[service].policy.breaker
-        longest = breaker.config.reset_timeout
-        if state == OPEN:  # an opening never outlasts this service's reset_timeout, whatever a record says
+        config = breaker.config
+        # An opening never outlasts what this service's breaker could decide itself, whatever a record says:
+        # reset_timeout, or breaker.backoff.max when the open period grows after failed trials.
+        longest = config.reset_timeout if config.backoff is None else max(config.reset_timeout, config.backoff.max)
+        if state == OPEN:
             open_seconds = longest if seconds is None else min(seconds, longest)
         else:
             open_seconds = math.inf if seconds is None else seconds

@@ -91,6 +91,9 @@ ON = (
     StageCase(
         key="endpoints", name="two endpoints", off={"base_url": None, "endpoints": [BASE_URL, "http://b.invalid/"]}
     ),
+    StageCase(key="concurrency", name="the adaptive concurrency limit", off={"concurrency": {}}),
+    StageCase(key="throttle", name="client-side throttling", off={"throttle": {}}),
+    StageCase(key="tokens", name="retry tokens", off={"retry": {"tokens": {}}}),
     StageCase(key="history", name="a service history", off={}, top={"health": {"history": True}}),
     StageCase(
         key="fleet-limit",

@@ -1,0 +1,457 @@
+"""Adaptive protection (issue 32) against real servers on 127.0.0.1: the adaptive concurrency limit, client-side
+throttling, retry tokens, the breaker's growing open period, criticality, and their configuration errors."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import outbound
+from benchmarks._capacity import CapacityServer
+from outbound._adaptive import ConcurrencyLimit
+from outbound._criticality import current, request_finished, request_started
+from outbound._throttle import Throttle
+from outbound.testing import no_waits
+from tests.conftest import RegistryFactory
+from tests.upstream import Upstream
+
+
+def stage(registry: outbound.Registry, cls: type) -> Any:
+    found = [stage for stage in registry["s"].policy.stages if type(stage) is cls]
+    assert len(found) == 1, registry["s"].policy.stages
+    return found[0]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    ends = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < ends, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def capacity() -> Iterator[CapacityServer]:
+    with CapacityServer(capacity=2, service=0.02) as server:
+        yield server
+
+
+def background(work: Callable[[], Any], count: int) -> list[threading.Thread]:
+    """``work`` in ``count`` threads, each in a copy of the caller's context (its criticality)."""
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+# -- the adaptive concurrency limit ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_an_attempt_over_the_limit_is_refused_with_concurrency_limited_error(
+    make_registry: RegistryFactory, upstream: Upstream, client: str
+) -> None:
+    registry = make_registry(
+        s={"base_url": upstream.url, "client": client, "concurrency": {"initial": 2, "min": 1, "max": 2}}
+    )
+    limit = stage(registry, ConcurrencyLimit)
+    call = (registry.session if client == "requests" else registry.client)("s")
+    with outbound.criticality("critical"):
+        threads = background(lambda: call.get("slow?delay=0.4"), 2)
+        wait_for(lambda: limit.in_flight == 2)
+        with pytest.raises(outbound.ConcurrencyLimitedError) as caught:
+            call.get("ok")
+    assert isinstance(caught.value, outbound.RejectedError)
+    assert "the adaptive limit is 2" in str(caught.value)
+    assert upstream.recent("/ok") == []  # nothing was sent
+    for thread in threads:
+        thread.join(timeout=5)
+    assert limit.in_flight == 0
+    assert call.get("ok").status_code == 200
+
+
+def test_a_critical_call_waits_up_to_max_wait_for_a_slot(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make_registry(
+        s={"base_url": upstream.url, "concurrency": {"initial": 1, "min": 1, "max": 1, "max_wait": 5}}
+    )
+    limit = stage(registry, ConcurrencyLimit)
+    session = registry.session("s")
+    with outbound.criticality("critical"):
+        threads = background(lambda: session.get("slow?delay=0.2"), 1)
+        wait_for(lambda: limit.in_flight == 1)
+        assert session.get("ok").status_code == 200  # waited for the slow call's slot
+    for thread in threads:
+        thread.join(timeout=5)
+    assert limit.in_flight == 0
+
+
+def test_a_sheddable_call_is_refused_first_and_never_waits(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make_registry(
+        s={"base_url": upstream.url, "concurrency": {"initial": 4, "min": 4, "max": 4, "max_wait": 5}}
+    )
+    limit = stage(registry, ConcurrencyLimit)
+    session = registry.session("s")
+    with outbound.criticality("critical"):
+        threads = background(lambda: session.get("slow?delay=0.4"), 3)
+        wait_for(lambda: limit.in_flight == 3)
+        started = time.monotonic()
+        with outbound.criticality("sheddable"), pytest.raises(outbound.ConcurrencyLimitedError) as caught:
+            session.get("ok")  # three quarters of the limit are in flight: the last quarter is for critical calls
+        assert time.monotonic() - started < 0.3  # refused at once, not after max_wait
+        assert "sheddable" in str(caught.value)
+        assert session.get("ok").status_code == 200  # a critical call takes the last slot
+    for thread in threads:
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("algorithm", ["gradient2", "vegas"])
+def test_the_limit_comes_down_towards_a_small_upstreams_capacity(
+    make_registry: RegistryFactory, capacity: CapacityServer, algorithm: str
+) -> None:
+    """An upstream that works on 2 requests at once, 12 callers: the limit leaves its initial 20."""
+    registry = make_registry(
+        s={
+            "base_url": capacity.url,
+            "client": "httpx",
+            "pool": {"max_connections": 32},
+            "retry": {"total": 0},
+            "concurrency": {"algorithm": algorithm, "initial": 20},
+        }
+    )
+    limit = stage(registry, ConcurrencyLimit)
+    client = registry.client("s")
+    stop = threading.Event()
+
+    def work() -> None:
+        with outbound.criticality("critical"):
+            while not stop.is_set():
+                try:
+                    client.get("x")
+                except outbound.ConcurrencyLimitedError as error:
+                    stop.wait(max(0.02, error.retry_in))
+
+    threads = background(work, 12)
+    try:
+        wait_for(lambda: limit.limit < 12, timeout=20)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+    assert limit.config.min <= limit.limit < 12
+    assert limit.in_flight == 0
+
+
+@pytest.mark.parametrize("algorithm", ["gradient2", "vegas", "aimd"])
+def test_answers_that_say_too_much_shrink_the_limit(
+    make_registry: RegistryFactory, upstream: Upstream, algorithm: str
+) -> None:
+    registry = make_registry(
+        s={
+            "base_url": upstream.url,
+            "retry": None,
+            "breaker": {"fail_max": 1000},
+            "concurrency": {"algorithm": algorithm, "initial": 20},
+        }
+    )
+    limit = stage(registry, ConcurrencyLimit)
+    session = registry.session("s")
+    ends = time.monotonic() + 5
+    while limit.limit >= 20 and time.monotonic() < ends:
+        assert session.get("status/503").status_code == 503  # a drop, even with one call in flight
+        time.sleep(0.01)
+    assert limit.limit < 20
+
+
+def test_the_limit_holds_while_the_caller_sends_little(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make_registry(s={"base_url": upstream.url, "concurrency": {"initial": 20}})
+    limit = stage(registry, ConcurrencyLimit)
+    session = registry.session("s")
+    for _ in range(40):
+        assert session.get("ok").status_code == 200
+    assert limit.limit == 20  # one call in flight at a time says nothing about the upstream's capacity
+
+
+# -- throttling -----------------------------------------------------------------------------------------------------
+
+
+def test_throttling_refuses_most_first_attempts_to_an_upstream_that_fails(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(
+        s={"base_url": upstream.url, "retry": None, "breaker": {"fail_max": 1000}, "throttle": {"k": 2}}
+    )
+    session = registry.session("s")
+    throttled: list[outbound.ThrottledError] = []
+    for _ in range(200):
+        try:
+            assert session.get("status/503").status_code == 503
+        except outbound.ThrottledError as error:
+            throttled.append(error)
+    assert all(error.retry_in > 0 for error in throttled)
+    sent = len(upstream.recent("/status/503"))
+    assert len(throttled) + sent == 200
+    assert len(throttled) > 100  # k=2 against an upstream that accepts nothing: most are refused here
+    assert sent >= 2  # but it keeps being asked: a recovery is noticed
+
+
+def test_throttling_never_refuses_calls_to_a_healthy_upstream(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(s={"base_url": upstream.url, "throttle": {"k": 1}})
+    session = registry.session("s")
+    for _ in range(200):
+        assert session.get("ok").status_code == 200
+    throttle = stage(registry, Throttle)
+    assert throttle.probability() == 0.0
+    assert throttle.snapshot()["accepts"] == 200
+
+
+def test_throttling_sheds_sheddable_calls_first() -> None:
+    clock = [100.0]
+    throttle = Throttle(outbound.ThrottleConfig(k=2.0), frozenset({503}), clock=lambda: clock[0])
+    throttle.requests, throttle.accepts = 100, 30
+    assert throttle.probability(critical=False) == pytest.approx(40 / 101)
+    assert throttle.probability(critical=True) == 0.0
+
+
+# -- retry tokens ---------------------------------------------------------------------------------------------------
+
+
+def test_retry_tokens_stop_retries_to_an_upstream_that_fails(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    retry = {"total": 3, "backoff_factor": 0, "backoff_jitter": 0, "budget": None, "respect_retry_after": False}
+    registry = make_registry(
+        s={
+            "base_url": upstream.url,
+            "retry": {**retry, "tokens": {"max": 4, "ratio": 0.1}},
+            "breaker": {"fail_max": 1000},
+        },
+        bare={"base_url": upstream.url, "retry": retry, "breaker": {"fail_max": 1000}},
+    )
+    with no_waits():
+        for _ in range(20):
+            assert registry.session("s").get("status/503").status_code == 503
+        with_tokens = len(upstream.recent("/status/503"))
+        for _ in range(20):
+            assert registry.session("bare").get("status/503").status_code == 503
+        without = len(upstream.recent("/status/503")) - with_tokens
+    assert without == 80  # every call retried three times
+    assert with_tokens <= 20 + 2  # the first failures spent the pool: 2 retries, then none
+
+
+def test_retry_tokens_allow_retries_while_most_attempts_succeed(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(
+        s={
+            "base_url": upstream.url,
+            "retry": {"total": 2, "backoff_factor": 0, "budget": None, "tokens": {"max": 10}},
+        }
+    )
+    session = registry.session("s")
+    with no_waits():
+        for index in range(3):
+            for _ in range(20):
+                assert session.get("ok").status_code == 200  # each success gives back 0.1 token
+            assert session.get(f"fail-then-ok?fails=1&key=tokens-{index}").status_code == 200  # retried
+
+
+# -- the breaker's growing open period ------------------------------------------------------------------------------
+
+
+def test_each_failed_trial_doubles_the_open_period_until_a_close_resets_it(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(
+        s={
+            "base_url": upstream.url,
+            "retry": None,
+            "breaker": {"fail_max": 1, "reset_timeout": 0.1, "backoff": {"factor": 2, "max": 0.3}},
+        }
+    )
+    session = registry.session("s")
+    breaker = registry["s"].policy.breaker
+    assert session.get("status/503").status_code == 503
+    assert breaker.state == "open"
+    opened = []
+    for _ in range(3):
+        opened.append(breaker.open_seconds())
+        time.sleep((breaker.retry_in() or 0) + 0.01)
+        assert session.get("status/503").status_code == 503  # the trial fails
+    assert opened == [0.1, 0.2, 0.3]  # 0.1, then 0.2, then capped at 0.3
+    assert breaker.open_seconds() == pytest.approx(0.3)
+    time.sleep((breaker.retry_in() or 0) + 0.01)
+    assert session.get("ok").status_code == 200  # the trial succeeds: closed
+    assert breaker.state == "closed"
+    assert breaker.open_seconds() == 0.1
+
+
+def test_without_backoff_every_opening_lasts_reset_timeout(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make_registry(
+        s={"base_url": upstream.url, "retry": None, "breaker": {"fail_max": 1, "reset_timeout": 0.05}}
+    )
+    session = registry.session("s")
+    breaker = registry["s"].policy.breaker
+    for _ in range(3):
+        time.sleep((breaker.retry_in() or 0) + 0.01)
+        assert session.get("status/503").status_code == 503
+        assert breaker.open_seconds() == 0.05
+
+
+# -- criticality ----------------------------------------------------------------------------------------------------
+
+
+def test_criticality_scopes_nest_and_default_to_sheddable_outside_a_request() -> None:
+    assert current() == "sheddable"
+    with outbound.criticality("critical"):
+        assert current() == "critical"
+        with outbound.criticality("sheddable"):
+            assert current() == "sheddable"
+        assert current() == "critical"
+    assert current() == "sheddable"
+    with pytest.raises(ValueError, match="'critical' or 'sheddable'"):
+        outbound.criticality("urgent")  # type: ignore[arg-type]
+
+
+def test_a_request_makes_its_calls_critical_until_it_ends() -> None:
+    token = request_started()
+    assert current() == "critical"
+    with outbound.criticality("sheddable"):
+        assert current() == "sheddable"
+    request_finished(token)
+    assert current() == "sheddable"
+
+
+def test_a_flask_request_is_critical_and_code_outside_it_sheddable(upstream: Upstream) -> None:
+    flask = pytest.importorskip("flask")
+    from outbound_flask import Outbound
+
+    app = flask.Flask(__name__)
+    app.config["OUTBOUND"] = {"services": {"s": {"base_url": upstream.url}}}
+    Outbound(app)
+
+    @app.route("/level")
+    def level() -> str:
+        return current()
+
+    assert app.test_client().get("/level").text == "critical"
+    assert current() == "sheddable"
+
+
+# -- configuration --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "words"),
+    [
+        ({"concurrency": {"min": 10, "max": 5}}, "concurrency.min", "must be <= max (5)"),
+        ({"concurrency": {"algorithm": "bbr"}}, "concurrency.algorithm", "'gradient2' or 'vegas' or 'aimd'"),
+        ({"concurrency": {"initial": 500, "max": 100}}, "concurrency.initial", "between min (1) and max (100)"),
+        ({"concurrency": {"scope": "fleet"}}, "concurrency.scope", "not available yet"),
+        ({"concurrency": {"limit": 10}}, "concurrency.limit", "'adaptive'"),
+        ({"throttle": {"k": 0.5}}, "throttle.k", "must be >= 1"),
+        ({"throttle": {"window": 0.5}}, "throttle.window", "from 1 to 3600"),
+        ({"retry": {"tokens": {"max": 0.5}}}, "retry.tokens.max", "must be >= 1"),
+        ({"breaker": {"backoff": {"factor": 0.5}}}, "breaker.backoff.factor", "must be >= 1"),
+        ({"breaker": {"backoff": {"max": 0}}}, "breaker.backoff.max", "> 0"),
+    ],
+)
+def test_bad_settings_are_config_errors_naming_service_and_key(settings: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(outbound.ConfigError) as caught:
+        outbound.parse_config({"services": {"billing": {"base_url": "http://127.0.0.1:1/", **settings}}})
+    error = caught.value
+    assert (error.service, error.key) == ("billing", key)
+    assert words in str(error)
+
+
+def test_the_settings_parse_with_their_defaults() -> None:
+    config = outbound.parse_config(
+        {
+            "services": {
+                "s": {
+                    "base_url": "http://127.0.0.1:1/",
+                    "concurrency": {},
+                    "throttle": {},
+                    "retry": {"tokens": {}},
+                    "breaker": {"backoff": {}},
+                }
+            }
+        }
+    ).services["s"]
+    assert config.concurrency == outbound.ConcurrencyConfig()
+    assert (config.concurrency.algorithm, config.concurrency.initial) == ("gradient2", 20)
+    assert config.throttle == outbound.ThrottleConfig(k=2.0, window=120.0)
+    assert config.retry.tokens == outbound.TokensConfig(max=10.0, ratio=0.1)
+    assert config.breaker.backoff == outbound.BreakerBackoffConfig(factor=2.0, max=300.0)
+
+
+def test_refusals_are_answered_503_with_retry_after() -> None:
+    for cls, reason in (
+        (outbound.ConcurrencyLimitedError, "concurrency_limited"),
+        (outbound.ThrottledError, "throttled"),
+    ):
+        error = cls("refused")
+        error.retry_in = 1.5
+        answer = outbound.error_answer(error)
+        assert answer is not None
+        assert (answer.status, answer.reason) == (503, reason)
+
+
+def test_a_grown_open_period_holds_across_the_fleet(redis_url: str, upstream: Upstream) -> None:
+    """breaker.backoff with a fleet: a worker that sees another's failed trial keeps the grown open period (a remote
+    opening is capped at backoff.max, not at reset_timeout)."""
+    service = {
+        "base_url": upstream.url,
+        "retry": None,
+        "breaker": {"fail_max": 1, "reset_timeout": 0.3, "backoff": {"factor": 10, "max": 30}},
+    }
+    state = {"backend": "redis", "url": redis_url, "prefix": "backoff", "sync_interval": 0.1}
+    workers = [outbound.Registry.from_mapping({"services": {"api": service}, "state": state}) for _ in range(2)]
+    try:
+        breakers = [worker["api"].policy.breaker for worker in workers]
+        for worker in workers:
+            assert worker.session("api").get("ok").status_code == 200
+        assert workers[0].session("api").get("status/503").status_code == 503
+        wait_for(lambda: all(breaker.state == "open" for breaker in breakers))
+        time.sleep((breakers[1].retry_in() or 0) + 0.05)
+        assert workers[1].session("api").get("status/503").status_code == 503  # the trial fails: open for 3 s
+        assert breakers[1].open_seconds() == pytest.approx(3.0)
+        wait_for(lambda: (breakers[0].retry_in() or 0) > 1.0)  # not cut to reset_timeout's 0.3 s
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def test_the_async_client_meets_the_limit_and_a_reset_forgets_what_was_learned(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    import asyncio
+
+    import httpx
+
+    registry = make_registry(
+        s={"base_url": upstream.url, "client": "httpx", "concurrency": {"initial": 1, "min": 1, "max": 1}}
+    )
+    limit = stage(registry, ConcurrencyLimit)
+
+    async def main() -> list[Any]:
+        client = registry.async_client("s")
+        with outbound.criticality("critical"):
+            return await asyncio.gather(
+                client.get("slow?delay=0.3"), client.get("slow?delay=0.3"), return_exceptions=True
+            )
+
+    outcomes = asyncio.run(main())
+    refused = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    assert len(refused) == 1
+    assert isinstance(refused[0], outbound.ConcurrencyLimitedError)
+    assert isinstance(refused[0], httpx.TransportError)  # what an httpx caller already catches
+    assert limit.in_flight == 0
+    limit.limit = 0.5
+    registry.reset("s")
+    assert limit.limit == 1.0  # back to initial
