@@ -28,7 +28,15 @@ PREFIX = "scale"
 def _mapping(redis_url: str, upstream: Upstream, sync_interval: float) -> dict[str, Any]:
     return {
         "services": {f"s{i}": {"base_url": upstream.url, "retry": None} for i in range(SERVICES)},
-        "state": {"backend": "redis", "url": redis_url, "prefix": PREFIX, "sync_interval": sync_interval},
+        # The merge reads every live worker's stats (1.4 MB for 1,000): more than the default 50 ms of socket time on
+        # a loaded machine, as in a large fleet (docs/fleet.md: raise state.timeout past a few hundred workers).
+        "state": {
+            "backend": "redis",
+            "url": redis_url,
+            "prefix": PREFIX,
+            "sync_interval": sync_interval,
+            "timeout": 2.0,
+        },
     }
 
 
