@@ -119,15 +119,22 @@ def test_the_live_p95_sets_the_delay_once_enough_calls_are_known(
 ) -> None:
     registry = make_registry(api=_service(upstream, hedge={"delay": "p95"}))
 
-    async def main() -> list[str]:
+    async def main() -> list[float]:
         client = registry.async_client("api")
         params = {"every": 25, "delay": SLOW, "key": "p95"}
-        return [(await client.get("replica", params=params)).text for _ in range(25)]
+        took = []
+        for _ in range(25):
+            started = time.monotonic()
+            (await client.get("replica", params=params)).raise_for_status()
+            took.append(time.monotonic() - started)
+        return took
 
-    bodies = asyncio.run(main())
-    # 24 fast calls give a p95 of a few milliseconds; the 25th (slow) is hedged after it and the hedge (26) wins.
-    assert bodies[:24] == [str(n) for n in range(1, 25)]
-    assert bodies[24] == "26"
+    took = asyncio.run(main())
+    # 24 fast calls give a p95 of a few milliseconds; the slow 25th request is hedged after it and a fast hedge wins,
+    # so no call waits for the slow replica. (Which call meets request 25 depends on the machine: a hiccup longer
+    # than that p95 hedges an earlier call, and the numbering moves on by one.)
+    assert max(took) < SLOW / 2, took
+    assert upstream.hits_by_path["/replica"] >= 26  # at least the one hedge
 
 
 def test_cancelling_the_caller_mid_race_gives_everything_back(
