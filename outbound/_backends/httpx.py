@@ -45,9 +45,11 @@ if TYPE_CHECKING:  # type-checked against httpx: httpx2 has the same API
     import httpx
 
     from .._egress import Egress
+    from ._client_work import SharedClientWork
     from ._httpcore import bound_to_deadlines, guard_connections
 else:
     httpx = LIBRARY.httpx()
+    SharedClientWork = LIBRARY.backend("_client_work").SharedClientWork
     bound_to_deadlines = LIBRARY.backend("_httpcore").bound_to_deadlines
     guard_connections = LIBRARY.backend("_httpcore").guard_connections
 
@@ -713,7 +715,7 @@ def _cached(policy: Policy, top: Any, mounts: dict[str, Any], flavour: int) -> t
     return layer(policy.cache, top), wrapped
 
 
-class ServiceClient(_ManagedRedirects, httpx.Client):
+class ServiceClient(_ManagedRedirects, SharedClientWork, httpx.Client):
     """An ``httpx.Client`` bound to one service (``base_url``, headers, timeouts); calls run the policy.
 
     The registry owns it: ``close()`` and ``with client:`` do not close it (other code of the process shares it);
@@ -732,6 +734,7 @@ class ServiceClient(_ManagedRedirects, httpx.Client):
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         top, mounts = _cached(policy, self.outbound_transport, mounts, 0)
         super().__init__(transport=top, mounts=mounts, **client_options(config))
+        self._keep_shared_work()
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
@@ -770,7 +773,7 @@ class ServiceClient(_ManagedRedirects, httpx.Client):
         super().close()
 
 
-class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
+class ServiceAsyncClient(_ManagedRedirects, SharedClientWork, httpx.AsyncClient):
     """An ``httpx.AsyncClient`` bound to one service and one event loop; calls run the policy.
 
     The registry owns it: ``aclose()`` and ``async with client:`` do not close it; the registry closes it when its
@@ -790,6 +793,7 @@ class ServiceAsyncClient(_ManagedRedirects, httpx.AsyncClient):
         self._managed_mounts = [mount for mount in mounts.values() if mount is not None]
         top, mounts = _cached(policy, self.outbound_transport, mounts, 1)
         super().__init__(transport=top, mounts=mounts, **client_options(config))
+        self._keep_shared_work()
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         if self._policy.breaker.state != CLOSED and self._policy.cache is None:  # the cache may answer it
