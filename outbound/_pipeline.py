@@ -61,6 +61,10 @@ class Pipeline:
     attempt_stages: tuple[Stage, ...]
     send_gates: tuple[tuple[int, SendGate], ...]
     endpoints: Endpoints | None = None  # a service with several endpoints (``_endpoints.py``)
+    # An operator's reset (``registry.reset(name)``): each part forgets what it counted or learned, in this order.
+    resets: tuple[Callable[[], None], ...] = ()
+    # In a forked child: each part gets new locks and forgets what the parent's threads held.
+    fork_resets: tuple[Callable[[], None], ...] = ()
 
 
 def compose(
@@ -156,6 +160,16 @@ def compose(
     if tokens is not None:
         attempt.append(tokens)
     gates = tuple((index, stage) for index, stage in enumerate(attempt) if hasattr(stage, "at_send"))
+    # What an operator's reset clears, composed with the parts (a part that is off is not asked); the cache goes
+    # last, so no stale answer outlives the state it was kept for.
+    resets: list[Callable[[], None]] = [breaker.reset]
+    for part in (endpoints, pause, rate_limit):
+        if part is not None:
+            resets.append(part.reset)
+    for learned in (would_reject, *adaptive, budget, cache):  # budget: the retry budget and the retry tokens
+        if learned is not None:
+            resets.append(learned.clear)
+    forked = [*attempt, call_stage, budget, chaos, cache]
     return Pipeline(
         breaker=breaker,
         budget=budget,
@@ -170,4 +184,6 @@ def compose(
         attempt_stages=tuple(attempt),
         send_gates=gates,
         endpoints=endpoints,
+        resets=tuple(resets),
+        fork_resets=tuple(part.reset_after_fork for part in forked if part is not None),
     )

@@ -65,6 +65,8 @@ class Policy:
         self.stages = pipeline.attempt_stages
         self.send_gates = pipeline.send_gates
         self.endpoints = pipeline.endpoints  # None: one base_url
+        self.resets = pipeline.resets
+        self.fork_resets = pipeline.fork_resets
         self.endpoint_index = self.stages.index(self.endpoints) if self.endpoints is not None else -1
         self.retry = RetryRule(
             config.retry,
@@ -130,37 +132,16 @@ class Policy:
             self.rate_limit.close()  # a fleet limit's connection to Redis
 
     def reset(self) -> None:
-        """Close the breaker, clear its counts, the retry budget, a pause, the rate limit's permits and the stats."""
-        self.breaker.reset()
-        if self.endpoints is not None:
-            self.endpoints.reset()
-        if self.budget is not None:
-            self.budget.clear()
-        if self.pause is not None:
-            self.pause.reset()
-        if self.rate_limit is not None:
-            self.rate_limit.reset()
-        if self.would_reject is not None:
-            self.would_reject.clear()
-        for stage in self.stages:
-            clear = getattr(stage, "clear", None)  # what adaptive stages learned (_adaptive.py, _throttle.py)
-            if clear is not None:
-                clear()
-        if self.cache is not None:
-            self.cache.clear()
+        """Close the breaker and clear what every part of the pipeline counted or learned, and the stats."""
+        for reset in self.resets:
+            reset()
         self.stats.clear()
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's other threads, their locks, calls and trial slots do not exist here."""
         self.stats.reset_after_fork()
-        for stage in (*self.stages, *self.call_stages):
-            stage.reset_after_fork()
-        if self.budget is not None:
-            self.budget.reset_after_fork()
-        if self.chaos is not None:
-            self.chaos.reset_after_fork()
-        if self.cache is not None:
-            self.cache.reset_after_fork()
+        for reset in self.fork_resets:
+            reset()
         self.closing = threading.Event()
         if self.closed:
             self.closing.set()

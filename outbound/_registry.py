@@ -237,11 +237,7 @@ class Registry:
 
         Every service is closed even if one fails; the first failure is raised afterwards.
         """
-        self._closed = True
-        self._state.close()
-        if self._switches is not None:
-            self._switches.close()
-        errors: list[Exception] = []
+        errors = self._close_shared()
         for service in self._services.values():
             try:
                 service.close()
@@ -252,11 +248,7 @@ class Registry:
 
     async def aclose(self) -> None:
         """``close()`` for async code: the running loop's async clients are awaited."""
-        self._closed = True
-        self._state.close()
-        if self._switches is not None:
-            self._switches.close()
-        errors: list[Exception] = []
+        errors = self._close_shared()
         for service in self._services.values():
             try:
                 await service.aclose()
@@ -264,6 +256,15 @@ class Registry:
                 errors.append(error)
         if errors:
             raise errors[0]
+
+    def _close_shared(self) -> list[Exception]:
+        """The first step of ``close`` and ``aclose``: refuse new clients, and let go of the fleet's state; the
+        services' failures go in the list returned."""
+        self._closed = True
+        self._state.close()
+        if self._switches is not None:
+            self._switches.close()
+        return []
 
     def __enter__(self) -> Registry:
         return self

@@ -174,8 +174,7 @@ def probe(registry: Registry, *, service: str | None = None, as_json: bool = Fal
 def isolate(registry: Registry, name: str, seconds: float | None) -> Output:
     """Force ``name``'s breaker open for the fleet (``Registry.isolate``); exit 3, changing nothing, when the fleet's
     state backend does not answer."""
-    refusal = _needs_fleet(registry, "isolate") or _needs_reachable_fleet(registry, name, "isolate")
-    if refusal is not None:
+    if (refusal := _fleet_refusal(registry, name, "isolate")) is not None:
         return refusal
     registry.isolate(name, seconds)
     until = f"for {seconds:g}s" if seconds is not None else "until `outbound reset`"
@@ -218,8 +217,7 @@ def chaos(
 
     if name is not None and name not in registry:
         return _error(f"unknown outbound service {name!r}")
-    refusal = _needs_fleet(registry, "chaos") or _needs_reachable_fleet(registry, name, "chaos")
-    if refusal is not None:
+    if (refusal := _fleet_refusal(registry, name, "chaos")) is not None:
         return refusal
     switches = FleetSwitches(registry.config.state)
     try:
@@ -251,8 +249,7 @@ def enforce(registry: Registry, name: str, *, off: bool = False) -> Output:
 
     if name not in registry:
         return _error(f"unknown outbound service {name!r}")
-    refusal = _needs_fleet(registry, "enforce") or _needs_reachable_fleet(registry, name, "enforce")
-    if refusal is not None:
+    if (refusal := _fleet_refusal(registry, name, "enforce")) is not None:
         return refusal
     switches = FleetSwitches(registry.config.state)
     try:
@@ -267,11 +264,15 @@ def enforce(registry: Registry, name: str, *, off: bool = False) -> Output:
 def reset(registry: Registry, name: str | None = None) -> Output:
     """Close the breaker(s) and clear the counts for the fleet (``Registry.reset``); exit 3, changing nothing, when
     the fleet's state backend does not answer."""
-    refusal = _needs_fleet(registry, "reset") or _needs_reachable_fleet(registry, name, "reset")
-    if refusal is not None:
+    if (refusal := _fleet_refusal(registry, name, "reset")) is not None:
         return refusal
     registry.reset(name)
     return Output(f"{name or 'every service'}: breaker closed and counts cleared in every process sharing this state")
+
+
+def _fleet_refusal(registry: Registry, name: str | None, action: str) -> Output | None:
+    """Why ``outbound ACTION`` cannot reach the fleet from here, or ``None``."""
+    return _needs_fleet(registry, action) or _needs_reachable_fleet(registry, name, action)
 
 
 def _needs_fleet(registry: Registry, action: str) -> Output | None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _expect, _sdk
 from .._call import Call
-from .._config import SdkConfig
+from .._config import SdkConfig, ServiceConfig
 from .._hedge import Hedge
 from .._outcome import Outcome
 from .._policy import Policy
@@ -140,14 +140,13 @@ def _request_of(error: Exception) -> httpx.Request | None:
         return None
 
 
-class SdkServiceClient(ServiceClient):
-    """``ServiceClient`` of a service with an ``sdk`` section (``answer_refusals``: refusals come back as responses
-    the SDKs do not retry)."""
+class _AnswersFor:
+    """Which errors a client of a service with an ``sdk`` section answers instead of raising."""
 
-    transport_class = SdkOutboundTransport
+    _policy_config: ServiceConfig
+    _sdk_config: SdkConfig
 
-    def __init__(self, policy: Policy, *, transport: InnerTransport | None = None) -> None:
-        super().__init__(policy, transport=transport)
+    def _answer_for(self, policy: Policy) -> None:
         self._policy_config = policy.config
         sdk = policy.config.sdk
         assert sdk is not None
@@ -156,6 +155,17 @@ class SdkServiceClient(ServiceClient):
     def _answers(self, error: Exception) -> bool:
         config = self._policy_config
         return _sdk.answers(error, self._sdk_config, _sdk.retries_of(config, _expect.current(config.name)))
+
+
+class SdkServiceClient(_AnswersFor, ServiceClient):
+    """``ServiceClient`` of a service with an ``sdk`` section (``answer_refusals``: refusals come back as responses
+    the SDKs do not retry)."""
+
+    transport_class = SdkOutboundTransport
+
+    def __init__(self, policy: Policy, *, transport: InnerTransport | None = None) -> None:
+        super().__init__(policy, transport=transport)
+        self._answer_for(policy)
 
     def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         try:
@@ -174,21 +184,14 @@ class SdkServiceClient(ServiceClient):
             return _answer(error, self.service_name, request)
 
 
-class SdkServiceAsyncClient(ServiceAsyncClient):
+class SdkServiceAsyncClient(_AnswersFor, ServiceAsyncClient):
     """``ServiceAsyncClient`` doing what ``SdkServiceClient`` does."""
 
     transport_class = SdkAsyncOutboundTransport
 
     def __init__(self, policy: Policy, *, loop: object, transport: InnerTransport | None = None) -> None:
         super().__init__(policy, loop=loop, transport=transport)
-        self._policy_config = policy.config
-        sdk = policy.config.sdk
-        assert sdk is not None
-        self._sdk_config = sdk
-
-    def _answers(self, error: Exception) -> bool:
-        config = self._policy_config
-        return _sdk.answers(error, self._sdk_config, _sdk.retries_of(config, _expect.current(config.name)))
+        self._answer_for(policy)
 
     async def request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
         try:
