@@ -52,26 +52,8 @@ import math
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from . import _errors as errors
 from ._config import SdkConfig, ServiceConfig
-from ._errors import (
-    BulkheadFullError,
-    CircuitOpenError,
-    ConcurrencyLimitedError,
-    ConnectError,
-    ConnectTimeoutError,
-    DeadlineExceededError,
-    EventLoopMismatchError,
-    OutboundError,
-    PoolTimeoutError,
-    RateLimitedError,
-    ReadError,
-    ReadTimeoutError,
-    RegistryClosedError,
-    RejectedError,
-    ThrottledError,
-    TransportFailure,
-    WriteTimeoutError,
-)
 from ._expect import Expectation
 from ._outcome import Kind, Outcome
 from ._retry import retries_for
@@ -96,9 +78,14 @@ __all__ = [
 call_logger = logging.getLogger("outbound.call")
 
 # The errors a service with ``sdk.answer_refusals`` answers instead of raising.
-ANSWERED: tuple[type[Exception], ...] = (RejectedError, PoolTimeoutError, RegistryClosedError, EventLoopMismatchError)
+ANSWERED: tuple[type[Exception], ...] = (
+    errors.RejectedError,
+    errors.PoolTimeoutError,
+    errors.RegistryClosedError,
+    errors.EventLoopMismatchError,
+)
 # The failures a service with ``sdk.final_responses`` answers: outbound gave up on them (retries spent or denied).
-FAILURES: tuple[type[Exception], ...] = (TransportFailure,)
+FAILURES: tuple[type[Exception], ...] = (errors.TransportFailure,)
 # Every error the client layer may answer (``answers`` says whether this service does).
 ANSWERABLE: tuple[type[Exception], ...] = ANSWERED + FAILURES
 # Where an httpx response carries the error it answers.
@@ -113,22 +100,22 @@ SDK_RETRY_HEADER = "x-stainless-retry-count"
 
 # Most specific first.
 _STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
-    (CircuitOpenError, 503, "circuit_open"),
-    (BulkheadFullError, 503, "bulkhead_full"),
-    (RateLimitedError, 429, "rate_limited"),
-    (ConcurrencyLimitedError, 503, "concurrency_limited"),
-    (ThrottledError, 503, "throttled"),
-    (DeadlineExceededError, 504, "deadline_exceeded"),
-    (RejectedError, 503, "rejected"),
-    (RegistryClosedError, 503, "registry_closed"),
-    (EventLoopMismatchError, 500, "event_loop_mismatch"),
-    (PoolTimeoutError, 503, "pool_timeout"),
-    (ConnectTimeoutError, 504, "connect_timeout"),
-    (ConnectError, 502, "connect_error"),
-    (ReadTimeoutError, 504, "read_timeout"),
-    (WriteTimeoutError, 504, "write_timeout"),
-    (ReadError, 502, "read_error"),
-    (TransportFailure, 502, "transport_failure"),
+    (errors.CircuitOpenError, 503, "circuit_open"),
+    (errors.BulkheadFullError, 503, "bulkhead_full"),
+    (errors.RateLimitedError, 429, "rate_limited"),
+    (errors.ConcurrencyLimitedError, 503, "concurrency_limited"),
+    (errors.ThrottledError, 503, "throttled"),
+    (errors.DeadlineExceededError, 504, "deadline_exceeded"),
+    (errors.RejectedError, 503, "rejected"),
+    (errors.RegistryClosedError, 503, "registry_closed"),
+    (errors.EventLoopMismatchError, 500, "event_loop_mismatch"),
+    (errors.PoolTimeoutError, 503, "pool_timeout"),
+    (errors.ConnectTimeoutError, 504, "connect_timeout"),
+    (errors.ConnectError, 502, "connect_error"),
+    (errors.ReadTimeoutError, 504, "read_timeout"),
+    (errors.WriteTimeoutError, 504, "write_timeout"),
+    (errors.ReadError, 502, "read_error"),
+    (errors.TransportFailure, 502, "transport_failure"),
 )
 
 
@@ -243,7 +230,7 @@ def judged(expected: Expected, scope: Expectation | None, path: str, outcome: Ou
     return Outcome(Kind.RESPONSE, status=outcome.status, expected=True)
 
 
-def sdk_error(error: BaseException) -> OutboundError | None:
+def sdk_error(error: BaseException) -> errors.OutboundError | None:
     """The outbound error behind an SDK's exception, or ``None``.
 
     Looks at the answer's response (``exc.response``, as openai and anthropic keep it) and along the exception's
@@ -253,14 +240,14 @@ def sdk_error(error: BaseException) -> OutboundError | None:
     seen = 0
     current: BaseException | None = error
     while current is not None and seen < 10:  # chains can be cyclic: bounded
-        if isinstance(current, OutboundError):
+        if isinstance(current, errors.OutboundError):
             return current
         response = getattr(current, "response", None)
         found = getattr(response, "outbound_error", None)
         if found is None:
             extensions = getattr(response, "extensions", None)
             found = extensions.get(EXTENSION) if isinstance(extensions, Mapping) else None
-        if isinstance(found, OutboundError):
+        if isinstance(found, errors.OutboundError):
             return found
         current = current.__cause__ or current.__context__
         seen += 1

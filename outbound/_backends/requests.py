@@ -261,6 +261,18 @@ def _seconds(value: object, original: object) -> float | None:
     raise ValueError(f"timeout must be a number, a (connect, read) tuple or a urllib3 Timeout, got {original!r}")
 
 
+class SendArgs(NamedTuple):
+    """What ``HTTPAdapter.send`` is given besides the request, as the caller gave it. The managed adapters and their
+    subclasses (the SDK layer's, the cache's) work on it in ``managed_send``, so requests' signature is written once,
+    in ``OutboundAdapter.send``."""
+
+    stream: bool
+    timeout: Any
+    verify: bool | str
+    cert: Any
+    proxies: Mapping[str, str] | None
+
+
 class _Send(NamedTuple):
     """One ``send()``'s arguments, carried through the attempts of its call."""
 
@@ -356,6 +368,11 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
         cert: Any = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
+        return self.managed_send(request, SendArgs(stream, timeout, verify, cert, proxies))
+
+    def managed_send(self, request: requests.PreparedRequest, args: SendArgs) -> requests.Response:
+        """``send`` with its arguments in one record: what a subclass overrides."""
+        stream, timeout, verify, cert, proxies = args
         connect, read = _split_timeout(timeout, self._config)
         method = request.method or "GET"
         call = self._policy.start(

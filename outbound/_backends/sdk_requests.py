@@ -6,7 +6,6 @@ Built only for such a service: every other one gets ``ServiceSession`` itself.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,7 +17,7 @@ from .._call import Call
 from .._config import SdkConfig
 from .._outcome import Outcome
 from .._policy import Policy
-from .requests import OutboundAdapter, ServiceSession, _retries, _retries_for
+from .requests import OutboundAdapter, SendArgs, ServiceSession, _retries, _retries_for
 
 
 def _capped(timeout: Any, config: SdkConfig) -> Any:
@@ -40,23 +39,15 @@ class SdkAdapter(OutboundAdapter):
         self._sdk = sdk
         self._expected = _sdk.expected_paths(policy.config)
 
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: Any = None,
-        verify: bool | str = True,
-        cert: Any = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
+    def managed_send(self, request: requests.PreparedRequest, args: SendArgs) -> requests.Response:
         if self._sdk.timeout_max is not None:
-            timeout = _capped(timeout, self._sdk)
+            args = args._replace(timeout=_capped(args.timeout, self._sdk))
         scope = _expect.current(self._config.name)
         token = None
         if scope is not None and scope.retries is not None and _retries_for(self) is None:
             token = _retries.set((self, scope.retries))  # as a caller's retries= (the adapter reads it)
         try:
-            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+            return super().managed_send(request, args)
         finally:
             if token is not None:
                 _retries.reset(token)

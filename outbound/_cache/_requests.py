@@ -1,18 +1,18 @@
-"""The cache layer for requests: an ``OutboundAdapter`` whose ``send`` asks the cache before the policy runs."""
+"""The cache layer for requests: an ``OutboundAdapter`` whose ``managed_send`` asks the cache before the policy runs."""
 
 from __future__ import annotations
 
 import datetime
 import http.client
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from .._backends.requests import OutboundAdapter
+from .._backends.requests import OutboundAdapter, SendArgs
 from .._errors import CallError
 from .._policy import Policy
 from ._entry import Entry
@@ -72,15 +72,7 @@ class CachedAdapter(OutboundAdapter):
         super().__init__(policy)
         self._layer = layer
 
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: Any = None,
-        verify: bool | str = True,
-        cert: Any = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
+    def managed_send(self, request: requests.PreparedRequest, args: SendArgs) -> requests.Response:
         layer = self._layer
         method = request.method or "GET"
         headers = request.headers
@@ -88,7 +80,7 @@ class CachedAdapter(OutboundAdapter):
 
         def down(sent: requests.PreparedRequest) -> requests.Response:
             # The adapter below this layer: OutboundAdapter's, or an SDK service's subclass of it.
-            return super(CachedAdapter, self).send(sent, stream, timeout, verify, cert, proxies)
+            return super(CachedAdapter, self).managed_send(sent, args)
 
         if layer.storage is None or layer.passes_through(method, headers):
             return self._guarded(request, method, url, None, lambda: down(request))
@@ -126,7 +118,7 @@ class CachedAdapter(OutboundAdapter):
             assert found is not None
             response.close()
             return _from_entry(request, found.entry, "stale", found.entry.age(layer.now()))
-        if not stream and response.status_code != 304:
+        if not args.stream and response.status_code != 304:
             layer.store(
                 method,
                 url,
