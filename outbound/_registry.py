@@ -237,7 +237,8 @@ class Registry:
 
         Every service is closed even if one fails; the first failure is raised afterwards.
         """
-        errors = self._close_shared()
+        self._close_shared()
+        errors: list[Exception] = []
         for service in self._services.values():
             try:
                 service.close()
@@ -248,7 +249,8 @@ class Registry:
 
     async def aclose(self) -> None:
         """``close()`` for async code: the running loop's async clients are awaited."""
-        errors = self._close_shared()
+        self._close_shared()
+        errors: list[Exception] = []
         for service in self._services.values():
             try:
                 await service.aclose()
@@ -257,14 +259,12 @@ class Registry:
         if errors:
             raise errors[0]
 
-    def _close_shared(self) -> list[Exception]:
-        """The first step of ``close`` and ``aclose``: refuse new clients, and let go of the fleet's state; the
-        services' failures go in the list returned."""
+    def _close_shared(self) -> None:
+        """The first step of ``close`` and ``aclose``: refuse new clients, and let go of the fleet's state."""
         self._closed = True
         self._state.close()
         if self._switches is not None:
             self._switches.close()
-        return []
 
     def __enter__(self) -> Registry:
         return self
