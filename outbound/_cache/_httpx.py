@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 from collections.abc import Awaitable
 from typing import Any
 
 from .._errors import CallError
 from .._loops import current_loop
-from ._entry import Entry
+from ._answers import Answers, Parts
 from ._layer import CACHE_EXTENSION, ERROR_STATUSES, STALE_EXTENSION, CacheLayer, Found
 
 PRELOAD = "outbound.preload"  # the backend's: the client reads the whole body (not a streamed call)
@@ -28,32 +27,23 @@ def _pairs(headers: Any) -> list[tuple[str, str]]:
 def transport_classes(httpx: Any) -> tuple[type[Any], type[Any]]:
     """``(CachingTransport, AsyncCachingTransport)`` for ``httpx`` (the httpx or the httpx2 module)."""
 
-    def response(
-        request: Any, status: int, headers: Any, body: bytes, kind: str, *, stale: bool, age: float | None
-    ) -> Any:
-        pairs = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-        if age is not None:
-            pairs.append((b"Age", str(int(age)).encode()))
-        return httpx.Response(
-            status,
-            headers=pairs,
-            stream=httpx.ByteStream(body),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1", CACHE_EXTENSION: kind, STALE_EXTENSION: stale},
-        )
+    class LibraryAnswers(Answers[Any]):
+        def response(self, request: Any, parts: Parts) -> Any:
+            pairs = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in parts.headers]
+            if parts.age is not None:
+                pairs.append((b"Age", str(int(parts.age)).encode()))
+            extensions = {"http_version": b"HTTP/1.1", CACHE_EXTENSION: parts.kind, STALE_EXTENSION: parts.stale}
+            stream = httpx.ByteStream(parts.body)
+            return httpx.Response(parts.status, headers=pairs, stream=stream, request=request, extensions=extensions)
 
-    def from_entry(request: Any, entry: Entry, kind: str, age: float) -> Any:
-        return response(request, entry.status, entry.headers, entry.body, kind, stale=age >= entry.lifetime, age=age)
-
-    def fallback_value(request: Any, value: object) -> Any:
-        if isinstance(value, httpx.Response):
+        def adopt(self, value: object) -> Any:
+            if not isinstance(value, httpx.Response):
+                return None
             value.extensions = {**value.extensions, CACHE_EXTENSION: "fallback", STALE_EXTENSION: False}
             return value
-        if isinstance(value, bytes | str):
-            body = value.encode() if isinstance(value, str) else value
-            return response(request, 200, [], body, "fallback", stale=False, age=None)
-        body = json.dumps(value).encode()
-        return response(request, 200, [("Content-Type", "application/json")], body, "fallback", stale=False, age=None)
+
+    answers = LibraryAnswers()
+    from_entry = answers.from_entry
 
     def copy(request: Any, extra: dict[str, str] | None = None) -> Any:
         headers = httpx.Headers(request.headers)
@@ -65,25 +55,7 @@ def transport_classes(httpx: Any) -> tuple[type[Any], type[Any]]:
 
     def on_error(layer: CacheLayer, request: Any, found: Found | None, error: CallError) -> Any:
         """The stale response or the fallback answering ``error``; ``None``: re-raise it."""
-        method, url = request.method, request.url
-        if layer.stale_for_error(found, method, url, type(error).__name__):
-            assert found is not None
-            return from_entry(request, found.entry, "stale", found.entry.age(layer.now()))
-        fallback = layer.fallback_for(method)
-        if fallback is None:
-            return None
-        if fallback.call is not None:
-            value = fallback.call(request, error)
-            if value is None:
-                return None
-            answer = fallback_value(request, value)
-        else:
-            answer = response(
-                request, fallback.status, fallback.headers.items(), fallback.body, "fallback", stale=False, age=None
-            )
-        layer.count("fallbacks")
-        layer.served("fallback", method, url, type(error).__name__)
-        return answer
+        return answers.on_error(layer, request, request.method, request.url, found, error)
 
     def raw_body(answer: Any) -> bytes | None:
         stream = answer.stream

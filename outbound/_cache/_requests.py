@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import http.client
-import json
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -15,54 +14,40 @@ from requests.structures import CaseInsensitiveDict
 from .._backends.requests import OutboundAdapter, SendArgs
 from .._errors import CallError
 from .._policy import Policy
-from ._entry import Entry
+from ._answers import Answers, Parts
 from ._layer import ERROR_STATUSES, CacheLayer, Found
 
 
-def _response(
-    request: requests.PreparedRequest,
-    status: int,
-    headers: Any,
-    body: bytes,
-    kind: str,
-    *,
-    stale: bool,
-    age: float | None,
-) -> requests.Response:
-    response = requests.Response()
-    response.status_code = status
-    merged: CaseInsensitiveDict[str] = CaseInsensitiveDict()
-    for name, value in headers:
-        merged[name] = f"{merged[name]}, {value}" if name in merged else value
-    if age is not None:
-        merged["Age"] = str(int(age))
-    response.headers = merged
-    response._content = body
-    response._content_consumed = True  # type: ignore[attr-defined]
-    response.reason = http.client.responses.get(status, "")
-    response.url = request.url or ""
-    response.request = request
-    response.encoding = requests.utils.get_encoding_from_headers(merged)
-    response.elapsed = datetime.timedelta(0)
-    response.outbound_cache = kind  # type: ignore[attr-defined]
-    response.outbound_stale = stale  # type: ignore[attr-defined]
-    return response
+class _RequestsAnswers(Answers[requests.Response]):
+    def response(self, request: requests.PreparedRequest, parts: Parts) -> requests.Response:
+        response = requests.Response()
+        response.status_code = parts.status
+        merged: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+        for name, value in parts.headers:
+            merged[name] = f"{merged[name]}, {value}" if name in merged else value
+        if parts.age is not None:
+            merged["Age"] = str(int(parts.age))
+        response.headers = merged
+        response._content = parts.body
+        response._content_consumed = True  # type: ignore[attr-defined]
+        response.reason = http.client.responses.get(parts.status, "")
+        response.url = request.url or ""
+        response.request = request
+        response.encoding = requests.utils.get_encoding_from_headers(merged)
+        response.elapsed = datetime.timedelta(0)
+        response.outbound_cache = parts.kind  # type: ignore[attr-defined]
+        response.outbound_stale = parts.stale  # type: ignore[attr-defined]
+        return response
 
-
-def _from_entry(request: requests.PreparedRequest, entry: Entry, kind: str, age: float) -> requests.Response:
-    return _response(request, entry.status, entry.headers, entry.body, kind, stale=age >= entry.lifetime, age=age)
-
-
-def _fallback_value(request: requests.PreparedRequest, value: object) -> requests.Response:
-    if isinstance(value, requests.Response):
+    def adopt(self, value: object) -> requests.Response | None:
+        if not isinstance(value, requests.Response):
+            return None
         value.outbound_cache = "fallback"  # type: ignore[attr-defined]
         value.outbound_stale = False  # type: ignore[attr-defined]
         return value
-    if isinstance(value, bytes | str):
-        body = value.encode() if isinstance(value, str) else value
-        return _response(request, 200, [], body, "fallback", stale=False, age=None)
-    body = json.dumps(value).encode()
-    return _response(request, 200, [("Content-Type", "application/json")], body, "fallback", stale=False, age=None)
+
+
+ANSWERS = _RequestsAnswers()
 
 
 class CachedAdapter(OutboundAdapter):
@@ -93,12 +78,12 @@ class CachedAdapter(OutboundAdapter):
         if found is not None:
             if found.fresh:
                 layer.count("hits")
-                return _from_entry(request, found.entry, "hit", found.age)
+                return ANSWERS.from_entry(request, found.entry, "hit", found.age)
             if found.within_swr:
                 layer.count("stale_while_revalidate")
                 copy = request.copy()
                 layer.revalidate_in_background(found.key, lambda: self._refresh(copy, down))
-                return _from_entry(request, found.entry, "stale", found.age)
+                return ANSWERS.from_entry(request, found.entry, "stale", found.age)
         layer.count("misses")
         sent = request
         conditional = layer.validators(found) if found is not None else {}
@@ -111,13 +96,13 @@ class CachedAdapter(OutboundAdapter):
         if found is not None and conditional and response.status_code == 304:
             layer.count("revalidations")
             response.close()
-            return _from_entry(request, layer.refresh(found, response.headers.items()), "revalidated", 0.0)
+            return ANSWERS.from_entry(request, layer.refresh(found, response.headers.items()), "revalidated", 0.0)
         if response.status_code in ERROR_STATUSES and layer.stale_for_error(
             found, method, url, f"status {response.status_code}"
         ):
             assert found is not None
             response.close()
-            return _from_entry(request, found.entry, "stale", found.entry.age(layer.now()))
+            return ANSWERS.from_entry(request, found.entry, "stale", found.entry.age(layer.now()))
         if not args.stream and response.status_code != 304:
             layer.store(
                 method,
@@ -143,23 +128,9 @@ class CachedAdapter(OutboundAdapter):
         try:
             return call()
         except CallError as error:
-            if layer.stale_for_error(found, method, url, type(error).__name__):
-                assert found is not None
-                return _from_entry(request, found.entry, "stale", found.entry.age(layer.now()))
-            fallback = layer.fallback_for(method)
-            if fallback is None:
+            answer = ANSWERS.on_error(layer, request, method, url, found, error)
+            if answer is None:
                 raise
-            if fallback.call is not None:
-                value = fallback.call(request, error)
-                if value is None:
-                    raise
-                answer = _fallback_value(request, value)
-            else:
-                answer = _response(
-                    request, fallback.status, fallback.headers.items(), fallback.body, "fallback", stale=False, age=None
-                )
-            layer.count("fallbacks")
-            layer.served("fallback", method, url, type(error).__name__)
             return answer
 
     def _refresh(
@@ -238,6 +209,6 @@ def fast_hit(session: Any, layer: CacheLayer) -> Callable[[str | bytes, str | by
         prepared.headers = CaseInsensitiveDict(headers)
         prepared.body = None
         prepared.hooks = default_hooks()
-        return _from_entry(prepared, found.entry, "hit", found.age)
+        return ANSWERS.from_entry(prepared, found.entry, "hit", found.age)
 
     return hit

@@ -19,7 +19,7 @@ import pytest
 import outbound
 from outbound import Registry
 from tests.conftest import RegistryFactory, open_breaker
-from tests.core.conftest import Send, client_of
+from tests.core.conftest import Send, client_of, native
 from tests.upstream import Upstream
 
 
@@ -258,6 +258,41 @@ def test_a_fallback_callable_sees_the_request_and_the_error(
     assert [method for method, _ in seen] == ["GET", "GET"]
     assert all(issubclass(error, outbound.ConnectError) for _, error in seen)
     assert counts(registry)["fallbacks"] == 1
+
+
+def _own_response(kind: str, request: Any) -> Any:
+    """The client library's own response object, as a fallback callable may build one."""
+    if kind == "requests":
+        import requests
+
+        response = requests.Response()
+        response.status_code = 203
+        response._content = b"own"
+        response.request = request
+        return response
+    library = native(kind)
+    return library.Response(203, content=b"own", request=request)
+
+
+@pytest.mark.parametrize(
+    ("returned", "expected"),
+    [("text", (200, b"text")), (b"bytes", (200, b"bytes")), ([1, 2], (200, b"[1, 2]")), ("own", (203, b"own"))],
+)
+def test_what_a_fallback_callable_returns_becomes_the_answer(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send, returned: Any, expected: Any
+) -> None:
+    # Each library's layer makes its own responses; what answers, and how a value becomes one, is shared
+    # (``_cache/_answers.py``): the same values give the same answers on every client.
+    def fallback(request: Any, error: Exception) -> Any:
+        return _own_response(kind, request) if returned == "own" else returned
+
+    registry = make(make_registry, upstream, kind, fallback=fallback, retry={"total": 0})
+    open_breaker(registry, "s")
+    answer = send(registry, "s", "GET", "anything")
+    assert (answer.status_code, answer.content) == expected
+    assert (cache_of(answer), stale_of(answer)) == ("fallback", False)
+    if isinstance(returned, list):
+        assert answer.headers["Content-Type"] == "application/json"
 
 
 def test_stale_is_said_in_the_call_log(
