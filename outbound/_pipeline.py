@@ -60,11 +60,12 @@ class Pipeline:
     call_stages: tuple[Stage, ...]
     attempt_stages: tuple[Stage, ...]
     send_gates: tuple[tuple[int, SendGate], ...]
-    endpoints: Endpoints | None = None  # a service with several endpoints (``_endpoints.py``)
     # An operator's reset (``registry.reset(name)``): each part forgets what it counted or learned, in this order.
-    resets: tuple[Callable[[], None], ...] = ()
-    # In a forked child: each part gets new locks and forgets what the parent's threads held.
-    fork_resets: tuple[Callable[[], None], ...] = ()
+    resets: tuple[Callable[[], None], ...]
+    # In a forked child: each part gets new locks and forgets what the parent's threads held. (Not the chaos layer:
+    # ``outbound.testing.chaos`` may install one later, so the policy resets its own.)
+    fork_resets: tuple[Callable[[], None], ...]
+    endpoints: Endpoints | None = None  # a service with several endpoints (``_endpoints.py``)
 
 
 def compose(
@@ -169,7 +170,7 @@ def compose(
     for learned in (would_reject, *adaptive, budget, cache):  # budget: the retry budget and the retry tokens
         if learned is not None:
             resets.append(learned.clear)
-    forked = [*attempt, call_stage, budget, chaos, cache]
+    forked = [*attempt, call_stage, budget, cache]
     return Pipeline(
         breaker=breaker,
         budget=budget,

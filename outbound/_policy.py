@@ -132,7 +132,9 @@ class Policy:
             self.rate_limit.close()  # a fleet limit's connection to Redis
 
     def reset(self) -> None:
-        """Close the breaker and clear what every part of the pipeline counted or learned, and the stats."""
+        """Close the breaker and clear what the pipeline's parts counted or learned (a pause, the rate limit's
+        permits, the retry budget and tokens, the endpoints' ejections, what the adaptive stages learned, the cache),
+        and the stats."""
         for reset in self.resets:
             reset()
         self.stats.clear()
@@ -142,6 +144,8 @@ class Policy:
         self.stats.reset_after_fork()
         for reset in self.fork_resets:
             reset()
+        if self.chaos is not None:  # read now: ``outbound.testing.chaos`` installs one after the policy is built
+            self.chaos.reset_after_fork()
         self.closing = threading.Event()
         if self.closed:
             self.closing.set()

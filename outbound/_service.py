@@ -230,7 +230,7 @@ class Service:
         return self.history.snapshot()
 
     def reset(self) -> None:
-        """Close the breaker and clear its counts, the retry budget and the stats."""
+        """Close the breaker and clear what the policy counted and learned, and the stats (``Policy.reset``)."""
         self.policy.reset()
 
     def close(self) -> None:

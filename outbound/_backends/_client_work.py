@@ -31,7 +31,7 @@ else:
 
 __all__ = ["SharedClientWork"]
 
-# Distinct relative URLs remembered per client. Paths that carry ids (``/users/123``) are each new; past this many
+# How many distinct relative URLs a client remembers. Paths that carry ids (``/users/123``) are each new; past this many
 # the memory starts again, so such a client pays one dict insert per request and never grows.
 MERGED_URLS_KEPT = 256
 
@@ -80,7 +80,8 @@ class SharedClientWork:
         merged = self._merged_urls
         kept = merged.get(url)
         # Each entry remembers the base it was merged with: ``client.base_url = ...`` makes a new URL object, and an
-        # entry of the old one is then merged again (without a lock: threads share the client).
+        # entry of the old one is then merged again. No lock: each dict read and write is atomic, and two threads
+        # racing on one string at worst both merge it (an entry stored across a ``base_url`` change is never hit).
         if kept is not None and kept[0] is base:
             return kept[1]
         if len(merged) >= MERGED_URLS_KEPT:

@@ -316,3 +316,19 @@ def test_a_remote_report_keeps_the_chaos_and_observe_lines(upstream: Upstream, b
     text = " ".join(cli.render_status(parsed).split())
     assert "api: FAULT INJECTION ON (settings: status at 0.5)" in text
     assert "api: observe-only (breaker)" in text
+
+
+def test_a_fault_layer_installed_by_the_test_kit_is_reset_after_fork(upstream: Upstream) -> None:
+    # The kit installs its layer after the policy was built: the fork reset must still reach it (a child forked while
+    # another thread held the layer's lock would otherwise wait on it for ever).
+    from outbound.testing import chaos as injected
+
+    registry = Registry.from_mapping({"services": {"s": {"base_url": upstream.url}}})
+    try:
+        policy = registry["s"].policy
+        with injected(registry, "s") as layer:
+            before = layer._lock
+            policy.reset_after_fork()
+            assert layer._lock is not before
+    finally:
+        registry.close()
