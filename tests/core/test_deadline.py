@@ -30,7 +30,8 @@ from tests.core.conftest import (
 from tests.upstream import Upstream
 
 TOTAL = 1.0
-SLACK = 0.75  # what the assertion allows beyond the deadline on a loaded machine; the real overrun is milliseconds
+SLACK = 2.0  # what the assertion allows beyond the deadline on a loaded machine (the real overrun is milliseconds); the
+# trickles last 8 s, so a call the deadline did not cut still fails
 TRICKLES = {
     "headers": "trickle-headers?interval=0.1&count=80",  # 8 s of headers at least
     "body": "trickle-body?interval=0.1&bytes=80",  # headers at once, then 8 s of body
