@@ -195,18 +195,20 @@ def test_a_record_survives_its_round_trip_and_records_merge_by_bucket() -> None:
         {"interval": 5.0, "buckets": []},  # another interval: buckets that do not line up
         {"interval": 10.0, "buckets": "x"},
         {"interval": 10.0, "buckets": [[1, [1, 2, 3], {}]]},
-        {"interval": 10.0, "buckets": [[1, [1, 2, 3, -4], {}]]},
-        {"interval": 10.0, "buckets": [[True, [1, 2, 3, 4], {}]]},
-        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4], {"999": 1}]]},
-        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4], {"1": 10**30}]]},
-        {"interval": 10.0, "buckets": [[index, [0, 0, 0, 0], {}] for index in range(7)]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4], {}]]},  # four counts: no stale answers
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, -5], {}]]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, "5"], {}]]},
+        {"interval": 10.0, "buckets": [[True, [1, 2, 3, 4, 0], {}]]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, 0], {"999": 1}]]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, 0], {"1": 10**30}]]},
+        {"interval": 10.0, "buckets": [[index, [0, 0, 0, 0, 0], {}] for index in range(7)]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "never", "kind": "breaker"}]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "2026-01-01T00:00:00+00:00", "kind": "rm -rf"}]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "2026-01-01T00:00:00", "kind": "breaker"}]},  # no offset
         {"interval": 10.0, "buckets": [], "marks": [{"at": "9999-12-31T23:59:59-23:59", "kind": "pause"}]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "2026-01-01T00:00:00+00:00", "kind": "pause", "until": 5}]},
-        {"interval": 10.0, "buckets": [[-1, [0, 0, 0, 0], {}]]},
-        {"interval": 10.0, "buckets": [[10**30, [0, 0, 0, 0], {}]]},
+        {"interval": 10.0, "buckets": [[-1, [0, 0, 0, 0, 0], {}]]},
+        {"interval": 10.0, "buckets": [[10**30, [0, 0, 0, 0, 0], {}]]},
     ],
 )
 def test_a_hostile_record_is_refused(hostile: Any) -> None:

@@ -67,12 +67,14 @@ def test_a_bad_history_is_skipped_and_the_stats_beside_it_kept(
     own = fleet()
     own.session("api").get("ok")
     bucket = int(time.time() // 60.0)
-    good = {"requests": 5, "history": {"interval": 60.0, "buckets": [[bucket, [5, 1, 0, 0], {"30": 5}]], "marks": []}}
+    good = {"requests": 5, "history": {"interval": 60.0, "buckets": [[bucket, [5, 1, 0, 0, 1], {"30": 5}]], "marks": []}}
     bad = [
         {"requests": 2, "history": {"interval": 10.0, "buckets": []}},  # another interval
         {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 2, 3], {}]]}},
-        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0], {"7": -1}]]}},
+        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0, 0], {"7": -1}]]}},
         {"requests": 2, "history": "x" * 1000},
+        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0, -1], {}]]}},  # stale < 0
+        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0, 0.5], {}]]}},
     ]
     client = redis.Redis.from_url(redis_url)
     live = int(time.time() * 1000) + 60_000

@@ -190,6 +190,7 @@ def test_the_sparkline_scales_to_the_busiest_bucket() -> None:
         errors=(0,) * 6,
         refused=(0,) * 6,
         retries=(0,) * 6,
+        stale=(0,) * 6,
         p50_ms=(None,) * 6,
         p95_ms=(None,) * 6,
         p99_ms=(None,) * 6,
