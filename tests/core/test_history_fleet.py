@@ -87,4 +87,5 @@ def test_a_bad_history_is_skipped_and_the_stats_beside_it_kept(
     assert report["stats"]["requests"] == 1 + 5 + 2 * len(bad)  # every record's stats were counted
     assert sum(report["history"]["calls"]) == 1 + 5  # the good histories alone
     assert sum(report["history"]["errors"]) == 1
+    assert sum(report["history"]["stale"]) == 1  # the good record's stale answer, none of the bad ones'
     assert any("skipped a worker's history of 'api'" in record.getMessage() for record in caplog.records)
