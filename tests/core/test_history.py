@@ -451,3 +451,30 @@ def test_the_served_json_is_the_report_as_json_writes_it(make_registry: Registry
     body = json.loads(serving.respond(registry, authorization=None, history="1").body)
     assert [mark["state"] for mark in body["services"]["api"]["history"]["marks"]] == ["open"]
     assert sum(body["services"]["api"]["history"]["calls"]) == 3
+
+
+def test_the_page_says_how_many_answers_were_stale() -> None:
+    from outbound._page import render_page
+
+    clock = WallClock()
+    history = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
+    for _ in range(2):
+        history.call_finished(finished(0.01, error="ReadTimeout"))
+        history.cache_served(CacheServed("s", "GET", "stale", "ReadTimeout"))
+    history.call_finished(finished(0.01))
+
+    def page(data: dict[str, Any]) -> str:
+        service = {"status": "ok", "breaker": {"state": "closed"}, "history": data}
+        return render_page({"status": "ok", "services": {"api": service}})
+
+    shown = page(history.snapshot().as_dict())
+    assert 'data-stale="2"' in shown
+    assert ">2 stale answers</span>" in shown  # beside the error share
+    assert "; 2 stale answers from the cache in place of an error" in shown  # and in the picture's words
+    # None in the window, or a server that counts none: nothing said.
+    quiet = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
+    quiet.call_finished(finished(0.01))
+    assert "stale answer" not in page(quiet.snapshot().as_dict())
+    older = {key: value for key, value in history.snapshot().as_dict().items() if key != "stale"}
+    assert "stale answer" not in page(older)
+    assert 'data-series="errors"' in page(older)
