@@ -108,9 +108,10 @@ class History(Observer):
             self._cached = array("q", [_NO_BUCKET]) * self.size
             self._quantiles: list[list[float | None]] = [[None] * self.size for _ in PERCENTILES]
             self._settled = _NO_BUCKET
-            # The JSON text of each series' buckets that are over, of the window ending with bucket _settled (None:
-            # to encode at the next snapshot).
+            # The JSON text of each series' buckets that are over, of the window ending with bucket _encoded_for
+            # (None: to encode at the next snapshot).
             self._encoded: tuple[str, ...] | None = None
+            self._encoded_for = _NO_BUCKET
             self._marks: deque[HistoryMark] = deque(maxlen=MAX_MARKS)
             # What export() read of buckets that are over, by bucket (a fleet publishes every sync_interval).
             self._exported: dict[int, tuple[tuple[int, ...], Mapping[int, int]]] = {}
@@ -142,6 +143,7 @@ class History(Observer):
             # set back): its percentiles and the window's text are read again at the next snapshot.
             self._cached[index] = _NO_BUCKET
             self._settled = _NO_BUCKET
+            self._encoded = None
         return index
 
     def call_finished(self, event: CallFinished) -> None:
@@ -224,8 +226,13 @@ class History(Observer):
                             quantiles, _percentiles(latency[index * SLOTS : (index + 1) * SLOTS]), strict=True
                         ):
                             column[index] = value
+                # The text of the window one bucket ago is this one's but for its oldest value and the bucket that
+                # just closed: shifted, not written again (the first answer after a bucket closes stays cheap).
+                shifted = self._encoded if self._encoded_for == newest - 1 else None
                 self._settled = newest
                 self._encoded = None
+            else:
+                shifted = None
             encoded = self._encoded
             index = newest % size
             ids = self._ids[first:] + self._ids[:first]
@@ -243,10 +250,15 @@ class History(Observer):
             columns[_FIELDS + position][-1] = value
         if encoded is None:
             # Once per bucket (and after a late call): the JSON of every series but the bucket still counting.
-            encoded = tuple(json.dumps(column[:-1])[1:-1] for column in columns)
+            if shifted is not None:
+                encoded = tuple(
+                    _shift(text, column[-2]) for text, column in zip(shifted, columns, strict=True)
+                )
+            else:
+                encoded = tuple(json.dumps(column[:-1])[1:-1] for column in columns)
             with self._lock:
                 if self._settled == newest:  # no late call since the columns were read
-                    self._encoded = encoded
+                    self._encoded, self._encoded_for = encoded, newest
         return _snapshot(self.interval, newest, columns, marks, encoded)
 
     def export(self) -> HistoryRecord:
@@ -273,6 +285,14 @@ class History(Observer):
                 del exported[bucket]
             marks = tuple(mark for mark in self._marks if _last_moment(mark) >= oldest * self.interval)
         return HistoryRecord(interval=self.interval, buckets=buckets, marks=marks)
+
+
+def _shift(text: str, value: Any) -> str:
+    # A series' JSON text without its oldest value, with ``value`` after its newest: as json.dumps writes the values
+    # of a series (ints, finite floats: their repr; None: null), which never hold ", ".
+    rest = text.partition(", ")[2]
+    added = "null" if value is None else repr(value)
+    return f"{rest}, {added}" if rest else added
 
 
 def _last_moment(mark: HistoryMark) -> float:

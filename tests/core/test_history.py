@@ -430,6 +430,16 @@ def test_the_cached_text_of_buckets_that_are_over_is_what_json_writes() -> None:
     assert data["p95_ms"][1] >= 900.0  # its percentiles too
     clock.now += 10.0
     assert served()["calls"] == [2, 0, 1, 0]
+    # Bucket after bucket, the text shifts by one value each time a bucket closes (some empty, some under 10 ms).
+    expected = [2, 0, 1, 0]
+    for step in range(12):
+        for _ in range(step % 3):
+            history.call_finished(finished(0.002 * (step + 1)))
+        expected[-1] = step % 3
+        assert served()["calls"] == expected
+        clock.now += 10.0
+        expected = [*expected[1:], 0]
+        assert served()["calls"] == expected
 
 
 def test_the_served_json_is_the_report_as_json_writes_it(make_registry: RegistryFactory, upstream: Upstream) -> None:
