@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import outbound
 from benchmarks._harness import Row, Target, UpstreamProcess, interleave, ratios
+from outbound import serving
 from outbound._config import HistoryConfig
 from outbound._events import BreakerTransition, CallFinished
 from outbound._history import MAX_MARKS, SLOTS, History
-from outbound import serving
 from outbound._outcome import Kind
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ def _json(s: Settings) -> Row:
         for service in registry:
             assert service.history is not None
             service.history.breaker_transition(BreakerTransition("s", "closed", "open", "5 consecutive failures", 30))
+
         def answer() -> bytes:
             return serving.respond(registry, authorization=None, history="1").body
 

@@ -251,9 +251,7 @@ class History(Observer):
         if encoded is None:
             # Once per bucket (and after a late call): the JSON of every series but the bucket still counting.
             if shifted is not None:
-                encoded = tuple(
-                    _shift(text, column[-2]) for text, column in zip(shifted, columns, strict=True)
-                )
+                encoded = tuple(_shift(text, column[-2]) for text, column in zip(shifted, columns, strict=True))
             else:
                 encoded = tuple(json.dumps(column[:-1])[1:-1] for column in columns)
             with self._lock:

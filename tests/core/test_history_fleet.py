@@ -67,7 +67,10 @@ def test_a_bad_history_is_skipped_and_the_stats_beside_it_kept(
     own = fleet()
     own.session("api").get("ok")
     bucket = int(time.time() // 60.0)
-    good = {"requests": 5, "history": {"interval": 60.0, "buckets": [[bucket, [5, 1, 0, 0, 1], {"30": 5}]], "marks": []}}
+    good = {
+        "requests": 5,
+        "history": {"interval": 60.0, "buckets": [[bucket, [5, 1, 0, 0, 1], {"30": 5}]], "marks": []},
+    }
     bad = [
         {"requests": 2, "history": {"interval": 10.0, "buckets": []}},  # another interval
         {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 2, 3], {}]]}},
