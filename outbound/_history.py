@@ -68,6 +68,7 @@ _SLOT_BOUNDS_MS = tuple(
 _FIELDS = 5  # calls, errors, refused, retries, stale (the order of the series in a snapshot and of a record's counts)
 _CALLS, _ERRORS, _REFUSED, _RETRIES, _STALE = range(_FIELDS)
 _NO_BUCKET = -(2**62)
+_NO_PERCENTILES: tuple[None, ...] = (None,) * len(PERCENTILES)
 MAX_MARKS = 32  # the breaker's transitions and the pauses kept: a flapping breaker's last few, within the memory bound
 # Bytes of JSON of a bucket (its number and four counters), of each latency slot in it, and of a mark: above what
 # busy buckets take (~60, ~10, ~150), below the most they could; the budget leaves half a record to spare for that.
@@ -101,12 +102,10 @@ class History(Observer):
             # One column per counter (a snapshot reads each whole), a row per ring slot.
             self._counts = [array("q", bytes(8 * self.size)) for _ in range(_FIELDS)]
             self._latency = array("I", bytes(4 * SLOTS * self.size))
-            # Percentiles of buckets that are over (they no longer change): read once, not on every report, into one
-            # column per percentile (values are shared slot bounds: a column holds references, no floats of its
-            # own); _cached[i] is the bucket whose percentiles ring slot i holds, _settled the newest bucket when
-            # they were last brought up to date.
-            self._cached = array("q", [_NO_BUCKET]) * self.size
-            self._quantiles: list[list[float | None]] = [[None] * self.size for _ in PERCENTILES]
+            # Percentiles of the buckets that are over (they no longer change), oldest first, of the window ending
+            # with bucket _settled: read once per bucket, not on every report, and shifted by one bucket as one
+            # closes (values are shared slot bounds: a tuple holds references, no floats of its own).
+            self._closed: tuple[tuple[float | None, ...], ...] = ()
             self._settled = _NO_BUCKET
             # The JSON text of each series' buckets that are over, of the window ending with bucket _encoded_for
             # (None: to encode at the next snapshot).
@@ -119,7 +118,7 @@ class History(Observer):
     def memory(self) -> int:
         """Bytes this history holds (its arrays and lists; the bound of the module's docstring)."""
         with self._lock:
-            parts: list[object] = [self._ids, *self._counts, self._latency, self._cached, *self._quantiles, self._marks]
+            parts: list[object] = [self._ids, *self._counts, self._latency, self._closed, *self._closed, self._marks]
             if self._encoded is not None:
                 parts += [self._encoded, *self._encoded]
             for mark in self._marks:
@@ -137,11 +136,9 @@ class History(Observer):
                 column[index] = 0
             start = index * SLOTS
             self._latency[start : start + SLOTS] = array("I", bytes(4 * SLOTS))
-            self._cached[index] = _NO_BUCKET
-        elif bucket < self._settled:
+        if bucket < self._settled:
             # A late call, in a bucket that is over and was read (timed just before the clock moved on, or a clock
-            # set back): its percentiles and the window's text are read again at the next snapshot.
-            self._cached[index] = _NO_BUCKET
+            # set back): the window's percentiles and text are read again at the next snapshot.
             self._settled = _NO_BUCKET
             self._encoded = None
         return index
@@ -215,39 +212,36 @@ class History(Observer):
         size = self.size
         oldest = newest - size + 1
         first = oldest % size  # the ring index of the oldest bucket
-        latency, quantiles = self._latency, self._quantiles
         with self._lock:
             if self._settled != newest:
-                cached = self._cached
-                for index, bucket in enumerate(self._ids):
-                    if oldest <= bucket < newest and cached[index] != bucket:
-                        cached[index] = bucket
-                        for column, value in zip(
-                            quantiles, _percentiles(latency[index * SLOTS : (index + 1) * SLOTS]), strict=True
-                        ):
-                            column[index] = value
-                # The text of the window one bucket ago is this one's but for its oldest value and the bucket that
-                # just closed: shifted, not written again (the first answer after a bucket closes stays cheap).
-                shifted = self._encoded if self._encoded_for == newest - 1 else None
+                if self._settled == newest - 1 and self._closed:
+                    # One bucket closed since the last snapshot: the window's percentiles shift by it, and so does
+                    # its JSON text (the first answer after a bucket closes stays cheap).
+                    added = self._bucket_percentiles(newest - 1)
+                    pairs = zip(self._closed, added, strict=True)
+                    self._closed = tuple((*column[1:], value) for column, value in pairs)
+                    shifted = self._encoded if self._encoded_for == newest - 1 else None
+                else:  # the first snapshot, a jump of the clock, or a late call: the whole window again
+                    rows = [self._bucket_percentiles(bucket) for bucket in range(oldest, newest)]
+                    self._closed = tuple(zip(*rows, strict=True)) if rows else ((),) * len(PERCENTILES)
+                    shifted = None
                 self._settled = newest
                 self._encoded = None
             else:
                 shifted = None
             encoded = self._encoded
-            index = newest % size
-            ids = self._ids[first:] + self._ids[:first]
-            current = _percentiles(latency[index * SLOTS : (index + 1) * SLOTS]) if ids[-1] == newest else None
+            current = self._bucket_percentiles(newest)
+            closed = self._closed
             counts = [column.tolist() for column in self._counts]
-            percentiles = [column[first:] + column[:first] for column in quantiles]
+            rotated = self._ids[first:] + self._ids[:first]
             marks = tuple(mark for mark in self._marks if _last_moment(mark) >= oldest * self.interval)
-        columns: list[list[Any]] = [column[first:] + column[:first] for column in counts] + percentiles
-        if ids != list(range(oldest, newest + 1)):
-            for expected, bucket in enumerate(ids, oldest):
-                if bucket != expected:  # never counted, or an older bucket's slot: nothing in this window
-                    for position, column in enumerate(columns):
-                        column[expected - oldest] = 0 if position < _FIELDS else None
-        for position, value in enumerate(current or (None,) * len(PERCENTILES)):
-            columns[_FIELDS + position][-1] = value
+        columns: list[Any] = [column[first:] + column[:first] for column in counts]
+        if rotated != list(range(oldest, newest + 1)):
+            for position, bucket in enumerate(rotated):
+                if bucket != oldest + position:  # never counted, or an older bucket's slot: nothing in this window
+                    for column in columns:
+                        column[position] = 0
+        columns += [(*column, value) for column, value in zip(closed, current, strict=True)]
         if encoded is None:
             # Once per bucket (and after a late call): the JSON of every series but the bucket still counting.
             if shifted is not None:
@@ -258,6 +252,13 @@ class History(Observer):
                 if self._settled == newest:  # no late call since the columns were read
                     self._encoded, self._encoded_for = encoded, newest
         return _snapshot(self.interval, newest, columns, marks, encoded)
+
+    def _bucket_percentiles(self, bucket: int) -> tuple[float | None, ...]:
+        # Lock held. The percentiles of ``bucket``, if its ring slot holds it.
+        index = bucket % self.size
+        if self._ids[index] != bucket:
+            return _NO_PERCENTILES
+        return _percentiles(self._latency[index * SLOTS : (index + 1) * SLOTS])
 
     def export(self) -> HistoryRecord:
         """This process's buckets of the window and its marks, for the fleet."""
@@ -302,7 +303,7 @@ def _percentiles(histogram: Iterable[int]) -> tuple[float | None, ...]:
     cumulative = list(accumulate(histogram))
     total = cumulative[-1] if cumulative else 0
     if not total:
-        return (None,) * len(PERCENTILES)
+        return _NO_PERCENTILES
     return tuple(
         _SLOT_BOUNDS_MS[bisect.bisect_left(cumulative, max(1, math.ceil(fraction * total)))] for fraction in PERCENTILES
     )
