@@ -17,8 +17,9 @@ bucket per series, not ninety: fifty services' ``?history=1`` is a few joins). A
 already over (timed just before the clock moved on, or a clock set back) drops both, so they are read again.
 
 Memory per service: counters, histograms and percentiles live in lists and ``array``s of fixed size, allocated once,
-so the bound is known before any call: ``buckets * (5 counters * 8 + SLOTS * 4 + 5 * 8)`` bytes, ~44 KB for the
-default 90 buckets, the JSON text of the buckets that are over (a few KB), and at most ``MAX_MARKS`` marks
+so the bound is known before any call: ``buckets * (5 counters * 8 + SLOTS * 4 + 4 * 8)`` bytes (the counters,
+the latency histogram, the bucket's number and its three cached percentiles), ~42 KB for the default 90 buckets, the
+JSON text of the buckets that are over (under 7 KB with every counter at seven digits), and at most ``MAX_MARKS`` marks
 (``History.memory()``: under 64 KB in all, a full history measured). A fleet member also keeps what it last published
 of the buckets that are over (``export``), so as not to read them again every ``sync_interval``.
 """
