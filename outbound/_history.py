@@ -71,9 +71,9 @@ _CALLS, _ERRORS, _REFUSED, _RETRIES, _STALE = range(_FIELDS)
 _NO_BUCKET = -(2**62)
 _NO_PERCENTILES: tuple[None, ...] = (None,) * len(PERCENTILES)
 MAX_MARKS = 32  # the breaker's transitions and the pauses kept: a flapping breaker's last few, within the memory bound
-# Bytes of JSON of a bucket (its number and four counters), of each latency slot in it, and of a mark: above what
-# busy buckets take (~60, ~10, ~150), below the most they could; the budget leaves half a record to spare for that.
-_BUCKET_BYTES, _SLOT_BYTES, _MARK_BYTES = 64, 14, 200
+# Bytes of JSON of a bucket (its number and five counters), of each latency slot in it, and of a mark: above what
+# busy buckets take (~65, ~10, ~150), below the most they could; the budget leaves half a record to spare for that.
+_BUCKET_BYTES, _SLOT_BYTES, _MARK_BYTES = 72, 14, 200
 _NOT_CALLS = frozenset({Kind.CANCELLED, Kind.CLOSED})  # as ``Stats``: no verdict on the upstream
 
 
