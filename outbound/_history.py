@@ -108,6 +108,7 @@ class History(Observer):
             # closes (values are shared slot bounds: a tuple holds references, no floats of its own).
             self._closed: tuple[tuple[float | None, ...], ...] = ()
             self._settled = _NO_BUCKET
+            self._late: list[int] = []  # buckets over and read that a late call changed since (read again)
             # The JSON text of each series' buckets that are over, of the window ending with bucket _encoded_for
             # (None: to encode at the next snapshot).
             self._encoded: tuple[str, ...] | None = None
@@ -119,7 +120,8 @@ class History(Observer):
     def memory(self) -> int:
         """Bytes this history holds (its arrays and lists; the bound of the module's docstring)."""
         with self._lock:
-            parts: list[object] = [self._ids, *self._counts, self._latency, self._closed, *self._closed, self._marks]
+            parts: list[object] = [self._ids, *self._counts, self._latency, self._closed, *self._closed, self._late]
+            parts.append(self._marks)
             if self._encoded is not None:
                 parts += [self._encoded, *self._encoded]
             for mark in self._marks:
@@ -132,15 +134,21 @@ class History(Observer):
         # Lock held. The ring index of ``bucket``, its slot emptied first when it held an older bucket.
         index = bucket % self.size
         if self._ids[index] != bucket:
+            if bucket < self._settled:
+                # A bucket that is over takes a slot of the window that was read (a clock set back by a window's
+                # length, or a late call into a bucket without calls): the whole window is read again.
+                self._settled = _NO_BUCKET
+                self._encoded = None
             self._ids[index] = bucket
             for column in self._counts:
                 column[index] = 0
             start = index * SLOTS
             self._latency[start : start + SLOTS] = array("I", bytes(4 * SLOTS))
-        if bucket < self._settled:
+        elif bucket < self._settled:
             # A late call, in a bucket that is over and was read (timed just before the clock moved on, or a clock
-            # set back): the window's percentiles and text are read again at the next snapshot.
-            self._settled = _NO_BUCKET
+            # set back): that bucket's percentiles and the window's text are read again at the next snapshot.
+            if bucket not in self._late:
+                self._late.append(bucket)
             self._encoded = None
         return index
 
@@ -222,7 +230,7 @@ class History(Observer):
                     pairs = zip(self._closed, added, strict=True)
                     self._closed = tuple((*column[1:], value) for column, value in pairs)
                     shifted = self._encoded if self._encoded_for == newest - 1 else None
-                else:  # the first snapshot, a jump of the clock, or a late call: the whole window again
+                else:  # the first snapshot, or a jump of the clock: the whole window again
                     rows = [self._bucket_percentiles(bucket) for bucket in range(oldest, newest)]
                     self._closed = tuple(zip(*rows, strict=True)) if rows else ((),) * len(PERCENTILES)
                     shifted = None
@@ -230,6 +238,8 @@ class History(Observer):
                 self._encoded = None
             else:
                 shifted = None
+            if self._late:
+                self._read_late(oldest, newest)
             encoded = self._encoded
             current = self._bucket_percentiles(newest)
             closed = self._closed
@@ -250,9 +260,19 @@ class History(Observer):
             else:
                 encoded = tuple(json.dumps(column[:-1])[1:-1] for column in columns)
             with self._lock:
-                if self._settled == newest:  # no late call since the columns were read
+                if self._settled == newest and not self._late:  # no late call since the columns were read
                     self._encoded, self._encoded_for = encoded, newest
         return _snapshot(self.interval, newest, columns, marks, encoded)
+
+    def _read_late(self, oldest: int, newest: int) -> None:
+        # Lock held. The percentiles of the buckets late calls changed, read again (those still in the window).
+        columns = [list(column) for column in self._closed]
+        for bucket in self._late:
+            if oldest <= bucket < newest:
+                for column, value in zip(columns, self._bucket_percentiles(bucket), strict=True):
+                    column[bucket - oldest] = value
+        self._closed = tuple(tuple(column) for column in columns)
+        self._late = []
 
     def _bucket_percentiles(self, bucket: int) -> tuple[float | None, ...]:
         # Lock held. The percentiles of ``bucket``, if its ring slot holds it.

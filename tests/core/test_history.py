@@ -440,6 +440,24 @@ def test_the_cached_text_of_buckets_that_are_over_is_what_json_writes() -> None:
         clock.now += 10.0
         expected = [*expected[1:], 0]
         assert served()["calls"] == expected
+    # A late call into a bucket of the window that had none (its ring slot held a bucket older than the window).
+    history.call_finished(finished(0.5))
+    clock.now += 20.0
+    assert served()["calls"] == [2, 1, 0, 0]
+    clock.now -= 10.0
+    history.call_finished(finished(0.05))
+    clock.now += 10.0
+    data = served()
+    assert data["calls"] == [2, 1, 1, 0]
+    assert data["p95_ms"][2] is not None
+    # The clock set back by more than the window: that old bucket takes the slot of one of the window's, which then
+    # shows nothing, its percentiles included.
+    clock.now -= 50.0
+    history.call_finished(finished(0.05))
+    clock.now += 50.0
+    data = served()
+    assert data["calls"] == [2, 1, 0, 0]
+    assert data["p95_ms"][2:] == [None, None]
 
 
 def test_the_served_json_is_the_report_as_json_writes_it(make_registry: RegistryFactory, upstream: Upstream) -> None:
