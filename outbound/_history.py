@@ -116,6 +116,7 @@ class History(Observer):
             self._marks: deque[HistoryMark] = deque(maxlen=MAX_MARKS)
             # What export() read of buckets that are over, by bucket (a fleet publishes every sync_interval).
             self._exported: dict[int, tuple[tuple[int, ...], Mapping[int, int]]] = {}
+            self._exported_upto = _NO_BUCKET  # the bucket still counting at the last export
 
     def memory(self) -> int:
         """Bytes this history holds (its arrays and lists; the bound of the module's docstring)."""
@@ -150,6 +151,9 @@ class History(Observer):
             if bucket not in self._late:
                 self._late.append(bucket)
             self._encoded = None
+        if bucket < self._exported_upto:
+            # A late call into a bucket the last export read as over: the next export reads it again.
+            self._exported.pop(bucket, None)
         return index
 
     def call_finished(self, event: CallFinished) -> None:
@@ -303,6 +307,7 @@ class History(Observer):
                 buckets[bucket] = known
             for bucket in [bucket for bucket in exported if bucket < oldest]:
                 del exported[bucket]
+            self._exported_upto = newest
             marks = tuple(mark for mark in self._marks if _last_moment(mark) >= oldest * self.interval)
         return HistoryRecord(interval=self.interval, buckets=buckets, marks=marks)
 

@@ -506,3 +506,19 @@ def test_the_page_says_how_many_answers_were_stale() -> None:
     older = {key: value for key, value in history.snapshot().as_dict().items() if key != "stale"}
     assert "stale answer" not in page(older)
     assert 'data-series="errors"' in page(older)
+
+
+def test_a_late_call_reaches_the_fleet_record_too() -> None:
+    # A bucket an export read as over is not read again by the next ones, unless a late call changed it.
+    clock = WallClock()
+    history = History(HistoryConfig(interval=10.0, buckets=4), clock=clock)
+    history.call_finished(finished(0.010))
+    clock.now += 10.0
+    bucket = int((clock.now - 10.0) // 10.0)
+    assert history.export().buckets[bucket][0][0] == 1
+    clock.now -= 10.0
+    history.call_finished(finished(0.010, error="ReadTimeout"))
+    clock.now += 10.0
+    counts, histogram = history.export().buckets[bucket]
+    assert counts[:2] == (2, 1)
+    assert sum(histogram.values()) == 2
