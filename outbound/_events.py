@@ -117,6 +117,18 @@ class BreakerTransition(NamedTuple):
     open_seconds: float  # how long it stays open (0.0 unless it opened)
 
 
+class CacheServed(NamedTuple):
+    """A call that failed (an error, a refusal, or an error status) was answered by the service's cache layer
+    instead: ``kind`` is ``"stale"`` (a stored response past its freshness, within ``stale-if-error``) or
+    ``"fallback"`` (the service's fallback); ``error`` names what it replaced (``"ReadTimeout"``, ``"status 503"``).
+    The cache sits above the policy, so the call's own ``CallFinished`` (an error) came first."""
+
+    service: str
+    method: str
+    kind: str
+    error: str
+
+
 class Observer:
     """Receives the policy's events. Subclass it and override the methods you need.
 
@@ -148,6 +160,9 @@ class Observer:
     def breaker_transition(self, event: BreakerTransition) -> None:
         """A breaker changed state."""
 
+    def cache_served(self, event: CacheServed) -> None:
+        """The cache layer answered a failed call (a stale stored response, or the fallback)."""
+
 
 EVENT_METHODS = (
     "call_started",
@@ -158,6 +173,7 @@ EVENT_METHODS = (
     "call_rejected",
     "call_finished",
     "breaker_transition",
+    "cache_served",
 )
 
 
@@ -177,6 +193,7 @@ class Hooks:
         self.call_rejected: tuple[Callable[[Any], None], ...] = ()
         self.call_finished: tuple[Callable[[Any], None], ...] = ()
         self.breaker_transition: tuple[Callable[[Any], None], ...] = ()
+        self.cache_served: tuple[Callable[[Any], None], ...] = ()
         for observer in observers:
             self.add(observer)
 

@@ -1,7 +1,8 @@
 """A service's recent history (``health.history``): the observer keeping it, and the record a fleet shares.
 
 ``History`` keeps a ring of ``buckets`` per-interval buckets (10 s x 90 by default: 15 minutes) of the calls that
-finished, their errors, the refusals and retries, and a latency histogram per bucket, so a bucket's percentiles are
+finished, their errors, the refusals and retries, the stale answers the cache gave in place of an error
+(``CacheServed``), and a latency histogram per bucket, so a bucket's percentiles are
 exact to a bucket bound (~21 %) and buckets of several processes add up. Beside them, a bounded list of marks: the
 breaker's transitions and the pauses the upstream asked for. It is an ``Observer`` composed into a service only when
 ``health.history`` is set; a service without it has no such observer and its calls pay nothing.
@@ -10,16 +11,23 @@ Buckets are numbered from the epoch (bucket ``b`` covers ``[b * interval, (b + 1
 time), so that the buckets of every process of a fleet line up and merge by number (``HistoryRecord.merge``). A
 bucket's slot in the ring is reused when a later bucket needs it: no thread, no timer, O(1) per call.
 
+Buckets that are over no longer change, so what a report reads of them is read once per bucket, not once per report:
+their percentiles, and the JSON text of every series but its last value (``HistorySnapshot.as_json`` then encodes one
+bucket per series, not ninety: fifty services' ``?history=1`` is a few joins). A call that lands in a bucket that is
+already over (timed just before the clock moved on, or a clock set back) drops both, so they are read again.
+
 Memory per service: counters, histograms and percentiles live in lists and ``array``s of fixed size, allocated once,
-so the bound is known before any call: ``buckets * (4 counters * 8 + SLOTS * 4 + 5 * 8)`` bytes, ~43 KB for the default
-90 buckets, and at most ``MAX_MARKS`` marks (``History.memory()``: under 64 KB in all, a full history measured). A
-fleet member also keeps what it last published of the buckets that are over (``export``), so as not to read them
-again every ``sync_interval``.
+so the bound is known before any call: ``buckets * (5 counters * 8 + SLOTS * 4 + 4 * 8)`` bytes (the counters,
+the latency histogram, the bucket's number and its three cached percentiles), ~42 KB for the default 90 buckets, the
+JSON text of the buckets that are over (under 7 KB with every counter at seven digits), and at most ``MAX_MARKS`` marks
+(``History.memory()``: under 64 KB in all, a full history measured). A fleet member also keeps what it last published
+of the buckets that are over (``export``), so as not to read them again every ``sync_interval``.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import sys
 import threading
@@ -32,7 +40,7 @@ from datetime import datetime, timezone
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from ._events import BreakerTransition, CallFinished, CallRejected, Observer, RetryScheduled
+from ._events import BreakerTransition, CacheServed, CallFinished, CallRejected, Observer, RetryScheduled
 from ._outcome import Kind, Reason
 from ._parse import MAX_NAME, bad, moment, text, whole
 from ._stats import LATENCY_BUCKETS_MS, PERCENTILES
@@ -58,13 +66,14 @@ def _two_figures(value: float) -> float:
 _SLOT_BOUNDS_MS = tuple(
     _two_figures(LATENCY_BUCKETS_MS[min(2 * slot + 1, len(LATENCY_BUCKETS_MS) - 1)]) for slot in range(SLOTS)
 )
-_FIELDS = 4  # calls, errors, refused, retries
-_CALLS, _ERRORS, _REFUSED, _RETRIES = range(_FIELDS)
+_FIELDS = 5  # calls, errors, refused, retries, stale (the order of the series in a snapshot and of a record's counts)
+_CALLS, _ERRORS, _REFUSED, _RETRIES, _STALE = range(_FIELDS)
 _NO_BUCKET = -(2**62)
+_NO_PERCENTILES: tuple[None, ...] = (None,) * len(PERCENTILES)
 MAX_MARKS = 32  # the breaker's transitions and the pauses kept: a flapping breaker's last few, within the memory bound
-# Bytes of JSON of a bucket (its number and four counters), of each latency slot in it, and of a mark: above what
-# busy buckets take (~60, ~10, ~150), below the most they could; the budget leaves half a record to spare for that.
-_BUCKET_BYTES, _SLOT_BYTES, _MARK_BYTES = 64, 14, 200
+# Bytes of JSON of a bucket (its number and five counters), of each latency slot in it, and of a mark: above what
+# busy buckets take (~65, ~10, ~150), below the most they could; the budget leaves half a record to spare for that.
+_BUCKET_BYTES, _SLOT_BYTES, _MARK_BYTES = 72, 14, 200
 _NOT_CALLS = frozenset({Kind.CANCELLED, Kind.CLOSED})  # as ``Stats``: no verdict on the upstream
 
 
@@ -91,23 +100,31 @@ class History(Observer):
         """Forget every bucket and mark."""
         with self._lock:
             self._ids = [_NO_BUCKET] * self.size
-            self._counts = array("q", bytes(8 * _FIELDS * self.size))
+            # One column per counter (a snapshot reads each whole), a row per ring slot.
+            self._counts = [array("q", bytes(8 * self.size)) for _ in range(_FIELDS)]
             self._latency = array("I", bytes(4 * SLOTS * self.size))
-            # Percentiles of buckets that are over (they no longer change): read once, not on every report, into one
-            # column per percentile (values are shared slot bounds: a column holds references, no floats of its
-            # own); _cached[i] is the bucket whose percentiles ring slot i holds, _settled the newest bucket when
-            # they were last brought up to date.
-            self._cached = array("q", [_NO_BUCKET]) * self.size
-            self._quantiles: list[list[float | None]] = [[None] * self.size for _ in PERCENTILES]
+            # Percentiles of the buckets that are over (they no longer change), oldest first, of the window ending
+            # with bucket _settled: read once per bucket, not on every report, and shifted by one bucket as one
+            # closes (values are shared slot bounds: a tuple holds references, no floats of its own).
+            self._closed: tuple[tuple[float | None, ...], ...] = ()
             self._settled = _NO_BUCKET
+            self._late: list[int] = []  # buckets over and read that a late call changed since (read again)
+            # The JSON text of each series' buckets that are over, of the window ending with bucket _encoded_for
+            # (None: to encode at the next snapshot).
+            self._encoded: tuple[str, ...] | None = None
+            self._encoded_for = _NO_BUCKET
             self._marks: deque[HistoryMark] = deque(maxlen=MAX_MARKS)
             # What export() read of buckets that are over, by bucket (a fleet publishes every sync_interval).
             self._exported: dict[int, tuple[tuple[int, ...], Mapping[int, int]]] = {}
+            self._exported_upto = _NO_BUCKET  # the bucket still counting at the last export
 
     def memory(self) -> int:
         """Bytes this history holds (its arrays and lists; the bound of the module's docstring)."""
         with self._lock:
-            parts: list[object] = [self._ids, self._counts, self._latency, self._cached, *self._quantiles, self._marks]
+            parts: list[object] = [self._ids, *self._counts, self._latency, self._closed, *self._closed, self._late]
+            parts.append(self._marks)
+            if self._encoded is not None:
+                parts += [self._encoded, *self._encoded]
             for mark in self._marks:
                 parts.extend(part for part in (mark, mark.at, mark.text, mark.state, mark.until) if part is not None)
         return sum(sys.getsizeof(part) for part in parts)
@@ -118,12 +135,25 @@ class History(Observer):
         # Lock held. The ring index of ``bucket``, its slot emptied first when it held an older bucket.
         index = bucket % self.size
         if self._ids[index] != bucket:
+            if bucket < self._settled:
+                # A bucket that is over takes a slot of the window that was read (a clock set back by a window's
+                # length, or a late call into a bucket without calls): the whole window is read again.
+                self._settled = _NO_BUCKET
+                self._encoded = None
             self._ids[index] = bucket
-            start = index * _FIELDS
-            self._counts[start : start + _FIELDS] = array("q", bytes(8 * _FIELDS))
+            for column in self._counts:
+                column[index] = 0
             start = index * SLOTS
             self._latency[start : start + SLOTS] = array("I", bytes(4 * SLOTS))
-            self._cached[index] = _NO_BUCKET
+        elif bucket < self._settled:
+            # A late call, in a bucket that is over and was read (timed just before the clock moved on, or a clock
+            # set back): that bucket's percentiles and the window's text are read again at the next snapshot.
+            if bucket not in self._late:
+                self._late.append(bucket)
+            self._encoded = None
+        if bucket < self._exported_upto:
+            # A late call into a bucket the last export read as over: the next export reads it again.
+            self._exported.pop(bucket, None)
         return index
 
     def call_finished(self, event: CallFinished) -> None:
@@ -134,9 +164,9 @@ class History(Observer):
         bucket = int(self._clock() // self.interval)
         with self._lock:
             index = self._row(bucket)
-            self._counts[index * _FIELDS + _CALLS] += 1
+            self._counts[_CALLS][index] += 1
             if event.error_type is not None:
-                self._counts[index * _FIELDS + _ERRORS] += 1
+                self._counts[_ERRORS][index] += 1
             self._latency[index * SLOTS + slot] += 1
 
     def retry_scheduled(self, event: RetryScheduled) -> None:
@@ -146,6 +176,10 @@ class History(Observer):
         self._add(_REFUSED)
         if event.reason is Reason.RATE_LIMITED and self._pause is not None:
             self._mark_pause()
+
+    def cache_served(self, event: CacheServed) -> None:
+        if event.kind == "stale":  # a fallback is the service's own answer, not the upstream's: not a stale one
+            self._add(_STALE)
 
     def breaker_transition(self, event: BreakerTransition) -> None:
         text = f"{event.old} → {event.new}: {event.reason}" if event.reason else f"{event.old} → {event.new}"
@@ -160,7 +194,7 @@ class History(Observer):
     def _add(self, position: int) -> None:
         bucket = int(self._clock() // self.interval)
         with self._lock:
-            self._counts[self._row(bucket) * _FIELDS + position] += 1
+            self._counts[position][self._row(bucket)] += 1
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), timezone.utc)
@@ -191,33 +225,65 @@ class History(Observer):
         size = self.size
         oldest = newest - size + 1
         first = oldest % size  # the ring index of the oldest bucket
-        latency, quantiles = self._latency, self._quantiles
         with self._lock:
             if self._settled != newest:
-                cached = self._cached
-                for index, bucket in enumerate(self._ids):
-                    if oldest <= bucket < newest and cached[index] != bucket:
-                        cached[index] = bucket
-                        for column, value in zip(
-                            quantiles, _percentiles(latency[index * SLOTS : (index + 1) * SLOTS]), strict=True
-                        ):
-                            column[index] = value
+                if self._settled == newest - 1 and self._closed:
+                    # One bucket closed since the last snapshot: the window's percentiles shift by it, and so does
+                    # its JSON text (the first answer after a bucket closes stays cheap).
+                    added = self._bucket_percentiles(newest - 1)
+                    pairs = zip(self._closed, added, strict=True)
+                    self._closed = tuple((*column[1:], value) for column, value in pairs)
+                    shifted = self._encoded if self._encoded_for == newest - 1 else None
+                else:  # the first snapshot, or a jump of the clock: the whole window again
+                    rows = [self._bucket_percentiles(bucket) for bucket in range(oldest, newest)]
+                    self._closed = tuple(zip(*rows, strict=True)) if rows else ((),) * len(PERCENTILES)
+                    shifted = None
                 self._settled = newest
-            index = newest % size
-            ids = self._ids[first:] + self._ids[:first]
-            current = _percentiles(latency[index * SLOTS : (index + 1) * SLOTS]) if ids[-1] == newest else None
-            columns: list[list[Any]] = [self._counts[position::_FIELDS].tolist() for position in range(_FIELDS)]
-            columns += [column[first:] + column[:first] for column in quantiles]
+                self._encoded = None
+            else:
+                shifted = None
+            if self._late:
+                self._read_late(oldest, newest)
+            encoded = self._encoded
+            current = self._bucket_percentiles(newest)
+            closed = self._closed
+            counts = [column.tolist() for column in self._counts]
+            rotated = self._ids[first:] + self._ids[:first]
             marks = tuple(mark for mark in self._marks if _last_moment(mark) >= oldest * self.interval)
-        for position in range(_FIELDS):
-            columns[position] = columns[position][first:] + columns[position][:first]
-        for expected, bucket in enumerate(ids, oldest):
-            if bucket != expected:  # never counted, or an older bucket's slot: nothing in this window
-                for position, column in enumerate(columns):
-                    column[expected - oldest] = 0 if position < _FIELDS else None
-        for position, value in enumerate(current or (None,) * len(PERCENTILES)):
-            columns[_FIELDS + position][-1] = value
-        return _snapshot(self.interval, newest, columns, marks)
+        columns: list[Any] = [column[first:] + column[:first] for column in counts]
+        if rotated != list(range(oldest, newest + 1)):
+            for position, bucket in enumerate(rotated):
+                if bucket != oldest + position:  # never counted, or an older bucket's slot: nothing in this window
+                    for column in columns:
+                        column[position] = 0
+        columns += [(*column, value) for column, value in zip(closed, current, strict=True)]
+        if encoded is None:
+            # Once per bucket (and after a late call): the JSON of every series but the bucket still counting.
+            if shifted is not None:
+                encoded = tuple(_shift(text, column[-2]) for text, column in zip(shifted, columns, strict=True))
+            else:
+                encoded = tuple(json.dumps(column[:-1])[1:-1] for column in columns)
+            with self._lock:
+                if self._settled == newest and not self._late:  # no late call since the columns were read
+                    self._encoded, self._encoded_for = encoded, newest
+        return _snapshot(self.interval, newest, columns, marks, encoded)
+
+    def _read_late(self, oldest: int, newest: int) -> None:
+        # Lock held. The percentiles of the buckets late calls changed, read again (those still in the window).
+        columns = [list(column) for column in self._closed]
+        for bucket in self._late:
+            if oldest <= bucket < newest:
+                for column, value in zip(columns, self._bucket_percentiles(bucket), strict=True):
+                    column[bucket - oldest] = value
+        self._closed = tuple(tuple(column) for column in columns)
+        self._late = []
+
+    def _bucket_percentiles(self, bucket: int) -> tuple[float | None, ...]:
+        # Lock held. The percentiles of ``bucket``, if its ring slot holds it.
+        index = bucket % self.size
+        if self._ids[index] != bucket:
+            return _NO_PERCENTILES
+        return _percentiles(self._latency[index * SLOTS : (index + 1) * SLOTS])
 
     def export(self) -> HistoryRecord:
         """This process's buckets of the window and its marks, for the fleet."""
@@ -234,15 +300,24 @@ class History(Observer):
                 if known is None or bucket == newest:
                     start = index * SLOTS
                     latency = self._latency[start : start + SLOTS]
-                    counts = tuple(self._counts[index * _FIELDS : (index + 1) * _FIELDS])
+                    counts = tuple(column[index] for column in self._counts)
                     known = (counts, {slot: count for slot, count in enumerate(latency) if count})
                     if bucket != newest:
                         exported[bucket] = known
                 buckets[bucket] = known
             for bucket in [bucket for bucket in exported if bucket < oldest]:
                 del exported[bucket]
+            self._exported_upto = newest
             marks = tuple(mark for mark in self._marks if _last_moment(mark) >= oldest * self.interval)
         return HistoryRecord(interval=self.interval, buckets=buckets, marks=marks)
+
+
+def _shift(text: str, value: Any) -> str:
+    # A series' JSON text without its oldest value, with ``value`` after its newest: as json.dumps writes the values
+    # of a series (ints, finite floats: their repr; None: null), which never hold ", ".
+    rest = text.partition(", ")[2]
+    added = "null" if value is None else repr(value)
+    return f"{rest}, {added}" if rest else added
 
 
 def _last_moment(mark: HistoryMark) -> float:
@@ -254,14 +329,20 @@ def _percentiles(histogram: Iterable[int]) -> tuple[float | None, ...]:
     cumulative = list(accumulate(histogram))
     total = cumulative[-1] if cumulative else 0
     if not total:
-        return (None,) * len(PERCENTILES)
+        return _NO_PERCENTILES
     return tuple(
         _SLOT_BOUNDS_MS[bisect.bisect_left(cumulative, max(1, math.ceil(fraction * total)))] for fraction in PERCENTILES
     )
 
 
-def _snapshot(interval: float, newest: int, series: list[list[Any]], marks: Iterable[HistoryMark]) -> HistorySnapshot:
-    calls, errors, refused, retries, p50, p95, p99 = (tuple(values) for values in series)
+def _snapshot(
+    interval: float,
+    newest: int,
+    series: list[list[Any]],
+    marks: Iterable[HistoryMark],
+    encoded: tuple[str, ...] | None = None,
+) -> HistorySnapshot:
+    calls, errors, refused, retries, stale, p50, p95, p99 = (tuple(values) for values in series)
     return HistorySnapshot(
         interval=interval,
         end=datetime.fromtimestamp((newest + 1) * interval, timezone.utc),
@@ -269,10 +350,12 @@ def _snapshot(interval: float, newest: int, series: list[list[Any]], marks: Iter
         errors=errors,
         refused=refused,
         retries=retries,
+        stale=stale,
         p50_ms=p50,
         p95_ms=p95,
         p99_ms=p99,
         marks=tuple(sorted(marks, key=lambda mark: mark.at)),
+        closed_json=encoded,
     )
 
 
@@ -326,7 +409,7 @@ class HistoryRecord:
             bucket, counts, histogram = item
             bucket = whole(bucket)
             if not isinstance(counts, list) or len(counts) != _FIELDS:
-                bad("a history bucket's counts are not a list of four")
+                bad("a history bucket's counts are not a list of five")
             if not isinstance(histogram, Mapping) or len(histogram) > SLOTS:
                 bad("a history bucket's histogram is not a JSON object of slots")
             slots = {_slot(slot): whole(count) for slot, count in histogram.items()}

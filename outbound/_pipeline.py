@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._breaker import Breaker
 from ._config import ChaosConfig, ServiceConfig, StateConfig
-from ._events import BreakerTransition
+from ._events import BreakerTransition, Hooks
 from ._hedge import AnsweredLatencies
 from ._retry import Budget, RetryBudget
 from ._stage import SendGate, Stage
@@ -75,9 +75,11 @@ def compose(
     notify: Callable[[BreakerTransition], None],
     state: StateConfig | None,
     link: ServiceLink = LOCAL,
+    hooks: Hooks | None = None,
 ) -> Pipeline:
     """Build ``config``'s stages (each module imported only when its setting is on); ``link`` is the service's to
-    the state its fleet shares, handed to the stages that tell the fleet what they decide."""
+    the state its fleet shares, handed to the stages that tell the fleet what they decide; ``hooks`` the policy's
+    observers, for the cache layer's own event (``CacheServed``)."""
     would_reject = observe = None
     if not config.breaker.enforce or any(
         section is not None and not section.enforce for section in (config.bulkhead, config.rate_limit)
@@ -135,7 +137,7 @@ def compose(
     if config.cache is not None or config.fallback is not None:
         from ._cache._layer import CacheLayer
 
-        cache = CacheLayer(config, config.cache, config.fallback, state)
+        cache = CacheLayer(config, config.cache, config.fallback, state, hooks=hooks)
     call_stage: Any = bulkhead
     if observe is not None and would_reject is not None and bulkhead is not None and not bulkhead.config.enforce:
         call_stage = observe(bulkhead, "bulkhead", would_reject)

@@ -51,7 +51,7 @@ class Policy:
         # The statistics and the call log of a call's start and end are fed directly by the call (see _end): no
         # event is built for them; their other events come through the hooks.
         self.hooks = Hooks((self.stats, LOG_OBSERVER, *observers))
-        pipeline = compose(config, clock=clock, notify=self._transition, state=state, link=link)
+        pipeline = compose(config, clock=clock, notify=self._transition, state=state, link=link, hooks=self.hooks)
         self.breaker = pipeline.breaker
         self.budget = pipeline.budget
         self.bulkhead = pipeline.bulkhead

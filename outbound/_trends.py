@@ -8,7 +8,11 @@ resource: the page works offline and under its strict Content-Security-Policy.
 
 Every picture has its words: the SVG is ``role="img"`` with a label giving the numbers (now, peak, and the window),
 and the marks are listed under it as text with their times, so a screen reader — and a test — reads what a sighted
-person sees.
+person sees. Stale answers (calls the cache answered with a stored response in place of their error) are a number
+beside the error share, in its words too.
+
+``failing_since`` and ``breaker_since`` are the "since" of a service's state, read from its history: the page and
+``outbound status --watch`` (``_watch.py``) say the same.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def trends(history: Any, breaker_state: Any = None, status: Any = None) -> str:
     ]
     p95 = values["p95_ms"]
     window = _duration(interval * count)
+    stale = sum(values["stale"]) if "stale" in values else 0
     # "Now" is the complete buckets of the last RECENT_SECONDS (the current one is still counting, and one short
     # bucket alone would flicker between nothing and a burst).
     recent = (
@@ -57,7 +62,7 @@ def trends(history: Any, breaker_state: Any = None, status: Any = None) -> str:
     }
     lines = [
         _line("requests", "Requests/s", rates, None, lambda v: f"{v:,.1f}/s", now, window, start, end, marks),
-        _line("errors", "Errors", errors, 100.0, lambda v: f"{v:.0f}%", now, window, start, end, marks),
+        _line("errors", "Errors", errors, 100.0, lambda v: f"{v:.0f}%", now, window, start, end, marks, stale),
         _line("p95", "p95", p95, None, lambda v: f"{v:,.1f} ms", now, window, start, end, marks),
     ]
     return (
@@ -86,6 +91,9 @@ def _read(history: Any) -> tuple[float, datetime, dict[str, list[Any]], list[Map
         values[name] = [value if _is_number(value) else None for value in found]
     if len({len(found) for found in values.values()}) != 1:
         return None
+    stale = history.get("stale")  # a server that counts no stale answers sends none: the page shows none
+    if isinstance(stale, list | tuple) and len(stale) == len(values["calls"]):
+        values["stale"] = [value if _is_number(value) and value > 0 else 0 for value in stale]
     values["calls"] = [value or 0 for value in values["calls"]]
     values["errors"] = [value or 0 for value in values["errors"]]
     marks = [mark for mark in history.get("marks") or () if isinstance(mark, Mapping) and _moment(mark.get("at"))]
@@ -103,6 +111,7 @@ def _line(
     start: datetime,
     end: datetime,
     marks: Sequence[Mapping[str, Any]],
+    stale: float = 0,
 ) -> str:
     known = [value for value in values if value is not None]
     peak = max(known, default=0.0)
@@ -114,6 +123,14 @@ def _line(
         if known
         else f"{label}: no calls in {window}"
     )
+    extra = ""
+    if stale:
+        answers = f"{stale:,.0f} stale answer{'s' if stale != 1 else ''}"
+        words += f"; {answers} from the cache in place of an error"
+        extra = (
+            f' <span class="stale" data-stale="{stale:.0f}" title="served from the cache in place of an error">'
+            f"{answers}</span>"
+        )
     step = WIDTH / max(len(values) - 1, 1)
     path, area = [], []
     run = 0  # points in the line being drawn: a lone one (calls in one bucket between empty ones) is a dash
@@ -136,7 +153,7 @@ def _line(
     return (
         f'<div class="trend" data-series="{name}">\n'
         f'<p class="trend-label"><span>{html.escape(label)}</span> <strong data-now>{html.escape(now_text)}</strong>'
-        f' <span class="muted">peak {html.escape(shown(peak))}</span></p>\n'
+        f' <span class="muted">peak {html.escape(shown(peak))}</span>{extra}</p>\n'
         f'<svg class="spark" viewBox="0 0 {WIDTH} {HEIGHT}" preserveAspectRatio="none" role="img" '
         f'aria-label="{html.escape(words, quote=True)}">'
         f"{_mark_shapes(marks, start, end)}"
@@ -174,39 +191,49 @@ def _mark_shapes(marks: Sequence[Mapping[str, Any]], start: datetime, end: datet
     return "".join(shapes)
 
 
-def _failing_since(values: Mapping[str, list[Any]], status: Any, start: datetime, interval: float) -> str:
-    # A failing service: the first bucket of the run of buckets, up to now, whose calls failed at the failing rate
-    # (buckets without calls do not end the run). What the status is judged on is the last minute; this is when it
-    # began, as far as the window shows.
-    if status != "failing":
-        return ""
+def failing_since(calls: Sequence[int], errors: Sequence[int], start: datetime, interval: float) -> datetime | None:
+    """When a failing service began failing, as far as its history shows: the start of the first bucket of the run
+    of buckets, up to now, whose calls failed at the failing rate (buckets without calls do not end the run);
+    ``None`` when the last bucket with calls did not fail. The status is judged on the last minute; this is when the
+    failure began."""
     first = None
-    for index in range(len(values["calls"]) - 1, -1, -1):
-        calls, errors = values["calls"][index], values["errors"][index]
-        if not calls:
+    for index in range(len(calls) - 1, -1, -1):
+        if not calls[index]:
             continue
-        if errors < health.FAILING_ERROR_RATE * calls:
+        if errors[index] < health.FAILING_ERROR_RATE * calls[index]:
             break
         first = index
-    if first is None:
-        return ""
-    return f'<p class="since">Failing since {_clock(start + timedelta(seconds=interval * first))}</p>\n'
+    return start + timedelta(seconds=interval * first) if first is not None else None
+
+
+def breaker_since(
+    transitions: Sequence[tuple[Any, datetime | None]], state: str, start: datetime
+) -> tuple[datetime, bool] | None:
+    """Since when the breaker is in ``state``: its last transition in the window (``(at, True)``), or without any,
+    the window's start "or before" (``(start, False)``); ``None`` when the last transition went elsewhere (a report
+    read between a transition and its mark). ``transitions`` are the window's ``(state, at)``, oldest first."""
+    if not transitions:
+        return start, False
+    last, at = transitions[-1]
+    return (at, True) if last == state and at is not None else None
+
+
+def _failing_since(values: Mapping[str, list[Any]], status: Any, start: datetime, interval: float) -> str:
+    since = failing_since(values["calls"], values["errors"], start, interval) if status == "failing" else None
+    return f'<p class="since">Failing since {_clock(since)}</p>\n' if since is not None else ""
 
 
 def _since(marks: Sequence[Mapping[str, Any]], state: Any, start: datetime) -> str:
-    # The current breaker state's start: its last transition in the window, or "all of the window".
     if not isinstance(state, str):
         return ""
-    transitions = [mark for mark in marks if mark.get("kind") == "breaker"]
-    last = transitions[-1] if transitions else None
-    if last is not None and last.get("state") == state:
-        at = _moment(last.get("at"))
-        if at is not None:
-            return f'<p class="since">Breaker {html.escape(state)} since {_clock(at)}</p>\n'
-    if last is None:
-        whole = f"for all of the window (since {_clock(start)} or before)"
-        return f'<p class="since">Breaker {html.escape(state)} {whole}</p>\n'
-    return ""
+    transitions = [(mark.get("state"), _moment(mark.get("at"))) for mark in marks if mark.get("kind") == "breaker"]
+    since = breaker_since(transitions, state, start)
+    if since is None:
+        return ""
+    if since[1]:
+        return f'<p class="since">Breaker {html.escape(state)} since {_clock(since[0])}</p>\n'
+    whole = f"for all of the window (since {_clock(since[0])} or before)"
+    return f'<p class="since">Breaker {html.escape(state)} {whole}</p>\n'
 
 
 def _mark_list(marks: Sequence[Mapping[str, Any]]) -> str:

@@ -5,7 +5,8 @@
 read is shown as the error and the next second tries again: a person watching an incident keeps the view. The
 sparkline is the service's history (``health.history``): requests per second over the window, one character per
 bucket (the last ``SPARK_WIDTH``), with the rate, error share and p95 of the last ``RECENT_WINDOW`` seconds' complete
-buckets beside it.
+buckets beside it, the stale answers the cache gave in place of an error in those buckets, and since when the
+service is in its state (failing, or its breaker's state), as the status page says it (``_trends``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
+from ._trends import breaker_since, failing_since
 from .health import HealthReport, HistorySnapshot
 
 REFRESH_SECONDS = 1.0
@@ -70,7 +72,8 @@ def trends(report: HealthReport) -> str:
         if history is None:
             lines.append(f"{name:<{width}}  (no history: set health.history, or the server keeps none)")
             continue
-        lines.append(f"{name:<{width}}  {sparkline(history)}  {_numbers(history, service.breaker.state)}")
+        numbers = _numbers(history, service.breaker.state, service.status)
+        lines.append(f"{name:<{width}}  {sparkline(history)}  {numbers}")
     if not lines:
         return ""
     heading = "TRENDS (requests/s"
@@ -89,9 +92,9 @@ def sparkline(history: HistorySnapshot) -> str:
     return "".join(_BLOCKS[1 + round(top * count / peak)] if count else _BLOCKS[0] for count in calls)
 
 
-def _numbers(history: HistorySnapshot, state: str) -> str:
+def _numbers(history: HistorySnapshot, state: str, status: str = "ok") -> str:
     # The complete buckets of the last RECENT_WINDOW seconds (the current one is still counting): a rate over one
-    # second's bucket would flicker between nothing and a burst. Then since when the breaker is in its state.
+    # second's bucket would flicker between nothing and a burst. Then since when the service is in its state.
     count = max(1, min(len(history.calls) - 1, math.ceil(RECENT_WINDOW / history.interval)))
     window = slice(-1 - count, -1) if len(history.calls) > 1 else slice(-1, None)
     calls, errors = sum(history.calls[window]), sum(history.errors[window])
@@ -99,17 +102,32 @@ def _numbers(history: HistorySnapshot, state: str) -> str:
     parts = [f"{calls / (count * history.interval):,.1f}/s"]
     parts.append(f"errors {100 * errors / calls:.0f}%" if calls else "errors -")
     parts.append(f"p95 {p95:,.1f} ms" if p95 is not None else "p95 -")
-    since = _since(history, state)
+    stale = sum(history.stale[window])
+    if stale:
+        parts.append(f"stale {stale:,}")
+    since = _since(history, state, status)
     if since:
         parts.append(since)
     return "  ".join(parts)
 
 
-def _since(history: HistorySnapshot, state: str) -> str:
-    transitions = [mark for mark in history.marks if mark.kind == "breaker"]
-    if not transitions or transitions[-1].state != state:
+def _since(history: HistorySnapshot, state: str, status: str) -> str:
+    # A failing service (its breaker still closed) says since when it fails; else since when its breaker is in its
+    # state, "or before" when no transition is in the window.
+    start = history.end - timedelta(seconds=history.interval * len(history.calls))
+    if status == "failing":
+        failing = failing_since(history.calls, history.errors, start, history.interval)
+        if failing is not None:
+            return f"failing since {_clock(failing)}"
+    transitions = [(mark.state, mark.at) for mark in history.marks if mark.kind == "breaker"]
+    since = breaker_since(transitions, state, start)
+    if since is None:
         return ""
-    return f"breaker {state} since {transitions[-1].at.astimezone(timezone.utc):%H:%M:%S}"
+    return f"breaker {state} since {_clock(since[0])}{'' if since[1] else ' or before'}"
+
+
+def _clock(moment: datetime) -> str:
+    return f"{moment.astimezone(timezone.utc):%H:%M:%S}"
 
 
 def _duration(seconds: float) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import redact_url
+from .._events import CacheServed, Hooks
 from .._logging import call_logger
 from ._entry import CorruptEntry, Entry
 from ._rfc import decide, initial_age, stored_headers
@@ -90,8 +91,12 @@ class CacheLayer:
         state: StateConfig | None,
         *,
         now: Callable[[], float] = time.time,
+        hooks: Hooks | None = None,
     ) -> None:
         self.name = service.name
+        # The policy's observers (the same object: one added later is seen here too), told when the cache answers a
+        # failed call; the event is built only when one of them listens (``served``).
+        self.hooks = hooks if hooks is not None else Hooks()
         self.config = config
         self.fallback = fallback
         self.now = now
@@ -337,7 +342,11 @@ class CacheLayer:
         return True
 
     def served(self, kind: str, method: str, url: object, error: str) -> None:
-        """The call log's line for a call answered by the cache or the fallback in place of ``error``."""
+        """A call answered by the cache or the fallback in place of ``error``: the observers' event (the history
+        counts stale answers per bucket) and the call log's line."""
+        listeners = self.hooks.cache_served
+        if listeners:
+            Hooks.emit(listeners, CacheServed(self.name, method, kind, error))
         if call_logger.isEnabledFor(logging.INFO):
             call_logger.info(
                 "%s: %s %s served %s instead of %s",

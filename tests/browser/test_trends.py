@@ -3,7 +3,8 @@
 A live Flask server (a thread of this process) keeps a 1-second history of one service; the test drives that service
 against the shared upstream and loads the page after each phase in Debian's Chromium, checking what a person would
 read: the numbers beside each sparkline, the marks of the breaker's transitions on the time axis (and their list in
-words), the "since" of the breaker's state; in light and dark mode, on a desktop and a phone, with nothing against
+words), the "since" of the breaker's state, and a cached service's stale answer beside its errors; in light and dark
+mode, on a desktop and a phone, with nothing against
 the page's Content-Security-Policy. Screenshots of each phase are saved under the test's temporary directory.
 """
 
@@ -48,6 +49,7 @@ def _app(upstream: Upstream) -> Flask:
                 "timeout": 5.0,
                 "breaker": {"fail_max": 3, "reset_timeout": RESET_SECONDS},
             },
+            "cached": {"base_url": upstream.url, "retry": None, "cache": {"ttl": 1, "stale_if_error": 60}},
         },
         "health": {"token": TOKEN, "history": {"interval": 1.0, "buckets": 60}},
     }
@@ -63,7 +65,7 @@ def _load(page: Page, url: str) -> None:
 
 
 def _now(page: Page, series: str) -> str:
-    return page.locator(f'[data-series="{series}"] [data-now]').inner_text()
+    return page.get_by_role("article", name="api").locator(f'[data-series="{series}"] [data-now]').inner_text()
 
 
 def _marks(page: Page, state: str) -> int:
@@ -81,9 +83,10 @@ def test_a_scripted_incident_reads_on_the_page(browser: Browser, upstream: Upstr
         with live_flask(app) as base:
             url = f"{base}/health/outbound"
 
-            # Healthy: traffic, no errors, no marks.
+            # Healthy: traffic, no errors, no marks; the cached service stores an answer.
             for _ in range(6):
                 session.get("ok")
+            registry.session("cached").get("catalogue")
             _load(page, url)
             card = page.get_by_role("article", name="api")
             expect(card.locator(".badge").first).to_have_text("ok")
@@ -143,6 +146,21 @@ def test_a_scripted_incident_reads_on_the_page(browser: Browser, upstream: Upstr
             assert xs[0] <= xs[1], xs
             page.screenshot(path=str(tmp_path / "4-recovered.png"), full_page=True)
 
+            # The cached service's upstream fails: its stored answer (past its freshness) stands in for the error.
+            layer = registry["cached"].policy.cache
+            assert layer is not None
+            stored = layer.now()
+            layer.now = lambda: stored + 5
+            upstream.set_mode("failing", status=503)
+            assert registry.session("cached").get("catalogue").outbound_cache == "stale"  # type: ignore[attr-defined]
+            _load(page, url)
+            cached = page.get_by_role("article", name="cached")
+            expect(cached.locator('[data-series="errors"] .stale')).to_have_text("1 stale answer")
+            words = cached.locator('[data-series="errors"] svg').get_attribute("aria-label") or ""
+            assert "1 stale answer from the cache in place of an error" in words, words
+            expect(card.locator(".stale")).to_have_count(0)  # the other service had none
+            page.screenshot(path=str(tmp_path / "4b-stale.png"), full_page=True)
+
             # The same page in dark mode and on a phone: readable, nothing scrolls sideways.
             dark = browser.new_context(extra_http_headers=AUTH, viewport=PHONE, color_scheme="dark")
             phone = dark.new_page()
@@ -151,7 +169,7 @@ def test_a_scripted_incident_reads_on_the_page(browser: Browser, upstream: Upstr
             assert response is not None
             assert_readable(phone, "dark")
             assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-            svg = phone.locator('[data-series="p95"] svg')
+            svg = phone.get_by_role("article", name="api").locator('[data-series="p95"] svg')
             assert (svg.bounding_box() or {"width": 0})["width"] > 200  # the sparkline spans the card
             phone.screenshot(path=str(tmp_path / "5-recovered-dark-phone.png"), full_page=True)
             dark.close()

@@ -11,11 +11,13 @@ import pytest
 import outbound
 from outbound import serving
 from outbound._config import HistoryConfig
-from outbound._events import BreakerTransition, CallFinished, CallRejected, RetryScheduled
+from outbound._events import BreakerTransition, CacheServed, CallFinished, CallRejected, RetryScheduled
 from outbound._history import MAX_MARKS, SLOTS, History, HistoryRecord
 from outbound._outcome import Kind, Reason
 from outbound._parse import INVALID
 from tests.conftest import RegistryFactory, open_breaker
+from tests.core.conftest import Send, client_of
+from tests.core.test_cache import cache_of, later
 from tests.upstream import Upstream
 
 HISTORY = {"history": {"interval": 10.0, "buckets": 6}}
@@ -195,18 +197,20 @@ def test_a_record_survives_its_round_trip_and_records_merge_by_bucket() -> None:
         {"interval": 5.0, "buckets": []},  # another interval: buckets that do not line up
         {"interval": 10.0, "buckets": "x"},
         {"interval": 10.0, "buckets": [[1, [1, 2, 3], {}]]},
-        {"interval": 10.0, "buckets": [[1, [1, 2, 3, -4], {}]]},
-        {"interval": 10.0, "buckets": [[True, [1, 2, 3, 4], {}]]},
-        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4], {"999": 1}]]},
-        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4], {"1": 10**30}]]},
-        {"interval": 10.0, "buckets": [[index, [0, 0, 0, 0], {}] for index in range(7)]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4], {}]]},  # four counts: no stale answers
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, -5], {}]]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, "5"], {}]]},
+        {"interval": 10.0, "buckets": [[True, [1, 2, 3, 4, 0], {}]]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, 0], {"999": 1}]]},
+        {"interval": 10.0, "buckets": [[1, [1, 2, 3, 4, 0], {"1": 10**30}]]},
+        {"interval": 10.0, "buckets": [[index, [0, 0, 0, 0, 0], {}] for index in range(7)]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "never", "kind": "breaker"}]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "2026-01-01T00:00:00+00:00", "kind": "rm -rf"}]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "2026-01-01T00:00:00", "kind": "breaker"}]},  # no offset
         {"interval": 10.0, "buckets": [], "marks": [{"at": "9999-12-31T23:59:59-23:59", "kind": "pause"}]},
         {"interval": 10.0, "buckets": [], "marks": [{"at": "2026-01-01T00:00:00+00:00", "kind": "pause", "until": 5}]},
-        {"interval": 10.0, "buckets": [[-1, [0, 0, 0, 0], {}]]},
-        {"interval": 10.0, "buckets": [[10**30, [0, 0, 0, 0], {}]]},
+        {"interval": 10.0, "buckets": [[-1, [0, 0, 0, 0, 0], {}]]},
+        {"interval": 10.0, "buckets": [[10**30, [0, 0, 0, 0, 0], {}]]},
     ],
 )
 def test_a_hostile_record_is_refused(hostile: Any) -> None:
@@ -302,3 +306,219 @@ def test_httpx_clients_feed_the_history_too(make_registry: RegistryFactory, upst
     history = registry.report(history=True).as_dict()["services"]["api"]["history"]
     assert sum(history["calls"]) == 2
     assert sum(history["errors"]) == 1
+
+
+def test_a_stale_answer_counts_in_its_bucket(
+    make_registry: RegistryFactory, upstream: Upstream, kind: str, send: Send
+) -> None:
+    # A cached GET, then the upstream fails: the cache answers with the stored response (stale-if-error), and the
+    # bucket of that moment counts one stale answer beside the error it replaced.
+    service = {
+        "base_url": upstream.url,
+        "client": client_of(kind),
+        "retry": {"total": 0},
+        "cache": {"ttl": 1, "stale_if_error": 60},
+    }
+    registry = make_registry(health={**HISTORY, "show_details": "always"}, s=service)
+    assert send(registry, "s", "GET", "catalogue").status_code == 200
+    later(registry, "s", 5)  # the stored response is past its freshness
+    upstream.set_mode("failing", status=503)
+    answer = send(registry, "s", "GET", "catalogue")
+    assert (answer.status_code, cache_of(answer)) == (200, "stale")
+    history = json.loads(serving.respond(registry, authorization=None, history="1").body)["services"]["s"]["history"]
+    assert sum(history["stale"]) == 1
+    assert max(history["stale"]) == 1  # in one bucket
+    assert sum(history["errors"]) == 1  # the 503 it stood in for
+    assert sum(history["calls"]) == 2
+    assert len(history["stale"]) == len(history["calls"]) == 6
+    # A stale answer while the breaker refuses (no call sent) is one too.
+    open_breaker(registry, "s")
+    assert cache_of(send(registry, "s", "GET", "catalogue")) == "stale"
+    assert sum(registry.report(history=True).as_dict()["services"]["s"]["history"]["stale"]) == 2
+
+
+def test_a_stale_answer_of_an_async_client_counts_too(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    import asyncio
+
+    service = {"base_url": upstream.url, "client": "httpx", "retry": None, "cache": {"ttl": 1, "stale_if_error": 60}}
+    registry = make_registry(health=HISTORY, s=service)
+
+    async def calls() -> Any:
+        await registry.async_client("s").get("catalogue")
+        later(registry, "s", 5)
+        upstream.set_mode("failing", status=503)
+        return await registry.async_client("s").get("catalogue")
+
+    assert cache_of(asyncio.run(calls())) == "stale"
+    assert sum(registry.report(history=True).as_dict()["services"]["s"]["history"]["stale"]) == 1
+
+
+def test_the_cache_event_is_built_only_when_someone_listens(
+    make_registry: RegistryFactory, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outbound._cache import _layer
+
+    built: list[CacheServed] = []
+
+    def counted(*args: Any) -> CacheServed:
+        built.append(CacheServed(*args))
+        return built[-1]
+
+    monkeypatch.setattr(_layer, "CacheServed", counted)
+    service = {"base_url": upstream.url, "retry": None, "cache": {"ttl": 1, "stale_if_error": 60}}
+    for health, events in (({}, 0), (HISTORY, 1)):
+        registry = make_registry(health=health, s=service)
+        registry.session("s").get("catalogue")
+        later(registry, "s", 5)
+        open_breaker(registry, "s")
+        assert cache_of(registry.session("s").get("catalogue")) == "stale"
+        assert len(built) == events, health  # no history, no observer of it: no event
+    assert built[-1] == CacheServed("s", "GET", "stale", "CircuitOpenError")
+
+
+def test_a_fallback_is_not_a_stale_answer() -> None:
+    clock = WallClock()
+    history = History(HistoryConfig(interval=10.0, buckets=3), clock=clock)
+    history.cache_served(CacheServed("s", "GET", "fallback", "ConnectError"))
+    history.cache_served(CacheServed("s", "GET", "stale", "ConnectError"))
+    assert history.snapshot().stale == (0, 0, 1)
+    clock.now += 10.0
+    history.cache_served(CacheServed("s", "GET", "stale", "status 503"))
+    assert history.snapshot().stale == (0, 1, 1)
+    record = HistoryRecord.from_dict(json.loads(json.dumps(history.export().as_dict())), interval=10.0, size=3)
+    merged = HistoryRecord.merge([record, record], interval=10.0).snapshot(size=3, now=clock.now)
+    assert merged.stale == (0, 2, 2)
+
+
+def test_the_cached_text_of_buckets_that_are_over_is_what_json_writes() -> None:
+    # The JSON of a history is built from the text its buckets that are over wrote once: it must be json.dumps of
+    # the dict, whatever happened since (buckets closing, gaps, marks, and a late call into a bucket already read).
+    clock = WallClock()
+    history = History(HistoryConfig(interval=10.0, buckets=4), clock=clock)
+
+    def served() -> dict[str, Any]:
+        snapshot = history.snapshot()
+        assert snapshot.closed_json is not None  # the cached path, not the fallback to json.dumps
+        assert snapshot.as_json() == json.dumps(snapshot.as_dict())
+        data: dict[str, Any] = json.loads(snapshot.as_json())
+        return data
+
+    assert served()["calls"] == [0, 0, 0, 0]
+    history.call_finished(finished(0.010))
+    history.call_finished(finished(0.5, error="ReadTimeout"))
+    assert served()["calls"] == [0, 0, 0, 2]
+    clock.now += 10.0
+    history.call_finished(finished(0.020))
+    history.breaker_transition(BreakerTransition("s", "closed", "open", "5 consecutive failures", 30.0))
+    assert served()["calls"] == [0, 0, 2, 1]
+    clock.now += 20.0  # a bucket without calls between
+    history.call_finished(finished(0.003))  # under 10 ms: a percentile with decimals
+    data = served()
+    assert data["calls"] == [2, 1, 0, 1]
+    assert data["p95_ms"][1] is not None
+    assert data["p95_ms"][1] < 100.0
+    # A late call and a late stale answer, into a bucket that is over and whose text was written (the clock set back
+    # as NTP may): the next answer reads that bucket again.
+    clock.now -= 20.0
+    history.call_finished(finished(0.9, error="ReadTimeout"))
+    history.cache_served(CacheServed("s", "GET", "stale", "ReadTimeout"))
+    clock.now += 20.0
+    data = served()
+    assert data["calls"] == [2, 2, 0, 1]
+    assert data["errors"] == [1, 1, 0, 0]
+    assert data["stale"] == [0, 1, 0, 0]
+    assert data["p95_ms"][1] >= 900.0  # its percentiles too
+    clock.now += 10.0
+    assert served()["calls"] == [2, 0, 1, 0]
+    # Bucket after bucket, the text shifts by one value each time a bucket closes (some empty, some under 10 ms).
+    expected = [2, 0, 1, 0]
+    for step in range(12):
+        for _ in range(step % 3):
+            history.call_finished(finished(0.002 * (step + 1)))
+        expected[-1] = step % 3
+        assert served()["calls"] == expected
+        clock.now += 10.0
+        expected = [*expected[1:], 0]
+        assert served()["calls"] == expected
+    # A late call into a bucket of the window that had none (its ring slot held a bucket older than the window).
+    history.call_finished(finished(0.5))
+    clock.now += 20.0
+    assert served()["calls"] == [2, 1, 0, 0]
+    clock.now -= 10.0
+    history.call_finished(finished(0.05))
+    clock.now += 10.0
+    data = served()
+    assert data["calls"] == [2, 1, 1, 0]
+    assert data["p95_ms"][2] is not None
+    # The clock set back by more than the window: that old bucket takes the slot of one of the window's, which then
+    # shows nothing, its percentiles included.
+    clock.now -= 50.0
+    history.call_finished(finished(0.05))
+    clock.now += 50.0
+    data = served()
+    assert data["calls"] == [2, 1, 0, 0]
+    assert data["p95_ms"][2:] == [None, None]
+
+
+def test_the_served_json_is_the_report_as_json_writes_it(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    registry = make_registry(
+        health={**HISTORY, "show_details": "always"},
+        api={"base_url": upstream.url, "retry": {"total": 0}, "breaker": {"fail_max": 2}},
+        quiet={"base_url": upstream.url},
+        plain={"base_url": upstream.url},
+    )
+    session = registry.session("api")
+    session.get("ok")
+    session.get("status/503")
+    session.get("status/503")
+    report = registry.report(history=True)
+    assert report.as_json() == json.dumps(report.as_dict())
+    assert report.as_json(details=False) == json.dumps({"status": report.status})
+    plain = registry.report()
+    assert plain.as_json() == json.dumps(plain.as_dict())  # without histories: json.dumps itself, as before
+    body = json.loads(serving.respond(registry, authorization=None, history="1").body)
+    assert [mark["state"] for mark in body["services"]["api"]["history"]["marks"]] == ["open"]
+    assert sum(body["services"]["api"]["history"]["calls"]) == 3
+
+
+def test_the_page_says_how_many_answers_were_stale() -> None:
+    from outbound._page import render_page
+
+    clock = WallClock()
+    history = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
+    for _ in range(2):
+        history.call_finished(finished(0.01, error="ReadTimeout"))
+        history.cache_served(CacheServed("s", "GET", "stale", "ReadTimeout"))
+    history.call_finished(finished(0.01))
+
+    def page(data: dict[str, Any]) -> str:
+        service = {"status": "ok", "breaker": {"state": "closed"}, "history": data}
+        return render_page({"status": "ok", "services": {"api": service}})
+
+    shown = page(history.snapshot().as_dict())
+    assert 'data-stale="2"' in shown
+    assert ">2 stale answers</span>" in shown  # beside the error share
+    assert "; 2 stale answers from the cache in place of an error" in shown  # and in the picture's words
+    # None in the window, or a server that counts none: nothing said.
+    quiet = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
+    quiet.call_finished(finished(0.01))
+    assert "stale answer" not in page(quiet.snapshot().as_dict())
+    older = {key: value for key, value in history.snapshot().as_dict().items() if key != "stale"}
+    assert "stale answer" not in page(older)
+    assert 'data-series="errors"' in page(older)
+
+
+def test_a_late_call_reaches_the_fleet_record_too() -> None:
+    # A bucket an export read as over is not read again by the next ones, unless a late call changed it.
+    clock = WallClock()
+    history = History(HistoryConfig(interval=10.0, buckets=4), clock=clock)
+    history.call_finished(finished(0.010))
+    clock.now += 10.0
+    bucket = int((clock.now - 10.0) // 10.0)
+    assert history.export().buckets[bucket][0][0] == 1
+    clock.now -= 10.0
+    history.call_finished(finished(0.010, error="ReadTimeout"))
+    clock.now += 10.0
+    counts, histogram = history.export().buckets[bucket]
+    assert counts[:2] == (2, 1)
+    assert sum(histogram.values()) == 2

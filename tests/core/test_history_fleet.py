@@ -67,12 +67,17 @@ def test_a_bad_history_is_skipped_and_the_stats_beside_it_kept(
     own = fleet()
     own.session("api").get("ok")
     bucket = int(time.time() // 60.0)
-    good = {"requests": 5, "history": {"interval": 60.0, "buckets": [[bucket, [5, 1, 0, 0], {"30": 5}]], "marks": []}}
+    good = {
+        "requests": 5,
+        "history": {"interval": 60.0, "buckets": [[bucket, [5, 1, 0, 0, 1], {"30": 5}]], "marks": []},
+    }
     bad = [
         {"requests": 2, "history": {"interval": 10.0, "buckets": []}},  # another interval
         {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 2, 3], {}]]}},
-        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0], {"7": -1}]]}},
+        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0, 0], {"7": -1}]]}},
         {"requests": 2, "history": "x" * 1000},
+        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0, -1], {}]]}},  # stale < 0
+        {"requests": 2, "history": {"interval": 60.0, "buckets": [[bucket, [1, 0, 0, 0, 0.5], {}]]}},
     ]
     client = redis.Redis.from_url(redis_url)
     live = int(time.time() * 1000) + 60_000
@@ -85,4 +90,5 @@ def test_a_bad_history_is_skipped_and_the_stats_beside_it_kept(
     assert report["stats"]["requests"] == 1 + 5 + 2 * len(bad)  # every record's stats were counted
     assert sum(report["history"]["calls"]) == 1 + 5  # the good histories alone
     assert sum(report["history"]["errors"]) == 1
+    assert sum(report["history"]["stale"]) == 1  # the good record's stale answer, none of the bad ones'
     assert any("skipped a worker's history of 'api'" in record.getMessage() for record in caplog.records)

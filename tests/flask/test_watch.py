@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -38,6 +39,8 @@ def server(upstream: Upstream) -> Iterator[tuple[str, outbound.Registry]]:
         "services": {
             "api": {"base_url": upstream.url, "retry": None, "breaker": {"fail_max": 3, "reset_timeout": 300}},
             "quiet": {"base_url": upstream.url},
+            # Fails without opening (its breaker needs far more): the view says since when it fails.
+            "flaky": {"base_url": upstream.url, "retry": None, "breaker": {"fail_max": 1000}},
         },
         "health": {"token": TOKEN, "history": HISTORY},
     }
@@ -103,6 +106,12 @@ class Tmux:
         subprocess.run([TMUX, "-L", self.socket, "kill-server"], check=False, timeout=10)
 
 
+def _line(screen: str, name: str) -> str:
+    """The trends line of service ``name`` on a screen (``""`` before there is one)."""
+    trends = screen.split("TRENDS", 1)[1] if "TRENDS" in screen else ""
+    return next((line for line in trends.splitlines() if line.startswith(f"{name} ")), "")
+
+
 def _quote(part: str) -> str:
     return "'" + part.replace("'", "'\\''") + "'"
 
@@ -127,10 +136,20 @@ def test_the_terminal_view_follows_a_live_server_and_quits_on_ctrl_c(
         trends = screen.split("TRENDS", 1)[1]
         api_line = next(line for line in trends.splitlines() if line.startswith("api "))
         assert any(block in api_line for block in "▂▃▄▅▆▇█"), api_line  # a sparkline with the calls in it
+        # No transition in the window: since its start, or before.
+        assert re.search(r"breaker closed since \d\d:\d\d:\d\d or before$", api_line.rstrip()), api_line
+        # A service whose calls fail while its breaker stays closed: "failing since" the first failed bucket.
+        for _ in range(6):
+            registry.session("flaky").get("status/503")
+        assert wait_until(lambda: _line(tmux.screen(), "flaky").count("failing since") == 1, timeout=10.0), (
+            tmux.screen()
+        )
+        assert re.search(r"failing since \d\d:\d\d:\d\d$", _line(tmux.screen(), "flaky").rstrip())
         # The view refreshes by itself: a failure seen by the server shows on the screen within seconds.
         for _ in range(3):
             session.get("status/503")
-        assert wait_until(lambda: "breaker open since" in tmux.screen(), timeout=10.0), tmux.screen()
+        assert wait_until(lambda: "breaker open since" in _line(tmux.screen(), "api"), timeout=10.0), tmux.screen()
+        assert re.search(r"breaker open since \d\d:\d\d:\d\d$", _line(tmux.screen(), "api").rstrip())
         assert any("api" in line and "down" in line for line in tmux.screen().splitlines())
         tmux.keys("C-c")
         assert wait_until(lambda: "EXITED WITH 0" in tmux.screen(), timeout=10.0), tmux.screen()
@@ -154,6 +173,28 @@ def test_frames_read_in_process(make_registry: RegistryFactory, upstream: Upstre
     lines = frames[-1].split("TRENDS", 1)[1].splitlines()
     assert any(line.startswith("api ") and "█" in line for line in lines), frames[-1]
     assert any(line.startswith("idle ") and "▁" * 30 in line for line in lines), frames[-1]
+
+
+def test_a_stale_answer_shows_beside_the_errors(make_registry: RegistryFactory, upstream: Upstream) -> None:
+    service = {"base_url": upstream.url, "retry": None, "cache": {"ttl": 1, "stale_if_error": 60}}
+    registry = make_registry(health={"history": HISTORY}, cached=service)
+    session = registry.session("cached")
+    session.get("catalogue")
+    layer = registry["cached"].policy.cache
+    assert layer is not None
+    start = layer.now()
+    layer.now = lambda: start + 5  # the stored answer is past its freshness
+    upstream.set_mode("failing", status=503)
+    assert session.get("catalogue").outbound_cache == "stale"  # type: ignore[attr-defined]
+
+    def frame() -> str:
+        out = io.StringIO()
+        cli.watch_status(registry, out=out, frames=1)
+        return out.getvalue()
+
+    # Beside the last complete buckets' numbers (the one still counting is not yet among them).
+    assert wait_until(lambda: "stale 1" in frame(), timeout=5.0), frame()
+    assert "errors 50%" in frame()
 
 
 def test_without_a_history_the_view_says_how_to_get_one(make_registry: RegistryFactory, upstream: Upstream) -> None:
@@ -190,6 +231,7 @@ def test_the_sparkline_scales_to_the_busiest_bucket() -> None:
         errors=(0,) * 6,
         refused=(0,) * 6,
         retries=(0,) * 6,
+        stale=(0,) * 6,
         p50_ms=(None,) * 6,
         p95_ms=(None,) * 6,
         p99_ms=(None,) * 6,
