@@ -19,15 +19,14 @@ off (``top``: top-level settings of that variant; ``common``: top-level settings
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 import outbound
-from benchmarks._harness import Row, Target
+from benchmarks._harness import Row, Target, paired_difference
 
 if TYPE_CHECKING:
     from benchmarks._harness import UpstreamProcess
@@ -179,40 +178,3 @@ def _measure(case: StageCase, s: Settings) -> Row:
         f"off settings {dict(case.off) or dict(case.top)}",
         digits=2,
     )
-
-
-def paired_difference(
-    first: Callable[[], object], second: Callable[[], object], *, pairs: int, max_seconds: float
-) -> tuple[float, float]:
-    """The median of ``first``'s time minus ``second``'s over calls made in pairs, back to back, and the median time
-    of ``second``, in microseconds.
-
-    A call here takes ~60 us and a microsecond is the question: slices of calls (row 1's way) carry every
-    disturbance of the machine into their totals, where a disturbance hits one pair of ~4,000 here and the median
-    passes over it. The order within a pair alternates, so whatever the first call of a pair pays (or saves) falls
-    on both sides equally.
-    """
-    clock = time.perf_counter_ns
-    stop = time.perf_counter() + max_seconds
-    differences: list[int] = []
-    seconds_calls: list[int] = []
-    for index in range(pairs):
-        if index & 1:
-            start = clock()
-            first()
-            middle = clock()
-            second()
-            end = clock()
-            took_first, took_second = middle - start, end - middle
-        else:
-            start = clock()
-            second()
-            middle = clock()
-            first()
-            end = clock()
-            took_second, took_first = middle - start, end - middle
-        differences.append(took_first - took_second)
-        seconds_calls.append(took_second)
-        if index & 255 == 255 and time.perf_counter() > stop:
-            break
-    return statistics.median(differences) / 1000, statistics.median(seconds_calls) / 1000

@@ -66,6 +66,9 @@ class Registry:
 
             for service in self._services.values():
                 service.history = History(config.health.history, pause=service.policy.pause)
+                # Its calls as the statistics get them (no event built on every call); its other events as an
+                # observer's.
+                service.policy.stats.also_record(service.history.record_call)
                 service.policy.add_observer(service.history)
         self._state.attach(self._services)
         self._switches = switches(config.state, self._services)

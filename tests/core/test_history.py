@@ -11,7 +11,7 @@ import pytest
 import outbound
 from outbound import serving
 from outbound._config import HistoryConfig
-from outbound._events import BreakerTransition, CacheServed, CallFinished, CallRejected, RetryScheduled
+from outbound._events import BreakerTransition, CacheServed, CallRejected, RetryScheduled
 from outbound._history import MAX_MARKS, SLOTS, History, HistoryRecord
 from outbound._outcome import Kind, Reason
 from outbound._parse import INVALID
@@ -33,21 +33,22 @@ class WallClock:
         return self.now
 
 
-def finished(seconds: float, *, error: str | None = None, kind: Kind = Kind.RESPONSE) -> CallFinished:
-    return CallFinished("s", "GET", "http://x/", kind, 200, 1, seconds, error, None)
+def finished(seconds: float, *, error: str | None = None, kind: Kind = Kind.RESPONSE) -> tuple[Kind, float, str | None]:
+    """What a finished call feeds a history (``History.record_call``): its kind, seconds and error type."""
+    return kind, seconds, error
 
 
 def test_buckets_count_calls_errors_refusals_retries_and_roll_with_the_clock() -> None:
     clock = WallClock()
     history = History(HistoryConfig(interval=10.0, buckets=3), clock=clock)
     for _ in range(4):
-        history.call_finished(finished(0.010))
-    history.call_finished(finished(0.200, error="HTTPStatus"))
+        history.record_call(*finished(0.010))
+    history.record_call(*finished(0.200, error="HTTPStatus"))
     history.call_rejected(CallRejected("s", "GET", Reason.CIRCUIT_OPEN, 1.0))
     history.retry_scheduled(RetryScheduled("s", "GET", "u", 1, "status_503", 0.1, "503"))
     # Interrupted calls and calls refused before sending are not calls of a bucket.
-    history.call_finished(finished(0.5, kind=Kind.CANCELLED))
-    history.call_finished(finished(0.0, kind=Kind.REFUSED))
+    history.record_call(*finished(0.5, kind=Kind.CANCELLED))
+    history.record_call(*finished(0.0, kind=Kind.REFUSED))
     first = history.snapshot()
     assert (first.calls, first.errors, first.refused, first.retries) == ((0, 0, 5), (0, 0, 1), (0, 0, 1), (0, 0, 1))
     assert first.p50_ms[-1] is not None
@@ -56,12 +57,12 @@ def test_buckets_count_calls_errors_refusals_retries_and_roll_with_the_clock() -
     assert 200.0 <= first.p99_ms[-1] <= 250.0
     assert first.p95_ms[:2] == (None, None)
     clock.now += 10.0
-    history.call_finished(finished(0.001))
+    history.record_call(*finished(0.001))
     second = history.snapshot()
     assert second.calls == (0, 5, 1)
     assert second.p95_ms[1] == first.p95_ms[2]  # a bucket that is over keeps its percentiles
     clock.now += 30.0  # past the window: the old buckets are out of it, their slots reused
-    history.call_finished(finished(0.001))
+    history.record_call(*finished(0.001))
     assert history.snapshot().calls == (0, 0, 1)
     assert history.snapshot().end == datetime.fromtimestamp((int(clock.now // 10) + 1) * 10, timezone.utc)
 
@@ -72,7 +73,7 @@ def test_a_full_history_stays_within_64_kb() -> None:
     for _bucket in range(90):
         clock.now += 10.0
         for slot in range(SLOTS):
-            history.call_finished(finished(0.0005 * 1.21**slot))
+            history.record_call(*finished(0.0005 * 1.21**slot))
         history.snapshot()  # caches the percentiles of every bucket that is over
     for index in range(MAX_MARKS + 10):
         history.breaker_transition(BreakerTransition("s", "closed", "open", f"{index} consecutive failures", 30.0))
@@ -171,11 +172,11 @@ def test_a_record_survives_its_round_trip_and_records_merge_by_bucket() -> None:
     clock = WallClock()
     config = HistoryConfig(interval=10.0, buckets=6)
     one, two = History(config, clock=clock), History(config, clock=clock)
-    one.call_finished(finished(0.010))
-    two.call_finished(finished(0.010))
-    two.call_finished(finished(1.0, error="ReadTimeout"))
+    one.record_call(*finished(0.010))
+    two.record_call(*finished(0.010))
+    two.record_call(*finished(1.0, error="ReadTimeout"))
     clock.now += 10
-    two.call_finished(finished(0.010))
+    two.record_call(*finished(0.010))
     one.breaker_transition(BreakerTransition("s", "closed", "open", "5 consecutive failures", 30.0))
     two.breaker_transition(BreakerTransition("s", "closed", "open", "opened by another process", 30.0))
     records = [
@@ -223,7 +224,7 @@ def test_a_published_history_is_cut_to_its_budget_oldest_buckets_first() -> None
     history = History(HistoryConfig(interval=10.0, buckets=6), clock=clock)
     for _ in range(6):
         clock.now += 10.0
-        history.call_finished(finished(0.010))
+        history.record_call(*finished(0.010))
     record = history.export()
     whole = record.as_dict()
     cut = record.as_dict(budget=250)
@@ -256,7 +257,7 @@ def test_the_page_escapes_what_a_mark_says() -> None:
 
     clock = WallClock()
     history = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
-    history.call_finished(finished(0.01, error="<script>alert(1)</script>"))
+    history.record_call(*finished(0.01, error="<script>alert(1)</script>"))
     history.breaker_transition(BreakerTransition("s", "closed", "open", "<img src=x onerror=alert(1)>", 1.0))
     page = render_page(
         {
@@ -404,15 +405,15 @@ def test_the_cached_text_of_buckets_that_are_over_is_what_json_writes() -> None:
         return data
 
     assert served()["calls"] == [0, 0, 0, 0]
-    history.call_finished(finished(0.010))
-    history.call_finished(finished(0.5, error="ReadTimeout"))
+    history.record_call(*finished(0.010))
+    history.record_call(*finished(0.5, error="ReadTimeout"))
     assert served()["calls"] == [0, 0, 0, 2]
     clock.now += 10.0
-    history.call_finished(finished(0.020))
+    history.record_call(*finished(0.020))
     history.breaker_transition(BreakerTransition("s", "closed", "open", "5 consecutive failures", 30.0))
     assert served()["calls"] == [0, 0, 2, 1]
     clock.now += 20.0  # a bucket without calls between
-    history.call_finished(finished(0.003))  # under 10 ms: a percentile with decimals
+    history.record_call(*finished(0.003))  # under 10 ms: a percentile with decimals
     data = served()
     assert data["calls"] == [2, 1, 0, 1]
     assert data["p95_ms"][1] is not None
@@ -420,7 +421,7 @@ def test_the_cached_text_of_buckets_that_are_over_is_what_json_writes() -> None:
     # A late call and a late stale answer, into a bucket that is over and whose text was written (the clock set back
     # as NTP may): the next answer reads that bucket again.
     clock.now -= 20.0
-    history.call_finished(finished(0.9, error="ReadTimeout"))
+    history.record_call(*finished(0.9, error="ReadTimeout"))
     history.cache_served(CacheServed("s", "GET", "stale", "ReadTimeout"))
     clock.now += 20.0
     data = served()
@@ -434,18 +435,18 @@ def test_the_cached_text_of_buckets_that_are_over_is_what_json_writes() -> None:
     expected = [2, 0, 1, 0]
     for step in range(12):
         for _ in range(step % 3):
-            history.call_finished(finished(0.002 * (step + 1)))
+            history.record_call(*finished(0.002 * (step + 1)))
         expected[-1] = step % 3
         assert served()["calls"] == expected
         clock.now += 10.0
         expected = [*expected[1:], 0]
         assert served()["calls"] == expected
     # A late call into a bucket of the window that had none (its ring slot held a bucket older than the window).
-    history.call_finished(finished(0.5))
+    history.record_call(*finished(0.5))
     clock.now += 20.0
     assert served()["calls"] == [2, 1, 0, 0]
     clock.now -= 10.0
-    history.call_finished(finished(0.05))
+    history.record_call(*finished(0.05))
     clock.now += 10.0
     data = served()
     assert data["calls"] == [2, 1, 1, 0]
@@ -453,7 +454,7 @@ def test_the_cached_text_of_buckets_that_are_over_is_what_json_writes() -> None:
     # The clock set back by more than the window: that old bucket takes the slot of one of the window's, which then
     # shows nothing, its percentiles included.
     clock.now -= 50.0
-    history.call_finished(finished(0.05))
+    history.record_call(*finished(0.05))
     clock.now += 50.0
     data = served()
     assert data["calls"] == [2, 1, 0, 0]
@@ -487,9 +488,9 @@ def test_the_page_says_how_many_answers_were_stale() -> None:
     clock = WallClock()
     history = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
     for _ in range(2):
-        history.call_finished(finished(0.01, error="ReadTimeout"))
+        history.record_call(*finished(0.01, error="ReadTimeout"))
         history.cache_served(CacheServed("s", "GET", "stale", "ReadTimeout"))
-    history.call_finished(finished(0.01))
+    history.record_call(*finished(0.01))
 
     def page(data: dict[str, Any]) -> str:
         service = {"status": "ok", "breaker": {"state": "closed"}, "history": data}
@@ -501,7 +502,7 @@ def test_the_page_says_how_many_answers_were_stale() -> None:
     assert "; 2 stale answers from the cache in place of an error" in shown  # and in the picture's words
     # None in the window, or a server that counts none: nothing said.
     quiet = History(HistoryConfig(interval=1.0, buckets=5), clock=clock)
-    quiet.call_finished(finished(0.01))
+    quiet.record_call(*finished(0.01))
     assert "stale answer" not in page(quiet.snapshot().as_dict())
     older = {key: value for key, value in history.snapshot().as_dict().items() if key != "stale"}
     assert "stale answer" not in page(older)
@@ -512,12 +513,12 @@ def test_a_late_call_reaches_the_fleet_record_too() -> None:
     # A bucket an export read as over is not read again by the next ones, unless a late call changed it.
     clock = WallClock()
     history = History(HistoryConfig(interval=10.0, buckets=4), clock=clock)
-    history.call_finished(finished(0.010))
+    history.record_call(*finished(0.010))
     clock.now += 10.0
     bucket = int((clock.now - 10.0) // 10.0)
     assert history.export().buckets[bucket][0][0] == 1
     clock.now -= 10.0
-    history.call_finished(finished(0.010, error="ReadTimeout"))
+    history.record_call(*finished(0.010, error="ReadTimeout"))
     clock.now += 10.0
     counts, histogram = history.export().buckets[bucket]
     assert counts[:2] == (2, 1)
