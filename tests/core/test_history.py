@@ -12,7 +12,7 @@ import outbound
 from outbound import serving
 from outbound._config import HistoryConfig
 from outbound._events import BreakerTransition, CacheServed, CallRejected, RetryScheduled
-from outbound._history import MAX_MARKS, SLOTS, History, HistoryRecord
+from outbound._history import BATCH, MAX_MARKS, SLOTS, History, HistoryRecord
 from outbound._outcome import Kind, Reason
 from outbound._parse import INVALID
 from tests.conftest import RegistryFactory, open_breaker
@@ -65,6 +65,21 @@ def test_buckets_count_calls_errors_refusals_retries_and_roll_with_the_clock() -
     history.record_call(*finished(0.001))
     assert history.snapshot().calls == (0, 0, 1)
     assert history.snapshot().end == datetime.fromtimestamp((int(clock.now // 10) + 1) * 10, timezone.utc)
+
+
+def test_calls_noted_between_countings_stay_few_and_count_in_the_bucket_they_ended_in() -> None:
+    # A call is noted without the lock and counted into its bucket every BATCH calls or before a read: the notes
+    # never pile up, and one noted before the clock moved on counts in its own bucket, not the next.
+    clock = WallClock()
+    history = History(HistoryConfig(interval=10.0, buckets=3), clock=clock)
+    for _ in range(5 * BATCH + 3):
+        history.record_call(*finished(0.010))
+        assert len(history._pending) < BATCH
+    clock.now += 10.0
+    history.record_call(*finished(0.010, error="ReadTimeout"))
+    snapshot = history.snapshot()
+    assert (snapshot.calls, snapshot.errors) == ((0, 5 * BATCH + 3, 1), (0, 0, 1))
+    assert not history._pending
 
 
 def test_a_full_history_stays_within_64_kb() -> None:
