@@ -21,7 +21,9 @@ a critical call waits up to ``max_wait`` for a slot, handed over first come, fir
 Criticality (``_criticality.py``): a sheddable call never waits, never takes a slot while a critical call waits, and
 is refused once three quarters of the limit are in flight, so the last quarter stays for critical calls.
 
-The limit holds per process (``scope: "process"``).
+The limit holds per process (``scope: "process"``), or for the fleet of workers sharing the state backend's Redis
+(``scope: "fleet"``, ``_state/concurrency.py``): there one limit is learned from every worker's answers, and each
+worker admits up to its share of it.
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ class ConcurrencyLimit:
         self._clock = clock
         self._algorithm = ALGORITHMS[config.algorithm]()
         self.limit = float(config.initial)
+        self.slots = config.initial  # attempts this process admits at once: the limit, whole (a fleet's: a share)
         self.in_flight = 0
         self.rtt = 0.0  # the last window's mean latency: a refusal's retry_in
         self._lock = threading.Lock()
@@ -187,13 +190,13 @@ class ConcurrencyLimit:
     def admit(self, call: CallView) -> Any:
         shed = sheddable()
         with self._lock:
-            limit = max(1, int(self.limit))
+            limit = self.slots
             waits = call.waits if self.config.max_wait else None
             wake = waits.wake_event(self) if waits is not None else None
             if wake is not None and wake.is_set():  # a slot was handed to this call
                 waits.stop(self)  # type: ignore[union-attr]
                 return self._took()
-            room = max(1, int(limit * SHEDDABLE_SHARE)) if shed else limit
+            room = (max(1, int(limit * SHEDDABLE_SHARE)) if limit else 0) if shed else limit
             if wake is None and self.in_flight < room and not (shed and self._waiters):
                 self.in_flight += 1
                 return self._took()
@@ -237,13 +240,17 @@ class ConcurrencyLimit:
         config = self.config
         new = self._algorithm.update(self.limit, max(rtt, 1e-6), self._peak, self._dropped)
         self.limit = min(float(config.max), max(float(config.min), new))
+        self.slots = max(1, int(self.limit))
         self.rtt = rtt
         self._window_start = now
         self._samples = 0
         self._total = 0.0
         self._peak = self.in_flight
         self._dropped = False
-        while self._waiters and self.in_flight < int(self.limit):  # a grown limit lets waiting calls in
+        self._let_in()
+
+    def _let_in(self) -> None:
+        while self._waiters and self.in_flight < self.slots:  # a grown limit lets waiting calls in
             self.in_flight += 1
             self._waiters.popleft().set()
 
@@ -269,7 +276,7 @@ class ConcurrencyLimit:
 
     def _hand_over(self) -> None:
         # A freed slot goes to the longest-waiting call while the limit has room for it (a shrunk limit does not).
-        if self._waiters and self.in_flight <= int(self.limit):
+        if self._waiters and self.in_flight <= self.slots:
             self._waiters.popleft().set()
         else:
             self.in_flight -= 1
@@ -281,6 +288,7 @@ class ConcurrencyLimit:
         """Start learning again from ``initial`` (``registry.reset``)."""
         with self._lock:
             self.limit = float(self.config.initial)
+            self.slots = self.config.initial
             self._algorithm = ALGORITHMS[self.config.algorithm]()
 
     def reset_after_fork(self) -> None:

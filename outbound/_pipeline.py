@@ -116,7 +116,11 @@ def compose(
         from ._throttle import Throttle
 
         adaptive.append(Throttle(config.throttle, config.breaker.failure_statuses, clock=clock))
-    if config.concurrency is not None:
+    if config.concurrency is not None and config.concurrency.scope == "fleet" and state is not None:
+        from ._state.concurrency import FleetConcurrencyLimit  # the fleet's limit: shares of it, synced through Redis
+
+        adaptive.append(FleetConcurrencyLimit(config.concurrency, clock=clock, state=state, service=config.name))
+    elif config.concurrency is not None:
         from ._adaptive import ConcurrencyLimit
 
         adaptive.append(ConcurrencyLimit(config.concurrency, clock=clock))
