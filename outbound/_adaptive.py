@@ -71,19 +71,19 @@ class Gradient2(Algorithm):
     QUEUE = 0.5  # added to the scaled limit: how far past the capacity the limit settles
     LONG_WINDOW = 600
     PROBE_EVERY = 20
+    PROBE_FIRST = 5  # the first probe comes sooner: a limit that started above the capacity never saw an idle upstream
     PROBE_WINDOWS = 2
 
     def __init__(self) -> None:
         self.long: float | None = None
+        self._probed = False
         self._busy = 0  # busy windows since the last probe
         self._probe = 0  # windows of the probe left
         self._before = 0.0  # the limit the probe halved
 
     def update(self, limit: float, rtt: float, in_flight: int, dropped: bool) -> float:
-        if self.long is None:
+        if self.long is None or rtt < self.long:
             self.long = rtt
-        elif rtt < self.long:
-            self.long += (rtt - self.long) * 0.5
         else:
             self.long += (rtt - self.long) / self.LONG_WINDOW
         if self._probe:
@@ -96,8 +96,9 @@ class Gradient2(Algorithm):
         if in_flight < limit / 2:
             return limit  # limited by the caller: nothing learned
         self._busy += 1
-        if self._busy >= self.PROBE_EVERY and limit >= 4:
+        if self._busy >= (self.PROBE_EVERY if self._probed else self.PROBE_FIRST) and limit >= 4:
             self._busy = 0
+            self._probed = True
             self._probe = self.PROBE_WINDOWS
             self._before = limit
             return limit / 2
