@@ -16,7 +16,8 @@ last window's mean latency, whichever is longer) and each
 window's mean updates the limit once. A timeout, a connection failure, a 429 or a 503 is a *drop*: the limit shrinks.
 A window in which fewer than half the limit were in flight never grows it (the caller, not the upstream, bounded it).
 
-An attempt over the limit is refused at once with ``ConcurrencyLimitedError`` (``retry_in``: the recent latency), or
+An attempt over the limit is refused at once with ``ConcurrencyLimitedError`` (``retry_in``: the recent latency over
+the limit, when a slot is likely to free), or
 a critical call waits up to ``max_wait`` for a slot, handed over first come, first served as the bulkhead does.
 Criticality (``_criticality.py``): a sheddable call never waits, never takes a slot while a critical call waits, and
 is refused once three quarters of the limit are in flight, so the last quarter stays for critical calls.
@@ -56,23 +57,27 @@ class Algorithm:
 
 class Gradient2(Algorithm):
     """Netflix's Gradient2 update (concurrency-limits ``Gradient2Limit``): the limit is scaled by
-    ``tolerance * long / short``, clamped to [0.5, 1], a small queue is added and the result smoothed by 0.2.
+    ``tolerance * long / short``, clamped to [0.5, 1], a small queue is added and the result smoothed.
 
-    Four choices differ from Netflix's defaults, so that the limit settles near the upstream's capacity rather
-    than half as high again: the tolerance is 1.0 (not 1.5); the queue added is 0.5 (not 4); the long-run latency
-    falls at once to a lower recent one and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up
-    under sustained overload, which lets the limit creep up with it); and every ``PROBE_EVERY`` busy windows the
-    limit is halved for ``PROBE_WINDOWS`` windows (as Netflix's first Gradient limit probes), so that a limit that
+    Five choices differ from Netflix's defaults, so that the limit settles near the upstream's capacity rather
+    than half as high again: the tolerance is 1.0 (not 1.5); the queue added is 0.5 (not 4); the smoothing is 0.4
+    (not 0.2: the limit reaches the capacity within seconds); the long-run latency falls half way to a lower recent
+    one at once and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up under sustained overload,
+    which lets the limit creep up with it; falling all the way would chase the lowest window's noise, and the limit
+    would sink below the capacity); and the limit is halved for ``PROBE_WINDOWS`` windows after ``PROBE_FIRST``
+    busy windows, then every ``PROBE_EVERY`` (as Netflix's first Gradient limit probes), so that a limit that
     started above the capacity sees the latency of an upstream that is not queueing, and comes down to it.
+    Measured on row 21 (benchmarks/_adaptive.py).
     """
 
     TOLERANCE = 1.0
-    SMOOTHING = 0.2
+    SMOOTHING = 0.4
+    FALL = 0.5  # how far the long-run latency falls towards a lower window's at once
     QUEUE = 0.5  # added to the scaled limit: how far past the capacity the limit settles
     LONG_WINDOW = 600
     PROBE_EVERY = 20
     PROBE_FIRST = 5  # the first probe comes sooner: a limit that started above the capacity never saw an idle upstream
-    PROBE_WINDOWS = 2
+    PROBE_WINDOWS = 3  # the first window's answers queued before the probe, the second's behind them; the third's not
 
     def __init__(self) -> None:
         self.long: float | None = None
@@ -82,8 +87,10 @@ class Gradient2(Algorithm):
         self._before = 0.0  # the limit the probe halved
 
     def update(self, limit: float, rtt: float, in_flight: int, dropped: bool) -> float:
-        if self.long is None or rtt < self.long:
+        if self.long is None:
             self.long = rtt
+        elif rtt < self.long:
+            self.long += (rtt - self.long) * self.FALL
         else:
             self.long += (rtt - self.long) / self.LONG_WINDOW
         if self._probe:
@@ -172,6 +179,8 @@ ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"gradient2": Gradient2, "vegas
 class ConcurrencyLimit:
     """An attempt stage: at most ``limit`` attempts of a service in flight, the limit learned from latency."""
 
+    report_key = "concurrency"  # its snapshot's place in a health report's ``adaptive``
+
     def __init__(self, config: ConcurrencyConfig, *, clock: Callable[[], float]) -> None:
         self.config = config
         self._clock = clock
@@ -179,7 +188,7 @@ class ConcurrencyLimit:
         self.limit = float(config.initial)
         self.slots = config.initial  # attempts this process admits at once: the limit, whole (a fleet's: a share)
         self.in_flight = 0
-        self.rtt = 0.0  # the last window's mean latency: a refusal's retry_in
+        self.rtt = 0.0  # the last window's mean latency (a refusal's retry_in is this over the slots)
         self._lock = threading.Lock()
         self._waiters: deque[threading.Event] = deque()
         self._window_start = clock()
@@ -207,12 +216,18 @@ class ConcurrencyLimit:
                     self._leave(call)
                 who = "sheddable call: " if shed else ""
                 detail = f"{who}{self.in_flight} attempts in flight, the adaptive limit is {limit}"
-                return Rejection(Reason.CONCURRENCY_LIMITED, self.rtt, detail)
+                return Rejection(Reason.CONCURRENCY_LIMITED, self.retry_in(), detail)
             if wake is None:
                 wake = threading.Event()
                 waits.set_wake_event(self, wake)  # type: ignore[union-attr]
                 self._waiters.append(wake)
             return Wait(left, wake)
+
+    def retry_in(self) -> float:
+        """When a refused call may find a slot: the calls in flight end over about one latency, so the next slot
+        frees in about the latency over the slots (not a whole latency: a caller that waits that long leaves the
+        slots others free idle meanwhile)."""
+        return self.rtt / max(1, self.slots)
 
     def _took(self) -> bool:
         if self.in_flight > self._peak:
@@ -283,7 +298,12 @@ class ConcurrencyLimit:
             self.in_flight -= 1
 
     def snapshot(self) -> dict[str, Any]:
-        return {"limit": int(self.limit), "in_flight": self.in_flight, "waiting": len(self._waiters)}
+        return {
+            "limit": int(self.limit),
+            "in_flight": self.in_flight,
+            "waiting": len(self._waiters),
+            "latency": round(self.rtt, 4),
+        }
 
     def clear(self) -> None:
         """Start learning again from ``initial`` (``registry.reset``)."""

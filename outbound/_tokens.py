@@ -56,6 +56,11 @@ class RetryTokens:
         """Whether a retry or a hedge may go out now: more than half the pool is left."""
         return self.tokens > self._half
 
+    report_key = "retry_tokens"  # its snapshot's place in a health report's ``adaptive``
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"tokens": round(self.tokens, 3), "max": self.config.max, "retries_allowed": self.try_spend()}
+
     def clear(self) -> None:
         with self._lock:
             self.tokens = self.config.max

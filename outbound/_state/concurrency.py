@@ -262,8 +262,8 @@ class FleetConcurrencyLimit(ConcurrencyLimit):
             if n and not self._learner:
                 self.rtt = total / n  # this worker's recent latency: its refusals' retry_in
             # Callers turned away wait about retry_in before they ask again, so the refusals since the last sync
-            # count as refusals per second times retry_in callers (Little's law), not one caller per refusal.
-            turned_away = self._refused * max(self.rtt, config.sync_interval) / max(now - self._synced, 1e-3)
+            # count as refusals per second times retry_in callers away (Little's law), not one per refusal.
+            turned_away = self._refused * self.retry_in() / max(now - self._synced, 1e-3)
             peak = max(self._tick_peak, self.in_flight)
             # Smoothed over a few syncs: what a worker is given bounds what it can show it wants (its peak in
             # flight), so an unsmoothed demand lets one sync's luck decide the next shares.

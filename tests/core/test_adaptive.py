@@ -352,7 +352,6 @@ def test_a_flask_request_is_critical_and_code_outside_it_sheddable(upstream: Ups
         ({"concurrency": {"min": 10, "max": 5}}, "concurrency.min", "must be <= max (5)"),
         ({"concurrency": {"algorithm": "bbr"}}, "concurrency.algorithm", "'gradient2' or 'vegas' or 'aimd'"),
         ({"concurrency": {"initial": 500, "max": 100}}, "concurrency.initial", "between min (1) and max (100)"),
-        ({"concurrency": {"scope": "fleet"}}, "concurrency.scope", "not available yet"),
         ({"concurrency": {"limit": 10}}, "concurrency.limit", "'adaptive'"),
         ({"throttle": {"k": 0.5}}, "throttle.k", "must be >= 1"),
         ({"throttle": {"window": 0.5}}, "throttle.window", "from 1 to 3600"),
@@ -455,3 +454,226 @@ def test_the_async_client_meets_the_limit_and_a_reset_forgets_what_was_learned(
     limit.limit = 0.5
     registry.reset("s")
     assert limit.limit == 1.0  # back to initial
+
+
+# -- the fleet-wide adaptive limit (concurrency.scope: "fleet") ------------------------------------------------------
+
+
+def fleet_workers(url: str, redis_url: str, count: int, concurrency: dict[str, Any]) -> list[outbound.Registry]:
+    """``count`` registries on one Redis: each its own worker of the fleet, as processes of a gunicorn app are."""
+    service = {"base_url": url, "client": "httpx", "retry": {"total": 0}, "pool": {"max_connections": 32}}
+    service["concurrency"] = {"scope": "fleet", "sync_interval": 0.05, **concurrency}
+    state = {"backend": "redis", "url": redis_url, "prefix": "adaptive"}
+    return [outbound.Registry.from_mapping({"services": {"s": service}, "state": state}) for _ in range(count)]
+
+
+def fleet_stage(registry: outbound.Registry) -> Any:
+    from outbound._state.concurrency import FleetConcurrencyLimit
+
+    return stage(registry, FleetConcurrencyLimit)
+
+
+def critical_callers(clients: list[Any], per_client: int, path: str, stop: threading.Event) -> list[threading.Thread]:
+    def work(client: Any) -> None:
+        with outbound.criticality("critical"):
+            while not stop.is_set():
+                try:
+                    client.get(path)
+                except outbound.ConcurrencyLimitedError as error:
+                    stop.wait(max(0.01, error.retry_in))
+
+    threads = [
+        threading.Thread(target=work, args=(client,), daemon=True) for client in clients for _ in range(per_client)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_a_fleet_limit_is_shared_out_so_the_fleets_calls_in_flight_stay_within_it(
+    redis_url: str, upstream: Upstream
+) -> None:
+    """Three workers, three callers each, a fleet limit held at 4: the fleet never has more than the limit in flight
+    (and a slot of slack while a shrinking share's calls end), where three per-process limits of 4 would let 9 in."""
+    workers = fleet_workers(upstream.url, redis_url, 3, {"initial": 4, "min": 4, "max": 4})
+    limits = [fleet_stage(worker) for worker in workers]
+    clients = [worker.client("s") for worker in workers]
+    stop = threading.Event()
+    threads = critical_callers(clients, 3, "slow?delay=0.1", stop)
+    try:
+        wait_for(lambda: all(limit.following and limit.workers == 3 for limit in limits))
+        peak, samples = 0, 0
+        ends = time.monotonic() + 2.0
+        while time.monotonic() < ends:
+            peak = max(peak, sum(limit.in_flight for limit in limits))
+            samples += 1
+            time.sleep(0.005)
+        assert samples > 50
+        assert 3 <= peak <= 5, peak  # never the 9 three limits of their own would admit
+        assert all(limit.limit == 4 and 0 <= limit.slots <= 4 for limit in limits)
+        assert sum(limit.slots for limit in limits) <= 5
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+        for worker in workers:
+            worker.close()
+
+
+def test_the_fleet_learns_one_limit_from_every_workers_answers(redis_url: str, capacity: CapacityServer) -> None:
+    """An upstream that works on 2 requests at once, 3 workers of 4 callers: the fleet's one limit leaves its
+    initial 20, and every worker holds the same limit (the learner's), each admitting a share of it."""
+    workers = fleet_workers(capacity.url, redis_url, 3, {"initial": 20})
+    limits = [fleet_stage(worker) for worker in workers]
+    stop = threading.Event()
+    threads = critical_callers([worker.client("s") for worker in workers], 4, "x", stop)
+    try:
+        wait_for(lambda: max(limit.limit for limit in limits) < 12, timeout=60)
+        wait_for(lambda: len({round(limit.limit, 3) for limit in limits}) == 1, timeout=5)
+        assert all(limit.following for limit in limits)
+        assert sum(limit.slots for limit in limits) <= int(limits[0].limit) + 1
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+        for worker in workers:
+            worker.close()
+    assert all(limit.in_flight == 0 for limit in limits)
+
+
+def test_with_redis_unreachable_a_fleet_limit_holds_per_process_with_one_warning(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    caplog.set_level("WARNING", logger="outbound.fleet")
+    (worker,) = fleet_workers(upstream.url, dead, 1, {"initial": 2, "min": 1, "max": 2})
+    try:
+        limit = fleet_stage(worker)
+        session = worker.client("s")
+        for _ in range(5):
+            assert session.get("ok").status_code == 200
+        wait_for(lambda: limit._daemon.running)
+        time.sleep(0.3)  # several syncs, each failing
+        assert not limit.following
+        assert limit.slots == 2  # the limit of its own: as with scope "process"
+        warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+        assert len(warnings) == 1, [record.getMessage() for record in warnings]
+        assert "concurrency.scope" in warnings[0].getMessage()
+        assert "'s'" in warnings[0].getMessage()
+    finally:
+        worker.close()
+
+
+def test_hostile_records_in_redis_are_skipped_never_fatal(
+    redis_url: str, redis_server: Any, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything under the fleet's keys: a learner lease without expiry, a limit that is not a number, counts that
+    are not numbers, worker records that are not three numbers or are out of range. The worker follows the fleet
+    all the same, takes the learner's lease, and reads only the valid records."""
+    client = redis_server.client()
+    key = "adaptive:concurrency:s"
+    client.set(f"{key}:learner", "ghost")  # no expiry: it would stop the fleet from learning forever
+    client.hset(
+        key,
+        mapping={
+            "limit": "not a number",
+            "n": "xyz",
+            "s": "-5",
+            "d": "1e400",
+            "w:torn": "1:2",
+            "w:words": "a:b:c",
+            "w:huge": f"9999999:1:{10**15}",
+            "w:neg": "-1:1:99999999999999",
+        },
+    )
+    caplog.set_level("WARNING", logger="outbound.fleet")
+    (worker,) = fleet_workers(upstream.url, redis_url, 1, {"initial": 3, "min": 1, "max": 10})
+    try:
+        limit = fleet_stage(worker)
+        limit.sync()
+        assert limit.following
+        assert limit.limit == 3.0  # the bad limit ignored: the initial one
+        assert limit.workers == 1  # only this worker's record counted
+        assert limit.slots == 3
+        assert client.get(f"{key}:learner") == limit.worker.encode()  # the lease without expiry was cleared
+        fields = client.hgetall(key)
+        assert b"w:torn" not in fields
+        assert b"w:words" not in fields
+        assert b"w:neg" not in fields
+        assert worker.client("s").get("ok").status_code == 200
+        client.delete(key)
+        client.set(key, "a string where a hash belongs")
+        limit.sync()
+        assert limit.following
+        assert client.type(key) == b"hash"
+        assert any("skipped" in record.getMessage() for record in caplog.records)
+    finally:
+        worker.close()
+
+
+def test_shares_follow_demand_and_add_up_to_the_limit() -> None:
+    from outbound._state.concurrency import shares
+
+    assert shares(10, {"a": 2, "b": 1}) == {"a": 2 + 4, "b": 1 + 3} or shares(10, {"a": 2, "b": 1}) == {
+        "a": 2 + 3,
+        "b": 1 + 4,
+    }  # both get what they want; the room left is split evenly
+    wanted = shares(8, {"a": 12, "b": 6, "c": 6})
+    assert wanted == {"a": 4, "b": 2, "c": 2}
+    for rotation in range(20):
+        split = shares(3, {"a": 5, "b": 5, "c": 5, "d": 5}, rotation)
+        assert sum(split.values()) == 3
+        assert max(split.values()) == 1
+    losers = {next(w for w, n in shares(3, dict.fromkeys("abcd", 5), r).items() if n == 0) for r in range(40)}
+    assert len(losers) > 1  # a tie does not always go against the same worker
+    assert shares(5, {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "words"),
+    [
+        ({"concurrency": {"scope": "fleet"}}, "concurrency.scope", "state.backend: 'redis'"),
+        ({"concurrency": {"scope": "region"}}, "concurrency.scope", "'process' or 'fleet'"),
+        ({"concurrency": {"sync_interval": 0}}, "concurrency.sync_interval", "> 0"),
+    ],
+)
+def test_bad_fleet_settings_are_config_errors(settings: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(outbound.ConfigError) as caught:
+        outbound.parse_config({"services": {"billing": {"base_url": "http://127.0.0.1:1/", **settings}}})
+    assert (caught.value.service, caught.value.key) == ("billing", key)
+    assert words in str(caught.value)
+
+
+def test_the_health_report_shows_what_the_adaptive_stages_learned(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(
+        s={
+            "base_url": upstream.url,
+            "retry": {"total": 0, "tokens": {"max": 4, "ratio": 0.1}},
+            "breaker": {"fail_max": 1000},
+            "concurrency": {"initial": 5},
+            "throttle": {"k": 2.0},
+        },
+        plain={"base_url": upstream.url},
+    )
+    session = registry.session("s")
+    for _ in range(3):
+        session.get("status/503")
+    report = registry.report()
+    learned = report.services["s"].adaptive
+    assert learned is not None
+    assert learned["concurrency"] == {"limit": 5, "in_flight": 0, "waiting": 0, "latency": 0.0}
+    throttle = learned["throttle"]
+    assert (throttle["requests"], throttle["accepts"]) == (3, 0)
+    assert throttle["probability"] == pytest.approx(0.75)  # (3 - 2 * 0) / (3 + 1): what it refuses now
+    assert throttle["probability_critical"] == pytest.approx(0.75)
+    assert learned["retry_tokens"] == {"tokens": 1.0, "max": 4.0, "retries_allowed": False}
+    assert report.services["plain"].adaptive is None  # nothing configured, nothing shown
+    shown = report.as_dict()["services"]
+    assert shown["s"]["adaptive"]["retry_tokens"]["tokens"] == 1.0
+    assert "adaptive" not in shown["plain"]
