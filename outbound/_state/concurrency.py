@@ -24,8 +24,9 @@ limit. A new learner starts from the fleet's limit as it finds it.
 
 Every worker then computes every worker's share from the same answer (``shares``): when the fleet wants no more than
 the limit, each worker gets its demand and the room left is split evenly, so that a worker whose traffic grows has
-room at once; when it wants more, the limit is split in proportion to demand (largest remainder; ties rotate once a
-second, so that a limit smaller than the number of workers is not always the same workers'). The shares add up to the
+room at once; when it wants more, the limit is split in proportion to demand, rounded down, and the slots rounding
+left go to workers in an order that rotates once a second (so that a limit smaller than the number of workers is not
+always the same workers', and a slot does not change hands at every sync). The shares add up to the
 limit computed from one answer; workers read their answers at different moments, so for up to one sync the fleet may
 hold a slot or two more than the limit, as a share shrinks while calls admitted under the old one end.
 
@@ -156,10 +157,12 @@ def shares(limit: int, demands: dict[str, int], rotation: int = 0) -> dict[str, 
         # Everyone gets what it wants; the room left is split evenly, so that growing traffic finds room at once.
         spare, extra = divmod(limit - wanted, len(workers))
         return {worker: demands[worker] + spare + (index < extra) for index, worker in enumerate(workers)}
-    exact = {worker: limit * demands[worker] / wanted for worker in workers}
-    given = {worker: int(exact[worker]) for worker in workers}
+    given = {worker: limit * demands[worker] // wanted for worker in workers}
     left = limit - sum(given.values())
-    for worker in sorted(workers, key=lambda w: given[w] - exact[w])[:left]:  # the largest remainders first
+    # The slots left by rounding down go in the rotation's order, not to the largest remainders: remainders move
+    # with every sync's demands, and each time a slot changes hands the fleet holds one more while the old holder's
+    # call ends; the rotation moves it once a second, and evens it out over time.
+    for worker in workers[:left]:
         given[worker] += 1
     return given
 
