@@ -687,3 +687,14 @@ def test_the_health_report_shows_what_the_adaptive_stages_learned(
     shown = report.as_dict()["services"]
     assert shown["s"]["adaptive"]["retry_tokens"]["tokens"] == 4.0 - sent
     assert "adaptive" not in shown["plain"]
+    from outbound import _page
+
+    page = _page.render_page(registry.health())
+    assert "<caption>Adaptive</caption>" in page
+    assert "Retry tokens · Tokens" in page  # the status page shows the pool left, as a table of the card
+    from outbound.cli import render_status
+
+    table = render_status(registry.report())
+    assert "s: adaptive: limit " in table
+    assert "retry tokens " in table
+    assert "plain: adaptive" not in table
