@@ -123,6 +123,11 @@ class TokensConfig:
     """Tokens in the pool (it starts full); a failed attempt takes one, and retries stop at half."""
     ratio: float = 0.1
     """Tokens a successful attempt gives back."""
+    scope: Literal["process", "fleet"] = "process"
+    """Whose pool: this process's, or ``"fleet"``: one pool for every worker, in the state backend's Redis (each
+    worker spends from its view and sends its changes every ``sync_interval``)."""
+    sync_interval: float = 0.1
+    """With ``scope: "fleet"``: seconds between a worker's syncs of its changes to the pool (one Redis script)."""
 
 
 WindowType = Literal["count", "time"]
@@ -840,7 +845,12 @@ def _parse_tokens(reader: _Reader) -> TokensConfig | None:
     if maximum < 1:
         sub.fail(f"must be >= 1 (a failure costs one token), got {_shown(maximum)}", key="max", code="range")
         maximum = defaults.max
-    return TokensConfig(max=maximum, ratio=sub.fraction("ratio", defaults.ratio, maximum=maximum))
+    return TokensConfig(
+        max=maximum,
+        ratio=sub.fraction("ratio", defaults.ratio, maximum=maximum),
+        scope=sub.choice("scope", defaults.scope, ("process", "fleet")),
+        sync_interval=sub.required_seconds("sync_interval", defaults.sync_interval, allow_zero=False),
+    )
 
 
 def _optional_sub(reader: _Reader, key: str, cls: type) -> _Reader | None:
@@ -1796,6 +1806,10 @@ def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
         if service.concurrency is not None and service.concurrency.scope == "fleet" and state.backend != "redis":
             message = "a fleet-wide adaptive limit needs a shared state backend (state.backend: 'redis')"
             errors.append(ConfigError(message, service=name, key="concurrency.scope", code="unsupported"))
+        tokens = service.retry.tokens
+        if tokens is not None and tokens.scope == "fleet" and state.backend != "redis":
+            message = "a fleet-wide retry token pool needs a shared state backend (state.backend: 'redis')"
+            errors.append(ConfigError(message, service=name, key="retry.tokens.scope", code="unsupported"))
     if errors:
         return None
     return OutboundConfig(services=parsed, health=health, metrics=metrics, state=state, deadline=deadline, chaos=switch)

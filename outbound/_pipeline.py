@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._observe import WouldReject
     from ._pause import Pause
     from ._ratelimit import RateLimit
+    from ._tokens import RetryTokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ def compose(
     budget: Budget | None = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
     bulkhead = pause = rate_limit = latencies = None
     adaptive: list[Any] = []  # throttle, concurrency limit (_throttle.py, _adaptive.py): before the rate limit
-    tokens = None
+    tokens: RetryTokens | None = None
     if config.bulkhead is not None:
         from ._bulkhead import Bulkhead
 
@@ -128,7 +129,12 @@ def compose(
         from ._tokens import Budgets, RetryTokens
 
         failing = config.retry.status_forcelist | config.breaker.failure_statuses
-        tokens = RetryTokens(config.retry.tokens, failing)
+        if config.retry.tokens.scope == "fleet" and state is not None:
+            from ._state.tokens import FleetRetryTokens  # one pool for the fleet, synced through Redis
+
+            tokens = FleetRetryTokens(config.retry.tokens, failing, state=state, service=config.name)
+        else:
+            tokens = RetryTokens(config.retry.tokens, failing)
         budget = tokens if budget is None else Budgets(tokens, budget)
     cache = None
     if config.cache is not None or config.fallback is not None:

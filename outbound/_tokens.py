@@ -41,10 +41,11 @@ class RetryTokens:
             return
         failed = kind in UPSTREAM_FAILURES or (kind is Kind.RESPONSE and outcome.status in self._failing)
         with self._lock:
-            if failed:
-                self.tokens = max(0.0, self.tokens - 1)
-            elif self.tokens < self.config.max:
-                self.tokens = min(self.config.max, self.tokens + self.config.ratio)
+            self._change(-1.0 if failed else self.config.ratio)
+
+    def _change(self, amount: float) -> None:
+        # Under the lock. A fleet's pool (_state/tokens.py) also keeps what it has to tell the fleet.
+        self.tokens = min(self.config.max, max(0.0, self.tokens + amount))
 
     def release(self, permit: Any) -> None:
         pass

@@ -642,6 +642,8 @@ def test_shares_follow_demand_and_add_up_to_the_limit() -> None:
         ({"concurrency": {"scope": "fleet"}}, "concurrency.scope", "state.backend: 'redis'"),
         ({"concurrency": {"scope": "region"}}, "concurrency.scope", "'process' or 'fleet'"),
         ({"concurrency": {"sync_interval": 0}}, "concurrency.sync_interval", "> 0"),
+        ({"retry": {"tokens": {"scope": "fleet"}}}, "retry.tokens.scope", "state.backend: 'redis'"),
+        ({"retry": {"tokens": {"sync_interval": -1}}}, "retry.tokens.sync_interval", ">"),
     ],
 )
 def test_bad_fleet_settings_are_config_errors(settings: dict[str, Any], key: str, words: str) -> None:
@@ -698,3 +700,87 @@ def test_the_health_report_shows_what_the_adaptive_stages_learned(
     assert "s: adaptive: limit " in table
     assert "retry tokens " in table
     assert "plain: adaptive" not in table
+
+
+# -- the fleet-wide retry token pool (retry.tokens.scope: "fleet") ---------------------------------------------------
+
+
+def token_workers(url: str, redis_url: str, count: int) -> list[outbound.Registry]:
+    service = {
+        "base_url": url,
+        "breaker": {"fail_max": 1000},
+        "retry": {"total": 3, "backoff_factor": 0, "tokens": {"max": 4, "ratio": 0.1, "scope": "fleet"}},
+    }
+    state = {"backend": "redis", "url": redis_url, "prefix": "tokens"}
+    return [outbound.Registry.from_mapping({"services": {"s": service}, "state": state}) for _ in range(count)]
+
+
+def pool_of(registry: outbound.Registry) -> Any:
+    from outbound._state.tokens import FleetRetryTokens
+
+    return stage(registry, FleetRetryTokens)
+
+
+def test_a_fleet_pool_stops_every_workers_retries_once_the_fleet_spent_it(redis_url: str, upstream: Upstream) -> None:
+    """Pool 4, retries above half: worker A's failing call spends two tokens (a first attempt and one retry); worker
+    B, which has not failed once, then retries nothing, where a pool of its own would let it retry once."""
+    first, second = token_workers(upstream.url, redis_url, 2)
+    try:
+        pools = [pool_of(first), pool_of(second)]
+        assert first.session("s").get("status/503").status_code == 503
+        assert first["s"].health().stats.retries == 1
+        pools[0].sync(force=True)
+        pools[1].sync(force=True)
+        assert pools[1].tokens == pytest.approx(2.0)
+        assert pools[1].following
+        assert second.session("s").get("status/503").status_code == 503
+        assert second["s"].health().stats.retries == 0  # the fleet's pool is at half: no retry
+        pools[1].sync(force=True)
+        pools[0].sync(force=True)
+        assert pools[0].tokens == pytest.approx(1.0)  # both workers' failures, in both views
+        for _ in range(10):
+            assert second.session("s").get("ok").status_code == 200  # ten successes give back one token
+        pools[1].sync(force=True)
+        pools[0].sync(force=True)
+        assert pools[0].tokens == pytest.approx(2.0)
+        assert pools[0].snapshot()["scope"] == "fleet"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_fleet_pool_with_redis_unreachable_or_hostile_holds_per_process(
+    redis_url: str, redis_server: Any, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    client = redis_server.client()
+    client.hset("tokens:tokens:s", "a", "hash where a number belongs")
+    (worker,) = token_workers(upstream.url, redis_url, 1)
+    try:
+        pool = pool_of(worker)
+        pool.sync(force=True)
+        assert pool.tokens == 4.0  # the hash was replaced: a full pool
+        client.set("tokens:tokens:s", "banana")
+        assert worker.session("s").get("status/503").status_code == 503
+        pool.sync(force=True)
+        assert pool.tokens == pytest.approx(2.0)  # "banana" read as a full pool, then two failures
+        assert float(client.get("tokens:tokens:s") or b"nan") == pytest.approx(2.0)
+    finally:
+        worker.close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    caplog.set_level("WARNING", logger="outbound.fleet")
+    (alone,) = token_workers(upstream.url, dead, 1)
+    try:
+        pool = pool_of(alone)
+        for _ in range(3):
+            pool.sync(force=True)
+        assert alone.session("s").get("status/503").status_code == 503
+        assert alone["s"].health().stats.retries == 1  # its own pool of 4: one retry, as with scope "process"
+        assert not pool.following
+        warnings = [r for r in caplog.records if "retry.tokens.scope" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        alone.close()
