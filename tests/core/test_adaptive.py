@@ -760,12 +760,16 @@ def test_a_fleet_pool_with_redis_unreachable_or_hostile_holds_per_process(
     try:
         pool = pool_of(worker)
         pool.sync(force=True)
-        assert pool.tokens == 4.0  # the hash was replaced: a full pool
+        assert pool.following  # the hash was no Redis error
+        assert pool.tokens == 4.0  # ... and was replaced: a full pool
         client.set("tokens:tokens:s", "banana")
         assert worker.session("s").get("status/503").status_code == 503
         pool.sync(force=True)
         assert pool.tokens == pytest.approx(2.0)  # "banana" read as a full pool, then two failures
         assert float(client.get("tokens:tokens:s") or b"nan") == pytest.approx(2.0)
+        client.set("tokens:tokens:s", "-7")  # a pool no worker wrote: read as a full one
+        pool.sync(force=True)
+        assert pool.tokens == 4.0
     finally:
         worker.close()
     with socket.socket() as sock:
