@@ -18,7 +18,8 @@ A window in which fewer than half the limit were in flight never grows it (the c
 
 An attempt over the limit is refused at once with ``ConcurrencyLimitedError`` (``retry_in``: the recent latency over
 the limit, when a slot is likely to free), or
-a critical call waits up to ``max_wait`` for a slot, handed over first come, first served as the bulkhead does.
+a critical call waits up to ``max_wait`` for a slot, handed over first come, first served (the bulkhead's queue,
+``_slots.py``).
 Criticality (``_criticality.py``): a sheddable call never waits, never takes a slot while a critical call waits, and
 is refused once three quarters of the limit are in flight, so the last quarter stays for critical calls.
 
@@ -37,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import ConcurrencyConfig
 from ._criticality import sheddable
-from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection, Wait
+from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection
+from ._slots import SlotQueue
 
 if TYPE_CHECKING:
     from ._stage import CallView
@@ -176,7 +178,7 @@ class Aimd(Algorithm):
 ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"gradient2": Gradient2, "vegas": Vegas, "aimd": Aimd}
 
 
-class ConcurrencyLimit:
+class ConcurrencyLimit(SlotQueue):
     """An attempt stage: at most ``limit`` attempts of a service in flight, the limit learned from latency."""
 
     report_key = "concurrency"  # its snapshot's place in a health report's ``adaptive``
@@ -203,8 +205,7 @@ class ConcurrencyLimit:
             limit = self.slots
             waits = call.waits if self.config.max_wait else None
             wake = waits.wake_event(self) if waits is not None else None
-            if wake is not None and wake.is_set():  # a slot was handed to this call
-                waits.stop(self)  # type: ignore[union-attr]
+            if waits is not None and self._handed(waits, wake):
                 return self._took()
             room = (max(1, int(limit * SHEDDABLE_SHARE)) if limit else 0) if shed else limit
             if wake is None and self.in_flight < room and not (shed and self._waiters):
@@ -217,11 +218,7 @@ class ConcurrencyLimit:
                 who = "sheddable call: " if shed else ""
                 detail = f"{who}{self.in_flight} attempts in flight, the adaptive limit is {limit}"
                 return Rejection(Reason.CONCURRENCY_LIMITED, self.retry_in(), detail)
-            if wake is None:
-                wake = threading.Event()
-                waits.set_wake_event(self, wake)  # type: ignore[union-attr]
-                self._waiters.append(wake)
-            return Wait(left, wake)
+            return self._wait(waits, wake, left)  # type: ignore[arg-type]
 
     def retry_in(self) -> float:
         """When a refused call may find a slot: the calls in flight end over about one latency, so the next slot
@@ -273,22 +270,6 @@ class ConcurrencyLimit:
     def release(self, permit: Any) -> None:
         with self._lock:
             self._hand_over()
-
-    def forget(self, call: CallView) -> None:
-        """A waiting call gave up (interrupted, or refused by a later stage): it leaves the queue."""
-        with self._lock:
-            self._leave(call)
-
-    def _leave(self, call: CallView) -> None:
-        waits = call.waits
-        wake = waits.wake_event(self)
-        waits.stop(self)
-        if wake is None:
-            return
-        if wake.is_set():
-            self._hand_over()  # it was handed a slot it will not take
-        else:
-            self._waiters.remove(wake)
 
     def _hand_over(self) -> None:
         # A freed slot goes to the longest-waiting call while the limit has room for it (a shrunk limit does not).
