@@ -409,9 +409,12 @@ class FleetConcurrencyLimit(ConcurrencyLimit):
         return shot
 
     def clear(self) -> None:
+        slots = self.slots
         super().clear()
         self._learner = None
         self._reset = True  # the next sync writes the initial limit for the fleet
+        if self.following:
+            self.slots = slots  # this worker's share holds until that sync gives it a new one
 
     def close(self) -> None:
         self._closed = True
