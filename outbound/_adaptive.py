@@ -62,22 +62,23 @@ class Gradient2(Algorithm):
     ``tolerance * long / short``, clamped to [0.5, 1], a small queue is added and the result smoothed.
 
     Five choices differ from Netflix's defaults, so that the limit settles near the upstream's capacity rather
-    than half as high again: the tolerance is 1.0 (not 1.5); the queue added is 0.5 (not 4); the smoothing is 0.4
-    (not 0.2: the limit reaches the capacity within seconds); the long-run latency falls half way to a lower recent
-    one at once and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up under sustained overload,
-    which lets the limit creep up with it; falling all the way would chase the lowest window's noise, and the limit
-    would sink below the capacity); and the limit is halved for ``PROBE_WINDOWS`` windows after ``PROBE_FIRST``
-    busy windows, then every ``PROBE_EVERY`` (as Netflix's first Gradient limit probes), so that a limit that
-    started above the capacity sees the latency of an upstream that is not queueing, and comes down to it.
-    Measured on row 21 (benchmarks/_adaptive.py).
+    than half as high again: the tolerance is 1.0 (not 1.5); the queue added is 0.25 (not 4: the limit settles
+    about that far past the point where latency starts to grow, and grows by 0.1 a window while it does not); the
+    smoothing is 0.4 (not 0.2: the limit reaches the capacity within seconds); the long-run latency falls half way
+    to a lower recent one at once and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up under
+    sustained overload, which lets the limit creep up with it; falling all the way would chase the lowest window's
+    noise, and the limit would sink below the capacity); and the limit is halved for ``PROBE_WINDOWS`` windows
+    after ``PROBE_FIRST`` busy windows, then every ``PROBE_EVERY`` (as Netflix's first Gradient limit probes), so
+    that a limit that started above the capacity sees the latency of an upstream that is not queueing, and comes
+    down to it. The numbers were chosen on row 21 (benchmarks/_adaptive.py: a fleet of 4 and one process).
     """
 
     TOLERANCE = 1.0
     SMOOTHING = 0.4
     FALL = 0.5  # how far the long-run latency falls towards a lower window's at once
-    QUEUE = 0.5  # added to the scaled limit: how far past the capacity the limit settles
+    QUEUE = 0.25  # added to the scaled limit: how far past the capacity the limit settles, and how fast it grows
     LONG_WINDOW = 600
-    PROBE_EVERY = 20
+    PROBE_EVERY = 40  # each probe costs the upstream half its load for three windows: not too often
     PROBE_FIRST = 5  # the first probe comes sooner: a limit that started above the capacity never saw an idle upstream
     PROBE_WINDOWS = 3  # the first window's answers queued before the probe, the second's behind them; the third's not
 
@@ -107,8 +108,8 @@ class Gradient2(Algorithm):
         self._busy += 1
         if self._busy >= (self.PROBE_EVERY if self._probed else self.PROBE_FIRST) and limit >= 4:
             self._busy = 0
-            self._probed = True
             self._probe = self.PROBE_WINDOWS
+            self._probed = True
             self._before = limit
             return limit / 2
         gradient = max(0.5, min(1.0, self.TOLERANCE * self.long / rtt))
@@ -141,7 +142,7 @@ class Vegas(Algorithm):
 
 class Aimd(Algorithm):
     """Additive increase, multiplicative decrease: +1 per busy window, x0.9 on a drop or on a latency twice the
-    lowest seen. Like gradient2 it halves the limit for two windows every 20 busy ones, to see the latency of an
+    lowest seen. Like gradient2 it probes: it halves the limit for two windows every 20 busy ones, to see the latency of an
     upstream that is not queueing."""
 
     BACKOFF = 0.9
