@@ -142,8 +142,8 @@ class Vegas(Algorithm):
 
 class Aimd(Algorithm):
     """Additive increase, multiplicative decrease: +1 per busy window, x0.9 on a drop or on a latency twice the
-    lowest seen. Like gradient2 it probes: it halves the limit for two windows every 20 busy ones, to see the latency of an
-    upstream that is not queueing."""
+    lowest seen. Like gradient2 it probes: it halves the limit for two windows every 20 busy ones, to see the latency
+    of an upstream that is not queueing."""
 
     BACKOFF = 0.9
     PROBE_EVERY = 20
