@@ -86,7 +86,13 @@ class CapacityServer:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"arrivals": self.arrivals, "served": self.served, "failed": self.failed, "peak": self.peak}
+            return {
+                "arrivals": self.arrivals,
+                "served": self.served,
+                "failed": self.failed,
+                "peak": self.peak,
+                "in_flight": self.in_flight,
+            }
 
     def reset(self) -> None:
         with self._lock:

@@ -16,12 +16,16 @@ last window's mean latency, whichever is longer) and each
 window's mean updates the limit once. A timeout, a connection failure, a 429 or a 503 is a *drop*: the limit shrinks.
 A window in which fewer than half the limit were in flight never grows it (the caller, not the upstream, bounded it).
 
-An attempt over the limit is refused at once with ``ConcurrencyLimitedError`` (``retry_in``: the recent latency), or
-a critical call waits up to ``max_wait`` for a slot, handed over first come, first served as the bulkhead does.
+An attempt over the limit is refused at once with ``ConcurrencyLimitedError`` (``retry_in``: the recent latency over
+the limit, when a slot is likely to free), or
+a critical call waits up to ``max_wait`` for a slot, handed over first come, first served (the bulkhead's queue,
+``_slots.py``).
 Criticality (``_criticality.py``): a sheddable call never waits, never takes a slot while a critical call waits, and
 is refused once three quarters of the limit are in flight, so the last quarter stays for critical calls.
 
-The limit holds per process (``scope: "process"``).
+The limit holds per process (``scope: "process"``), or for the fleet of workers sharing the state backend's Redis
+(``scope: "fleet"``, ``_state/concurrency.py``): there one limit is learned from every worker's answers, and each
+worker admits up to its share of it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import ConcurrencyConfig
 from ._criticality import sheddable
-from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection, Wait
+from ._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Reason, Rejection
+from ._slots import SlotQueue
 
 if TYPE_CHECKING:
     from ._stage import CallView
@@ -54,25 +59,32 @@ class Algorithm:
 
 class Gradient2(Algorithm):
     """Netflix's Gradient2 update (concurrency-limits ``Gradient2Limit``): the limit is scaled by
-    ``tolerance * long / short``, clamped to [0.5, 1], a small queue is added and the result smoothed by 0.2.
+    ``tolerance * long / short``, clamped to [0.5, 1], a small queue is added and the result smoothed.
 
-    Four choices differ from Netflix's defaults, so that the limit settles near the upstream's capacity rather
-    than half as high again: the tolerance is 1.0 (not 1.5); the queue added is 0.5 (not 4); the long-run latency
-    falls at once to a lower recent one and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up
-    under sustained overload, which lets the limit creep up with it); and every ``PROBE_EVERY`` busy windows the
-    limit is halved for ``PROBE_WINDOWS`` windows (as Netflix's first Gradient limit probes), so that a limit that
-    started above the capacity sees the latency of an upstream that is not queueing, and comes down to it.
+    Five choices differ from Netflix's defaults, so that the limit settles near the upstream's capacity rather
+    than half as high again: the tolerance is 1.0 (not 1.5); the queue added is 0.25 (not 4: the limit settles
+    about that far past the point where latency starts to grow, and grows by 0.1 a window while it does not); the
+    smoothing is 0.4 (not 0.2: the limit reaches the capacity within seconds); the long-run latency falls half way
+    to a lower recent one at once and rises only over ``LONG_WINDOW`` windows (Netflix's average drifts up under
+    sustained overload, which lets the limit creep up with it; falling all the way would chase the lowest window's
+    noise, and the limit would sink below the capacity); and the limit is halved for ``PROBE_WINDOWS`` windows
+    after ``PROBE_FIRST`` busy windows, then every ``PROBE_EVERY`` (as Netflix's first Gradient limit probes), so
+    that a limit that started above the capacity sees the latency of an upstream that is not queueing, and comes
+    down to it. The numbers were chosen on row 21 (benchmarks/_adaptive.py: a fleet of 4 and one process).
     """
 
     TOLERANCE = 1.0
-    SMOOTHING = 0.2
-    QUEUE = 0.5  # added to the scaled limit: how far past the capacity the limit settles
+    SMOOTHING = 0.4
+    FALL = 0.5  # how far the long-run latency falls towards a lower window's at once
+    QUEUE = 0.25  # added to the scaled limit: how far past the capacity the limit settles, and how fast it grows
     LONG_WINDOW = 600
-    PROBE_EVERY = 20
-    PROBE_WINDOWS = 2
+    PROBE_EVERY = 40  # each probe costs the upstream half its load for three windows: not too often
+    PROBE_FIRST = 5  # the first probe comes sooner: a limit that started above the capacity never saw an idle upstream
+    PROBE_WINDOWS = 3  # the first window's answers queued before the probe, the second's behind them; the third's not
 
     def __init__(self) -> None:
         self.long: float | None = None
+        self._probed = False
         self._busy = 0  # busy windows since the last probe
         self._probe = 0  # windows of the probe left
         self._before = 0.0  # the limit the probe halved
@@ -81,7 +93,7 @@ class Gradient2(Algorithm):
         if self.long is None:
             self.long = rtt
         elif rtt < self.long:
-            self.long += (rtt - self.long) * 0.5
+            self.long += (rtt - self.long) * self.FALL
         else:
             self.long += (rtt - self.long) / self.LONG_WINDOW
         if self._probe:
@@ -94,9 +106,10 @@ class Gradient2(Algorithm):
         if in_flight < limit / 2:
             return limit  # limited by the caller: nothing learned
         self._busy += 1
-        if self._busy >= self.PROBE_EVERY and limit >= 4:
+        if self._busy >= (self.PROBE_EVERY if self._probed else self.PROBE_FIRST) and limit >= 4:
             self._busy = 0
             self._probe = self.PROBE_WINDOWS
+            self._probed = True
             self._before = limit
             return limit / 2
         gradient = max(0.5, min(1.0, self.TOLERANCE * self.long / rtt))
@@ -129,8 +142,8 @@ class Vegas(Algorithm):
 
 class Aimd(Algorithm):
     """Additive increase, multiplicative decrease: +1 per busy window, x0.9 on a drop or on a latency twice the
-    lowest seen. Like gradient2 it halves the limit for two windows every 20 busy ones, to see the latency of an
-    upstream that is not queueing."""
+    lowest seen. Like gradient2 it probes: it halves the limit for two windows every 20 busy ones, to see the latency
+    of an upstream that is not queueing."""
 
     BACKOFF = 0.9
     PROBE_EVERY = 20
@@ -166,16 +179,19 @@ class Aimd(Algorithm):
 ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"gradient2": Gradient2, "vegas": Vegas, "aimd": Aimd}
 
 
-class ConcurrencyLimit:
+class ConcurrencyLimit(SlotQueue):
     """An attempt stage: at most ``limit`` attempts of a service in flight, the limit learned from latency."""
+
+    report_key = "concurrency"  # its snapshot's place in a health report's ``adaptive``
 
     def __init__(self, config: ConcurrencyConfig, *, clock: Callable[[], float]) -> None:
         self.config = config
         self._clock = clock
         self._algorithm = ALGORITHMS[config.algorithm]()
         self.limit = float(config.initial)
+        self.slots = config.initial  # attempts this process admits at once: the limit, whole (a fleet's: a share)
         self.in_flight = 0
-        self.rtt = 0.0  # the last window's mean latency: a refusal's retry_in
+        self.rtt = 0.0  # the last window's mean latency (a refusal's retry_in is this over the slots)
         self._lock = threading.Lock()
         self._waiters: deque[threading.Event] = deque()
         self._window_start = clock()
@@ -187,13 +203,12 @@ class ConcurrencyLimit:
     def admit(self, call: CallView) -> Any:
         shed = sheddable()
         with self._lock:
-            limit = max(1, int(self.limit))
+            limit = self.slots
             waits = call.waits if self.config.max_wait else None
             wake = waits.wake_event(self) if waits is not None else None
-            if wake is not None and wake.is_set():  # a slot was handed to this call
-                waits.stop(self)  # type: ignore[union-attr]
+            if waits is not None and self._handed(waits, wake):
                 return self._took()
-            room = max(1, int(limit * SHEDDABLE_SHARE)) if shed else limit
+            room = (max(1, int(limit * SHEDDABLE_SHARE)) if limit else 0) if shed else limit
             if wake is None and self.in_flight < room and not (shed and self._waiters):
                 self.in_flight += 1
                 return self._took()
@@ -203,12 +218,14 @@ class ConcurrencyLimit:
                     self._leave(call)
                 who = "sheddable call: " if shed else ""
                 detail = f"{who}{self.in_flight} attempts in flight, the adaptive limit is {limit}"
-                return Rejection(Reason.CONCURRENCY_LIMITED, self.rtt, detail)
-            if wake is None:
-                wake = threading.Event()
-                waits.set_wake_event(self, wake)  # type: ignore[union-attr]
-                self._waiters.append(wake)
-            return Wait(left, wake)
+                return Rejection(Reason.CONCURRENCY_LIMITED, self.retry_in(), detail)
+            return self._wait(waits, wake, left)  # type: ignore[arg-type]
+
+    def retry_in(self) -> float:
+        """When a refused call may find a slot: the calls in flight end over about one latency, so the next slot
+        frees in about the latency over the slots (not a whole latency: a caller that waits that long leaves the
+        slots others free idle meanwhile)."""
+        return self.rtt / max(1, self.slots)
 
     def _took(self) -> bool:
         if self.in_flight > self._peak:
@@ -237,13 +254,17 @@ class ConcurrencyLimit:
         config = self.config
         new = self._algorithm.update(self.limit, max(rtt, 1e-6), self._peak, self._dropped)
         self.limit = min(float(config.max), max(float(config.min), new))
+        self.slots = max(1, int(self.limit))
         self.rtt = rtt
         self._window_start = now
         self._samples = 0
         self._total = 0.0
         self._peak = self.in_flight
         self._dropped = False
-        while self._waiters and self.in_flight < int(self.limit):  # a grown limit lets waiting calls in
+        self._let_in()
+
+    def _let_in(self) -> None:
+        while self._waiters and self.in_flight < self.slots:  # a grown limit lets waiting calls in
             self.in_flight += 1
             self._waiters.popleft().set()
 
@@ -251,36 +272,26 @@ class ConcurrencyLimit:
         with self._lock:
             self._hand_over()
 
-    def forget(self, call: CallView) -> None:
-        """A waiting call gave up (interrupted, or refused by a later stage): it leaves the queue."""
-        with self._lock:
-            self._leave(call)
-
-    def _leave(self, call: CallView) -> None:
-        waits = call.waits
-        wake = waits.wake_event(self)
-        waits.stop(self)
-        if wake is None:
-            return
-        if wake.is_set():
-            self._hand_over()  # it was handed a slot it will not take
-        else:
-            self._waiters.remove(wake)
-
     def _hand_over(self) -> None:
         # A freed slot goes to the longest-waiting call while the limit has room for it (a shrunk limit does not).
-        if self._waiters and self.in_flight <= int(self.limit):
+        if self._waiters and self.in_flight <= self.slots:
             self._waiters.popleft().set()
         else:
             self.in_flight -= 1
 
     def snapshot(self) -> dict[str, Any]:
-        return {"limit": int(self.limit), "in_flight": self.in_flight, "waiting": len(self._waiters)}
+        return {
+            "limit": int(self.limit),
+            "in_flight": self.in_flight,
+            "waiting": len(self._waiters),
+            "latency": round(self.rtt, 4),
+        }
 
     def clear(self) -> None:
         """Start learning again from ``initial`` (``registry.reset``)."""
         with self._lock:
             self.limit = float(self.config.initial)
+            self.slots = self.config.initial
             self._algorithm = ALGORITHMS[self.config.algorithm]()
 
     def reset_after_fork(self) -> None:

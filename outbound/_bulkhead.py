@@ -6,9 +6,8 @@ of 20 connections all queue inside httpcore's pool; with it, the 21st... 500th c
 against the upstream.
 
 A call holds its slot from its first attempt until its response arrives (retries included; a streamed body is read
-after). A call that may wait is told to ``Wait``: a thread sleeps on an event that is set when a slot is handed to it
-(first come, first served), a coroutine looks at that event every few milliseconds; either gives up at ``max_wait``
-or at its deadline, whichever comes first.
+after). A call that may wait is told to ``Wait`` in the queue the adaptive limit uses too (``_slots.py``): a slot is
+handed to it first come, first served, and it gives up at ``max_wait`` or at its deadline, whichever comes first.
 """
 
 from __future__ import annotations
@@ -18,14 +17,15 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._config import BulkheadConfig
-from ._outcome import Outcome, Reason, Rejection, Wait
+from ._outcome import Outcome, Reason, Rejection
+from ._slots import SlotQueue
 from .health import BulkheadSnapshot
 
 if TYPE_CHECKING:
     from ._stage import CallView
 
 
-class Bulkhead:
+class Bulkhead(SlotQueue):
     """A policy stage held for the whole call.
 
     A freed slot is handed to the longest-waiting call (its event is set, ``in_flight`` stays), so a newcomer can
@@ -42,8 +42,7 @@ class Bulkhead:
         with self._lock:
             waits = call.waits
             wake = waits.wake_event(self)
-            if wake is not None and wake.is_set():  # a freed slot was handed to this call
-                waits.stop(self)
+            if self._handed(waits, wake):
                 return True
             if wake is None and self.in_flight < self.config.max_in_flight:
                 self.in_flight += 1
@@ -55,11 +54,7 @@ class Bulkhead:
                 if self.config.max_wait:
                     detail += f", none ended within {self.config.max_wait:g}s"
                 return Rejection(Reason.BULKHEAD_FULL, 0.0, detail)
-            if wake is None:
-                wake = threading.Event()
-                waits.set_wake_event(self, wake)
-                self._waiters.append(wake)
-            return Wait(left, wake)
+            return self._wait(waits, wake, left)
 
     def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
         pass  # held for the call, released at its end
@@ -67,22 +62,6 @@ class Bulkhead:
     def release(self, permit: Any) -> None:
         with self._lock:
             self._hand_over()
-
-    def forget(self, call: CallView) -> None:
-        """A waiting call gave up (interrupted, or refused by a later stage): it leaves the queue."""
-        with self._lock:
-            self._leave(call)
-
-    def _leave(self, call: CallView) -> None:
-        waits = call.waits
-        wake = waits.wake_event(self)
-        waits.stop(self)
-        if wake is None:
-            return
-        if wake.is_set():
-            self._hand_over()  # it was handed a slot it will not take: the next in line gets it
-        else:
-            self._waiters.remove(wake)
 
     def _hand_over(self) -> None:
         if self._waiters:

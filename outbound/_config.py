@@ -123,6 +123,11 @@ class TokensConfig:
     """Tokens in the pool (it starts full); a failed attempt takes one, and retries stop at half."""
     ratio: float = 0.1
     """Tokens a successful attempt gives back."""
+    scope: Literal["process", "fleet"] = "process"
+    """Whose pool: this process's, or ``"fleet"``: one pool for every worker, in the state backend's Redis (each
+    worker spends from its view and sends its changes every ``sync_interval``)."""
+    sync_interval: float = 0.1
+    """With ``scope: "fleet"``: seconds between a worker's syncs of its changes to the pool (one Redis script)."""
 
 
 WindowType = Literal["count", "time"]
@@ -205,10 +210,14 @@ class ConcurrencyConfig:
     """The highest the limit goes."""
     initial: int = 20
     """The limit before anything is learned."""
-    scope: Literal["process"] = "process"
-    """Where the limit holds: ``"process"`` (a fleet-wide limit is not available yet)."""
+    scope: Literal["process", "fleet"] = "process"
+    """Where the limit holds: ``"process"``, or ``"fleet"``: one limit learned from every worker's answers and shared
+    out among the workers by their demand, through the state backend's Redis (``state.backend: "redis"``)."""
     max_wait: float = 0.0
     """Seconds a critical call waits for room before ``ConcurrencyLimitedError`` (0: fail fast)."""
+    sync_interval: float = 0.1
+    """With ``scope: "fleet"``: seconds between a worker's syncs with the fleet (one Redis script each): how soon
+    its samples reach the fleet's limit and a new share of the limit reaches it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -836,7 +845,12 @@ def _parse_tokens(reader: _Reader) -> TokensConfig | None:
     if maximum < 1:
         sub.fail(f"must be >= 1 (a failure costs one token), got {_shown(maximum)}", key="max", code="range")
         maximum = defaults.max
-    return TokensConfig(max=maximum, ratio=sub.fraction("ratio", defaults.ratio, maximum=maximum))
+    return TokensConfig(
+        max=maximum,
+        ratio=sub.fraction("ratio", defaults.ratio, maximum=maximum),
+        scope=sub.choice("scope", defaults.scope, ("process", "fleet")),
+        sync_interval=sub.required_seconds("sync_interval", defaults.sync_interval, allow_zero=False),
+    )
 
 
 def _optional_sub(reader: _Reader, key: str, cls: type) -> _Reader | None:
@@ -952,7 +966,7 @@ def _parse_concurrency(reader: _Reader) -> ConcurrencyConfig | None:
     if not minimum <= initial <= maximum:
         sub.fail(f"must be between min ({minimum}) and max ({maximum}), got {initial}", key="initial", code="range")
         initial = min(max(initial, minimum), maximum)
-    scope = sub.read("scope", defaults.scope, lambda value: _process_scope(sub, value))
+    scope = sub.choice("scope", defaults.scope, ("process", "fleet"))
     return ConcurrencyConfig(
         algorithm=sub.choice("algorithm", defaults.algorithm, ("gradient2", "vegas", "aimd")),
         min=minimum,
@@ -960,18 +974,8 @@ def _parse_concurrency(reader: _Reader) -> ConcurrencyConfig | None:
         initial=initial,
         scope=scope,
         max_wait=sub.required_seconds("max_wait", defaults.max_wait),
+        sync_interval=sub.required_seconds("sync_interval", defaults.sync_interval, allow_zero=False),
     )
-
-
-def _process_scope(reader: _Reader, value: Any) -> Literal["process"]:
-    if value != "process":
-        reader.fail(
-            f"must be 'process' (a fleet-wide adaptive limit is not available yet), got {_shown(value)}",
-            key="scope",
-            code="unsupported",
-        )
-        raise _Skip
-    return "process"
 
 
 def _parse_throttle(reader: _Reader) -> ThrottleConfig | None:
@@ -1799,6 +1803,13 @@ def _parse(mapping: Any, errors: list[ConfigError]) -> OutboundConfig | None:
         if service.rate_limit is not None and service.rate_limit.scope == "fleet" and state.backend != "redis":
             message = "a fleet-wide rate limit needs a shared state backend (state.backend: 'redis')"
             errors.append(ConfigError(message, service=name, key="rate_limit.scope", code="unsupported"))
+        if service.concurrency is not None and service.concurrency.scope == "fleet" and state.backend != "redis":
+            message = "a fleet-wide adaptive limit needs a shared state backend (state.backend: 'redis')"
+            errors.append(ConfigError(message, service=name, key="concurrency.scope", code="unsupported"))
+        tokens = service.retry.tokens
+        if tokens is not None and tokens.scope == "fleet" and state.backend != "redis":
+            message = "a fleet-wide retry token pool needs a shared state backend (state.backend: 'redis')"
+            errors.append(ConfigError(message, service=name, key="retry.tokens.scope", code="unsupported"))
     if errors:
         return None
     return OutboundConfig(services=parsed, health=health, metrics=metrics, state=state, deadline=deadline, chaos=switch)

@@ -17,8 +17,9 @@ a request — a Celery task, a management command, a cron script — is **shedda
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from types import TracebackType
 from typing import Literal
+
+from ._scope import Scope
 
 Criticality = Literal["critical", "sheddable"]
 LEVELS: tuple[Criticality, ...] = ("critical", "sheddable")
@@ -26,7 +27,7 @@ LEVELS: tuple[Criticality, ...] = ("critical", "sheddable")
 _LEVEL: ContextVar[Criticality | None] = ContextVar("outbound_criticality", default=None)
 
 
-class criticality:  # lower case: used like a function, `with outbound.criticality("sheddable"):`
+class criticality(Scope):  # lower case: used like a function, `with outbound.criticality("sheddable"):`
     """A scope whose outbound calls have criticality ``level``: ``"critical"`` or ``"sheddable"``.
 
     Inside, the adaptive ``concurrency`` limit and ``throttle`` refuse sheddable calls first. Scopes nest (the inner
@@ -37,30 +38,17 @@ class criticality:  # lower case: used like a function, `with outbound.criticali
         ValueError: ``level`` is neither ``"critical"`` nor ``"sheddable"``.
     """
 
-    __slots__ = ("_tokens", "level")
+    __slots__ = ("level",)
+    _var = _LEVEL
 
     def __init__(self, level: Criticality) -> None:
         if level not in LEVELS:
             raise ValueError(f"criticality must be 'critical' or 'sheddable', got {level!r}")
         self.level: Criticality = level
-        self._tokens: list[Token[Criticality | None]] = []
+        super().__init__()
 
-    def __enter__(self) -> criticality:
-        self._tokens.append(_LEVEL.set(self.level))
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        _LEVEL.reset(self._tokens.pop())
-
-    async def __aenter__(self) -> criticality:
-        return self.__enter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.__exit__(exc_type, exc, traceback)
+    def _entered(self) -> Criticality:
+        return self.level
 
     def __repr__(self) -> str:
         return f"outbound.criticality({self.level!r})"

@@ -25,12 +25,12 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar, Token
-from types import TracebackType
+from contextvars import ContextVar
 from typing import TypeVar
 
 from ._config import DEADLINE_HEADERS, DeadlineConfig
 from ._outcome import Reason, Rejection
+from ._scope import Scope
 
 GRPC_TIMEOUT, REQUEST_TIMEOUT, ENVOY_TIMEOUT_MS = DEADLINE_HEADERS
 
@@ -55,7 +55,7 @@ _MILLIS_MAX = 10**10 - 1
 HeaderSource = Mapping[str, str] | Callable[[str], "str | None"]
 
 
-class deadline:  # lower case: used like a function, `with outbound.deadline(2):`, as contextlib.suppress is
+class deadline(Scope):  # lower case: used like a function, `with outbound.deadline(2):`, as contextlib.suppress is
     """A scope whose outbound calls must all end within ``seconds`` of entering it.
 
     Use it as ``with outbound.deadline(2):`` or ``async with outbound.deadline(2):``. Inside, each call through a
@@ -76,32 +76,19 @@ class deadline:  # lower case: used like a function, `with outbound.deadline(2):
         ValueError: ``seconds`` is not a number, negative, infinite or NaN.
     """
 
-    __slots__ = ("_tokens", "seconds")
+    __slots__ = ("seconds",)
+    _var = _DEADLINE
 
     def __init__(self, seconds: float) -> None:
         self.seconds = _checked_seconds(seconds)
-        self._tokens: list[Token[float | None]] = []
+        super().__init__()
 
-    def __enter__(self) -> deadline:
+    def _entered(self) -> float:
         global _scopes
         _scopes = True
         ends = time.monotonic() + self.seconds
         outer = _DEADLINE.get()
-        self._tokens.append(_DEADLINE.set(ends if outer is None else min(outer, ends)))
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        _DEADLINE.reset(self._tokens.pop())
-
-    async def __aenter__(self) -> deadline:
-        return self.__enter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.__exit__(exc_type, exc, traceback)
+        return ends if outer is None else min(outer, ends)
 
     def __repr__(self) -> str:
         return f"outbound.deadline({self.seconds!r})"

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._observe import WouldReject
     from ._pause import Pause
     from ._ratelimit import RateLimit
+    from ._tokens import RetryTokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ def compose(
     budget: Budget | None = RetryBudget(config.retry.budget, clock=clock) if config.retry.budget else None
     bulkhead = pause = rate_limit = latencies = None
     adaptive: list[Any] = []  # throttle, concurrency limit (_throttle.py, _adaptive.py): before the rate limit
-    tokens = None
+    tokens: RetryTokens | None = None
     if config.bulkhead is not None:
         from ._bulkhead import Bulkhead
 
@@ -123,7 +124,11 @@ def compose(
         from ._throttle import Throttle
 
         adaptive.append(Throttle(config.throttle, config.breaker.failure_statuses, clock=clock))
-    if config.concurrency is not None:
+    if config.concurrency is not None and config.concurrency.scope == "fleet" and state is not None:
+        from ._state.concurrency import FleetConcurrencyLimit  # the fleet's limit: shares of it, synced through Redis
+
+        adaptive.append(FleetConcurrencyLimit(config.concurrency, clock=clock, state=state, service=config.name))
+    elif config.concurrency is not None:
         from ._adaptive import ConcurrencyLimit
 
         adaptive.append(ConcurrencyLimit(config.concurrency, clock=clock))
@@ -131,7 +136,12 @@ def compose(
         from ._tokens import Budgets, RetryTokens
 
         failing = config.retry.status_forcelist | config.breaker.failure_statuses
-        tokens = RetryTokens(config.retry.tokens, failing)
+        if config.retry.tokens.scope == "fleet" and state is not None:
+            from ._state.tokens import FleetRetryTokens  # one pool for the fleet, synced through Redis
+
+            tokens = FleetRetryTokens(config.retry.tokens, failing, state=state, service=config.name)
+        else:
+            tokens = RetryTokens(config.retry.tokens, failing)
         budget = tokens if budget is None else Budgets(tokens, budget)
     cache = None
     if config.cache is not None or config.fallback is not None:

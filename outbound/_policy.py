@@ -130,6 +130,9 @@ class Policy:
             self.cache.close()
         if self.rate_limit is not None:
             self.rate_limit.close()  # a fleet limit's connection to Redis
+        for stage in self.stages:
+            if stage is not self.rate_limit and hasattr(stage, "close"):
+                stage.close()  # a fleet-wide concurrency limit's sync thread and connection (_state/concurrency.py)
 
     def reset(self) -> None:
         """Close the breaker and clear what the pipeline's parts counted or learned (a pause, the rate limit's

@@ -17,9 +17,9 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._breaker import CLOSED
 from ._config import HTTPX_CLIENTS, DeadlineConfig, ServiceConfig, StateConfig
@@ -220,6 +220,7 @@ class Service:
             chaos=policy.chaos.state().as_dict() if policy.chaos is not None else None,
             cache=policy.cache.snapshot() if policy.cache is not None else None,
             history=self._history(fleet) if history else None,
+            adaptive=_adaptive(policy.stages),
         )
 
     def _history(self, fleet: FleetService | None) -> HistorySnapshot | None:
@@ -366,3 +367,9 @@ def _close_in_trio(token: object, client: ServiceAsyncClient) -> None:
         token.run_sync_soon(trio.lowlevel.spawn_system_task, client.shutdown)  # type: ignore[attr-defined]
     except (ImportError, RuntimeError):  # trio.RunFinishedError is a RuntimeError
         pass
+
+
+def _adaptive(stages: tuple[Any, ...]) -> dict[str, Mapping[str, Any]] | None:
+    """What the adaptive stages learned, keyed by their ``report_key`` (``None``: no adaptive stage)."""
+    learned = {stage.report_key: stage.snapshot() for stage in stages if hasattr(stage, "report_key")}
+    return learned or None

@@ -130,8 +130,17 @@ class Throttle:
                 self._requests[index] -= 1
                 self.requests -= 1
 
+    report_key = "throttle"  # its snapshot's place in a health report's ``adaptive``
+
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": self.requests, "accepts": self.accepts, "probability": round(self.probability(), 3)}
+        with self._lock:
+            self._expire(int(self._clock()))  # a window nobody called in lately holds nothing, not its last counts
+            return {
+                "requests": self.requests,
+                "accepts": self.accepts,
+                "probability": round(self.probability(), 3),
+                "probability_critical": round(self.probability(critical=True), 3),
+            }
 
     def clear(self) -> None:
         with self._lock:

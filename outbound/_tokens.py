@@ -41,10 +41,11 @@ class RetryTokens:
             return
         failed = kind in UPSTREAM_FAILURES or (kind is Kind.RESPONSE and outcome.status in self._failing)
         with self._lock:
-            if failed:
-                self.tokens = max(0.0, self.tokens - 1)
-            elif self.tokens < self.config.max:
-                self.tokens = min(self.config.max, self.tokens + self.config.ratio)
+            self._change(-1.0 if failed else self.config.ratio)
+
+    def _change(self, amount: float) -> None:
+        # Under the lock. A fleet's pool (_state/tokens.py) also keeps what it has to tell the fleet.
+        self.tokens = min(self.config.max, max(0.0, self.tokens + amount))
 
     def release(self, permit: Any) -> None:
         pass
@@ -55,6 +56,11 @@ class RetryTokens:
     def try_spend(self) -> bool:
         """Whether a retry or a hedge may go out now: more than half the pool is left."""
         return self.tokens > self._half
+
+    report_key = "retry_tokens"  # its snapshot's place in a health report's ``adaptive``
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"tokens": round(self.tokens, 3), "max": self.config.max, "retries_allowed": self.try_spend()}
 
     def clear(self) -> None:
         with self._lock:

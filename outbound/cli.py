@@ -467,6 +467,8 @@ def render_status(report: HealthReport) -> str:
                     + f"; nothing was refused (outbound enforce {name})"
                 )
             )
+        if service.adaptive:
+            details.append(_wrapped(f"{name}: adaptive: {_adaptive_text(service.adaptive)}"))
         chaos = service.chaos
         if chaos is not None and chaos.get("active"):
             kinds = ", ".join(f"{f['kind']} at {f['rate']:g}" for f in chaos.get("faults", ()))
@@ -478,6 +480,22 @@ def render_status(report: HealthReport) -> str:
         lines += ["", *details]
     lines.append(f"overall: {report.status}   (* critical)")
     return "\n".join(lines)
+
+
+def _adaptive_text(learned: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the adaptive stages learned, in words: the limit and in flight, the throttle's refusal share, the tokens."""
+    parts = []
+    limit = learned.get("concurrency")
+    if limit is not None:
+        share = f" (this worker's share {limit.get('share')})" if "share" in limit else ""
+        parts.append(f"limit {limit.get('limit')}{share}, {limit.get('in_flight')} in flight")
+    throttle = learned.get("throttle")
+    if throttle is not None:
+        parts.append(f"throttle refuses {100 * float(throttle.get('probability') or 0):.0f}% of first attempts")
+    tokens = learned.get("retry_tokens")
+    if tokens is not None:
+        parts.append(f"retry tokens {tokens.get('tokens')}/{tokens.get('max')}")
+    return "; ".join(parts)
 
 
 def _error_text(error: LastError) -> str:

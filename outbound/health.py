@@ -397,6 +397,11 @@ class ServiceHealth:
     """The cache's storage and counts (hits, misses, stale, ...) when the service has a cache or a fallback."""
     history: HistorySnapshot | None = None
     """The service's recent history, when ``health.history`` keeps one and the report was asked for it."""
+    adaptive: Mapping[str, Mapping[str, Any]] | None = None
+    """What the adaptive protections learned (issue 32), those configured only: ``concurrency`` (the limit, attempts
+    in flight and waiting; with ``scope: "fleet"`` also this worker's ``share`` and the fleet's ``workers``),
+    ``throttle`` (requests and accepts in its window, the share of first attempts it refuses now, sheddable and
+    critical), ``retry_tokens`` (tokens left of ``max``, and whether retries may go out). This process's view."""
 
     def as_dict(self) -> dict[str, Any]:
         health = self._as_dict()
@@ -438,6 +443,8 @@ class ServiceHealth:
             health["chaos"] = dict(self.chaos)
         if self.cache is not None:
             health["cache"] = dict(self.cache)
+        if self.adaptive is not None:
+            health["adaptive"] = {name: dict(values) for name, values in self.adaptive.items()}
         health["stats"] = self.stats.as_dict()
         health["last_error"] = self.last_error.as_dict() if self.last_error else None
         return health

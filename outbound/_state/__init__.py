@@ -5,7 +5,8 @@ service gets one ``ServiceLink`` from the backend when it is built (``StateBacke
 its pause as they are made: through it they tell the fleet of the rare events (a failure, a transition, a pause the
 upstream asked for) and ask for the rare decisions (the fleet's half-open trial). A process alone, and a service with
 ``shared: false``, get ``LOCAL``, which shares nothing. Health reports ask the backend for the fleet's view. Nothing
-outside ``_state/redis.py`` and ``_state/lease.py`` (the fleet's rate limit) imports redis.
+outside ``_state/redis.py``, ``_state/lease.py`` (the fleet's rate limit), ``_state/concurrency.py`` (the fleet's
+adaptive limit) and ``_state/tokens.py`` (the fleet's retry token pool) imports redis (through ``_client``).
 """
 
 from __future__ import annotations

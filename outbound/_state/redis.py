@@ -48,6 +48,8 @@ Keys (``{p}`` the prefix, ``{s}`` a service, ``{w}`` a worker: ``host:pid:random
     {p}:decided       hash: service -> time (ms) of the fleet's latest breaker decision
     {p}:resets        hash: service -> time (ms) of its latest reset (the reset epoch)
     {p}:ratelimit:... the fleet's rate limit windows (the ``limits`` library's keys, ``scope: "fleet"``)
+    {p}:concurrency:{s}[:learner]  the fleet's adaptive limit, its window, the workers' demand (_state/concurrency.py)
+    {p}:tokens:{s}    the fleet's retry token pool (``_state/tokens.py``)
     {p}:workers       sorted set of the workers that joined (the roster), scored by their last full heartbeat (ms); a
                       member whose stats expired is dead and is removed by the next read of the roster
     {p}:stats:{w}     one worker's stats (JSON): a worker is live while they are; expire three ``sync_interval``s

@@ -352,7 +352,6 @@ def test_a_flask_request_is_critical_and_code_outside_it_sheddable(upstream: Ups
         ({"concurrency": {"min": 10, "max": 5}}, "concurrency.min", "must be <= max (5)"),
         ({"concurrency": {"algorithm": "bbr"}}, "concurrency.algorithm", "'gradient2' or 'vegas' or 'aimd'"),
         ({"concurrency": {"initial": 500, "max": 100}}, "concurrency.initial", "between min (1) and max (100)"),
-        ({"concurrency": {"scope": "fleet"}}, "concurrency.scope", "not available yet"),
         ({"concurrency": {"limit": 10}}, "concurrency.limit", "'adaptive'"),
         ({"throttle": {"k": 0.5}}, "throttle.k", "must be >= 1"),
         ({"throttle": {"window": 0.5}}, "throttle.window", "from 1 to 3600"),
@@ -455,3 +454,337 @@ def test_the_async_client_meets_the_limit_and_a_reset_forgets_what_was_learned(
     limit.limit = 0.5
     registry.reset("s")
     assert limit.limit == 1.0  # back to initial
+
+
+# -- the fleet-wide adaptive limit (concurrency.scope: "fleet") ------------------------------------------------------
+
+
+def fleet_workers(url: str, redis_url: str, count: int, concurrency: dict[str, Any]) -> list[outbound.Registry]:
+    """``count`` registries on one Redis: each its own worker of the fleet, as processes of a gunicorn app are."""
+    service = {"base_url": url, "client": "httpx", "retry": {"total": 0}, "pool": {"max_connections": 32}}
+    service["concurrency"] = {"scope": "fleet", "sync_interval": 0.05, **concurrency}
+    state = {"backend": "redis", "url": redis_url, "prefix": "adaptive"}
+    return [outbound.Registry.from_mapping({"services": {"s": service}, "state": state}) for _ in range(count)]
+
+
+def fleet_stage(registry: outbound.Registry) -> Any:
+    from outbound._state.concurrency import FleetConcurrencyLimit
+
+    return stage(registry, FleetConcurrencyLimit)
+
+
+def critical_callers(clients: list[Any], per_client: int, path: str, stop: threading.Event) -> list[threading.Thread]:
+    def work(client: Any) -> None:
+        with outbound.criticality("critical"):
+            while not stop.is_set():
+                try:
+                    client.get(path)
+                except outbound.ConcurrencyLimitedError as error:
+                    stop.wait(max(0.01, error.retry_in))
+
+    threads = [
+        threading.Thread(target=work, args=(client,), daemon=True) for client in clients for _ in range(per_client)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_a_fleet_limit_is_shared_out_so_the_fleets_calls_in_flight_stay_within_it(
+    redis_url: str, upstream: Upstream
+) -> None:
+    """Three workers, three callers each, a fleet limit held at 4: the fleet never has more than the limit in flight
+    (and a slot of slack while a shrinking share's calls end), where three per-process limits of 4 would let 9 in."""
+    workers = fleet_workers(upstream.url, redis_url, 3, {"initial": 4, "min": 4, "max": 4})
+    limits = [fleet_stage(worker) for worker in workers]
+    clients = [worker.client("s") for worker in workers]
+    stop = threading.Event()
+    threads = critical_callers(clients, 3, "slow?delay=0.1", stop)
+    try:
+        wait_for(lambda: all(limit.following and limit.workers == 3 for limit in limits))
+        time.sleep(0.3)  # the workers that synced first took the room the others had not claimed yet: let it settle
+        counts = []
+        ends = time.monotonic() + 2.0
+        while time.monotonic() < ends:
+            counts.append(sum(limit.in_flight for limit in limits))
+            time.sleep(0.005)
+        assert len(counts) > 50
+        # Never the 9 three limits of their own admit; one more than the limit for a moment while a share that moved
+        # to another worker still has its call in flight (two on a machine that delays a sync thread).
+        assert max(counts) <= 6, max(counts)
+        assert sum(counts) / len(counts) <= 4.5, sum(counts) / len(counts)
+        assert all(limit.limit == 4 for limit in limits)
+        assert all(0 <= limit.slots <= 4 for limit in limits)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+        for worker in workers:
+            worker.close()
+
+
+def test_the_fleet_learns_one_limit_from_every_workers_answers(redis_url: str, capacity: CapacityServer) -> None:
+    """An upstream that works on 2 requests at once, 3 workers of 4 callers: the fleet's one limit leaves its
+    initial 20, and every worker holds the same limit (the learner's), each admitting a share of it."""
+    workers = fleet_workers(capacity.url, redis_url, 3, {"initial": 20})
+    limits = [fleet_stage(worker) for worker in workers]
+    stop = threading.Event()
+    threads = critical_callers([worker.client("s") for worker in workers], 4, "x", stop)
+    try:
+        wait_for(lambda: max(limit.limit for limit in limits) < 12, timeout=60)
+        wait_for(lambda: len({round(limit.limit, 3) for limit in limits}) == 1, timeout=5)
+        assert all(limit.following for limit in limits)
+        assert sum(limit.slots for limit in limits) <= int(limits[0].limit) + 1
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+        for worker in workers:
+            worker.close()
+    assert all(limit.in_flight == 0 for limit in limits)
+
+
+def test_with_redis_unreachable_a_fleet_limit_holds_per_process_with_one_warning(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    caplog.set_level("WARNING", logger="outbound.fleet")
+    (worker,) = fleet_workers(upstream.url, dead, 1, {"initial": 2, "min": 1, "max": 2})
+    try:
+        limit = fleet_stage(worker)
+        session = worker.client("s")
+        for _ in range(5):
+            assert session.get("ok").status_code == 200
+        wait_for(lambda: limit._daemon.running)
+        time.sleep(0.3)  # several syncs, each failing
+        assert not limit.following
+        assert limit.slots == 2  # the limit of its own: as with scope "process"
+        # One WARNING of its own (the fleet's state logs its own, once, about the breakers and stats).
+        warnings = [r for r in caplog.records if r.levelname == "WARNING" and "concurrency" in r.getMessage()]
+        assert len(warnings) == 1, [record.getMessage() for record in warnings]
+        assert "concurrency.scope 'fleet' of service 's'" in warnings[0].getMessage()
+    finally:
+        worker.close()
+
+
+def test_hostile_records_in_redis_are_skipped_never_fatal(
+    redis_url: str, redis_server: Any, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything under the fleet's keys: a learner lease without expiry, a limit that is not a number, counts that
+    are not numbers, worker records that are not three numbers or are out of range. The worker follows the fleet
+    all the same, takes the learner's lease, and reads only the valid records."""
+    client = redis_server.client()
+    key = "adaptive:concurrency:s"
+    client.set(f"{key}:learner", "ghost")  # no expiry: it would stop the fleet from learning forever
+    client.hset(
+        key,
+        mapping={
+            "limit": "not a number",
+            "n": "xyz",
+            "s": "-5",
+            "d": "1e400",
+            "w:torn": "1:2",
+            "w:words": "a:b:c",
+            "w:huge": f"9999999:1:{10**15}",
+            "w:neg": "-1:1:99999999999999",
+        },
+    )
+    caplog.set_level("WARNING", logger="outbound.fleet")
+    (worker,) = fleet_workers(upstream.url, redis_url, 1, {"initial": 3, "min": 1, "max": 10})
+    try:
+        limit = fleet_stage(worker)
+        limit.sync()
+        assert limit.following
+        assert limit.limit == 3.0  # the bad limit ignored: the initial one
+        assert limit.workers == 1  # only this worker's record counted
+        assert limit.slots == 3
+        assert client.get(f"{key}:learner") == limit.worker.encode()  # the lease without expiry was cleared
+        fields = client.hgetall(key)
+        assert b"w:torn" not in fields
+        assert b"w:words" not in fields
+        assert b"w:neg" not in fields
+        assert worker.client("s").get("ok").status_code == 200
+        client.delete(key)
+        client.set(key, "a string where a hash belongs")
+        limit.sync()
+        assert limit.following
+        assert client.type(key) == b"hash"
+        assert any("skipped" in record.getMessage() for record in caplog.records)
+    finally:
+        worker.close()
+
+
+def test_shares_follow_demand_and_add_up_to_the_limit() -> None:
+    from outbound._state.concurrency import shares
+
+    assert shares(10, {"a": 2, "b": 1}) == {"a": 2 + 4, "b": 1 + 3} or shares(10, {"a": 2, "b": 1}) == {
+        "a": 2 + 3,
+        "b": 1 + 4,
+    }  # both get what they want; the room left is split evenly
+    wanted = shares(8, {"a": 12, "b": 6, "c": 6})
+    assert wanted == {"a": 4, "b": 2, "c": 2}
+    for rotation in range(20):
+        split = shares(3, {"a": 5, "b": 5, "c": 5, "d": 5}, rotation)
+        assert sum(split.values()) == 3
+        assert max(split.values()) == 1
+    losers = {next(w for w, n in shares(3, dict.fromkeys("abcd", 5), r).items() if n == 0) for r in range(40)}
+    assert len(losers) > 1  # a tie does not always go against the same worker
+    assert shares(5, {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "words"),
+    [
+        ({"concurrency": {"scope": "fleet"}}, "concurrency.scope", "state.backend: 'redis'"),
+        ({"concurrency": {"scope": "region"}}, "concurrency.scope", "'process' or 'fleet'"),
+        ({"concurrency": {"sync_interval": 0}}, "concurrency.sync_interval", "> 0"),
+        ({"retry": {"tokens": {"scope": "fleet"}}}, "retry.tokens.scope", "state.backend: 'redis'"),
+        ({"retry": {"tokens": {"sync_interval": -1}}}, "retry.tokens.sync_interval", ">"),
+    ],
+)
+def test_bad_fleet_settings_are_config_errors(settings: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(outbound.ConfigError) as caught:
+        outbound.parse_config({"services": {"billing": {"base_url": "http://127.0.0.1:1/", **settings}}})
+    assert (caught.value.service, caught.value.key) == ("billing", key)
+    assert words in str(caught.value)
+
+
+def test_the_health_report_shows_what_the_adaptive_stages_learned(
+    make_registry: RegistryFactory, upstream: Upstream
+) -> None:
+    registry = make_registry(
+        s={
+            "base_url": upstream.url,
+            "retry": {"total": 0, "tokens": {"max": 4, "ratio": 0.1}},
+            "breaker": {"fail_max": 1000},
+            "concurrency": {"initial": 5},
+            "throttle": {"k": 2.0},
+        },
+        plain={"base_url": upstream.url},
+    )
+    session = registry.session("s")
+    sent = 0
+    for _ in range(3):
+        try:
+            session.get("status/503")
+        except outbound.ThrottledError:
+            continue  # the throttle refuses some of them already (at random, with the probability it shows)
+        sent += 1
+    report = registry.report()
+    learned = report.services["s"].adaptive
+    assert learned is not None
+    concurrency = learned["concurrency"]
+    assert (concurrency["in_flight"], concurrency["waiting"]) == (0, 0)
+    assert 1 <= concurrency["limit"] <= 5  # 503s are drops: the limit shrinks from its initial 5 once a window ends
+    throttle = learned["throttle"]
+    assert (throttle["requests"], throttle["accepts"]) == (3, 0)
+    assert throttle["probability"] == pytest.approx(0.75)  # (3 - 2 * 0) / (3 + 1): what it refuses now
+    assert throttle["probability_critical"] == pytest.approx(0.75)
+    assert learned["retry_tokens"] == {"tokens": 4.0 - sent, "max": 4.0, "retries_allowed": sent < 2}
+    assert report.services["plain"].adaptive is None  # nothing configured, nothing shown
+    shown = report.as_dict()["services"]
+    assert shown["s"]["adaptive"]["retry_tokens"]["tokens"] == 4.0 - sent
+    assert "adaptive" not in shown["plain"]
+    from outbound import _page
+
+    page = _page.render_page(registry.health())
+    assert "<caption>Adaptive</caption>" in page
+    assert "Retry tokens · Tokens" in page  # the status page shows the pool left, as a table of the card
+    from outbound.cli import render_status
+
+    table = render_status(registry.report())
+    assert "s: adaptive: limit " in table
+    assert "retry tokens " in table
+    assert "plain: adaptive" not in table
+
+
+# -- the fleet-wide retry token pool (retry.tokens.scope: "fleet") ---------------------------------------------------
+
+
+def token_workers(url: str, redis_url: str, count: int) -> list[outbound.Registry]:
+    service = {
+        "base_url": url,
+        "breaker": {"fail_max": 1000},
+        "retry": {"total": 3, "backoff_factor": 0, "tokens": {"max": 4, "ratio": 0.1, "scope": "fleet"}},
+    }
+    state = {"backend": "redis", "url": redis_url, "prefix": "tokens"}
+    return [outbound.Registry.from_mapping({"services": {"s": service}, "state": state}) for _ in range(count)]
+
+
+def pool_of(registry: outbound.Registry) -> Any:
+    from outbound._state.tokens import FleetRetryTokens
+
+    return stage(registry, FleetRetryTokens)
+
+
+def test_a_fleet_pool_stops_every_workers_retries_once_the_fleet_spent_it(redis_url: str, upstream: Upstream) -> None:
+    """Pool 4, retries above half: worker A's failing call spends two tokens (a first attempt and one retry); worker
+    B, which has not failed once, then retries nothing, where a pool of its own would let it retry once."""
+    first, second = token_workers(upstream.url, redis_url, 2)
+    try:
+        pools = [pool_of(first), pool_of(second)]
+        assert first.session("s").get("status/503").status_code == 503
+        assert first["s"].health().stats.retries == 1
+        pools[0].sync(force=True)
+        pools[1].sync(force=True)
+        assert pools[1].tokens == pytest.approx(2.0)
+        assert pools[1].following
+        assert second.session("s").get("status/503").status_code == 503
+        assert second["s"].health().stats.retries == 0  # the fleet's pool is at half: no retry
+        pools[1].sync(force=True)
+        pools[0].sync(force=True)
+        assert pools[0].tokens == pytest.approx(1.0)  # both workers' failures, in both views
+        for _ in range(10):
+            assert second.session("s").get("ok").status_code == 200  # ten successes give back one token
+        pools[1].sync(force=True)
+        pools[0].sync(force=True)
+        assert pools[0].tokens == pytest.approx(2.0)
+        assert pools[0].snapshot()["scope"] == "fleet"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_fleet_pool_with_redis_unreachable_or_hostile_holds_per_process(
+    redis_url: str, redis_server: Any, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    client = redis_server.client()
+    client.hset("tokens:tokens:s", "a", "hash where a number belongs")
+    (worker,) = token_workers(upstream.url, redis_url, 1)
+    try:
+        pool = pool_of(worker)
+        pool.sync(force=True)
+        assert pool.following  # the hash was no Redis error
+        assert pool.tokens == 4.0  # ... and was replaced: a full pool
+        client.set("tokens:tokens:s", "banana")
+        assert worker.session("s").get("status/503").status_code == 503
+        pool.sync(force=True)
+        assert pool.tokens == pytest.approx(2.0)  # "banana" read as a full pool, then two failures
+        assert float(client.get("tokens:tokens:s") or b"nan") == pytest.approx(2.0)
+        client.set("tokens:tokens:s", "-7")  # a pool no worker wrote: read as a full one
+        pool.sync(force=True)
+        assert pool.tokens == 4.0
+    finally:
+        worker.close()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    caplog.set_level("WARNING", logger="outbound.fleet")
+    (alone,) = token_workers(upstream.url, dead, 1)
+    try:
+        pool = pool_of(alone)
+        for _ in range(3):
+            pool.sync(force=True)
+        assert alone.session("s").get("status/503").status_code == 503
+        assert alone["s"].health().stats.retries == 1  # its own pool of 4: one retry, as with scope "process"
+        assert not pool.following
+        warnings = [r for r in caplog.records if "retry.tokens.scope" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        alone.close()
