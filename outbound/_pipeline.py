@@ -66,6 +66,9 @@ class Pipeline:
     # In a forked child: each part gets new locks and forgets what the parent's threads held. (Not the chaos layer:
     # ``outbound.testing.chaos`` may install one later, so the policy resets its own.)
     fork_resets: tuple[Callable[[], None], ...]
+    # When the registry closes: the parts holding a connection or a thread (a fleet-wide limit's sync, the cache's
+    # store) let it go.
+    closes: tuple[Callable[[], None], ...]
     endpoints: Endpoints | None = None  # a service with several endpoints (``_endpoints.py``)
 
 
@@ -183,6 +186,7 @@ def compose(
         if learned is not None:
             resets.append(learned.clear)
     forked = [*attempt, call_stage, budget, cache]
+    holding = [cache, rate_limit, *adaptive, tokens]  # (those of them with a close(): their fleet-wide kinds)
     return Pipeline(
         breaker=breaker,
         budget=budget,
@@ -199,4 +203,5 @@ def compose(
         endpoints=endpoints,
         resets=tuple(resets),
         fork_resets=tuple(part.reset_after_fork for part in forked if part is not None),
+        closes=tuple(part.close for part in holding if part is not None and hasattr(part, "close")),
     )

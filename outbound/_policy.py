@@ -67,6 +67,7 @@ class Policy:
         self.endpoints = pipeline.endpoints  # None: one base_url
         self.resets = pipeline.resets
         self.fork_resets = pipeline.fork_resets
+        self.closes = pipeline.closes
         self.endpoint_index = self.stages.index(self.endpoints) if self.endpoints is not None else -1
         self.retry = RetryRule(
             config.retry,
@@ -123,16 +124,12 @@ class Policy:
         return refusal
 
     def close(self) -> None:
-        """Refuse every new attempt from now on and wake calls waiting to retry."""
+        """Refuse every new attempt from now on, wake calls waiting to retry, and let the parts that hold a
+        connection or a thread go (the cache's store, fleet-wide limits and tokens)."""
         self.closed = True
         self.closing.set()
-        if self.cache is not None:
-            self.cache.close()
-        if self.rate_limit is not None:
-            self.rate_limit.close()  # a fleet limit's connection to Redis
-        for stage in self.stages:
-            if stage is not self.rate_limit and hasattr(stage, "close"):
-                stage.close()  # a fleet-wide concurrency limit's sync thread and connection (_state/concurrency.py)
+        for close in self.closes:
+            close()
 
     def reset(self) -> None:
         """Close the breaker and clear what the pipeline's parts counted or learned (a pause, the rate limit's
