@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -89,6 +90,20 @@ class _Processes:
             process.kill()
             process.wait(timeout=10)
 
+    def freeze(self, port: int) -> None:
+        """Stop the node on ``port`` (SIGSTOP) without killing it: it neither reads nor answers until ``thaw``."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+
+    def thaw(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+
+    def lose_replication(self, primary: int, replica: int) -> None:
+        """Make the next writes to ``primary`` reach no replica, as asynchronous replication may lose them in a
+        failover: the replica is frozen, then the primary drops its link (a frozen replica cannot reconnect, and
+        nothing written from now on is sent). ``thaw`` the replica after killing the primary."""
+        self.freeze(replica)
+        redis.Redis(port=primary, socket_timeout=2).client_kill_filter(_type="slave")
+
     def stop(self) -> None:
         for port in list(self.processes):
             process = self.processes.pop(port)
@@ -156,6 +171,11 @@ class Cluster(_Processes):
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def replica_of(self, master: int) -> int:
+        """The port of a replica of the master on ``master``."""
+        info = redis.Redis(port=master, socket_timeout=2).info("replication")
+        return int(info["slave0"]["port"])
+
     def master_of(self, key: str) -> int | None:
         """The port of the master serving ``key``'s slot, as a live node sees it (``None``: none yet)."""
         for port in self.ports:
@@ -187,6 +207,11 @@ class SentinelGroup(_Processes):
     def primary_port(self) -> int:
         answer = redis.Redis(port=self.sentinels[0], socket_timeout=1).sentinel_get_master_addr_by_name(self.SERVICE)
         return int(answer[1])
+
+    def replica_port(self) -> int:
+        """The port of the replica of the current primary."""
+        info = redis.Redis(port=self.primary_port(), socket_timeout=2).info("replication")
+        return int(info["slave0"]["port"])
 
     def __enter__(self) -> SentinelGroup:
         try:

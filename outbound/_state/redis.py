@@ -476,6 +476,8 @@ class RedisState:
         # Redis-clock times (ms): of the decision behind each breaker's local state, and of the last reset applied.
         self._decided: dict[str, int] = {}
         self._epochs: dict[str, int] = {}
+        # The words of the decision behind each breaker's local state (state, reason): what a re-assertion says.
+        self._reasons: dict[str, tuple[str, str]] = {}
         self._new_process()
         on_fork(self, child=RedisState._new_process)
 
@@ -864,6 +866,7 @@ class RedisState:
         if until == -2:
             return False
         self._decided[service] = decided
+        self._reasons[service] = (state, reason)
         if reset:
             self._epochs[service] = decided
         left = None if open_ms < 0 else seconds
@@ -960,9 +963,11 @@ class RedisState:
     def _adopt_fleet(self) -> None:
         now, found = self._read_fleet()
         for name, fleet in found.items():
-            self._adopt(name, fleet, now)
+            if not self._reassert(name, fleet):
+                self._adopt(name, fleet, now)
             self._adopt_epoch(name, fleet.epoch)
             self._adopt_pause(name, fleet.pause_ms)
+            self._reassert_pause(name, fleet.pause_ms)
 
     def _reconcile(self) -> None:
         # Back after a time cut off. Per service: a decision made alone goes to the fleet, stamped with when it was
@@ -980,12 +985,42 @@ class RedisState:
             if decision is not None:
                 at = max(0, now - int((elapsed_since - decision[0]) * 1000))
                 pushed = self._push_held(name, breaker, at, decision[1], reset=name in resets)
-            elif fleet.breaker is None and _holds(breaker):
-                pushed = self._push_held(name, breaker, self._decided.get(name, 0), None, reset=False)
+            else:
+                pushed = self._reassert(name, fleet)
             if not pushed:
                 self._adopt(name, fleet, now, force=True)
             self._adopt_epoch(name, fleet.epoch)
             self._adopt_pause(name, fleet.pause_ms)
+            self._reassert_pause(name, fleet.pause_ms)
+
+    def _reassert(self, name: str, fleet: _FleetState) -> bool:
+        """Write again a decision this process holds that the fleet lost; ``True`` when it did.
+
+        Replication to a replica is asynchronous: a primary that dies (a Sentinel failover, a cluster master lost)
+        can take a decision it acknowledged with it, and a Redis restarted empty has none. Every process that holds
+        the decision (an opening with time left, an isolation) still has it, with the time the fleet stamped on it
+        (``_decided``, Redis's clock), so each re-asserts it when a read finds the fleet without a breaker record and
+        with no later decision about the service (its latest decision and its reset epoch both older than the one
+        held here). The rule never revives a decision that ended: one closed by a trial or reset by an operator left
+        a later stamp (and the script refuses a stamp older than the fleet's latest); one that ran out has run out
+        here too (an opening's record outlives its ``until`` by a minute, this process's breaker does not)."""
+        breaker = self._services[name].policy.breaker
+        if fleet.breaker is not None or not _holds(breaker):
+            return False
+        held = self._decided.get(name, 0)
+        if max(fleet.decided or 0, fleet.epoch or 0) > held:
+            return False  # the fleet decided something later: it stands
+        state, reason = self._reasons.get(name, (None, None))
+        return self._push_held(name, breaker, held, reason if state == breaker.state else None, reset=False)
+
+    def _reassert_pause(self, name: str, left_ms: int | None) -> None:
+        # The same for a pause the upstream asked for: one this process still observes that the fleet's key lost
+        # (it can only have ended early by a reset, whose epoch `_adopt_epoch` applied first and which cleared the
+        # pause here too). A second's margin: the key expires on Redis's clock, the pause here a moment later.
+        pause = self._services[name].policy.pause
+        left = pause.paused_for() if pause is not None else None
+        if left is not None and left > max(1.0, self.config.sync_interval) and (left_ms is None or left_ms <= 0):
+            self._apply_op(Paused(name, left))
 
     def _push_held(self, name: str, breaker: Breaker, at: int, reason: str | None, *, reset: bool) -> bool:
         # The state this process's breaker is in now, as a decision made `at`; False when there is nothing to push
@@ -1060,6 +1095,7 @@ class RedisState:
             open_seconds = longest if seconds is None else min(seconds, longest)
         else:
             open_seconds = math.inf if seconds is None else seconds
+        self._reasons[service] = (state, reason)
         remote = reason if own else f"{reason} (another process)"
         breaker.apply(state, reason=remote, open_seconds=open_seconds, opened_by=cause)
 

@@ -18,7 +18,7 @@ from redis.cluster import RedisCluster
 import outbound
 from outbound import Registry
 from outbound import _state as state_package
-from tests.fleet_failover import through_a_failover
+from tests.fleet_failover import through_a_failover, through_a_lost_write
 from tests.redis_server import RedisServer
 from tests.redis_topologies import Cluster, SentinelGroup, free_ports
 from tests.upstream import Upstream, wait_until
@@ -273,6 +273,79 @@ def test_four_worker_processes_keep_their_answers_through_a_cluster_master_loss(
             assert wait_until(lambda: cluster.master_of(tag) not in (old, None), timeout=20), "no replica took over"
 
         _through_a_failover(settings, fail_over)
+
+
+def _sentinel_losing_a_write(
+    sentinels: SentinelGroup, prefix: str
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    # The next writes reach the primary only; then the primary dies and the replica, without them, takes over.
+    ports: dict[str, int] = {}
+
+    def lose() -> None:
+        ports["primary"], ports["replica"] = sentinels.primary_port(), sentinels.replica_port()
+        sentinels.lose_replication(ports["primary"], ports["replica"])
+
+    def fail_over() -> None:
+        old, replica = ports["primary"], ports["replica"]
+        sentinels.kill(old)
+        request_revive(sentinels, old)
+        sentinels.thaw(replica)
+        assert not redis.Redis(port=replica, socket_timeout=2).keys(f"{prefix}:breaker:*")  # the opening is lost
+        assert wait_until(lambda: sentinels_primary(sentinels) == replica, timeout=30), "no failover"
+
+    return lose, fail_over
+
+
+def test_an_open_breaker_survives_a_failover_that_loses_its_write(sentinels: SentinelGroup, upstream: Upstream) -> None:
+    # Item 4: replication is asynchronous; the opening, acknowledged by the primary, never reached the replica that
+    # took over. The workers hold it, and write it again: every one refuses every call, and the fleet has it again.
+    prefix = f"l-{uuid.uuid4().hex[:6]}"
+    settings = _mapping(upstream, {"url": sentinels.url, "prefix": prefix, "timeout": 0.2})
+    failed, missed, fleet_state = through_a_lost_write(settings, *_sentinel_losing_a_write(sentinels, prefix))
+    assert failed == 0
+    assert missed == 0
+    assert fleet_state == "open"
+
+
+def test_without_the_reassertion_a_failover_loses_the_open_breaker(
+    sentinels: SentinelGroup, upstream: Upstream
+) -> None:
+    # The broken variant: workers that never write again what the fleet lost adopt the new primary's "closed".
+    prefix = f"l-{uuid.uuid4().hex[:6]}"
+    settings = _mapping(upstream, {"url": sentinels.url, "prefix": prefix, "timeout": 0.2})
+    lose, fail_over = _sentinel_losing_a_write(sentinels, prefix)
+    failed, missed, fleet_state = through_a_lost_write(settings, lose, fail_over, broken=True)
+    assert failed == 0
+    assert missed == 4
+    assert fleet_state == "closed"
+
+
+def test_an_open_breaker_survives_a_cluster_master_loss_that_loses_its_write(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    prefix = f"m-{uuid.uuid4().hex[:6]}"
+    tag = f"{{{prefix}}}"
+    with Cluster(tmp_path, replicas=1) as cluster:
+        settings = _mapping(upstream, {"url": cluster.url, "cluster": True, "prefix": prefix, "timeout": 0.2})
+        ports: dict[str, int] = {}
+
+        def lose() -> None:
+            master = cluster.master_of(tag)
+            assert master is not None
+            ports["master"], ports["replica"] = master, cluster.replica_of(master)
+            cluster.lose_replication(master, ports["replica"])
+
+        def fail_over() -> None:
+            old, replica = ports["master"], ports["replica"]
+            cluster.kill(old)
+            cluster.thaw(replica)
+            assert not redis.Redis(port=replica, socket_timeout=2).keys(f"{tag}:breaker:*")  # the opening is lost
+            assert wait_until(lambda: cluster.master_of(tag) == replica, timeout=20), "no replica took over"
+
+        failed, missed, fleet_state = through_a_lost_write(settings, lose, fail_over)
+    assert failed == 0
+    assert missed == 0
+    assert fleet_state == "open"
 
 
 def test_four_worker_processes_keep_their_answers_when_a_single_redis_restarts_empty(
