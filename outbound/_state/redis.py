@@ -900,6 +900,7 @@ class RedisState:
         }
         self._client_().publish(self._keys.events, json.dumps(message))
         self._fleet_seen[service] = (state, until)
+        self._version = None  # re-read at the next sync: as a message's receivers do (_apply_message)
 
     def _sync(self) -> None:
         """Heartbeat and publish this process's stats; re-read the fleet's breakers when the fleet's version moved
@@ -1139,6 +1140,10 @@ class RedisState:
             else:
                 policy.pause.reset()  # the previous version's reset ended a pause with a message of its own
             return
+        # Re-read the fleet at the next sync, whatever its version then: a decision learnt here from a message may
+        # be lost before this process ever read the version it bumped (a failover right after it), and the version
+        # would then look unchanged (see _reassert).
+        self._version = None
         if message.at is not None:
             self._decided[name] = message.at
         self._fleet_seen[name] = (message.state, message.until)

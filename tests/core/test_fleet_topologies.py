@@ -275,9 +275,7 @@ def test_four_worker_processes_keep_their_answers_through_a_cluster_master_loss(
         _through_a_failover(settings, fail_over)
 
 
-def _sentinel_losing_a_write(
-    sentinels: SentinelGroup, prefix: str
-) -> tuple[Callable[[], None], Callable[[], None]]:
+def _sentinel_losing_a_write(sentinels: SentinelGroup, prefix: str) -> tuple[Callable[[], None], Callable[[], None]]:
     # The next writes reach the primary only; then the primary dies and the replica, without them, takes over.
     ports: dict[str, int] = {}
 
@@ -368,3 +366,50 @@ def test_the_failover_check_fails_for_workers_that_ignore_the_fleet(
     failed, missed, _ = through_a_failover(settings, lambda: None, seconds=4.0, broken=True)
     assert failed == 0
     assert missed == 4  # every worker missed the decision
+
+
+def _lost_and_found(redis_server: RedisServer, redis_url: str, upstream: Upstream) -> tuple[bool, bool, str]:
+    # An isolation and a pause every worker holds; then the fleet loses them (FLUSHALL: what a failover that lost
+    # their writes, or a Redis restarted empty, leaves). Whether each is back in Redis a second later, and the state
+    # a worker is in then.
+    prefix = f"p-{uuid.uuid4().hex[:6]}"
+    settings = _mapping(upstream, {"url": redis_url, "prefix": prefix}, retry={"total": 0, "retry_after_max": 60})
+    client = redis_server.client()
+    with Registry.from_mapping(settings) as a, Registry.from_mapping(settings) as b:
+        a.session("api").get("ok")
+        b.session("api").get("ok")
+        a.session("api").get("status/429", params={"retry_after": "60"})  # the upstream asks for a pause
+        a.isolate("api")
+        pause_b = b["api"].policy.pause
+        assert pause_b is not None
+        assert wait_until(lambda: b["api"].policy.breaker.state == "isolated" and (pause_b.paused_for() or 0) > 30)
+        client.flushall()
+        time.sleep(1.0)  # five sync intervals
+        found = client.exists(f"{prefix}:breaker:api") == 1, client.pttl(f"{prefix}:pause:api") > 30_000
+        state = b["api"].policy.breaker.state
+        if all(found):
+            # The rule never revives what ended: after an operator's reset, nothing comes back.
+            a.reset("api")
+            assert wait_until(lambda: b["api"].policy.breaker.state == "closed")
+            time.sleep(1.0)
+            assert client.exists(f"{prefix}:breaker:api") == 0
+            assert client.pttl(f"{prefix}:pause:api") < 0
+            assert b["api"].policy.breaker.state == "closed"
+            assert a.session("api").get("ok").status_code == 200
+    return (*found, state)
+
+
+def test_an_isolation_and_a_pause_the_fleet_lost_are_written_again_by_the_workers(
+    redis_server: RedisServer, redis_url: str, upstream: Upstream
+) -> None:
+    assert _lost_and_found(redis_server, redis_url, upstream) == (True, True, "isolated")
+
+
+def test_without_the_reassertion_the_fleet_loses_the_isolation_and_the_pause(
+    redis_server: RedisServer, redis_url: str, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import outbound._state.redis as fleet_redis
+
+    monkeypatch.setattr(fleet_redis.RedisState, "_reassert", lambda *args, **kwargs: False)
+    monkeypatch.setattr(fleet_redis.RedisState, "_reassert_pause", lambda *args, **kwargs: None)
+    assert _lost_and_found(redis_server, redis_url, upstream) == (False, False, "closed")
