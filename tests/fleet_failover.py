@@ -48,16 +48,16 @@ while time.monotonic() < end:
         outcome = "failed: " + type(error).__name__
     outcomes.append((time.monotonic(), outcome))
     time.sleep(0.02)
-print(json.dumps({"outcomes": outcomes, "backend": registry.health()["state_backend"]["status"]}), flush=True)
+print(json.dumps({"outcomes": outcomes, "backend": registry.health()["state_backend"]}), flush=True)
 registry.close()
 """
 
 
 def through_a_failover(
     settings: dict[str, Any], fail_over: Callable[[], None], *, seconds: float = SECONDS, broken: bool = False
-) -> tuple[int, int, list[str]]:
-    """Calls failed, workers that missed the decision made after the failover, each worker's backend status at the
-    end (``settings``: a service ``api`` and a fleet state)."""
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """Calls failed, workers that missed the decision made after the failover, each worker's ``state_backend``
+    health at the end (``settings``: a service ``api`` and a fleet state)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [
         subprocess.Popen(

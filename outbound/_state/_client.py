@@ -16,15 +16,19 @@ Redis: the fleet goes on with process-local state and says so once. ``redact`` i
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .._config import StateConfig
+
+logger = logging.getLogger("outbound.fleet")
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 # What Redis failing looks like, whichever client: a cluster's client raises errors outside RedisError too (keys in
@@ -91,3 +95,52 @@ def redact(url: str) -> str:
         user = netloc.rpartition("@")[0].partition(":")[0]
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}" if user else f"***@{netloc.rpartition('@')[2]}"
     return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def serving(client: redis.Redis | None, key: str) -> str | None:
+    """The ``host:port`` of the Redis that serves ``key`` as the client last found it (no command sent): the
+    primary the Sentinels named, or the cluster node owning the key's slot; ``None`` for one Redis (the settings
+    name it) or before the first connection. An address only, never credentials."""
+    if isinstance(client, RedisCluster):
+        try:
+            node = client.get_node_from_key(key)
+        except REDIS_ERRORS:
+            return None
+        return f"{node.host}:{node.port}" if node is not None else None
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        address = pool.master_address
+        return f"{address[0]}:{address[1]}" if address else None
+    return None
+
+
+class Notice:
+    """Whether one registry's users of ``state.url`` in this process (the fleet backend, each fleet rate limit) can
+    reach it, said once: the first to find it unreachable logs the one WARNING, naming ``state.url`` (redacted) and
+    what goes on meanwhile; the others, failing on the same outage, add nothing; the first to be answered again logs
+    the one INFO. Each user keeps its own way back (a sync's ping, a lease tried again a few seconds later)."""
+
+    def __init__(self, config: StateConfig) -> None:
+        self.url = redact(config.url)
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, error: Exception | str) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        cause = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        logger.warning(
+            "the fleet's state backend (Redis at state.url %s) is unreachable (%s); this process goes on with its "
+            "own breakers, stats and rate limits, and re-syncs when it answers again",
+            self.url,
+            cause,
+        )
+
+    def answered(self, detail: str = "") -> None:
+        with self._lock:
+            if not self.down:
+                return
+            self.down = False
+        logger.info("the fleet's state backend (Redis) answers again%s; breakers, stats and limits are shared", detail)

@@ -85,9 +85,9 @@ from .._config import ServiceConfig, StateConfig
 from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
-from ..health import HistorySnapshot, LastError, StateBackendHealth
+from ..health import BackendOutage, HistorySnapshot, LastError, PrimaryChange, StateBackendHealth
 from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink, key_prefix
-from ._client import REDIS_ERRORS, connect, redact
+from ._client import REDIS_ERRORS, Notice, connect, serving
 from ._records import (
     BreakerRecord,
     Complaints,
@@ -501,6 +501,13 @@ class RedisState:
         self._reachable = True
         self._resync_due = False  # cut off since the last sync: reconcile before following the fleet again
         self._last_error: str | None = None
+        # What health tells of the backend (StateBackendHealth): since when its status is what it is, the outages
+        # and the latest, the address serving the fleet's keys (Sentinel, Cluster) and its latest move.
+        self._since = datetime.now(timezone.utc)
+        self._outages = 0
+        self._last_outage: BackendOutage | None = None
+        self._primary: str | None = None
+        self._primary_changed: PrimaryChange | None = None
         self._fleet_seen: dict[str, tuple[str, int | None]] = {}
         # The idle path (see _sync): the stats last written, the fleet's version last read, syncs since the start and
         # since the last full heartbeat; whether a merge of the fleet's stats is queued.
@@ -516,12 +523,20 @@ class RedisState:
         self._alone: dict[str, tuple[float, str]] = {}
         self._reset_alone: set[str] = set()
         self._complain = Complaints(logger)
+        # The one WARNING of an outage, shared with this registry's fleet rate limits (``attach``).
+        self.notice = Notice(self.config)
 
     def link(self, config: ServiceConfig) -> ServiceLink:
         return _Link(self, config) if config.shared else LOCAL
 
     def attach(self, services: Mapping[str, Service]) -> None:
         self._services = {name: service for name, service in services.items() if service.config.shared}
+        for service in services.values():  # shared or not: a fleet rate limit talks to the same Redis
+            if service.policy.rate_limit is not None:
+                service.policy.rate_limit.notice = self._current_notice
+
+    def _current_notice(self) -> Notice:
+        return self.notice  # this process's (a forked child makes its own)
 
     def ensure_running(self) -> None:
         """Start this process's threads if they are not running (first use, or first use after a fork)."""
@@ -621,9 +636,30 @@ class RedisState:
     # -- health --------------------------------------------------------------------------------------------------
 
     def health(self) -> StateBackendHealth:
+        self._note_primary()
         return StateBackendHealth(
-            backend="redis", status="ok" if self._reachable else "unreachable", last_error=self._last_error
+            backend="redis",
+            status="ok" if self._reachable else "unreachable",
+            last_error=self._last_error,
+            since=self._since,
+            outages=self._outages,
+            last_outage=self._last_outage,
+            primary=self._primary,
+            primary_changed=self._primary_changed,
         )
+
+    def _note_primary(self) -> None:
+        # The address serving the fleet's keys, as the client last found it (no command): a move is a failover.
+        if not self._reachable:
+            return  # while cut off the client may name the primary that died: the move is noted once it answers
+        current = serving(self._client, self._keys.version)
+        if current is None or current == self._primary:
+            return
+        with self._alone_lock:  # health reports and the fleet thread both note it: one move, told once
+            previous, self._primary = self._primary, current
+        if previous is not None and previous != current:
+            self._primary_changed = PrimaryChange(old=previous, new=current, at=datetime.now(timezone.utc))
+            logger.info("the fleet's Redis moved from %s to %s (a failover)", previous, current)
 
     def view(self) -> FleetView | None:
         """The fleet's breakers and summed stats (one script), or ``None`` when Redis does not answer.
@@ -935,6 +971,7 @@ class RedisState:
             if refresh and not answers[0]:
                 self._stats_gone = True  # expired (a long stall, a Redis restarted empty): the next sync rejoins
             version = answers[-1]
+        self._note_primary()
         if self._resync_due:
             self._resync_due = False
             self._reconcile()
@@ -1210,17 +1247,22 @@ class RedisState:
         self._resync_due = True
         if self._reachable:
             self._reachable = False
-            logger.warning(
-                "the fleet's state backend (Redis at state.url %s) is unreachable (%s); this process goes on with "
-                "its own breakers and stats, and re-syncs when it answers again",
-                redact(self.config.url),
-                self._last_error,
-            )
+            self._since = datetime.now(timezone.utc)
+            self._outages += 1
+            self._last_outage = BackendOutage(unreachable_from=self._since, error=self._last_error)
+            self.notice.failed(self._last_error)
 
     def _reachable_again(self) -> None:
         if not self._reachable:
             self._reachable = True
-            logger.info("the fleet's state backend (Redis) answers again; breakers and stats are shared again")
+            self._since = now = datetime.now(timezone.utc)
+            outage = self._last_outage
+            if outage is not None:
+                outage = self._last_outage = BackendOutage(
+                    unreachable_from=outage.unreachable_from, recovered_at=now, error=outage.error
+                )
+            self.notice.answered(f" after {outage.seconds():.1f} s" if outage is not None else "")
+        self._note_primary()
 
 
 class _Keys:

@@ -149,7 +149,12 @@ def test_every_worker_reports_the_fleets_breaker_and_counters(
     for report in reports:
         assert report["scope"] == "fleet"
         assert report["workers"] == 2
-        assert report["state_backend"] == {"backend": "redis", "status": "ok", "last_error": None}
+        assert {k: report["state_backend"][k] for k in ("backend", "status", "last_error", "outages")} == {
+            "backend": "redis",
+            "status": "ok",
+            "last_error": None,
+            "outages": 0,
+        }
         api = report["services"]["api"]
         assert api["breaker"]["state"] == "open"
         assert api["stats"]["requests"] == 7  # summed over both workers

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +149,13 @@ def test_a_fleet_behind_sentinel_follows_a_primary_failover(
     state = {"url": sentinels.url, "prefix": prefix, "timeout": 0.2}
     with Registry.from_mapping(_mapping(upstream, state)) as worker:
         assert worker.session("api").get("ok").status_code == 200
-        assert worker.health()["state_backend"]["status"] == "ok"
-        worker.isolate("api", 600)  # a decision the fleet must not lose
         old = sentinels.primary_port()
+        before = worker.health()["state_backend"]
+        assert before["status"] == "ok"
+        assert before["outages"] == 0
+        assert before["last_outage"] is None
+        assert before["primary"] == f"127.0.0.1:{old}"
+        worker.isolate("api", 600)  # a decision the fleet must not lose
         primary = redis.Redis(port=old, socket_timeout=2)
         assert primary.wait(1, 2000) == 1  # the replica has it before the primary dies
         sentinels.kill(old)
@@ -179,6 +184,11 @@ def test_a_fleet_behind_sentinel_follows_a_primary_failover(
                 newcomer.session("api").get("ok")
         assert wait_until(lambda: worker.health()["state_backend"]["status"] == "ok", timeout=15)
         assert worker.health()["services"]["api"]["breaker"]["state"] == "isolated"
+        # Health tells the story: the outage, its end, and the primary's move (an address, no credentials).
+        after = worker.health()["state_backend"]
+        _tells_the_outage(after, moved=True)
+        assert after["primary"] == f"127.0.0.1:{sentinels_primary(sentinels)}"
+        assert after["primary_changed"]["from"] == f"127.0.0.1:{old}"
         worker.reset("api")  # and decisions written after the failover reach the new primary
         assert worker.session("api").get("ok").status_code == 200
 
@@ -237,11 +247,33 @@ def test_sentinel_and_cluster_urls_are_accepted_and_redacted() -> None:
     assert redact("redis+sentinel://a:1,b:2/primary/0") == "redis+sentinel://a:1,b:2/primary/0"
 
 
-def _through_a_failover(settings: dict[str, Any], fail_over: Callable[[], None], seconds: float = 14.0) -> None:
+def _through_a_failover(
+    settings: dict[str, Any], fail_over: Callable[[], None], seconds: float = 14.0, *, moves: bool = True
+) -> None:
     failed, missed, backends = through_a_failover(settings, fail_over, seconds=seconds)
     assert failed == 0  # no call failed because of Redis
     assert missed == 0  # the decision made after the failover reached every worker
-    assert backends == ["ok"] * 4
+    for backend in backends:  # and each worker's health tells what happened
+        _tells_the_outage(backend, moved=moves)
+
+
+def _tells_the_outage(backend: dict[str, Any], *, moved: bool) -> None:
+    assert backend["status"] == "ok"
+    assert backend["outages"] >= 1
+    outage = backend["last_outage"]
+    started, ended = datetime.fromisoformat(outage["unreachable_from"]), datetime.fromisoformat(outage["recovered_at"])
+    assert started < ended
+    assert outage["seconds"] == pytest.approx((ended - started).total_seconds(), abs=0.01)
+    assert outage["error"]
+    assert datetime.fromisoformat(backend["since"]) == ended  # ok since it recovered
+    if moved:
+        change = backend["primary_changed"]
+        assert change is not None
+        assert change["from"] != change["to"] == backend["primary"]
+        assert datetime.fromisoformat(change["at"]) >= started
+    else:
+        assert backend["primary"] is None  # one Redis: the settings name it
+        assert backend["primary_changed"] is None
 
 
 def test_four_worker_processes_keep_their_answers_through_a_primary_failover(
@@ -356,7 +388,7 @@ def test_four_worker_processes_keep_their_answers_when_a_single_redis_restarts_e
         time.sleep(1.0)
         redis_server.start()
 
-    _through_a_failover(settings, restart, seconds=7.0)
+    _through_a_failover(settings, restart, seconds=7.0, moves=False)
 
 
 def test_the_failover_check_fails_for_workers_that_ignore_the_fleet(
