@@ -17,7 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 
 import outbound
-from outbound import Registry
+from outbound import Registry, _page, cli
 from outbound import _state as state_package
 from tests.fleet_failover import through_a_failover, through_a_lost_write
 from tests.redis_server import RedisServer
@@ -189,6 +189,12 @@ def test_a_fleet_behind_sentinel_follows_a_primary_failover(
         _tells_the_outage(after, moved=True)
         assert after["primary"] == f"127.0.0.1:{sentinels_primary(sentinels)}"
         assert after["primary_changed"]["from"] == f"127.0.0.1:{old}"
+        # The same story on the status page and in `outbound status`.
+        moved = f"primary moved from 127.0.0.1:{old} to {after['primary']}"
+        assert moved in _page.render_page(worker.health())
+        table = cli.status(worker).text
+        assert moved in " ".join(table.split())
+        assert "last outage: " in " ".join(table.split())
         worker.reset("api")  # and decisions written after the failover reach the new primary
         assert worker.session("api").get("ok").status_code == 200
 
