@@ -4,8 +4,10 @@
   ``Redis.from_url``). TLS and an ACL user are the URL's: ``rediss://USER:PASSWORD@HOST:PORT/0?ssl_ca_certs=CA.pem``
   ``&ssl_certfile=CLIENT.pem&ssl_keyfile=CLIENT.key`` (redis-py passes the query's ``ssl_*`` on to its TLS socket).
 - ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]`` (``rediss+sentinel://`` for TLS to
-  the primary): the primary the Sentinels name (redis-py's ``Sentinel.master_for``); after a failover the next
-  command that fails asks the Sentinels again, so the new primary is followed without a restart.
+  the Sentinels and the primary, with the same ``?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…`` query as ``rediss://``;
+  ``USER:PASSWORD`` is the primary's ACL user): the primary the Sentinels name (redis-py's ``Sentinel.master_for``);
+  after a failover the next command that fails asks the Sentinels again, so the new primary is followed without a
+  restart.
 - ``state.cluster: true`` with a ``redis://`` URL naming any node, or several (``redis://A:6379,B:6379/0``, so that a
   process starting while one is down still finds the cluster): redis-py's ``RedisCluster``; every key of the fleet
   carries the hash tag ``{prefix}`` (``key_prefix``), so each script's keys live in one slot.
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -80,11 +84,29 @@ def _sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
         primary["username"] = unquote(parts.username)
     if parts.password:
         primary["password"] = unquote(parts.password)
+    watchers = dict(options)
     if parts.scheme == "rediss+sentinel":
-        primary["ssl"] = True
-    sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)  # type: ignore[no-untyped-call]
+        # TLS to the Sentinels and to the primary alike (a deployment that encrypts one encrypts both), with the
+        # query's ssl_* settings as redis-py reads them from a rediss:// URL: CA, client certificate and key.
+        tls = {"ssl": True, **_tls_options(parts.query)}
+        primary.update(tls)
+        watchers.update(tls)
+    sentinel = Sentinel(hosts, sentinel_kwargs=watchers, **options)  # type: ignore[no-untyped-call]
     client: redis.Redis = sentinel.master_for(service, **primary)  # type: ignore[no-untyped-call]
     return client
+
+
+def _tls_options(query: str) -> dict[str, Any]:
+    """The ``ssl_*`` settings of a URL's query, typed as redis-py types them (``ssl_check_hostname=false``...)."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query):
+        if name.startswith("ssl_"):
+            parser: Callable[[str], Any] | None = URL_QUERY_ARGUMENT_PARSERS.get(name)  # type: ignore[assignment]
+            try:
+                options[name] = parser(value) if parser is not None else value
+            except (TypeError, ValueError) as error:
+                raise redis.ConnectionError(f"state.url: {name} has an invalid value") from error
+    return options
 
 
 def redact(url: str) -> str:
