@@ -35,6 +35,13 @@ the fleet stamped with when it was made, unless the fleet decided something late
 state. An isolation without end stays without end; a reset stays a reset. Time comes from Redis (``TIME``) wherever
 processes on different hosts must agree.
 
+A decision the fleet lost is written again (``_reassert``): replication to a replica is asynchronous, so a failover
+can lose an acknowledged write, and a Redis restarted empty has nothing. Each process holding an opening, an
+isolation or a pause the fleet no longer has, with no later decision recorded, writes it again with its original
+stamp — at every reconcile, and at the first sync after any decision it learnt or made. Health's ``state_backend``
+tells the story: since when it is ok or unreachable, the outages and the latest, and the address serving the fleet's
+keys with its latest move.
+
 Everything read back is validated (``_records``): a bad record is skipped and logged once, never fatal.
 
 Keys (``{p}`` the prefix, ``{s}`` a service, ``{w}`` a worker: ``host:pid:random``)::
