@@ -25,9 +25,11 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .._config import StateConfig
@@ -46,7 +48,14 @@ def connect(config: StateConfig) -> redis.Redis:
     Raises:
         redis.ConnectionError: a cluster none of whose nodes answers.
     """
-    options: dict[str, Any] = {"socket_timeout": config.timeout, "socket_connect_timeout": config.timeout}
+    # No retries of redis-py's own (since redis-py 6 a client retries a failed connection 3 times, sleeping up to
+    # 1, 2 and 4 s between tries: seconds on a calling thread, against the one state.timeout promised): a command
+    # that fails is Redis unreachable for the fleet, which has its own way back (the next sync asks again).
+    options: dict[str, Any] = {
+        "socket_timeout": config.timeout,
+        "socket_connect_timeout": config.timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if urlsplit(config.url).scheme in SENTINEL_SCHEMES:
         return _sentinel(config.url, options)
     if config.cluster:
@@ -56,6 +65,9 @@ def connect(config: StateConfig) -> redis.Redis:
         first, *others = hosts.split(",")
         url = parts._replace(netloc=f"{userinfo}@{first}" if userinfo else first).geturl()
         nodes = [_node(host) for host in others]
+        # The cluster's own retry, without a pause: it follows a MOVED redirection (a slot moved by a failover)
+        # within the command, at the price of one more round trip, not of a wait.
+        options["retry"] = Retry(NoBackoff(), 1)
         try:
             return cast("redis.Redis", RedisCluster.from_url(url, startup_nodes=nodes, **options))
         except RedisClusterException as error:

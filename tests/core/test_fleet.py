@@ -360,7 +360,9 @@ def test_close_leaves_no_thread_and_no_connection(fleet: Callable[..., Registry]
     assert {t.name for t in threading.enumerate()} >= {"outbound-fleet", "outbound-fleet-events"}
     registry.close()
     assert wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("outbound-fleet")])
-    assert wait_until(lambda: len(client.client_list()) == baseline)
+    # At most the baseline: it may hold the fixture's own short-lived connection (the FLUSHALL's), closed when
+    # its client is collected, so "none of the registry's left" is what is asserted, not an exact count.
+    assert wait_until(lambda: len(client.client_list()) <= baseline)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")

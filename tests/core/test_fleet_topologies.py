@@ -451,3 +451,60 @@ def test_without_the_reassertion_the_fleet_loses_the_isolation_and_the_pause(
     monkeypatch.setattr(fleet_redis.RedisState, "_reassert", lambda *args, **kwargs: False)
     monkeypatch.setattr(fleet_redis.RedisState, "_reassert_pause", lambda *args, **kwargs: None)
     assert _lost_and_found(redis_server, redis_url, upstream) == (False, False, "closed")
+
+
+def _connection_attempts(url: str) -> int:
+    # A port that accepts and at once closes every connection (a Redis dying at each try): how many connections one
+    # command of the fleet's client opens before it gives up.
+    import socket
+    import threading
+
+    from outbound._config import StateConfig
+    from outbound._state._client import connect
+
+    accepted = 0
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    done = threading.Event()
+
+    def accept() -> None:
+        nonlocal accepted
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted += 1
+            connection.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        client = connect(StateConfig(backend="redis", url=url.format(port=port), timeout=0.2))
+        with pytest.raises((redis.RedisError, OSError)):
+            client.ping()
+        client.close()
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+    return accepted
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "redis+sentinel://127.0.0.1:{port}/primary/0"])
+def test_a_dying_redis_costs_one_connection_per_command_not_redis_pys_retries(url: str) -> None:
+    # Since redis-py 6 a client retries a failed connection 3 times, sleeping up to 1, 2 and 4 s in between: seconds
+    # on a calling thread (a failure counted, a trial claimed, a health report). The fleet's client does not retry.
+    assert _connection_attempts(url) == 1
+
+
+def test_with_redis_pys_retries_a_dying_redis_costs_four_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The broken variant: redis-py's default retry count (with short pauses, to keep the test quick).
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.retry import Retry
+
+    from outbound._state import _client
+
+    monkeypatch.setattr(_client, "Retry", lambda backoff, retries: Retry(ExponentialWithJitterBackoff(0.02, 0.01), 3))
+    assert _connection_attempts("redis://127.0.0.1:{port}/0") == 4
