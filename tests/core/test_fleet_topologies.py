@@ -508,3 +508,23 @@ def test_with_redis_pys_retries_a_dying_redis_costs_four_connections(monkeypatch
 
     monkeypatch.setattr(_client, "Retry", lambda backoff, retries: Retry(ExponentialWithJitterBackoff(0.02, 0.01), 3))
     assert _connection_attempts("redis://127.0.0.1:{port}/0") == 4
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+def test_game_day_switches_work_on_a_cluster_and_behind_sentinel(
+    topology: str, cluster: Cluster, sentinels: SentinelGroup, upstream: Upstream
+) -> None:
+    # `outbound chaos` goes through the fleet's own client (any topology) and its keys carry the hash tag on a
+    # cluster: a plain client to one node was refused there (keys of other slots), and could not read a Sentinel URL.
+    prefix = f"g-{uuid.uuid4().hex[:6]}"
+    state = {"url": cluster.url, "cluster": True} if topology == "cluster" else {"url": sentinels.url}
+    breaker = {"fail_max": 1000, "reset_timeout": 30}  # the injected 502s must not open it
+    mapping = _mapping(upstream, {**state, "prefix": prefix, "timeout": 0.5}, retry={"total": 0}, breaker=breaker)
+    mapping["chaos"] = {"allow": True}
+    with Registry.from_mapping(mapping) as worker, Registry.from_mapping(mapping) as operator:
+        assert worker.session("api").get("ok").status_code == 200  # first use starts the follower
+        out = cli.chaos(operator, "api", kind="status", rate=1.0, seconds=30, status=502)
+        assert out.code == 0, out.text
+        assert wait_until(lambda: worker.session("api").get("ok").status_code == 502, timeout=5)
+        assert cli.chaos(operator, None, off=True).code == 0  # one DEL of every service's key: one slot
+        assert wait_until(lambda: worker.session("api").get("ok").status_code == 200, timeout=5)
