@@ -241,6 +241,12 @@ def _fleet(report: Mapping[str, Any]) -> list[str]:
         text = f"State backend {_e(backend.get('backend', '?'))} {_badge(str(backend.get('status')), _STATUS_TONES)}"
         if backend.get("last_error"):
             text += f" {_e(backend['last_error'])}"
+        try:  # what happened (an outage, a failover); a report read from elsewhere may not say, or say it badly
+            story = health.StateBackendHealth.from_dict(backend).story()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            story = ""
+        if story:
+            text += f" ({_e(story)})"
         parts.append(text)
     return parts
 

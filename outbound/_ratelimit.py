@@ -27,7 +27,6 @@ than the window allows on the memory storage).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -44,9 +43,9 @@ from .health import RateLimitSnapshot
 
 if TYPE_CHECKING:
     from ._stage import CallView
+    from ._state._client import Notice
     from ._state.lease import LeasedPermits
 
-logger = logging.getLogger("outbound.fleet")
 
 # The shortest wait handed out: a permit "due now" may be a clock tick away.
 _MIN_WAIT = 0.001
@@ -104,8 +103,12 @@ class RateLimit:
         self._sent = _SendWindow(self.item.amount, window * (1 + SEND_MARGIN[0]) + SEND_MARGIN[1], time.monotonic)
         self._fleet: LeasedPermits | None = None
         self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
-        self._redis_ok = True
         self._fleet_error: type[Exception] = Exception
+        # The registry's fleet backend's notice (set by its ``attach``): an outage is one WARNING for the registry,
+        # naming state.url, whichever of the backend and the limits meets it first.
+        self.notice: Callable[[], Notice] | None = None
+        self._state = state
+        self._own_notice: Notice | None = None
         if config.scope == "fleet" and state is not None:
             from ._state.lease import FleetUnreachable, LeasedPermits  # only a fleet limit imports redis
 
@@ -163,6 +166,7 @@ class RateLimit:
         self._sent = _SendWindow(self._sent.amount, self._sent.seconds, time.monotonic)
         self._local = _memory_storage()
         self._local_limiter = MovingWindowRateLimiter(self._local)
+        self._own_notice = None
         if self._fleet is not None:
             self._fleet.reset_after_fork()
 
@@ -192,20 +196,26 @@ class RateLimit:
         return float(reset) - self._wall()
 
     def _redis_failed(self, error: Exception) -> None:
-        # Look again only every few seconds: each try while Redis is away costs up to state.timeout.
+        # Look again only every few seconds: each try while Redis is away costs up to state.timeout. Meanwhile the
+        # limit holds per process (the notice's WARNING says so).
         self._fleet_down_until = time.monotonic() + _RETRY_REDIS_AFTER
-        if self._redis_ok:
-            self._redis_ok = False
-            logger.warning(
-                "%s: the fleet's rate limit cannot reach Redis (%s); the limit holds per process until it answers",
-                self.service,
-                error,
-            )
+        self._notice().failed(str(error))
 
     def _redis_answered(self) -> None:
-        if not self._redis_ok:
-            self._redis_ok = True
-            logger.info("%s: the fleet's rate limit reaches Redis again", self.service)
+        if self._fleet_down_until:
+            self._fleet_down_until = 0.0
+            self._notice().answered()
+
+    def _notice(self) -> Notice:
+        if self.notice is not None:
+            return self.notice()
+        notice = self._own_notice
+        if notice is None:  # no fleet backend attached (a limit built on its own): a notice of its own
+            from ._state._client import Notice
+
+            assert self._state is not None
+            notice = self._own_notice = Notice(self._state)
+        return notice
 
 
 class _SendWindow:

@@ -317,9 +317,10 @@ def _scope_line(report: HealthReport, source: str | None = None) -> str:
         who = f"the process that answered at {source}" if source is not None else "this process"
         fresh = "" if source is not None else " (a new one: every breaker closed, nothing called)"
         cause = f": {backend.last_error}" if backend.last_error else ""
+        story = f"; {backend.story()}" if backend.story() else ""
         return (
             f"scope: {who} only{fresh}. The fleet's shared state could not be read (state backend "
-            f"{backend.backend} {backend.status}{cause}); exit code {FLEET_UNREACHABLE_EXIT_CODE}"
+            f"{backend.backend} {backend.status}{cause}{story}); exit code {FLEET_UNREACHABLE_EXIT_CODE}"
         )
     if source is not None:
         where = f"read from {source}"
@@ -333,6 +334,8 @@ def _scope_line(report: HealthReport, source: str | None = None) -> str:
         where = "from the fleet's shared state"
     if report.scope == "fleet":
         state = f"; state backend {backend.backend} {backend.status}" if backend is not None else ""
+        story = backend.story() if backend is not None else ""
+        state += f"; {story}" if story else ""
         return f"scope: fleet ({report.workers or 0} workers{state}), {where}"
     return f"scope: one process, {where}"
 
@@ -346,7 +349,7 @@ def _report(data: dict[str, Any]) -> HealthReport:
         services=services,
         scope=data.get("scope", "process"),
         workers=data.get("workers"),
-        state_backend=StateBackendHealth(**backend) if backend else None,
+        state_backend=StateBackendHealth.from_dict(backend) if backend else None,
     )
 
 

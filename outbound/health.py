@@ -15,7 +15,7 @@ import importlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal, get_args
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "FAILING_MINIMUM_CALLS",
     "RECENT_SECONDS",
     "STATUSES",
+    "BackendOutage",
     "BreakerSnapshot",
     "BulkheadSnapshot",
     "CallCounts",
@@ -33,6 +34,7 @@ __all__ = [
     "LastError",
     "LatencySnapshot",
     "PoolSnapshot",
+    "PrimaryChange",
     "ProbeResult",
     "RateLimitSnapshot",
     "RecentCalls",
@@ -450,16 +452,118 @@ class ServiceHealth:
         return health
 
 
+def _clock(at: datetime) -> str:
+    # A time of day is enough in a one-line story (the JSON has the full timestamps); naive ones as they are.
+    return at.astimezone(timezone.utc).strftime("%H:%M:%S UTC") if at.tzinfo is not None else at.isoformat()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendOutage:
+    """A time this process could not reach the fleet's state backend: from its first failed command to the first
+    that answered again (``recovered_at`` ``None``: it goes on), and the error that started it."""
+
+    unreachable_from: datetime
+    recovered_at: datetime | None = None
+    error: str | None = None
+
+    def seconds(self, now: datetime | None = None) -> float:
+        """How long it lasted (so far, while it goes on)."""
+        end = self.recovered_at or now or datetime.now(self.unreachable_from.tzinfo)
+        return max(0.0, (end - self.unreachable_from).total_seconds())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "unreachable_from": self.unreachable_from.isoformat(),
+            "recovered_at": self.recovered_at.isoformat() if self.recovered_at else None,
+            "seconds": round(self.seconds(), 3),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackendOutage:
+        recovered = data.get("recovered_at")
+        return cls(
+            unreachable_from=datetime.fromisoformat(data["unreachable_from"]),
+            recovered_at=datetime.fromisoformat(recovered) if recovered else None,
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrimaryChange:
+    """The Redis serving the fleet's keys moved (a Sentinel failover, a cluster master lost): ``old`` and ``new``
+    are ``host:port`` addresses (never credentials), ``at`` when this process first talked to ``new``."""
+
+    old: str
+    new: str
+    at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"from": self.old, "to": self.new, "at": self.at.isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PrimaryChange:
+        return cls(old=data["from"], new=data["to"], at=datetime.fromisoformat(data["at"]))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateBackendHealth:
-    """The fleet's state backend as this process sees it: ``status`` is ``"ok"`` or ``"unreachable"``."""
+    """The fleet's state backend as this process sees it: ``status`` is ``"ok"`` or ``"unreachable"``, ``since``
+    when it became so; ``outages`` counts the times it became unreachable, ``last_outage`` is the latest (going on,
+    or over); ``primary`` is the address serving the fleet's keys behind Sentinel or on a cluster (``None`` for one
+    Redis, which the settings name), and ``primary_changed`` its latest move. What a failover did, told by health."""
 
     backend: str
     status: Literal["ok", "unreachable"]
     last_error: str | None = None
+    since: datetime | None = None
+    outages: int = 0
+    last_outage: BackendOutage | None = None
+    primary: str | None = None
+    primary_changed: PrimaryChange | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "status": self.status, "last_error": self.last_error}
+        return {
+            "backend": self.backend,
+            "status": self.status,
+            "last_error": self.last_error,
+            "since": self.since.isoformat() if self.since else None,
+            "outages": self.outages,
+            "last_outage": self.last_outage.as_dict() if self.last_outage else None,
+            "primary": self.primary,
+            "primary_changed": self.primary_changed.as_dict() if self.primary_changed else None,
+        }
+
+    def story(self) -> str:
+        """What happened, in a line for the status page and ``outbound status``: the latest outage and the latest
+        move of the primary (empty when there was neither)."""
+        parts = []
+        outage = self.last_outage
+        if outage is not None:
+            end = f"until {_clock(outage.recovered_at)}" if outage.recovered_at else "going on"
+            count = f" (outage {self.outages})" if self.outages > 1 else ""
+            parts.append(f"last outage{count}: {outage.seconds():.1f} s from {_clock(outage.unreachable_from)} {end}")
+        if self.primary_changed is not None:
+            change = self.primary_changed
+            parts.append(f"primary moved from {change.old} to {change.new} at {_clock(change.at)}")
+        elif self.primary is not None:
+            parts.append(f"primary {self.primary}")
+        return "; ".join(parts)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StateBackendHealth:
+        """The JSON of ``as_dict`` typed again (a report read from a running server)."""
+        since, outage, changed = data.get("since"), data.get("last_outage"), data.get("primary_changed")
+        return cls(
+            backend=data["backend"],
+            status=data["status"],
+            last_error=data.get("last_error"),
+            since=datetime.fromisoformat(since) if since else None,
+            outages=int(data.get("outages") or 0),
+            last_outage=BackendOutage.from_dict(outage) if outage else None,
+            primary=data.get("primary"),
+            primary_changed=PrimaryChange.from_dict(changed) if changed else None,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,7 @@ decisions, to show the check can fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from outbound import Registry
+from outbound import CircuitOpenError, Registry
 from tests.fleet_limit import ROOT
 from tests.upstream import wait_until
 
@@ -47,16 +48,16 @@ while time.monotonic() < end:
         outcome = "failed: " + type(error).__name__
     outcomes.append((time.monotonic(), outcome))
     time.sleep(0.02)
-print(json.dumps({"outcomes": outcomes, "backend": registry.health()["state_backend"]["status"]}), flush=True)
+print(json.dumps({"outcomes": outcomes, "backend": registry.health()["state_backend"]}), flush=True)
 registry.close()
 """
 
 
 def through_a_failover(
     settings: dict[str, Any], fail_over: Callable[[], None], *, seconds: float = SECONDS, broken: bool = False
-) -> tuple[int, int, list[str]]:
-    """Calls failed, workers that missed the decision made after the failover, each worker's backend status at the
-    end (``settings``: a service ``api`` and a fleet state)."""
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """Calls failed, workers that missed the decision made after the failover, each worker's ``state_backend``
+    health at the end (``settings``: a service ``api`` and a fleet state)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [
         subprocess.Popen(
@@ -97,3 +98,83 @@ def through_a_failover(
         late = {outcome for at, outcome in outcomes if at > isolated_at + 1.0}  # sync_interval 0.2 s, and margin
         missed += late != {"refused"}
     return failed, missed, [result["backend"] for result in results]
+
+
+def through_a_lost_write(
+    settings: dict[str, Any],
+    lose_replication: Callable[[], None],
+    fail_over: Callable[[], None],
+    *,
+    seconds: float = SECONDS,
+    broken: bool = False,
+) -> tuple[int, int, str]:
+    """Calls failed, workers that did not keep refusing, and the breaker's state the fleet reports after the
+    workers are done, when the breaker was opened fleet-wide by a write the failover loses (issue 26, item 4).
+
+    ``lose_replication()`` makes the next writes reach the primary only (``Processes.lose_replication``); then a
+    separate process opens the breaker fleet-wide by its failures (every worker applies the opening it publishes)
+    and leaves; ``fail_over()`` kills the primary and waits until a replica without the opening took over. The
+    opening's ``reset_timeout`` outlasts the run: every worker must refuse every call from a second after the
+    opening to its end, failover included, and the fleet must hold the opening again. ``broken=True`` runs workers
+    that never re-assert what they hold, to show the check can fail."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    mode = "no-reassert" if broken else "ok"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOST_WRITE_WORKER, json.dumps(settings), str(seconds), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(WORKERS)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        time.sleep(1.0)
+        lose_replication()
+        with Registry.from_mapping(settings) as opener:  # leaves before the failover: only the workers hold it
+            opener.session("api").get("ok")
+            for _ in range(10):
+                if opener["api"].policy.breaker.state == "open":
+                    break
+                with contextlib.suppress(CircuitOpenError):
+                    opener.session("api").get("status/503")
+            assert opener["api"].policy.breaker.state == "open"
+            assert opener.health()["services"]["api"]["breaker"]["state"] == "open"  # the fleet's, on the primary
+            opened_at = time.monotonic()
+        time.sleep(0.5)  # the workers apply the published opening (sync_interval 0.2 s catches a missed message)
+        fail_over()
+        results = [json.loads(worker.communicate(timeout=60)[0].strip().splitlines()[-1]) for worker in workers]
+        with Registry.from_mapping(settings) as newcomer:
+            assert wait_until(lambda: newcomer.health()["state_backend"]["status"] == "ok", timeout=10)
+            fleet_state = newcomer.health()["services"]["api"]["breaker"]["state"]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=5)
+    failed = missed = 0
+    for result in results:
+        outcomes = result["outcomes"]
+        failed += sum(1 for _, outcome in outcomes if outcome.startswith("failed"))
+        late = {outcome for at, outcome in outcomes if at > opened_at + 1.0}
+        missed += late != {"refused"}
+    return failed, missed, fleet_state
+
+
+LOST_WRITE_WORKER = FAILOVER_WORKER.replace(
+    'if sys.argv[3] == "broken":',
+    'if sys.argv[3] == "no-reassert":  # a worker that never writes again what the fleet lost\n'
+    "    import outbound._state.redis as fleet\n"
+    "    fleet.RedisState._reassert = lambda *args, **kwargs: False\n"
+    'if sys.argv[3] == "broken":',
+)

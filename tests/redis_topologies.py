@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -65,9 +67,16 @@ def _replica_synced(port: int) -> bool:
 
 
 class _Processes:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, tls: tuple[str, ...] = (), client: dict[str, Any] | None = None) -> None:
         self.directory = directory
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        # With ``tls`` (redis-server's --tls-* options) every node listens on TLS only; ``client`` is what a
+        # redis-py client needs to talk to them (ssl, certificates, a user).
+        self.tls = tls
+        self.client_options = client or {}
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, **self.client_options)
 
     def start(self, port: int, *extra: str, sentinel: bool = False) -> None:
         home = self.directory / str(port)
@@ -78,7 +87,8 @@ class _Processes:
             config.write_text("\n".join(extra) + "\n")
             args += [str(config), "--sentinel"]
             extra = ()
-        args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(home), "--logfile", str(home / "log")]
+        listen = ["--port", "0", "--tls-port", str(port), *self.tls] if self.tls else ["--port", str(port)]
+        args += [*listen, "--bind", "127.0.0.1", "--dir", str(home), "--logfile", str(home / "log")]
         if not sentinel:
             args += ["--save", "", "--appendonly", "no"]
         self.processes[port] = subprocess.Popen([*args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,6 +98,20 @@ class _Processes:
         if process is not None:
             process.kill()
             process.wait(timeout=10)
+
+    def freeze(self, port: int) -> None:
+        """Stop the node on ``port`` (SIGSTOP) without killing it: it neither reads nor answers until ``thaw``."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+
+    def thaw(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+
+    def lose_replication(self, primary: int, replica: int) -> None:
+        """Make the next writes to ``primary`` reach no replica, as asynchronous replication may lose them in a
+        failover: the replica is frozen, then the primary drops its link (a frozen replica cannot reconnect, and
+        nothing written from now on is sent). ``thaw`` the replica after killing the primary."""
+        self.freeze(replica)
+        self.client(primary).client_kill_filter(_type="slave")
 
     def stop(self) -> None:
         for port in list(self.processes):
@@ -156,6 +180,11 @@ class Cluster(_Processes):
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def replica_of(self, master: int) -> int:
+        """The port of a replica of the master on ``master``."""
+        info = redis.Redis(port=master, socket_timeout=2).info("replication")
+        return int(info["slave0"]["port"])
+
     def master_of(self, key: str) -> int | None:
         """The port of the master serving ``key``'s slot, as a live node sees it (``None``: none yet)."""
         for port in self.ports:
@@ -171,37 +200,59 @@ class Cluster(_Processes):
 
 
 class SentinelGroup(_Processes):
-    """A primary, one replica and three Sentinels watching them as ``SERVICE``."""
+    """A primary, one replica and three Sentinels watching them as ``SERVICE``.
+
+    ``server`` adds redis-server options to the primary and the replica (an ACL user, say), ``monitor`` lines to
+    the Sentinels' configuration (``sentinel auth-user``...); ``tls`` and ``client`` as ``_Processes``."""
 
     SERVICE = "fleet"
 
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        tls: tuple[str, ...] = (),
+        client: dict[str, Any] | None = None,
+        server: tuple[str, ...] = (),
+        monitor: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(directory, tls=tls, client=client)
         self.primary, self.replica, *self.sentinels = free_ports(5)
+        self.server, self.monitor = server, monitor
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
 
+    def sentinel(self, port: int) -> redis.Redis:
+        # A Sentinel has no ACL user of the primary's: only the TLS options.
+        options = {k: v for k, v in self.client_options.items() if k not in ("username", "password")}
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, **options)
+
     def primary_port(self) -> int:
-        answer = redis.Redis(port=self.sentinels[0], socket_timeout=1).sentinel_get_master_addr_by_name(self.SERVICE)
+        answer = self.sentinel(self.sentinels[0]).sentinel_get_master_addr_by_name(self.SERVICE)
         return int(answer[1])
+
+    def replica_port(self) -> int:
+        """The port of the replica of the current primary."""
+        info = self.client(self.primary_port()).info("replication")
+        return int(info["slave0"]["port"])
 
     def __enter__(self) -> SentinelGroup:
         try:
-            self.start(self.primary)
-            self.start(self.replica, "--replicaof", "127.0.0.1", str(self.primary))
+            self.start(self.primary, *self.server)
+            self.start(self.replica, *self.server, "--replicaof", "127.0.0.1", str(self.primary))
             for port in self.sentinels:
                 self.start(
                     port,
-                    f"port {port}",
                     f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary} 2",
                     f"sentinel down-after-milliseconds {self.SERVICE} 1000",
                     f"sentinel failover-timeout {self.SERVICE} 5000",
+                    *self.monitor,
                     sentinel=True,
                 )
-            replica = redis.Redis(port=self.replica, socket_timeout=1)
+            replica = self.client(self.replica)
             _wait(lambda: replica.info("replication")["master_link_status"] == "up", "the replica")
             self._wait_ready(self.replica)
         except BaseException:
@@ -216,7 +267,7 @@ class SentinelGroup(_Processes):
         # Every Sentinel knows the others and sees the replica up (they learn of replicas from the primary's INFO,
         # every few seconds): only then can they fail over.
         def ready(port: int) -> bool:
-            sentinel = redis.Redis(port=port, socket_timeout=1)
+            sentinel = self.sentinel(port)
             master = sentinel.sentinel_master(self.SERVICE)
             replicas = sentinel.sentinel_slaves(self.SERVICE)
             return bool(
@@ -230,5 +281,5 @@ class SentinelGroup(_Processes):
 
     def revive(self, port: int) -> None:
         """Start a killed primary again, as a replica of the current one, and wait until a failover is possible."""
-        self.start(port, "--replicaof", "127.0.0.1", str(self.primary_port()))
+        self.start(port, *self.server, "--replicaof", "127.0.0.1", str(self.primary_port()))
         self._wait_ready(port)

@@ -4,8 +4,10 @@
   ``Redis.from_url``). TLS and an ACL user are the URL's: ``rediss://USER:PASSWORD@HOST:PORT/0?ssl_ca_certs=CA.pem``
   ``&ssl_certfile=CLIENT.pem&ssl_keyfile=CLIENT.key`` (redis-py passes the query's ``ssl_*`` on to its TLS socket).
 - ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB]`` (``rediss+sentinel://`` for TLS to
-  the primary): the primary the Sentinels name (redis-py's ``Sentinel.master_for``); after a failover the next
-  command that fails asks the Sentinels again, so the new primary is followed without a restart.
+  the Sentinels and the primary, with the same ``?ssl_ca_certs=…&ssl_certfile=…&ssl_keyfile=…`` query as ``rediss://``;
+  ``USER:PASSWORD`` is the primary's ACL user): the primary the Sentinels name (redis-py's ``Sentinel.master_for``);
+  after a failover the next command that fails asks the Sentinels again, so the new primary is followed without a
+  restart.
 - ``state.cluster: true`` with a ``redis://`` URL naming any node, or several (``redis://A:6379,B:6379/0``, so that a
   process starting while one is down still finds the cluster): redis-py's ``RedisCluster``; every key of the fleet
   carries the hash tag ``{prefix}`` (``key_prefix``), so each script's keys live in one slot.
@@ -16,15 +18,23 @@ Redis: the fleet goes on with process-local state and says so once. ``redact`` i
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import RedisClusterException
-from redis.sentinel import Sentinel
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .._config import StateConfig
+
+logger = logging.getLogger("outbound.fleet")
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 # What Redis failing looks like, whichever client: a cluster's client raises errors outside RedisError too (keys in
@@ -38,7 +48,14 @@ def connect(config: StateConfig) -> redis.Redis:
     Raises:
         redis.ConnectionError: a cluster none of whose nodes answers.
     """
-    options: dict[str, Any] = {"socket_timeout": config.timeout, "socket_connect_timeout": config.timeout}
+    # No retries of redis-py's own (since redis-py 6 a client retries a failed connection 3 times, sleeping up to
+    # 1, 2 and 4 s between tries: seconds on a calling thread, against the one state.timeout promised): a command
+    # that fails is Redis unreachable for the fleet, which has its own way back (the next sync asks again).
+    options: dict[str, Any] = {
+        "socket_timeout": config.timeout,
+        "socket_connect_timeout": config.timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if urlsplit(config.url).scheme in SENTINEL_SCHEMES:
         return _sentinel(config.url, options)
     if config.cluster:
@@ -48,6 +65,9 @@ def connect(config: StateConfig) -> redis.Redis:
         first, *others = hosts.split(",")
         url = parts._replace(netloc=f"{userinfo}@{first}" if userinfo else first).geturl()
         nodes = [_node(host) for host in others]
+        # The cluster's own retry, without a pause: it follows a MOVED redirection (a slot moved by a failover)
+        # within the command, at the price of one more round trip, not of a wait.
+        options["retry"] = Retry(NoBackoff(), 1)
         try:
             return cast("redis.Redis", RedisCluster.from_url(url, startup_nodes=nodes, **options))
         except RedisClusterException as error:
@@ -76,11 +96,29 @@ def _sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
         primary["username"] = unquote(parts.username)
     if parts.password:
         primary["password"] = unquote(parts.password)
+    watchers = dict(options)
     if parts.scheme == "rediss+sentinel":
-        primary["ssl"] = True
-    sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)  # type: ignore[no-untyped-call]
+        # TLS to the Sentinels and to the primary alike (a deployment that encrypts one encrypts both), with the
+        # query's ssl_* settings as redis-py reads them from a rediss:// URL: CA, client certificate and key.
+        tls = {"ssl": True, **_tls_options(parts.query)}
+        primary.update(tls)
+        watchers.update(tls)
+    sentinel = Sentinel(hosts, sentinel_kwargs=watchers, **options)  # type: ignore[no-untyped-call]
     client: redis.Redis = sentinel.master_for(service, **primary)  # type: ignore[no-untyped-call]
     return client
+
+
+def _tls_options(query: str) -> dict[str, Any]:
+    """The ``ssl_*`` settings of a URL's query, typed as redis-py types them (``ssl_check_hostname=false``...)."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query):
+        if name.startswith("ssl_"):
+            parser: Callable[[str], Any] | None = URL_QUERY_ARGUMENT_PARSERS.get(name)  # type: ignore[assignment]
+            try:
+                options[name] = parser(value) if parser is not None else value
+            except (TypeError, ValueError) as error:
+                raise redis.ConnectionError(f"state.url: {name} has an invalid value") from error
+    return options
 
 
 def redact(url: str) -> str:
@@ -91,3 +129,52 @@ def redact(url: str) -> str:
         user = netloc.rpartition("@")[0].partition(":")[0]
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}" if user else f"***@{netloc.rpartition('@')[2]}"
     return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def serving(client: redis.Redis | None, key: str) -> str | None:
+    """The ``host:port`` of the Redis that serves ``key`` as the client last found it (no command sent): the
+    primary the Sentinels named, or the cluster node owning the key's slot; ``None`` for one Redis (the settings
+    name it) or before the first connection. An address only, never credentials."""
+    if isinstance(client, RedisCluster):
+        try:
+            node = client.get_node_from_key(key)
+        except REDIS_ERRORS:
+            return None
+        return f"{node.host}:{node.port}" if node is not None else None
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        address = pool.master_address
+        return f"{address[0]}:{address[1]}" if address else None
+    return None
+
+
+class Notice:
+    """Whether one registry's users of ``state.url`` in this process (the fleet backend, each fleet rate limit) can
+    reach it, said once: the first to find it unreachable logs the one WARNING, naming ``state.url`` (redacted) and
+    what goes on meanwhile; the others, failing on the same outage, add nothing; the first to be answered again logs
+    the one INFO. Each user keeps its own way back (a sync's ping, a lease tried again a few seconds later)."""
+
+    def __init__(self, config: StateConfig) -> None:
+        self.url = redact(config.url)
+        self.down = False
+        self._lock = threading.Lock()
+
+    def failed(self, error: Exception | str) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        cause = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        logger.warning(
+            "the fleet's state backend (Redis at state.url %s) is unreachable (%s); this process goes on with its "
+            "own breakers, stats and rate limits, and re-syncs when it answers again",
+            self.url,
+            cause,
+        )
+
+    def answered(self, detail: str = "") -> None:
+        with self._lock:
+            if not self.down:
+                return
+            self.down = False
+        logger.info("the fleet's state backend (Redis) answers again%s; breakers, stats and limits are shared", detail)

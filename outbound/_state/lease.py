@@ -12,6 +12,14 @@ occupies the window for the window plus the lease's lifetime (and the send margi
 allows a request's trip, ``_ratelimit.SEND_MARGIN``): any window at the upstream sees at most the permits leased
 in one such span, and the script never grants more than the limit in one.
 
+The next lease is asked for ahead, off the calling thread: when a call spends a permit of a lease past
+``RENEW_AT`` of its life, the lease thread (one per limit, started on first need, ending when idle) asks Redis for the
+next batch, and the call that finds the current lease spent or expired switches to it without a round trip. A
+process calling at a steady pace thus never waits on Redis for a permit; each lease still lives ``lease`` seconds
+from before it was asked for, so the bound above holds for it. What was left of the lease switched from is handed
+back with the next ask (stamped with the earliest lease time: never more room than was taken); a lease fetched ahead
+and not used in its life is handed back whole.
+
 The batch adapts to the process's pace: it doubles when a lease was spent before it expired, and falls back to
 what was spent when it was not, between 1 and ``MAX_BATCH`` (and a twentieth of the limit: with a small limit each
 permit is leased alone, and the limit is exact across the fleet as with one script per call).
@@ -27,6 +35,7 @@ import time
 import redis
 
 from .._config import StateConfig
+from .._lifecycle import Daemon
 from . import key_prefix
 from ._client import REDIS_ERRORS, connect
 
@@ -34,6 +43,11 @@ from ._client import REDIS_ERRORS, connect
 LEASE_SHARE = 0.05
 LEASE_SECONDS = (0.005, 2.0)
 MAX_BATCH = 1000
+# The share of a lease's life (or of its permits) after which spending one of its permits asks for the next lease
+# ahead (a fifth of the life is left for the round trip: 10 ms of a 50 ms lease).
+RENEW_AT = 0.8
+# The lease thread ends after this many seconds without an ask (a limit no longer called costs no thread).
+_IDLE_SECONDS = 5.0
 
 # KEYS: the window. ARGV: the limit, the span (ms), permits wanted, permits handed back, when they were leased (ms),
 # this lease's member. Returns {granted, now (ms), ms until the window has room}.
@@ -87,19 +101,29 @@ class LeasedPermits:
     def reset_after_fork(self) -> None:
         # The parent's lease is the parent's: spending it here too would send it twice.
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()
         self._client: redis.Redis | None = None
         self._script: object | None = None
         self._left = 0
         self._granted = 0
         self._leased_at = 0  # ms, Redis's clock
         self._expires = 0.0  # monotonic
+        self._renew_at = math.inf  # monotonic: past it, a permit spent asks for the next lease ahead
+        self._renew_left = 0
         self._batch = 1
         self._room_at = 0.0  # monotonic: when the window has room again, as the last refusal said
         self._id = secrets.token_hex(4)
         self._seq = 0
+        # The lease asked for ahead: (granted, leased at (ms), expires (monotonic)) once it came; whether an ask is
+        # in flight; and the permits owed back (count, earliest lease time) from leases left without a round trip.
+        self._next: tuple[int, int, float] | None = None
+        self._fetching = False
+        self._owed = (0, 0)
+        self._wake = threading.Event()
+        self._daemon = Daemon("outbound-lease", self._run_ahead)
 
     def take(self) -> bool:
-        """One permit: from this process's lease, or a new lease (one round trip).
+        """One permit: from this process's lease, from the lease fetched ahead, or a new lease (one round trip).
 
         Raises:
             FleetUnreachable: Redis did not answer.
@@ -108,6 +132,12 @@ class LeasedPermits:
             now = time.monotonic()
             if self._left > 0 and now < self._expires:
                 self._left -= 1
+                if (now >= self._renew_at or self._left < self._renew_left) and not self._fetching and not self._next:
+                    self._fetching = True
+                    self._daemon.ensure()
+                    self._wake.set()
+                return True
+            if self._next is not None and self._switch(now):
                 return True
             return self._lease(now)
 
@@ -115,37 +145,90 @@ class LeasedPermits:
         """Seconds until the fleet's window has room, as the last refused lease said."""
         return max(0.0, self._room_at - time.monotonic())
 
-    def _lease(self, started: float) -> bool:
-        spent = self._granted - self._left
+    def _retire(self) -> None:
+        # The current lease ends here: the batch follows its pace, and what was not spent is owed back.
         if self._granted:
-            fully = self._left == 0
-            self._batch = min(self.most, self._batch * 2) if fully else max(1, spent)
-        back, at = (self._left, self._leased_at) if self._left > 0 else (0, 0)
+            spent = self._granted - self._left
+            self._batch = min(self.most, self._batch * 2) if self._left == 0 else max(1, spent)
+            if self._left > 0:
+                self._owe(self._left, self._leased_at)
         self._left = self._granted = 0
+
+    def _owe(self, permits: int, leased_at: int) -> None:
+        owed, at = self._owed
+        self._owed = (owed + permits, min(at, leased_at) if owed else leased_at)
+
+    def _switch(self, now: float) -> bool:
+        # To the lease fetched ahead, when it is still alive (else it is owed back whole).
+        granted, leased_at, expires = self._next  # type: ignore[misc]
+        self._next = None
+        if now >= expires:
+            self._owe(granted, leased_at)
+            return False
+        self._retire()
+        self._use(granted, leased_at, expires)
+        return True
+
+    def _use(self, granted: int, leased_at: int, expires: float) -> None:
+        self._granted, self._left, self._leased_at, self._expires = granted, granted - 1, leased_at, expires
+        self._renew_at = expires - self.lease * (1 - RENEW_AT)
+        self._renew_left = math.ceil(granted * (1 - RENEW_AT))  # or past that share of its permits
+
+    def _lease(self, started: float) -> bool:
+        self._retire()
+        (back, at), self._owed = self._owed, (0, 0)
         self._seq += 1
         try:
-            granted, leased_at, wait_ms = self._run(back, at)
+            granted, leased_at, wait_ms = self._run(back, at, self._batch, f"{self._id}:{self._seq}")
         except REDIS_ERRORS as error:
             raise FleetUnreachable(f"{type(error).__name__}: {error}") from error
         if granted <= 0:
             self._room_at = started + wait_ms / 1000
             return False
-        self._granted, self._left, self._leased_at = granted, granted - 1, leased_at
-        self._expires = started + self.lease  # measured from before the ask: never later than Redis's t + lease
+        # Its life measured from before the ask: never later than Redis's t + lease.
+        self._use(granted, leased_at, started + self.lease)
         return True
 
-    def _run(self, back: int, at: int) -> tuple[int, int, int]:
-        if self._client is None:
-            self._client = connect(self._state)
-            self._script = self._client.register_script(_LEASE)
-        member = f"{self._id}:{self._seq}"
-        answer = self._script(  # type: ignore[misc, operator]
-            keys=[self.key], args=[self.amount, self.span_ms, self._batch, back, at, member]
+    def _run_ahead(self, stop: threading.Event) -> None:
+        """The lease thread: asks for the next lease when a call says the current one is nearly over."""
+        while not stop.is_set():
+            if not self._wake.wait(_IDLE_SECONDS / 5):
+                if self._daemon.exit_if(lambda: not self._wake.is_set() and not self._fetching):
+                    return
+                continue
+            self._wake.clear()
+            with self._lock:
+                (back, at), self._owed = self._owed, (0, 0)
+                self._seq += 1
+                batch, member = self._batch, f"{self._id}:{self._seq}"
+            started = time.monotonic()
+            try:
+                granted, leased_at, wait_ms = self._run(back, at, batch, member)
+            except REDIS_ERRORS:
+                granted, leased_at, wait_ms = 0, 0, 0  # the next call's own ask meets the error and says so
+            with self._lock:
+                self._fetching = False
+                if granted > 0:
+                    self._next = (granted, leased_at, started + self.lease)
+                elif wait_ms:
+                    self._room_at = started + wait_ms / 1000
+
+    def _run(self, back: int, at: int, batch: int, member: str) -> tuple[int, int, int]:
+        client, script = self._client, self._script
+        if client is None or script is None:
+            with self._connecting:  # the calling thread and the lease thread may both be first: one client
+                if self._client is None or self._script is None:
+                    self._client = connect(self._state)
+                    self._script = self._client.register_script(_LEASE)
+                client, script = self._client, self._script
+        answer = script(  # type: ignore[operator]
+            keys=[self.key], args=[self.amount, self.span_ms, batch, back, at, member]
         )
         granted, now, wait = (int(value) for value in answer)
         return granted, now, wait
 
     def close(self) -> None:
+        self._daemon.stop(timeout=1.0)
         with self._lock:
             if self._client is not None:
                 self._client.close()

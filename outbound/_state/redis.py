@@ -35,6 +35,13 @@ the fleet stamped with when it was made, unless the fleet decided something late
 state. An isolation without end stays without end; a reset stays a reset. Time comes from Redis (``TIME``) wherever
 processes on different hosts must agree.
 
+A decision the fleet lost is written again (``_reassert``): replication to a replica is asynchronous, so a failover
+can lose an acknowledged write, and a Redis restarted empty has nothing. Each process holding an opening, an
+isolation or a pause the fleet no longer has, with no later decision recorded, writes it again with its original
+stamp — at every reconcile, and at the first sync after any decision it learnt or made. Health's ``state_backend``
+tells the story: since when it is ok or unreachable, the outages and the latest, and the address serving the fleet's
+keys with its latest move.
+
 Everything read back is validated (``_records``): a bad record is skipped and logged once, never fatal.
 
 Keys (``{p}`` the prefix, ``{s}`` a service, ``{w}`` a worker: ``host:pid:random``)::
@@ -87,9 +94,9 @@ from .._config import ServiceConfig, StateConfig
 from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
-from ..health import HistorySnapshot, LastError, StateBackendHealth
+from ..health import BackendOutage, HistorySnapshot, LastError, PrimaryChange, StateBackendHealth
 from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink, key_prefix
-from ._client import REDIS_ERRORS, connect, redact
+from ._client import REDIS_ERRORS, Notice, connect, serving
 from ._records import (
     BreakerRecord,
     Complaints,
@@ -478,6 +485,8 @@ class RedisState:
         # Redis-clock times (ms): of the decision behind each breaker's local state, and of the last reset applied.
         self._decided: dict[str, int] = {}
         self._epochs: dict[str, int] = {}
+        # The words of the decision behind each breaker's local state (state, reason): what a re-assertion says.
+        self._reasons: dict[str, tuple[str, str]] = {}
         self._new_process()
         on_fork(self, child=RedisState._new_process)
 
@@ -501,6 +510,13 @@ class RedisState:
         self._reachable = True
         self._resync_due = False  # cut off since the last sync: reconcile before following the fleet again
         self._last_error: str | None = None
+        # What health tells of the backend (StateBackendHealth): since when its status is what it is, the outages
+        # and the latest, the address serving the fleet's keys (Sentinel, Cluster) and its latest move.
+        self._since = datetime.now(timezone.utc)
+        self._outages = 0
+        self._last_outage: BackendOutage | None = None
+        self._primary: str | None = None
+        self._primary_changed: PrimaryChange | None = None
         self._fleet_seen: dict[str, tuple[str, int | None]] = {}
         # The idle path (see _sync): the stats last written, the fleet's version last read, syncs since the start and
         # since the last full heartbeat; whether a merge of the fleet's stats is queued.
@@ -516,12 +532,20 @@ class RedisState:
         self._alone: dict[str, tuple[float, str]] = {}
         self._reset_alone: set[str] = set()
         self._complain = Complaints(logger)
+        # The one WARNING of an outage, shared with this registry's fleet rate limits (``attach``).
+        self.notice = Notice(self.config)
 
     def link(self, config: ServiceConfig) -> ServiceLink:
         return _Link(self, config) if config.shared else LOCAL
 
     def attach(self, services: Mapping[str, Service]) -> None:
         self._services = {name: service for name, service in services.items() if service.config.shared}
+        for service in services.values():  # shared or not: a fleet rate limit talks to the same Redis
+            if service.policy.rate_limit is not None:
+                service.policy.rate_limit.notice = self._current_notice
+
+    def _current_notice(self) -> Notice:
+        return self.notice  # this process's (a forked child makes its own)
 
     def ensure_running(self) -> None:
         """Start this process's threads if they are not running (first use, or first use after a fork)."""
@@ -621,9 +645,30 @@ class RedisState:
     # -- health --------------------------------------------------------------------------------------------------
 
     def health(self) -> StateBackendHealth:
+        self._note_primary()
         return StateBackendHealth(
-            backend="redis", status="ok" if self._reachable else "unreachable", last_error=self._last_error
+            backend="redis",
+            status="ok" if self._reachable else "unreachable",
+            last_error=self._last_error,
+            since=self._since,
+            outages=self._outages,
+            last_outage=self._last_outage,
+            primary=self._primary,
+            primary_changed=self._primary_changed,
         )
+
+    def _note_primary(self) -> None:
+        # The address serving the fleet's keys, as the client last found it (no command): a move is a failover.
+        if not self._reachable:
+            return  # while cut off the client may name the primary that died: the move is noted once it answers
+        current = serving(self._client, self._keys.version)
+        if current is None or current == self._primary:
+            return
+        with self._alone_lock:  # health reports and the fleet thread both note it: one move, told once
+            previous, self._primary = self._primary, current
+        if previous is not None and previous != current:
+            self._primary_changed = PrimaryChange(old=previous, new=current, at=datetime.now(timezone.utc))
+            logger.info("the fleet's Redis moved from %s to %s (a failover)", previous, current)
 
     def view(self) -> FleetView | None:
         """The fleet's breakers and summed stats (one script), or ``None`` when Redis does not answer.
@@ -866,6 +911,7 @@ class RedisState:
         if until == -2:
             return False
         self._decided[service] = decided
+        self._reasons[service] = (state, reason)
         if reset:
             self._epochs[service] = decided
         left = None if open_ms < 0 else seconds
@@ -899,6 +945,7 @@ class RedisState:
         }
         self._client_().publish(self._keys.events, json.dumps(message))
         self._fleet_seen[service] = (state, until)
+        self._version = None  # re-read at the next sync: as a message's receivers do (_apply_message)
 
     def _sync(self) -> None:
         """Heartbeat and publish this process's stats; re-read the fleet's breakers when the fleet's version moved
@@ -933,6 +980,7 @@ class RedisState:
             if refresh and not answers[0]:
                 self._stats_gone = True  # expired (a long stall, a Redis restarted empty): the next sync rejoins
             version = answers[-1]
+        self._note_primary()
         if self._resync_due:
             self._resync_due = False
             self._reconcile()
@@ -962,9 +1010,11 @@ class RedisState:
     def _adopt_fleet(self) -> None:
         now, found = self._read_fleet()
         for name, fleet in found.items():
-            self._adopt(name, fleet, now)
+            if not self._reassert(name, fleet):
+                self._adopt(name, fleet, now)
             self._adopt_epoch(name, fleet.epoch)
             self._adopt_pause(name, fleet.pause_ms)
+            self._reassert_pause(name, fleet.pause_ms)
 
     def _reconcile(self) -> None:
         # Back after a time cut off. Per service: a decision made alone goes to the fleet, stamped with when it was
@@ -982,12 +1032,42 @@ class RedisState:
             if decision is not None:
                 at = max(0, now - int((elapsed_since - decision[0]) * 1000))
                 pushed = self._push_held(name, breaker, at, decision[1], reset=name in resets)
-            elif fleet.breaker is None and _holds(breaker):
-                pushed = self._push_held(name, breaker, self._decided.get(name, 0), None, reset=False)
+            else:
+                pushed = self._reassert(name, fleet)
             if not pushed:
                 self._adopt(name, fleet, now, force=True)
             self._adopt_epoch(name, fleet.epoch)
             self._adopt_pause(name, fleet.pause_ms)
+            self._reassert_pause(name, fleet.pause_ms)
+
+    def _reassert(self, name: str, fleet: _FleetState) -> bool:
+        """Write again a decision this process holds that the fleet lost; ``True`` when it did.
+
+        Replication to a replica is asynchronous: a primary that dies (a Sentinel failover, a cluster master lost)
+        can take a decision it acknowledged with it, and a Redis restarted empty has none. Every process that holds
+        the decision (an opening with time left, an isolation) still has it, with the time the fleet stamped on it
+        (``_decided``, Redis's clock), so each re-asserts it when a read finds the fleet without a breaker record and
+        with no later decision about the service (its latest decision and its reset epoch both older than the one
+        held here). The rule never revives a decision that ended: one closed by a trial or reset by an operator left
+        a later stamp (and the script refuses a stamp older than the fleet's latest); one that ran out has run out
+        here too (an opening's record outlives its ``until`` by a minute, this process's breaker does not)."""
+        breaker = self._services[name].policy.breaker
+        if fleet.breaker is not None or not _holds(breaker):
+            return False
+        held = self._decided.get(name, 0)
+        if max(fleet.decided or 0, fleet.epoch or 0) > held:
+            return False  # the fleet decided something later: it stands
+        state, reason = self._reasons.get(name, (None, None))
+        return self._push_held(name, breaker, held, reason if state == breaker.state else None, reset=False)
+
+    def _reassert_pause(self, name: str, left_ms: int | None) -> None:
+        # The same for a pause the upstream asked for: one this process still observes that the fleet's key lost
+        # (it can only have ended early by a reset, whose epoch `_adopt_epoch` applied first and which cleared the
+        # pause here too). A second's margin: the key expires on Redis's clock, the pause here a moment later.
+        pause = self._services[name].policy.pause
+        left = pause.paused_for() if pause is not None else None
+        if left is not None and left > max(1.0, self.config.sync_interval) and (left_ms is None or left_ms <= 0):
+            self._apply_op(Paused(name, left))
 
     def _push_held(self, name: str, breaker: Breaker, at: int, reason: str | None, *, reset: bool) -> bool:
         # The state this process's breaker is in now, as a decision made `at`; False when there is nothing to push
@@ -1062,6 +1142,7 @@ class RedisState:
             open_seconds = longest if seconds is None else min(seconds, longest)
         else:
             open_seconds = math.inf if seconds is None else seconds
+        self._reasons[service] = (state, reason)
         remote = reason if own else f"{reason} (another process)"
         breaker.apply(state, reason=remote, open_seconds=open_seconds, opened_by=cause)
 
@@ -1105,6 +1186,10 @@ class RedisState:
             else:
                 policy.pause.reset()  # the previous version's reset ended a pause with a message of its own
             return
+        # Re-read the fleet at the next sync, whatever its version then: a decision learnt here from a message may
+        # be lost before this process ever read the version it bumped (a failover right after it), and the version
+        # would then look unchanged (see _reassert).
+        self._version = None
         if message.at is not None:
             self._decided[name] = message.at
         self._fleet_seen[name] = (message.state, message.until)
@@ -1171,17 +1256,22 @@ class RedisState:
         self._resync_due = True
         if self._reachable:
             self._reachable = False
-            logger.warning(
-                "the fleet's state backend (Redis at state.url %s) is unreachable (%s); this process goes on with "
-                "its own breakers and stats, and re-syncs when it answers again",
-                redact(self.config.url),
-                self._last_error,
-            )
+            self._since = datetime.now(timezone.utc)
+            self._outages += 1
+            self._last_outage = BackendOutage(unreachable_from=self._since, error=self._last_error)
+            self.notice.failed(self._last_error)
 
     def _reachable_again(self) -> None:
         if not self._reachable:
             self._reachable = True
-            logger.info("the fleet's state backend (Redis) answers again; breakers and stats are shared again")
+            self._since = now = datetime.now(timezone.utc)
+            outage = self._last_outage
+            if outage is not None:
+                outage = self._last_outage = BackendOutage(
+                    unreachable_from=outage.unreachable_from, recovered_at=now, error=outage.error
+                )
+            self.notice.answered(f" after {outage.seconds():.1f} s" if outage is not None else "")
+        self._note_primary()
 
 
 class _Keys:

@@ -27,6 +27,8 @@ from .._config import FaultConfig, StateConfig
 from .._errors import ConfigError
 from .._lifecycle import Daemon, on_fork
 from .._parse import MAX_RECORD_BYTES
+from . import key_prefix
+from ._client import REDIS_ERRORS, connect
 from ._records import Complaints
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ class FleetSwitches:
 
     def __init__(self, config: StateConfig, services: Mapping[str, Service] | None = None) -> None:
         self.config = config
+        self._prefix = key_prefix(config)  # on a cluster, under the fleet's hash tag like every other key
         self._services = {
             name: service
             for name, service in (services or {}).items()
@@ -122,13 +125,13 @@ class FleetSwitches:
 
     def set_chaos(self, service: str, faults: Sequence[FaultConfig], seconds: float) -> None:
         """Inject ``faults`` into ``service`` in every process that allows chaos, for ``seconds`` (Redis's clock)."""
-        self._redis().set(chaos_key(self.config.prefix, service), fault_record(faults), px=max(1, int(seconds * 1000)))
+        self._redis().set(chaos_key(self._prefix, service), fault_record(faults), px=max(1, int(seconds * 1000)))
 
     def clear_chaos(self, service: str | None, names: Sequence[str]) -> None:
-        self._redis().delete(*(chaos_key(self.config.prefix, name) for name in ([service] if service else names)))
+        self._redis().delete(*(chaos_key(self._prefix, name) for name in ([service] if service else names)))
 
     def set_enforce(self, service: str, enforce: bool) -> None:
-        key = enforce_key(self.config.prefix, service)
+        key = enforce_key(self._prefix, service)
         if enforce:
             self._redis().set(key, "1")
         else:
@@ -140,7 +143,7 @@ class FleetSwitches:
         while not stop.is_set():
             try:
                 self.poll()
-            except redis.RedisError as error:
+            except REDIS_ERRORS as error:
                 # The injections in force end by themselves; an `--off` is applied when Redis answers again.
                 logger.debug("the fleet's switches could not be read: %s", error)
             stop.wait(min(POLL_INTERVAL, self.config.sync_interval))
@@ -150,9 +153,9 @@ class FleetSwitches:
         names = list(self._services)
         pipeline = self._redis().pipeline(transaction=False)
         for name in names:
-            pipeline.get(chaos_key(self.config.prefix, name))
-            pipeline.pttl(chaos_key(self.config.prefix, name))
-            pipeline.get(enforce_key(self.config.prefix, name))
+            pipeline.get(chaos_key(self._prefix, name))
+            pipeline.pttl(chaos_key(self._prefix, name))
+            pipeline.get(enforce_key(self._prefix, name))
         answers = pipeline.execute()
         for index, name in enumerate(names):
             record, ttl, enforce = answers[3 * index : 3 * index + 3]
@@ -191,7 +194,6 @@ class FleetSwitches:
         with self._lock:
             if self._client is None or self._pid != os.getpid():
                 self._pid = os.getpid()
-                self._client = redis.Redis.from_url(
-                    self.config.url, socket_timeout=self.config.timeout, socket_connect_timeout=self.config.timeout
-                )
+                # The fleet's own client: whichever topology state.url names (Sentinel, Cluster, TLS), no retries.
+                self._client = connect(self.config)
             return self._client

@@ -149,7 +149,12 @@ def test_every_worker_reports_the_fleets_breaker_and_counters(
     for report in reports:
         assert report["scope"] == "fleet"
         assert report["workers"] == 2
-        assert report["state_backend"] == {"backend": "redis", "status": "ok", "last_error": None}
+        assert {k: report["state_backend"][k] for k in ("backend", "status", "last_error", "outages")} == {
+            "backend": "redis",
+            "status": "ok",
+            "last_error": None,
+            "outages": 0,
+        }
         api = report["services"]["api"]
         assert api["breaker"]["state"] == "open"
         assert api["stats"]["requests"] == 7  # summed over both workers
@@ -355,7 +360,9 @@ def test_close_leaves_no_thread_and_no_connection(fleet: Callable[..., Registry]
     assert {t.name for t in threading.enumerate()} >= {"outbound-fleet", "outbound-fleet-events"}
     registry.close()
     assert wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("outbound-fleet")])
-    assert wait_until(lambda: len(client.client_list()) == baseline)
+    # At most the baseline: it may hold the fixture's own short-lived connection (the FLUSHALL's), closed when
+    # its client is collected, so "none of the registry's left" is what is asserted, not an exact count.
+    assert wait_until(lambda: len(client.client_list()) <= baseline)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")

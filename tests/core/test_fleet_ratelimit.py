@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -105,3 +106,47 @@ def test_close_leaves_no_connection_to_redis(upstream: Upstream, redis_url: str)
         registry.session("api").get("ok")
         assert len(client.client_list()) > before  # the lease's connection (and the fleet's)
     assert wait_until(lambda: len(client.client_list()) == before, timeout=5)
+
+
+def _leases_by_thread(upstream: Upstream, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    # Calls at a steady pace through leases of 50 ms (5 % of a 1 s window): (leases asked for by the calling thread,
+    # leases in all), counted where the script is run.
+    import threading
+
+    from outbound._state import lease
+
+    asked: list[str] = []
+    run = lease.LeasedPermits._run
+
+    def counted(self: lease.LeasedPermits, *args: Any) -> tuple[int, int, int]:
+        asked.append(threading.current_thread().name)
+        return run(self, *args)
+
+    monkeypatch.setattr(lease.LeasedPermits, "_run", counted)
+    with Registry.from_mapping(_settings(upstream, redis_url, "1000000/second")) as registry:
+        session = registry.session("api")
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert session.get("ok").status_code == 200
+            time.sleep(0.002)
+    return sum(1 for name in asked if name != "outbound-lease"), len(asked)
+
+
+def test_a_steady_caller_switches_leases_without_a_round_trip(
+    upstream: Upstream, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 26 item 5: the next lease is fetched ahead, off the calling thread; the calls only ask themselves while
+    # the batch grows to their pace (1, 2, 4...), or when a lease thread was late.
+    on_calls, total = _leases_by_thread(upstream, redis_url, monkeypatch)
+    assert total >= 15, total  # 1.5 s of 50 ms leases: the leases did roll over
+    assert on_calls <= total // 3, (on_calls, total)
+
+
+def test_without_leases_fetched_ahead_every_lease_is_a_round_trip_of_a_call(
+    upstream: Upstream, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outbound._state import lease
+
+    monkeypatch.setattr(lease, "RENEW_AT", 2.0)  # never ahead: the broken variant
+    on_calls, total = _leases_by_thread(upstream, redis_url, monkeypatch)
+    assert on_calls == total >= 15

@@ -20,7 +20,7 @@ import redis
 
 import outbound
 from outbound import Registry
-from tests.redis_topologies import free_ports
+from tests.redis_topologies import SentinelGroup, free_ports
 from tests.upstream import Upstream, wait_until
 
 PASSWORD = "s3cret-Pa55"
@@ -147,3 +147,85 @@ def test_a_wrong_password_or_unverified_tls_is_one_warning_and_process_local_sta
     assert expected in warnings[0]
     assert ":wrong@" not in warnings[0]
     assert PASSWORD not in json.dumps(report)
+
+
+# -- Sentinel over TLS: rediss+sentinel:// ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_sentinels(tmp_path_factory: pytest.TempPathFactory, tls_redis: TlsRedis) -> Iterator[SentinelGroup]:
+    """A primary + replica + 3 Sentinels, every one of them on TLS only (client certificates required, replication
+    and the Sentinels' own links over TLS), the primary and replica with the ACL user ``app`` alone."""
+    ca, server, client = tls_redis.ca[1], tls_redis.server, tls_redis.client
+    tls = ("--tls-cert-file", str(server[1]), "--tls-key-file", str(server[0]), "--tls-ca-cert-file", str(ca),
+           "--tls-auth-clients", "yes", "--tls-replication", "yes")  # fmt: skip
+    acl = ("--user", "default", "off", "--user", "app", "on", f">{PASSWORD}", "~*", "&*", "+@all",
+           "--masteruser", "app", "--masterauth", PASSWORD)  # fmt: skip
+    options = {"ssl": True, "ssl_ca_certs": str(ca), "ssl_certfile": str(client[1]), "ssl_keyfile": str(client[0])}
+    group = SentinelGroup(
+        tmp_path_factory.mktemp("tls-sentinel"),
+        tls=tls,
+        client={**options, "username": "app", "password": PASSWORD},
+        server=acl,
+        monitor=(
+            f"sentinel auth-user {SentinelGroup.SERVICE} app",
+            f"sentinel auth-pass {SentinelGroup.SERVICE} {PASSWORD}",
+        ),
+    )
+    with group:
+        yield group
+
+
+def _sentinel_url(group: SentinelGroup, tls: TlsRedis, *, ca: Path | None = None) -> str:
+    hosts = ",".join(f"127.0.0.1:{port}" for port in group.sentinels)
+    query = f"ssl_ca_certs={ca or tls.ca[1]}&ssl_certfile={tls.client[1]}&ssl_keyfile={tls.client[0]}"
+    return f"rediss+sentinel://app:{PASSWORD}@{hosts}/{SentinelGroup.SERVICE}/0?{query}"
+
+
+def test_a_fleet_over_rediss_sentinel_follows_a_failover(
+    tls_sentinels: SentinelGroup, tls_redis: TlsRedis, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapping = _mapping(upstream, _sentinel_url(tls_sentinels, tls_redis))
+    with caplog.at_level(logging.INFO), Registry.from_mapping(mapping) as a, Registry.from_mapping(mapping) as b:
+        b.session("api").get("ok")
+        a.session("api").get("ok")
+        old = tls_sentinels.primary_port()
+        a.isolate("api", 600)
+        assert wait_until(lambda: b["api"].policy.breaker.state == "isolated", timeout=5)
+        report = b.health()
+        assert report["state_backend"]["status"] == "ok"
+        assert report["state_backend"]["primary"] == f"127.0.0.1:{old}"
+        assert report["workers"] == 2
+        assert tls_sentinels.client(old).wait(1, 2000) == 1  # the replica has the isolation before the primary dies
+        tls_sentinels.kill(old)
+        try:
+            assert wait_until(lambda: tls_sentinels.primary_port() != old, timeout=30), "no failover"
+            new = tls_sentinels.primary_port()
+            # The worker follows the new primary over TLS, keeps the isolation, and its health tells the story.
+            assert wait_until(lambda: b.health()["state_backend"].get("primary") == f"127.0.0.1:{new}", timeout=15)
+            story = b.health()["state_backend"]
+            assert story["status"] == "ok"
+            assert story["primary_changed"]["from"] == f"127.0.0.1:{old}"
+            assert story["last_outage"]["recovered_at"] is not None
+            assert b.health()["services"]["api"]["breaker"]["state"] == "isolated"
+            b.reset("api")  # a decision written to the new primary, over TLS
+            assert wait_until(lambda: a["api"].policy.breaker.state == "closed", timeout=5)
+            assert a.session("api").get("ok").status_code == 200
+        finally:
+            tls_sentinels.revive(old)
+    shown = json.dumps(report) + json.dumps(story) + "\n".join(r.getMessage() for r in caplog.records)
+    assert PASSWORD not in shown
+
+
+def test_rediss_sentinel_with_an_unverified_certificate_is_one_warning(
+    tls_sentinels: SentinelGroup, tls_redis: TlsRedis, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = _sentinel_url(tls_sentinels, tls_redis, ca=tls_redis.other_ca[1])
+    with caplog.at_level(logging.WARNING), Registry.from_mapping(_mapping(upstream, url)) as r:
+        assert r.session("api").get("ok").status_code == 200
+        report = r.health()
+    assert report["state_backend"]["status"] == "unreachable"
+    warnings = [x.getMessage() for x in caplog.records if x.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "state.url rediss+sentinel://app:***@127.0.0.1" in warnings[0]
+    assert PASSWORD not in warnings[0]
