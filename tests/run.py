@@ -50,6 +50,7 @@ PROGRAMS = (
             "tests/core/test_fleet_hostile.py",
             "tests/core/test_fleet_ratelimit.py",
             "tests/core/test_fleet_scale.py",
+            "tests/core/test_fleet_tls.py",
             "tests/core/test_fleet_topologies.py",
             "tests/core/test_history_fleet.py",
             "tests/core/test_policy_live.py",
