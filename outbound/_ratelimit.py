@@ -39,11 +39,11 @@ from limits.strategies import MovingWindowRateLimiter
 
 from ._config import RateLimitConfig, StateConfig
 from ._outcome import Outcome, Reason, Rejection, Wait
+from ._state._notice import SharesNotice
 from .health import RateLimitSnapshot
 
 if TYPE_CHECKING:
     from ._stage import CallView
-    from ._state._client import Notice
     from ._state.lease import LeasedPermits
 
 
@@ -81,7 +81,7 @@ def _memory_storage() -> MemoryStorage:
     return MemoryStorage()  # a limits release that changed its internals: correct, only slower  # pragma: no cover
 
 
-class RateLimit:
+class RateLimit(SharesNotice):
     """A policy stage of every attempt: one permit each."""
 
     def __init__(
@@ -104,11 +104,9 @@ class RateLimit:
         self._fleet: LeasedPermits | None = None
         self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
         self._fleet_error: type[Exception] = Exception
-        # The registry's fleet backend's notice (set by its ``attach``): an outage is one WARNING for the registry,
-        # naming state.url, whichever of the backend and the limits meets it first.
-        self.notice: Callable[[], Notice] | None = None
+        # An outage is one WARNING for the process, naming state.url, whichever fleet user meets it first
+        # (``SharesNotice``: the fleet backend's attach hands its notice).
         self._state = state
-        self._own_notice: Notice | None = None
         if config.scope == "fleet" and state is not None:
             from ._state.lease import FleetUnreachable, LeasedPermits  # only a fleet limit imports redis
 
@@ -166,7 +164,7 @@ class RateLimit:
         self._sent = _SendWindow(self._sent.amount, self._sent.seconds, time.monotonic)
         self._local = _memory_storage()
         self._local_limiter = MovingWindowRateLimiter(self._local)
-        self._own_notice = None
+        self._own_notice = None  # a forked child says its own
         if self._fleet is not None:
             self._fleet.reset_after_fork()
 
@@ -205,17 +203,6 @@ class RateLimit:
         if self._fleet_down_until:
             self._fleet_down_until = 0.0
             self._notice().answered()
-
-    def _notice(self) -> Notice:
-        if self.notice is not None:
-            return self.notice()
-        notice = self._own_notice
-        if notice is None:  # no fleet backend attached (a limit built on its own): a notice of its own
-            from ._state._client import Notice
-
-            assert self._state is not None
-            notice = self._own_notice = Notice(self._state)
-        return notice
 
 
 class _SendWindow:

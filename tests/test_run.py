@@ -17,8 +17,11 @@ from tests.browser.test_status_page import CHROMIUM
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS, BROWSER, TMUX = (program.name for program in run.PROGRAMS)
-# How a test module starts a redis-server: the conftest fixtures, the runner itself, or the fleet demo.
-STARTS_REDIS = re.compile(r"\bredis_server\b|\bredis_url\b|\bRedisServer\b|\"--redis\"|\bredis_topologies\b|\"redis-server\"")
+# How a test module starts a redis-server: the conftest fixtures, the runner itself, the fleet demo, the topologies'
+# helpers, or a server of its own.
+STARTS_REDIS = re.compile(
+    r"\bredis_server\b|\bredis_url\b|\bRedisServer\b|\"--redis\"|\bredis_topologies\b|\"redis-server\""
+)
 # How a test module draws in tmux: tests/flask/test_watch.py's helper, there or imported.
 STARTS_TMUX = re.compile(r"\bTmux\(")
 

@@ -19,7 +19,6 @@ Redis: the fleet goes on with process-local state and says so once. ``redact`` i
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -103,8 +102,8 @@ def _sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
         tls = {"ssl": True, **_tls_options(parts.query)}
         primary.update(tls)
         watchers.update(tls)
-    sentinel = Sentinel(hosts, sentinel_kwargs=watchers, **options)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(service, **primary)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(hosts, sentinel_kwargs=watchers, **options)  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
+    client: redis.Redis = sentinel.master_for(service, **primary)  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
     return client
 
 
@@ -119,16 +118,6 @@ def _tls_options(query: str) -> dict[str, Any]:
             except (TypeError, ValueError) as error:
                 raise redis.ConnectionError(f"state.url: {name} has an invalid value") from error
     return options
-
-
-def redact(url: str) -> str:
-    """``url`` without its password and query (which may hold secrets), for messages and health."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user = netloc.rpartition("@")[0].partition(":")[0]
-        netloc = f"{user}:***@{netloc.rpartition('@')[2]}" if user else f"***@{netloc.rpartition('@')[2]}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def serving(client: redis.Redis | None, key: str) -> str | None:
@@ -146,35 +135,3 @@ def serving(client: redis.Redis | None, key: str) -> str | None:
         address = pool.master_address
         return f"{address[0]}:{address[1]}" if address else None
     return None
-
-
-class Notice:
-    """Whether one registry's users of ``state.url`` in this process (the fleet backend, each fleet rate limit) can
-    reach it, said once: the first to find it unreachable logs the one WARNING, naming ``state.url`` (redacted) and
-    what goes on meanwhile; the others, failing on the same outage, add nothing; the first to be answered again logs
-    the one INFO. Each user keeps its own way back (a sync's ping, a lease tried again a few seconds later)."""
-
-    def __init__(self, config: StateConfig) -> None:
-        self.url = redact(config.url)
-        self.down = False
-        self._lock = threading.Lock()
-
-    def failed(self, error: Exception | str) -> None:
-        with self._lock:
-            if self.down:
-                return
-            self.down = True
-        cause = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        logger.warning(
-            "the fleet's state backend (Redis at state.url %s) is unreachable (%s); this process goes on with its "
-            "own breakers, stats and rate limits, and re-syncs when it answers again",
-            self.url,
-            cause,
-        )
-
-    def answered(self, detail: str = "") -> None:
-        with self._lock:
-            if not self.down:
-                return
-            self.down = False
-        logger.info("the fleet's state backend (Redis) answers again%s; breakers, stats and limits are shared", detail)

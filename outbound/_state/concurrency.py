@@ -63,7 +63,8 @@ from .._adaptive import ALGORITHMS, MIN_SAMPLES, MIN_WINDOW, Algorithm, Concurre
 from .._lifecycle import Daemon, on_fork
 from .._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Rejection
 from . import key_prefix
-from ._client import REDIS_ERRORS, connect, redact
+from ._client import REDIS_ERRORS, connect
+from ._notice import SharesNotice
 from ._records import Complaints
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def shares(limit: int, demands: dict[str, int], rotation: int = 0) -> dict[str, 
     return given
 
 
-class FleetConcurrencyLimit(ConcurrencyLimit):
+class FleetConcurrencyLimit(SharesNotice, ConcurrencyLimit):
     """``ConcurrencyLimit`` whose limit is the fleet's and whose slots are this worker's share of it."""
 
     def __init__(
@@ -196,7 +197,6 @@ class FleetConcurrencyLimit(ConcurrencyLimit):
         self.following = False  # the share of the fleet's limit holds (False: a limit of this process's own)
         self.fleet_limit: float | None = None
         self.workers = 0
-        self._unreachable = False
         self._learner: Algorithm | None = None
         self._reset = False
         # Since the last sync: answers, their latency, drops, the most attempts in flight, and refusals.
@@ -385,21 +385,10 @@ class FleetConcurrencyLimit(ConcurrencyLimit):
                 self._total += unsent[1]
                 self._dropped = self._dropped or unsent[2] > 0
                 self._let_in()
-        if not self._unreachable:
-            self._unreachable = True
-            logger.warning(
-                "concurrency.scope 'fleet' of service %r: the fleet's Redis (%s) does not answer (%s: %s); the "
-                "adaptive limit holds per process until it does",
-                self.service,
-                redact(self._state.url),
-                type(error).__name__,
-                error,
-            )
+        self._notice().failed(error)  # one WARNING for the process, naming state.url
 
     def _reached_again(self) -> None:
-        if self._unreachable:
-            self._unreachable = False
-            logger.info("concurrency.scope 'fleet' of service %r: the fleet's Redis answers again", self.service)
+        self._notice().answered()
 
     # -- reports and operator actions --------------------------------------------------------------------------------
 

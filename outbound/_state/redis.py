@@ -96,7 +96,8 @@ from .._parse import MAX_RECORD_BYTES, MAX_SECONDS
 from .._stats import StatsRecord
 from ..health import BackendOutage, HistorySnapshot, LastError, PrimaryChange, StateBackendHealth
 from . import LOCAL, FleetBreaker, FleetService, FleetView, ServiceLink, key_prefix
-from ._client import REDIS_ERRORS, Notice, connect, serving
+from ._client import REDIS_ERRORS, connect, serving
+from ._notice import Notice, SharesNotice
 from ._records import (
     BreakerRecord,
     Complaints,
@@ -540,9 +541,11 @@ class RedisState:
 
     def attach(self, services: Mapping[str, Service]) -> None:
         self._services = {name: service for name, service in services.items() if service.config.shared}
-        for service in services.values():  # shared or not: a fleet rate limit talks to the same Redis
-            if service.policy.rate_limit is not None:
-                service.policy.rate_limit.notice = self._current_notice
+        for service in services.values():  # shared or not: its fleet-wide limits and tokens talk to the same Redis
+            policy = service.policy
+            for part in (policy.rate_limit, *policy.stages):
+                if isinstance(part, SharesNotice):
+                    part.notice = self._current_notice
 
     def _current_notice(self) -> Notice:
         return self.notice  # this process's (a forked child makes its own)
@@ -1150,7 +1153,7 @@ class RedisState:
         while not stop.is_set():
             pubsub = None
             try:
-                pubsub = self._client_().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = self._client_().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]  # redis-py < 8
                 pubsub.subscribe(self._keys.events)
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=0.2)

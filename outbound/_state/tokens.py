@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from .._lifecycle import Daemon, on_fork
 from .._tokens import RetryTokens
 from . import key_prefix
-from ._client import REDIS_ERRORS, connect, redact
+from ._client import REDIS_ERRORS, connect
+from ._notice import SharesNotice
 
 if TYPE_CHECKING:
     import redis
@@ -55,7 +56,7 @@ return string.format('%.6f', pool)
 """
 
 
-class FleetRetryTokens(RetryTokens):
+class FleetRetryTokens(SharesNotice, RetryTokens):
     """``RetryTokens`` whose pool is the fleet's: this worker's view of it, synced through Redis."""
 
     def __init__(self, config: TokensConfig, failing: frozenset[int], *, state: StateConfig, service: str) -> None:
@@ -73,7 +74,6 @@ class FleetRetryTokens(RetryTokens):
         self._script: Any = None
         self._unsent = 0.0  # this worker's changes since its last sync
         self.following = False
-        self._unreachable = False
         self._idle = 0
 
     def admit(self, call: CallView) -> Any:
@@ -115,22 +115,11 @@ class FleetRetryTokens(RetryTokens):
             # The fleet's pool, plus what this worker changed while the answer was on its way.
             self.tokens = min(self.config.max, max(0.0, pool + self._unsent))
         self.following = True
-        if self._unreachable:
-            self._unreachable = False
-            logger.info("retry.tokens.scope 'fleet' of service %r: the fleet's Redis answers again", self.service)
+        self._notice().answered()
 
     def _cut_off(self, error: Exception) -> None:
         self.following = False
-        if not self._unreachable:
-            self._unreachable = True
-            logger.warning(
-                "retry.tokens.scope 'fleet' of service %r: the fleet's Redis (%s) does not answer (%s: %s); the "
-                "retry token pool holds per process until it does",
-                self.service,
-                redact(self._state.url),
-                type(error).__name__,
-                error,
-            )
+        self._notice().failed(error)  # one WARNING for the process, naming state.url
 
     def snapshot(self) -> dict[str, Any]:
         return super().snapshot() | {"scope": "fleet", "following": self.following}

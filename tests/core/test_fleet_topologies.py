@@ -241,7 +241,7 @@ def test_bad_topology_settings_are_config_errors_naming_the_key(state: dict[str,
 
 
 def test_sentinel_and_cluster_urls_are_accepted_and_redacted() -> None:
-    from outbound._state._client import redact
+    from outbound._state._notice import redact
 
     for url in ("redis+sentinel://a:1,b:2/primary/3", "rediss+sentinel://u:p@a:1/primary"):
         with Registry.from_mapping(
