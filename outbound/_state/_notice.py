@@ -10,11 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .._config import StateConfig
 
-__all__ = ["Notice", "SharesNotice", "redact"]
+if TYPE_CHECKING:  # no import of redis at run time (see the module's docstring)
+    import redis
+
+    from .._lifecycle import Daemon
+
+__all__ = ["FleetSynced", "Notice", "SharesNotice", "redact"]
 
 logger = logging.getLogger("outbound.fleet")
 
@@ -79,3 +85,20 @@ class SharesNotice:
             assert state is not None
             notice = self._own_notice = Notice(state)
         return notice
+
+
+class FleetSynced(SharesNotice):
+    """A fleet-wide part that syncs with Redis from a thread of its own (``_daemon``) over a client of its own
+    (``_client``): the adaptive limit's shares, the retry-token pool. ``close`` stops both."""
+
+    _closed: bool
+    _daemon: Daemon
+    _client: redis.Redis | None
+
+    def close(self) -> None:
+        self._closed = True
+        state: StateConfig | None = getattr(self, "_state", None)
+        self._daemon.stop(timeout=2 * (state.timeout if state is not None else 1.0) + 1.0)  # a sync may be running
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()

@@ -64,7 +64,7 @@ from .._lifecycle import Daemon, on_fork
 from .._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Rejection
 from . import key_prefix
 from ._client import REDIS_ERRORS, connect
-from ._notice import SharesNotice
+from ._notice import FleetSynced
 from ._records import Complaints
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def shares(limit: int, demands: dict[str, int], rotation: int = 0) -> dict[str, 
     return given
 
 
-class FleetConcurrencyLimit(SharesNotice, ConcurrencyLimit):
+class FleetConcurrencyLimit(FleetSynced, ConcurrencyLimit):
     """``ConcurrencyLimit`` whose limit is the fleet's and whose slots are this worker's share of it."""
 
     def __init__(
@@ -404,13 +404,6 @@ class FleetConcurrencyLimit(SharesNotice, ConcurrencyLimit):
         self._reset = True  # the next sync writes the initial limit for the fleet
         if self.following:
             self.slots = slots  # this worker's share holds until that sync gives it a new one
-
-    def close(self) -> None:
-        self._closed = True
-        self._daemon.stop(timeout=2 * self._state.timeout + 1.0)
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
 
 
 def _whole(value: Any) -> int:

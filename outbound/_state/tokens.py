@@ -27,7 +27,7 @@ from .._lifecycle import Daemon, on_fork
 from .._tokens import RetryTokens
 from . import key_prefix
 from ._client import REDIS_ERRORS, connect
-from ._notice import SharesNotice
+from ._notice import FleetSynced
 
 if TYPE_CHECKING:
     import redis
@@ -56,7 +56,7 @@ return string.format('%.6f', pool)
 """
 
 
-class FleetRetryTokens(SharesNotice, RetryTokens):
+class FleetRetryTokens(FleetSynced, RetryTokens):
     """``RetryTokens`` whose pool is the fleet's: this worker's view of it, synced through Redis."""
 
     def __init__(self, config: TokensConfig, failing: frozenset[int], *, state: StateConfig, service: str) -> None:
@@ -126,13 +126,6 @@ class FleetRetryTokens(SharesNotice, RetryTokens):
 
     def clear(self) -> None:
         super().clear()  # this worker's view; the fleet's pool refills as answers come back
-
-    def close(self) -> None:
-        self._closed = True
-        self._daemon.stop(timeout=2 * self._state.timeout + 1.0)
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
 
 
 def _pool(answer: Any, most: float) -> float | None:
