@@ -50,6 +50,15 @@ SHEDDABLE_SHARE = 0.75  # sheddable calls are refused once this share of the lim
 DROP_STATUSES = frozenset({429, 503})  # answers that say "too much": the limit shrinks as for a timeout
 
 
+def latency_verdict(outcome: Outcome) -> bool | None:
+    """What an attempt says of the upstream's capacity: ``True``, a drop (a timeout, a failed connection, a 429 or
+    503: too much), ``False`` (an answer whose latency is a sample), or ``None`` (nothing: cancelled, refused here)."""
+    kind = outcome.kind
+    if kind in NO_VERDICT:
+        return None
+    return kind in UPSTREAM_FAILURES or (kind is Kind.RESPONSE and outcome.status in DROP_STATUSES)
+
+
 class Algorithm:
     """How one sample window moves the limit."""
 
@@ -233,21 +242,24 @@ class ConcurrencyLimit(SlotQueue):
         return True
 
     def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
+        verdict = latency_verdict(outcome)
         with self._lock:
             self._hand_over()
-            kind = outcome.kind
-            if kind in NO_VERDICT:
-                return
-            if kind in UPSTREAM_FAILURES or (kind is Kind.RESPONSE and outcome.status in DROP_STATUSES):
-                self._dropped = True
-            else:
-                self._samples += 1
-                self._total += seconds
-            now = self._clock()
-            if (self._samples >= MIN_SAMPLES and now - self._window_start >= MIN_WINDOW) or (
-                self._dropped and now - self._window_start >= MIN_WINDOW
-            ):
-                self._update(now)
+            if verdict is not None:
+                self._learn(verdict, seconds)
+
+    def _learn(self, dropped: bool, seconds: float) -> None:
+        # Lock held. One attempt's verdict (a drop, or a latency sample), into this process's window.
+        if dropped:
+            self._dropped = True
+        else:
+            self._samples += 1
+            self._total += seconds
+        now = self._clock()
+        if (self._samples >= MIN_SAMPLES and now - self._window_start >= MIN_WINDOW) or (
+            self._dropped and now - self._window_start >= MIN_WINDOW
+        ):
+            self._update(now)
 
     def _update(self, now: float) -> None:
         rtt = self._total / self._samples if self._samples else max(self.rtt, 1e-6)

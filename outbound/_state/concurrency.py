@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._adaptive import ALGORITHMS, MIN_SAMPLES, MIN_WINDOW, Algorithm, ConcurrencyLimit
 from .._lifecycle import Daemon, on_fork
-from .._outcome import NO_VERDICT, UPSTREAM_FAILURES, Kind, Outcome, Rejection
+from .._outcome import Rejection
 from . import key_prefix
 from ._client import REDIS_ERRORS, connect
 from ._notice import FleetSynced
@@ -82,7 +82,6 @@ _KEY_TTL_MS = 86_400_000  # the fleet's limit outlives its last sync by a day: a
 _ROTATE_MS = 1_000  # how long a tie between workers' shares goes the same way
 _RECORD = re.compile(rb"(\d{1,7}):(\d{1,7}):(\d{1,16})")
 _DEMAND_SMOOTHING = 0.25  # each sync moves a worker's published demand this far towards what it saw since the last
-_DROP_STATUSES = frozenset({429, 503})
 
 # KEYS: the hash, the learner lease. ARGV: worker, answers, their latency sum (us), drops, demand, peak in flight,
 # record lifetime (ms), learner lease (ms), MIN_SAMPLES, window length (ms), reset (1: write ARGV[12] as the limit),
@@ -232,20 +231,15 @@ class FleetConcurrencyLimit(FleetSynced, ConcurrencyLimit):
             self._tick_peak = self.in_flight
         return super()._took()
 
-    def record(self, permit: Any, outcome: Outcome, seconds: float) -> None:
+    def _learn(self, dropped: bool, seconds: float) -> None:
+        # Lock held.
         if not self.following:
-            super().record(permit, outcome, seconds)  # Redis unreachable (or not yet heard): this process learns
-            return
-        with self._lock:
-            self._hand_over()
-            kind = outcome.kind
-            if kind in NO_VERDICT:
-                return
-            if kind in UPSTREAM_FAILURES or (kind is Kind.RESPONSE and outcome.status in _DROP_STATUSES):
-                self._drops += 1
-            else:
-                self._n += 1
-                self._sum += seconds
+            super()._learn(dropped, seconds)  # Redis unreachable (or not yet heard): this process learns
+        elif dropped:
+            self._drops += 1  # for the fleet's window, sent at the next sync
+        else:
+            self._n += 1
+            self._sum += seconds
 
     # -- the sync ----------------------------------------------------------------------------------------------------
 
