@@ -19,8 +19,9 @@ already over (timed just before the clock moved on, or a clock set back) drops b
 Memory per service: counters, histograms and percentiles live in lists and ``array``s of fixed size, allocated once,
 so the bound is known before any call: ``buckets * (5 counters * 8 + SLOTS * 4 + 4 * 8)`` bytes (the counters,
 the latency histogram, the bucket's number and its three cached percentiles), ~42 KB for the default 90 buckets, the
-JSON text of the buckets that are over (under 7 KB with every counter at seven digits), and at most ``MAX_MARKS`` marks
-(``History.memory()``: under 64 KB in all, a full history measured). A fleet member also keeps what it last published
+JSON text of the buckets that are over (under 7 KB with every counter at seven digits), at most ``MAX_MARKS`` marks,
+and fewer than ``BATCH`` calls noted and not yet counted (under 2 KB) (``History.memory()``: under 64 KB in all, a full
+history measured). A fleet member also keeps what it last published
 of the buckets that are over (``export``), so as not to read them again every ``sync_interval``.
 """
 
@@ -70,12 +71,14 @@ _FIELDS = 5  # calls, errors, refused, retries, stale (the order of the series i
 _CALLS, _ERRORS, _REFUSED, _RETRIES, _STALE = range(_FIELDS)
 _NO_BUCKET = -(2**62)
 _NO_PERCENTILES: tuple[None, ...] = (None,) * len(PERCENTILES)
-BATCH = 32  # calls noted between two countings into the buckets (``record_call``): at most ~1.5 KB of notes
+# Calls noted between two countings into the buckets (``record_call``): at most BATCH - 1 notes of ~110 bytes held.
+BATCH = 16
 MAX_MARKS = 32  # the breaker's transitions and the pauses kept: a flapping breaker's last few, within the memory bound
 # Bytes of JSON of a bucket (its number and five counters), of each latency slot in it, and of a mark: above what
 # busy buckets take (~65, ~10, ~150), below the most they could; the budget leaves half a record to spare for that.
 _BUCKET_BYTES, _SLOT_BYTES, _MARK_BYTES = 72, 14, 200
-_NOT_CALLS = frozenset({Kind.CANCELLED, Kind.CLOSED})  # as ``Stats``: no verdict on the upstream
+# Calls without a verdict on the upstream, as ``Stats`` (by identity: an Enum's hash is a Python call).
+_CANCELLED, _CLOSED, _REFUSED_AT_SEND = Kind.CANCELLED, Kind.CLOSED, Kind.REFUSED
 
 
 class History(Observer):
@@ -115,7 +118,7 @@ class History(Observer):
             self._encoded: tuple[str, ...] | None = None
             self._encoded_for = _NO_BUCKET
             self._marks: deque[HistoryMark] = deque(maxlen=MAX_MARKS)
-            self._pending: deque[int] = deque()  # calls noted and not yet counted (record_call)
+            self._pending: deque[tuple[float, float, bool]] = deque()  # calls noted and not yet counted (record_call)
             # What export() read of buckets that are over, by bucket (a fleet publishes every sync_interval).
             self._exported: dict[int, tuple[tuple[int, ...], Mapping[int, int]]] = {}
             self._exported_upto = _NO_BUCKET  # the bucket still counting at the last export
@@ -123,9 +126,11 @@ class History(Observer):
     def memory(self) -> int:
         """Bytes this history holds (its arrays and lists; the bound of the module's docstring)."""
         with self._lock:
-            self._count_pending()
             parts: list[object] = [self._ids, *self._counts, self._latency, self._closed, *self._closed, self._late]
             parts += [self._marks, self._pending]
+            for note in self._pending:  # calls noted and not yet counted, as many as there are now
+                parts.extend(note)
+                parts.append(note)
             if self._encoded is not None:
                 parts += [self._encoded, *self._encoded]
             for mark in self._marks:
@@ -162,16 +167,15 @@ class History(Observer):
     def record_call(self, kind: Kind, seconds: float, error_type: str | None) -> None:
         """One finished call (fed by the service's statistics, ``Stats.also_record``: no event is built for it).
 
-        The call is noted as one number in a queue, without the lock; every ``BATCH`` calls, and before anything
-        reads the buckets, the queue is counted into them under the lock. Counting each call at once cost ~4 us on a
-        real call (the ring's arrays and the lock are cold by then), the note ~1 us.
+        The call is noted (when, how long, whether it failed) in a queue, without the lock; every ``BATCH`` calls,
+        and before anything reads the buckets, the queue is counted into them under the lock, with its bucket and
+        latency slot worked out there. Counting each call at once cost ~4 us on a real call (the ring's arrays and
+        the lock are cold by then); a note that worked out its bucket and slot ~3 us; this note ~1 us.
         """
-        if kind in _NOT_CALLS or (kind is Kind.REFUSED and error_type is None):
+        if kind is _CANCELLED or kind is _CLOSED or (kind is _REFUSED_AT_SEND and error_type is None):
             return  # interrupted, or refused before sending: counted by call_rejected
-        slot = min(bisect.bisect_left(LATENCY_BUCKETS_MS, seconds * 1000.0) // 2, SLOTS - 1)
         pending = self._pending
-        # The bucket, the latency slot and whether it failed, in one int (deque.append is atomic: no lock).
-        pending.append((int(self._clock() // self.interval) * SLOTS + slot) * 2 + (error_type is not None))
+        pending.append((self._clock(), seconds, error_type is not None))  # deque.append is atomic: no lock
         if len(pending) >= BATCH:
             with self._lock:
                 self._count_pending()
@@ -179,14 +183,15 @@ class History(Observer):
     def _count_pending(self) -> None:
         # Lock held. Calls noted by record_call, into their buckets (a bucket over by now takes it as a late call).
         pending = self._pending
+        interval, calls, errors, latency = self.interval, self._counts[_CALLS], self._counts[_ERRORS], self._latency
         while pending:
-            cell, failed = divmod(pending.popleft(), 2)
-            bucket, slot = divmod(cell, SLOTS)
-            index = self._row(bucket)
-            self._counts[_CALLS][index] += 1
+            when, seconds, failed = pending.popleft()
+            index = self._row(int(when // interval))
+            calls[index] += 1
             if failed:
-                self._counts[_ERRORS][index] += 1
-            self._latency[index * SLOTS + slot] += 1
+                errors[index] += 1
+            slot = min(bisect.bisect_left(LATENCY_BUCKETS_MS, seconds * 1000.0) // 2, SLOTS - 1)
+            latency[index * SLOTS + slot] += 1
 
     def retry_scheduled(self, event: RetryScheduled) -> None:
         self._add(_RETRIES)
