@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import types
 from typing import Any
 
-import limits.storage.memory
 import pytest
 
 import outbound
@@ -17,7 +15,7 @@ from outbound._breaker import CLOSED, OPEN
 from outbound._config import WindowConfig
 from outbound._outcome import Kind, Outcome, Rejection, Wait
 from outbound._policy import Call, Policy
-from outbound._ratelimit import RateLimit, _QuietMemoryStorage
+from outbound._ratelimit import RateLimit
 from outbound._window import FailureRate
 from tests.conftest import FakeClock
 
@@ -360,17 +358,14 @@ def test_pause_none_turns_pauses_off() -> None:
 
 
 @pytest.fixture
-def wall(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """A fake wall clock for limits' memory storage (it reads time.time())."""
-    clock = FakeClock(start=1_700_000_000.0)
-    monkeypatch.setattr(limits.storage.memory, "time", types.SimpleNamespace(time=clock))
-    return clock
+def wall() -> FakeClock:
+    """The policy's clock, which the rate limit's window reads."""
+    return FakeClock(start=1_700_000_000.0)
 
 
 def make_limited(wall: FakeClock, **settings: Any) -> tuple[Policy, RateLimit]:
     policy = make_policy(wall, **settings)
     assert policy.rate_limit is not None
-    policy.rate_limit._wall = wall
     return policy, policy.rate_limit
 
 
@@ -385,7 +380,7 @@ def test_the_rate_limit_admits_its_rate_then_refuses_naming_the_next_permit(wall
     assert refusal.retry_in == pytest.approx(0.5)  # the first permit, taken at 0.0, comes back at 1.0
     assert "5/second reached" in refusal.detail
     assert limit.snapshot().remaining == 0
-    wall.advance(0.501)  # limits counts a permit taken exactly one window ago as still in it
+    wall.advance(0.501)
     assert start(policy).admit() is None
 
 
@@ -421,16 +416,37 @@ def test_every_attempt_takes_a_permit(wall: FakeClock) -> None:
     assert refusal.reason == "rate_limited"
 
 
-def test_the_memory_storage_starts_no_thread_per_hit_and_keeps_only_the_window() -> None:
-    policy = make_policy(FakeClock(), rate_limit={"rate": "50/second", "max_wait": 0})
+def test_the_window_keeps_only_the_last_permits_and_starts_no_thread() -> None:
+    clock = FakeClock()
+    policy = make_policy(clock, rate_limit={"rate": "50/second", "max_wait": 0})
     limit = policy.rate_limit
     assert limit is not None
-    assert isinstance(limit._local, _QuietMemoryStorage)
     before = threading.active_count()
     admitted = sum(start(policy).admit() is None for _ in range(200))
     assert admitted == 50
-    assert threading.active_count() == before  # limits' own storage starts a timer thread on hits
-    assert len(limit._local.events[limit._key]) == 50
+    assert threading.active_count() == before  # limits' own memory storage started a timer thread on hits
+    assert len(limit._taken._taken) == 50
+    clock.advance(0.999)
+    assert start(policy).admit() is not None  # every permit was taken less than a second ago
+    assert limit.snapshot().remaining == 0
+    clock.advance(0.001)  # the first 50 are a second old: room for 50 again, and the old times let go
+    assert limit.snapshot().remaining == 50
+    assert len(limit._taken._taken) == 0
+    assert sum(start(policy).admit() is None for _ in range(60)) == 50
+
+
+def test_a_daily_quota_is_exact_after_300000_permits() -> None:
+    # Its cost a permit, the same with the window empty or full, is benchmark row 11e.
+    clock = FakeClock()
+    policy = make_policy(clock, rate_limit={"rate": "300000/day", "max_wait": 0})
+    limit = policy.rate_limit
+    assert limit is not None
+    window = limit._taken
+    for _ in range(300_000):
+        assert window.take() == 0.0
+        clock.advance(0.0001)
+    assert window.take() == pytest.approx(86_400 - 30.0)  # the first permit comes back a day after it was taken
+    assert limit.snapshot().remaining == 0
 
 
 def test_no_wait_leaves_an_attempt_less_than_min_time_of_its_deadline() -> None:
