@@ -305,20 +305,13 @@ def timed(label: str) -> Iterator[None]:
     print(f"  {label} done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
 
 
-def paired_difference(
+def _pairs(
     first: Callable[[], object], second: Callable[[], object], *, pairs: int, max_seconds: float
-) -> tuple[float, float]:
-    """The median of ``first``'s time minus ``second``'s over calls made in pairs, back to back, and the median time
-    of ``second``, in microseconds.
-
-    For a difference of a microsecond or two: slices of calls (row 1's way) carry every disturbance of the machine
-    into their totals, where a disturbance here hits one pair of thousands and the median passes over it. The order
-    within a pair alternates, so whatever the first call of a pair pays (or saves) falls on both sides equally.
-    """
+) -> Iterator[tuple[int, int]]:
+    """Nanoseconds of ``first`` and of ``second`` called back to back, pair by pair, the order alternating so that
+    whatever the first call of a pair pays (or saves) falls on both sides equally."""
     clock = time.perf_counter_ns
     stop = time.perf_counter() + max_seconds
-    differences: list[int] = []
-    seconds_calls: list[int] = []
     for index in range(pairs):
         if index & 1:
             start = clock()
@@ -326,18 +319,32 @@ def paired_difference(
             middle = clock()
             second()
             end = clock()
-            took_first, took_second = middle - start, end - middle
+            yield middle - start, end - middle
         else:
             start = clock()
             second()
             middle = clock()
             first()
             end = clock()
-            took_second, took_first = middle - start, end - middle
+            yield end - middle, middle - start
+        if index & 255 == 255 and time.perf_counter() > stop:
+            return
+
+
+def paired_difference(
+    first: Callable[[], object], second: Callable[[], object], *, pairs: int, max_seconds: float
+) -> tuple[float, float]:
+    """The median of ``first``'s time minus ``second``'s over calls made in pairs, back to back, and the median time
+    of ``second``, in microseconds.
+
+    For a difference of a microsecond or two: slices of calls (row 1's way) carry every disturbance of the machine
+    into their totals, where a disturbance here hits one pair of thousands and the median passes over it.
+    """
+    differences: list[int] = []
+    seconds_calls: list[int] = []
+    for took_first, took_second in _pairs(first, second, pairs=pairs, max_seconds=max_seconds):
         differences.append(took_first - took_second)
         seconds_calls.append(took_second)
-        if index & 255 == 255 and time.perf_counter() > stop:
-            break
     return statistics.median(differences) / 1000, statistics.median(seconds_calls) / 1000
 
 
@@ -352,25 +359,21 @@ def paired_throughput(
     other variant stop the part's clock too (a lease outlives a pause of 50 ms only just), where one call of each
     in turn keeps both variants calling without a pause, as a sequential caller does.
     """
-    clock = time.perf_counter_ns
-    stop = time.perf_counter() + max_seconds
-    took_first = took_second = made = 0
-    for index in range(pairs):
-        if index & 1:
-            start = clock()
-            first()
-            middle = clock()
-            second()
-            end = clock()
-            took_first, took_second = took_first + middle - start, took_second + end - middle
-        else:
-            start = clock()
-            second()
-            middle = clock()
-            first()
-            end = clock()
-            took_second, took_first = took_second + middle - start, took_first + end - middle
+    totals = [0, 0]
+    made = 0
+    for took_first, took_second in _pairs(first, second, pairs=pairs, max_seconds=max_seconds):
+        totals[0] += took_first
+        totals[1] += took_second
         made += 1
-        if index & 255 == 255 and time.perf_counter() > stop:
-            break
-    return made * 1e9 / took_first, made * 1e9 / took_second
+    return made * 1e9 / totals[0], made * 1e9 / totals[1]
+
+
+def per_call_us(call: Callable[[], object], *, calls: int, runs: int = 1) -> float:
+    """Microseconds a call of ``call`` takes in a tight loop of ``calls`` (the median of ``runs`` such loops)."""
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        for _ in range(calls):
+            call()
+        timings.append(1e6 * (time.perf_counter() - started) / calls)
+    return statistics.median(timings)

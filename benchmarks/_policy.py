@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING
 import requests
 
 import outbound
-from benchmarks._harness import Row, Target, UpstreamProcess, interleave, paired_difference, paired_throughput, ratios
+from benchmarks._harness import (
+    Row,
+    Target,
+    UpstreamProcess,
+    interleave,
+    paired_difference,
+    paired_throughput,
+    per_call_us,
+    ratios,
+)
 from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -138,17 +147,10 @@ def _window_permit_us(held: int) -> float:
     """A permit of a daily quota's window holding ``held`` times, in microseconds (the median of 7 runs of 20,000)."""
     from outbound._ratelimit import _MovingWindow
 
-    now = [0.0]
-    window = _MovingWindow(1_000_000, 86_400.0, lambda: now[0])
+    window = _MovingWindow(1_000_000, 86_400.0, lambda: 0.0)
     for _ in range(held):
         window.take()
-    runs = []
-    for _ in range(7):
-        started = time.perf_counter()
-        for _ in range(20_000):
-            window.take()
-        runs.append(1e6 * (time.perf_counter() - started) / 20_000)
-    return statistics.median(runs)
+    return per_call_us(window.take, calls=20_000, runs=7)
 
 
 def _caller(

@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 import outbound
-from benchmarks._harness import Row, Target, UpstreamProcess, paired_difference
+from benchmarks._harness import Row, Target, UpstreamProcess, paired_difference, per_call_us
 from outbound import serving
 from outbound._config import HistoryConfig
 from outbound._events import BreakerTransition
@@ -80,10 +80,7 @@ def full_history(clock: _Clock, *, slots: int = SLOTS, calls: int = 1) -> Histor
 
 def _per_call_us(history: History, calls: int) -> float:
     event = _finished(0.012)
-    started = time.perf_counter()
-    for _ in range(calls):
-        history.record_call(*event)
-    return 1e6 * (time.perf_counter() - started) / calls
+    return per_call_us(lambda: history.record_call(*event), calls=calls)
 
 
 def trends(up: UpstreamProcess, s: Settings) -> list[Row]:

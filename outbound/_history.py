@@ -21,8 +21,8 @@ so the bound is known before any call: ``buckets * (5 counters * 8 + SLOTS * 4 +
 the latency histogram, the bucket's number and its three cached percentiles), ~42 KB for the default 90 buckets, the
 JSON text of the buckets that are over (under 7 KB with every counter at seven digits), at most ``MAX_MARKS`` marks,
 and fewer than ``BATCH`` calls noted and not yet counted (under 2 KB) (``History.memory()``: under 64 KB in all, a full
-history measured). A fleet member also keeps what it last published
-of the buckets that are over (``export``), so as not to read them again every ``sync_interval``.
+history measured). A fleet member also keeps what it last published of the buckets that are over (``export``), so as
+not to read them again every ``sync_interval``.
 """
 
 from __future__ import annotations
