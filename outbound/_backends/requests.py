@@ -524,7 +524,8 @@ class OutboundAdapter(requests.adapters.HTTPAdapter):
                 if queue is None:
                     continue
                 in_use += queue.maxsize - queue.qsize()
-                idle += sum(conn is not None for conn in list(queue.queue))
+                waiting = list(queue.queue)  # a copy: the deque may change under us
+                idle += len(waiting) - waiting.count(None)
         return in_use, idle
 
     def close(self) -> None:
