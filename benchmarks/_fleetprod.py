@@ -47,7 +47,7 @@ SERVICES = 5
 
 
 def production(up: UpstreamProcess, s: Settings, redis_url: str) -> list[Row]:
-    from benchmarks._scenarios import expect_ok, overhead_detail, service, warm_up
+    from benchmarks._scenarios import expect_ok, overhead_detail, pair_bounds, service, warm_up
 
     state = {"backend": "redis", "url": redis_url, "prefix": f"bench-{uuid.uuid4().hex[:8]}"}
     fleet_limit = {"rate": "1000000/second", "scope": "fleet"}
@@ -73,7 +73,7 @@ def production(up: UpstreamProcess, s: Settings, redis_url: str) -> list[Row]:
         for _ in range(s.rounds):
             # One call of each in turn, not slices: a slice of 50 ms without a call of the limited service would
             # let its lease (50 ms here) expire at every slice, which is a caller with pauses, not a sequential one.
-            for run, throughput in zip(runs, paired_throughput(limited, plain, **_pairs(s)), strict=True):
+            for run, throughput in zip(runs, paired_throughput(limited, plain, **pair_bounds(s)), strict=True):
                 run.append(throughput)
         leases = _leases(registry) - leases_before
     finally:
@@ -217,11 +217,6 @@ def _large_fleet_health(up: UpstreamProcess, redis_url: str, reports: int) -> tu
     finally:
         registry.close()
         client.close()
-
-
-def _pairs(s: Settings) -> dict[str, Any]:
-    # A round of 10e: ~4 s of calls in a full run (two calls a pair, ~0.5 ms each), bounded in time too.
-    return {"pairs": min(4_000, s.slices * s.slice_calls), "max_seconds": 4 * s.slices * s.slice_seconds}
 
 
 def _leases(registry: outbound.Registry) -> int:

@@ -170,6 +170,12 @@ def warm_up(calls: int, *variants: Callable[[], object]) -> None:
             variant()
 
 
+def pair_bounds(s: Settings) -> dict[str, Any]:
+    """A round of calls in pairs (``paired_difference``, ``paired_throughput``): ~4 s of calls in a full run (two
+    calls a pair, ~0.5 ms each), bounded in time too."""
+    return {"pairs": min(4_000, s.slices * s.slice_calls), "max_seconds": 4 * s.slices * s.slice_seconds}
+
+
 def sliced(s: Settings, call: Callable[[], object]) -> Callable[[], Slice]:
     """One timed slice of ``call`` under the run's bounds."""
     return lambda: run_slice(call, max_calls=s.slice_calls, max_seconds=s.slice_seconds)

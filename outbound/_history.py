@@ -20,7 +20,7 @@ Memory per service: counters, histograms and percentiles live in lists and ``arr
 so the bound is known before any call: ``buckets * (5 counters * 8 + SLOTS * 4 + 4 * 8)`` bytes (the counters,
 the latency histogram, the bucket's number and its three cached percentiles), ~42 KB for the default 90 buckets, the
 JSON text of the buckets that are over (under 7 KB with every counter at seven digits), at most ``MAX_MARKS`` marks,
-and fewer than ``BATCH`` calls noted and not yet counted (under 2 KB) (``History.memory()``: under 64 KB in all, a full
+and fewer than ``BATCH`` calls noted and not yet counted (about 2 KB) (``History.memory()``: under 64 KB in all, a full
 history measured). A fleet member also keeps what it last published of the buckets that are over (``export``), so as
 not to read them again every ``sync_interval``.
 """
@@ -71,7 +71,7 @@ _FIELDS = 5  # calls, errors, refused, retries, stale (the order of the series i
 _CALLS, _ERRORS, _REFUSED, _RETRIES, _STALE = range(_FIELDS)
 _NO_BUCKET = -(2**62)
 _NO_PERCENTILES: tuple[None, ...] = (None,) * len(PERCENTILES)
-# Calls noted between two countings into the buckets (``record_call``): at most BATCH - 1 notes of ~110 bytes held.
+# Calls noted between two countings into the buckets (``record_call``): at most BATCH - 1 notes of ~140 bytes held.
 BATCH = 16
 MAX_MARKS = 32  # the breaker's transitions and the pauses kept: a flapping breaker's last few, within the memory bound
 # Bytes of JSON of a bucket (its number and five counters), of each latency slot in it, and of a mark: above what
@@ -128,7 +128,7 @@ class History(Observer):
         with self._lock:
             parts: list[object] = [self._ids, *self._counts, self._latency, self._closed, *self._closed, self._late]
             parts += [self._marks, self._pending]
-            for note in self._pending:  # calls noted and not yet counted, as many as there are now
+            for note in tuple(self._pending):  # noted without the lock: copied in one step (no iteration to race)
                 parts.extend(note)
                 parts.append(note)
             if self._encoded is not None:

@@ -113,7 +113,7 @@ def compose(
     if config.rate_limit is not None:
         from ._ratelimit import RateLimit  # the `limits` extra: imported only by services that set a rate limit
 
-        rate_limit = RateLimit(config.name, config.rate_limit, state=state, clock=clock)
+        rate_limit = RateLimit(config.name, config.rate_limit, state=state)
     chaos = None
     # A fault layer where the process allows chaos and something may switch it on: the settings, the test fixture
     # (which adds its own otherwise), or a fleet's game day.

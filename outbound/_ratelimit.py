@@ -21,7 +21,7 @@ by — and is not counted against ``max_wait`` (the call has its permit); only a
   fleet in any window, on Redis's clock. When Redis fails, the limit holds per process until it answers again (one
   WARNING), so a call is never refused because Redis is away.
 
-The windows read the policy's monotonic clock: a wall-clock step changes nothing. ``limits`` parses the rate.
+The windows read ``time.monotonic``: a wall-clock step changes nothing. ``limits`` parses the rate.
 """
 
 from __future__ import annotations
@@ -62,13 +62,14 @@ class RateLimit(SharesNotice):
         config: RateLimitConfig,
         *,
         state: StateConfig | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.service = service
         self.config = config
         self.item: RateLimitItem = parse(config.rate)
         window = float(self.item.get_expiry())
-        self._taken = _MovingWindow(self.item.amount, window, clock)
+        # Real time, not the policy's clock: a call waits for its permit in real time (a test's fake clock that
+        # stood still would make max_wait never run out).
+        self._taken = _MovingWindow(self.item.amount, window, time.monotonic)
         self._sent = _MovingWindow(self.item.amount, window * (1 + SEND_MARGIN[0]) + SEND_MARGIN[1], time.monotonic)
         self._fleet: LeasedPermits | None = None
         self._fleet_down_until = 0.0  # monotonic: while Redis failed lately, the limit holds per process
@@ -86,9 +87,10 @@ class RateLimit(SharesNotice):
     # -- the stage ---------------------------------------------------------------------------------------------
 
     def admit(self, call: CallView) -> Any:
-        if self._hit():
+        wait = self._take()
+        if wait == 0.0:
             return None
-        wait = max(_MIN_WAIT, self._next_permit_in())
+        wait = max(_MIN_WAIT, wait)
         if self.config.max_wait and wait <= call.waits.left(self, self.config.max_wait):
             return Wait(wait)
         return Rejection(Reason.RATE_LIMITED, wait, f"{self.config.rate} reached; the next permit comes in {wait:.3f}s")
@@ -133,7 +135,8 @@ class RateLimit(SharesNotice):
 
     # -- permits ----------------------------------------------------------------------------------------------
 
-    def _hit(self) -> bool:
+    def _take(self) -> float:
+        """0.0 and a permit taken, or the seconds until the window has room again."""
         if self._fleet is not None and time.monotonic() >= self._fleet_down_until:
             try:
                 taken = self._fleet.take()
@@ -141,14 +144,8 @@ class RateLimit(SharesNotice):
                 self._redis_failed(error)
             else:
                 self._redis_answered()
-                return taken
-        return self._taken.take() == 0.0
-
-    def _next_permit_in(self) -> float:
-        """Seconds until the window has room again."""
-        if self._fleet is not None and time.monotonic() >= self._fleet_down_until:
-            return self._fleet.next_in()
-        return self._taken.next_in()
+                return 0.0 if taken else self._fleet.next_in()
+        return self._taken.take()
 
     def _redis_failed(self, error: Exception) -> None:
         # Look again only every few seconds: each try while Redis is away costs up to state.timeout. Meanwhile the
@@ -164,8 +161,8 @@ class RateLimit(SharesNotice):
 
 class _MovingWindow:
     """When the last ``amount`` permits were taken, and how long the next must wait so that no more than ``amount``
-    are taken in any ``seconds``: an exact moving window, O(1) a permit, at most ``amount`` times kept (a deque
-    grows as permits are taken, not at once: a daily quota of a million costs nothing until it is used)."""
+    are taken in any ``seconds``: an exact moving window, O(1) a permit, the times of the last window kept (at most
+    ``amount``: a daily quota of a million costs nothing until it is used)."""
 
     def __init__(self, amount: int, seconds: float, clock: Callable[[], float]) -> None:
         self.amount = amount
@@ -182,27 +179,24 @@ class _MovingWindow:
         """0.0, and a permit taken now; or the seconds until one can be."""
         with self._lock:
             now = self._clock()
-            taken = self._taken
-            if len(taken) == self.amount and now - taken[0] < self.seconds:
+            taken = self._leave_out(now)
+            if len(taken) == self.amount:
                 return taken[0] + self.seconds - now
             taken.append(now)
             return 0.0
 
-    def next_in(self) -> float:
-        """Seconds until a permit can be taken (0.0: now)."""
-        with self._lock:
-            taken = self._taken
-            if len(taken) < self.amount:
-                return 0.0
-            return max(0.0, taken[0] + self.seconds - self._clock())
-
     def remaining(self) -> int:
-        """Permits that can be taken now (the times out of the window are let go here: O(1) a permit taken)."""
+        """Permits that can be taken now."""
         with self._lock:
-            taken, since = self._taken, self._clock() - self.seconds
-            while taken and taken[0] <= since:
-                taken.popleft()
-            return self.amount - len(taken)
+            return self.amount - len(self._leave_out(self._clock()))
+
+    def _leave_out(self, now: float) -> deque[float]:
+        # Lock held. Let go of the times out of the window (each once: O(1) a permit taken), so that the times kept
+        # are the permits of the last window, no more, and a quota's memory follows its use.
+        taken, seconds = self._taken, self.seconds
+        while taken and now - taken[0] >= seconds:
+            taken.popleft()
+        return taken
 
     def clear(self) -> None:
         with self._lock:

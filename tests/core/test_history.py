@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -97,6 +99,30 @@ def test_a_full_history_stays_within_64_kb() -> None:
     for _ in range(BATCH - 1):  # the most calls it holds noted and not yet counted: they count too
         history.record_call(*finished(0.010))
     assert counted + (BATCH - 1) * 100 < history.memory() <= 64 * 1024, history.memory()
+
+
+def test_its_memory_is_read_while_calls_are_noted() -> None:
+    # Calls are noted without the lock: reading the notes must not meet a queue changing under it.
+    history = History(HistoryConfig())
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            history.record_call(*finished(0.010))
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can: the race shows in a few thousand reads
+    feeders = [threading.Thread(target=feed) for _ in range(2)]
+    try:
+        for feeder in feeders:
+            feeder.start()
+        for _ in range(20_000):
+            history.memory()
+    finally:
+        stop.set()
+        for feeder in feeders:
+            feeder.join()
+        sys.setswitchinterval(switch)
 
 
 def test_breaker_transitions_are_marks_of_the_window() -> None:

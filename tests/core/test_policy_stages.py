@@ -18,6 +18,7 @@ from outbound._policy import Call, Policy
 from outbound._ratelimit import RateLimit
 from outbound._window import FailureRate
 from tests.conftest import FakeClock
+from tests.upstream import Upstream
 
 OK = Outcome(Kind.RESPONSE, status=200)
 FAILED = Outcome(Kind.RESPONSE, status=503)
@@ -359,13 +360,15 @@ def test_pause_none_turns_pauses_off() -> None:
 
 @pytest.fixture
 def wall() -> FakeClock:
-    """The policy's clock, which the rate limit's window reads."""
+    """A fake clock for the policy and the rate limit's window (which reads real time otherwise: a call waits for
+    its permit in real time)."""
     return FakeClock(start=1_700_000_000.0)
 
 
 def make_limited(wall: FakeClock, **settings: Any) -> tuple[Policy, RateLimit]:
     policy = make_policy(wall, **settings)
     assert policy.rate_limit is not None
+    policy.rate_limit._taken._clock = wall
     return policy, policy.rate_limit
 
 
@@ -418,9 +421,7 @@ def test_every_attempt_takes_a_permit(wall: FakeClock) -> None:
 
 def test_the_window_keeps_only_the_last_permits_and_starts_no_thread() -> None:
     clock = FakeClock()
-    policy = make_policy(clock, rate_limit={"rate": "50/second", "max_wait": 0})
-    limit = policy.rate_limit
-    assert limit is not None
+    policy, limit = make_limited(clock, rate_limit={"rate": "50/second", "max_wait": 0})
     before = threading.active_count()
     admitted = sum(start(policy).admit() is None for _ in range(200))
     assert admitted == 50
@@ -435,18 +436,40 @@ def test_the_window_keeps_only_the_last_permits_and_starts_no_thread() -> None:
     assert sum(start(policy).admit() is None for _ in range(60)) == 50
 
 
-def test_a_daily_quota_is_exact_after_300000_permits() -> None:
-    # Its cost a permit, the same with the window empty or full, is benchmark row 11e.
+def test_a_fake_clock_does_not_hold_a_call_waiting_for_its_permit(upstream: Upstream) -> None:
+    # A test moves breakers with a fake clock; a call waits for its permit in real time. Were the window on that
+    # clock, a clock that stands still would keep the permit away and the wait would never end (max_wait included).
     clock = FakeClock()
-    policy = make_policy(clock, rate_limit={"rate": "300000/day", "max_wait": 0})
-    limit = policy.rate_limit
-    assert limit is not None
+    settings = {"base_url": upstream.url, "rate_limit": {"rate": "2/second", "max_wait": 2}}
+    registry = outbound.Registry.from_mapping({"services": {"api": settings}}, clock=clock)
+    try:
+        session = registry.session("api")
+        answers: list[object] = []
+        for _ in range(2):
+            assert session.get("ok").status_code == 200
+        third = threading.Thread(target=lambda: answers.append(session.get("ok").status_code), daemon=True)
+        third.start()
+        third.join(timeout=5)
+        assert answers == [200]  # after its permit came back, ~1 s later in real time
+    finally:
+        registry.close()
+
+
+def test_a_daily_quota_is_exact_after_300000_permits() -> None:
+    # What a permit costs with the window full (each take compares with the oldest and lets it go) is row 11e.
+    clock = FakeClock()
+    _, limit = make_limited(clock, rate_limit={"rate": "300000/day", "max_wait": 0})
     window = limit._taken
     for _ in range(300_000):
         assert window.take() == 0.0
         clock.advance(0.0001)
     assert window.take() == pytest.approx(86_400 - 30.0)  # the first permit comes back a day after it was taken
     assert limit.snapshot().remaining == 0
+    clock.advance(86_400 - 30.0 + 0.00005)  # a day after the first: that one's place is free, and only that one's
+    assert limit.snapshot().remaining == 1
+    assert window.take() == 0.0
+    assert window.take() == pytest.approx(0.00005, abs=1e-6)  # the second comes back next (sums of floats)
+    assert len(window._taken) == 300_000  # the times of the last day, no more
 
 
 def test_no_wait_leaves_an_attempt_less_than_min_time_of_its_deadline() -> None:
