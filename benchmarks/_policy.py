@@ -160,7 +160,7 @@ def _window_permit_us(held: int) -> float:
     window = _MovingWindow(held or 1_000_000, 86_400.0, clock)
     for _ in range(held):
         window.take()
-    if held and not (len(window._taken) == held and window.take() == 0.0 and len(window._taken) == held):
+    if held and not (len(window._taken) == held and window.take() is None and len(window._taken) == held):
         raise RuntimeError("the window did not stay full while taking permits")
     return per_call_us(window.take, calls=20_000, runs=7)
 

@@ -88,7 +88,7 @@ class RateLimit(SharesNotice):
 
     def admit(self, call: CallView) -> Any:
         wait = self._take()
-        if wait == 0.0:
+        if wait is None:
             return None
         wait = max(_MIN_WAIT, wait)
         if self.config.max_wait and wait <= call.waits.left(self, self.config.max_wait):
@@ -97,7 +97,7 @@ class RateLimit(SharesNotice):
 
     def at_send(self, call: CallView, permit: Any) -> Rejection | Wait | None:
         wait = self._sent.take()
-        if wait <= 0:
+        if wait is None:
             return None
         left = call.waits.before_deadline()
         if left is None or wait <= left:  # bounded by the deadline only
@@ -135,8 +135,9 @@ class RateLimit(SharesNotice):
 
     # -- permits ----------------------------------------------------------------------------------------------
 
-    def _take(self) -> float:
-        """0.0 and a permit taken, or the seconds until the window has room again."""
+    def _take(self) -> float | None:
+        """``None`` and a permit taken, or the seconds until the window has room again (0.0 when it said a moment
+        ago: a refusal all the same)."""
         if self._fleet is not None and time.monotonic() >= self._fleet_down_until:
             try:
                 taken = self._fleet.take()
@@ -144,7 +145,7 @@ class RateLimit(SharesNotice):
                 self._redis_failed(error)
             else:
                 self._redis_answered()
-                return 0.0 if taken else self._fleet.next_in()
+                return None if taken else self._fleet.next_in()
         return self._taken.take()
 
     def _redis_failed(self, error: Exception) -> None:
@@ -175,15 +176,15 @@ class _MovingWindow:
         """An empty window like this one (a forked child's)."""
         return _MovingWindow(self.amount, self.seconds, self._clock)
 
-    def take(self) -> float:
-        """0.0, and a permit taken now; or the seconds until one can be."""
+    def take(self) -> float | None:
+        """``None``, and a permit taken now; or the seconds until one can be."""
         with self._lock:
             now = self._clock()
             taken = self._leave_out(now)
             if len(taken) == self.amount:
                 return taken[0] + self.seconds - now
             taken.append(now)
-            return 0.0
+            return None
 
     def remaining(self) -> int:
         """Permits that can be taken now."""

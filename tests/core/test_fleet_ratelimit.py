@@ -88,6 +88,25 @@ def test_a_small_limit_is_exact_across_workers(upstream: Upstream, redis_url: st
         assert all(55 < wait <= 64 for wait in waits), waits
 
 
+def test_a_refusal_whose_room_comes_at_once_is_still_a_refusal(
+    upstream: Upstream, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis says when the window has room (at least 1 ms on); a round trip longer than that leaves "0 s from now"
+    # by the time the call reads it. That is a refused permit all the same, never one sent without a permit.
+    from outbound._state import lease
+
+    monkeypatch.setattr(lease.LeasedPermits, "next_in", lambda self: 0.0)
+    settings = _settings(upstream, redis_url, "1/minute")
+    start = time.monotonic()
+    # Two registries, as two worker processes: the second's own send gate has sent nothing, so only the lease's
+    # refusal stands between its call and the upstream.
+    with Registry.from_mapping(settings) as one, Registry.from_mapping(settings) as other:
+        assert one.session("api").get("limited").status_code == 200
+        with pytest.raises(outbound.RateLimitedError):
+            other.session("api").get("limited")
+    assert len(upstream.arrived("/limited", since=start)) == 1
+
+
 def test_a_wrong_key_type_is_replaced_not_fatal(
     upstream: Upstream, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

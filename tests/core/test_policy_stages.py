@@ -461,13 +461,13 @@ def test_a_daily_quota_is_exact_after_300000_permits() -> None:
     _, limit = make_limited(clock, rate_limit={"rate": "300000/day", "max_wait": 0})
     window = limit._taken
     for _ in range(300_000):
-        assert window.take() == 0.0
+        assert window.take() is None
         clock.advance(0.0001)
     assert window.take() == pytest.approx(86_400 - 30.0)  # the first permit comes back a day after it was taken
     assert limit.snapshot().remaining == 0
     clock.advance(86_400 - 30.0 + 0.00005)  # a day after the first: that one's place is free, and only that one's
     assert limit.snapshot().remaining == 1
-    assert window.take() == 0.0
+    assert window.take() is None
     assert window.take() == pytest.approx(0.00005, abs=1e-6)  # the second comes back next (sums of floats)
     assert len(window._taken) == 300_000  # the times of the last day, no more
 
